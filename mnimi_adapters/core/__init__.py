@@ -1,0 +1,44 @@
+"""The Mnimi core: requests, samples, stores, layers and scopes."""
+
+from .errors import (
+    CorruptStoreError,
+    MnimiError,
+    ProviderError,
+    ReplicationCacheMiss,
+    StoreError,
+    UnsupportedStoreVersion,
+)
+from .layers import CacheLayer, Independent, Persistent, Repeatable, Wrapper
+from .model import BatchedModel, Cursor, Layer, Model
+from .request import Request, request_key
+from .sample import Sample
+from .scopes import independent, no_cache, repeatable, scoped
+from .store import DiskStore, MemoryStore, SequenceStore
+
+__all__ = [
+    "BatchedModel",
+    "CacheLayer",
+    "CorruptStoreError",
+    "Cursor",
+    "DiskStore",
+    "Independent",
+    "Layer",
+    "MemoryStore",
+    "MnimiError",
+    "Model",
+    "Persistent",
+    "ProviderError",
+    "Repeatable",
+    "ReplicationCacheMiss",
+    "Request",
+    "Sample",
+    "SequenceStore",
+    "StoreError",
+    "UnsupportedStoreVersion",
+    "Wrapper",
+    "independent",
+    "no_cache",
+    "repeatable",
+    "request_key",
+    "scoped",
+]

@@ -1,0 +1,54 @@
+"""Exceptions raised by mnimi_adapters.
+
+The hierarchy is small on purpose::
+
+    MnimiError
+    ├── ReplicationCacheMiss      a replication run needed a sample the cache lacks
+    ├── StoreError                the store cannot be opened or used
+    │   ├── UnsupportedStoreVersion
+    │   └── CorruptStoreError
+    └── ProviderError             a provider failed or answered nonsense
+"""
+
+from __future__ import annotations
+
+
+class MnimiError(Exception):
+    """Base class of every exception this library raises on purpose."""
+
+
+class ReplicationCacheMiss(MnimiError):
+    """A replication run needed a sample that the cache does not hold.
+
+    Attributes:
+        key: The cache key of the request.
+        summary: A short human-readable description of the request.
+        cached: How many samples the cache holds for that key.
+        index: The position that was asked for.
+    """
+
+    def __init__(self, key: str, summary: str, cached: int, index: int) -> None:
+        self.key = key
+        self.summary = summary
+        self.cached = cached
+        self.index = index
+        super().__init__(
+            f"replication mode: sample #{index} of key {key} is not cached "
+            f"({cached} sample{'s' if cached != 1 else ''} cached) for request {summary}"
+        )
+
+
+class StoreError(MnimiError):
+    """The cache store cannot be opened, read or written."""
+
+
+class UnsupportedStoreVersion(StoreError):
+    """The store was written by a format version this library does not read."""
+
+
+class CorruptStoreError(StoreError):
+    """A stored value is damaged or is not JSON written by this library."""
+
+
+class ProviderError(MnimiError):
+    """A provider call failed or returned a response that holds no usable sample."""

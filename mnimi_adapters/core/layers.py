@@ -1,0 +1,285 @@
+"""The combinators: ``Repeatable``, ``Independent`` and ``Persistent``.
+
+``Repeatable`` and ``Persistent`` hold, per request key, an append-only
+sequence of samples; every ``sample()`` call reads it from position 0 and
+extends it on demand by drawing from the inner layer. ``Independent`` keeps
+one cursor per key for its lifetime, so successive calls continue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections import Counter
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import MnimiError, ReplicationCacheMiss
+from .model import Cursor, Layer
+from .request import Request, request_key, request_record
+from .sample import Sample
+from .scopes import caching_enabled
+from .store import DiskStore, MemoryStore, SequenceStore
+
+
+class Wrapper(Layer):
+    """A layer over another layer."""
+
+    def __init__(self, inner: Layer) -> None:
+        if not isinstance(inner, Layer):
+            raise TypeError(f"expected a model or layer to wrap, got {type(inner).__name__}")
+        self.inner = inner
+
+    def identity(self) -> dict[str, Any]:
+        return self.inner.identity()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.inner!r})"
+
+
+@dataclass
+class _Refill:
+    """One extension in flight: its waiters block on ``done``."""
+
+    done: Future[None]
+    count: int
+
+
+class CacheLayer(Wrapper):
+    """A sequence store over an inner layer: the machinery of Repeatable and Persistent."""
+
+    def __init__(self, inner: Layer, store: SequenceStore, replication: bool = False) -> None:
+        super().__init__(inner)
+        self.store = store
+        self.replication = replication
+        self._lock = threading.Lock()
+        self._refills: dict[str, list[_Refill]] = {}
+        self._inner_cursors: dict[str, Cursor] = {}
+        self._stats: Counter[str] = Counter()
+
+    def open(self, request: Request) -> Cursor:
+        if not caching_enabled():
+            if self.replication:
+                raise MnimiError("no_cache() cannot be used with a replication cache")
+            return self.inner.open(request)
+        key = request_key(self.identity(), request)
+        self.store.touch(key)
+        return _ReplayCursor(self, request, key)
+
+    def stats(self) -> dict[str, int | float]:
+        """What this layer did: ``hits`` (samples replayed from the store),
+        ``misses`` (samples that had to be drawn), ``requests`` (provider
+        responses behind the stored samples), ``samples_stored``,
+        ``prompt_tokens``, ``completion_tokens`` and ``cost`` of stored samples."""
+        with self._lock:
+            stats: dict[str, int | float] = {
+                name: self._stats[name] for name in ("hits", "misses", "requests", "samples_stored")
+            }
+            stats["prompt_tokens"] = self._stats["prompt_tokens"]
+            stats["completion_tokens"] = self._stats["completion_tokens"]
+            stats["cost"] = self._stats["cost_micro_usd"] / 1e6
+            return stats
+
+    # -- extension ---------------------------------------------------------
+    #
+    # No lock is held while the inner layer is asked for samples, so threads
+    # and tasks wanting *different* positions draw concurrently, while those
+    # wanting positions an extension in flight will fill just wait for it.
+
+    def _plan(self, request: Request, key: str, index: int, batch: int) -> _Refill | None:
+        """Decide, atomically, how position ``index`` of ``key`` gets filled.
+
+        Returns ``None`` when it is stored, a refill in flight to wait for, or a
+        new refill (``count`` > 0, not yet started) that the caller must run.
+        """
+        with self._lock:
+            stored = self.store.length(key)
+            if stored > index:
+                return None
+            in_flight = self._refills.setdefault(key, [])
+            pending = sum(refill.count for refill in in_flight)
+            if stored + pending > index:
+                return _Refill(in_flight[0].done, 0)
+            if self.replication:
+                raise ReplicationCacheMiss(key, request.describe(self.identity()), stored, index)
+            refill = _Refill(Future(), max(batch, index + 1 - stored - pending))
+            in_flight.append(refill)
+            return refill
+
+    def _inner_cursor(self, request: Request, key: str) -> Cursor:
+        with self._lock:
+            cursor = self._inner_cursors.get(key)
+            if cursor is None:
+                cursor = self._inner_cursors[key] = self.inner.open(request)
+            return cursor
+
+    def _land(self, request: Request, key: str, refill: _Refill, drawn: list[Sample]) -> None:
+        """Store what a refill drew, then release its waiters."""
+        try:
+            # Law 3: a draw already in the sequence (slicing over a partly
+            # filled cache re-reads the inner one from 0) is never stored twice.
+            fresh = [s for s in drawn if not self.store.has_draw(key, s.draw_id)]
+            if fresh:
+                added = self.store.append(key, fresh, request_record(self.identity(), request))
+                self._count_stored(added)
+        finally:
+            with self._lock:
+                self._refills[key].remove(refill)
+            refill.done.set_result(None)
+
+    def _count_stored(self, samples: list[Sample]) -> None:
+        with self._lock:
+            self._stats["samples_stored"] += len(samples)
+            self._stats["requests"] += len({s.response_id or s.draw_id for s in samples})
+            for s in samples:
+                self._stats["prompt_tokens"] += s.prompt_tokens
+                self._stats["completion_tokens"] += s.completion_tokens
+                self._stats["cost_micro_usd"] += round((s.cost or 0.0) * 1e6)
+
+    def _abandon(self, key: str, refill: _Refill) -> None:
+        with self._lock:
+            self._refills[key].remove(refill)
+        refill.done.set_result(None)
+
+    def extend(self, request: Request, key: str, index: int, batch: int) -> None:
+        """Make sure position ``index`` of ``key``'s sequence is stored."""
+        while (refill := self._plan(request, key, index, batch)) is not None:
+            if not refill.count:
+                refill.done.result()
+                continue
+            try:
+                drawn = self._inner_cursor(request, key).take(refill.count)
+            except BaseException:
+                self._abandon(key, refill)
+                raise
+            self._land(request, key, refill, drawn)
+
+    async def aextend(self, request: Request, key: str, index: int, batch: int) -> None:
+        """Async :meth:`extend`."""
+        while (refill := self._plan(request, key, index, batch)) is not None:
+            if not refill.count:
+                await asyncio.wrap_future(refill.done)
+                continue
+            try:
+                drawn = await self._inner_cursor(request, key).atake(refill.count)
+            except BaseException:
+                self._abandon(key, refill)
+                raise
+            self._land(request, key, refill, drawn)
+
+    def _note(self, hit: bool) -> None:
+        with self._lock:
+            self._stats["hits" if hit else "misses"] += 1
+
+
+class _ReplayCursor(Cursor):
+    """Reads a cache layer's sequence from position 0, extending it when needed."""
+
+    def __init__(self, layer: CacheLayer, request: Request, key: str) -> None:
+        self._layer = layer
+        self._request = request
+        self._key = key
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def _claim(self) -> int:
+        with self._lock:
+            index = self._next
+            self._next += 1
+            return index
+
+    def take(self, batch: int) -> list[Sample]:
+        index = self._claim()
+        sample = self._layer.store.get(self._key, index)
+        hit = sample is not None
+        if sample is None:
+            self._layer.extend(self._request, self._key, index, batch)
+            sample = self._read(index)
+        self._layer._note(hit=hit)
+        return [sample]
+
+    async def atake(self, batch: int) -> list[Sample]:
+        index = self._claim()
+        sample = self._layer.store.get(self._key, index)
+        hit = sample is not None
+        if sample is None:
+            await self._layer.aextend(self._request, self._key, index, batch)
+            sample = self._read(index)
+        self._layer._note(hit=hit)
+        return [sample]
+
+    def _read(self, index: int) -> Sample:
+        sample = self._layer.store.get(self._key, index)
+        if sample is None:  # the store lost a sample that was just written
+            raise MnimiError(f"sample #{index} of key {self._key} vanished from the store")
+        return sample
+
+
+class Repeatable(CacheLayer):
+    """Every ``sample()`` call replays the same sequence, kept in memory.
+
+    Example:
+        >>> model = Repeatable(model)  # doctest: +SKIP
+        >>> next(model.sample(prompt)) == next(model.sample(prompt))  # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, model: Layer) -> None:
+        super().__init__(model, MemoryStore())
+
+
+class Persistent(CacheLayer):
+    """Like :class:`Repeatable`, with the sequences kept on disk across runs.
+
+    Args:
+        model: The layer to draw missing samples from.
+        path: The cache directory (``~`` expanded; created with mode 0700).
+        replication: Never call ``model``; a read past the cached sequence
+            raises :class:`ReplicationCacheMiss`. Needs no API key.
+
+    Example:
+        >>> model = Persistent(AI302("gpt-4o", 1.0), "~/.llm_cache")  # doctest: +SKIP
+        >>> sliced = Persistent(model, "/tmp/slice")  # keeps just what a run used  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, model: Layer, path: str | os.PathLike[str], replication: bool = False
+    ) -> None:
+        store = DiskStore(path)
+        super().__init__(model, store, replication=replication)
+        self.path = store.path
+
+    def __repr__(self) -> str:
+        mode = ", replication=True" if self.replication else ""
+        return f"Persistent({self.inner!r}, {str(self.path)!r}{mode})"
+
+    def close(self) -> None:
+        """Close the store (it reopens on its own if used again)."""
+        self.store.close()
+
+
+class Independent(Wrapper):
+    """Successive ``sample()`` calls continue each request's sequence.
+
+    ``Independent(Independent(m))`` shares the inner cursor; a new
+    ``Independent`` over a persistent layer starts at position 0 again, so a
+    whole run replays identically across runs.
+    """
+
+    def __init__(self, model: Layer) -> None:
+        super().__init__(model)
+        self._cursors: dict[str, Cursor] = {}
+        self._lock = threading.Lock()
+
+    def open(self, request: Request) -> Cursor:
+        if not caching_enabled():
+            return self.inner.open(request)
+        key = request_key(self.identity(), request)
+        with self._lock:
+            cursor = self._cursors.get(key)
+            if cursor is None:
+                # Cursors claim positions atomically, so one serves every consumer.
+                cursor = self._cursors[key] = self.inner.open(request)
+            return cursor

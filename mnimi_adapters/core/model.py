@@ -1,0 +1,350 @@
+"""Layers, cursors and the two extension points: ``Model`` and ``BatchedModel``.
+
+Every layer answers ``open(request)`` with a :class:`Cursor`: a position in
+that layer's stream of samples for the request. ``take(batch)`` claims the
+next position atomically (so threads and tasks sharing a cursor never get the
+same sample) and returns at least one sample; ``batch`` is how many samples a
+refill should ask the provider for. A provider's cursor returns a whole
+refill at once, so the cache layer above it stores every paid sample at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .errors import ProviderError
+from .request import Message, Request
+from .sample import Sample, new_draw_id
+
+logger = logging.getLogger("mnimi_adapters")
+
+Prompt = str | list[Message] | Request
+
+
+class Cursor(ABC):
+    """A consumer's position in one layer's sample stream for one request."""
+
+    @abstractmethod
+    def take(self, batch: int) -> list[Sample]:
+        """Claim and return the next sample(s); at least one."""
+
+    @abstractmethod
+    async def atake(self, batch: int) -> list[Sample]:
+        """Async :meth:`take`."""
+
+
+def check_batch(batch: Any) -> int:
+    """Validate a ``batch`` or ``max_batch`` argument."""
+    if isinstance(batch, bool) or not isinstance(batch, int):
+        raise TypeError(f"batch must be an int, got {type(batch).__name__}")
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    return batch
+
+
+class Layer(ABC):
+    """Anything with ``sample``: a provider model or a wrapper over another layer."""
+
+    @abstractmethod
+    def open(self, request: Request) -> Cursor:
+        """A cursor over this layer's samples for ``request``."""
+
+    @abstractmethod
+    def identity(self) -> dict[str, Any]:
+        """What identifies the underlying model in a cache key.
+
+        A dict with ``model`` (the alias or name), ``params`` (default sampling
+        parameters) and, for a generic endpoint without an alias, ``endpoint``.
+        """
+
+    def sample(self, prompt: Prompt, batch: int = 1) -> Iterator[str]:
+        """Iterate over sample texts for ``prompt``.
+
+        Args:
+            prompt: A user message, a list of OpenAI-style messages or a Request.
+            batch: How many samples to ask the provider for per refill.
+
+        Example:
+            >>> from itertools import islice
+            >>> texts = list(islice(model.sample("Pick a number", batch=4), 4))  # doctest: +SKIP
+        """
+        samples = self.samples(prompt, batch)
+        return (s.text for s in samples)
+
+    def samples(self, prompt: Prompt, batch: int = 1) -> Iterator[Sample]:
+        """Like :meth:`sample`, yielding whole :class:`Sample` records."""
+        cursor = self.open(Request.of(prompt))
+        check_batch(batch)
+
+        def iterate() -> Iterator[Sample]:
+            while True:
+                yield from cursor.take(batch)
+
+        return iterate()
+
+    def asample(self, prompt: Prompt, batch: int = 1) -> AsyncIterator[str]:
+        """Async :meth:`sample`: ``async for text in model.asample(prompt)``."""
+        samples = self.asamples(prompt, batch)
+
+        async def iterate() -> AsyncIterator[str]:
+            async for s in samples:
+                yield s.text
+
+        return iterate()
+
+    def asamples(self, prompt: Prompt, batch: int = 1) -> AsyncIterator[Sample]:
+        """Async :meth:`samples`."""
+        cursor = self.open(Request.of(prompt))
+        check_batch(batch)
+
+        async def iterate() -> AsyncIterator[Sample]:
+            while True:
+                for s in await cursor.atake(batch):
+                    yield s
+
+        return iterate()
+
+    @property
+    def root(self) -> Model:
+        """The provider model at the bottom of the layers."""
+        inner = getattr(self, "inner", None)
+        if isinstance(inner, Layer):
+            return inner.root
+        assert isinstance(self, Model)
+        return self
+
+    def total_query_time(self) -> float:
+        """Seconds spent waiting for the provider (of the model at the bottom)."""
+        return self.root._query_time
+
+    def total_token_count(self) -> tuple[int, int]:
+        """(input tokens, output tokens) the provider reported, in total."""
+        root = self.root
+        return root._prompt_tokens, root._completion_tokens
+
+
+class Model(Layer):
+    """Base of provider models.
+
+    Subclass it and implement :meth:`sample` (a generator of ``str`` draws) for
+    a provider of your own, or subclass :class:`BatchedModel` for one that can
+    return several samples per request.
+
+    Args:
+        model_name: The provider's model name.
+        temperature: Sampling temperature.
+        alias: The model's name in cache keys, so one model served by two
+            providers shares a cache.
+        max_batch: The most samples one provider request may return.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        temperature: float,
+        alias: str | None = None,
+        max_batch: int = 1,
+    ) -> None:
+        if not isinstance(model_name, str) or not model_name:
+            raise ValueError(f"model_name must be a non-empty str, got {model_name!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+            raise TypeError(f"temperature must be a number, got {temperature!r}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        self.model_name = model_name
+        self.temperature = float(temperature)
+        self.alias = alias
+        self.max_batch = check_batch(max_batch)
+        self._accounting = threading.Lock()
+        self._query_time = 0.0
+        self._prompt_tokens = 0
+        self._completion_tokens = 0
+        self._requests = 0
+        self._cost = 0.0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model_name!r}, {self.temperature})"
+
+    def identity(self) -> dict[str, Any]:
+        return {"model": self.alias or self.model_name, "params": {"temperature": self.temperature}}
+
+    def open(self, request: Request) -> Cursor:
+        if type(self).sample is Layer.sample:
+            raise NotImplementedError(
+                f"{type(self).__name__} must implement sample(), "
+                "or subclass BatchedModel and implement query()"
+            )
+        return _CustomSampleCursor(self, request)
+
+    def account(self, seconds: float, samples: list[Sample], requests: int) -> None:
+        """Add one refill to the totals (thread-safe)."""
+        with self._accounting:
+            self._query_time += seconds
+            self._requests += requests
+            for s in samples:
+                self._prompt_tokens += s.prompt_tokens
+                self._completion_tokens += s.completion_tokens
+                self._cost += s.cost or 0.0
+
+    def total_cost(self) -> float:
+        """USD spent, where the provider's price is known."""
+        return self._cost
+
+    def total_requests(self) -> int:
+        """How many provider requests were sent."""
+        return self._requests
+
+
+def as_sample(item: str | Sample, response_id: str | None = None) -> Sample:
+    """Turn what a custom model returned into a sample with its own draw id."""
+    if isinstance(item, Sample):
+        return item
+    if isinstance(item, str):
+        return Sample.of_text(item, response_id)
+    raise TypeError(f"a model must produce str or Sample, got {type(item).__name__}")
+
+
+def usable(sample: Sample) -> bool:
+    """Empty or filtered answers are failures, never samples (law 8)."""
+    if sample.finish_reason == "content_filter":
+        return False
+    return bool(sample.text) or bool(sample.message.get("tool_calls"))
+
+
+class _CustomSampleCursor(Cursor):
+    """Draws from a custom ``Model.sample`` generator, one draw per ``take``."""
+
+    def __init__(self, model: Model, request: Request) -> None:
+        self._model = model
+        self._request = request
+        self._iterator: Iterator[str | Sample] | None = None
+        self._lock = threading.Lock()
+
+    def take(self, batch: int) -> list[Sample]:
+        # A generator cannot be advanced from two threads at once.
+        with self._lock:
+            if self._iterator is None:
+                source = self._request.source
+                prompt = self._request if source is None else source
+                self._iterator = iter(self._model.sample(prompt, batch))
+            start = time.perf_counter()
+            try:
+                item = next(self._iterator)
+            except StopIteration:
+                raise ProviderError(f"{self._model!r}.sample() stopped yielding") from None
+            sample = as_sample(item)
+            self._model.account(time.perf_counter() - start, [sample], 1)
+            return [sample]
+
+    async def atake(self, batch: int) -> list[Sample]:
+        return await asyncio.to_thread(self.take, batch)
+
+
+def chunk_sizes(batch: int, max_batch: int) -> list[int]:
+    """Split a refill of ``batch`` into ``ceil(batch / max_batch)`` near-equal requests."""
+    chunks = math.ceil(batch / max_batch)
+    base, extra = divmod(batch, chunks)
+    return [base + (1 if i < extra else 0) for i in range(chunks)]
+
+
+class BatchedModel(Model):
+    """A provider that can return several samples per request.
+
+    Implement :meth:`query`; the base splits refills by ``max_batch``, sends
+    the requests of one refill concurrently, drops failed and empty answers
+    and keeps the accounts.
+
+    Example:
+        >>> class Echo(BatchedModel):
+        ...     def query(self, request, n):
+        ...         return [f"{request.prompt} #{i}" for i in range(n)]
+        >>> next(Echo("echo", 1.0).sample("hi"))
+        'hi #0'
+    """
+
+    @abstractmethod
+    def query(self, request: Request, n: int) -> list[str | Sample]:
+        """Send one request for ``n`` samples and return them."""
+
+    async def aquery(self, request: Request, n: int) -> list[str | Sample]:
+        """Async :meth:`query`; by default runs it in a worker thread."""
+        return await asyncio.to_thread(self.query, request, n)
+
+    def open(self, request: Request) -> Cursor:
+        return _RefillCursor(self, request)
+
+    def _collect(
+        self, outcomes: list[list[str | Sample] | BaseException], seconds: float
+    ) -> list[Sample]:
+        samples: list[Sample] = []
+        errors: list[BaseException] = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                errors.append(outcome)
+            else:
+                response_id = new_draw_id()
+                samples.extend(as_sample(item, response_id) for item in outcome)
+        self.account(seconds, samples, len(outcomes))
+        kept = [s for s in samples if usable(s)]
+        if kept:
+            if errors:
+                # What was paid for is kept; the failed part is simply drawn again later.
+                logger.warning(
+                    "%d of %d requests failed: %s", len(errors), len(outcomes), errors[0]
+                )
+            return kept
+        if errors:
+            raise errors[0]
+        raise ProviderError(f"{self!r} returned no usable sample (empty or filtered answers)")
+
+    def refill(self, request: Request, batch: int) -> list[Sample]:
+        """Draw ``batch`` fresh samples, in ``ceil(batch / max_batch)`` concurrent requests."""
+        sizes = chunk_sizes(batch, self.max_batch)
+        start = time.perf_counter()
+        outcomes: list[list[str | Sample] | BaseException] = []
+        if len(sizes) == 1:
+            outcomes.append(self.query(request, sizes[0]))
+        else:
+            with ThreadPoolExecutor(max_workers=len(sizes)) as pool:
+                futures = [pool.submit(self.query, request, n) for n in sizes]
+                for future in futures:
+                    error = future.exception()
+                    outcomes.append(error if error is not None else future.result())
+        return self._collect(outcomes, time.perf_counter() - start)
+
+    async def arefill(self, request: Request, batch: int) -> list[Sample]:
+        """Async :meth:`refill`."""
+        sizes = chunk_sizes(batch, self.max_batch)
+        start = time.perf_counter()
+        if len(sizes) == 1:
+            outcomes: list[list[str | Sample] | BaseException] = [
+                await self.aquery(request, sizes[0])
+            ]
+        else:
+            gathered = await asyncio.gather(
+                *(self.aquery(request, n) for n in sizes), return_exceptions=True
+            )
+            outcomes = list(gathered)
+        return self._collect(outcomes, time.perf_counter() - start)
+
+
+class _RefillCursor(Cursor):
+    """A provider never repeats itself: every take is a fresh refill."""
+
+    def __init__(self, model: BatchedModel, request: Request) -> None:
+        self._model = model
+        self._request = request
+
+    def take(self, batch: int) -> list[Sample]:
+        return self._model.refill(self._request, batch)
+
+    async def atake(self, batch: int) -> list[Sample]:
+        return await self._model.arefill(self._request, batch)

@@ -1,0 +1,166 @@
+"""Requests and their canonical cache keys.
+
+A request is everything that decides the output distribution: the model
+identity, the messages and the sampling parameters. Its key is a versioned
+hash of a canonical JSON form, so that kwarg order, ``1`` versus ``1.0`` and
+parameters set to ``None`` never split one request into two keys, and so that
+nothing that only changes *how* a request is sent (``n``, credentials,
+timeouts, retries, metadata) ever reaches the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+KEY_VERSION = "m1"
+
+#: Parameters that change how a request is sent, not what it samples from.
+#: Credentials are here so they can never reach a key or a stored value.
+TRANSPORT_PARAMS = frozenset(
+    {
+        "n",
+        "stream",
+        "stream_options",
+        "api_key",
+        "api_base",
+        "base_url",
+        "api_version",
+        "organization",
+        "extra_headers",
+        "headers",
+        "timeout",
+        "request_timeout",
+        "num_retries",
+        "max_retries",
+        "metadata",
+        "user",
+        "caching",
+        "cache",
+        "no-cache",
+        "mock_response",
+        "litellm_logging_obj",
+        "litellm_call_id",
+        "proxy_server_request",
+        "custom_llm_provider",
+        "client",
+        "callbacks",
+    }
+)
+
+Message = dict[str, Any]
+
+
+def canonical(value: Any) -> Any:
+    """Return a JSON-ready canonical form of ``value``.
+
+    Dicts lose their ``None`` entries, integral floats become ints, tuples
+    become lists and pydantic-style objects are dumped to dicts.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): canonical(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str | int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return canonical(dump(exclude_none=True))
+    raise TypeError(f"cannot use a value of type {type(value).__name__} in a request: {value!r}")
+
+
+def canonical_json(value: Any) -> str:
+    """Serialise ``value`` canonically (sorted keys, no spaces)."""
+    return json.dumps(canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, eq=False)
+class Request:
+    """One sampling request: messages plus per-call sampling parameters.
+
+    Args:
+        messages: OpenAI-style message dicts.
+        params: Sampling parameters of this call (``max_tokens``, ``tools``,
+            ``response_format``, ...). Transport parameters are ignored for the key.
+        source: The prompt exactly as the caller gave it; wrappers hand it to a
+            custom inner ``Model.sample`` unchanged.
+
+    Example:
+        >>> Request.of("Choose a number between 1 and 1000.").prompt
+        'Choose a number between 1 and 1000.'
+    """
+
+    messages: tuple[Message, ...]
+    params: Mapping[str, Any] = field(default_factory=dict)
+    source: Any = None
+
+    @classmethod
+    def of(cls, prompt: str | list[Message] | tuple[Message, ...] | Request) -> Request:
+        """Build a request from a prompt string, a message list or a request.
+
+        Raises:
+            TypeError: ``prompt`` is of another type, or a message is not a dict
+                with a ``role``.
+        """
+        if isinstance(prompt, Request):
+            return prompt
+        if isinstance(prompt, str):
+            return cls(({"role": "user", "content": prompt},), {}, prompt)
+        if isinstance(prompt, list | tuple):
+            for i, message in enumerate(prompt):
+                if not isinstance(message, Mapping) or "role" not in message:
+                    raise TypeError(
+                        f"prompt message #{i} must be a dict with a 'role', got {message!r}"
+                    )
+            return cls(tuple(dict(m) for m in prompt), {}, prompt)
+        raise TypeError(
+            "prompt must be a str, a list of message dicts or a Request, "
+            f"got {type(prompt).__name__}"
+        )
+
+    @property
+    def prompt(self) -> str | None:
+        """The text of a single-user-message request, else ``None``."""
+        if len(self.messages) == 1 and self.messages[0].get("role") == "user":
+            content = self.messages[0].get("content")
+            if isinstance(content, str):
+                return content
+        return None
+
+    def sampling_params(self) -> dict[str, Any]:
+        """The parameters that decide the output distribution."""
+        return {k: v for k, v in self.params.items() if k not in TRANSPORT_PARAMS}
+
+    def describe(self, identity: Mapping[str, Any], width: int = 80) -> str:
+        """A one-line human summary, for error messages and listings."""
+        last = self.messages[-1].get("content") if self.messages else ""
+        text = last if isinstance(last, str) else json.dumps(last)
+        if len(text) > width:
+            text = text[: width - 3] + "..."
+        extra = f", {len(self.messages)} messages" if len(self.messages) > 1 else ""
+        return f"(model={identity.get('model')}{extra}) {text!r}"
+
+
+def request_record(identity: Mapping[str, Any], request: Request) -> dict[str, Any]:
+    """The canonical description of a request: what its key is the hash of."""
+    params = dict(identity.get("params", {}))
+    params.update(request.sampling_params())
+    record: dict[str, Any] = {
+        "model": identity.get("model"),
+        "messages": list(request.messages),
+        "params": params,
+    }
+    if identity.get("endpoint"):
+        record["endpoint"] = identity["endpoint"]
+    return canonical(record)
+
+
+def request_key(identity: Mapping[str, Any], request: Request) -> str:
+    """The versioned cache key of ``request`` sent to the model ``identity``."""
+    digest = hashlib.sha256(canonical_json(request_record(identity, request)).encode()).hexdigest()
+    return f"{KEY_VERSION}-{digest[:40]}"

@@ -1,0 +1,83 @@
+"""Samples: one completion choice each, stored as JSON."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import CorruptStoreError
+
+
+def new_draw_id() -> str:
+    """A globally unique id for one draw from a provider."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One independent completion choice.
+
+    Attributes:
+        text: The assistant text ("" for a pure tool call).
+        message: The assistant message as an OpenAI-style dict, tool calls included.
+        finish_reason: Why generation stopped, as the provider said.
+        usage: This sample's share of the response's token usage
+            (``prompt_tokens``, ``completion_tokens``).
+        model: The model name the provider reported.
+        draw_id: Unique id of this draw; a sequence never holds one twice.
+        created: Unix time of the draw.
+        response_id: Id of the provider response it came from (shared by the
+            ``n`` choices of one response).
+        cost: This sample's share of the response cost in USD, when known.
+    """
+
+    text: str
+    message: dict[str, Any] = field(default_factory=dict)
+    finish_reason: str | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    model: str | None = None
+    draw_id: str = field(default_factory=new_draw_id)
+    created: float = field(default_factory=time.time)
+    response_id: str | None = None
+    cost: float | None = None
+
+    @classmethod
+    def of_text(cls, text: str, response_id: str | None = None) -> Sample:
+        """A sample for a plain string drawn by a custom model."""
+        return cls(
+            text=text, message={"role": "assistant", "content": text}, response_id=response_id
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form stored on disk."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Sample:
+        """Rebuild a sample from :meth:`to_dict` output.
+
+        Raises:
+            CorruptStoreError: ``data`` is not a stored sample.
+        """
+        if not isinstance(data, dict) or not isinstance(data.get("text"), str):
+            raise CorruptStoreError(f"not a stored sample: {str(data)[:80]!r}")
+        try:
+            return cls(**data)
+        except TypeError as error:
+            raise CorruptStoreError(f"not a stored sample: {error}") from None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return int(self.usage.get("prompt_tokens", 0))
+
+    @property
+    def completion_tokens(self) -> int:
+        return int(self.usage.get("completion_tokens", 0))
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """Split ``total`` into ``parts`` near-equal non-negative ints summing to it."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
