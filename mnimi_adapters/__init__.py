@@ -10,7 +10,7 @@ Example:
     >>> from mnimi_adapters import AI302, Independent, Persistent  # doctest: +SKIP
     >>> model = Persistent(AI302("gpt-4o", 1.0), "~/.llm_cache")  # doctest: +SKIP
     >>> ind = Independent(model)  # doctest: +SKIP
-    >>> first, second = next(ind.sample("Pick a number")), next(ind.sample("Pick a number"))  # doctest: +SKIP
+    >>> a, b = next(ind.sample("Pick one")), next(ind.sample("Pick one"))  # doctest: +SKIP
 
 Providers live in :mod:`mnimi_adapters.providers` and are imported on first
 use, so that ``import mnimi_adapters`` does not pay for importing LiteLLM.
