@@ -198,7 +198,7 @@ class _ReplayCursor(Cursor):
             self._layer.extend(self._request, self._key, index, batch)
             sample = self._read(index)
         self._layer._note(hit=hit)
-        return [sample]
+        return [sample.served(self._key, index, hit)]
 
     async def atake(self, batch: int) -> list[Sample]:
         index = self._claim()
@@ -208,7 +208,7 @@ class _ReplayCursor(Cursor):
             await self._layer.aextend(self._request, self._key, index, batch)
             sample = self._read(index)
         self._layer._note(hit=hit)
-        return [sample]
+        return [sample.served(self._key, index, hit)]
 
     def _read(self, index: int) -> Sample:
         sample = self._layer.store.get(self._key, index)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .errors import CorruptStoreError
@@ -31,6 +31,9 @@ class Sample:
         response_id: Id of the provider response it came from (shared by the
             ``n`` choices of one response).
         cost: This sample's share of the response cost in USD, when known.
+        origin: Where this draw was served from, set by the cache layers and
+            never stored: ``key`` and ``index`` in the innermost cache's
+            sequence, and ``cache_hit`` (no provider call was needed for it).
     """
 
     text: str
@@ -42,6 +45,7 @@ class Sample:
     created: float = field(default_factory=time.time)
     response_id: str | None = None
     cost: float | None = None
+    origin: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of_text(cls, text: str, response_id: str | None = None) -> Sample:
@@ -52,7 +56,9 @@ class Sample:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form stored on disk."""
-        return asdict(self)
+        data = asdict(self)
+        del data["origin"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> Sample:
@@ -61,12 +67,26 @@ class Sample:
         Raises:
             CorruptStoreError: ``data`` is not a stored sample.
         """
-        if not isinstance(data, dict) or not isinstance(data.get("text"), str):
+        if not isinstance(data, dict) or not isinstance(data.get("text"), str) or "origin" in data:
             raise CorruptStoreError(f"not a stored sample: {str(data)[:80]!r}")
         try:
             return cls(**data)
         except TypeError as error:
             raise CorruptStoreError(f"not a stored sample: {error}") from None
+
+    def served(self, key: str, index: int, hit: bool) -> Sample:
+        """This sample annotated as served by a cache layer at ``index`` of ``key``.
+
+        The innermost cache layer names the position; any layer that had the
+        sample stored makes it a hit.
+        """
+        if self.origin is None:
+            origin = {"key": key, "index": index, "cache_hit": hit}
+        elif hit and not self.origin["cache_hit"]:
+            origin = {**self.origin, "cache_hit": True}
+        else:
+            return self
+        return replace(self, origin=origin)
 
     @property
     def prompt_tokens(self) -> int:
