@@ -81,8 +81,8 @@ class Layer(ABC):
 
     def samples(self, prompt: Prompt, batch: int = 1) -> Iterator[Sample]:
         """Like :meth:`sample`, yielding whole :class:`Sample` records."""
-        cursor = self.open(Request.of(prompt))
         check_batch(batch)
+        cursor = self.open(Request.of(prompt))
 
         def iterate() -> Iterator[Sample]:
             while True:
@@ -102,8 +102,8 @@ class Layer(ABC):
 
     def asamples(self, prompt: Prompt, batch: int = 1) -> AsyncIterator[Sample]:
         """Async :meth:`samples`."""
-        cursor = self.open(Request.of(prompt))
         check_batch(batch)
+        cursor = self.open(Request.of(prompt))
 
         async def iterate() -> AsyncIterator[Sample]:
             while True:

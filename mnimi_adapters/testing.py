@@ -1,0 +1,1185 @@
+"""A local, OpenAI-compatible sampling server for tests and offline demos.
+
+The server answers ``/v1/chat/completions`` with *random* samples: every choice of every
+request is different (with overwhelming probability), which is exactly what a caching
+library needs to be tested against. A cache that wrongly replays a sample shows up as a
+repeated text; a cache that wrongly discards one shows up as an extra request in
+:attr:`SamplingServer.requests`.
+
+It uses only the standard library so that importing it is cheap and it can run anywhere::
+
+    with SamplingServer(seed=0) as server:
+        litellm.completion(model="openai/mock-model", api_base=server.url, api_key="sk-test",
+                           messages=[{"role": "user", "content": "Pick between 1 and 1000"}])
+
+or from a shell: ``python -m mnimi_adapters.testing --port 8000``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import re
+import select
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+__all__ = ["LoggedRequest", "SamplingServer", "main"]
+
+_CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+_MODEL_PATHS = frozenset({"/v1/models", "/models"})
+_REDACTED_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key"})
+_FAULT_KINDS = frozenset({"status", "timeout", "malformed", "empty"})
+_DEFAULT_MODEL = "mock-model"
+_FINGERPRINT = "mnimi-local"
+
+_RANGE_RE = re.compile(r"between (\d+) and (\d+)", re.IGNORECASE)
+_INT_RE = re.compile(r"-?\d+")
+_TOOL_HINT_RE = re.compile(r"\b(?:tools?|call(?:s|ed|ing)?|use|using)\b", re.IGNORECASE)
+
+_VOCABULARY = (
+    "amber", "breeze", "candle", "delta", "ember", "falcon", "garden", "harbor", "island",
+    "jasmine", "kettle", "lantern", "meadow", "nectar", "orbit", "pebble", "quartz", "river",
+    "saffron", "timber", "umbra", "velvet", "willow", "zephyr", "quietly", "brightly",
+    "slowly", "drifts", "glows", "hums", "sings", "wanders", "over", "under", "beside", "beyond",
+)  # fmt: skip
+
+# Below this size a range is sampled without replacement from an explicit list; above it by
+# rejection, which stays cheap because such ranges are never close to exhausted in practice.
+_SMALL_RANGE = 4096
+# Sentences carry one number token from this range so that two texts never coincide.
+_TOKEN_RANGE = (100_000, 999_999_999)
+# Recursive ``$ref`` schemas would otherwise generate forever: past half this depth arrays
+# shrink to their minimum length and optional values become null, so recursion bottoms out
+# with a value that is still valid.
+_MAX_SCHEMA_DEPTH = 12
+_STREAM_PIECES = 4
+
+
+@dataclass
+class LoggedRequest:
+    """One HTTP request received by a :class:`SamplingServer`.
+
+    Attributes:
+        method: HTTP method, e.g. ``"POST"``.
+        path: Request path without the query string, e.g. ``"/v1/chat/completions"``.
+        body: Parsed JSON body (``{}`` if the body was empty or not a JSON object).
+        headers: Request headers with lower-cased names; credentials (``authorization``,
+            ``api-key``, ...) are replaced by ``"***"``.
+        status: HTTP status the server answered. ``0`` while the request is still being
+            processed, or if no answer was ever sent (an injected ``"timeout"`` fault whose
+            client went away, or a server stopped mid-request).
+    """
+
+    method: str
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    status: int
+
+
+@dataclass(frozen=True)
+class _Fault:
+    kind: str
+    status: int
+    retry_after: float | None
+    hang: float
+
+
+@dataclass
+class _Choice:
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None
+    finish_reason: str
+
+
+class _RequestError(Exception):
+    """A client error reported to the caller as an OpenAI-style error body."""
+
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        error_type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.error_type = error_type
+        self.code = code
+        self.param = param
+
+    def payload(self) -> dict[str, Any]:
+        return _error_payload(self.message, self.error_type, self.code, self.param)
+
+
+def _error_payload(
+    message: str, error_type: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def _error_kind(status: int) -> tuple[str, str | None]:
+    """Maps a status to the ``type``/``code`` pair OpenAI uses, so SDKs classify it right."""
+    known: dict[int, tuple[str, str | None]] = {
+        400: ("invalid_request_error", None),
+        401: ("authentication_error", "invalid_api_key"),
+        403: ("permission_error", None),
+        404: ("not_found_error", "model_not_found"),
+        408: ("timeout_error", None),
+        409: ("conflict_error", None),
+        422: ("invalid_request_error", None),
+        429: ("rate_limit_error", "rate_limit_exceeded"),
+        503: ("server_error", "overloaded"),
+        504: ("timeout_error", None),
+    }
+    if status in known:
+        return known[status]
+    return ("server_error", None) if status >= 500 else ("invalid_request_error", None)
+
+
+# ---------------------------------------------------------------------------------------
+# Request helpers (pure functions of the request body)
+# ---------------------------------------------------------------------------------------
+
+
+def _content_text(content: Any) -> str:
+    """Text of a message ``content``: a string or a list of OpenAI content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [part.get("text", "") if isinstance(part, dict) else str(part) for part in content]
+        return " ".join(p for p in parts if isinstance(p, str) and p)
+    return ""
+
+
+def _last_user_text(messages: list[Any]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return _content_text(message.get("content"))
+    return ""
+
+
+def _prompt_tokens(messages: list[Any]) -> int:
+    words = sum(
+        len(_content_text(m.get("content")).split()) for m in messages if isinstance(m, dict)
+    )
+    return max(1, words)
+
+
+def _positive_int(body: dict[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    # bool is an int subclass; ``"n": true`` is a client bug, not a count.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _RequestError(f"'{key}' must be a positive integer", param=key)
+    return value
+
+
+def _stop_sequences(body: dict[str, Any]) -> list[str]:
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise _RequestError("'stop' must be a string or a list of strings", param="stop")
+    return [s for s in stop if s]
+
+
+def _apply_stop_and_limit(text: str, stops: list[str], max_tokens: int | None) -> tuple[str, str]:
+    """Cuts ``text`` like a model would: at the first stop sequence, then at the token limit."""
+    positions = [i for i in (text.find(s) for s in stops) if i >= 0]
+    if positions:
+        text = text[: min(positions)]
+    if max_tokens is not None:
+        tokens = text.split()
+        if len(tokens) > max_tokens:
+            # Only a real truncation is a "length" finish; a short answer stops naturally.
+            return " ".join(tokens[:max_tokens]), "length"
+    return text, "stop"
+
+
+def _functions(body: dict[str, Any]) -> list[dict[str, Any]]:
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return []
+    found = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            found.append(function)
+    return found
+
+
+def _mentioned_function(functions: list[dict[str, Any]], text: str) -> dict[str, Any] | None:
+    # Longest name first, so "magic_function_no_args" is not mistaken for "magic_function".
+    for function in sorted(functions, key=lambda f: len(f["name"]), reverse=True):
+        if re.search(rf"(?<![\w-]){re.escape(function['name'])}(?![\w-])", text, re.IGNORECASE):
+            return function
+    return None
+
+
+def _select_function(body: dict[str, Any], last_user: str) -> dict[str, Any] | None:
+    """Decides whether the answer is a tool call, and to which function."""
+    functions = _functions(body)
+    messages = body["messages"]
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    # After a tool result a model summarises it instead of calling tools in a loop.
+    if not functions or last.get("role") in ("tool", "function"):
+        return None
+    choice = body.get("tool_choice")
+    if choice is None:
+        choice = "auto"
+    if choice == "none":
+        return None
+    if isinstance(choice, dict):
+        inner = choice.get("function")
+        name = inner.get("name") if isinstance(inner, dict) else choice.get("name")
+        for function in functions:
+            if function["name"] == name:
+                return function
+        raise _RequestError(
+            f"tool_choice names function {name!r}, which is not among 'tools'",
+            param="tool_choice",
+        )
+    mentioned = _mentioned_function(functions, last_user)
+    if choice in ("required", "any"):
+        return mentioned or functions[0]
+    if isinstance(choice, str) and choice != "auto":
+        for function in functions:
+            if function["name"] == choice:
+                return function
+    if mentioned is not None:
+        return mentioned
+    if len(functions) == 1 and _TOOL_HINT_RE.search(last_user):
+        return functions[0]
+    return None
+
+
+def _is_null_schema(schema: Any) -> bool:
+    return isinstance(schema, dict) and schema.get("type") == "null"
+
+
+def _resolve_ref(root: Any, ref: str) -> Any:
+    if not ref.startswith("#"):
+        return {}
+    node = root
+    for raw in ref.lstrip("#").strip("/").split("/"):
+        if not raw:
+            continue
+        key = raw.replace("~1", "/").replace("~0", "~")
+        if not isinstance(node, dict) or key not in node:
+            return {}
+        node = node[key]
+    return node
+
+
+def _split(text: str, pieces: int = _STREAM_PIECES) -> list[str]:
+    """Splits text into up to ``pieces`` consecutive parts that concatenate back to it."""
+    if not text:
+        return []
+    count = min(pieces, len(text))
+    size = -(-len(text) // count)
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+# ---------------------------------------------------------------------------------------
+# Sampling (not thread-safe on its own: SamplingServer calls it under its lock)
+# ---------------------------------------------------------------------------------------
+
+
+class _Sampler:
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        # Values already handed out per range. Sampling without replacement makes "every
+        # sample differs" hold deterministically (until a range is exhausted), so tests that
+        # check a cache returned *fresh* samples cannot flake on a birthday collision.
+        self._used: dict[tuple[int, int], set[int]] = {}
+
+    def hex(self, bits: int = 96) -> str:
+        return f"{self.rng.getrandbits(bits):0{bits // 4}x}"
+
+    def unique_int(self, low: int, high: int) -> int:
+        if low > high:
+            low, high = high, low
+        used = self._used.setdefault((low, high), set())
+        size = high - low + 1
+        if len(used) >= size:
+            used.clear()
+        if size <= _SMALL_RANGE:
+            value = self.rng.choice([v for v in range(low, high + 1) if v not in used])
+        else:
+            value = self.rng.randint(low, high)
+            while value in used:
+                value = self.rng.randint(low, high)
+        used.add(value)
+        return value
+
+    def words(self, count: int) -> str:
+        return " ".join(self.rng.choice(_VOCABULARY) for _ in range(count))
+
+    def sentence(self) -> str:
+        # The number token comes first so that even a 1-token truncation stays unique.
+        token = self.unique_int(*_TOKEN_RANGE)
+        return f"{token} {self.words(self.rng.randint(4, 12))}"
+
+    def answer(self, last_user: str) -> str:
+        match = _RANGE_RE.search(last_user)
+        if match:
+            return str(self.unique_int(int(match.group(1)), int(match.group(2))))
+        return self.sentence()
+
+    # -- JSON schema ------------------------------------------------------------------
+
+    def value(self, schema: Any, root: Any, ints: list[int], depth: int = 0) -> Any:
+        """Generates a value that satisfies (the commonly used subset of) a JSON schema."""
+        if depth > _MAX_SCHEMA_DEPTH:
+            return None
+        if schema is True or not isinstance(schema, dict):
+            return self.words(2)
+        if isinstance(schema.get("$ref"), str):
+            return self.value(_resolve_ref(root, schema["$ref"]), root, ints, depth + 1)
+        if "const" in schema:
+            return schema["const"]
+        enum = schema.get("enum")
+        if isinstance(enum, list) and enum:
+            return self.rng.choice(enum)
+        for key in ("anyOf", "oneOf"):
+            options = schema.get(key)
+            if isinstance(options, list) and options:
+                # The first non-null option: Optional[X] should produce an X (unless deep in
+                # a recursive schema, where null is what ends the recursion).
+                nullable = any(_is_null_schema(o) for o in options)
+                if nullable and depth >= _MAX_SCHEMA_DEPTH // 2:
+                    return None
+                pick = next((o for o in options if not _is_null_schema(o)), options[0])
+                return self.value(pick, root, ints, depth + 1)
+        all_of = schema.get("allOf")
+        if isinstance(all_of, list) and all_of:
+            return self.value(self._merge(all_of, root), root, ints, depth + 1)
+
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            kind = next((k for k in kind if k != "null"), "null")
+        if kind is None:
+            if "properties" in schema:
+                kind = "object"
+            elif "items" in schema or "prefixItems" in schema:
+                kind = "array"
+            else:
+                kind = "string"
+        if kind == "object":
+            return self._object(schema, root, ints, depth)
+        if kind == "array":
+            return self._array(schema, root, ints, depth)
+        if kind == "integer":
+            return self._integer(schema, ints)
+        if kind == "number":
+            return self._number(schema, ints)
+        if kind == "boolean":
+            return self.rng.random() < 0.5
+        if kind == "null":
+            return None
+        return self._string(schema)
+
+    def _merge(self, parts: list[Any], root: Any) -> dict[str, Any]:
+        merged: dict[str, Any] = {"type": "object", "properties": {}, "required": []}
+        for part in parts:
+            if isinstance(part, dict) and isinstance(part.get("$ref"), str):
+                part = _resolve_ref(root, part["$ref"])
+            if not isinstance(part, dict):
+                continue
+            if "properties" not in part and "type" in part and part["type"] != "object":
+                return part  # allOf of a scalar schema: the parts only add constraints.
+            merged["properties"].update(part.get("properties") or {})
+            merged["required"].extend(part.get("required") or [])
+        return merged
+
+    def _object(self, schema: dict[str, Any], root: Any, ints: list[int], depth: int) -> Any:
+        properties = schema.get("properties")
+        if not isinstance(properties, dict):
+            return {}
+        # All properties, required ones first, so user-given integers land on required fields.
+        required = [k for k in schema.get("required") or [] if k in properties]
+        order = required + [k for k in properties if k not in required]
+        return {key: self.value(properties[key], root, ints, depth + 1) for key in order}
+
+    def _array(self, schema: dict[str, Any], root: Any, ints: list[int], depth: int) -> Any:
+        prefix = schema.get("prefixItems")
+        if isinstance(prefix, list):
+            return [self.value(item, root, ints, depth + 1) for item in prefix]
+        max_items = int(schema.get("maxItems", 3))
+        low = int(schema.get("minItems", min(1, max_items)))
+        high = max(low, min(max_items, 3))
+        if depth >= _MAX_SCHEMA_DEPTH // 2:
+            low = high = int(schema.get("minItems", 0))
+        items = schema.get("items", {})
+        return [
+            self.value(items, root, ints, depth + 1) for _ in range(self.rng.randint(low, high))
+        ]
+
+    @staticmethod
+    def _bounds(schema: dict[str, Any], step: int) -> tuple[float | None, float | None]:
+        low = schema.get("minimum")
+        high = schema.get("maximum")
+        if isinstance(schema.get("exclusiveMinimum"), int | float):
+            low = schema["exclusiveMinimum"] + step
+        if isinstance(schema.get("exclusiveMaximum"), int | float):
+            high = schema["exclusiveMaximum"] - step
+        return low, high
+
+    def _take_int(self, ints: list[int], low: float | None, high: float | None) -> int | None:
+        # Numbers from the prompt go first ("magic_function(3)" must be called with 3).
+        while ints:
+            candidate = ints.pop(0)
+            if (low is None or candidate >= low) and (high is None or candidate <= high):
+                return candidate
+        return None
+
+    def _integer(self, schema: dict[str, Any], ints: list[int]) -> int:
+        low, high = self._bounds(schema, 1)
+        taken = self._take_int(ints, low, high)
+        if taken is not None:
+            return taken
+        lo = int(low) if low is not None else min(0, int(high) if high is not None else 0)
+        hi = int(high) if high is not None else lo + 100
+        return self.rng.randint(lo, max(lo, hi))
+
+    def _number(self, schema: dict[str, Any], ints: list[int]) -> float | int:
+        low, high = self._bounds(schema, 0)
+        taken = self._take_int(ints, low, high)
+        if taken is not None:
+            return taken
+        lo = float(low) if low is not None else min(0.0, float(high) if high is not None else 0.0)
+        hi = float(high) if high is not None else lo + 100.0
+        return round(self.rng.uniform(lo, max(lo, hi)), 3)
+
+    def _string(self, schema: dict[str, Any]) -> str:
+        fmt = schema.get("format")
+        rng = self.rng
+        if fmt == "date-time":
+            day = f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+            text = f"{day}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00Z"
+        elif fmt == "date":
+            text = f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+        elif fmt == "time":
+            text = f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00"
+        elif fmt == "email":
+            text = f"{rng.choice(_VOCABULARY)}{rng.randint(1, 9999)}@example.com"
+        elif fmt in ("uri", "url"):
+            text = f"https://example.com/{rng.choice(_VOCABULARY)}/{rng.randint(1, 9999)}"
+        elif fmt == "uuid":
+            h = self.hex(128)
+            text = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-8{h[17:20]}-{h[20:32]}"
+        else:
+            text = f"{self.words(rng.randint(1, 3))} {rng.randint(1, 99999)}"
+        min_length = schema.get("minLength")
+        if isinstance(min_length, int) and len(text) < min_length:
+            text = text + "x" * (min_length - len(text))
+        max_length = schema.get("maxLength")
+        if isinstance(max_length, int) and len(text) > max_length:
+            text = text[:max_length]
+        return text
+
+    # -- Choices ----------------------------------------------------------------------
+
+    def tool_call(self, function: dict[str, Any], last_user: str) -> dict[str, Any]:
+        parameters = function.get("parameters")
+        if not isinstance(parameters, dict):
+            parameters = {"type": "object", "properties": {}}
+        arguments = self.value(parameters, parameters, [int(i) for i in _INT_RE.findall(last_user)])
+        if not isinstance(arguments, dict):
+            arguments = {}
+        return {
+            "id": f"call_{self.hex(96)}",
+            "type": "function",
+            "function": {"name": function["name"], "arguments": json.dumps(arguments)},
+        }
+
+    def choice(
+        self,
+        body: dict[str, Any],
+        function: dict[str, Any] | None,
+        stops: list[str],
+        max_tokens: int | None,
+    ) -> _Choice:
+        messages = body["messages"]
+        last_user = _last_user_text(messages)
+        if function is not None:
+            return _Choice(None, [self.tool_call(function, last_user)], "tool_calls")
+        last = messages[-1] if isinstance(messages[-1], dict) else {}
+        if last.get("role") in ("tool", "function"):
+            result = _content_text(last.get("content"))[:200]
+            text = f"The tool returned {result}. {self.sentence()}"
+        else:
+            text = self.answer(last_user)
+
+        response_format = body.get("response_format")
+        format_type = response_format.get("type") if isinstance(response_format, dict) else None
+        # Structured answers are never truncated: callers of JSON mode expect parseable JSON.
+        if format_type == "json_object":
+            return _Choice(json.dumps({"answer": text}), None, "stop")
+        if format_type == "json_schema":
+            spec = response_format.get("json_schema") if response_format else None
+            schema = spec.get("schema") if isinstance(spec, dict) else None
+            if isinstance(schema, dict):
+                ints = [int(i) for i in _INT_RE.findall(last_user)]
+                return _Choice(json.dumps(self.value(schema, schema, ints)), None, "stop")
+            return _Choice(json.dumps({"answer": text}), None, "stop")
+
+        text, finish_reason = _apply_stop_and_limit(text, stops, max_tokens)
+        return _Choice(text, None, finish_reason)
+
+
+def _completion_tokens(choice: _Choice) -> int:
+    if choice.tool_calls:
+        text = " ".join(c["function"]["arguments"] for c in choice.tool_calls)
+    else:
+        text = choice.content or ""
+    return max(1, len(text.split()))
+
+
+def _stream_deltas(choice: _Choice) -> list[dict[str, Any]]:
+    """The ``delta`` objects of one choice, in the order OpenAI streams them."""
+    if choice.tool_calls:
+        deltas: list[dict[str, Any]] = []
+        for index, call in enumerate(choice.tool_calls):
+            head = {
+                "index": index,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""},
+            }
+            delta: dict[str, Any] = {"tool_calls": [head]}
+            if index == 0:
+                delta = {"role": "assistant", "content": None, **delta}
+            deltas.append(delta)
+            deltas.extend(
+                {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+                for piece in _split(call["function"]["arguments"])
+            )
+        return deltas
+    return [
+        {"role": "assistant", "content": ""},
+        *({"content": piece} for piece in _split(choice.content or "")),
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# HTTP plumbing
+# ---------------------------------------------------------------------------------------
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # Hanging "timeout" handlers must not make stop() wait for them.
+    block_on_close = False
+    allow_reuse_address = True
+    # Refills arrive in bursts of concurrent connections; the default backlog of 5 would
+    # make the kernel drop SYNs and clients stall for a second on the retry.
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], owner: SamplingServer) -> None:
+        self.owner = owner
+        self.stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        # Idle keep-alive connections would otherwise keep being served after stop().
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError) or self.stopping.is_set():
+            return  # A client hanging up is normal life for a test server, not a traceback.
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "mnimi-sampling-server/1"
+    sys_version = ""
+
+    @property
+    def _http(self) -> _HTTPServer:
+        return cast(_HTTPServer, self.server)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silences the per-request access log on stderr."""
+
+    def handle(self) -> None:
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            super().handle()
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    # -- Dispatch ---------------------------------------------------------------------
+
+    def _dispatch(self, method: str) -> None:
+        path = urlsplit(self.path).path
+        if len(path) > 1:
+            path = path.rstrip("/")
+        raw = self._read_body()
+        body = self._parse(raw)
+        entry = LoggedRequest(
+            method=method,
+            path=path,
+            body=body if isinstance(body, dict) else {},
+            headers={
+                name.lower(): "***" if name.lower() in _REDACTED_HEADERS else value
+                for name, value in self.headers.items()
+            },
+            status=0,
+        )
+        owner = self._http.owner
+        owner._log(entry)
+        if method == "POST" and path in _CHAT_PATHS:
+            self._chat(entry, body)
+        elif method == "GET" and path in _MODEL_PATHS:
+            self._send_json(entry, 200, owner._models_payload())
+        else:
+            message = f"Unknown endpoint: {method} {path}"
+            self._send_json(entry, 404, _error_payload(message, "not_found_error", "not_found"))
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # Trailers: nothing we need from them.
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    @staticmethod
+    def _parse(raw: bytes) -> Any:
+        try:
+            return json.loads(raw) if raw else None
+        except (ValueError, UnicodeDecodeError):
+            return None
+
+    def _chat(self, entry: LoggedRequest, body: Any) -> None:
+        owner = self._http.owner
+        fault = owner._pop_fault()
+        stream = isinstance(body, dict) and body.get("stream") is True
+        if not self._wait(owner.latency):
+            return
+        if fault is not None:
+            self._send_fault(entry, fault, stream)
+            return
+        try:
+            if not isinstance(body, dict):
+                raise _RequestError("We could not parse the JSON body of your request.")
+            result = owner._complete(body)
+        except _RequestError as error:
+            self._send_json(entry, error.status, error.payload())
+            return
+        except Exception as error:  # A bug here must reach the test as a 500, not hang it.
+            payload = _error_payload(f"mock server error: {error!r}", "server_error")
+            self._send_json(entry, 500, payload)
+            return
+        if isinstance(result, list):
+            self._send_events(entry, result)
+        else:
+            self._send_json(entry, 200, result)
+
+    def _send_fault(self, entry: LoggedRequest, fault: _Fault, stream: bool) -> None:
+        if fault.kind == "status":
+            error_type, code = _error_kind(fault.status)
+            payload = _error_payload(f"Injected fault: HTTP {fault.status}", error_type, code)
+            headers = {}
+            if fault.retry_after is not None:
+                seconds = fault.retry_after
+                headers["Retry-After"] = (
+                    str(int(seconds)) if seconds == int(seconds) else str(seconds)
+                )
+                # The OpenAI SDK reads this one first, and it keeps sub-second precision.
+                headers["retry-after-ms"] = str(int(seconds * 1000))
+            self._send_json(entry, fault.status, payload, headers)
+        elif fault.kind == "timeout":
+            if self._hold(fault.hang):
+                payload = _error_payload("Injected fault: timeout", "timeout_error")
+                self._send_json(entry, 504, payload)
+        elif fault.kind == "malformed":
+            if stream:
+                self._send_events(entry, [b'data: {"id": "chatcmpl-broken", "choices": [\n\n'])
+            else:
+                body = b'{"id": "chatcmpl-broken", "choices": [ this is not JSON'
+                self._send_bytes(entry, 200, body, "application/json")
+        else:  # "empty"
+            payload = self._http.owner._empty_payload(chunk=stream)
+            if stream:
+                self._send_events(entry, [payload, None])
+            else:
+                self._send_json(entry, 200, payload)
+
+    # -- Waiting ----------------------------------------------------------------------
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleeps; returns False (and drops the connection) if the server stops meanwhile."""
+        stopping = self._http.stopping
+        if seconds > 0:
+            stopping.wait(seconds)
+        if stopping.is_set():
+            self.close_connection = True
+            return False
+        return True
+
+    def _hold(self, seconds: float) -> bool:
+        """Holds the connection open; returns True if the client is still there afterwards."""
+        deadline = time.monotonic() + seconds
+        stopping = self._http.stopping
+        while not stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return True
+            # A readable socket with nothing to read means the client gave up: stop hanging
+            # so a timed-out test leaves no thread behind.
+            readable, _, _ = select.select([self.connection], [], [], min(remaining, 0.05))
+            if readable:
+                try:
+                    if not self.connection.recv(1, socket.MSG_PEEK):
+                        break
+                except OSError:
+                    break
+                stopping.wait(min(remaining, 0.05))  # Pipelined data: keep holding.
+        self.close_connection = True
+        return False
+
+    # -- Writing ----------------------------------------------------------------------
+
+    def _send_json(
+        self,
+        entry: LoggedRequest,
+        status: int,
+        payload: Any,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self._send_bytes(entry, status, json.dumps(payload).encode(), "application/json", headers)
+
+    def _send_bytes(
+        self,
+        entry: LoggedRequest,
+        status: int,
+        data: bytes,
+        content_type: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        # Logged before the first byte leaves, so a client that has its answer sees the entry.
+        entry.status = status
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_events(self, entry: LoggedRequest, events: list[Any]) -> None:
+        """Streams Server-Sent Events; ``None`` stands for ``[DONE]``, bytes are sent raw."""
+        entry.status = 200
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        # Chunked encoding delimits the stream, so the connection can be reused afterwards.
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for event in events:
+            if event is None:
+                data = b"data: [DONE]\n\n"
+            elif isinstance(event, bytes):
+                data = event
+            else:
+                data = b"data: " + json.dumps(event).encode() + b"\n\n"
+            self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
+        self.wfile.write(b"0\r\n\r\n")
+
+
+# ---------------------------------------------------------------------------------------
+# Public server
+# ---------------------------------------------------------------------------------------
+
+
+class SamplingServer:
+    """An OpenAI-compatible HTTP server that answers chat completions with random samples.
+
+    Texts are drawn from a server-wide ``random.Random(seed)`` in request order, so a run is
+    reproducible when requests arrive in the same order, while every choice of every request
+    differs from all others (numbers are drawn without replacement within each range, and
+    sentences carry a unique number token).
+
+    Behaviour, decided by the last user message and the request parameters:
+
+    * ``"... between 1 and 1000 ..."`` → a random integer in the range as the whole text;
+      anything else → a short random sentence.
+    * ``n``, ``max_tokens``/``max_completion_tokens`` (finish reason ``"length"`` when the
+      text was cut), ``stop``, ``tools``/``tool_choice``, ``response_format`` (``json_object``
+      and ``json_schema``), ``stream`` and ``stream_options.include_usage`` are honoured.
+    * Faults can be injected with :meth:`fail_next`; every request is logged in
+      :attr:`requests`.
+
+    Args:
+        seed: Seed of the server-wide random generator.
+        latency: Seconds to sleep before answering each chat request (before the first byte
+            when streaming). Can be changed at any time through :attr:`latency`.
+        host: Interface to bind.
+        port: Port to bind; ``0`` picks a free one.
+        max_n: If set, requests with ``n`` above it are rejected with HTTP 400, like
+            providers that do not support several choices.
+
+    Example:
+        >>> with SamplingServer(seed=1) as server:  # doctest: +SKIP
+        ...     print(server.url)
+        http://127.0.0.1:54321/v1
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        latency: float = 0.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_n: int | None = None,
+    ) -> None:
+        self.seed = seed
+        self.latency = latency
+        self.host = host
+        self.port = port
+        self.max_n = max_n
+        self.requests: list[LoggedRequest] = []
+        self._lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._sampler = _Sampler(seed)
+        self._faults: deque[_Fault] = deque()
+        self._models: dict[str, None] = {_DEFAULT_MODEL: None}  # Insertion-ordered set.
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- Lifecycle --------------------------------------------------------------------
+
+    def start(self) -> SamplingServer:
+        """Starts serving in a daemon thread; does nothing if already running.
+
+        Returns:
+            The server itself, for chaining (``server = SamplingServer().start()``).
+        """
+        with self._state_lock:
+            if self._httpd is not None:
+                return self
+            httpd = _HTTPServer((self.host, self.port), self)
+            thread = threading.Thread(
+                target=httpd.serve_forever,
+                kwargs={"poll_interval": 0.05},  # stop() returns within ~50 ms.
+                name=f"mnimi-sampling-server:{httpd.server_address[1]}",
+                daemon=True,
+            )
+            self._httpd, self._thread = httpd, thread
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stops serving and drops open connections; hanging faults are released."""
+        with self._state_lock:
+            httpd, thread = self._httpd, self._thread
+            self._httpd = self._thread = None
+        if httpd is None:
+            return
+        httpd.stopping.set()
+        httpd.shutdown()
+        httpd.close_connections()
+        httpd.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> SamplingServer:
+        """Starts the server (see :meth:`start`)."""
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Stops the server (see :meth:`stop`)."""
+        self.stop()
+
+    @property
+    def root_url(self) -> str:
+        """Base address without the API prefix, e.g. ``"http://127.0.0.1:8000"``.
+
+        Raises:
+            RuntimeError: If the server is not running.
+        """
+        httpd = self._httpd
+        if httpd is None:
+            raise RuntimeError("SamplingServer is not running; call start() first")
+        host, port = httpd.server_address[:2]
+        if host in ("0.0.0.0", ""):
+            host = "127.0.0.1"  # A wildcard bind is reachable on loopback.
+        return f"http://{host!s}:{port}"
+
+    @property
+    def url(self) -> str:
+        """OpenAI base URL (``api_base``/``base_url``), e.g. ``"http://127.0.0.1:8000/v1"``.
+
+        Raises:
+            RuntimeError: If the server is not running.
+        """
+        return f"{self.root_url}/v1"
+
+    # -- Inspection and faults --------------------------------------------------------
+
+    def chat_requests(self) -> list[LoggedRequest]:
+        """Returns the logged requests to a chat-completions endpoint, oldest first."""
+        with self._lock:
+            return [r for r in self.requests if r.path in _CHAT_PATHS]
+
+    def reset(self) -> None:
+        """Clears the request log and the pending faults.
+
+        The random generator and the memory of values already handed out are kept, so
+        samples drawn after a reset still differ from those drawn before it.
+        """
+        with self._lock:
+            self.requests.clear()
+            self._faults.clear()
+
+    def fail_next(
+        self,
+        status: int = 500,
+        count: int = 1,
+        *,
+        retry_after: float | None = None,
+        kind: str = "status",
+        hang: float = 30.0,
+    ) -> None:
+        """Queues faults for the next ``count`` chat requests.
+
+        Args:
+            status: HTTP status for ``kind="status"``; the body is an OpenAI-style error.
+            count: Number of consecutive chat requests that fail.
+            retry_after: Seconds to advertise in ``Retry-After`` (and ``retry-after-ms``).
+            kind: ``"status"`` (error status), ``"timeout"`` (hold the connection for
+                ``hang`` seconds, then answer 504 if the client is still there),
+                ``"malformed"`` (200 with a body that is not JSON) or ``"empty"`` (200 with
+                ``"choices": []``).
+            hang: How long a ``"timeout"`` fault holds the connection. It ends early when
+                the client disconnects or the server stops.
+
+        Raises:
+            ValueError: If ``kind`` is unknown, ``count`` is negative or ``status`` is not an
+                error status.
+        """
+        if kind not in _FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(_FAULT_KINDS)}")
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        if kind == "status" and not 400 <= status <= 599:
+            raise ValueError("status must be an HTTP error status (400-599)")
+        fault = _Fault(kind, status, retry_after, hang)
+        with self._lock:
+            self._faults.extend([fault] * count)
+
+    # -- Internals used by the handler ------------------------------------------------
+
+    def _log(self, entry: LoggedRequest) -> None:
+        with self._lock:
+            self.requests.append(entry)
+
+    def _pop_fault(self) -> _Fault | None:
+        with self._lock:
+            return self._faults.popleft() if self._faults else None
+
+    def _models_payload(self) -> dict[str, Any]:
+        with self._lock:
+            names = list(self._models)
+        data = [{"id": n, "object": "model", "created": 0, "owned_by": "mnimi"} for n in names]
+        return {"object": "list", "data": data}
+
+    def _empty_payload(self, chunk: bool) -> dict[str, Any]:
+        with self._lock:
+            identifier = f"chatcmpl-{self._sampler.hex()}"
+        return {
+            "id": identifier,
+            "object": "chat.completion.chunk" if chunk else "chat.completion",
+            "created": int(time.time()),
+            "model": _DEFAULT_MODEL,
+            "choices": [],
+            "usage": None
+            if chunk
+            else {"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1},
+            "system_fingerprint": _FINGERPRINT,
+        }
+
+    def _complete(self, body: dict[str, Any]) -> dict[str, Any] | list[Any]:
+        """Builds a completion (a dict) or the events of a streamed one (a list)."""
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise _RequestError(
+                "Missing required parameter: 'messages'.",
+                code="missing_required_parameter",
+                param="messages",
+            )
+        n = _positive_int(body, "n") or 1
+        if self.max_n is not None and n > self.max_n:
+            raise _RequestError(f"n must be at most {self.max_n}", param="n")
+        model = body.get("model")
+        model = model if isinstance(model, str) and model else _DEFAULT_MODEL
+        function = _select_function(body, _last_user_text(messages))
+        stops = _stop_sequences(body)
+        max_tokens = _positive_int(body, "max_completion_tokens") or _positive_int(
+            body, "max_tokens"
+        )
+        stream_options = body.get("stream_options")
+        include_usage = isinstance(stream_options, dict) and bool(
+            stream_options.get("include_usage")
+        )
+
+        # One lock span per request: its draws are contiguous in the seeded sequence.
+        with self._lock:
+            self._models.setdefault(model, None)
+            identifier = f"chatcmpl-{self._sampler.hex()}"
+            choices = [self._sampler.choice(body, function, stops, max_tokens) for _ in range(n)]
+
+        prompt_tokens = _prompt_tokens(messages)
+        completion_tokens = sum(_completion_tokens(c) for c in choices)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        base = {
+            "id": identifier,
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": _FINGERPRINT,
+        }
+        if body.get("stream") is not True:
+            return {
+                "id": identifier,
+                "object": "chat.completion",
+                "created": base["created"],
+                "model": model,
+                "choices": [
+                    {
+                        "index": index,
+                        "message": {
+                            "role": "assistant",
+                            "content": choice.content,
+                            **({"tool_calls": choice.tool_calls} if choice.tool_calls else {}),
+                        },
+                        "finish_reason": choice.finish_reason,
+                        "logprobs": None,
+                    }
+                    for index, choice in enumerate(choices)
+                ],
+                "usage": usage,
+                "system_fingerprint": _FINGERPRINT,
+            }
+
+        def chunk(index: int, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+            event = {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [
+                    {
+                        "index": index,
+                        "delta": delta,
+                        "finish_reason": finish_reason,
+                        "logprobs": None,
+                    }
+                ],
+            }
+            if include_usage:
+                event["usage"] = None  # As OpenAI does: only the last chunk carries usage.
+            return event
+
+        # Choices are interleaved round-robin, as OpenAI does for n > 1.
+        sequences = [
+            [chunk(i, d, None) for d in _stream_deltas(c)] + [chunk(i, {}, c.finish_reason)]
+            for i, c in enumerate(choices)
+        ]
+        events: list[Any] = []
+        for step in range(max(len(s) for s in sequences)):
+            events.extend(s[step] for s in sequences if step < len(s))
+        if include_usage:
+            events.append(
+                {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+            )
+        events.append(None)
+        return events
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Runs a :class:`SamplingServer` in the foreground until interrupted (Ctrl-C).
+
+    Args:
+        argv: Command-line arguments (defaults to ``sys.argv[1:]``).
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m mnimi_adapters.testing",
+        description="Local OpenAI-compatible server that answers with random samples.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind")
+    parser.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random generator")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--max-n", type=int, default=None, help="reject requests with larger n")
+    args = parser.parse_args(argv)
+    server = SamplingServer(
+        seed=args.seed, latency=args.latency, host=args.host, port=args.port, max_n=args.max_n
+    ).start()
+    print(f"Serving OpenAI-compatible API at {server.url} (Ctrl-C to stop)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
