@@ -1,0 +1,189 @@
+"""Bad input gets a clear exception naming the problem; failures are never stored."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+
+import diskcache
+import pytest
+from conftest import NumberModel
+
+from mnimi_adapters.core import (
+    BatchedModel,
+    CorruptStoreError,
+    DiskStore,
+    Model,
+    Persistent,
+    ProviderError,
+    Request,
+    Sample,
+    StoreError,
+    UnsupportedStoreVersion,
+)
+
+PROMPT = "Choose a number between 1 and 1000."
+
+
+@pytest.mark.parametrize("batch", [0, -3])
+def test_batch_below_one(number_model: NumberModel, batch: int) -> None:
+    with pytest.raises(ValueError, match="batch must be at least 1"):
+        number_model.sample(PROMPT, batch=batch)
+
+
+def test_batch_of_wrong_type(number_model: NumberModel) -> None:
+    with pytest.raises(TypeError, match="batch must be an int"):
+        number_model.sample(PROMPT, batch="2")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("prompt", [42, {"role": "user"}, None, b"bytes"])
+def test_prompt_of_wrong_type(number_model: NumberModel, prompt: object) -> None:
+    with pytest.raises(TypeError, match="prompt must be a str"):
+        number_model.sample(prompt)  # type: ignore[arg-type]
+
+
+def test_message_without_role(number_model: NumberModel) -> None:
+    with pytest.raises(TypeError, match=r"message #1 must be a dict with a 'role'"):
+        number_model.sample([{"role": "user", "content": "a"}, {"content": "b"}])
+
+
+def test_bad_model_arguments() -> None:
+    with pytest.raises(ValueError, match="model_name"):
+        NumberModel("", 1.0)
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        NumberModel("m", -1.0)
+    with pytest.raises(ValueError, match="batch must be at least 1"):
+        NumberModel("m", 1.0, max_batch=0)
+    with pytest.raises(TypeError, match="expected a model or layer"):
+        Persistent("gpt-4o", "/tmp/x")  # type: ignore[arg-type]
+
+
+def test_cache_path_is_a_file(tmp_path: Path, number_model: NumberModel) -> None:
+    path = tmp_path / "file"
+    path.write_text("not a cache")
+    with pytest.raises(StoreError, match="exists and is not a directory"):
+        Persistent(number_model, path)
+
+
+def test_cache_path_cannot_be_created(tmp_path: Path, number_model: NumberModel) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreError, match="cannot create cache directory"):
+        Persistent(number_model, tmp_path / "file" / "cache")
+
+
+def test_cache_directory_is_private(tmp_path: Path, number_model: NumberModel) -> None:
+    Persistent(number_model, tmp_path / "new" / "cache")
+    mode = stat.S_IMODE((tmp_path / "new" / "cache").stat().st_mode)
+    assert mode == 0o700
+
+
+def test_unknown_format_version(tmp_path: Path, number_model: NumberModel) -> None:
+    with diskcache.Cache(str(tmp_path)) as raw:
+        raw.set("__mnimi_format__", 99)
+    with pytest.raises(UnsupportedStoreVersion, match="format 99"):
+        Persistent(number_model, tmp_path)
+
+
+def test_foreign_diskcache(tmp_path: Path, number_model: NumberModel) -> None:
+    with diskcache.Cache(str(tmp_path)) as raw:
+        raw.set("someone else's", "data")
+    with pytest.raises(StoreError, match="not written by mnimi_adapters"):
+        Persistent(number_model, tmp_path)
+
+
+def _fill(path: Path) -> str:
+    model = Persistent(NumberModel(), path)
+    sample = next(model.samples(PROMPT))
+    assert sample.origin is not None
+    return str(sample.origin["key"])
+
+
+def test_corrupt_value(tmp_path: Path) -> None:
+    key = _fill(tmp_path)
+    with diskcache.Cache(str(tmp_path)) as raw:
+        raw.set(f"s:{key}:0", "{not json")
+    with pytest.raises(CorruptStoreError, match=f"sample #0 of key {key} is damaged"):
+        next(Persistent(NumberModel(), tmp_path).sample(PROMPT))
+
+
+def test_pickled_value_is_refused(tmp_path: Path) -> None:
+    key = _fill(tmp_path)
+    with diskcache.Cache(str(tmp_path)) as raw:
+        raw.set(f"s:{key}:0", {"text": "would be unpickled"})  # diskcache pickles dicts
+    with pytest.raises(CorruptStoreError, match="pickled value"):
+        next(Persistent(NumberModel(), tmp_path).sample(PROMPT))
+
+
+def test_store_refuses_to_write_anything_but_json_text(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path)
+    with pytest.raises(TypeError, match="str or int"):
+        store._cache.set("x", {"a": 1})
+
+
+class Flaky(BatchedModel):
+    """Fails on chosen calls; answers empty text on others."""
+
+    def __init__(self, script: list[str]) -> None:
+        super().__init__("flaky", 1.0, max_batch=1)
+        self.script = script
+
+    def query(self, request: Request, n: int) -> list[str | Sample]:
+        step = self.script.pop(0)
+        if step == "error":
+            raise ProviderError("rate limited")
+        if step == "empty":
+            return [""]
+        if step == "filtered":
+            return [Sample(text="", finish_reason="content_filter")]
+        return [step]
+
+
+def test_failures_are_never_stored(tmp_path: Path) -> None:
+    model = Persistent(Flaky(["error", "empty", "filtered", "ok"]), tmp_path)
+    for expected in ("rate limited", "no usable sample", "no usable sample"):
+        with pytest.raises(ProviderError, match=expected):
+            next(model.sample(PROMPT))
+        assert model.stats()["samples_stored"] == 0
+    assert next(model.sample(PROMPT)) == "ok"
+    assert next(Persistent(Flaky([]), tmp_path).sample(PROMPT)) == "ok"
+
+
+def test_partial_refill_keeps_what_was_paid(tmp_path: Path) -> None:
+    provider = Flaky(["a", "error", "b"])
+    provider.max_batch = 1
+    model = Persistent(provider, tmp_path)
+    # Three concurrent requests, one fails: the two paid samples are stored.
+    assert sorted(islice(model.sample(PROMPT, batch=3), 2)) == ["a", "b"]
+    assert model.stats()["samples_stored"] == 2
+
+
+def test_custom_model_implementing_sample(tmp_path: Path) -> None:
+    class Counter(Model):
+        def sample(self, prompt: object, batch: int = 1) -> Iterator[str]:
+            assert prompt == PROMPT  # the wrapper passes the prompt as it got it
+            yield from ("same", "same", "other")
+
+    model = Persistent(Counter("counter", 0.0), tmp_path)
+    assert list(islice(model.sample(PROMPT), 3)) == ["same", "same", "other"]
+    # Equal strings are still distinct draws.
+    assert model.stats()["samples_stored"] == 3
+    with pytest.raises(ProviderError, match="stopped yielding"):
+        list(islice(model.sample(PROMPT), 4))
+
+
+def test_model_without_sample_says_what_to_implement() -> None:
+    with pytest.raises(NotImplementedError, match="implement sample"):
+        next(Model("m", 1.0).sample(PROMPT))
+
+
+async def test_asample_continues_like_sample(tmp_path: Path) -> None:
+    model = Persistent(NumberModel(max_batch=2), tmp_path)
+    sync = list(islice(model.sample(PROMPT, batch=4), 6))
+    replay = []
+    async for text in model.asample(PROMPT, batch=4):
+        replay.append(text)
+        if len(replay) == 6:
+            break
+    assert replay == sync

@@ -1,0 +1,132 @@
+"""Scopes give adapters the wrappers' semantics (DESIGN section 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+
+import pytest
+from conftest import FailingModel, NumberModel
+
+from mnimi_adapters.core import (
+    Independent,
+    MnimiError,
+    Persistent,
+    Repeatable,
+    independent,
+    no_cache,
+    repeatable,
+    scoped,
+)
+from mnimi_adapters.core.model import Layer
+
+PROMPT = "Choose a number between 1 and 1000."
+
+
+def draw(layer: Layer) -> str:
+    """What an adapter does per call: one sample from the scoped layer."""
+    return next(scoped(layer).sample(PROMPT))
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Persistent:
+    return Persistent(NumberModel(), tmp_path)
+
+
+def test_outside_any_scope_calls_repeat(base: Persistent) -> None:
+    assert scoped(base) is base
+    assert draw(base) == draw(base) == draw(base)
+
+
+def test_independent_scope_continues(base: Persistent) -> None:
+    with independent():
+        first = [draw(base) for _ in range(3)]
+    assert len(set(first)) == 3
+    # A new block is a new Independent over a persistent layer: it starts at 0 again.
+    with independent():
+        assert [draw(base) for _ in range(3)] == first
+
+
+def test_retry_pattern(base: Persistent) -> None:
+    attempts = []
+    with independent():
+        for _ in range(3):
+            with repeatable():
+                attempts.append((draw(base), draw(base)))
+    assert all(a == b for a, b in attempts)
+    assert len({a for a, _ in attempts}) == 3
+    # The same as the wrappers: Repeatable(Independent(base)) per attempt.
+    ind = Independent(base)
+    expected = [next(Repeatable(ind).sample(PROMPT)) for _ in range(3)]
+    assert [a for a, _ in attempts] == expected
+
+
+def test_nested_independent_shares_the_cursor(base: Persistent) -> None:
+    with independent():
+        outer = draw(base)
+        with independent():
+            inner = [draw(base), draw(base)]
+        after = draw(base)
+    assert len({outer, *inner, after}) == 4
+
+
+async def test_asyncio_gather_in_one_scope_draws_distinct(base: Persistent) -> None:
+    async def adraw() -> str:
+        return await anext(scoped(base).asample(PROMPT))
+
+    async with independent():
+        results = await asyncio.gather(*(adraw() for _ in range(8)))
+    assert len(set(results)) == 8
+    # They are exactly the first 8 samples of the stored sequence, each once.
+    assert sorted(results) == sorted(islice(base.sample(PROMPT), 8))
+
+
+def test_threads_with_copied_context_draw_distinct(base: Persistent) -> None:
+    with independent(), ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(contextvars.copy_context().run, draw, base) for _ in range(12)]
+        results = [f.result() for f in futures]
+    assert len(set(results)) == 12
+
+
+def test_decorators(base: Persistent) -> None:
+    @independent()
+    def three() -> list[str]:
+        return [draw(base) for _ in range(3)]
+
+    @independent()
+    async def athree() -> list[str]:
+        return [draw(base) for _ in range(3)]
+
+    first = three()
+    assert len(set(first)) == 3
+    assert three() == first  # each call is a fresh scope
+    assert asyncio.run(athree()) == first
+
+
+def test_no_cache_goes_to_the_provider_and_stores_nothing(tmp_path: Path) -> None:
+    provider = NumberModel()
+    model = Persistent(provider, tmp_path)
+    with no_cache():
+        draw(model)
+        draw(model)
+    assert provider.calls == [1, 1]
+    assert model.stats()["samples_stored"] == 0
+    assert next(model.sample(PROMPT)) and provider.calls == [1, 1, 1]
+
+
+def test_no_cache_refuses_a_replication_cache(tmp_path: Path) -> None:
+    model = Persistent(FailingModel("gpt-4o", 1.0), tmp_path, replication=True)
+    with no_cache(), pytest.raises(MnimiError, match="replication"):
+        draw(model)
+
+
+def test_stats(tmp_path: Path) -> None:
+    model = Persistent(NumberModel(max_batch=5), tmp_path)
+    list(islice(model.sample(PROMPT, batch=10), 12))
+    stats = model.stats()
+    assert stats["samples_stored"] == 20
+    assert stats["requests"] == 4
+    assert stats["misses"] == 2 and stats["hits"] == 10
