@@ -11,7 +11,7 @@ import pytest
 # LiteLLM downloads its price map at import unless told not to.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from mnimi_adapters.core import BatchedModel, Request  # noqa: E402
+from mnimi_adapters.core import BatchedModel, Request
 
 
 class NumberModel(BatchedModel):
