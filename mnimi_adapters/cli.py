@@ -1,0 +1,1310 @@
+"""The ``mnimi`` command: inspect, check, prune and slice a sample cache.
+
+Usage::
+
+    mnimi [--json] stats PATH
+    mnimi [--json] show PATH [KEY | --grep TEXT] [--limit N]
+    mnimi [--json] verify PATH
+    mnimi [--json] prune PATH --max-size SIZE [--dry-run]
+    mnimi [--json] export PATH OUT (--keys KEY [KEY ...] | --grep TEXT)
+    mnimi demo [ARGS ...]
+
+``--json`` may also follow the command. Exit codes: 0 ok; 1 damage found (or
+a key or match missing); 2 usage error, or the store cannot be opened.
+
+Commands that read a cache never create one: a PATH without a cache is an
+error, not a new empty store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TextIO
+
+from diskcache.core import DBNAME, MODE_BINARY, MODE_PICKLE, MODE_TEXT
+
+from . import __version__
+from .core.errors import CorruptStoreError, MnimiError, StoreError
+from .core.sample import Sample
+from .core.store import FORMAT_KEY, FORMAT_VERSION, DiskStore
+
+EXIT_OK = 0
+EXIT_FOUND = 1
+EXIT_ERROR = 2
+
+#: Width of one-line excerpts of prompts and sample texts.
+EXCERPT = 60
+
+_JSON_HELP = "machine-readable output (JSON with stable keys)"
+
+
+class CommandError(Exception):
+    """An expected failure: printed on stderr without a traceback.
+
+    Attributes:
+        code: The exit code (1: a miss or damage, 2: usage or store error).
+    """
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- sizes, numbers, text -------------------------------------------------
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", re.IGNORECASE)
+_UNITS = {
+    "": 1,
+    "b": 1,
+    **{prefix: 1000**power for power, prefix in enumerate("kmgtp", 1)},
+    **{f"{prefix}b": 1000**power for power, prefix in enumerate("kmgtp", 1)},
+    **{f"{prefix}i": 1024**power for power, prefix in enumerate("kmgtp", 1)},
+    **{f"{prefix}ib": 1024**power for power, prefix in enumerate("kmgtp", 1)},
+}
+
+
+def parse_size(text: str) -> int:
+    """Parse a size such as ``500MB``, ``2GiB``, ``100k`` or ``1.5G`` into bytes.
+
+    Decimal units (k, MB, ...) are powers of 1000 and binary ones (KiB, Mi,
+    ...) powers of 1024, case-insensitively.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is not a size.
+    """
+    match = _SIZE.fullmatch(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (use e.g. 500MB, 2GiB, 100k)")
+    # Decimal, so that "0.1GB" is exactly 100000000 and not one byte short.
+    return int(Decimal(match.group(1)) * _UNITS[unit])
+
+
+def _limit(text: str) -> int:
+    """An argparse type: a non-negative int."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid limit {text!r} (use a number >= 0)")
+    return value
+
+
+def format_size(size: float) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    power = 0
+    while size >= 1024 and power < len(units) - 1:
+        size /= 1024
+        power += 1
+    return f"{int(size)} B" if power == 0 else f"{size:.1f} {units[power]}"
+
+
+def _when(timestamp: Any) -> str:
+    if isinstance(timestamp, int | float) and not isinstance(timestamp, bool):
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+    return "-"
+
+
+def excerpt(text: str, width: int = EXCERPT) -> str:
+    """``text`` on one line (whitespace runs collapsed), cut to ``width``."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: max(width - 3, 0)] + "..."
+
+
+def _content_text(content: Any) -> str:
+    """The text of an OpenAI-style message content (a str or a list of parts)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif isinstance(part, dict):
+                parts.append(f"[{part.get('type', 'part')}]")
+            else:
+                parts.append(str(part))
+        return " ".join(parts)
+    return json.dumps(content, ensure_ascii=False)
+
+
+def _message_text(message: Any) -> str:
+    """A message's text, or a note of its tool calls when it has no text."""
+    if not isinstance(message, dict):
+        return str(message)
+    text = _content_text(message.get("content"))
+    calls = message.get("tool_calls")
+    if not text and isinstance(calls, list) and calls:
+        names = [
+            str(call.get("function", {}).get("name", "?")) if isinstance(call, dict) else "?"
+            for call in calls
+        ]
+        text = f"[tool calls: {', '.join(names)}]"
+    return text
+
+
+def _ranges(indices: Iterable[int], most: int = 8) -> str:
+    """``[1, 2, 3, 7]`` -> ``#1-#3, #7`` (at most ``most`` runs, then a count)."""
+    runs: list[tuple[int, int]] = []
+    for index in sorted(set(indices)):
+        if runs and runs[-1][1] == index - 1:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    shown = [f"#{a}" if a == b else f"#{a}-#{b}" for a, b in runs[:most]]
+    if len(runs) > most:
+        shown.append(f"... ({len(set(indices))} in all)")
+    return ", ".join(shown)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterable[int] = ()) -> str:
+    """A plain text table; columns in ``right`` (numbers) are right-aligned."""
+    body = [[str(cell) for cell in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in body:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    aligned = set(right)
+
+    def line(cells: Sequence[str]) -> str:
+        padded = (
+            c.rjust(w) if i in aligned else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+        return "  ".join(padded).rstrip()
+
+    return "\n".join([line(headers), *(line(row) for row in body)])
+
+
+def _emit_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _warn(message: str) -> None:
+    print(f"mnimi: {message}", file=sys.stderr)
+
+
+# -- progress -------------------------------------------------------------
+
+
+class Progress:
+    """A one-line progress counter on stderr, drawn only when stderr is a terminal.
+
+    Redirected or captured stderr stays clean, so logs and pipes never see
+    carriage returns.
+    """
+
+    def __init__(self, label: str, total: int | None = None) -> None:
+        self._stream: TextIO = sys.stderr
+        try:
+            self._enabled = self._stream.isatty()
+        except (AttributeError, ValueError):
+            self._enabled = False
+        self._label = label
+        self.total = total
+        self._done = 0
+        self._drawn = 0.0
+
+    def advance(self, step: int = 1) -> None:
+        """Count ``step`` more items done, redrawing at most ten times a second."""
+        self._done += step
+        if not self._enabled:
+            return
+        now = time.monotonic()
+        if now - self._drawn >= 0.1:
+            self._drawn = now
+            if self.total:
+                filled = min(20, 20 * self._done // self.total)
+                bar = "#" * filled + "-" * (20 - filled)
+                text = f"{self._label} [{bar}] {self._done:,}/{self.total:,}"
+            else:
+                text = f"{self._label} {self._done:,}"
+            self._stream.write(f"\r{text}\x1b[K")
+            self._stream.flush()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if self._enabled and self._drawn:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+
+
+# -- opening stores -------------------------------------------------------
+
+
+def _existing_cache(path_text: str) -> Path:
+    """The cache directory ``path_text`` names; never creates anything.
+
+    Raises:
+        CommandError: There is no cache there.
+    """
+    path = Path(path_text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise CommandError(f"{path} is not a cache directory")
+    if not (path / DBNAME).is_file():
+        raise CommandError(f"no cache at {path}")
+    return path
+
+
+@contextmanager
+def _open_store(path_text: str) -> Iterator[DiskStore]:
+    store = DiskStore(_existing_cache(path_text))
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@dataclass
+class Entry:
+    """One sequence as the listings see it: its key, length and record."""
+
+    key: str
+    length: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def request(self) -> dict[str, Any]:
+        """The recorded request: ``model``, ``messages``, ``params`` [, ``endpoint``]."""
+        request = self.info.get("request")
+        return request if isinstance(request, dict) else {}
+
+    @property
+    def model(self) -> str:
+        """The model name in the key (its alias, if one was given)."""
+        model = self.request.get("model")
+        return "?" if model is None else str(model)
+
+    @property
+    def messages(self) -> list[Any]:
+        """The request's messages."""
+        messages = self.request.get("messages")
+        return messages if isinstance(messages, list) else []
+
+    def number(self, name: str) -> float:
+        """A numeric total of the record (``bytes``, ``cost``, ``used``...), 0 if absent."""
+        value = self.info.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+        return 0
+
+    def prompt(self) -> str:
+        """The first user message (else the first message): what a listing shows."""
+        messages = self.messages
+        first = next(
+            (m for m in messages if isinstance(m, dict) and m.get("role") == "user"),
+            messages[0] if messages else None,
+        )
+        return "" if first is None else _message_text(first)
+
+    def matches(self, needle: str) -> bool:
+        """Whether ``needle`` occurs (case-insensitively) in the model or messages."""
+        parts = [self.model]
+        for message in self.messages:
+            parts.append(_message_text(message))
+        return needle.casefold() in "\n".join(parts).casefold()
+
+    def summary(self) -> dict[str, Any]:
+        """The stable JSON form of a listing line."""
+        return {
+            "key": self.key,
+            "model": self.model,
+            "samples": self.length,
+            "messages": len(self.messages),
+            "prompt": excerpt(self.prompt(), 200),
+            "bytes": int(self.number("bytes")),
+            "stored": self.info.get("stored"),
+            "used": self.info.get("used"),
+            "error": self.error,
+        }
+
+
+def _entry(store: DiskStore, key: str) -> Entry:
+    """``key``'s length and record; damage is noted on the entry, not raised."""
+    entry = Entry(key)
+    try:
+        entry.length = store.length(key)
+        info = store.info(key)
+    except (CorruptStoreError, ValueError, TypeError) as error:
+        entry.error = str(error) or type(error).__name__
+        return entry
+    if info is None:
+        entry.error = f"key {key} has no record"
+    else:
+        entry.info = info
+    return entry
+
+
+def _entries(store: DiskStore, label: str | None = None) -> list[Entry]:
+    """Every sequence of ``store`` with its record, damaged records marked."""
+    entries = []
+    keys = store.keys()  # a generator over the rows, not a dict
+    with Progress(label or "reading", None) as progress:
+        for key in keys:
+            entries.append(_entry(store, key))
+            progress.advance()
+    return entries
+
+
+def _exists(store: DiskStore, key: str) -> bool:
+    """Whether ``key`` has a sequence (a damaged one counts: its damage is reported later)."""
+    try:
+        return bool(store.length(key)) or store.info(key) is not None
+    except (CorruptStoreError, ValueError, TypeError):
+        return True
+
+
+def _resolve_key(store: DiskStore, wanted: str, keys: list[str] | None = None) -> str:
+    """``wanted`` itself, or the one key it is a prefix of (like git hashes).
+
+    Raises:
+        CommandError: No key (code 1) or several keys (code 2) match.
+    """
+    if _exists(store, wanted):
+        return wanted
+    candidates = [k for k in (keys if keys is not None else store.keys()) if k.startswith(wanted)]
+    if not candidates:
+        raise CommandError(f"no key {wanted} in {store.path}", EXIT_FOUND)
+    if len(candidates) > 1:
+        raise CommandError(f"key prefix {wanted} is ambiguous ({len(candidates)} keys match)")
+    return candidates[0]
+
+
+# -- stats ----------------------------------------------------------------
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    """Keys, samples, sizes, tokens and cost, overall and per model."""
+    with _open_store(args.path) as store:
+        entries = _entries(store)
+        volume = store.volume()
+    models: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        row = models.setdefault(
+            entry.model,
+            {
+                "model": entry.model,
+                "keys": 0,
+                "samples": 0,
+                "bytes": 0,
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "cost": 0.0,
+            },
+        )
+        row["keys"] += 1
+        row["samples"] += entry.length
+        row["bytes"] += int(entry.number("bytes"))
+        row["prompt_tokens"] += int(entry.number("prompt_tokens"))
+        row["completion_tokens"] += int(entry.number("completion_tokens"))
+        row["cost"] += float(entry.number("cost"))
+    per_model = sorted(models.values(), key=lambda r: (-r["samples"], r["model"]))
+    damaged = [{"key": e.key, "error": e.error} for e in entries if e.error]
+    totals: dict[str, Any] = {
+        name: sum(row[name] for row in per_model)
+        for name in ("samples", "bytes", "prompt_tokens", "completion_tokens")
+    }
+    totals["cost"] = float(sum(row["cost"] for row in per_model))
+    if args.json:
+        _emit_json(
+            {
+                "path": str(store.path),
+                "format": FORMAT_VERSION,
+                "keys": len(entries),
+                **totals,
+                "disk_bytes": volume,
+                "models": per_model,
+                "damaged": damaged,
+            }
+        )
+    else:
+        print(f"cache      {store.path} (format {FORMAT_VERSION})")
+        print(f"keys       {len(entries):,}")
+        print(f"samples    {totals['samples']:,}")
+        print(
+            f"size       {format_size(volume)} on disk, {format_size(totals['bytes'])} of samples"
+        )
+        print(
+            f"tokens     {totals['prompt_tokens']:,} prompt + "
+            f"{totals['completion_tokens']:,} completion"
+        )
+        print(f"cost       ${totals['cost']:.4f} (where the provider reported it)")
+        if per_model:
+            print()
+            print(
+                _table(
+                    ["MODEL", "KEYS", "SAMPLES", "PROMPT TOK", "COMPL TOK", "COST", "SAMPLES SIZE"],
+                    (
+                        [
+                            r["model"],
+                            f"{r['keys']:,}",
+                            f"{r['samples']:,}",
+                            f"{r['prompt_tokens']:,}",
+                            f"{r['completion_tokens']:,}",
+                            f"${r['cost']:.4f}",
+                            format_size(r["bytes"]),
+                        ]
+                        for r in per_model
+                    ),
+                    right=range(1, 7),
+                )
+            )
+    if damaged:
+        _warn(
+            f"{_plural(len(damaged), 'key')} with a damaged record; "
+            f"run `mnimi verify {args.path}` for details"
+        )
+        return EXIT_FOUND
+    return EXIT_OK
+
+
+# -- show -----------------------------------------------------------------
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """A listing of the requests, or one request and its samples."""
+    if args.key is not None and args.grep is not None:
+        raise CommandError("show takes a KEY or --grep TEXT, not both")
+    with _open_store(args.path) as store:
+        if args.key is not None:
+            return _show_key(store, _resolve_key(store, args.key), args)
+        return _show_listing(store, args)
+
+
+def _show_listing(store: DiskStore, args: argparse.Namespace) -> int:
+    entries = _entries(store)
+    if args.grep is not None:
+        entries = [e for e in entries if e.error is None and e.matches(args.grep)]
+    # Most recently used first: what the last run did is what one looks for.
+    entries.sort(key=lambda e: (-e.number("used"), e.key))
+    matched = len(entries)
+    if args.limit is not None:
+        entries = entries[: args.limit]
+    damaged = sum(1 for e in entries if e.error)
+    if args.json:
+        _emit_json(
+            {
+                "path": str(store.path),
+                "matched": matched,
+                "keys": [e.summary() for e in entries],
+            }
+        )
+    elif entries:
+        print(
+            _table(
+                ["KEY", "MODEL", "SAMPLES", "MSGS", "PROMPT"],
+                (
+                    [
+                        e.key,
+                        e.model,
+                        f"{e.length:,}",
+                        len(e.messages),
+                        f"(damaged: {e.error})" if e.error else repr(excerpt(e.prompt())),
+                    ]
+                    for e in entries
+                ),
+                right=(2, 3),
+            )
+        )
+        if len(entries) < matched:
+            print(f"({len(entries):,} of {matched:,} keys shown)")
+    elif args.grep is None and not matched:
+        print(f"no requests cached in {store.path}")
+    if args.grep is not None and not matched:
+        _warn(f"no request in {store.path} matches {args.grep!r}")
+        return EXIT_FOUND
+    return EXIT_FOUND if damaged else EXIT_OK
+
+
+def _show_key(store: DiskStore, key: str, args: argparse.Namespace) -> int:
+    entry = _entry(store, key)
+    count = entry.length if args.limit is None else min(entry.length, args.limit)
+    samples: list[dict[str, Any]] = []
+    damaged = entry.error is not None
+    for index in range(count):
+        try:
+            sample = store.get(key, index)
+        except CorruptStoreError as error:
+            samples.append({"index": index, "error": str(error)})
+            damaged = True
+            continue
+        if sample is None:
+            samples.append({"index": index, "error": f"sample #{index} is missing"})
+            damaged = True
+        else:
+            samples.append({"index": index, **sample.to_dict()})
+    if args.json:
+        _emit_json(
+            {
+                "key": key,
+                "request": entry.request,
+                "length": entry.length,
+                "prompt_tokens": int(entry.number("prompt_tokens")),
+                "completion_tokens": int(entry.number("completion_tokens")),
+                "cost": float(entry.number("cost")),
+                "bytes": int(entry.number("bytes")),
+                "stored": entry.info.get("stored"),
+                "used": entry.info.get("used"),
+                "error": entry.error,
+                "samples": samples,
+            }
+        )
+    else:
+        _print_request(entry)
+        print()
+        if samples:
+            print(
+                _table(
+                    ["#", "FINISH", "PROMPT TOK", "COMPL TOK", "TEXT"],
+                    (_sample_row(s) for s in samples),
+                    right=(0, 2, 3),
+                )
+            )
+        if count < entry.length:
+            print(f"({count:,} of {entry.length:,} samples shown)")
+    return EXIT_FOUND if damaged else EXIT_OK
+
+
+def _print_request(entry: Entry) -> None:
+    request = entry.request
+    print(f"key        {entry.key}")
+    if entry.error:
+        print(f"damaged    {entry.error}")
+    print(f"model      {entry.model}")
+    if request.get("endpoint"):
+        print(f"endpoint   {request['endpoint']}")
+    params = request.get("params")
+    print(f"params     {json.dumps(params, ensure_ascii=False, sort_keys=True)}")
+    print(f"messages   {len(entry.messages)}")
+    for message in entry.messages:
+        role = message.get("role", "?") if isinstance(message, dict) else "?"
+        print(f"  {role}: {excerpt(_message_text(message), 100)}")
+    print(
+        f"samples    {entry.length:,}, {int(entry.number('prompt_tokens')):,} prompt + "
+        f"{int(entry.number('completion_tokens')):,} completion tokens, "
+        f"${entry.number('cost'):.4f}, {format_size(entry.number('bytes'))}"
+    )
+    print(f"stored     {_when(entry.info.get('stored'))}")
+    print(f"used       {_when(entry.info.get('used'))}")
+
+
+def _sample_row(sample: dict[str, Any]) -> list[str]:
+    if "error" in sample:
+        return [str(sample["index"]), "", "", "", f"(damaged: {sample['error']})"]
+    usage = sample.get("usage") or {}
+    text = _message_text(sample.get("message") or {}) if not sample["text"] else sample["text"]
+    return [
+        str(sample["index"]),
+        str(sample.get("finish_reason") or "-"),
+        f"{usage.get('prompt_tokens', 0):,}",
+        f"{usage.get('completion_tokens', 0):,}",
+        repr(excerpt(text)),
+    ]
+
+
+# -- verify ---------------------------------------------------------------
+
+
+class _Pickled:
+    """Stands for a pickled key or value: reported, never loaded."""
+
+    def __repr__(self) -> str:
+        return "<pickle>"
+
+
+class _Unreadable:
+    """Stands for a value whose file cannot be read."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+PICKLED = _Pickled()
+
+
+def _decode(directory: Path, mode: int, filename: str | None, value: Any) -> Any:
+    """A diskcache row's value, decoded like diskcache would, minus unpickling."""
+    if mode == MODE_PICKLE:
+        return PICKLED
+    if filename is not None:
+        # Only a foreign writer puts values in files: the store keeps them in SQLite.
+        try:
+            if mode == MODE_TEXT:
+                return (directory / filename).read_text(encoding="utf-8")
+            return (directory / filename).read_bytes()
+        except (OSError, UnicodeDecodeError) as error:
+            return _Unreadable(f"its value file cannot be read ({type(error).__name__})")
+    if mode == MODE_BINARY or isinstance(value, memoryview):
+        return bytes(value)
+    return value
+
+
+def _kind(value: Any) -> str:
+    if value is PICKLED:
+        return "a pickle (refused: unpickling can run code)"
+    if isinstance(value, _Unreadable):
+        return f"unreadable: {value.reason}"
+    return f"a {type(value).__name__} value"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class _Sequence:
+    """What verify gathered about one key's rows."""
+
+    #: index -> (draw id, stored characters); draw id None when the sample is damaged.
+    samples: dict[int, tuple[str | None, int]] = field(default_factory=dict)
+    length: int | None = None
+    length_seen: bool = False
+    record: dict[str, Any] | None = None
+    record_seen: bool = False
+    #: draw id -> the index its d: row names (None when that row is damaged).
+    draws: dict[str, int | None] = field(default_factory=dict)
+
+
+@dataclass
+class Verifier:
+    """Checks a store's rows against the layout of :mod:`mnimi_adapters.core.store`."""
+
+    problems: list[dict[str, str | None]] = field(default_factory=list)
+    sequences: dict[str, _Sequence] = field(default_factory=dict)
+    draw_rows: list[tuple[str, Any]] = field(default_factory=list)
+    rows: int = 0
+
+    def report(self, key: str | None, row: str | None, problem: str) -> None:
+        self.problems.append({"key": key, "row": row, "problem": problem})
+
+    def _sequence(self, key: str) -> _Sequence:
+        return self.sequences.setdefault(key, _Sequence())
+
+    def row(self, name: Any, value: Any) -> None:
+        """Take in one stored (name, value) pair."""
+        self.rows += 1
+        if name is PICKLED:
+            self.report(None, None, "a row has a pickled name (refused: unpickling can run code)")
+        elif not isinstance(name, str):
+            self.report(None, repr(name), "unexpected row (not written by mnimi_adapters)")
+        elif name == FORMAT_KEY:
+            pass  # checked before the scan
+        elif name.startswith("s:"):
+            key, sep, index = name[2:].rpartition(":")
+            if not (sep and key and index.isascii() and index.isdigit()) or index != str(
+                int(index)
+            ):
+                self.report(None, name, "unexpected row (not written by mnimi_adapters)")
+            else:
+                self._sample(key, int(index), name, value)
+        elif name.startswith("n:"):
+            sequence = self._sequence(name[2:])
+            sequence.length_seen = True
+            if _is_int(value) and value >= 0:
+                sequence.length = value
+            else:
+                self.report(name[2:], name, f"the length is {_kind(value)}, not a count")
+        elif name.startswith("m:"):
+            self._record(name[2:], name, value)
+        elif name.startswith("d:"):
+            # Which key a draw row belongs to is known once every key is seen.
+            self.draw_rows.append((name, value))
+        else:
+            self.report(None, name, "unexpected row (not written by mnimi_adapters)")
+
+    def _sample(self, key: str, index: int, name: str, value: Any) -> None:
+        sequence = self._sequence(key)
+        sequence.samples[index] = (None, 0)
+        if not isinstance(value, str):
+            self.report(key, name, f"sample #{index} is {_kind(value)}, not JSON text")
+            return
+        try:
+            data = json.loads(value)
+        except ValueError as error:
+            self.report(key, name, f"sample #{index} is not valid JSON ({error})")
+            return
+        try:
+            sample = Sample.from_dict(data)
+        except CorruptStoreError as error:
+            self.report(key, name, f"sample #{index} is not a stored sample ({error})")
+            return
+        if not isinstance(sample.draw_id, str):
+            self.report(key, name, f"sample #{index} has no string draw id")
+            return
+        sequence.samples[index] = (sample.draw_id, len(value))
+
+    def _record(self, key: str, name: str, value: Any) -> None:
+        sequence = self._sequence(key)
+        sequence.record_seen = True
+        if not isinstance(value, str):
+            self.report(key, name, f"the record is {_kind(value)}, not JSON text")
+            return
+        try:
+            record = json.loads(value)
+        except ValueError as error:
+            self.report(key, name, f"the record is not valid JSON ({error})")
+            return
+        request = record.get("request") if isinstance(record, dict) else None
+        if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
+            self.report(key, name, "the record holds no request")
+            return
+        sequence.record = record
+
+    def _draw_key(self, rest: str) -> str | None:
+        """The known key that ``d:<key>:<draw id>`` (minus ``d:``) starts with."""
+        for position, char in enumerate(rest):
+            if char == ":" and rest[:position] in self.sequences:
+                return rest[:position]
+        return None
+
+    def finish(self) -> None:
+        """Cross-check the rows of every key once all are in."""
+        for name, value in self.draw_rows:
+            key = self._draw_key(name[2:])
+            if key is None:
+                self.report(None, name, "draw index of a key that has no sequence")
+                continue
+            draw = name[len(key) + 3 :]
+            index_ok = _is_int(value)
+            if not index_ok:
+                self.report(key, name, f"the draw index is {_kind(value)}, not an index")
+            self.sequences[key].draws[draw] = value if index_ok else None
+        for key in sorted(self.sequences):
+            self._check(key, self.sequences[key])
+
+    def _check(self, key: str, sequence: _Sequence) -> None:
+        before = len(self.problems)
+        length, samples = sequence.length, sequence.samples
+        if not sequence.length_seen:
+            self.report(key, None, f"no length row (n:) for {_plural(len(samples), 'sample')}")
+        elif length is not None:
+            missing = [i for i in range(length) if i not in samples]
+            if missing:
+                self.report(
+                    key,
+                    None,
+                    f"missing sample {_ranges(missing)} of {length} (a gap in the sequence)",
+                )
+            extra = [i for i in samples if i >= length]
+            if extra:
+                self.report(key, None, f"sample {_ranges(extra)} stored beyond the length {length}")
+        positions: dict[str, list[int]] = {}
+        for index, (draw, _) in sorted(samples.items()):
+            if draw is not None:
+                positions.setdefault(draw, []).append(index)
+        for draw, where in positions.items():
+            if len(where) > 1:
+                self.report(
+                    key, None, f"draw {draw} is stored {len(where)} times: samples {_ranges(where)}"
+                )
+        for draw, target in sequence.draws.items():
+            where = positions.get(draw, [])
+            if target is None or target in where:
+                continue
+            row = f"d:{key}:{draw}"
+            if target in samples and samples[target][0] is None:
+                continue  # that sample is damaged, reported above
+            if length is not None and 0 <= target < length and target not in samples:
+                continue  # a gap, reported above
+            if where:
+                self.report(key, row, f"the draw index says #{target}, but {draw} is #{where[0]}")
+            elif target in samples:
+                self.report(
+                    key, row, f"the draw index of {draw} points at #{target}, a different draw"
+                )
+            else:
+                self.report(key, row, f"the draw index of {draw} points at #{target}: no sample")
+        for draw, where in positions.items():
+            if draw not in sequence.draws:
+                self.report(key, None, f"sample #{where[0]} (draw {draw}) has no draw index (d:)")
+        record = sequence.record
+        if not sequence.record_seen:
+            self.report(key, None, "no record (m:) of the request")
+        elif record is not None:
+            recorded = record.get("length")
+            if length is not None and recorded != length:
+                self.report(
+                    key, f"m:{key}", f"the record says {recorded} samples, the length row {length}"
+                )
+            stored = sum(size for _, size in samples.values())
+            # Totals are only comparable when every sample is there and sound.
+            if len(self.problems) == before and record.get("bytes") != stored:
+                self.report(
+                    key,
+                    f"m:{key}",
+                    f"the record counts {record.get('bytes')} bytes of samples, "
+                    f"the samples hold {stored}",
+                )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ok": not self.problems,
+            "keys": len(self.sequences),
+            "samples": sum(
+                1 for s in self.sequences.values() for d, _ in s.samples.values() if d is not None
+            ),
+            "rows": self.rows,
+            "problems": self.problems,
+        }
+
+
+def _connect_readonly(database: Path) -> sqlite3.Connection:
+    """A read-only connection: verify must never change what it checks."""
+    uri = f"{database.resolve().as_uri()}?mode=ro"
+    if not os.access(database.parent, os.W_OK):
+        # Without a writable directory SQLite cannot create the WAL index a
+        # read-only reader needs; nobody can be writing then, so read as is.
+        uri += "&immutable=1"
+    return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=60)
+
+
+def _verify_rows(connection: sqlite3.Connection, directory: Path) -> Iterator[tuple[Any, Any]]:
+    for key, raw, mode, filename, value in connection.execute(
+        "SELECT key, raw, mode, filename, value FROM Cache"
+    ):
+        name: Any = PICKLED if not raw else bytes(key) if isinstance(key, memoryview) else key
+        yield name, _decode(directory, mode, filename, value)
+
+
+def _check_format(connection: sqlite3.Connection, directory: Path, verifier: Verifier) -> Any:
+    """The format marker; an unknown version is an error, a damaged one a problem."""
+    row = connection.execute(
+        "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1", (FORMAT_KEY,)
+    ).fetchone()
+    if row is None:
+        if connection.execute("SELECT 1 FROM Cache LIMIT 1").fetchone() is not None:
+            verifier.report(None, FORMAT_KEY, "the format marker is missing")
+        return None
+    version = _decode(directory, *row)
+    if not _is_int(version):
+        verifier.report(None, FORMAT_KEY, f"the format marker is {_kind(version)}, not a version")
+        return None
+    if version != FORMAT_VERSION:
+        raise CommandError(
+            f"{directory} was written in store format {version}; "
+            f"this version of mnimi_adapters reads format {FORMAT_VERSION}"
+        )
+    return version
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check every row of the store; list each problem."""
+    directory = _existing_cache(args.path)
+    verifier = Verifier()
+    try:
+        connection = _connect_readonly(directory / DBNAME)
+    except sqlite3.Error as error:
+        raise CommandError(f"cannot open the cache at {directory}: {error}") from None
+    with closing(connection):
+        try:
+            # One read transaction: a consistent snapshot, even while another
+            # process appends, and no lock that would make its writers wait.
+            connection.execute("BEGIN")
+            version = _check_format(connection, directory, verifier)
+            (total,) = connection.execute("SELECT COUNT(*) FROM Cache").fetchone()
+        except sqlite3.DatabaseError as error:
+            raise CommandError(f"{directory} is not a readable cache: {error}") from None
+        try:
+            for (message,) in connection.execute("PRAGMA quick_check(20)"):
+                if message != "ok":
+                    verifier.report(None, None, f"SQLite: {message}")
+            with Progress("verify", total) as progress:
+                for name, value in _verify_rows(connection, directory):
+                    verifier.row(name, value)
+                    progress.advance()
+        except sqlite3.DatabaseError as error:
+            verifier.report(None, None, f"the database is damaged: {error}")
+        verifier.finish()
+    result = {"path": str(directory), "format": version, **verifier.summary()}
+    if args.json:
+        _emit_json(result)
+    else:
+        for problem in verifier.problems:
+            where = problem["key"] or problem["row"] or str(directory)
+            print(f"{where}: {problem['problem']}")
+        checked = f"{_plural(result['keys'], 'key')}, {_plural(result['samples'], 'sample')}"
+        if verifier.problems:
+            bad = len({p["key"] for p in verifier.problems if p["key"] is not None})
+            print(
+                f"damaged: {_plural(len(verifier.problems), 'problem')}, "
+                f"{bad:,} of {_plural(result['keys'], 'key')} affected "
+                f"({_plural(result['samples'], 'sound sample')})"
+            )
+        else:
+            print(f"ok: {checked}")
+    return EXIT_FOUND if verifier.problems else EXIT_OK
+
+
+# -- prune ----------------------------------------------------------------
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Remove least-recently-used whole sequences until the samples fit."""
+    limit: int = args.max_size
+    with _open_store(args.path) as store:
+        entries = _entries(store, "prune: reading")
+        damaged = [e for e in entries if e.error]
+        if damaged:
+            # Unknown sizes and times would make any choice a guess, and
+            # deleting a damaged sequence fails anyway: repair first.
+            for entry in damaged:
+                _warn(f"{entry.key}: {entry.error}")
+            raise CommandError(
+                f"{_plural(len(damaged), 'key')} with a damaged record; nothing removed "
+                f"(run `mnimi verify {args.path}`)",
+                EXIT_FOUND,
+            )
+        before = sum(int(e.number("bytes")) for e in entries)
+        total = before
+        victims: list[Entry] = []
+        for entry in sorted(entries, key=lambda e: (e.number("used"), e.number("stored"), e.key)):
+            if total <= limit:
+                break
+            victims.append(entry)
+            total -= int(entry.number("bytes"))
+        if not args.dry_run:
+            with Progress("prune", len(victims)) as progress:
+                for entry in victims:
+                    # One transaction per sequence: an interrupted prune never
+                    # leaves part of a sequence behind.
+                    store.delete(entry.key)
+                    progress.advance()
+    removed: list[dict[str, Any]] = [
+        {
+            "key": e.key,
+            "model": e.model,
+            "samples": e.length,
+            "bytes": int(e.number("bytes")),
+            "used": e.info.get("used"),
+        }
+        for e in victims
+    ]
+    if args.json:
+        _emit_json(
+            {
+                "path": str(store.path),
+                "dry_run": bool(args.dry_run),
+                "max_size": limit,
+                "bytes_before": before,
+                "bytes_after": total,
+                "removed": removed,
+                "kept": len(entries) - len(victims),
+            }
+        )
+        return EXIT_OK
+    verb = "would remove" if args.dry_run else "removed"
+    if not victims:
+        print(
+            f"nothing to prune: {format_size(before)} of samples fit in {format_size(limit)} "
+            f"({_plural(len(entries), 'key')})"
+        )
+        return EXIT_OK
+    print(
+        _table(
+            ["ACTION", "KEY", "MODEL", "SAMPLES", "SIZE", "LAST USED"],
+            (
+                [
+                    verb,
+                    r["key"],
+                    r["model"],
+                    f"{r['samples']:,}",
+                    format_size(r["bytes"]),
+                    _when(r["used"]),
+                ]
+                for r in removed
+            ),
+            right=(3, 4),
+        )
+    )
+    print(
+        f"{verb} {len(victims):,} of {_plural(len(entries), 'sequence')} "
+        f"({_plural(sum(r['samples'] for r in removed), 'sample')}, "
+        f"{format_size(before - total)}); {format_size(total)} of samples "
+        f"{'would ' if args.dry_run else ''}remain (limit {format_size(limit)})"
+    )
+    return EXIT_OK
+
+
+# -- export ---------------------------------------------------------------
+
+
+def _export_target(path_text: str, source: Path) -> Path:
+    out = Path(path_text).expanduser()
+    if out.exists() and out.resolve() == source.resolve():
+        raise CommandError("OUT must differ from PATH")
+    if out.is_dir() and not (out / DBNAME).exists() and any(out.iterdir()):
+        # Never drop a cache into a directory that holds other things.
+        raise CommandError(f"{out} exists and is not a cache directory")
+    return out
+
+
+def _read_sequence(source: DiskStore, entry: Entry) -> tuple[list[Sample], str | None]:
+    """Every sample of one sequence, or the reason it cannot be exported whole."""
+    samples: list[Sample] = []
+    try:
+        for index in range(entry.length):
+            sample = source.get(entry.key, index)
+            if sample is None:
+                return [], f"sample #{index} is missing; not exported"
+            samples.append(sample)
+    except CorruptStoreError as error:
+        return [], f"{error}; not exported"
+    draws = [s.draw_id for s in samples]
+    if len(set(draws)) != len(draws):
+        # The target would drop the second copy and shift every later index.
+        return [], "the sequence holds a draw twice; not exported"
+    return samples, None
+
+
+def _write_sequence(
+    target: DiskStore, entry: Entry, samples: list[Sample]
+) -> tuple[int, str | None]:
+    """Append what ``target`` lacks of one sequence; return (samples added, problem)."""
+    present = target.length(entry.key)
+    held = [target.get(entry.key, i) for i in range(present)]
+    if [s.draw_id if s else None for s in held] != [s.draw_id for s in samples[:present]]:
+        # Appending would interleave two different sequences under one key.
+        return 0, f"{target.path} holds a different sequence for this key; not exported"
+    added = target.append(entry.key, samples[present:], entry.request)
+    return len(added), None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Copy whole sequences into a new (or a compatible existing) store."""
+    with _open_store(args.path) as source:
+        out = _export_target(args.out, source.path)
+        if args.keys is not None:
+            known = None if all(_exists(source, k) for k in args.keys) else list(source.keys())
+            wanted = list(dict.fromkeys(_resolve_key(source, k, known) for k in args.keys))
+            entries = [_entry(source, key) for key in wanted]
+        else:
+            entries = [e for e in _entries(source) if e.error is None and e.matches(args.grep)]
+            if not entries:
+                raise CommandError(f"no request in {source.path} matches {args.grep!r}", EXIT_FOUND)
+        results: list[dict[str, Any]] = []
+        # OUT is created only once a sequence is known to be whole: a failed
+        # export leaves no empty store behind.
+        target: DiskStore | None = None
+        try:
+            with Progress("export", len(entries)) as progress:
+                for entry in entries:
+                    added, problem = 0, entry.error
+                    samples: list[Sample] = []
+                    if problem is None:
+                        samples, problem = _read_sequence(source, entry)
+                    if problem is None:
+                        target = target or DiskStore(out)
+                        added, problem = _write_sequence(target, entry, samples)
+                    results.append(
+                        {
+                            "key": entry.key,
+                            "model": entry.model,
+                            "samples": 0 if problem else entry.length,
+                            "added": added,
+                            "error": problem,
+                        }
+                    )
+                    progress.advance()
+        finally:
+            if target is not None:
+                target.close()
+    failed = [r for r in results if r["error"]]
+    copied = [r for r in results if not r["error"]]
+    if args.json:
+        _emit_json({"path": str(source.path), "out": str(out), "keys": results})
+    else:
+        for r in copied:
+            note = "" if r["added"] == r["samples"] else f" ({r['added']:,} new)"
+            print(f"exported {r['key']}  {r['model']}  {_plural(r['samples'], 'sample')}{note}")
+        print(
+            f"wrote {_plural(len(copied), 'sequence')} "
+            f"({_plural(sum(r['samples'] for r in copied), 'sample')}) to {out}"
+        )
+    for r in failed:
+        _warn(f"{r['key']}: {r['error']}")
+    return EXIT_FOUND if failed else EXIT_OK
+
+
+# -- demo -----------------------------------------------------------------
+
+
+def run_demo(argv: list[str]) -> int:
+    """Hand ``argv`` to ``mnimi_adapters.demo.main``, imported only now (it pulls in LiteLLM)."""
+    try:
+        demo = importlib.import_module("mnimi_adapters.demo")
+    except ModuleNotFoundError as error:
+        if error.name == "mnimi_adapters.demo":
+            raise CommandError("the demo is not part of this installation") from None
+        raise CommandError(f"the demo needs the module {error.name!r}: install it first") from None
+    try:
+        result = demo.main(argv)
+    except SystemExit as exit_:
+        result = exit_.code
+    if result is None:
+        return EXIT_OK
+    if isinstance(result, int):
+        return result
+    _warn(str(result))
+    return EXIT_FOUND
+
+
+# -- entry point ----------------------------------------------------------
+
+_EPILOG = """\
+exit codes: 0 ok; 1 damage found, or a key or match missing;
+            2 usage error, no cache at PATH, or a store that cannot be opened
+
+sizes: 500MB, 1.5G, 100k (powers of 1000); 2GiB, 64Ki (powers of 1024)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mnimi`` argument parser."""
+    # Subcommands take --json too; SUPPRESS keeps one given before the
+    # command from being reset by the subparser's default.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP)
+    parser = argparse.ArgumentParser(
+        prog="mnimi",
+        description="Inspect, check, prune and slice a mnimi_adapters sample cache.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--json", action="store_true", help=_JSON_HELP)
+    parser.add_argument("--version", action="version", version=f"mnimi {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], text: str) -> Any:
+        sub = commands.add_parser(name, parents=[common], help=text, description=text)
+        sub.set_defaults(handler=handler)
+        sub.add_argument("path", metavar="PATH", help="the cache directory")
+        return sub
+
+    command("stats", cmd_stats, "Keys, samples, size, tokens and cost, overall and per model.")
+    show = command(
+        "show",
+        cmd_show,
+        "List the cached requests, or show one request (KEY or a unique prefix of it) "
+        "and its samples.",
+    )
+    show.add_argument("key", metavar="KEY", nargs="?", help="a key or a unique prefix of one")
+    show.add_argument(
+        "--grep", metavar="TEXT", help="only requests whose model or messages contain TEXT"
+    )
+    show.add_argument(
+        "--limit", metavar="N", type=_limit, help="show at most N keys (or N samples of KEY)"
+    )
+    command(
+        "verify",
+        cmd_verify,
+        "Check the store's integrity (read-only): format, lengths, gaps, samples, draw ids "
+        "and records. Exit 1 lists each problem.",
+    )
+    prune = command(
+        "prune",
+        cmd_prune,
+        "Remove whole least-recently-used sequences until the stored samples fit in SIZE.",
+    )
+    prune.add_argument(
+        "--max-size", metavar="SIZE", type=parse_size, required=True, help="e.g. 500MB, 2GiB"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    export = command(
+        "export",
+        cmd_export,
+        "Copy whole sequences (same samples, order and draw ids) into the store at OUT.",
+    )
+    export.add_argument("out", metavar="OUT", help="the directory of the store to write")
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--keys", metavar="KEY", nargs="+", help="keys (or unique prefixes)")
+    which.add_argument(
+        "--grep", metavar="TEXT", help="every request whose model or messages contain TEXT"
+    )
+    commands.add_parser(
+        "demo", help="Run the demo (all further arguments are passed on to it).", add_help=False
+    )
+    return parser
+
+
+def _demo_argv(argv: Sequence[str]) -> list[str] | None:
+    """The demo's arguments if the command is ``demo``: they bypass our parser."""
+    position = 0
+    while position < len(argv) and argv[position] == "--json":
+        position += 1
+    if position < len(argv) and argv[position] == "demo":
+        return list(argv[position + 1 :])
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``mnimi`` with ``argv`` (default: the command line); return the exit code."""
+    arguments = sys.argv[1:] if argv is None else argv
+    try:
+        demo_argv = _demo_argv(arguments)
+        if demo_argv is not None:
+            return run_demo(demo_argv)
+        parser = build_parser()
+        try:
+            args = parser.parse_args(arguments)
+        except SystemExit as exit_:  # --help, --version and usage errors
+            return exit_.code if isinstance(exit_.code, int) else EXIT_ERROR
+        code: int = args.handler(args)
+        return code
+    except CommandError as error:
+        _warn(str(error))
+        return error.code
+    except CorruptStoreError as error:
+        _warn(f"{error} (run `mnimi verify` on the cache for every problem)")
+        return EXIT_FOUND
+    except StoreError as error:
+        _warn(str(error))
+        return EXIT_ERROR
+    except sqlite3.Error as error:
+        _warn(f"database error: {error}")
+        return EXIT_ERROR
+    except MnimiError as error:  # from the demo: a replication miss, a provider failure
+        _warn(str(error))
+        return EXIT_FOUND
+    except KeyboardInterrupt:
+        _warn("interrupted")
+        return 130
+    except BrokenPipeError:
+        # The reader (`| head`) left; silence the second error at exit.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_FOUND
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
