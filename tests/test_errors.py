@@ -187,3 +187,26 @@ async def test_asample_continues_like_sample(tmp_path: Path) -> None:
         if len(replay) == 6:
             break
     assert replay == sync
+
+
+def test_pydantic_response_format_is_keyed_by_its_schema() -> None:
+    from pydantic import BaseModel
+
+    from mnimi_adapters.core import request_key
+
+    class Answer(BaseModel):
+        value: int
+
+    class Other(BaseModel):
+        value: str
+
+    identity = {"model": "m", "params": {}}
+
+    def key(response_format: type) -> str:
+        return request_key(
+            identity,
+            Request(({"role": "user", "content": "q"},), {"response_format": response_format}),
+        )
+
+    assert key(Answer) == key(Answer)
+    assert key(Answer) != key(Other)

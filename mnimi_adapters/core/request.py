@@ -68,6 +68,10 @@ def canonical(value: Any) -> Any:
         return value
     if isinstance(value, float):
         return int(value) if value.is_integer() else value
+    schema = getattr(value, "model_json_schema", None)
+    if isinstance(value, type) and callable(schema):
+        # A pydantic class given as response_format: its schema is what the model sees.
+        return {"schema": canonical(schema()), "title": value.__name__}
     dump = getattr(value, "model_dump", None)
     if callable(dump):
         return canonical(dump(exclude_none=True))

@@ -1,0 +1,804 @@
+"""LiteLLM-backed provider models: 302.ai, CloseAI, Fireworks, XMCP and any OpenAI-compatible API.
+
+Every provider here is a :class:`~mnimi_adapters.core.model.BatchedModel`: the base class
+splits a refill of ``batch`` samples into ``ceil(batch / max_batch)`` requests, sends them
+concurrently, drops empty answers and keeps the accounts. This module only turns one
+``query(request, n)`` into one ``litellm.completion`` call (with retries), and its choices
+into :class:`~mnimi_adapters.core.sample.Sample` records.
+
+LiteLLM is imported on the first request, never at import time: importing it costs seconds
+(it may try to download a price map), and ``import mnimi_adapters`` must stay fast.
+
+Example:
+    >>> from mnimi_adapters import AI302, Persistent  # doctest: +SKIP
+    >>> model = Persistent(AI302("gpt-4o", 1.0, max_batch=10), "~/.llm_cache")  # doctest: +SKIP
+    >>> next(model.sample("Choose a number between 1 and 1000."))  # doctest: +SKIP
+    '92'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
+from types import ModuleType
+from typing import Any, ClassVar
+
+import tenacity
+
+from .core.errors import ProviderError
+from .core.model import BatchedModel
+from .core.request import TRANSPORT_PARAMS, Request
+from .core.sample import Sample, new_draw_id, split_evenly
+
+__all__ = [
+    "AI302",
+    "XMCP",
+    "CloseAI",
+    "FireworksAI",
+    "LiteLLMModel",
+    "OpenAICompatible",
+    "ProviderRequestError",
+    "in_provider_call",
+    "provider_call_active",
+]
+
+logger = logging.getLogger("mnimi_adapters.providers")
+
+# Statuses worth another attempt: throttling, server trouble and "try again later" answers.
+_RETRY_STATUSES = frozenset({408, 409, 425, 429})
+# This layer decides these itself: n is the refill size, streaming would merge n > 1
+# choices into one (a LiteLLM quirk), and retries are done here, with backoff.
+_CONTROLLED_PARAMS = frozenset({"n", "stream", "stream_options", "num_retries", "max_retries"})
+# "n" as a word of its own in an error message: "n must be at most 1", "['n']",
+# "Unsupported parameter: 'n'", but not "\n" or the n in "n-gram".
+_N_MENTION = re.compile(r"(?<![\w\\-])n(?![\w-])")
+# Placeholder credential for OpenAI-compatible servers that need none; it keeps LiteLLM from
+# sending the user's OPENAI_API_KEY to a third-party host.
+_NO_KEY = "EMPTY"
+
+# ---------------------------------------------------------------------------------------
+# Marking calls made by the provider layer
+# ---------------------------------------------------------------------------------------
+
+_provider_call: ContextVar[bool] = ContextVar("mnimi_provider_call", default=False)
+
+
+@contextlib.contextmanager
+def provider_call_active() -> Iterator[None]:
+    """Mark the enclosed code as a provider layer's own call to LiteLLM.
+
+    :class:`~mnimi_adapters.litellm.MnimiCache` answers ``litellm.completion`` calls from
+    the sample sequences; the calls this layer makes to draw the missing samples must go
+    through to the provider instead. The mark is a ContextVar: asyncio tasks inherit it,
+    and this module sets it again inside every worker thread it uses.
+
+    Example:
+        >>> with provider_call_active():
+        ...     in_provider_call()
+        True
+        >>> in_provider_call()
+        False
+    """
+    token = _provider_call.set(True)
+    try:
+        yield
+    finally:
+        _provider_call.reset(token)
+
+
+def in_provider_call() -> bool:
+    """Whether the current code runs inside a provider layer's call to LiteLLM.
+
+    Example:
+        >>> in_provider_call()
+        False
+    """
+    return _provider_call.get()
+
+
+def _litellm() -> ModuleType:
+    # Imported on first use only: ``import litellm`` takes seconds.
+    import litellm
+
+    return litellm
+
+
+# ---------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------
+
+
+class ProviderRequestError(ProviderError):
+    """A provider request failed (after any retries) or its answer was unusable.
+
+    The LiteLLM exception, if any, is the ``__cause__``.
+
+    Attributes:
+        status_code: The HTTP status the provider answered, when there was one.
+        attempts: How many times the request was sent.
+        retryable: Whether the failure was of a kind that is retried (rate limit, server
+            error, timeout, connection error), i.e. the retries ran out.
+
+    Example:
+        >>> try:  # doctest: +SKIP
+        ...     next(model.sample("hi"))
+        ... except ProviderRequestError as error:
+        ...     print(error.status_code, error.attempts)
+        400 1
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status_code: int | None = None,
+        attempts: int = 1,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.attempts = attempts
+        self.retryable = retryable
+
+
+class _NotSupportedN(ProviderRequestError):
+    """The provider refused a request because of ``n`` > 1."""
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """``error`` and its causes: LiteLLM wraps the SDK's exception, which wraps httpx's."""
+    seen: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in seen and len(seen) < 16:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _http_response(error: BaseException) -> Any:
+    """The provider's HTTP response behind ``error``, if it got that far."""
+    import httpx
+
+    for link in _chain(error):
+        if isinstance(link, httpx.HTTPStatusError):
+            return link.response
+    return None
+
+
+def _status(error: BaseException) -> int | None:
+    response = _http_response(error)
+    if response is not None:
+        return int(response.status_code)
+    status = getattr(error, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _is_malformed(error: BaseException) -> bool:
+    # LiteLLM reports a 200 with a non-JSON body as a 500 (openai route) or an APIError
+    # (fireworks route); only the JSONDecodeError in the chain tells the truth.
+    return any(isinstance(link, json.JSONDecodeError) for link in _chain(error))
+
+
+def _is_retryable(error: BaseException) -> bool:
+    """Rate limits, 5xx, timeouts and connection errors; never a malformed body or a 4xx."""
+    import httpx
+
+    litellm = _litellm()
+    if _is_malformed(error):
+        return False
+    response = _http_response(error)
+    if response is not None:
+        status = int(response.status_code)
+        return status in _RETRY_STATUSES or status >= 500
+    chain = _chain(error)
+    if any(
+        isinstance(link, httpx.TransportError | ConnectionError | TimeoutError) for link in chain
+    ):
+        return True
+    # LiteLLM also reports client-side mistakes (missing credentials, a bad parameter) as
+    # InternalServerError or APIConnectionError: without an HTTP response or a network
+    # error behind them, only classes that cannot mean a local mistake are retried.
+    return isinstance(
+        error,
+        litellm.RateLimitError
+        | litellm.ServiceUnavailableError
+        | litellm.BadGatewayError
+        | litellm.Timeout,
+    )
+
+
+def _headers(error: BaseException) -> dict[str, str]:
+    response = _http_response(error)
+    headers: Any = getattr(response, "headers", None)
+    if not headers:
+        headers = getattr(error, "litellm_response_headers", None)
+    if not headers:
+        headers = getattr(getattr(error, "response", None), "headers", None)
+    if not headers:
+        return {}
+    try:
+        return {str(k).lower(): str(v) for k, v in headers.items()}
+    except (AttributeError, TypeError):
+        return {}
+
+
+def _retry_after(error: BaseException) -> float | None:
+    """Seconds the provider asked to wait before retrying, from ``retry-after(-ms)``."""
+    headers = _headers(error)
+    if "retry-after-ms" in headers:
+        with contextlib.suppress(ValueError):
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    with contextlib.suppress(TypeError, ValueError, IndexError):
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    return None
+
+
+def _mentions_n(error: BaseException) -> bool:
+    """A 400 that is about the ``n`` parameter (providers limited to one choice)."""
+    if _status(error) not in (400, 422):
+        return False
+    if getattr(error, "param", None) == "n":
+        return True
+    return bool(_N_MENTION.search(str(getattr(error, "message", None) or error)))
+
+
+# ---------------------------------------------------------------------------------------
+# The generic LiteLLM model
+# ---------------------------------------------------------------------------------------
+
+
+class LiteLLMModel(BatchedModel):
+    """Any model LiteLLM can route to, sampled through ``litellm.completion``.
+
+    Args:
+        model: A LiteLLM model string, e.g. ``"fireworks_ai/accounts/fireworks/models/x"``
+            or ``"openai/llama3"``.
+        temperature: Sampling temperature.
+        alias: The model's name in cache keys. Without an alias, a model with an
+            ``api_base`` keys its entries by that endpoint too, so two local servers that
+            both call their model "llama3" never share entries.
+        max_batch: The most samples one request may ask for (``n``).
+        api_base: The endpoint to send requests to (default: LiteLLM's for the route).
+        api_key: The API key. Never part of a key, a stored sample or a message.
+        api_key_env: Environment variable to read the key from when the first request is
+            sent. Without ``api_key`` and ``api_key_env``, LiteLLM finds the key itself.
+        supports_n: Whether the provider returns several choices per request. If not (or
+            once it answers a 400 about ``n``, or ignores ``n``), ``n`` samples are drawn
+            with ``n`` concurrent single-choice requests.
+        max_retries: Retries after the first attempt, on rate limits (429), server errors
+            (5xx), timeouts and connection errors. Other 4xx answers raise at once.
+        timeout: Seconds to wait for one response.
+        retry_wait: Base of the exponential backoff in seconds (randomised: full jitter).
+        max_retry_wait: Cap on one wait, also on a provider's ``Retry-After``.
+        **litellm_kwargs: Default sampling parameters (``max_tokens``, ``stop``, ``seed``,
+            ``top_p``, ``tools``, ``response_format``, ...) and LiteLLM options. A request's
+            own parameters win over them. Sampling parameters are part of the cache key.
+
+    Example:
+        >>> model = LiteLLMModel("openai/llama3", 0.7, api_base="http://127.0.0.1:8000/v1")
+        >>> model.identity()
+        {'model': 'openai/llama3', 'params': {'temperature': 0.7}, 'endpoint': 'http://127.0.0.1:8000/v1'}
+    """
+
+    def __init__(
+        self,
+        model: str,
+        temperature: float = 1.0,
+        alias: str | None = None,
+        max_batch: int = 1,
+        *,
+        api_base: str | None = None,
+        api_key: str | None = None,
+        api_key_env: str | None = None,
+        supports_n: bool = True,
+        max_retries: int = 4,
+        timeout: float = 120.0,
+        retry_wait: float = 0.5,
+        max_retry_wait: float = 60.0,
+        **litellm_kwargs: Any,
+    ) -> None:
+        super().__init__(model, temperature, alias, max_batch)
+        if "n" in litellm_kwargs:
+            raise TypeError(
+                "n is not a model parameter: ask for samples with sample(prompt, batch=k) "
+                "and limit the samples per request with max_batch"
+            )
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        self.route = model
+        self.api_base = api_base.rstrip("/") if api_base else None
+        self.api_key_env = api_key_env
+        self.supports_n = supports_n
+        self.max_retries = max_retries
+        self.timeout = timeout
+        self.retry_wait = retry_wait
+        self.max_retry_wait = max_retry_wait
+        self.litellm_kwargs = dict(litellm_kwargs)
+        self._api_key = api_key
+        # Whether the endpoint is "the provider" (named providers) or a generic one whose
+        # address belongs in the cache key.
+        self._keyed_by_endpoint = True
+        # Learned at run time: a provider that rejected or ignored n > 1, and the model
+        # names LiteLLM has no price for.
+        self._n_supported = supports_n
+        self._unpriced: set[str | None] = set()
+
+    def __repr__(self) -> str:
+        base = f", api_base={self.api_base!r}" if self.api_base and self._keyed_by_endpoint else ""
+        return f"{type(self).__name__}({self.model_name!r}, {self.temperature}{base})"
+
+    def identity(self) -> dict[str, Any]:
+        params = {"temperature": self.temperature}
+        params.update((k, v) for k, v in self.litellm_kwargs.items() if k not in TRANSPORT_PARAMS)
+        identity: dict[str, Any] = {"model": self.alias or self.model_name, "params": params}
+        if self.alias is None and self.api_base and self._keyed_by_endpoint:
+            identity["endpoint"] = self.api_base
+        return identity
+
+    # -- sending --------------------------------------------------------------------
+
+    def _resolve_key(self) -> str | None:
+        """The API key, read now (at the first request), never at construction."""
+        if self._api_key is not None:
+            return self._api_key
+        if self.api_key_env:
+            value = os.environ.get(self.api_key_env)
+            if not value:
+                raise ProviderError(
+                    f"{self!r} needs an API key: set the environment variable "
+                    f"{self.api_key_env} (or pass api_key=...)"
+                )
+            return value
+        return None
+
+    def _kwargs(self, request: Request, n: int) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"temperature": self.temperature, "timeout": self.timeout}
+        kwargs.update(self.litellm_kwargs)
+        kwargs.update(request.params)
+        for name in _CONTROLLED_PARAMS:
+            kwargs.pop(name, None)
+        kwargs["model"] = self.route
+        kwargs["messages"] = list(request.messages)
+        if n > 1:
+            kwargs["n"] = n
+        if self.api_base:
+            kwargs.setdefault("api_base", self.api_base)
+        if "api_key" not in kwargs:
+            key = self._resolve_key()
+            if key is not None:
+                kwargs["api_key"] = key
+        # Retries happen here, with backoff and Retry-After; LiteLLM's and the OpenAI SDK's
+        # own retries would multiply the attempts.
+        kwargs["num_retries"] = 0
+        kwargs["max_retries"] = 0
+        # A LiteLLM cache must never answer a provider call: it would replay one sample as
+        # if it were a fresh draw. (MnimiCache also checks in_provider_call().)
+        kwargs["caching"] = False
+        return kwargs
+
+    def _retry_options(self) -> dict[str, Any]:
+        return {
+            "stop": tenacity.stop_after_attempt(self.max_retries + 1),
+            "wait": self._wait,
+            "retry": tenacity.retry_if_exception(_is_retryable),
+            "before_sleep": self._log_retry,
+            # The provider's own exception reaches _failure(), not tenacity's RetryError.
+            "reraise": True,
+        }
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        hinted = _retry_after(error) if error is not None else None
+        if hinted is not None:
+            return min(hinted, self.max_retry_wait)
+        backoff = tenacity.wait_random_exponential(
+            multiplier=self.retry_wait, max=self.max_retry_wait
+        )
+        return float(backoff(state))
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        # Only the error's class and status: a provider message might echo a credential.
+        logger.info(
+            "%r: %s (HTTP %s), retry %d of %d in %.2f s",
+            self,
+            type(error).__name__,
+            _status(error) if error is not None else None,
+            state.attempt_number,
+            self.max_retries,
+            wait,
+        )
+
+    def _scrub(self, text: str, kwargs: Mapping[str, Any]) -> str:
+        key = kwargs.get("api_key")
+        if isinstance(key, str) and len(key) >= 4 and key != _NO_KEY:
+            text = text.replace(key, "***")
+        return text
+
+    def _cause(self, error: BaseException, kwargs: Mapping[str, Any]) -> BaseException | None:
+        """``error``, unless a provider echoed the key into it: then no traceback shows it."""
+        text = " ".join(str(link) for link in _chain(error))
+        return None if self._scrub(text, kwargs) != text else error
+
+    def _failure(
+        self, error: BaseException, attempts: int, n: int, kwargs: Mapping[str, Any]
+    ) -> ProviderRequestError:
+        """Turn a LiteLLM exception into a clear ProviderRequestError (no credentials)."""
+        status = _status(error)
+        detail = self._scrub(str(getattr(error, "message", None) or error), kwargs)
+        if len(detail) > 1000:
+            detail = detail[:1000] + "..."
+        name = repr(self)
+        base = kwargs.get("api_base")
+        where = f" at {base}" if base and str(base) not in name else ""
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        if _is_malformed(error):
+            decode = next(e for e in _chain(error) if isinstance(e, json.JSONDecodeError))
+            message = (
+                f"{name}{where} answered with a malformed response body (not valid JSON: {decode})"
+            )
+            return ProviderRequestError(message, status, attempts)
+        retryable = _is_retryable(error)
+        code = f"HTTP {status}" if status is not None else type(error).__name__
+        message = f"{name}{where} request failed ({code}){tries}: {detail}"
+        if n > 1 and _mentions_n(error):
+            return _NotSupportedN(message, status, attempts)
+        return ProviderRequestError(message, status, attempts, retryable)
+
+    def _send(self, request: Request, n: int, attempts: list[int]) -> list[Sample]:
+        """One request for ``n`` choices, retried; ``attempts`` collects the sends."""
+        kwargs = self._kwargs(request, n)
+        litellm = _litellm()
+        tries = 0
+        try:
+            for attempt in tenacity.Retrying(**self._retry_options()):
+                with attempt:
+                    tries += 1
+                    with provider_call_active():
+                        response = litellm.completion(**kwargs)
+        except Exception as error:
+            raise self._failure(error, tries, n, kwargs) from self._cause(error, kwargs)
+        finally:
+            attempts.append(tries)
+        return self._samples(response)
+
+    async def _asend(self, request: Request, n: int, attempts: list[int]) -> list[Sample]:
+        kwargs = self._kwargs(request, n)
+        litellm = _litellm()
+        tries = 0
+        try:
+            async for attempt in tenacity.AsyncRetrying(**self._retry_options()):
+                with attempt:
+                    tries += 1
+                    with provider_call_active():
+                        response = await litellm.acompletion(**kwargs)
+        except Exception as error:
+            raise self._failure(error, tries, n, kwargs) from self._cause(error, kwargs)
+        finally:
+            attempts.append(tries)
+        return self._samples(response)
+
+    # -- answers --------------------------------------------------------------------
+
+    def _samples(self, response: Any) -> list[Sample]:
+        """One sample per choice, each with its share of the usage and cost."""
+        choices = list(getattr(response, "choices", None) or [])
+        response_id = getattr(response, "id", None) or new_draw_id()
+        if not choices:
+            raise ProviderRequestError(
+                f"{self!r} answered with no choices (response {response_id}): "
+                "an empty or filtered response holds no sample"
+            )
+        usage = getattr(response, "usage", None)
+        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+        prompt_shares = split_evenly(prompt_tokens, len(choices))
+        completion_shares = split_evenly(completion_tokens, len(choices))
+        cost = self._response_cost(response)
+        samples = []
+        for i, choice in enumerate(choices):
+            message = getattr(choice, "message", None)
+            content = getattr(message, "content", None)
+            tool_calls = [_plain(call) for call in getattr(message, "tool_calls", None) or []]
+            record = {"role": "assistant", "content": content, "tool_calls": tool_calls or None}
+            samples.append(
+                Sample(
+                    text=content if isinstance(content, str) else "",
+                    message={k: v for k, v in record.items() if v is not None},
+                    finish_reason=getattr(choice, "finish_reason", None),
+                    usage={
+                        "prompt_tokens": prompt_shares[i],
+                        "completion_tokens": completion_shares[i],
+                    },
+                    model=getattr(response, "model", None),
+                    response_id=response_id,
+                    cost=None if cost is None else cost / len(choices),
+                )
+            )
+        return samples
+
+    def _response_cost(self, response: Any) -> float | None:
+        priced_as = getattr(response, "model", None)
+        if priced_as in self._unpriced:
+            return None  # Looking up a missing price again costs as much as the first time.
+        try:
+            cost = _litellm().completion_cost(completion_response=response)
+        except Exception:  # Unknown prices (local or new models) are normal, not failures.
+            self._unpriced.add(priced_as)
+            return None
+        return float(cost) if cost else None
+
+    # -- BatchedModel ---------------------------------------------------------------
+
+    def query(self, request: Request, n: int) -> list[str | Sample]:
+        """Draw ``n`` samples with one request (or ``n`` single ones if ``n`` is unsupported).
+
+        Example:
+            >>> samples = model.query(Request.of("Pick a number"), 3)  # doctest: +SKIP
+        """
+        attempts: list[int] = []
+        try:
+            return list(self._query(request, n, attempts))
+        finally:
+            self._count_extra(attempts)
+
+    def _query(self, request: Request, n: int, attempts: list[int]) -> list[Sample]:
+        if n > 1 and not self._n_supported:
+            return self._emulate(request, n, attempts)
+        try:
+            samples = self._send(request, n, attempts)
+        except _NotSupportedN as error:
+            self._learn_no_n(error)
+            return self._emulate(request, n, attempts)
+        if n > 1 and len(samples) == 1:
+            self._learn_no_n(None)
+            return samples + self._emulate(request, n - 1, attempts)
+        return samples
+
+    def _emulate(self, request: Request, n: int, attempts: list[int]) -> list[Sample]:
+        """``n`` concurrent single-choice requests (threads: LiteLLM's sync API is blocking)."""
+        if n == 1:
+            return self._send(request, 1, attempts)
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="mnimi-n") as pool:
+            futures = [pool.submit(self._send, request, 1, attempts) for _ in range(n)]
+            outcomes: list[list[Sample] | BaseException] = []
+            for future in futures:
+                error = future.exception()
+                outcomes.append(error if error is not None else future.result())
+        return self._merge(outcomes)
+
+    async def aquery(self, request: Request, n: int) -> list[str | Sample]:
+        """Async :meth:`query`, through ``litellm.acompletion``."""
+        attempts: list[int] = []
+        try:
+            return list(await self._aquery(request, n, attempts))
+        finally:
+            self._count_extra(attempts)
+
+    async def _aquery(self, request: Request, n: int, attempts: list[int]) -> list[Sample]:
+        if n > 1 and not self._n_supported:
+            return await self._aemulate(request, n, attempts)
+        try:
+            samples = await self._asend(request, n, attempts)
+        except _NotSupportedN as error:
+            self._learn_no_n(error)
+            return await self._aemulate(request, n, attempts)
+        if n > 1 and len(samples) == 1:
+            self._learn_no_n(None)
+            return samples + await self._aemulate(request, n - 1, attempts)
+        return samples
+
+    async def _aemulate(self, request: Request, n: int, attempts: list[int]) -> list[Sample]:
+        if n == 1:
+            return await self._asend(request, 1, attempts)
+        gathered = await asyncio.gather(
+            *(self._asend(request, 1, attempts) for _ in range(n)), return_exceptions=True
+        )
+        return self._merge(list(gathered))
+
+    def _merge(self, outcomes: list[list[Sample] | BaseException]) -> list[Sample]:
+        """Keep every paid sample; raise only if all single requests failed."""
+        samples = [
+            s for outcome in outcomes if not isinstance(outcome, BaseException) for s in outcome
+        ]
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if samples:
+            if errors:
+                logger.warning(
+                    "%r: %d of %d single requests failed: %s",
+                    self,
+                    len(errors),
+                    len(outcomes),
+                    errors[0],
+                )
+            return samples
+        raise errors[0]
+
+    def _learn_no_n(self, error: ProviderError | None) -> None:
+        if self._n_supported:
+            reason = "rejected n > 1" if error is not None else "ignored n > 1"
+            logger.info("%r %s; drawing with concurrent single requests from now on", self, reason)
+        self._n_supported = False
+
+    def _count_extra(self, attempts: list[int]) -> None:
+        # The base counts one request per query(); retries and emulated single requests are
+        # requests sent too.
+        extra = sum(attempts) - 1
+        if extra > 0:
+            self.account(0.0, [], extra)
+
+
+def _plain(value: Any) -> Any:
+    """A LiteLLM/pydantic object (a tool call) as plain JSON-ready dicts."""
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        value = dump()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# Named providers
+# ---------------------------------------------------------------------------------------
+
+
+class _NamedProvider(LiteLLMModel):
+    """A provider with a fixed route, base URL and key variable.
+
+    Its cache identity is the bare model name the user gave (or the alias), without an
+    endpoint: the provider is the endpoint, and an alias shares entries across providers.
+    """
+
+    ROUTE: ClassVar[str] = "openai"
+    API_BASE: ClassVar[str] = ""
+    KEY_ENV: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        model: str,
+        temperature: float,
+        alias: str | None = None,
+        max_batch: int = 1,
+        **litellm_kwargs: Any,
+    ) -> None:
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"model must be a non-empty str, got {model!r}")
+        litellm_kwargs.setdefault("api_base", self.API_BASE)
+        litellm_kwargs.setdefault("api_key_env", self.KEY_ENV)
+        super().__init__(f"{self.ROUTE}/{model}", temperature, alias, max_batch, **litellm_kwargs)
+        self.model_name = model
+        self._keyed_by_endpoint = False
+
+
+class AI302(_NamedProvider):
+    """Models served by 302.ai (OpenAI-compatible), key in ``AI302_API_KEY``.
+
+    Args:
+        model: 302.ai's model name, e.g. ``"gpt-4o"``.
+        temperature: Sampling temperature.
+        alias: The model's name in cache keys (share entries with other providers).
+        max_batch: The most samples one request may ask for.
+        **litellm_kwargs: Sampling parameters and the options of :class:`LiteLLMModel`
+            (``api_base``, ``api_key``, ``max_retries``, ``timeout``, ...).
+
+    Example:
+        >>> AI302("deepseek-v3-huoshan", 0.5, alias="deepseek-v3").identity()
+        {'model': 'deepseek-v3', 'params': {'temperature': 0.5}}
+    """
+
+    API_BASE = "https://api.302.ai/v1"
+    KEY_ENV = "AI302_API_KEY"
+
+
+class CloseAI(_NamedProvider):
+    """Models served by CloseAI (OpenAI-compatible), key in ``CLOSEAI_API_KEY``.
+
+    Arguments as for :class:`AI302`.
+
+    Example:
+        >>> CloseAI("gpt-4o", 1.0, max_batch=10).identity()
+        {'model': 'gpt-4o', 'params': {'temperature': 1.0}}
+    """
+
+    API_BASE = "https://api.openai-proxy.org/v1"
+    KEY_ENV = "CLOSEAI_API_KEY"
+
+
+class FireworksAI(_NamedProvider):
+    """Models served by Fireworks (LiteLLM route ``fireworks_ai/``), key in ``FIREWORKS_API_KEY``.
+
+    Arguments as for :class:`AI302`.
+
+    Example:
+        >>> name = "accounts/fireworks/models/llama-v3p1-8b-instruct"
+        >>> FireworksAI(name, 1.0, alias="llama-3.1-8b").identity()["model"]
+        'llama-3.1-8b'
+    """
+
+    ROUTE = "fireworks_ai"
+    API_BASE = "https://api.fireworks.ai/inference/v1"
+    KEY_ENV = "FIREWORKS_API_KEY"
+
+
+class XMCP(_NamedProvider):
+    """Models served by XMCP (OpenAI-compatible, ``/chat/completions`` without ``/v1``).
+
+    Key in ``XMCP_API_KEY``; arguments as for :class:`AI302`.
+
+    Example:
+        >>> XMCP("ali/qwen2.5-7b-instruct", 1.0, alias="qwen2.5-7b").identity()["model"]
+        'qwen2.5-7b'
+    """
+
+    API_BASE = "https://llm.xmcp.ltd"
+    KEY_ENV = "XMCP_API_KEY"
+
+
+class OpenAICompatible(LiteLLMModel):
+    """Any OpenAI-compatible endpoint (vLLM, Ollama, llama.cpp, a proxy, ...).
+
+    Without an alias its cache key includes ``api_base``, so two servers that both call
+    their model "llama3" never share entries; with one, they do.
+
+    Args:
+        model: The model name the endpoint knows.
+        temperature: Sampling temperature.
+        api_base: The endpoint, e.g. ``"http://127.0.0.1:8000/v1"``.
+        api_key: The key, if the endpoint needs one. Without it (and without
+            ``api_key_env=...``) a placeholder is sent, never ``OPENAI_API_KEY``.
+        alias: The model's name in cache keys.
+        max_batch: The most samples one request may ask for.
+        **kw: Sampling parameters and the options of :class:`LiteLLMModel`.
+
+    Example:
+        >>> m = OpenAICompatible("llama3", 1.0, "http://127.0.0.1:8000/v1", api_key="local")
+        >>> m.identity()
+        {'model': 'llama3', 'params': {'temperature': 1.0}, 'endpoint': 'http://127.0.0.1:8000/v1'}
+    """
+
+    def __init__(
+        self,
+        model: str,
+        temperature: float,
+        api_base: str,
+        api_key: str | None = None,
+        alias: str | None = None,
+        max_batch: int = 1,
+        **kw: Any,
+    ) -> None:
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"model must be a non-empty str, got {model!r}")
+        if not isinstance(api_base, str) or not api_base:
+            raise ValueError(f"api_base must be a non-empty str, got {api_base!r}")
+        if api_key is None and not kw.get("api_key_env"):
+            api_key = _NO_KEY
+        super().__init__(
+            f"openai/{model}",
+            temperature,
+            alias,
+            max_batch,
+            api_base=api_base,
+            api_key=api_key,
+            **kw,
+        )
+        self.model_name = model
