@@ -42,9 +42,25 @@ from .core import (
 )
 
 if TYPE_CHECKING:
-    from .providers import AI302, XMCP, CloseAI, FireworksAI, LiteLLMModel, OpenAICompatible
+    from .providers import (
+        AI302,
+        XMCP,
+        CloseAI,
+        FireworksAI,
+        LiteLLMModel,
+        OpenAICompatible,
+        ProviderRequestError,
+    )
 
-_PROVIDERS = {"AI302", "CloseAI", "FireworksAI", "XMCP", "OpenAICompatible", "LiteLLMModel"}
+_PROVIDERS = {
+    "AI302",
+    "CloseAI",
+    "FireworksAI",
+    "XMCP",
+    "OpenAICompatible",
+    "LiteLLMModel",
+    "ProviderRequestError",
+}
 
 __all__ = [
     "AI302",
@@ -61,6 +77,7 @@ __all__ = [
     "OpenAICompatible",
     "Persistent",
     "ProviderError",
+    "ProviderRequestError",
     "Repeatable",
     "ReplicationCacheMiss",
     "Request",
