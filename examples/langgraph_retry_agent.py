@@ -1,0 +1,117 @@
+"""A LangGraph node with a RetryPolicy: fresh samples per attempt, replayed on a rerun.
+
+Run it with ``python examples/langgraph_retry_agent.py [--cache-dir DIR]``.
+
+The ``propose`` node asks the model for a number and rejects any answer that is not a
+multiple of 7; LangGraph retries the node. A cache that replays one answer per request
+would fail every retry the same way. MnimiChatModel gives attempt ``k`` of the node the
+``k``-th sample of the request's sequence instead, so every attempt is a fresh draw, and
+running the whole graph again replays the same attempts from the cache.
+
+With ``FIREWORKS_API_KEY`` set it samples from Fireworks; without it, it starts the
+built-in local sampling server and runs offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import TypedDict
+
+# LiteLLM would otherwise try to download its price map when first imported.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import RetryPolicy
+
+from mnimi_adapters.langchain import MnimiChatModel
+from mnimi_adapters.testing import SamplingServer
+
+FIREWORKS_MODEL = "fireworks_ai/accounts/fireworks/models/llama-v3p1-8b-instruct"
+QUESTION = "Pick a random number between 1 and 50. Answer with the number only."
+MAX_ATTEMPTS = 12
+
+
+class State(TypedDict):
+    answer: int
+
+
+@contextlib.contextmanager
+def chat_model(cache_dir: str) -> Iterator[MnimiChatModel]:
+    """A chat model on Fireworks if a key is set, else on a local sampling server."""
+    if os.environ.get("FIREWORKS_API_KEY"):
+        yield MnimiChatModel(model=FIREWORKS_MODEL, temperature=1.0, cache_dir=cache_dir)
+        return
+    with SamplingServer(seed=3) as server:
+        # The alias keeps keys stable across runs although the server's port changes.
+        yield MnimiChatModel(
+            model="openai/mock-model",
+            alias="mock-model",
+            api_base=server.url,
+            api_key="sk-local",
+            cache_dir=cache_dir,
+        )
+
+
+class Rejected(ValueError):
+    """The proposed answer failed validation; LangGraph retries the node."""
+
+
+def build(chat: MnimiChatModel, log: list[str]) -> object:
+    def propose(state: State) -> State:
+        text = str(chat.invoke(QUESTION).content).strip()
+        try:
+            number = int(text)
+        except ValueError:
+            number = 0
+        ok = number > 0 and number % 7 == 0
+        log.append(f"{text!r}{'' if ok else ' rejected'}")
+        if not ok:
+            raise Rejected(text)
+        return {"answer": number}
+
+    graph = StateGraph(State)
+    graph.add_node(
+        "propose",
+        propose,
+        retry_policy=RetryPolicy(
+            max_attempts=MAX_ATTEMPTS, initial_interval=0.0, jitter=False, retry_on=Rejected
+        ),
+    )
+    graph.add_edge(START, "propose")
+    graph.add_edge("propose", END)
+    return graph.compile()
+
+
+def run(chat: MnimiChatModel) -> tuple[list[str], int | None]:
+    log: list[str] = []
+    app = build(chat, log)
+    try:
+        answer: int | None = app.invoke({"answer": 0})["answer"]  # type: ignore[attr-defined]
+    except Rejected:
+        answer = None
+    return log, answer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache-dir", help="sample store (default: a new temporary one)")
+    args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        cache_dir = args.cache_dir or stack.enter_context(tempfile.TemporaryDirectory())
+        chat = stack.enter_context(chat_model(cache_dir))
+
+        attempts, answer = run(chat)
+        print(f"first run:  attempts {attempts} -> answer {answer}")
+        before = chat.cache_stats()["requests"]
+        again, answer_again = run(chat)
+        new_requests = chat.cache_stats()["requests"] - before
+        print(f"second run: attempts {again} -> answer {answer_again}")
+        print(f"rerun:      replayed {again == attempts} with {new_requests} new provider requests")
+
+
+if __name__ == "__main__":
+    main()
