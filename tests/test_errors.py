@@ -210,3 +210,14 @@ def test_pydantic_response_format_is_keyed_by_its_schema() -> None:
 
     assert key(Answer) == key(Answer)
     assert key(Answer) != key(Other)
+
+
+def test_a_request_reused_across_models_gets_each_models_key(tmp_path: Path) -> None:
+    request = Request.of(PROMPT)
+    keys = set()
+    for temperature in (0.0, 0.5, 1.0):
+        # Models made and dropped in a loop often reuse one id: the key must not.
+        model = Persistent(NumberModel("m", temperature), tmp_path)
+        keys.add(model.key_of(request))
+        del model
+    assert len(keys) == 3

@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import MnimiError, ReplicationCacheMiss
 from .model import Cursor, Layer
-from .request import Request, request_key, request_record
+from .request import Request, request_record
 from .sample import Sample
 from .scopes import caching_enabled
 from .store import DiskStore, MemoryStore, SequenceStore
@@ -64,7 +64,7 @@ class CacheLayer(Wrapper):
             if self.replication:
                 raise MnimiError("no_cache() cannot be used with a replication cache")
             return self.inner.open(request)
-        key = request_key(self.identity(), request)
+        key = self.key_of(request)
         self.store.touch(key)
         return _ReplayCursor(self, request, key)
 
@@ -276,7 +276,7 @@ class Independent(Wrapper):
     def open(self, request: Request) -> Cursor:
         if not caching_enabled():
             return self.inner.open(request)
-        key = request_key(self.identity(), request)
+        key = self.key_of(request)
         with self._lock:
             cursor = self._cursors.get(key)
             if cursor is None:

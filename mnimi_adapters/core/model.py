@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .errors import ProviderError
-from .request import Message, Request
+from .request import Message, Request, request_key
 from .sample import Sample, new_draw_id
 
 logger = logging.getLogger("mnimi_adapters")
@@ -111,6 +111,20 @@ class Layer(ABC):
                     yield s
 
         return iterate()
+
+    def key_of(self, request: Request) -> str:
+        """The cache key of ``request`` for the model at the bottom of this stack.
+
+        Every layer of a stack computes the same key, so it is kept on the request.
+        """
+        root = self.root
+        # The entry holds the model itself, so its id cannot be reused while it is kept.
+        known = request.keys.get(id(root))
+        if known is not None and known[0] is root:
+            return known[1]
+        key = request_key(root.identity(), request)
+        request.keys[id(root)] = (root, key)
+        return key
 
     @property
     def root(self) -> Model:

@@ -14,6 +14,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 KEY_VERSION = "m1"
@@ -60,14 +61,22 @@ def canonical(value: Any) -> Any:
     Dicts lose their ``None`` entries, integral floats become ints, tuples
     become lists and pydantic-style objects are dumped to dicts.
     """
-    if isinstance(value, Mapping):
-        return {str(k): canonical(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list | tuple):
-        return [canonical(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str | int):
+    kind = type(value)
+    # Exact-type checks first: this runs on every call, mostly over plain JSON.
+    if kind is str or kind is int or kind is bool or value is None:
         return value
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else value
+    if kind is dict or isinstance(value, Mapping):
+        return {str(k): canonical(v) for k, v in value.items() if v is not None}
+    if kind is list or kind is tuple:
+        return [canonical(v) for v in value]
+    if kind is float or isinstance(value, float):
+        return int(value) if value.is_integer() else float(value)
+    if isinstance(value, Enum):
+        return canonical(value.value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int(value)
     schema = getattr(value, "model_json_schema", None)
     if isinstance(value, type) and callable(schema):
         # A pydantic class given as response_format: its schema is what the model sees.
@@ -102,6 +111,8 @@ class Request:
     messages: tuple[Message, ...]
     params: Mapping[str, Any] = field(default_factory=dict)
     source: Any = None
+    #: Keys computed for this request, by model: every layer of a stack asks.
+    keys: dict[int, tuple[Any, str]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, prompt: str | list[Message] | tuple[Message, ...] | Request) -> Request:
@@ -166,5 +177,6 @@ def request_record(identity: Mapping[str, Any], request: Request) -> dict[str, A
 
 def request_key(identity: Mapping[str, Any], request: Request) -> str:
     """The versioned cache key of ``request`` sent to the model ``identity``."""
-    digest = hashlib.sha256(canonical_json(request_record(identity, request)).encode()).hexdigest()
-    return f"{KEY_VERSION}-{digest[:40]}"
+    record = request_record(identity, request)  # canonical already
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return f"{KEY_VERSION}-{hashlib.sha256(text.encode()).hexdigest()[:40]}"
