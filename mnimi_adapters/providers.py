@@ -36,7 +36,7 @@ import tenacity
 
 from .core.errors import ProviderError
 from .core.model import BatchedModel
-from .core.request import TRANSPORT_PARAMS, Request
+from .core.request import Request, is_sampling_param
 from .core.sample import Sample, new_draw_id, split_evenly
 
 __all__ = [
@@ -345,7 +345,7 @@ class LiteLLMModel(BatchedModel):
 
     def identity(self) -> dict[str, Any]:
         params = {"temperature": self.temperature}
-        params.update((k, v) for k, v in self.litellm_kwargs.items() if k not in TRANSPORT_PARAMS)
+        params.update((k, v) for k, v in self.litellm_kwargs.items() if is_sampling_param(k))
         identity: dict[str, Any] = {"model": self.alias or self.model_name, "params": params}
         if self.alias is None and self.api_base and self._keyed_by_endpoint:
             identity["endpoint"] = self.api_base

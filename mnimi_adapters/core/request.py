@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -52,7 +53,25 @@ TRANSPORT_PARAMS = frozenset(
     }
 )
 
+# Provider-specific credentials have no fixed names (``aws_secret_access_key``,
+# ``vertex_credentials``, ``azure_ad_token``, ...): any parameter with such a whole
+# ``_``-separated word is one, so ``max_tokens`` stays a sampling parameter.
+_CREDENTIAL = re.compile(
+    r"(?:^|_)(?:key|keys|secret|password|passwd|token|credential|credentials|auth)(?:$|_)"
+)
+_PROMPT_TOKENS = frozenset({"bos_token", "eos_token"})
+
 Message = dict[str, Any]
+
+
+def is_credential(name: str) -> bool:
+    """Whether a parameter name looks like a credential (never keyed, stored or logged)."""
+    return name not in _PROMPT_TOKENS and _CREDENTIAL.search(name.lower()) is not None
+
+
+def is_sampling_param(name: str) -> bool:
+    """Whether a parameter decides the output distribution, and so belongs in the key."""
+    return name not in TRANSPORT_PARAMS and not is_credential(name)
 
 
 def canonical(value: Any) -> Any:
@@ -149,7 +168,7 @@ class Request:
 
     def sampling_params(self) -> dict[str, Any]:
         """The parameters that decide the output distribution."""
-        return {k: v for k, v in self.params.items() if k not in TRANSPORT_PARAMS}
+        return {k: v for k, v in self.params.items() if is_sampling_param(k)}
 
     def describe(self, identity: Mapping[str, Any], width: int = 80) -> str:
         """A one-line human summary, for error messages and listings."""
@@ -163,7 +182,8 @@ class Request:
 
 def request_record(identity: Mapping[str, Any], request: Request) -> dict[str, Any]:
     """The canonical description of a request: what its key is the hash of."""
-    params = dict(identity.get("params", {}))
+    # Filtered again: a provider's identity must not smuggle a credential into the key.
+    params = {k: v for k, v in identity.get("params", {}).items() if is_sampling_param(k)}
     params.update(request.sampling_params())
     record: dict[str, Any] = {
         "model": identity.get("model"),

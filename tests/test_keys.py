@@ -1,0 +1,64 @@
+"""Keys: canonical, order-insensitive, and never holding a credential."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mnimi_adapters.core import Request, request_key
+from mnimi_adapters.core.request import is_credential, request_record
+
+IDENTITY = {"model": "gpt-4o", "params": {"temperature": 1.0}}
+MESSAGES = ({"role": "user", "content": "Pick a number"},)
+
+
+def key(params: dict[str, object], identity: dict[str, object] = IDENTITY) -> str:
+    return request_key(identity, Request(MESSAGES, params))
+
+
+def test_canonical_forms_share_a_key() -> None:
+    assert key({"max_tokens": 5, "top_p": 1}) == key({"top_p": 1.0, "max_tokens": 5})
+    assert key({"seed": None}) == key({})
+    # Per-call temperature equal to the model's default is the same request.
+    assert key({"temperature": 1}) == key({})
+
+
+def test_transport_parameters_are_not_keyed() -> None:
+    base = key({})
+    for name, value in [
+        ("n", 5),
+        ("timeout", 3),
+        ("num_retries", 2),
+        ("metadata", {"run": 1}),
+        ("stream", True),
+        ("api_key", "sk-secret"),
+    ]:
+        assert key({name: value}) == base, name
+
+
+def test_sampling_parameters_are_keyed() -> None:
+    base = key({})
+    for name, value in [
+        ("max_tokens", 5),
+        ("stop", ["\n"]),
+        ("seed", 1),
+        ("tools", [{"type": "function", "function": {"name": "f"}}]),
+        ("response_format", {"type": "json_object"}),
+    ]:
+        assert key({name: value}) != base, name
+
+
+def test_credentials_of_any_provider_never_reach_a_key_or_record(tmp_path: Path) -> None:
+    secrets = {
+        "aws_secret_access_key": "AWS-SECRET",
+        "aws_session_token": "AWS-TOKEN",
+        "vertex_credentials": "VERTEX-CREDS",
+        "azure_ad_token": "AZURE-TOKEN",
+        "api_key": "sk-secret",
+    }
+    assert all(is_credential(name) for name in secrets)
+    assert not any(is_credential(name) for name in ("max_tokens", "top_k", "bos_token"))
+    identity = {"model": "m", "params": dict(secrets)}
+    record = request_record(identity, Request(MESSAGES, dict(secrets)))
+    text = repr(record)
+    assert not any(value in text for value in secrets.values())
+    assert key(dict(secrets), identity) == key({}, {"model": "m", "params": {}})
