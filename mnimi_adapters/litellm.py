@@ -1,0 +1,796 @@
+"""``MnimiCache``: a LiteLLM cache that serves ``litellm.completion`` from sample sequences.
+
+LiteLLM's own cache maps a request to *one* response, so a retry gets the same failing
+answer and ``n`` "samples" of a pass@k run collapse into one. ``MnimiCache`` keeps, per
+request, the append-only sequence of independent samples of :mod:`mnimi_adapters.core`
+instead, and lets the scopes decide which of them a call gets::
+
+    import litellm
+    from mnimi_adapters import independent, repeatable
+    from mnimi_adapters.litellm import MnimiCache
+
+    with MnimiCache("~/.llm_cache"):
+        litellm.completion(model=..., messages=...)   # sample 0 of the sequence, every run
+        with independent():                            # each call continues the sequence
+            for attempt in range(3):
+                with repeatable():                     # one attempt: fresh, then repeated
+                    litellm.completion(model=..., messages=...)
+
+How a call is answered: the cache builds a :class:`~mnimi_adapters.core.request.Request`
+from the call (messages and sampling parameters; never credentials, ``n``, timeouts or
+metadata), takes ``n`` samples from the layer the open scopes select, and returns them as
+one response with ``n`` choices. Samples missing from the sequence are drawn first, through
+``litellm.completion`` itself (those inner calls carry a marker that makes this cache let
+them through), and only as many as are missing: ``n=5`` after ``n=3`` sends one request
+for 2. Streaming calls get the same samples as a stream.
+
+Per call, ``metadata={"mnimi": ...}`` overrides the scopes:
+
+* ``"no_cache"``: the call goes to the provider; nothing is read or stored.
+* ``"repeatable"``: replay the sequence from its start, whatever scope is open.
+* ``"independent"``: continue a cursor the cache keeps per request (inside an
+  ``independent()`` scope, the scope's cursor), so successive calls get fresh samples.
+
+With ``replication=True`` nothing is ever sent: a sample missing from the cache raises
+:class:`~mnimi_adapters.core.errors.ReplicationCacheMiss` out of ``litellm.completion``.
+
+Keys: a call's key is the one :class:`~mnimi_adapters.providers.LiteLLMModel` with the
+same model string, ``api_base`` and temperature uses (a call without a temperature samples,
+and is keyed, at 1.0), so ``Persistent(LiteLLMModel(...), path)`` and this cache share
+sequences in one directory. ``alias={"openai/llama3": "llama3"}`` renames a model (or a
+Router model group) in keys and drops ``api_base`` from them. Router calls are keyed by
+their model group, so a replay does not depend on which deployment the Router picks.
+
+Importing this module imports LiteLLM (``import mnimi_adapters`` alone does not).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Final
+
+# An absolute import: this module is ``mnimi_adapters.litellm``, the library is ``litellm``.
+import litellm
+import openai
+from litellm.caching import caching_handler as _litellm_caching_handler
+from litellm.caching.caching import Cache
+from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
+from litellm.types.utils import all_litellm_params
+
+from .core.errors import MnimiError, ProviderError
+from .core.layers import CacheLayer, Independent
+from .core.model import Cursor, Layer, Model
+from .core.request import (
+    TRANSPORT_PARAMS,
+    Request,
+    canonical_json,
+    is_credential,
+    request_key,
+)
+from .core.sample import Sample
+from .core.scopes import caching_enabled, scoped
+from .core.store import DiskStore, SequenceStore
+from .providers import LiteLLMModel, in_provider_call
+
+__all__ = ["MnimiCache"]
+
+#: ``metadata`` key of the per-call override.
+METADATA_KEY: Final = "mnimi"
+_MODES: Final = frozenset({"independent", "repeatable", "no_cache"})
+#: The most choices one provider request asks for when ``max_batch`` is not given
+#: (OpenAI's limit on ``n``).
+_DEFAULT_MAX_BATCH: Final = 128
+#: Samples kept in memory after a read (see ``_ReadThroughStore``).
+_MEMO_CAPACITY: Final = 4096
+
+# LiteLLM's plumbing: never part of a key, never passed on to the provider call (which
+# is a fresh LiteLLM call of its own; ``n``, streaming and retries are the provider
+# layer's business there).
+_DROPPED: Final = frozenset(
+    {
+        "model",
+        "messages",
+        "n",
+        "stream",
+        "stream_options",
+        "metadata",
+        "litellm_metadata",
+        "litellm_logging_obj",
+        "litellm_call_id",
+        "parent_otel_span",
+        "cache",
+        "caching",
+        "cache_key",
+        "preset_cache_key",
+        "acompletion",
+        "atext_completion",
+        "aembedding",
+        "aimg_generation",
+        "atranscription",
+        "arerank",
+        "async_call",
+        "text_completion",
+        "complete_response",
+        "fallbacks",
+        "max_fallbacks",
+        "fallback_depth",
+        "context_window_fallback_dict",
+        "retry_policy",
+        "retry_strategy",
+        "num_retries",
+        "max_retries",
+        "model_list",
+        "model_info",
+        "proxy_server_request",
+        "stream_response",
+        "secret_fields",
+        "id",
+        "self",
+    }
+)
+# Sent to the provider but never keyed: they change how a request travels or is billed,
+# not what it samples from.
+_NOT_KEYED: Final = frozenset(
+    {
+        *TRANSPORT_PARAMS,
+        *all_litellm_params,
+        "timeout",
+        "base_url",
+        "extra_headers",
+        "deployment_id",
+        "store",
+        "service_tier",
+        "safety_identifier",
+        "prompt_cache_key",
+        "prompt_cache_options",
+        "prompt_cache_retention",
+    }
+)
+# LiteLLM's own parameters that shape the prompt the provider sees (prompt management,
+# system prompt injection, prompt templates): part of the key.
+_PROMPT_SHAPING: Final = frozenset(
+    {
+        "prompt_id",
+        "prompt_variables",
+        "prompt_version",
+        "prompt_label",
+        "prompt_environment",
+        "litellm_system_prompt",
+        "assistant_continue_message",
+        "user_continue_message",
+        "ensure_alternating_roles",
+        "supports_system_message",
+        "custom_prompt_dict",
+        "final_prompt_value",
+        "roles",
+        "bos_token",
+        "eos_token",
+    }
+)
+
+
+@lru_cache(maxsize=1024)
+def _role(name: str) -> str:
+    """``"drop"``, ``"transport"`` (sent, not keyed) or ``"sampling"`` (sent and keyed)."""
+    if name in _DROPPED or name.startswith("_"):
+        return "drop"
+    if name in _PROMPT_SHAPING:
+        return "sampling"
+    if name in _NOT_KEYED or is_credential(name):
+        return "transport"
+    return "sampling"
+
+
+def _plain_message(message: Any) -> dict[str, Any]:
+    """A message as a plain dict: callers often append a response's ``Message`` object."""
+    if isinstance(message, Mapping):
+        return dict(message)
+    dump = getattr(message, "model_dump", None)
+    if callable(dump):
+        plain = dump(exclude_none=True)
+        if isinstance(plain, dict):
+            return plain
+    raise TypeError(f"a message must be a dict with a 'role', got {type(message).__name__}")
+
+
+def _sampling_value(name: str, value: Any) -> Any:
+    """``response_format=SomePydanticModel`` becomes the JSON schema LiteLLM sends."""
+    if name == "response_format" and isinstance(value, type):
+        from litellm.utils import type_to_response_format_param
+
+        return type_to_response_format_param(value)
+    return value
+
+
+def _retries(kwargs: Mapping[str, Any]) -> int | None:
+    """How often the provider layer may retry one request, or ``None`` for its default.
+
+    A caller's (or a Router's) ``max_retries`` wins. With ``num_retries`` LiteLLM retries
+    the whole call itself, so the provider must not multiply the attempts.
+    """
+    max_retries = kwargs.get("max_retries")
+    if isinstance(max_retries, int) and not isinstance(max_retries, bool) and max_retries >= 0:
+        return max_retries
+    if kwargs.get("num_retries") is not None:
+        return 0
+    return None
+
+
+def _provider_name(route: str, transport: Mapping[str, Any]) -> str | None:
+    """LiteLLM's provider for ``route`` (``openai`` for ``openai/llama3``), if it knows."""
+    try:
+        return str(
+            litellm.get_llm_provider(
+                model=route,
+                custom_llm_provider=transport.get("custom_llm_provider"),
+                api_base=transport.get("api_base"),
+            )[1]
+        )
+    except Exception:  # an unknown route: LiteLLM's own call will say so
+        return None
+
+
+# ---------------------------------------------------------------------------------------
+# One call, parsed
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Call:
+    """What the cache needs to know about one ``completion`` call."""
+
+    identity: dict[str, Any]
+    request: Request
+    n: int
+    route: str
+    api_base: str | None
+    retries: int | None
+    transport: dict[str, Any]
+    mode: str | None
+    identity_token: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.identity_token = canonical_json(self.identity)
+
+    def send_request(self) -> Request:
+        """The request as sent: sampling plus transport parameters (never stored)."""
+        return Request(self.request.messages, {**self.request.params, **self.transport})
+
+
+# The call being answered, so that the layers' inner model sends the samples it misses
+# to the deployment (and with the credentials) of *this* call.
+_current_call: ContextVar[tuple[MnimiCache, _Call] | None] = ContextVar(
+    "mnimi_litellm_call", default=None
+)
+
+
+@contextmanager
+def _answering(cache: MnimiCache, call: _Call) -> Iterator[None]:
+    token = _current_call.set((cache, call))
+    try:
+        yield
+    finally:
+        _current_call.reset(token)
+
+
+class _CallModel(Model):
+    """The bottom of a cache layer: draws through the deployment of the current call.
+
+    One layer serves every call whose key space (model, endpoint) is the same, whichever
+    deployment or credentials the call uses: two layers over one key space would each
+    keep their own cursors and hand out the same sample twice in an ``independent()``
+    scope.
+    """
+
+    def __init__(self, identity: dict[str, Any]) -> None:
+        super().__init__(str(identity["model"]), 1.0)
+        self._identity = identity
+
+    def identity(self) -> dict[str, Any]:
+        return self._identity
+
+    def open(self, request: Request) -> Cursor:
+        return _CallCursor()
+
+
+class _CallCursor(Cursor):
+    """Each refill goes to the provider of the call that needs it, with its credentials."""
+
+    def take(self, batch: int) -> list[Sample]:
+        cache, call = self._current()
+        return cache._provider(call).open(call.send_request()).take(batch)
+
+    async def atake(self, batch: int) -> list[Sample]:
+        cache, call = self._current()
+        return await cache._provider(call).open(call.send_request()).atake(batch)
+
+    @staticmethod
+    def _current() -> tuple[MnimiCache, _Call]:
+        current = _current_call.get()
+        if current is None:
+            raise MnimiError("MnimiCache layers draw samples only while answering a call")
+        return current
+
+
+class _ReadThroughStore(SequenceStore):
+    """A disk store whose samples, once read, are served from memory.
+
+    Sample ``i`` of a key never changes once written (the store is append-only), so a
+    copy is as good as the row. It keeps hits off SQLite, which matters under LiteLLM: a
+    SQLite read releases the GIL, and LiteLLM's logging threads, busy right after every
+    call, then hold it for up to the switch interval (a median ~1 ms per hit in
+    ``acompletion``, against ~10 us for the read itself).
+    """
+
+    def __init__(self, store: DiskStore, capacity: int = _MEMO_CAPACITY) -> None:
+        self.disk = store
+        self._capacity = capacity
+        self._samples: dict[tuple[str, int], Sample] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, index: int) -> Sample | None:
+        sample = self._samples.get((key, index))
+        if sample is None:
+            sample = self.disk.get(key, index)
+            if sample is not None:
+                self._remember(key, index, sample)
+        return sample
+
+    def _remember(self, key: str, index: int, sample: Sample) -> None:
+        with self._lock:
+            if len(self._samples) >= self._capacity:
+                # Oldest first (dicts keep insertion order): cheap, and good enough for a
+                # memo whose misses only cost a SQLite read.
+                del self._samples[next(iter(self._samples))]
+            self._samples[(key, index)] = sample
+
+    def length(self, key: str) -> int:
+        return self.disk.length(key)
+
+    def has_draw(self, key: str, draw_id: str) -> bool:
+        return self.disk.has_draw(key, draw_id)
+
+    def append(self, key: str, samples: Sequence[Sample], record: dict[str, Any]) -> list[Sample]:
+        return self.disk.append(key, samples, record)
+
+    def touch(self, key: str) -> None:
+        self.disk.touch(key)
+
+    def close(self) -> None:
+        with self._lock:
+            self._samples.clear()
+        self.disk.close()
+
+
+# ---------------------------------------------------------------------------------------
+# LiteLLM workarounds
+# ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _litellm_errors() -> Iterator[None]:
+    """Let a provider failure surface as the LiteLLM exception it was.
+
+    Callers (and a Router's retries, cooldowns and fallbacks) expect
+    ``litellm.RateLimitError``, ``litellm.ContextWindowExceededError``, ... from
+    ``completion``. The provider layer wraps them in a ``ProviderError``; the LiteLLM
+    exception is its cause, unless the provider echoed the API key into it, in which case
+    the ``ProviderError`` (which has the key scrubbed) is what the caller gets.
+    """
+    try:
+        yield
+    except ProviderError as error:
+        cause = error.__cause__
+        if isinstance(cause, openai.APIError):
+            raise cause from None
+        raise
+
+
+class _HiddenParams(dict[str, Any]):
+    """A response's ``_hidden_params`` that keeps ``cache_hit`` truthful.
+
+    LiteLLM marks whatever a cache returns as ``cache_hit=True``; a response for which
+    samples had to be drawn from the provider first is not a hit.
+    """
+
+    hit: bool = True
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key == "cache_hit" and not self.hit:
+            value = False
+        super().__setitem__(key, value)
+
+
+_STREAM_ITERATORS: Final = (
+    ("litellm.responses.streaming_iterator", "BaseResponsesAPIStreamingIterator"),
+    (
+        "litellm.llms.anthropic.pass_through.messages.response_cache",
+        "CachedAnthropicMessagesStreamIterator",
+    ),
+)
+
+
+def _defer_stream_hit_callbacks(*, cached_result: object) -> bool:
+    """LiteLLM's check, minus its imports of proxy modules (which need ``fastapi``).
+
+    The original imports the Anthropic pass-through module on every cache hit, which
+    imports ``litellm.proxy`` and so ``fastapi``, a dependency of LiteLLM's proxy only.
+    An object can only be an instance of a class whose module is loaded, so looking the
+    classes up in ``sys.modules`` gives the same answer without importing anything.
+    """
+    if isinstance(cached_result, CustomStreamWrapper):
+        return True
+    for module_name, class_name in _STREAM_ITERATORS:
+        cls = getattr(sys.modules.get(module_name), class_name, None)
+        if isinstance(cls, type) and isinstance(cached_result, cls):
+            return True
+    return False
+
+
+def _patch_litellm() -> None:
+    # Same answers as the original for every input, so it stays in place for good: undoing
+    # it when one cache is uninstalled would break another one still installed.
+    if hasattr(_litellm_caching_handler, "_should_defer_streaming_cache_hit_callbacks"):
+        _litellm_caching_handler._should_defer_streaming_cache_hit_callbacks = (
+            _defer_stream_hit_callbacks
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# The cache
+# ---------------------------------------------------------------------------------------
+
+
+class MnimiCache(Cache):
+    """A ``litellm.cache`` that answers completions from Mnimi sample sequences.
+
+    Args:
+        path: The cache directory (created with mode 0700), shared with the core API.
+        replication: Never call a provider: a sample missing from the cache raises
+            :class:`~mnimi_adapters.core.errors.ReplicationCacheMiss` out of
+            ``litellm.completion``, before any request is sent.
+        alias: Names for models (as passed to ``completion``) or Router model groups in
+            cache keys, e.g. ``{"openai/deepseek-v3-huoshan": "deepseek-v3"}``. An
+            aliased model is keyed without its ``api_base``.
+        max_batch: The most choices one provider request may ask for; a call with a
+            larger ``n`` draws the missing samples with several concurrent requests.
+
+    Calls to a ``litellm.Router`` reach the cache only if the Router was built with
+    ``cache_responses=True`` (otherwise it sends ``caching=False``). LiteLLM's own
+    switches ``caching=False`` and ``cache={"no-cache": True}`` skip this cache (the
+    call is sent, nothing is stored), also in replication mode.
+
+    A streaming call whose samples are missing draws them whole and then streams them,
+    as LiteLLM replays cached responses: the text arrives in one chunk (all ``n`` choices
+    in the first chunk), then a chunk with the finish reason.
+
+    Example:
+        >>> import litellm  # doctest: +SKIP
+        >>> with MnimiCache("~/.llm_cache"):  # doctest: +SKIP
+        ...     a = litellm.completion(model="openai/gpt-4o-mini", messages=msgs, n=5)
+        ...     b = litellm.completion(model="openai/gpt-4o-mini", messages=msgs, n=3)
+        >>> [c.message.content for c in b.choices] == [  # doctest: +SKIP
+        ...     c.message.content for c in a.choices[:3]]
+        True
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = "~/.llm_cache",
+        replication: bool = False,
+        *,
+        alias: Mapping[str, str] | None = None,
+        max_batch: int | None = None,
+    ) -> None:
+        # Cache.__init__ registers "cache" callbacks that nothing in LiteLLM (1.105) reads
+        # any more; constructing a cache should change no global state, so they go again.
+        before = {
+            name: "cache" in getattr(litellm, name)
+            for name in ("input_callback", "success_callback", "_async_success_callback")
+        }
+        super().__init__(supported_call_types=["completion", "acompletion"])
+        for name, present in before.items():
+            callbacks = getattr(litellm, name)
+            if not present and "cache" in callbacks:
+                callbacks.remove("cache")
+        self.path = Path(path).expanduser()
+        self.replication = bool(replication)
+        self.alias: dict[str, str] = dict(alias or {})
+        self.max_batch = _DEFAULT_MAX_BATCH if max_batch is None else int(max_batch)
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self._store: _ReadThroughStore | None = None
+        self._lock = threading.Lock()
+        self._layers: dict[str, CacheLayer] = {}
+        self._providers: dict[tuple[Any, ...], LiteLLMModel] = {}
+        # The per-call "independent" override: one cursor-keeping wrapper per layer the
+        # scopes hand out, forgotten with the scope that made that layer.
+        self._independent: weakref.WeakKeyDictionary[Layer, Independent] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._previous: Any = None
+        self._installed = False
+
+    def __repr__(self) -> str:
+        mode = ", replication=True" if self.replication else ""
+        return f"MnimiCache({str(self.path)!r}{mode})"
+
+    # -- installing ---------------------------------------------------------------------
+
+    def install(self) -> MnimiCache:
+        """Make this ``litellm.cache``; :meth:`uninstall` puts the previous one back.
+
+        Returns:
+            The cache itself.
+
+        Example:
+            >>> cache = MnimiCache("llm_cache").install()  # doctest: +SKIP
+            >>> litellm.cache is cache  # doctest: +SKIP
+            True
+        """
+        with self._lock:
+            if self._installed:
+                return self
+            _patch_litellm()
+            self._previous = litellm.cache
+            litellm.cache = self
+            self._installed = True
+        return self
+
+    def uninstall(self) -> None:
+        """Restore the ``litellm.cache`` that was set before :meth:`install`.
+
+        If another cache replaced this one in the meantime, it is left in place.
+
+        Example:
+            >>> cache.uninstall()  # doctest: +SKIP
+        """
+        with self._lock:
+            if not self._installed:
+                return
+            if litellm.cache is self:
+                litellm.cache = self._previous
+            self._previous = None
+            self._installed = False
+
+    def __enter__(self) -> MnimiCache:
+        return self.install()
+
+    def __exit__(self, *exc: object) -> None:
+        self.uninstall()
+
+    def close(self) -> None:
+        """Uninstall and close the store (it reopens if the cache is used again)."""
+        self.uninstall()
+        with self._lock:
+            store, self._store = self._store, None
+            self._layers.clear()
+            self._independent.clear()
+        if store is not None:
+            store.close()
+
+    # -- LiteLLM's Cache interface ------------------------------------------------------
+
+    def get_cache(self, dynamic_cache_object: Any = None, **kwargs: Any) -> dict[str, Any] | None:
+        """Answer a ``completion`` call from the sample sequences (``None``: not cached).
+
+        Overridden here rather than in a backend: ``Cache.get_cache`` swallows every
+        exception, and a ``ReplicationCacheMiss`` must reach the caller.
+        """
+        call = self._intercept(kwargs)
+        if call is None:
+            return None
+        samples: list[Sample] = []
+        with _answering(self, call), _litellm_errors():
+            cursor = self._layer_for(call).open(call.request)
+            while len(samples) < call.n:
+                # Ask for exactly what is still missing, so a refill never over-draws.
+                samples.extend(cursor.take(call.n - len(samples)))
+        return self._response(call, samples, kwargs.get("litellm_logging_obj"))
+
+    async def async_get_cache(
+        self, dynamic_cache_object: Any = None, **kwargs: Any
+    ) -> dict[str, Any] | None:
+        """Async :meth:`get_cache`, for ``acompletion``."""
+        call = self._intercept(kwargs)
+        if call is None:
+            return None
+        samples: list[Sample] = []
+        with _answering(self, call), _litellm_errors():
+            cursor = self._layer_for(call).open(call.request)
+            while len(samples) < call.n:
+                samples.extend(await cursor.atake(call.n - len(samples)))
+        return self._response(call, samples, kwargs.get("litellm_logging_obj"))
+
+    def get_cache_key(self, **kwargs: Any) -> str:
+        """The Mnimi key of a completion call (LiteLLM shows it as ``cache_key``)."""
+        if not isinstance(kwargs.get("messages"), list) or not isinstance(kwargs.get("model"), str):
+            return str(super().get_cache_key(**kwargs))
+        call = self._parse(kwargs)
+        return request_key(call.identity, call.request)
+
+    def add_cache(self, result: Any, **kwargs: Any) -> None:
+        """Nothing to do: samples are stored when they are drawn."""
+
+    async def async_add_cache(
+        self, result: Any, dynamic_cache_object: Any = None, **kwargs: Any
+    ) -> None:
+        """Nothing to do: samples are stored when they are drawn."""
+
+    async def async_add_cache_pipeline(
+        self, result: Any, dynamic_cache_object: Any = None, **kwargs: Any
+    ) -> None:
+        """Nothing to do: embeddings are not cached."""
+
+    # -- answering ----------------------------------------------------------------------
+
+    def _intercept(self, kwargs: Mapping[str, Any]) -> _Call | None:
+        """The parsed call, or ``None`` when it must go to the provider as it is."""
+        if in_provider_call():  # our own provider layer drawing missing samples
+            return None
+        call = self._parse(kwargs)
+        if call.mode == "no_cache" or not caching_enabled():
+            if self.replication:
+                raise MnimiError("no_cache cannot be used with a replication cache")
+            return None
+        return call
+
+    def _parse(self, kwargs: Mapping[str, Any]) -> _Call:
+        model = kwargs.get("model")
+        messages = kwargs.get("messages")
+        if not isinstance(model, str) or not model:
+            raise TypeError(f"completion needs a model name, got {model!r}")
+        if not isinstance(messages, list | tuple):
+            raise TypeError(f"completion needs a list of messages, got {type(messages).__name__}")
+        metadata = kwargs.get("metadata")
+        metadata = metadata if isinstance(metadata, Mapping) else {}
+        mode = metadata.get(METADATA_KEY)
+        if mode is not None and mode not in _MODES:
+            raise ValueError(
+                f"metadata[{METADATA_KEY!r}] must be one of {sorted(_MODES)}, got {mode!r}"
+            )
+        n = kwargs.get("n")
+        n = 1 if n is None else n
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive int, got {n!r}")
+
+        sampling: dict[str, Any] = {}
+        transport: dict[str, Any] = {}
+        for name, value in kwargs.items():
+            if value is None:
+                continue
+            role = _role(name)
+            if role == "sampling":
+                sampling[name] = _sampling_value(name, value)
+            elif role == "transport":
+                transport[name] = value
+        if metadata:
+            # Observability (tags, trace ids) follows the call to the provider.
+            forwarded = {k: v for k, v in metadata.items() if k != METADATA_KEY}
+            if forwarded:
+                transport["metadata"] = forwarded
+
+        provider = kwargs.get("custom_llm_provider")
+        name = model
+        if isinstance(provider, str) and provider and not model.startswith(f"{provider}/"):
+            name = f"{provider}/{model}"
+        api_base = kwargs.get("api_base") or kwargs.get("base_url")
+        api_base = api_base.rstrip("/") if isinstance(api_base, str) and api_base else None
+        group = metadata.get("model_group")
+        identity: dict[str, Any] = {"params": {"temperature": 1.0}}
+        if isinstance(group, str) and group:
+            # A Router call: keyed by its group, whichever deployment serves it.
+            identity["model"] = self.alias.get(group, group)
+        elif name in self.alias:
+            identity["model"] = self.alias[name]
+        else:
+            identity["model"] = name
+            if api_base:
+                identity["endpoint"] = api_base
+        request = Request(tuple(_plain_message(m) for m in messages), sampling)
+        return _Call(identity, request, n, model, api_base, _retries(kwargs), transport, mode)
+
+    def _layer_for(self, call: _Call) -> Layer:
+        """The layer that serves ``call``, as the per-call override and the scopes say."""
+        base = self._layer(call)
+        if call.mode == "repeatable":
+            return base
+        layer = scoped(base)
+        if call.mode == "independent":
+            with self._lock:
+                wrapper = self._independent.get(layer)
+                if wrapper is None:
+                    # Over a scope's Independent this shares its cursor (law 2).
+                    wrapper = self._independent[layer] = Independent(layer)
+            return wrapper
+        return layer
+
+    def _layer(self, call: _Call) -> CacheLayer:
+        # Under the lock: concurrent first calls must share one layer, or each would
+        # keep its own cursors and hand out the same samples (DESIGN 7).
+        with self._lock:
+            layer = self._layers.get(call.identity_token)
+            if layer is None:
+                if self._store is None:
+                    self._store = _ReadThroughStore(DiskStore(self.path))
+                layer = CacheLayer(_CallModel(call.identity), self._store, self.replication)
+                self._layers[call.identity_token] = layer
+            return layer
+
+    def _provider(self, call: _Call) -> LiteLLMModel:
+        """The provider model that draws for ``call`` (its credentials travel per call)."""
+        slot = (call.route, call.api_base, call.retries)
+        with self._lock:
+            provider = self._providers.get(slot)
+            if provider is None:
+                options: dict[str, Any] = {}
+                if call.retries is not None:
+                    options["max_retries"] = call.retries
+                provider = LiteLLMModel(call.route, 1.0, max_batch=self.max_batch, **options)
+                self._providers[slot] = provider
+            return provider
+
+    def _response(self, call: _Call, samples: list[Sample], logging_obj: Any) -> dict[str, Any]:
+        """A chat completion (as LiteLLM caches them: a dict) with one choice per sample."""
+        choices = []
+        for index, sample in enumerate(samples):
+            message = dict(sample.message) or {"role": "assistant", "content": sample.text}
+            if message.get("tool_calls"):
+                # LiteLLM rewrites tool calls in place when it replays a stream.
+                message["tool_calls"] = copy.deepcopy(message["tool_calls"])
+            choices.append(
+                {
+                    "index": index,
+                    "message": message,
+                    "finish_reason": sample.finish_reason or "stop",
+                }
+            )
+        prompt_tokens = sum(s.prompt_tokens for s in samples)
+        completion_tokens = sum(s.completion_tokens for s in samples)
+        origins = [s.origin or {} for s in samples]
+        hits = [bool(o.get("cache_hit")) for o in origins]
+        drawn = [s for s, hit in zip(samples, hits, strict=True) if not hit]
+        costs = [s.cost for s in drawn if s.cost is not None]
+        hidden = _HiddenParams(
+            # What this call cost: nothing on a hit, the fresh samples otherwise. Preset,
+            # because LiteLLM would price the whole usage, replayed samples included.
+            response_cost=sum(costs) if costs else (0.0 if not drawn else None),
+            mnimi={
+                "key": origins[0].get("key"),
+                "indices": [o.get("index") for o in origins],
+                "cache_hits": hits,
+            },
+        )
+        hidden.hit = not drawn
+        details = getattr(logging_obj, "model_call_details", None)
+        if isinstance(details, dict):
+            # LiteLLM prices a cached response before it records the hit (sync path), and
+            # then searches the price map to explain the zero cost; a hit is free, say so.
+            details["cache_hit"] = hidden.hit
+            if drawn and "custom_llm_provider" not in details:
+                details["custom_llm_provider"] = _provider_name(call.route, call.transport)
+        first = samples[0]
+        return {
+            "id": first.response_id or f"chatcmpl-{first.draw_id}",
+            "object": "chat.completion",
+            "created": int(first.created),
+            "model": first.model or call.route,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+            # Not a response field: LiteLLM copies unknown keys onto the response object.
+            "_hidden_params": hidden,
+        }

@@ -1,0 +1,519 @@
+"""MnimiCache: real ``litellm.completion`` / ``acompletion`` against the local sampling server.
+
+Nothing of LiteLLM is mocked: every call goes through LiteLLM's client wrapper and caching
+handler, and every miss is an HTTP request to 127.0.0.1, counted in the server's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# LiteLLM downloads its price map at import unless told not to.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import litellm
+from litellm.caching.caching import Cache
+
+from mnimi_adapters import (
+    LiteLLMModel,
+    MnimiError,
+    Persistent,
+    ReplicationCacheMiss,
+    independent,
+    no_cache,
+    repeatable,
+)
+from mnimi_adapters.litellm import MnimiCache
+from mnimi_adapters.testing import SamplingServer
+
+pytestmark = pytest.mark.integration
+
+API_KEY = "sk-test"
+MODEL = "openai/mock-model"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SamplingServer]:
+    with SamplingServer(seed=11) as running:
+        yield running
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "llm_cache"
+
+
+@pytest.fixture
+def cache(server: SamplingServer, cache_dir: Path) -> Iterator[MnimiCache]:
+    server.reset()
+    with MnimiCache(str(cache_dir)) as installed:
+        yield installed
+    installed.close()
+
+
+def call(server: SamplingServer, prompt: str = "Say something", **kwargs: Any) -> Any:
+    """One ``litellm.completion`` to the local server."""
+    kwargs.setdefault("messages", [{"role": "user", "content": prompt}])
+    return litellm.completion(model=MODEL, api_base=server.url, api_key=API_KEY, **kwargs)
+
+
+async def acall(server: SamplingServer, prompt: str = "Say something", **kwargs: Any) -> Any:
+    kwargs.setdefault("messages", [{"role": "user", "content": prompt}])
+    return await litellm.acompletion(model=MODEL, api_base=server.url, api_key=API_KEY, **kwargs)
+
+
+def text(response: Any) -> str:
+    return str(response.choices[0].message.content)
+
+
+def texts(response: Any) -> list[str]:
+    return [str(choice.message.content) for choice in response.choices]
+
+
+def sent(server: SamplingServer) -> int:
+    return len(server.chat_requests())
+
+
+# -- the two laws ---------------------------------------------------------------------
+
+
+def test_identical_calls_replay_the_first_sample(server: SamplingServer, cache: MnimiCache) -> None:
+    first = call(server, "Choose a number between 1 and 1000.")
+    second = call(server, "Choose a number between 1 and 1000.")
+    assert text(first) == text(second)
+    assert sent(server) == 1
+
+
+def test_independent_scope_continues_the_sequence(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    with independent():
+        answers = [text(call(server, "Pick a word")) for _ in range(3)]
+    assert len(set(answers)) == 3
+    assert sent(server) == 3
+    # Outside the scope the calls replay the sequence from its start.
+    assert text(call(server, "Pick a word")) == answers[0]
+    # A new independent block starts over: a whole run replays identically.
+    with independent():
+        assert [text(call(server, "Pick a word")) for _ in range(3)] == answers
+    assert sent(server) == 3
+
+
+def test_retry_pattern_repeatable_inside_independent(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    attempts = []
+    with independent():
+        for _ in range(3):
+            with repeatable():
+                # Within one attempt the same request gets the same answer ...
+                answer = text(call(server, "Write a function"))
+                assert text(call(server, "Write a function")) == answer
+                attempts.append(answer)
+    # ... and every attempt gets a fresh one.
+    assert len(set(attempts)) == 3
+    assert sent(server) == 3
+
+
+def test_no_cache_scope_goes_to_the_provider_and_stores_nothing(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    with no_cache():
+        answers = [text(call(server, "Uncached")) for _ in range(2)]
+    assert len(set(answers)) == 2
+    assert sent(server) == 2
+    # Nothing was stored: the first cached call has to draw its own sample.
+    cached = text(call(server, "Uncached"))
+    assert cached not in answers
+    assert sent(server) == 3
+
+
+def test_per_call_override_in_metadata(server: SamplingServer, cache: MnimiCache) -> None:
+    first = text(call(server, "Override"))
+    # "independent": successive calls continue a cursor the cache keeps (from sample 0,
+    # like a new Independent over a persistent layer).
+    fresh = [text(call(server, "Override", metadata={"mnimi": "independent"})) for _ in range(3)]
+    assert fresh[0] == first
+    assert len(set(fresh)) == 3
+    assert sent(server) == 3
+    # "repeatable": sample 0, whatever scope is open.
+    with independent():
+        assert text(call(server, "Override")) == first
+        assert text(call(server, "Override", metadata={"mnimi": "repeatable"})) == first
+        # Inside an independent scope, "independent" continues the scope's cursor.
+        assert text(call(server, "Override", metadata={"mnimi": "independent"})) == fresh[1]
+    # "no_cache": straight to the provider.
+    assert text(call(server, "Override", metadata={"mnimi": "no_cache"})) not in fresh
+    assert sent(server) == 4
+    with pytest.raises(ValueError, match="mnimi"):
+        call(server, "Override", metadata={"mnimi": "sometimes"})
+
+
+# -- n ----------------------------------------------------------------------------------
+
+
+def test_n_is_answered_from_the_sequence(server: SamplingServer, cache: MnimiCache) -> None:
+    five = call(server, "Five then three", n=5)
+    assert len(set(texts(five))) == 5
+    assert sent(server) == 1
+    three = call(server, "Five then three", n=3)
+    assert texts(three) == texts(five)[:3]
+    assert sent(server) == 1
+
+
+def test_only_the_missing_samples_are_requested(server: SamplingServer, cache: MnimiCache) -> None:
+    three = call(server, "Three then five", n=3)
+    five = call(server, "Three then five", n=5)
+    assert texts(five)[:3] == texts(three)
+    assert len(set(texts(five))) == 5
+    bodies = [r.body for r in server.chat_requests()]
+    assert [body.get("n") for body in bodies] == [3, 2]
+
+
+def test_n_inside_an_independent_scope_takes_fresh_samples(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    with independent():
+        first = texts(call(server, "Batches", n=2))
+        second = texts(call(server, "Batches", n=2))
+    assert len(set(first + second)) == 4
+    assert texts(call(server, "Batches", n=4)) == first + second
+
+
+def test_usage_is_kept_on_a_hit(server: SamplingServer, cache: MnimiCache) -> None:
+    miss = call(server, "Count my tokens", n=2)
+    hit = call(server, "Count my tokens", n=2)
+    assert miss.usage.completion_tokens > 0
+    assert hit.usage.prompt_tokens == miss.usage.prompt_tokens
+    assert hit.usage.completion_tokens == miss.usage.completion_tokens
+    assert hit.usage.total_tokens == miss.usage.total_tokens
+
+
+def test_hidden_params_flag_hits_and_price_them_at_zero(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    miss = call(server, "Hidden params")
+    hit = call(server, "Hidden params")
+    assert not miss._hidden_params.get("cache_hit")
+    assert hit._hidden_params["cache_hit"] is True
+    assert hit._hidden_params["response_cost"] == 0.0
+    assert hit._hidden_params["mnimi"]["indices"] == [0]
+    assert hit._hidden_params["cache_key"] == hit._hidden_params["mnimi"]["key"]
+
+
+# -- streaming ----------------------------------------------------------------------
+
+
+def test_streaming_miss_and_hit_join_to_the_stored_text(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    streamed = "".join(
+        chunk.choices[0].delta.content or ""
+        for chunk in call(server, "Stream me", stream=True)
+        if chunk.choices
+    )
+    assert streamed
+    assert sent(server) == 1
+    assert text(call(server, "Stream me")) == streamed
+    again = "".join(
+        chunk.choices[0].delta.content or ""
+        for chunk in call(server, "Stream me", stream=True)
+        if chunk.choices
+    )
+    assert again == streamed
+    assert sent(server) == 1
+
+
+def test_streaming_several_choices(server: SamplingServer, cache: MnimiCache) -> None:
+    stored = texts(call(server, "Stream three", n=3))
+    joined: dict[int, str] = {}
+    for chunk in call(server, "Stream three", n=3, stream=True):
+        for choice in chunk.choices:
+            joined[choice.index] = joined.get(choice.index, "") + (choice.delta.content or "")
+    assert [joined[i] for i in range(3)] == stored
+    assert sent(server) == 1
+
+
+async def test_async_streaming_hit(server: SamplingServer, cache: MnimiCache) -> None:
+    stored = text(await acall(server, "Async stream"))
+    stream = await acall(
+        server, "Async stream", stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == stored
+    assert sent(server) == 1
+
+
+# -- async and concurrency -------------------------------------------------------------
+
+
+async def test_acompletion_replays(server: SamplingServer, cache: MnimiCache) -> None:
+    first = text(await acall(server, "Async"))
+    assert text(await acall(server, "Async")) == first
+    assert text(call(server, "Async")) == first
+    assert sent(server) == 1
+
+
+async def test_concurrent_calls_in_one_independent_scope_get_distinct_samples(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    with independent():
+        responses = await asyncio.gather(*(acall(server, "Concurrent") for _ in range(6)))
+    answers = [text(r) for r in responses]
+    assert len(set(answers)) == 6
+    drawn = sum(r.body.get("n", 1) for r in server.chat_requests())
+    assert drawn == 6
+    # The sequence holds exactly those six samples.
+    assert set(texts(call(server, "Concurrent", n=6))) == set(answers)
+    assert sum(r.body.get("n", 1) for r in server.chat_requests()) == drawn
+
+
+def test_threads_sharing_an_independent_scope_get_distinct_samples(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    with independent(), ThreadPoolExecutor(max_workers=4) as pool:
+        # Each task runs in a copy of the caller's context, hence in its scope.
+        futures = [
+            pool.submit(contextvars.copy_context().run, call, server, "Threads") for _ in range(8)
+        ]
+        answers = [text(future.result()) for future in futures]
+    assert len(set(answers)) == 8
+    # Exactly 8 samples were drawn (a thread that claims a later position first may draw
+    # two at once, for itself and the one before it).
+    assert sum(r.body.get("n", 1) for r in server.chat_requests()) == 8
+
+
+# -- replication ------------------------------------------------------------------------
+
+
+def test_replication_miss_raises_without_a_request(server: SamplingServer, cache_dir: Path) -> None:
+    server.reset()
+    with MnimiCache(str(cache_dir)):
+        recorded = text(call(server, "Recorded"))
+    server.reset()
+    with MnimiCache(str(cache_dir), replication=True) as replica:
+        assert text(call(server, "Recorded")) == recorded
+        with pytest.raises(ReplicationCacheMiss) as raised:
+            call(server, "Never recorded")
+        assert "Never recorded" in str(raised.value)
+        with pytest.raises(ReplicationCacheMiss):
+            call(server, "Recorded", n=2)
+        with pytest.raises(ReplicationCacheMiss):
+            asyncio.run(acall(server, "Never recorded"))
+        with pytest.raises(MnimiError), no_cache():
+            call(server, "Recorded")
+    replica.close()
+    assert sent(server) == 0
+
+
+# -- keys -----------------------------------------------------------------------------
+
+
+def test_more_than_four_messages_are_cached(server: SamplingServer, cache: MnimiCache) -> None:
+    messages = [{"role": "system", "content": "Be brief."}]
+    for turn in range(3):
+        messages += [
+            {"role": "user", "content": f"Question {turn}"},
+            {"role": "assistant", "content": f"Answer {turn}"},
+        ]
+    messages.append({"role": "user", "content": "Last question"})
+    assert len(messages) == 8
+    first = call(server, messages=messages)
+    assert text(call(server, messages=messages)) == text(first)
+    assert sent(server) == 1
+
+
+def test_kwarg_order_and_number_types_do_not_split_keys(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    messages = [{"role": "user", "content": "Order"}]
+    first = litellm.completion(
+        model=MODEL,
+        messages=messages,
+        temperature=1,
+        max_tokens=50,
+        api_base=server.url,
+        api_key=API_KEY,
+    )
+    second = litellm.completion(
+        api_key=API_KEY,
+        api_base=server.url + "/",
+        max_tokens=50.0,
+        temperature=1.0,
+        messages=messages,
+        model=MODEL,
+        user="someone",
+        timeout=30,
+    )
+    assert text(first) == text(second)
+    assert sent(server) == 1
+    # A sampling parameter does split them.
+    assert text(call(server, "Order", max_tokens=50, temperature=0.5)) != text(first)
+    assert sent(server) == 2
+
+
+def test_which_parameters_reach_the_key(cache: MnimiCache) -> None:
+    base = {"model": MODEL, "messages": [{"role": "user", "content": "Key"}]}
+    key = cache.get_cache_key(**base)
+    # Transport, credentials and LiteLLM's bookkeeping never split a key ...
+    for name, value in [
+        ("api_key", "sk-other"),
+        ("aws_secret_access_key", "secret"),
+        ("vertex_credentials", '{"private_key": "x"}'),
+        ("litellm_trace_id", "trace-1"),
+        ("metadata", {"tags": ["a"]}),
+        ("timeout", 5),
+        ("num_retries", 3),
+        ("n", 4),
+        ("stream", True),
+    ]:
+        assert cache.get_cache_key(**base, **{name: value}) == key, name
+    # ... while sampling and prompt-shaping parameters do.
+    for name, value in [
+        ("temperature", 0.2),
+        ("top_k", 5),
+        ("max_new_tokens", 10),
+        ("extra_body", {"min_p": 0.1}),
+        ("litellm_system_prompt", "Be terse."),
+        ("response_format", {"type": "json_object"}),
+    ]:
+        assert cache.get_cache_key(**base, **{name: value}) != key, name
+
+
+def test_api_base_separates_keys_unless_aliased(
+    server: SamplingServer, cache_dir: Path, tmp_path: Path
+) -> None:
+    with SamplingServer(seed=99) as other:
+        server.reset()
+        with MnimiCache(str(cache_dir)):
+            here = text(call(server, "Same name"))
+            there = text(call(other, "Same name"))
+        assert here != there
+        assert sent(server) == 1
+        assert sent(other) == 1
+        with MnimiCache(str(tmp_path / "aliased"), alias={MODEL: "mock"}):
+            shared = text(call(server, "Same name"))
+            assert text(call(other, "Same name")) == shared
+        assert sent(other) == 1
+
+
+def test_keys_are_shared_with_the_core_api(server: SamplingServer, cache: MnimiCache) -> None:
+    answer = text(call(server, "Shared"))
+    model = LiteLLMModel(MODEL, 1.0, api_base=server.url, api_key=API_KEY)
+    layer = Persistent(model, cache.path)
+    assert next(layer.sample("Shared")) == answer
+    layer.close()
+    assert sent(server) == 1
+
+
+def test_credentials_are_never_stored(server: SamplingServer, cache: MnimiCache) -> None:
+    secret = "sk-test-do-not-store-0123456789"
+    litellm.completion(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Secret"}],
+        api_base=server.url,
+        api_key=secret,
+        extra_headers={"X-Api-Key": secret},
+        n=2,
+    )
+    call(server, "Also secret")
+    files = [p for p in Path(cache.path).rglob("*") if p.is_file()]
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        assert secret.encode() not in data
+        assert API_KEY.encode() not in data
+
+
+# -- Router -----------------------------------------------------------------------------
+
+
+def test_router_model_group(server: SamplingServer, cache: MnimiCache) -> None:
+    router = litellm.Router(
+        model_list=[
+            {
+                "model_name": "fast",
+                "litellm_params": {"model": MODEL, "api_base": server.url, "api_key": API_KEY},
+            }
+        ],
+        cache_responses=True,
+    )
+    messages = [{"role": "user", "content": "Through the router"}]
+    first = router.completion(model="fast", messages=messages)
+    second = router.completion(model="fast", messages=messages)
+    assert text(first) == text(second)
+    assert second._hidden_params["cache_hit"] is True
+    with independent():
+        fresh = asyncio.run(router.acompletion(model="fast", messages=messages))
+        fresh2 = asyncio.run(router.acompletion(model="fast", messages=messages))
+    assert text(fresh) == text(first)
+    assert text(fresh2) != text(first)
+    assert sent(server) == 2
+
+
+# -- errors and installation ------------------------------------------------------------
+
+
+def test_provider_errors_are_litellm_errors_and_never_stored(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    server.fail_next(400)
+    with pytest.raises(litellm.BadRequestError):
+        call(server, "Fails once")
+    answer = text(call(server, "Fails once"))
+    assert text(call(server, "Fails once")) == answer
+    assert sent(server) == 2
+
+
+def test_install_and_uninstall_restore_the_previous_cache(cache_dir: Path) -> None:
+    saved = litellm.cache
+    callbacks = {
+        name: list(getattr(litellm, name))
+        for name in ("input_callback", "success_callback", "_async_success_callback")
+    }
+    try:
+        outer = MnimiCache(str(cache_dir))
+        # Constructing a MnimiCache changes no global state ...
+        assert {name: list(getattr(litellm, name)) for name in callbacks} == callbacks
+        assert litellm.cache is saved
+        previous = Cache()  # ... unlike LiteLLM's, whose callbacks are restored below
+        litellm.cache = previous
+        with outer:
+            assert litellm.cache is outer
+            with MnimiCache(str(cache_dir)) as inner:
+                assert litellm.cache is inner
+            assert litellm.cache is outer
+        assert litellm.cache is previous
+        outer.install()
+        outer.install()  # installing twice keeps the first "previous"
+        outer.uninstall()
+        assert litellm.cache is previous
+    finally:
+        litellm.cache = saved
+        for name, value in callbacks.items():
+            getattr(litellm, name)[:] = value
+
+
+def test_import_mnimi_adapters_does_not_import_litellm() -> None:
+    code = "import sys, mnimi_adapters; assert 'litellm' not in sys.modules, 'litellm imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_hit_needs_no_proxy_modules(server: SamplingServer, cache: MnimiCache) -> None:
+    call(server, "No proxy")
+    call(server, "No proxy", stream=True)
+    assert call(server, "No proxy")._hidden_params["cache_hit"] is True
+    try:
+        import fastapi  # noqa: F401
+    except ImportError:
+        assert "fastapi" not in sys.modules
