@@ -45,6 +45,32 @@ _FINGERPRINT = "mnimi-local"
 _RANGE_RE = re.compile(r"between (\d+) and (\d+)", re.IGNORECASE)
 _INT_RE = re.compile(r"-?\d+")
 _TOOL_HINT_RE = re.compile(r"\b(?:tools?|call(?:s|ed|ing)?|use|using)\b", re.IGNORECASE)
+# A quoted phrase: ASCII quotes must not touch a word character on their outer side, so the
+# apostrophes of "don't ... it's" never pair up into a phrase.
+_QUOTED_RE = re.compile(
+    r"(?<!\w)(?:'([^'\n]+?)'|\"([^\"\n]+?)\"|`([^`\n]+?)`)(?!\w)"
+    r"|\u201c([^\u201d\n]+)\u201d|\u2018([^\u2019\n]+)\u2019|\u300c([^\u300d\n]+)\u300d"
+)
+_IDENTIFIER_RE = re.compile(r"[^\W\d][\w-]*")
+# What may stand between two names of one list: "'a', 'b', and 'c'", "'a' or 'b'".
+_NAME_SEPARATOR_RE = re.compile(r"\s*,?\s*(?:(?:and|or|&)\s*)?", re.IGNORECASE)
+_KEY_WORD = r"(?:keys?|fields?|propert(?:y|ies)|attributes?)"
+# A list of names counts as JSON keys when a key word closely precedes it ("with keys 'a'
+# and 'b'", "fields: `a`, `b`") or follows it ("'a' and 'b' keys", "'a' and 'b' as keys").
+_KEY_WORD_BEFORE_RE = re.compile(rf"\b{_KEY_WORD}(?:\s+(?:named|called))?\s*:?\s*$", re.IGNORECASE)
+_KEY_WORD_AFTER_RE = re.compile(rf"^\s*(?:[^\W\d]+\s+){{0,2}}?{_KEY_WORD}\b", re.IGNORECASE)
+_NAME_PART_RE = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[^\W\d_]+")
+# Parts of tool names too generic to show that a message is about that tool: "tool" in
+# "my_adder_tool" or "function" in "magic_function" say nothing about the user's request.
+_STOP_WORDS = frozenset({
+    "about", "args", "call", "data", "does", "from", "func", "function", "functions",
+    "have", "helper", "info", "input", "into", "invoke", "item", "items", "make", "more",
+    "name", "output", "result", "results", "some", "that", "them", "then", "there", "they",
+    "this", "tool", "tools", "util", "utils", "value", "values", "what", "when", "where",
+    "which", "will", "with", "your",
+})  # fmt: skip
+# Shorter name parts ("get", "set", "add") are verbs or abbreviations that match too much.
+_MIN_NAME_PART = 4
 
 _VOCABULARY = (
     "amber", "breeze", "candle", "delta", "ember", "falcon", "garden", "harbor", "island",
@@ -100,6 +126,25 @@ class _Choice:
     content: str | None
     tool_calls: list[dict[str, Any]] | None
     finish_reason: str
+
+
+@dataclass
+class _PromptValues:
+    """Values the prompt spells out, which generated arguments use before random ones.
+
+    A model asked for "magic_function(3)" passes 3, and one asked to "create a customer
+    named 'Ada'" passes "Ada"; each value is used once, in prompt order.
+    """
+
+    ints: list[int]
+    strings: list[str]
+
+    @classmethod
+    def of(cls, text: str, exclude: tuple[str, ...] = ()) -> _PromptValues:
+        # Quoted tool names ("call 'get_weather' for 'Paris'") name the call, not a value.
+        skip = {e.casefold() for e in exclude}
+        strings = [p for p in _quoted_phrases(text) if p.casefold() not in skip]
+        return cls([int(i) for i in _INT_RE.findall(text)], strings)
 
 
 class _RequestError(Exception):
@@ -232,6 +277,89 @@ def _mentioned_function(functions: list[dict[str, Any]], text: str) -> dict[str,
     return None
 
 
+def _name_words(name: str) -> set[str]:
+    """Meaningful words of a tool name: ``"getWeather_forecast"`` → weather, forecast."""
+    words = {part.lower() for part in _NAME_PART_RE.findall(name)}
+    return {w for w in words if len(w) >= _MIN_NAME_PART and w not in _STOP_WORDS}
+
+
+def _topical_function(functions: list[dict[str, Any]], text: str) -> dict[str, Any] | None:
+    """The tool whose name shares the most meaningful words with ``text`` (first on ties).
+
+    A model calls ``get_weather`` for "What is the weather in Paris?" although the message
+    never spells the tool's name; a plural ("customers") still counts as the word.
+    """
+    best, best_score = None, 0
+    for function in functions:
+        score = sum(
+            1
+            for word in _name_words(function["name"])
+            if re.search(rf"(?<!\w){re.escape(word)}s?(?!\w)", text, re.IGNORECASE)
+        )
+        if score > best_score:
+            best, best_score = function, score
+    return best
+
+
+def _quoted_phrases(text: str) -> list[str]:
+    """Quoted phrases of ``text`` in order: ``"named 'Ada' in 'Paris'"`` → Ada, Paris."""
+    phrases = []
+    for match in _QUOTED_RE.finditer(text):
+        phrase = next(group for group in match.groups() if group is not None).strip()
+        if phrase:
+            phrases.append(phrase)
+    return phrases
+
+
+def _named_keys(text: str) -> list[str]:
+    """Names that ``text`` asks to be JSON keys, in order and without repeats.
+
+    ``"Return JSON with 'setup' and 'punchline' keys"`` → setup, punchline. Only quoted or
+    backticked identifiers next to a key word count, so that a quoted value elsewhere in the
+    prompt ("a joke about 'cats'") is not mistaken for a key.
+    """
+    names: list[tuple[int, int, str]] = []
+    for match in _QUOTED_RE.finditer(text):
+        phrase = next(group for group in match.groups() if group is not None)
+        if _IDENTIFIER_RE.fullmatch(phrase):
+            names.append((match.start(), match.end(), phrase))
+    # Consecutive names joined only by separators form one list: "'a', 'b' and 'c' keys".
+    groups: list[list[tuple[int, int, str]]] = []
+    for name in names:
+        if groups and _NAME_SEPARATOR_RE.fullmatch(text, groups[-1][-1][1], name[0]):
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    keys: list[str] = []
+    for group in groups:
+        before, after = text[: group[0][0]], text[group[-1][1] :]
+        if _KEY_WORD_BEFORE_RE.search(before) or _KEY_WORD_AFTER_RE.search(after):
+            keys.extend(name for _, _, name in group if name not in keys)
+    return keys
+
+
+def _conversation_keys(messages: list[Any]) -> list[str]:
+    """JSON keys named by the latest user or system message that names any."""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") in ("user", "system", "developer"):
+            keys = _named_keys(_content_text(message.get("content")))
+            if keys:
+                return keys
+    return []
+
+
+def _dumps(value: Any) -> str:
+    # Real models emit non-ASCII text as is ("你好", not "\u4f60\u597d"), so clients must be
+    # tested against raw UTF-8 inside JSON strings, tool arguments included.
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _encode(text: str) -> bytes:
+    # A lone surrogate (which json.loads accepts from "\ud800") cannot be UTF-8 encoded;
+    # it can only sit inside a JSON string, where "\ud800" is the valid escape for it.
+    return text.encode("utf-8", "backslashreplace")
+
+
 def _select_function(body: dict[str, Any], last_user: str) -> dict[str, Any] | None:
     """Decides whether the answer is a tool call, and to which function."""
     functions = _functions(body)
@@ -255,7 +383,7 @@ def _select_function(body: dict[str, Any], last_user: str) -> dict[str, Any] | N
             f"tool_choice names function {name!r}, which is not among 'tools'",
             param="tool_choice",
         )
-    mentioned = _mentioned_function(functions, last_user)
+    mentioned = _mentioned_function(functions, last_user) or _topical_function(functions, last_user)
     if choice in ("required", "any"):
         return mentioned or functions[0]
     if isinstance(choice, str) and choice != "auto":
@@ -344,14 +472,14 @@ class _Sampler:
 
     # -- JSON schema ------------------------------------------------------------------
 
-    def value(self, schema: Any, root: Any, ints: list[int], depth: int = 0) -> Any:
+    def value(self, schema: Any, root: Any, given: _PromptValues, depth: int = 0) -> Any:
         """Generates a value that satisfies (the commonly used subset of) a JSON schema."""
         if depth > _MAX_SCHEMA_DEPTH:
             return None
         if schema is True or not isinstance(schema, dict):
             return self.words(2)
         if isinstance(schema.get("$ref"), str):
-            return self.value(_resolve_ref(root, schema["$ref"]), root, ints, depth + 1)
+            return self.value(_resolve_ref(root, schema["$ref"]), root, given, depth + 1)
         if "const" in schema:
             return schema["const"]
         enum = schema.get("enum")
@@ -366,10 +494,10 @@ class _Sampler:
                 if nullable and depth >= _MAX_SCHEMA_DEPTH // 2:
                     return None
                 pick = next((o for o in options if not _is_null_schema(o)), options[0])
-                return self.value(pick, root, ints, depth + 1)
+                return self.value(pick, root, given, depth + 1)
         all_of = schema.get("allOf")
         if isinstance(all_of, list) and all_of:
-            return self.value(self._merge(all_of, root), root, ints, depth + 1)
+            return self.value(self._merge(all_of, root), root, given, depth + 1)
 
         kind = schema.get("type")
         if isinstance(kind, list):
@@ -382,18 +510,18 @@ class _Sampler:
             else:
                 kind = "string"
         if kind == "object":
-            return self._object(schema, root, ints, depth)
+            return self._object(schema, root, given, depth)
         if kind == "array":
-            return self._array(schema, root, ints, depth)
+            return self._array(schema, root, given, depth)
         if kind == "integer":
-            return self._integer(schema, ints)
+            return self._integer(schema, given)
         if kind == "number":
-            return self._number(schema, ints)
+            return self._number(schema, given)
         if kind == "boolean":
             return self.rng.random() < 0.5
         if kind == "null":
             return None
-        return self._string(schema)
+        return self._string(schema, given)
 
     def _merge(self, parts: list[Any], root: Any) -> dict[str, Any]:
         merged: dict[str, Any] = {"type": "object", "properties": {}, "required": []}
@@ -408,19 +536,19 @@ class _Sampler:
             merged["required"].extend(part.get("required") or [])
         return merged
 
-    def _object(self, schema: dict[str, Any], root: Any, ints: list[int], depth: int) -> Any:
+    def _object(self, schema: dict[str, Any], root: Any, given: _PromptValues, depth: int) -> Any:
         properties = schema.get("properties")
         if not isinstance(properties, dict):
             return {}
         # All properties, required ones first, so user-given integers land on required fields.
         required = [k for k in schema.get("required") or [] if k in properties]
         order = required + [k for k in properties if k not in required]
-        return {key: self.value(properties[key], root, ints, depth + 1) for key in order}
+        return {key: self.value(properties[key], root, given, depth + 1) for key in order}
 
-    def _array(self, schema: dict[str, Any], root: Any, ints: list[int], depth: int) -> Any:
+    def _array(self, schema: dict[str, Any], root: Any, given: _PromptValues, depth: int) -> Any:
         prefix = schema.get("prefixItems")
         if isinstance(prefix, list):
-            return [self.value(item, root, ints, depth + 1) for item in prefix]
+            return [self.value(item, root, given, depth + 1) for item in prefix]
         max_items = int(schema.get("maxItems", 3))
         low = int(schema.get("minItems", min(1, max_items)))
         high = max(low, min(max_items, 3))
@@ -428,7 +556,7 @@ class _Sampler:
             low = high = int(schema.get("minItems", 0))
         items = schema.get("items", {})
         return [
-            self.value(items, root, ints, depth + 1) for _ in range(self.rng.randint(low, high))
+            self.value(items, root, given, depth + 1) for _ in range(self.rng.randint(low, high))
         ]
 
     @staticmethod
@@ -441,33 +569,51 @@ class _Sampler:
             high = schema["exclusiveMaximum"] - step
         return low, high
 
-    def _take_int(self, ints: list[int], low: float | None, high: float | None) -> int | None:
+    def _take_int(self, given: _PromptValues, low: float | None, high: float | None) -> int | None:
         # Numbers from the prompt go first ("magic_function(3)" must be called with 3).
-        while ints:
-            candidate = ints.pop(0)
+        while given.ints:
+            candidate = given.ints.pop(0)
             if (low is None or candidate >= low) and (high is None or candidate <= high):
                 return candidate
         return None
 
-    def _integer(self, schema: dict[str, Any], ints: list[int]) -> int:
+    def _integer(self, schema: dict[str, Any], given: _PromptValues) -> int:
         low, high = self._bounds(schema, 1)
-        taken = self._take_int(ints, low, high)
+        taken = self._take_int(given, low, high)
         if taken is not None:
             return taken
         lo = int(low) if low is not None else min(0, int(high) if high is not None else 0)
         hi = int(high) if high is not None else lo + 100
         return self.rng.randint(lo, max(lo, hi))
 
-    def _number(self, schema: dict[str, Any], ints: list[int]) -> float | int:
+    def _number(self, schema: dict[str, Any], given: _PromptValues) -> float | int:
         low, high = self._bounds(schema, 0)
-        taken = self._take_int(ints, low, high)
+        taken = self._take_int(given, low, high)
         if taken is not None:
             return taken
         lo = float(low) if low is not None else min(0.0, float(high) if high is not None else 0.0)
         hi = float(high) if high is not None else lo + 100.0
         return round(self.rng.uniform(lo, max(lo, hi)), 3)
 
-    def _string(self, schema: dict[str, Any]) -> str:
+    @staticmethod
+    def _take_string(schema: dict[str, Any], given: _PromptValues) -> str | None:
+        # Phrases from the prompt go first ("a customer named 'Ada'" is created as "Ada"), but
+        # only for free text: a phrase is no date, email or pattern match. Unlike numbers, a
+        # phrase that does not fit stays available for a later property.
+        if "format" in schema or "pattern" in schema:
+            return None
+        low, high = schema.get("minLength"), schema.get("maxLength")
+        for index, phrase in enumerate(given.strings):
+            if (not isinstance(low, int) or len(phrase) >= low) and (
+                not isinstance(high, int) or len(phrase) <= high
+            ):
+                return given.strings.pop(index)
+        return None
+
+    def _string(self, schema: dict[str, Any], given: _PromptValues) -> str:
+        taken = self._take_string(schema, given)
+        if taken is not None:
+            return taken
         fmt = schema.get("format")
         rng = self.rng
         if fmt == "date-time":
@@ -500,13 +646,14 @@ class _Sampler:
         parameters = function.get("parameters")
         if not isinstance(parameters, dict):
             parameters = {"type": "object", "properties": {}}
-        arguments = self.value(parameters, parameters, [int(i) for i in _INT_RE.findall(last_user)])
+        given = _PromptValues.of(last_user, exclude=(function["name"],))
+        arguments = self.value(parameters, parameters, given)
         if not isinstance(arguments, dict):
             arguments = {}
         return {
             "id": f"call_{self.hex(96)}",
             "type": "function",
-            "function": {"name": function["name"], "arguments": json.dumps(arguments)},
+            "function": {"name": function["name"], "arguments": _dumps(arguments)},
         }
 
     def choice(
@@ -520,25 +667,29 @@ class _Sampler:
         last_user = _last_user_text(messages)
         if function is not None:
             return _Choice(None, [self.tool_call(function, last_user)], "tool_calls")
+        response_format = body.get("response_format")
+        format_type = response_format.get("type") if isinstance(response_format, dict) else None
+        # Structured answers are never truncated: callers of JSON mode expect parseable JSON.
+        if format_type == "json_object":
+            # JSON mode has no schema: a model follows the keys the prompt asks for.
+            keys = _conversation_keys(messages)
+            if keys:
+                return _Choice(_dumps({key: self.sentence() for key in keys}), None, "stop")
+        if format_type == "json_schema":
+            spec = response_format.get("json_schema") if response_format else None
+            schema = spec.get("schema") if isinstance(spec, dict) else None
+            if isinstance(schema, dict):
+                value = self.value(schema, schema, _PromptValues.of(last_user))
+                return _Choice(_dumps(value), None, "stop")
+
         last = messages[-1] if isinstance(messages[-1], dict) else {}
         if last.get("role") in ("tool", "function"):
             result = _content_text(last.get("content"))[:200]
             text = f"The tool returned {result}. {self.sentence()}"
         else:
             text = self.answer(last_user)
-
-        response_format = body.get("response_format")
-        format_type = response_format.get("type") if isinstance(response_format, dict) else None
-        # Structured answers are never truncated: callers of JSON mode expect parseable JSON.
-        if format_type == "json_object":
-            return _Choice(json.dumps({"answer": text}), None, "stop")
-        if format_type == "json_schema":
-            spec = response_format.get("json_schema") if response_format else None
-            schema = spec.get("schema") if isinstance(spec, dict) else None
-            if isinstance(schema, dict):
-                ints = [int(i) for i in _INT_RE.findall(last_user)]
-                return _Choice(json.dumps(self.value(schema, schema, ints)), None, "stop")
-            return _Choice(json.dumps({"answer": text}), None, "stop")
+        if format_type in ("json_object", "json_schema"):
+            return _Choice(_dumps({"answer": text}), None, "stop")
 
         text, finish_reason = _apply_stop_and_limit(text, stops, max_tokens)
         return _Choice(text, None, finish_reason)
@@ -804,7 +955,7 @@ class _Handler(BaseHTTPRequestHandler):
         payload: Any,
         headers: dict[str, str] | None = None,
     ) -> None:
-        self._send_bytes(entry, status, json.dumps(payload).encode(), "application/json", headers)
+        self._send_bytes(entry, status, _encode(_dumps(payload)), "application/json", headers)
 
     def _send_bytes(
         self,
@@ -839,7 +990,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif isinstance(event, bytes):
                 data = event
             else:
-                data = b"data: " + json.dumps(event).encode() + b"\n\n"
+                data = b"data: " + _encode(_dumps(event)) + b"\n\n"
             self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
         self.wfile.write(b"0\r\n\r\n")
 
@@ -864,6 +1015,14 @@ class SamplingServer:
     * ``n``, ``max_tokens``/``max_completion_tokens`` (finish reason ``"length"`` when the
       text was cut), ``stop``, ``tools``/``tool_choice``, ``response_format`` (``json_object``
       and ``json_schema``), ``stream`` and ``stream_options.include_usage`` are honoured.
+    * With ``tool_choice`` ``"auto"`` (or absent) a tool is called when the message names
+      it, shares a meaningful word with its name ("weather" → ``get_weather``), or, if it
+      is the only tool, asks to use a tool; after a tool result the answer is text.
+    * Tool arguments (and ``json_schema`` values) use the message's integers and quoted
+      phrases first: "create 'Ada', age 36" → ``{"name": "Ada", "age": 36}``.
+    * ``json_object`` answers use the keys the conversation names ("a JSON with 'setup'
+      and 'punchline' keys"), else ``{"answer": ...}``.
+    * JSON is sent with non-ASCII characters unescaped, as real models send it.
     * Faults can be injected with :meth:`fail_next`; every request is logged in
       :attr:`requests`.
 

@@ -228,8 +228,10 @@ def test_tool_arguments_satisfy_a_rich_schema(server: SamplingServer) -> None:
     [
         ("none", "Use magic_function on 3", None),
         ({"type": "function", "function": {"name": "get_weather"}}, "hello", "get_weather"),
-        ("auto", "What is the weather?", None),  # Two tools, neither named: plain text.
+        ("auto", "Tell me a joke.", None),  # Two tools, neither named nor topical: text.
         ("auto", "Call get_weather for Paris", "get_weather"),
+        ("auto", "What is the weather in Paris?", "get_weather"),  # A word of its name.
+        ("any", "Will the weather hold?", "get_weather"),  # Forced: the topical tool first.
         ("any", "hello", "magic_function"),
     ],
 )
@@ -275,6 +277,132 @@ def test_tool_result_is_answered_with_text(server: SamplingServer) -> None:
     assert "returned 5" in choice["message"]["content"]
 
 
+def test_topical_tool_words_need_meaningful_name_parts(server: SamplingServer) -> None:
+    lookup = {
+        "type": "function",
+        "function": {
+            "name": "lookupCustomerRecord",
+            "parameters": {"type": "object", "properties": {"id": {"type": "integer"}}},
+        },
+    }
+
+    def called(prompt: str) -> str | None:
+        response = chat(
+            server,
+            messages=[{"role": "user", "content": prompt}],
+            tools=[MAGIC_TOOL, WEATHER_TOOL, lookup],
+        )
+        calls = response.json()["choices"][0]["message"].get("tool_calls")
+        return calls[0]["function"]["name"] if calls else None
+
+    # camelCase parts count, and so does a plural.
+    assert called("Which customers ordered last week?") == "lookupCustomerRecord"
+    # Generic parts ("function") and short ones ("get") are no reason to call a tool.
+    assert called("How does a function get its arguments?") is None
+    # The tool sharing the most words wins: "magic" alone vs "customer" and "record".
+    assert called("Find the customer record of the magic shop") == "lookupCustomerRecord"
+
+
+def test_agent_loop_calls_the_topical_tool_then_answers_with_text(
+    server: SamplingServer,
+) -> None:
+    question = {"role": "user", "content": "What is the weather in San Francisco, CA?"}
+
+    first = chat(server, messages=[question], tools=[WEATHER_TOOL]).json()["choices"][0]
+    assert first["finish_reason"] == "tool_calls"
+    (call,) = first["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    result = {"role": "tool", "tool_call_id": call["id"], "content": "It's sunny."}
+    history = [question, first["message"], result]
+    second = chat(server, messages=history, tools=[WEATHER_TOOL]).json()["choices"][0]
+
+    assert second["finish_reason"] == "stop"
+    assert "tool_calls" not in second["message"]
+    assert "returned It's sunny." in second["message"]["content"]
+
+
+def test_string_arguments_use_quoted_phrases_and_unicode_round_trips(
+    server: SamplingServer,
+) -> None:
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "create_customer",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "email": {"type": "string", "format": "email"},
+                    "customer_name": {"type": "string"},
+                    "city": {"type": "string", "maxLength": 10},
+                    "employees": {"type": "integer"},
+                },
+                "required": ["customer_name", "city", "email", "employees"],
+            },
+        },
+    }
+    prompt = (
+        "Call 'create_customer' for a company named '你好啊集团' (Hello Group) with 250 "
+        "people, based in \"上海\" - it's a Chinese company, don't forget."
+    )
+
+    response = litellm.completion(
+        model="openai/mock-model",
+        api_base=server.url,
+        api_key="sk-test",
+        messages=[{"role": "user", "content": prompt}],
+        tools=[tool],
+    )
+
+    (call,) = response.choices[0].message.tool_calls
+    arguments = json.loads(call.function.arguments)
+    # Phrases in prompt order; the quoted tool name is no value; apostrophes pair nothing.
+    assert arguments["customer_name"] == "你好啊集团"
+    assert arguments["city"] == "上海"
+    assert arguments["employees"] == 250
+    assert arguments["email"].endswith("@example.com")  # A phrase is no email address.
+    # Raw UTF-8 on the wire, as real models send it, not \uXXXX escapes.
+    raw = chat(server, messages=[{"role": "user", "content": prompt}], tools=[tool])
+    assert "你好啊集团".encode() in raw.content
+    assert "\\u4f60" not in raw.text
+
+
+def test_string_phrases_fill_json_schema_values_too(server: SamplingServer) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"title": {"type": "string"}, "year": {"type": "integer"}},
+        "required": ["title", "year"],
+    }
+
+    response = chat(
+        server,
+        messages=[{"role": "user", "content": 'Describe the film "Amélie" from 2001.'}],
+        response_format={"type": "json_schema", "json_schema": {"name": "f", "schema": schema}},
+    )
+
+    assert json.loads(contents(response)[0]) == {"title": "Amélie", "year": 2001}
+
+
+def test_lone_surrogates_in_a_prompt_still_get_valid_json(server: SamplingServer) -> None:
+    # json.loads accepts "\ud800", but such a string cannot be encoded as UTF-8 as is.
+    body = {
+        "model": "mock-model",
+        "messages": [{"role": "user", "content": "Call it 'a\ud800b'"}],
+        "tools": [WEATHER_TOOL],
+        "tool_choice": "required",
+    }
+
+    response = httpx.post(
+        f"{server.url}/chat/completions",
+        content=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        timeout=5.0,
+    )
+
+    assert response.status_code == 200
+    call = response.json()["choices"][0]["message"]["tool_calls"][0]
+    assert json.loads(call["function"]["arguments"]) == {"city": "a\ud800b"}
+
+
 def test_json_schema_response_format_through_litellm(server: SamplingServer) -> None:
     response = litellm.completion(
         model="openai/mock-model",
@@ -301,6 +429,60 @@ def test_json_object_response_format(server: SamplingServer) -> None:
     assert isinstance(value, dict) and 1 <= int(value["answer"]) <= 1000
 
 
+@pytest.mark.parametrize(
+    ("messages", "keys"),
+    [
+        (
+            [
+                {
+                    "role": "user",
+                    "content": "Tell me a joke about 'cats'. Return the result as a JSON "
+                    "with 'setup' and 'punchline' keys. Return nothing other than JSON.",
+                }
+            ],
+            ["setup", "punchline"],
+        ),
+        (
+            [
+                {"role": "system", "content": "Answer in JSON with the fields `name`, `age`."},
+                {"role": "user", "content": "Describe someone."},
+            ],
+            ["name", "age"],
+        ),
+        ([{"role": "user", "content": 'Use keys: "a", "b" or "c"'}], ["a", "b", "c"]),
+        # Quoted words away from any key word are not keys.
+        ([{"role": "user", "content": "Tell me about 'cats' in JSON."}], ["answer"]),
+    ],
+)
+def test_json_object_uses_the_keys_the_conversation_names(
+    server: SamplingServer, messages: list[dict[str, str]], keys: list[str]
+) -> None:
+    response = chat(server, messages=messages, response_format={"type": "json_object"}, n=2)
+
+    values = [json.loads(text) for text in contents(response)]
+    for value in values:
+        assert list(value) == keys
+        assert all(isinstance(v, str) and v for v in value.values())
+    assert values[0] != values[1]
+    assert [c["finish_reason"] for c in response.json()["choices"]] == ["stop", "stop"]
+
+
+def test_json_object_with_named_keys_streams_back_to_the_same_object(
+    server: SamplingServer,
+) -> None:
+    prompt = "Reply with a JSON object with 'setup' and 'punchline' keys."
+
+    response = chat(
+        server,
+        messages=[{"role": "user", "content": prompt}],
+        response_format={"type": "json_object"},
+        stream=True,
+    )
+
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in sse_events(response) if e)
+    assert set(json.loads(text)) == {"setup", "punchline"}
+
+
 # -- Streaming ------------------------------------------------------------------------
 
 
@@ -318,7 +500,9 @@ def test_streaming_with_n_and_usage_reassembles(server: SamplingServer) -> None:
     assert events[-1] is None  # [DONE]
     *chunks, usage_chunk = events[:-1]
     assert usage_chunk["choices"] == []
-    texts, roles, finishes = {0: "", 1: ""}, {0: [], 1: []}, {0: [], 1: []}
+    texts: dict[int, str] = {0: "", 1: ""}
+    roles: dict[int, list[str | None]] = {0: [], 1: []}
+    finishes: dict[int, list[str | None]] = {0: [], 1: []}
     for chunk in chunks:
         assert chunk["object"] == "chat.completion.chunk"
         (choice,) = chunk["choices"]
