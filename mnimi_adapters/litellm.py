@@ -79,7 +79,7 @@ from .core.request import (
 )
 from .core.sample import Sample
 from .core.scopes import caching_enabled, scoped
-from .core.store import DiskStore, SequenceStore
+from .core.store import SequenceStore, is_redis_url, open_store, printable_location
 from .providers import LiteLLMModel, in_provider_call
 
 __all__ = ["MnimiCache"]
@@ -332,7 +332,7 @@ class _ReadThroughStore(SequenceStore):
     ``acompletion``, against ~10 us for the read itself).
     """
 
-    def __init__(self, store: DiskStore, capacity: int = _MEMO_CAPACITY) -> None:
+    def __init__(self, store: SequenceStore, capacity: int = _MEMO_CAPACITY) -> None:
         self.disk = store
         self._capacity = capacity
         self._samples: dict[tuple[str, int], Sample] = {}
@@ -503,7 +503,7 @@ class MnimiCache(Cache):
             callbacks = getattr(litellm, name)
             if not present and "cache" in callbacks:
                 callbacks.remove("cache")
-        self.path = Path(path).expanduser()
+        self.path = path if is_redis_url(path) else Path(path).expanduser()
         self.replication = bool(replication)
         self.alias: dict[str, str] = dict(alias or {})
         self.max_batch = _DEFAULT_MAX_BATCH if max_batch is None else int(max_batch)
@@ -523,7 +523,7 @@ class MnimiCache(Cache):
 
     def __repr__(self) -> str:
         mode = ", replication=True" if self.replication else ""
-        return f"MnimiCache({str(self.path)!r}{mode})"
+        return f"MnimiCache({printable_location(self.path)!r}{mode})"
 
     # -- installing ---------------------------------------------------------------------
 
@@ -722,7 +722,7 @@ class MnimiCache(Cache):
             layer = self._layers.get(call.identity_token)
             if layer is None:
                 if self._store is None:
-                    self._store = _ReadThroughStore(DiskStore(self.path))
+                    self._store = _ReadThroughStore(open_store(self.path))
                 layer = CacheLayer(_CallModel(call.identity), self._store, self.replication)
                 self._layers[call.identity_token] = layer
             return layer

@@ -21,7 +21,7 @@ from .model import Cursor, Layer
 from .request import Request, request_record
 from .sample import Sample
 from .scopes import caching_enabled
-from .store import DiskStore, MemoryStore, SequenceStore
+from .store import DiskStore, MemoryStore, SequenceStore, open_store
 
 
 class Wrapper(Layer):
@@ -235,7 +235,9 @@ class Persistent(CacheLayer):
 
     Args:
         model: The layer to draw missing samples from.
-        path: The cache directory (``~`` expanded; created with mode 0700).
+        path: The cache directory (``~`` expanded; created with mode 0700), or a
+            Redis URL (``redis://host:6379/0``, optionally ``?namespace=project``)
+            for a cache shared by many machines.
         replication: Never call ``model``; a read past the cached sequence
             raises :class:`ReplicationCacheMiss`. Needs no API key.
 
@@ -247,13 +249,13 @@ class Persistent(CacheLayer):
     def __init__(
         self, model: Layer, path: str | os.PathLike[str], replication: bool = False
     ) -> None:
-        store = DiskStore(path)
+        store = open_store(path)
         super().__init__(model, store, replication=replication)
-        self.path = store.path
+        self.path = store.path if isinstance(store, DiskStore) else store.location
 
     def __repr__(self) -> str:
         mode = ", replication=True" if self.replication else ""
-        return f"Persistent({self.inner!r}, {str(self.path)!r}{mode})"
+        return f"Persistent({self.inner!r}, {self.store.location!r}{mode})"
 
     def close(self) -> None:
         """Close the store (it reopens on its own if used again)."""

@@ -58,6 +58,9 @@ class SequenceStore(ABC):
         with the sequence for listings and error messages.
         """
 
+    #: Where the store lives, printable (never holds a password).
+    location: str = "memory"
+
     def touch(self, key: str) -> None:  # noqa: B027 - optional hook
         """Note that ``key`` was used now (drives least-recently-used pruning)."""
 
@@ -151,6 +154,7 @@ class DiskStore(SequenceStore):
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).expanduser()
+        self.location = str(self.path)
         _private_directory(self.path)
         try:
             self._cache = diskcache.Cache(
@@ -298,3 +302,40 @@ class DiskStore(SequenceStore):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: URL schemes that select the Redis store wherever a cache path is accepted.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def is_redis_url(location: object) -> bool:
+    """Whether ``location`` names a Redis store rather than a directory."""
+    return isinstance(location, str) and location.startswith(REDIS_SCHEMES)
+
+
+def printable_location(location: str | os.PathLike[str]) -> str:
+    """``location`` with any password in a URL replaced by ``***``."""
+    text = str(location)
+    if not is_redis_url(text):
+        return text
+    scheme, _, rest = text.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at:
+        return text
+    user = credentials.partition(":")[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://***@{host}"
+
+
+def open_store(location: str | os.PathLike[str]) -> SequenceStore:
+    """Open the store at ``location``: a directory path, or a Redis URL.
+
+    Example:
+        >>> open_store("~/.llm_cache")  # doctest: +SKIP
+        >>> open_store("redis://127.0.0.1:6379/0?namespace=my-project")  # doctest: +SKIP
+    """
+    if is_redis_url(location):
+        # Imported here: the redis client is an optional dependency.
+        from .redis_store import RedisStore
+
+        return RedisStore(str(location))
+    return DiskStore(location)
