@@ -14,36 +14,15 @@ import argparse
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
 
 # LiteLLM would otherwise try to download its price map when first imported.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from _local_model import chat_model
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
 from mnimi_adapters import independent, repeatable
-from mnimi_adapters.langchain import MnimiChatModel
-from mnimi_adapters.testing import SamplingServer
-
-FIREWORKS_MODEL = "fireworks_ai/accounts/fireworks/models/llama-v3p1-8b-instruct"
-
-
-@contextlib.contextmanager
-def chat_model(cache_dir: str) -> Iterator[MnimiChatModel]:
-    """A chat model on Fireworks if a key is set, else on a local sampling server."""
-    if os.environ.get("FIREWORKS_API_KEY"):
-        yield MnimiChatModel(model=FIREWORKS_MODEL, temperature=1.0, cache_dir=cache_dir)
-        return
-    with SamplingServer(seed=1) as server:
-        # The alias keeps keys stable across runs although the server's port changes.
-        yield MnimiChatModel(
-            model="openai/mock-model",
-            alias="mock-model",
-            api_base=server.url,
-            api_key="sk-local",
-            cache_dir=cache_dir,
-        )
 
 
 def main() -> None:
@@ -52,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
         cache_dir = args.cache_dir or stack.enter_context(tempfile.TemporaryDirectory())
-        chat = stack.enter_context(chat_model(cache_dir))
+        chat = stack.enter_context(chat_model(cache_dir, seed=1))
         prompt = ChatPromptTemplate.from_messages(
             [("human", "Pick a random number between 1 and {top}. Answer with the number only.")]
         )

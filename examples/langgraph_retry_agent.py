@@ -18,42 +18,23 @@ import argparse
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
 from typing import TypedDict
 
 # LiteLLM would otherwise try to download its price map when first imported.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from _local_model import chat_model
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy
 
 from mnimi_adapters.langchain import MnimiChatModel
-from mnimi_adapters.testing import SamplingServer
 
-FIREWORKS_MODEL = "fireworks_ai/accounts/fireworks/models/llama-v3p1-8b-instruct"
 QUESTION = "Pick a random number between 1 and 50. Answer with the number only."
 MAX_ATTEMPTS = 12
 
 
 class State(TypedDict):
     answer: int
-
-
-@contextlib.contextmanager
-def chat_model(cache_dir: str) -> Iterator[MnimiChatModel]:
-    """A chat model on Fireworks if a key is set, else on a local sampling server."""
-    if os.environ.get("FIREWORKS_API_KEY"):
-        yield MnimiChatModel(model=FIREWORKS_MODEL, temperature=1.0, cache_dir=cache_dir)
-        return
-    with SamplingServer(seed=3) as server:
-        # The alias keeps keys stable across runs although the server's port changes.
-        yield MnimiChatModel(
-            model="openai/mock-model",
-            alias="mock-model",
-            api_base=server.url,
-            api_key="sk-local",
-            cache_dir=cache_dir,
-        )
 
 
 class Rejected(ValueError):
@@ -102,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
         cache_dir = args.cache_dir or stack.enter_context(tempfile.TemporaryDirectory())
-        chat = stack.enter_context(chat_model(cache_dir))
+        chat = stack.enter_context(chat_model(cache_dir, seed=3))
 
         attempts, answer = run(chat)
         print(f"first run:  attempts {attempts} -> answer {answer}")

@@ -544,24 +544,14 @@ class MnimiChatModel(BaseChatModel):
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> tuple[list[Sample], str]:
         layer, request, n, offset, model = self._prepare(messages, stop, kwargs)
-        # A cursor straight away (what Layer.samples() iterates over): a cache hit is
-        # cheap enough that a generator per call shows. Each take() asks for n samples
-        # per refill, so a miss draws all n generations in one provider request.
-        cursor = layer.open(request)
-        drawn: list[Sample] = []
-        while len(drawn) < offset + n:
-            drawn.extend(cursor.take(n))
-        return drawn[offset : offset + n], model
+        # n per refill, so a miss draws all n generations in one provider request.
+        return layer.draw(request, offset + n, batch=n)[offset:], model
 
     async def _adraw(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
     ) -> tuple[list[Sample], str]:
         layer, request, n, offset, model = self._prepare(messages, stop, kwargs)
-        cursor = layer.open(request)
-        drawn: list[Sample] = []
-        while len(drawn) < offset + n:
-            drawn.extend(await cursor.atake(n))
-        return drawn[offset : offset + n], model
+        return (await layer.adraw(request, offset + n, batch=n))[offset:], model
 
     @staticmethod
     def _metadata(sample: Sample, model: str) -> dict[str, Any]:

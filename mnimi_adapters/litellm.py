@@ -590,12 +590,8 @@ class MnimiCache(Cache):
         call = self._intercept(kwargs)
         if call is None:
             return None
-        samples: list[Sample] = []
         with _answering(self, call), _litellm_errors():
-            cursor = self._layer_for(call).open(call.request)
-            while len(samples) < call.n:
-                # Ask for exactly what is still missing, so a refill never over-draws.
-                samples.extend(cursor.take(call.n - len(samples)))
+            samples = self._layer_for(call).draw(call.request, call.n)
         return self._response(call, samples, kwargs.get("litellm_logging_obj"))
 
     async def async_get_cache(
@@ -605,11 +601,8 @@ class MnimiCache(Cache):
         call = self._intercept(kwargs)
         if call is None:
             return None
-        samples: list[Sample] = []
         with _answering(self, call), _litellm_errors():
-            cursor = self._layer_for(call).open(call.request)
-            while len(samples) < call.n:
-                samples.extend(await cursor.atake(call.n - len(samples)))
+            samples = await self._layer_for(call).adraw(call.request, call.n)
         return self._response(call, samples, kwargs.get("litellm_logging_obj"))
 
     def get_cache_key(self, **kwargs: Any) -> str:

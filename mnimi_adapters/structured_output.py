@@ -386,8 +386,9 @@ def query_retry(
 
     Each attempt draws a new sample, while a rerun of the whole program over a
     `Persistent` cache replays exactly the same attempts (and makes no model
-    calls). This is the Mnimi retry pattern: one `Independent` cursor for the
-    call, and a fresh `Repeatable` over it per attempt.
+    calls). This is the Mnimi retry pattern with one sample per attempt: one
+    `Independent` cursor for the call, over a `Repeatable` that keeps the rest
+    of a batched refill for the later attempts.
 
     Only output errors are retried: an `LLMOutputError` from `parse`, a falsy
     validator result, or an `LLMOutputError` raised by the validator. Anything

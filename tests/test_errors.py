@@ -221,3 +221,17 @@ def test_a_request_reused_across_models_gets_each_models_key(tmp_path: Path) -> 
         keys.add(model.key_of(request))
         del model
     assert len(keys) == 3
+
+
+def test_draw_takes_exactly_what_a_call_needs(tmp_path: Path) -> None:
+    provider = NumberModel(max_batch=10)
+    model = Persistent(provider, tmp_path)
+    first = model.draw(PROMPT, 3)
+    assert provider.calls == [3]  # only the missing samples are asked for
+    assert model.draw(PROMPT, 5)[:3] == first and provider.calls == [3, 2]
+    assert len(model.draw(PROMPT, 4, batch=8)) == 4 and provider.calls == [3, 2]
+
+
+async def test_adraw_replays_like_draw(tmp_path: Path) -> None:
+    model = Persistent(NumberModel(), tmp_path)
+    assert await model.adraw(PROMPT, 4) == model.draw(PROMPT, 4)

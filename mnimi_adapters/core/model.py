@@ -90,6 +90,27 @@ class Layer(ABC):
 
         return iterate()
 
+    def draw(self, prompt: Prompt, count: int, batch: int | None = None) -> list[Sample]:
+        """The first ``count`` samples of a new iterator over ``prompt``, as a list.
+
+        What an adapter needs per call (``n`` generations) without the cost of a
+        generator. ``batch`` defaults to however many samples are still missing, so
+        a refill never asks the provider for more than the call needs.
+        """
+        cursor = self.open(Request.of(prompt))
+        drawn: list[Sample] = []
+        while len(drawn) < count:
+            drawn.extend(cursor.take(batch or count - len(drawn)))
+        return drawn[:count]
+
+    async def adraw(self, prompt: Prompt, count: int, batch: int | None = None) -> list[Sample]:
+        """Async :meth:`draw`."""
+        cursor = self.open(Request.of(prompt))
+        drawn: list[Sample] = []
+        while len(drawn) < count:
+            drawn.extend(await cursor.atake(batch or count - len(drawn)))
+        return drawn[:count]
+
     def asample(self, prompt: Prompt, batch: int = 1) -> AsyncIterator[str]:
         """Async :meth:`sample`: ``async for text in model.asample(prompt)``."""
         samples = self.asamples(prompt, batch)
