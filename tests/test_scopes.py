@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
 
 import pytest
 from conftest import FailingModel, NumberModel
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mnimi_adapters.core import (
+    BatchedModel,
     Independent,
     MnimiError,
     Persistent,
     Repeatable,
+    Request,
     independent,
     no_cache,
     repeatable,
@@ -130,3 +136,50 @@ def test_stats(tmp_path: Path) -> None:
     assert stats["samples_stored"] == 20
     assert stats["requests"] == 4
     assert stats["misses"] == 2 and stats["hits"] == 10
+
+
+class Counting(BatchedModel):
+    """The k-th draw is the text "k": two runs agree iff they drew the same positions."""
+
+    def __init__(self) -> None:
+        super().__init__("counting", 1.0)
+        self.drawn = 0
+
+    def query(self, request: Request, n: int) -> list[str]:
+        self.drawn += n
+        return [str(self.drawn - n + i) for i in range(n)]
+
+
+scope_op = st.sampled_from(["draw", "draw", "draw", "independent", "repeatable", "exit"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(scope_op, max_size=30), st.sampled_from(["memory", "disk"]))
+def test_scopes_nest_exactly_like_the_wrappers(program: list[str], base_kind: str) -> None:
+    """Any nesting of scopes draws what the same nesting of wrappers draws."""
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def base() -> Layer:
+            if base_kind == "memory":
+                return Repeatable(Counting())
+            return Persistent(Counting(), Path(tmp) / str(len(list(Path(tmp).iterdir()))))
+
+        scoped_base, wrapped_base = base(), base()
+        wrappers: list[Layer] = [wrapped_base]
+        with contextlib.ExitStack() as blocks:
+            depth = [blocks.enter_context(contextlib.ExitStack())]
+            for step in program:
+                if step == "draw":
+                    assert draw(scoped_base) == next(wrappers[-1].sample(PROMPT))
+                elif step == "exit":
+                    if len(depth) > 1:
+                        depth.pop().close()
+                        wrappers.pop()
+                else:
+                    block = contextlib.ExitStack()
+                    block.enter_context(independent() if step == "independent" else repeatable())
+                    depth.append(block)
+                    wrapper = Independent if step == "independent" else Repeatable
+                    wrappers.append(wrapper(wrappers[-1]))
+            while len(depth) > 1:
+                depth.pop().close()
