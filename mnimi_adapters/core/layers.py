@@ -125,9 +125,7 @@ class CacheLayer(Wrapper):
                 added = self.store.append(key, fresh, request_record(self.identity(), request))
                 self._count_stored(added)
         finally:
-            with self._lock:
-                self._refills[key].remove(refill)
-            refill.done.set_result(None)
+            self._release(key, refill)
 
     def _count_stored(self, samples: list[Sample]) -> None:
         with self._lock:
@@ -138,7 +136,8 @@ class CacheLayer(Wrapper):
                 self._stats["completion_tokens"] += s.completion_tokens
                 self._stats["cost_micro_usd"] += round((s.cost or 0.0) * 1e6)
 
-    def _abandon(self, key: str, refill: _Refill) -> None:
+    def _release(self, key: str, refill: _Refill) -> None:
+        """End a refill, landed or failed, and wake whoever waits for it."""
         with self._lock:
             self._refills[key].remove(refill)
         refill.done.set_result(None)
@@ -152,7 +151,7 @@ class CacheLayer(Wrapper):
             try:
                 drawn = self._inner_cursor(request, key).take(refill.count)
             except BaseException:
-                self._abandon(key, refill)
+                self._release(key, refill)
                 raise
             self._land(request, key, refill, drawn)
 
@@ -165,7 +164,7 @@ class CacheLayer(Wrapper):
             try:
                 drawn = await self._inner_cursor(request, key).atake(refill.count)
             except BaseException:
-                self._abandon(key, refill)
+                self._release(key, refill)
                 raise
             self._land(request, key, refill, drawn)
 
