@@ -306,13 +306,17 @@ class _CallModel(Model):
 class _CallCursor(Cursor):
     """Each refill goes to the provider of the call that needs it, with its credentials."""
 
-    def take(self, batch: int) -> list[Sample]:
-        cache, call = self._current()
-        return cache._provider(call).open(call.send_request()).take(batch)
+    ordered = False
 
-    async def atake(self, batch: int) -> list[Sample]:
+    def take(self, request: Request, batch: int) -> list[Sample]:
         cache, call = self._current()
-        return await cache._provider(call).open(call.send_request()).atake(batch)
+        send = call.send_request()
+        return cache._provider(call).open(send).take(send, batch)
+
+    async def atake(self, request: Request, batch: int) -> list[Sample]:
+        cache, call = self._current()
+        send = call.send_request()
+        return await cache._provider(call).open(send).atake(send, batch)
 
     @staticmethod
     def _current() -> tuple[MnimiCache, _Call]:

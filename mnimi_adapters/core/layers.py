@@ -9,6 +9,8 @@ one cursor per key for its lifetime, so successive calls continue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import os
 import threading
 from collections import Counter
@@ -16,7 +18,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import MnimiError, ReplicationCacheMiss
+from .errors import MnimiError, ProviderError, ReplicationCacheMiss
 from .model import Cursor, Layer
 from .request import Request, request_record
 from .sample import Sample
@@ -45,6 +47,10 @@ class _Refill:
 
     done: Future[None]
     count: int
+    #: The thread that runs it, and whether from async code: a synchronous wait
+    #: on that thread for an async refill could never end.
+    owner: int
+    is_async: bool
 
 
 class CacheLayer(Wrapper):
@@ -57,6 +63,7 @@ class CacheLayer(Wrapper):
         self._lock = threading.Lock()
         self._refills: dict[str, list[_Refill]] = {}
         self._inner_cursors: dict[str, Cursor] = {}
+        self._ordered_locks: dict[str, threading.Lock] = {}
         self._stats: Counter[str] = Counter()
 
     def open(self, request: Request) -> Cursor:
@@ -65,8 +72,9 @@ class CacheLayer(Wrapper):
                 raise MnimiError("no_cache() cannot be used with a replication cache")
             return self.inner.open(request)
         key = self.key_of(request)
-        self.store.touch(key)
-        return _ReplayCursor(self, request, key)
+        if not self.replication:  # a replication run only reads
+            self.store.touch(key)
+        return _ReplayCursor(self, key)
 
     def stats(self) -> dict[str, int | float]:
         """What this layer did: ``hits`` (samples replayed from the store),
@@ -84,15 +92,17 @@ class CacheLayer(Wrapper):
 
     # -- extension ---------------------------------------------------------
     #
-    # No lock is held while the inner layer is asked for samples, so threads
-    # and tasks wanting *different* positions draw concurrently, while those
+    # No lock is held while a provider is asked for samples, so threads and
+    # tasks wanting *different* positions draw concurrently, while those
     # wanting positions an extension in flight will fill just wait for it.
 
-    def _plan(self, request: Request, key: str, index: int, batch: int) -> _Refill | None:
+    def _plan(
+        self, request: Request, key: str, index: int, batch: int, is_async: bool
+    ) -> tuple[_Refill, bool] | None:
         """Decide, atomically, how position ``index`` of ``key`` gets filled.
 
-        Returns ``None`` when it is stored, a refill in flight to wait for, or a
-        new refill (``count`` > 0, not yet started) that the caller must run.
+        Returns ``None`` when it is stored, else a refill and whether it is the
+        caller's to run (True) or one in flight to wait for (False).
         """
         with self._lock:
             stored = self.store.length(key)
@@ -101,31 +111,36 @@ class CacheLayer(Wrapper):
             in_flight = self._refills.setdefault(key, [])
             pending = sum(refill.count for refill in in_flight)
             if stored + pending > index:
-                return _Refill(in_flight[0].done, 0)
+                return in_flight[0], False
             if self.replication:
                 raise ReplicationCacheMiss(key, request.describe(self.identity()), stored, index)
-            refill = _Refill(Future(), max(batch, index + 1 - stored - pending))
+            count = max(batch, index + 1 - stored - pending)
+            refill = _Refill(Future(), count, threading.get_ident(), is_async)
             in_flight.append(refill)
-            return refill
+            return refill, True
 
     def _inner_cursor(self, request: Request, key: str) -> Cursor:
         with self._lock:
             cursor = self._inner_cursors.get(key)
             if cursor is None:
                 cursor = self._inner_cursors[key] = self.inner.open(request)
+                self._ordered_locks[key] = threading.Lock()
             return cursor
 
-    def _land(self, request: Request, key: str, refill: _Refill, drawn: list[Sample]) -> None:
-        """Store what a refill drew, then release its waiters."""
-        try:
-            # Law 3: a draw already in the sequence (slicing over a partly
-            # filled cache re-reads the inner one from 0) is never stored twice.
-            fresh = [s for s in drawn if not self.store.has_draw(key, s.draw_id)]
-            if fresh:
-                added = self.store.append(key, fresh, request_record(self.identity(), request))
-                self._count_stored(added)
-        finally:
-            self._release(key, refill)
+    def _land(self, request: Request, key: str, cursor: Cursor, drawn: list[Sample]) -> None:
+        """Store what a refill drew."""
+        # Law 3: a draw already in the sequence (slicing over a partly filled
+        # cache re-reads the inner one from 0) is never stored twice.
+        fresh = [s for s in drawn if not self.store.has_draw(key, s.draw_id)]
+        added = (
+            self.store.append(key, fresh, request_record(self.identity(), request)) if fresh else []
+        )
+        if added:
+            self._count_stored(added)
+        elif not cursor.ordered:
+            # A cache's cursor moves on by itself; a provider that only repeats
+            # draw ids would have this loop pay for refills forever.
+            raise ProviderError(f"{self.inner!r} returned only draws already stored for {key}")
 
     def _count_stored(self, samples: list[Sample]) -> None:
         with self._lock:
@@ -139,75 +154,144 @@ class CacheLayer(Wrapper):
     def _release(self, key: str, refill: _Refill) -> None:
         """End a refill, landed or failed, and wake whoever waits for it."""
         with self._lock:
-            self._refills[key].remove(refill)
-        refill.done.set_result(None)
+            in_flight = self._refills[key]
+            in_flight.remove(refill)
+            if not in_flight:
+                del self._refills[key]
+        if not refill.done.done():
+            refill.done.set_result(None)
 
     def extend(self, request: Request, key: str, index: int, batch: int) -> None:
         """Make sure position ``index`` of ``key``'s sequence is stored."""
-        while (refill := self._plan(request, key, index, batch)) is not None:
-            if not refill.count:
+        while (plan := self._plan(request, key, index, batch, is_async=False)) is not None:
+            refill, mine = plan
+            if not mine:
+                if refill.is_async and refill.owner == threading.get_ident():
+                    raise MnimiError(
+                        "a synchronous call waits for an async call on the same event loop "
+                        "to draw this request's samples; use the async API in async code"
+                    )
                 refill.done.result()
                 continue
             try:
-                drawn = self._inner_cursor(request, key).take(refill.count)
-            except BaseException:
+                cursor = self._inner_cursor(request, key)
+                # Refills from an ordered (cached) inner sequence must land in the
+                # order they were taken, or a slice would not be a prefix (law 4).
+                with self._ordered_locks[key] if cursor.ordered else contextlib.nullcontext():
+                    self._land(request, key, cursor, cursor.take(request, refill.count))
+            finally:
                 self._release(key, refill)
-                raise
-            self._land(request, key, refill, drawn)
 
     async def aextend(self, request: Request, key: str, index: int, batch: int) -> None:
         """Async :meth:`extend`."""
-        while (refill := self._plan(request, key, index, batch)) is not None:
-            if not refill.count:
-                await asyncio.wrap_future(refill.done)
+        while (plan := self._plan(request, key, index, batch, is_async=True)) is not None:
+            refill, mine = plan
+            # Shielded: a caller that times out must neither cancel a refill others
+            # wait for nor throw away samples already paid for (law 6).
+            if not mine:
+                await asyncio.shield(asyncio.wrap_future(refill.done))
                 continue
+            task = asyncio.ensure_future(self._afill(request, key, refill))
+            task.add_done_callback(_retrieve)
+            await asyncio.shield(task)
+
+    async def _afill(self, request: Request, key: str, refill: _Refill) -> None:
+        try:
+            cursor = self._inner_cursor(request, key)
+            if not cursor.ordered:
+                self._land(request, key, cursor, await cursor.atake(request, refill.count))
+                return
+            lock = self._ordered_locks[key]
+            # Polled rather than awaited in a thread: a cancelled wait must not
+            # leave the lock taken by nobody.
+            while not lock.acquire(blocking=False):
+                await asyncio.sleep(0.001)
             try:
-                drawn = await self._inner_cursor(request, key).atake(refill.count)
-            except BaseException:
-                self._release(key, refill)
-                raise
-            self._land(request, key, refill, drawn)
+                self._land(request, key, cursor, await cursor.atake(request, refill.count))
+            finally:
+                lock.release()
+        finally:
+            self._release(key, refill)
 
     def _note(self, hit: bool) -> None:
         with self._lock:
             self._stats["hits" if hit else "misses"] += 1
 
 
+#: How many recent draws a cursor can take back: more than one call's ``n``.
+_SERVED_MEMORY = 1024
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Mark a shielded refill's outcome as seen; its caller may be gone."""
+    if not task.cancelled():
+        task.exception()
+
+
 class _ReplayCursor(Cursor):
     """Reads a cache layer's sequence from position 0, extending it when needed."""
 
-    def __init__(self, layer: CacheLayer, request: Request, key: str) -> None:
+    def __init__(self, layer: CacheLayer, key: str) -> None:
         self._layer = layer
-        self._request = request
         self._key = key
         self._next = 0
+        #: Positions handed back by failed calls, served again first (law 2:
+        #: a failure must not make the rest of a run skip a sample).
+        self._returned: list[int] = []
+        #: Where recently served draws sit, so a failed call can give them back.
+        self._served: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def _claim(self) -> int:
         with self._lock:
+            if self._returned:
+                return heapq.heappop(self._returned)
             index = self._next
             self._next += 1
             return index
 
-    def take(self, batch: int) -> list[Sample]:
-        index = self._claim()
-        sample = self._layer.store.get(self._key, index)
-        hit = sample is not None
-        if sample is None:
-            self._layer.extend(self._request, self._key, index, batch)
-            sample = self._read(index)
-        self._layer._note(hit=hit)
-        return [sample.served(self._key, index, hit)]
+    def give_back(self, samples: list[Sample]) -> None:
+        with self._lock:
+            for sample in samples:
+                index = self._served.pop(sample.draw_id, None)
+                if index is not None:
+                    heapq.heappush(self._returned, index)
 
-    async def atake(self, batch: int) -> list[Sample]:
+    def take(self, request: Request, batch: int) -> list[Sample]:
         index = self._claim()
-        sample = self._layer.store.get(self._key, index)
-        hit = sample is not None
-        if sample is None:
-            await self._layer.aextend(self._request, self._key, index, batch)
-            sample = self._read(index)
+        try:
+            sample = self._layer.store.get(self._key, index)
+            hit = sample is not None
+            if sample is None:
+                self._layer.extend(request, self._key, index, batch)
+                sample = self._read(index)
+        except BaseException:
+            with self._lock:
+                heapq.heappush(self._returned, index)
+            raise
+        return [self._serve(sample, index, hit)]
+
+    async def atake(self, request: Request, batch: int) -> list[Sample]:
+        index = self._claim()
+        try:
+            sample = self._layer.store.get(self._key, index)
+            hit = sample is not None
+            if sample is None:
+                await self._layer.aextend(request, self._key, index, batch)
+                sample = self._read(index)
+        except BaseException:
+            with self._lock:
+                heapq.heappush(self._returned, index)
+            raise
+        return [self._serve(sample, index, hit)]
+
+    def _serve(self, sample: Sample, index: int, hit: bool) -> Sample:
         self._layer._note(hit=hit)
-        return [sample.served(self._key, index, hit)]
+        with self._lock:
+            self._served[sample.draw_id] = index
+            if len(self._served) > _SERVED_MEMORY:
+                del self._served[next(iter(self._served))]
+        return sample.served(self._key, index, hit)
 
     def _read(self, index: int) -> Sample:
         sample = self._layer.store.get(self._key, index)

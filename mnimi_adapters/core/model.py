@@ -30,15 +30,27 @@ Prompt = str | list[Message] | Request
 
 
 class Cursor(ABC):
-    """A consumer's position in one layer's sample stream for one request."""
+    """A consumer's position in one layer's sample stream for one request.
+
+    ``take`` is given the request of the call it serves: requests that share a
+    key may still differ in how they are sent (credentials, headers, timeouts),
+    and a refill must go out the way the current caller asked.
+    """
+
+    #: Whether the position matters: a provider's cursor draws fresh samples
+    #: wherever it is, while a cache's cursor reads one sequence in order.
+    ordered: bool = True
 
     @abstractmethod
-    def take(self, batch: int) -> list[Sample]:
+    def take(self, request: Request, batch: int) -> list[Sample]:
         """Claim and return the next sample(s); at least one."""
 
     @abstractmethod
-    async def atake(self, batch: int) -> list[Sample]:
+    async def atake(self, request: Request, batch: int) -> list[Sample]:
         """Async :meth:`take`."""
+
+    def give_back(self, samples: list[Sample]) -> None:  # noqa: B027 - optional hook
+        """Take back positions served to a call that failed before it delivered them."""
 
 
 def check_batch(batch: Any) -> int:
@@ -82,11 +94,12 @@ class Layer(ABC):
     def samples(self, prompt: Prompt, batch: int = 1) -> Iterator[Sample]:
         """Like :meth:`sample`, yielding whole :class:`Sample` records."""
         check_batch(batch)
-        cursor = self.open(Request.of(prompt))
+        request = Request.of(prompt)
+        cursor = self.open(request)
 
         def iterate() -> Iterator[Sample]:
             while True:
-                yield from cursor.take(batch)
+                yield from cursor.take(request, batch)
 
         return iterate()
 
@@ -95,20 +108,32 @@ class Layer(ABC):
 
         What an adapter needs per call (``n`` generations) without the cost of a
         generator. ``batch`` defaults to however many samples are still missing, so
-        a refill never asks the provider for more than the call needs.
+        a refill never asks the provider for more than the call needs. If the call
+        fails part-way, the positions it claimed go back to the cursor, so an
+        independent scope hands them to the next call.
         """
-        cursor = self.open(Request.of(prompt))
+        request = Request.of(prompt)
+        cursor = self.open(request)
         drawn: list[Sample] = []
-        while len(drawn) < count:
-            drawn.extend(cursor.take(batch or count - len(drawn)))
+        try:
+            while len(drawn) < count:
+                drawn.extend(cursor.take(request, batch or count - len(drawn)))
+        except BaseException:
+            cursor.give_back(drawn)
+            raise
         return drawn[:count]
 
     async def adraw(self, prompt: Prompt, count: int, batch: int | None = None) -> list[Sample]:
         """Async :meth:`draw`."""
-        cursor = self.open(Request.of(prompt))
+        request = Request.of(prompt)
+        cursor = self.open(request)
         drawn: list[Sample] = []
-        while len(drawn) < count:
-            drawn.extend(await cursor.atake(batch or count - len(drawn)))
+        try:
+            while len(drawn) < count:
+                drawn.extend(await cursor.atake(request, batch or count - len(drawn)))
+        except BaseException:
+            cursor.give_back(drawn)
+            raise
         return drawn[:count]
 
     def asample(self, prompt: Prompt, batch: int = 1) -> AsyncIterator[str]:
@@ -124,11 +149,12 @@ class Layer(ABC):
     def asamples(self, prompt: Prompt, batch: int = 1) -> AsyncIterator[Sample]:
         """Async :meth:`samples`."""
         check_batch(batch)
-        cursor = self.open(Request.of(prompt))
+        request = Request.of(prompt)
+        cursor = self.open(request)
 
         async def iterate() -> AsyncIterator[Sample]:
             while True:
-                for s in await cursor.atake(batch):
+                for s in await cursor.atake(request, batch):
                     yield s
 
         return iterate()
@@ -257,13 +283,15 @@ def usable(sample: Sample) -> bool:
 class _CustomSampleCursor(Cursor):
     """Draws from a custom ``Model.sample`` generator, one draw per ``take``."""
 
+    ordered = False
+
     def __init__(self, model: Model, request: Request) -> None:
         self._model = model
         self._request = request
         self._iterator: Iterator[str | Sample] | None = None
         self._lock = threading.Lock()
 
-    def take(self, batch: int) -> list[Sample]:
+    def take(self, request: Request, batch: int) -> list[Sample]:
         # A generator cannot be advanced from two threads at once.
         with self._lock:
             if self._iterator is None:
@@ -277,10 +305,12 @@ class _CustomSampleCursor(Cursor):
                 raise ProviderError(f"{self._model!r}.sample() stopped yielding") from None
             sample = as_sample(item)
             self._model.account(time.perf_counter() - start, [sample], 1)
-            return [sample]
+        if not usable(sample):
+            raise ProviderError(f"{self._model!r}.sample() yielded an empty or filtered answer")
+        return [sample]
 
-    async def atake(self, batch: int) -> list[Sample]:
-        return await asyncio.to_thread(self.take, batch)
+    async def atake(self, request: Request, batch: int) -> list[Sample]:
+        return await asyncio.to_thread(self.take, request, batch)
 
 
 def chunk_sizes(batch: int, max_batch: int) -> list[int]:
@@ -314,7 +344,7 @@ class BatchedModel(Model):
         return await asyncio.to_thread(self.query, request, n)
 
     def open(self, request: Request) -> Cursor:
-        return _RefillCursor(self, request)
+        return _RefillCursor(self)
 
     def _collect(
         self, outcomes: list[list[str | Sample] | BaseException], seconds: float
@@ -324,6 +354,12 @@ class BatchedModel(Model):
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 errors.append(outcome)
+            elif not isinstance(outcome, list | tuple):
+                # A bare str would otherwise be split into one sample per character.
+                raise TypeError(
+                    f"{type(self).__name__}.query() must return a list of str or Sample, "
+                    f"got {type(outcome).__name__}"
+                )
             else:
                 response_id = new_draw_id()
                 samples.extend(as_sample(item, response_id) for item in outcome)
@@ -374,12 +410,13 @@ class BatchedModel(Model):
 class _RefillCursor(Cursor):
     """A provider never repeats itself: every take is a fresh refill."""
 
-    def __init__(self, model: BatchedModel, request: Request) -> None:
+    ordered = False
+
+    def __init__(self, model: BatchedModel) -> None:
         self._model = model
-        self._request = request
 
-    def take(self, batch: int) -> list[Sample]:
-        return self._model.refill(self._request, batch)
+    def take(self, request: Request, batch: int) -> list[Sample]:
+        return self._model.refill(request, batch)
 
-    async def atake(self, batch: int) -> list[Sample]:
-        return await self._model.arefill(self._request, batch)
+    async def atake(self, request: Request, batch: int) -> list[Sample]:
+        return await self._model.arefill(request, batch)

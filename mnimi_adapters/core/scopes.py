@@ -19,7 +19,7 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from typing import Any, Literal, TypeVar
 
 from .model import Layer
@@ -88,17 +88,19 @@ class ScopeManager:
 
     def __init__(self, kind: Kind) -> None:
         self.kind = kind
-        self._tokens: list[Token[_Scope | None]] = []
 
     def __repr__(self) -> str:
         return f"{self.kind}()"
 
     def __enter__(self) -> ScopeManager:
-        self._tokens.append(_current.set(_Scope(self.kind, _current.get())))
+        _current.set(_Scope(self.kind, _current.get()))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _current.reset(self._tokens.pop())
+        # The block being left is the current scope of *this* context, so one
+        # manager object can serve many threads and tasks at once.
+        scope = _current.get()
+        _current.set(scope.parent if scope is not None else None)
 
     async def __aenter__(self) -> ScopeManager:
         return self.__enter__()
@@ -108,6 +110,13 @@ class ScopeManager:
 
     def __call__(self, function: F) -> F:
         kind = self.kind
+        if inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function):
+            # A generator runs in its caller's context between items: a scope set
+            # around it would leak into the caller, or be gone before the body runs.
+            raise TypeError(
+                f"{kind}() cannot decorate the generator {function.__name__}(); "
+                f"use `with {kind}():` inside it"
+            )
         if inspect.iscoroutinefunction(function):
 
             @functools.wraps(function)
