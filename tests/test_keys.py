@@ -43,6 +43,8 @@ def test_sampling_parameters_are_keyed() -> None:
         ("seed", 1),
         ("tools", [{"type": "function", "function": {"name": "f"}}]),
         ("response_format", {"type": "json_object"}),
+        # A mocked answer must never be replayed as the real model's sample.
+        ("mock_response", "MOCKED"),
     ]:
         assert key({name: value}) != base, name
 

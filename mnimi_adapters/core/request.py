@@ -43,7 +43,6 @@ TRANSPORT_PARAMS = frozenset(
         "caching",
         "cache",
         "no-cache",
-        "mock_response",
         "litellm_logging_obj",
         "litellm_call_id",
         "proxy_server_request",
