@@ -9,8 +9,10 @@ Usage::
     mnimi [--json] export PATH OUT (--keys KEY [KEY ...] | --grep TEXT)
     mnimi demo [ARGS ...]
 
-``--json`` may also follow the command. Exit codes: 0 ok; 1 damage found (or
-a key or match missing); 2 usage error, or the store cannot be opened.
+PATH (and OUT) is a cache directory or a Redis URL such as
+``redis://host:6379/0?namespace=my-project``. ``--json`` may also follow the
+command. Exit codes: 0 ok; 1 damage found (or a key or match missing); 2 usage
+error, or the store cannot be opened.
 
 Commands that read a cache never create one: a PATH without a cache is an
 error, not a new empty store.
@@ -38,8 +40,12 @@ from diskcache.core import DBNAME, MODE_BINARY, MODE_PICKLE, MODE_TEXT
 
 from . import __version__
 from .core.errors import CorruptStoreError, MnimiError, StoreError
+from .core.redis_store import RedisStore, redis_location
 from .core.sample import Sample
-from .core.store import FORMAT_KEY, FORMAT_VERSION, DiskStore
+from .core.store import FORMAT_KEY, FORMAT_VERSION, DiskStore, is_redis_url
+
+#: The stores the command works on: a cache directory or a Redis namespace.
+Store = DiskStore | RedisStore
 
 EXIT_OK = 0
 EXIT_FOUND = 1
@@ -273,9 +279,20 @@ def _existing_cache(path_text: str) -> Path:
     return path
 
 
+def _shown(path_text: str) -> str:
+    """``path_text`` fit for a message: a Redis URL's password never appears."""
+    return redis_location(path_text) if is_redis_url(path_text) else path_text
+
+
 @contextmanager
-def _open_store(path_text: str) -> Iterator[DiskStore]:
-    store = DiskStore(_existing_cache(path_text))
+def _open_store(path_text: str) -> Iterator[Store]:
+    """The existing store at ``path_text`` (a directory or a Redis URL), closed after use."""
+    store: Store
+    if is_redis_url(path_text):
+        # create=False: a namespace without a store is an error, never a new store.
+        store = RedisStore(path_text, create=False)
+    else:
+        store = DiskStore(_existing_cache(path_text))
     try:
         yield store
     finally:
@@ -347,7 +364,7 @@ class Entry:
         }
 
 
-def _entry(store: DiskStore, key: str) -> Entry:
+def _entry(store: Store, key: str) -> Entry:
     """``key``'s length and record; damage is noted on the entry, not raised."""
     entry = Entry(key)
     try:
@@ -363,7 +380,7 @@ def _entry(store: DiskStore, key: str) -> Entry:
     return entry
 
 
-def _entries(store: DiskStore, label: str | None = None) -> list[Entry]:
+def _entries(store: Store, label: str | None = None) -> list[Entry]:
     """Every sequence of ``store`` with its record, damaged records marked."""
     entries = []
     keys = store.keys()  # a generator over the rows, not a dict
@@ -374,7 +391,7 @@ def _entries(store: DiskStore, label: str | None = None) -> list[Entry]:
     return entries
 
 
-def _exists(store: DiskStore, key: str) -> bool:
+def _exists(store: Store, key: str) -> bool:
     """Whether ``key`` has a sequence (a damaged one counts: its damage is reported later)."""
     try:
         return bool(store.length(key)) or store.info(key) is not None
@@ -382,7 +399,7 @@ def _exists(store: DiskStore, key: str) -> bool:
         return True
 
 
-def _resolve_key(store: DiskStore, wanted: str, keys: list[str] | None = None) -> str:
+def _resolve_key(store: Store, wanted: str, keys: list[str] | None = None) -> str:
     """``wanted`` itself, or the one key it is a prefix of (like git hashes).
 
     Raises:
@@ -392,7 +409,7 @@ def _resolve_key(store: DiskStore, wanted: str, keys: list[str] | None = None) -
         return wanted
     candidates = [k for k in (keys if keys is not None else store.keys()) if k.startswith(wanted)]
     if not candidates:
-        raise CommandError(f"no key {wanted} in {store.path}", EXIT_FOUND)
+        raise CommandError(f"no key {wanted} in {store.location}", EXIT_FOUND)
     if len(candidates) > 1:
         raise CommandError(f"key prefix {wanted} is ambiguous ({len(candidates)} keys match)")
     return candidates[0]
@@ -406,6 +423,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     with _open_store(args.path) as store:
         entries = _entries(store)
         volume = store.volume()
+    in_redis = isinstance(store, RedisStore)
     models: dict[str, dict[str, Any]] = {}
     for entry in entries:
         row = models.setdefault(
@@ -436,22 +454,24 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(
             {
-                "path": str(store.path),
+                "path": store.location,
                 "format": FORMAT_VERSION,
                 "keys": len(entries),
                 **totals,
-                "disk_bytes": volume,
+                # A Redis store occupies server memory, not disk: each size under its name.
+                "disk_bytes": None if in_redis else volume,
+                **({"memory_bytes": volume} if in_redis else {}),
                 "models": per_model,
                 "damaged": damaged,
             }
         )
     else:
-        print(f"cache      {store.path} (format {FORMAT_VERSION})")
+        print(f"cache      {store.location} (format {FORMAT_VERSION})")
         print(f"keys       {len(entries):,}")
         print(f"samples    {totals['samples']:,}")
-        print(
-            f"size       {format_size(volume)} on disk, {format_size(totals['bytes'])} of samples"
-        )
+        where = "in Redis memory" if in_redis else "on disk"
+        held = "unknown" if volume is None else format_size(volume)
+        print(f"size       {held} {where}, {format_size(totals['bytes'])} of samples")
         print(
             f"tokens     {totals['prompt_tokens']:,} prompt + "
             f"{totals['completion_tokens']:,} completion"
@@ -480,7 +500,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if damaged:
         _warn(
             f"{_plural(len(damaged), 'key')} with a damaged record; "
-            f"run `mnimi verify {args.path}` for details"
+            f"run `mnimi verify {_shown(args.path)}` for details"
         )
         return EXIT_FOUND
     return EXIT_OK
@@ -499,7 +519,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         return _show_listing(store, args)
 
 
-def _show_listing(store: DiskStore, args: argparse.Namespace) -> int:
+def _show_listing(store: Store, args: argparse.Namespace) -> int:
     entries = _entries(store)
     if args.grep is not None:
         entries = [e for e in entries if e.error is None and e.matches(args.grep)]
@@ -512,7 +532,7 @@ def _show_listing(store: DiskStore, args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(
             {
-                "path": str(store.path),
+                "path": store.location,
                 "matched": matched,
                 "keys": [e.summary() for e in entries],
             }
@@ -537,14 +557,14 @@ def _show_listing(store: DiskStore, args: argparse.Namespace) -> int:
         if len(entries) < matched:
             print(f"({len(entries):,} of {matched:,} keys shown)")
     elif args.grep is None and not matched:
-        print(f"no requests cached in {store.path}")
+        print(f"no requests cached in {store.location}")
     if args.grep is not None and not matched:
-        _warn(f"no request in {store.path} matches {args.grep!r}")
+        _warn(f"no request in {store.location} matches {args.grep!r}")
         return EXIT_FOUND
     return EXIT_FOUND if damaged else EXIT_OK
 
 
-def _show_key(store: DiskStore, key: str, args: argparse.Namespace) -> int:
+def _show_key(store: Store, key: str, args: argparse.Namespace) -> int:
     entry = _entry(store, key)
     count = entry.length if args.limit is None else min(entry.length, args.limit)
     samples: list[dict[str, Any]] = []
@@ -915,10 +935,94 @@ def _check_format(connection: sqlite3.Connection, directory: Path, verifier: Ver
     return version
 
 
+def _verify_redis(url: str, verifier: Verifier) -> tuple[str, Any]:
+    """Check a Redis namespace as the rows of the disk layout; return (location, format).
+
+    Each sequence is read in one transaction (a consistent snapshot even while
+    others append) and fed to the verifier as the ``s:``, ``n:``, ``m:`` and
+    ``d:`` rows it would have on disk, so both stores get exactly the same checks.
+    """
+    store = RedisStore(url, create=False, check_format=False)
+    with store:
+        marker = store.format_marker()
+        names = list(store.names())
+        if marker is None:
+            if not names:
+                raise CommandError(f"no cache at {store.location}")
+            verifier.report(None, "format", "the format marker is missing")
+        version: Any = None
+        if marker is not None:
+            try:
+                version = int(marker)
+            except ValueError:
+                verifier.report(None, "format", f"the format marker is {marker!r}, not a version")
+        if version is not None and version != FORMAT_VERSION:
+            raise CommandError(
+                f"{store.location} was written in store format {version}; "
+                f"this version of mnimi_adapters reads format {FORMAT_VERSION}"
+            )
+        found: set[str] = set()
+        for name in names:
+            kind, sep, key = name.partition(":")
+            if sep and key and kind in ("s", "d", "m"):
+                found.add(key)
+            elif name not in ("format", "keys"):
+                verifier.report(None, name, "unexpected key (not written by mnimi_adapters)")
+        indexed = set(store.keys())
+        keys = sorted(indexed | found)
+        with Progress("verify", len(keys)) as progress:
+            for key in keys:
+                _verify_redis_sequence(store, key, verifier)
+                progress.advance()
+    return store.location, version
+
+
+def _verify_redis_sequence(store: RedisStore, key: str, verifier: Verifier) -> None:
+    # Judged on the snapshot alone: a key appended or pruned since the listing is sound.
+    raw = store.raw_sequence(key)
+    if not (raw.samples or raw.draws or raw.record):
+        if raw.indexed:
+            verifier.report(key, None, "in the key index, but nothing is stored for it")
+        return
+    if not raw.indexed:
+        verifier.report(key, None, "missing from the key index: listings and prune miss it")
+    for index, value in raw.samples.items():
+        verifier.row(f"s:{key}:{index}", value)
+    for draw, value in raw.draws.items():
+        number = value if not isinstance(value, str) or not value.isdigit() else int(value)
+        verifier.row(f"d:{key}:{draw}", number)
+    if not raw.record:
+        return
+    numbers: dict[str, Any] = {}
+    for name, value in raw.record.items():
+        if name == "request":
+            continue
+        try:
+            numbers[name] = float(value) if name in ("cost", "stored", "used") else int(value)
+        except ValueError:
+            verifier.report(key, f"m:{key}", f"the record's {name} is {value!r}, not a number")
+    if "length" in numbers:
+        verifier.row(f"n:{key}", numbers["length"])
+    request = raw.record.get("request")
+    if request is None:
+        verifier.row(f"m:{key}", json.dumps(numbers))  # reported: no request
+        return
+    try:
+        parsed = json.loads(request)
+    except ValueError:
+        verifier.row(f"m:{key}", request)  # reported: not valid JSON
+        return
+    verifier.row(f"m:{key}", json.dumps({"request": parsed, **numbers}, ensure_ascii=False))
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     """Check every row of the store; list each problem."""
-    directory = _existing_cache(args.path)
     verifier = Verifier()
+    if is_redis_url(args.path):
+        location, version = _verify_redis(args.path, verifier)
+        verifier.finish()
+        return _verify_report(args, location, version, verifier)
+    directory = _existing_cache(args.path)
     try:
         connection = _connect_readonly(directory / DBNAME)
     except sqlite3.Error as error:
@@ -943,12 +1047,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
         except sqlite3.DatabaseError as error:
             verifier.report(None, None, f"the database is damaged: {error}")
         verifier.finish()
-    result = {"path": str(directory), "format": version, **verifier.summary()}
+    return _verify_report(args, str(directory), version, verifier)
+
+
+def _verify_report(
+    args: argparse.Namespace, location: str, version: Any, verifier: Verifier
+) -> int:
+    result = {"path": location, "format": version, **verifier.summary()}
     if args.json:
         _emit_json(result)
     else:
         for problem in verifier.problems:
-            where = problem["key"] or problem["row"] or str(directory)
+            where = problem["key"] or problem["row"] or location
             print(f"{where}: {problem['problem']}")
         checked = f"{_plural(result['keys'], 'key')}, {_plural(result['samples'], 'sample')}"
         if verifier.problems:
@@ -979,7 +1089,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 _warn(f"{entry.key}: {entry.error}")
             raise CommandError(
                 f"{_plural(len(damaged), 'key')} with a damaged record; nothing removed "
-                f"(run `mnimi verify {args.path}`)",
+                f"(run `mnimi verify {_shown(args.path)}`)",
                 EXIT_FOUND,
             )
         before = sum(int(e.number("bytes")) for e in entries)
@@ -1010,7 +1120,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(
             {
-                "path": str(store.path),
+                "path": store.location,
                 "dry_run": bool(args.dry_run),
                 "max_size": limit,
                 "bytes_before": before,
@@ -1056,17 +1166,28 @@ def cmd_prune(args: argparse.Namespace) -> int:
 # -- export ---------------------------------------------------------------
 
 
-def _export_target(path_text: str, source: Path) -> Path:
+def _export_target(path_text: str, source: Store) -> tuple[Callable[[], Store], str]:
+    """How to open (creating it) the store at OUT, and how to name it in messages.
+
+    Raises:
+        CommandError: OUT is the source, or a directory that is not a cache.
+    """
+    if is_redis_url(path_text):
+        location = redis_location(path_text)
+        # Same server spelled the same way, same namespace: the same store.
+        if isinstance(source, RedisStore) and location == source.location:
+            raise CommandError("OUT must differ from PATH")
+        return lambda: RedisStore(path_text), location
     out = Path(path_text).expanduser()
-    if out.exists() and out.resolve() == source.resolve():
+    if isinstance(source, DiskStore) and out.exists() and out.resolve() == source.path.resolve():
         raise CommandError("OUT must differ from PATH")
     if out.is_dir() and not (out / DBNAME).exists() and any(out.iterdir()):
         # Never drop a cache into a directory that holds other things.
         raise CommandError(f"{out} exists and is not a cache directory")
-    return out
+    return lambda: DiskStore(out), str(out)
 
 
-def _read_sequence(source: DiskStore, entry: Entry) -> tuple[list[Sample], str | None]:
+def _read_sequence(source: Store, entry: Entry) -> tuple[list[Sample], str | None]:
     """Every sample of one sequence, or the reason it cannot be exported whole."""
     samples: list[Sample] = []
     try:
@@ -1084,15 +1205,13 @@ def _read_sequence(source: DiskStore, entry: Entry) -> tuple[list[Sample], str |
     return samples, None
 
 
-def _write_sequence(
-    target: DiskStore, entry: Entry, samples: list[Sample]
-) -> tuple[int, str | None]:
+def _write_sequence(target: Store, entry: Entry, samples: list[Sample]) -> tuple[int, str | None]:
     """Append what ``target`` lacks of one sequence; return (samples added, problem)."""
     present = target.length(entry.key)
     held = [target.get(entry.key, i) for i in range(present)]
     if [s.draw_id if s else None for s in held] != [s.draw_id for s in samples[:present]]:
         # Appending would interleave two different sequences under one key.
-        return 0, f"{target.path} holds a different sequence for this key; not exported"
+        return 0, f"{target.location} holds a different sequence for this key; not exported"
     added = target.append(entry.key, samples[present:], entry.request)
     return len(added), None
 
@@ -1100,7 +1219,7 @@ def _write_sequence(
 def cmd_export(args: argparse.Namespace) -> int:
     """Copy whole sequences into a new (or a compatible existing) store."""
     with _open_store(args.path) as source:
-        out = _export_target(args.out, source.path)
+        create_target, out = _export_target(args.out, source)
         if args.keys is not None:
             known = None if all(_exists(source, k) for k in args.keys) else list(source.keys())
             wanted = list(dict.fromkeys(_resolve_key(source, k, known) for k in args.keys))
@@ -1108,11 +1227,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         else:
             entries = [e for e in _entries(source) if e.error is None and e.matches(args.grep)]
             if not entries:
-                raise CommandError(f"no request in {source.path} matches {args.grep!r}", EXIT_FOUND)
+                raise CommandError(
+                    f"no request in {source.location} matches {args.grep!r}", EXIT_FOUND
+                )
         results: list[dict[str, Any]] = []
         # OUT is created only once a sequence is known to be whole: a failed
         # export leaves no empty store behind.
-        target: DiskStore | None = None
+        target: Store | None = None
         try:
             with Progress("export", len(entries)) as progress:
                 for entry in entries:
@@ -1121,7 +1242,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                     if problem is None:
                         samples, problem = _read_sequence(source, entry)
                     if problem is None:
-                        target = target or DiskStore(out)
+                        target = target or create_target()
                         added, problem = _write_sequence(target, entry, samples)
                     results.append(
                         {
@@ -1139,7 +1260,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     failed = [r for r in results if r["error"]]
     copied = [r for r in results if not r["error"]]
     if args.json:
-        _emit_json({"path": str(source.path), "out": str(out), "keys": results})
+        _emit_json({"path": source.location, "out": out, "keys": results})
     else:
         for r in copied:
             note = "" if r["added"] == r["samples"] else f" ({r['added']:,} new)"
@@ -1205,7 +1326,9 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, handler: Callable[[argparse.Namespace], int], text: str) -> Any:
         sub = commands.add_parser(name, parents=[common], help=text, description=text)
         sub.set_defaults(handler=handler)
-        sub.add_argument("path", metavar="PATH", help="the cache directory")
+        sub.add_argument(
+            "path", metavar="PATH", help="the cache directory, or a Redis URL (redis://...)"
+        )
         return sub
 
     command("stats", cmd_stats, "Keys, samples, size, tokens and cost, overall and per model.")
@@ -1242,7 +1365,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_export,
         "Copy whole sequences (same samples, order and draw ids) into the store at OUT.",
     )
-    export.add_argument("out", metavar="OUT", help="the directory of the store to write")
+    export.add_argument(
+        "out", metavar="OUT", help="the directory (or Redis URL) of the store to write"
+    )
     which = export.add_mutually_exclusive_group(required=True)
     which.add_argument("--keys", metavar="KEY", nargs="+", help="keys (or unique prefixes)")
     which.add_argument(

@@ -70,6 +70,7 @@ from litellm.types.utils import all_litellm_params
 from .core.errors import MnimiError, ProviderError
 from .core.layers import CacheLayer, Independent
 from .core.model import Cursor, Layer, Model
+from .core.redis_store import shown_location
 from .core.request import (
     TRANSPORT_PARAMS,
     Request,
@@ -79,7 +80,7 @@ from .core.request import (
 )
 from .core.sample import Sample
 from .core.scopes import caching_enabled, scoped
-from .core.store import SequenceStore, is_redis_url, open_store, printable_location
+from .core.store import SequenceStore, is_redis_url, open_store
 from .providers import LiteLLMModel, in_provider_call
 
 __all__ = ["MnimiCache"]
@@ -527,7 +528,8 @@ class MnimiCache(Cache):
 
     def __repr__(self) -> str:
         mode = ", replication=True" if self.replication else ""
-        return f"MnimiCache({printable_location(self.path)!r}{mode})"
+        # shown_location also hides a password given as a query parameter.
+        return f"MnimiCache({shown_location(str(self.path))!r}{mode})"
 
     # -- installing ---------------------------------------------------------------------
 

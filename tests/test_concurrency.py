@@ -1,4 +1,7 @@
-"""Law 7: threads and processes sharing one store; a killed process loses nothing."""
+"""Law 7: threads and processes sharing one store; a killed process loses nothing.
+
+Every test runs over both persistent stores, a cache directory and a Redis namespace.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +9,21 @@ import multiprocessing
 import os
 import signal
 import time
-from pathlib import Path
 
 import workers
-
-from mnimi_adapters.core import DiskStore
+from conftest import Locations, open_location
 
 PROCESSES = 4
 THREADS = 8
 PER_THREAD = 6
 
 
-def test_processes_and_threads_share_one_store(tmp_path: Path) -> None:
-    path = str(tmp_path / "cache")
+def test_processes_and_threads_share_one_store(locations: Locations) -> None:
+    path = locations.new()
     context = multiprocessing.get_context("spawn")
     with context.Pool(PROCESSES) as pool:
         runs = pool.starmap(workers.draw_independently, [(path, PER_THREAD, THREADS)] * PROCESSES)
-    store = DiskStore(path)
+    store = open_location(path)
     (key,) = list(store.keys())
     length = store.length(key)
     sequence = [store.get(key, i) for i in range(length)]
@@ -39,15 +40,15 @@ def test_processes_and_threads_share_one_store(tmp_path: Path) -> None:
         assert pool.starmap(workers.replay, [(path, length)] * 2) == [ids, ids]
 
 
-def test_killed_writer_leaves_a_readable_store(tmp_path: Path) -> None:
-    path = str(tmp_path / "cache")
-    DiskStore(path).close()
+def test_killed_writer_leaves_a_readable_store(locations: Locations) -> None:
+    path = locations.new()
+    open_location(path).close()
     key = "m1-crash"
     context = multiprocessing.get_context("spawn")
     writers = [context.Process(target=workers.append_forever, args=(path, key)) for _ in range(2)]
     for writer in writers:
         writer.start()
-    store = DiskStore(path)
+    store = open_location(path)
     deadline = time.monotonic() + 60
     while store.length(key) < 200 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -55,7 +56,7 @@ def test_killed_writer_leaves_a_readable_store(tmp_path: Path) -> None:
         assert writer.pid is not None
         os.kill(writer.pid, signal.SIGKILL)
         writer.join()
-    reopened = DiskStore(path)
+    reopened = open_location(path)
     length = reopened.length(key)
     assert length >= 200
     samples = [reopened.get(key, i) for i in range(length)]

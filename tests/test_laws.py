@@ -2,21 +2,21 @@
 
 The oracle tracks, for every item a layer hands out, which position of the
 persistent base sequence ``P`` it must be; the real draws are then checked
-against what ``P`` actually stored.
+against what ``P`` actually stored. Both persistent stores, disk and Redis, run
+the same programs.
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from conftest import NumberModel
+from conftest import Locations, NumberModel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mnimi_adapters.core import DiskStore, Independent, Layer, Persistent, Repeatable, Sample
+from mnimi_adapters.core import Independent, Layer, Persistent, Repeatable, Sample
+from mnimi_adapters.core.store import open_store
 
 PROMPTS = ["Choose a number between 1 and 1000.", "Pick a colour."]
 LAYERS = ["P", "R", "B", "I", "I2", "R2"]
@@ -27,6 +27,10 @@ open_op = st.tuples(
 next_op = st.tuples(st.just("next"), st.integers(0, 50))
 # Draws far outnumber opens and restarts, so that iterators get deep enough to interleave.
 op = st.one_of(open_op, next_op, next_op, next_op, st.tuples(st.just("run")))
+
+#: Programs per store. A Redis program takes no longer than a disk one (a local
+#: round trip costs about what a SQLite transaction does), so both get as many.
+EXAMPLES = {"disk": 200, "redis": 200}
 
 
 @dataclass
@@ -39,14 +43,14 @@ class Run:
     r2_sequence: dict[str, list[int]] = field(default_factory=dict)
 
 
-def build(root: Path) -> Run:
-    p = Persistent(NumberModel(), root / "P")
+def build(base: str, sliced: str) -> Run:
+    p = Persistent(NumberModel(), base)
     i = Independent(p)
     return Run(
         {
             "P": p,
             "R": Repeatable(p),
-            "B": Persistent(p, root / "B"),
+            "B": Persistent(p, sliced),
             "I": i,
             "I2": Independent(i),
             "R2": Repeatable(i),
@@ -62,42 +66,52 @@ class Open:
     position: int = 0
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(op, min_size=4, max_size=40))
-def test_laws_hold_for_any_interleaving(program: list[tuple[object, ...]]) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        run = build(root)
-        iterators: list[Open] = []
-        served: list[tuple[str, int, Sample]] = []  # (prompt, expected P position, sample)
-        for step in program:
-            if step[0] == "open":
-                _, name, prompt, batch = step
-                assert isinstance(name, str) and isinstance(prompt, str)
-                assert isinstance(batch, int)
-                iterators.append(Open(name, prompt, run.layers[name].samples(prompt, batch)))
-            elif step[0] == "next" and iterators:
-                assert isinstance(step[1], int)
-                it = iterators[step[1] % len(iterators)]
-                served.append((it.prompt, expected_position(run, it), next(it.items)))
-                it.position += 1
-            elif step[0] == "run":
-                run, iterators = build(root), []
+def test_laws_hold_for_any_interleaving(locations: Locations) -> None:
+    @settings(
+        max_examples=EXAMPLES[locations.backend],
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(st.lists(op, min_size=4, max_size=40))
+    def check(program: list[tuple[object, ...]]) -> None:
+        # Fresh stores for every program: directories, or Redis namespaces.
+        run_program(program, locations.new("P"), locations.new("B"))
 
-        store = DiskStore(root / "P")
-        for prompt in PROMPTS:
-            key = next(iter(_keys(run, prompt)))
-            sequence = [store.get(key, i) for i in range(store.length(key))]
-            draw_ids = [s.draw_id for s in sequence if s]
-            assert len(draw_ids) == len(set(draw_ids)), "law 3: a draw stored twice"
-            for served_prompt, position, sample in served:
-                if served_prompt == prompt:
-                    assert sample.draw_id == draw_ids[position], "laws 1-2: wrong sample served"
-            sliced = DiskStore(root / "B")
-            prefix = [sliced.get(key, i) for i in range(sliced.length(key))]
-            assert [s.draw_id for s in prefix if s] == draw_ids[: len(prefix)], "law 4"
-            sliced.close()
-        store.close()
+    check()
+
+
+def run_program(program: list[tuple[object, ...]], base: str, sliced_at: str) -> None:
+    run = build(base, sliced_at)
+    iterators: list[Open] = []
+    served: list[tuple[str, int, Sample]] = []  # (prompt, expected P position, sample)
+    for step in program:
+        if step[0] == "open":
+            _, name, prompt, batch = step
+            assert isinstance(name, str) and isinstance(prompt, str)
+            assert isinstance(batch, int)
+            iterators.append(Open(name, prompt, run.layers[name].samples(prompt, batch)))
+        elif step[0] == "next" and iterators:
+            assert isinstance(step[1], int)
+            it = iterators[step[1] % len(iterators)]
+            served.append((it.prompt, expected_position(run, it), next(it.items)))
+            it.position += 1
+        elif step[0] == "run":
+            run, iterators = build(base, sliced_at), []
+
+    store = open_store(base)
+    for prompt in PROMPTS:
+        key = next(iter(_keys(run, prompt)))
+        sequence = [store.get(key, i) for i in range(store.length(key))]
+        draw_ids = [s.draw_id for s in sequence if s]
+        assert len(draw_ids) == len(set(draw_ids)), "law 3: a draw stored twice"
+        for served_prompt, position, sample in served:
+            if served_prompt == prompt:
+                assert sample.draw_id == draw_ids[position], "laws 1-2: wrong sample served"
+        sliced = open_store(sliced_at)
+        prefix = [sliced.get(key, i) for i in range(sliced.length(key))]
+        assert [s.draw_id for s in prefix if s] == draw_ids[: len(prefix)], "law 4"
+        sliced.close()
+    store.close()
 
 
 def _keys(run: Run, prompt: str) -> Iterator[str]:

@@ -10,7 +10,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from conftest import NumberModel
 
-from mnimi_adapters.core import DiskStore, Independent, Persistent, Sample
+from mnimi_adapters.core import Independent, Persistent, Sample
+from mnimi_adapters.core.store import open_store
 
 PROMPT = "Choose a number between 1 and 1000."
 
@@ -42,9 +43,37 @@ def replay(path: str, count: int) -> list[str]:
 
 
 def append_forever(path: str, key: str) -> None:
-    """Append single samples until killed."""
-    store = DiskStore(path)
+    """Append single samples until killed (``path``: a directory or a Redis URL)."""
+    store = open_store(path)
     i = 0
     while True:
         store.append(key, [Sample(text=f"sample {i} " + "x" * 2000)], {"model": "crash"})
         i += 1
+
+
+def append_contested(
+    path: str, key: str, worker: int, rounds: int, contested: list[str], start_at: float
+) -> list[str]:
+    """Append ``rounds`` two-sample batches to ``key``; return the draw ids that were added.
+
+    Each batch holds a draw of this worker's own and one of the ``contested`` draws
+    that every worker submits too: exactly one append may store each of those.
+    """
+    import time
+
+    store = open_store(path)
+    record = {"model": "contest", "messages": [{"role": "user", "content": "go"}], "params": {}}
+    while time.time() < start_at:  # start together, so the appends really interleave
+        time.sleep(0.001)
+    added: list[str] = []
+    for round_ in range(rounds):
+        shared = contested[(round_ + worker) % len(contested)]
+        batch = [
+            Sample(text=f"worker {worker} round {round_}", draw_id=f"w{worker}-{round_}"),
+            Sample(text=f"contested {shared}", draw_id=shared, created=0.0),
+        ]
+        if round_ % 2:
+            batch.reverse()
+        added += [sample.draw_id for sample in store.append(key, batch, record)]
+    store.close()
+    return added
