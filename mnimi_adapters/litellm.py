@@ -50,7 +50,6 @@ import copy
 import os
 import sys
 import threading
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -84,6 +83,9 @@ from .core.store import SequenceStore, is_redis_url, open_store
 from .providers import LiteLLMModel, in_provider_call
 
 __all__ = ["MnimiCache"]
+
+#: The attribute that holds a layer's wrapper for ``metadata={"mnimi": "independent"}``.
+_PER_CALL_INDEPENDENT = "_mnimi_per_call_independent"
 
 #: ``metadata`` key of the per-call override.
 METADATA_KEY: Final = "mnimi"
@@ -518,11 +520,6 @@ class MnimiCache(Cache):
         self._lock = threading.Lock()
         self._layers: dict[str, CacheLayer] = {}
         self._providers: dict[tuple[Any, ...], LiteLLMModel] = {}
-        # The per-call "independent" override: one cursor-keeping wrapper per layer the
-        # scopes hand out, forgotten with the scope that made that layer.
-        self._independent: weakref.WeakKeyDictionary[Layer, Independent] = (
-            weakref.WeakKeyDictionary()
-        )
         self._previous: Any = None
         self._installed = False
 
@@ -581,7 +578,6 @@ class MnimiCache(Cache):
         with self._lock:
             store, self._store = self._store, None
             self._layers.clear()
-            self._independent.clear()
         if store is not None:
             store.close()
 
@@ -707,10 +703,13 @@ class MnimiCache(Cache):
         layer = scoped(base)
         if call.mode == "independent":
             with self._lock:
-                wrapper = self._independent.get(layer)
+                # Kept on the layer itself, so it goes with the scope that made the
+                # layer (a weak mapping would never free it: the wrapper refers to
+                # its key). Over a scope's Independent it shares that cursor (law 2).
+                wrapper = getattr(layer, _PER_CALL_INDEPENDENT, None)
                 if wrapper is None:
-                    # Over a scope's Independent this shares its cursor (law 2).
-                    wrapper = self._independent[layer] = Independent(layer)
+                    wrapper = Independent(layer)
+                    setattr(layer, _PER_CALL_INDEPENDENT, wrapper)
             return wrapper
         return layer
 

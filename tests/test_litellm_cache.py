@@ -517,3 +517,23 @@ def test_a_hit_needs_no_proxy_modules(server: SamplingServer, cache: MnimiCache)
         import fastapi  # noqa: F401
     except ImportError:
         assert "fastapi" not in sys.modules
+
+
+def test_per_call_independent_wrappers_go_with_their_scope(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    import gc
+
+    from mnimi_adapters.core import Independent
+
+    def live() -> int:
+        gc.collect()
+        return sum(isinstance(o, Independent) for o in gc.get_objects())
+
+    call(server, "Scoped", metadata={"mnimi": "independent"})
+    before = live()
+    for _ in range(20):
+        with independent():
+            call(server, "Scoped", metadata={"mnimi": "independent"})
+    # Each block made a scope Independent plus a per-call one; none may outlive it.
+    assert live() <= before + 2
