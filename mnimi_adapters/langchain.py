@@ -26,20 +26,24 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import inspect
 import os
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from operator import itemgetter
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from langchain_core.caches import BaseCache
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
-from langchain_core.load.serializable import SerializedNotImplemented, to_json_not_implemented
+from langchain_core.load.serializable import (
+    SerializedConstructor,
+    SerializedNotImplemented,
+    to_json_not_implemented,
+)
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -64,10 +68,13 @@ from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, Secret, SecretStr, model_validator
 
 from .core import CacheLayer, Layer, Persistent, Request, Sample, scoped
+from .core.redis_store import shown_location, url_has_password
+from .core.request import is_credential
 from .core.scopes import caching_enabled
+from .providers import LiteLLMModel, LiteLLMRequest
 
 __all__ = ["MnimiChatModel"]
 
@@ -88,14 +95,38 @@ _LAYER_FIELDS = (
 # Per-call kwargs LangChain may pass that are not request parameters.
 _CALL_ONLY = frozenset({"stream", "stream_options", "n", "model"})
 
-# Layers built by MnimiChatModel instances, shared by every instance configured alike.
-# Scopes keep one cursor per layer, so two copies of one chat model inside
-# ``with independent():`` must draw from one layer or they would hand out the same
-# samples twice. Weak values: a layer lives as long as a chat model (or a scope) uses it.
+# Layers built by MnimiChatModel instances, one per sequence identity (model, temperature,
+# alias, endpoint, store, replication). Scopes keep one cursor per layer, so two copies of
+# one chat model inside ``with independent():`` must draw from one layer or they would hand
+# out the same samples twice; that holds for copies that differ only in how requests are
+# sent (api_key, timeout, max_retries, max_batch) too, so those travel with each call.
+# Weak values: a layer lives as long as a chat model (or a scope) uses it.
 _SHARED_LAYERS: weakref.WeakValueDictionary[tuple[Any, ...], Layer] = weakref.WeakValueDictionary()
 _SHARED_LOCK = threading.Lock()
 
 _STREAM_PIECES = 4
+
+# Asked for every model_kwargs entry and per-call keyword, on every call.
+_is_credential = functools.lru_cache(maxsize=1024)(is_credential)
+
+
+def _hide(name: str, value: Any) -> Any:
+    """A credential's value wrapped so that no repr, dump or log line shows it."""
+    if value is None or not _is_credential(name) or isinstance(value, SecretStr | Secret):
+        return value
+    return SecretStr(value) if isinstance(value, str) else Secret(value)
+
+
+def _reveal(value: Any) -> Any:
+    return value.get_secret_value() if isinstance(value, SecretStr | Secret) else value
+
+
+def _over_litellm(layer: Layer) -> bool:
+    """Whether ``layer`` draws from a LiteLLMModel (so LiteLLM's rule decides the keys)."""
+    # Not Layer.root: a custom layer need not be a Model nor name its inner layer.
+    while isinstance(getattr(layer, "inner", None), Layer):
+        layer = layer.inner  # type: ignore[attr-defined]
+    return isinstance(layer, LiteLLMModel)
 
 
 def _split(text: str, pieces: int = _STREAM_PIECES) -> list[str]:
@@ -189,7 +220,12 @@ class MnimiChatModel(BaseChatModel):
     (without an alias), ``max_tokens``, ``stop``, bound ``tools`` /
     ``tool_choice`` / ``response_format`` and any other provider keyword
     (``top_p``, ``seed``, ...; unknown constructor keywords are collected in
-    ``model_kwargs``). ``n``, credentials, ``timeout`` and ``max_retries`` are not.
+    ``model_kwargs``). ``n``, credentials, ``timeout``, ``max_retries`` and LiteLLM's
+    own options (``ssl_verify``, ``tags``, ...) are not: copies of a chat model that differ
+    only in those (or in ``max_batch``) draw from one shared sequence, so inside
+    ``independent()`` they get distinct samples, and each sends its refills with its own
+    key, timeout and retries. Credentials given as provider keywords
+    (``aws_secret_access_key=...``) are kept as secrets: never shown, traced or serialised.
 
     Semantics of a call, decided by the enclosing scopes (``mnimi_adapters.independent``,
     ``repeatable``, ``no_cache``):
@@ -318,6 +354,9 @@ class MnimiChatModel(BaseChatModel):
         forbidden = {"api_key", "n", "stream", "model"} & set(self.model_kwargs)
         if forbidden:
             raise ValueError(f"model_kwargs may not hold {sorted(forbidden)}; use the fields")
+        if any(_is_credential(name) for name in self.model_kwargs):
+            # Wrapped like api_key, so that repr, model_dump and tracebacks never show them.
+            self.model_kwargs = {k: _hide(k, v) for k, v in self.model_kwargs.items()}
         return self
 
     # -- LangChain plumbing ------------------------------------------------------------
@@ -328,19 +367,26 @@ class MnimiChatModel(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        """What identifies this model's outputs (never the API key)."""
+        """What identifies this model's outputs (never a credential).
+
+        LangChain sends these to callbacks and tracers (as invocation params).
+        """
+        defaults = self._request_defaults()
+        if self.model_kwargs and any(_is_credential(name) for name in defaults):
+            defaults = {k: v for k, v in defaults.items() if not _is_credential(k)}
         if self.layer is not None:
-            return {"layer": repr(self.layer), **self._request_defaults(), "n": self.n}
+            return {"layer": repr(self.layer), **defaults, "n": self.n}
         return {
             "model": self.model,
             "temperature": self.temperature,
             "alias": self.alias,
             "api_base": self.api_base,
-            "cache_dir": self.cache_dir,
+            # Invocation params reach callbacks and tracers: a Redis password must not.
+            "cache_dir": shown_location(self.cache_dir),
             "replication": self.replication,
             "n": self.n,
             "max_batch": self.max_batch,
-            **self._request_defaults(),
+            **defaults,
         }
 
     @classmethod
@@ -354,14 +400,56 @@ class MnimiChatModel(BaseChatModel):
     @property
     def lc_secrets(self) -> dict[str, str]:
         # Serialised with the secret replaced by this variable name, read back on load.
-        return {"api_key": "MNIMI_API_KEY"}
+        secrets = {"api_key": "MNIMI_API_KEY"}
+        if url_has_password(self.cache_dir):  # a Redis URL with its password
+            secrets["cache_dir"] = "MNIMI_CACHE_DIR"
+        for name in self.model_kwargs:
+            if _is_credential(name):  # aws_secret_access_key -> AWS_SECRET_ACCESS_KEY
+                secrets[name] = name.upper()  # serialised as a keyword of its own: to_json
+        return secrets
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name == "model_kwargs" and value:
+                # Also when a credential was put there after construction, unwrapped.
+                value = {k: _hide(k, v) for k, v in value.items()}
+            yield name, shown_location(value) if name == "cache_dir" else value
+
+    def _get_invocation_params(
+        self, stop: list[str] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        # What LangChain's version returns ({**asdict(), "stop": stop, **kwargs}), without its
+        # detour through the deprecated dict() under a warnings filter (kept there for
+        # subclasses overriding dict(), which this class does not): a sixth of a cache hit.
+        params = dict(self._identifying_params)
+        params["_type"] = self._llm_type
+        params["stop"] = stop
+        if kwargs:
+            # Per-call keywords reach callbacks and tracers as they are: never a credential.
+            params.update((k, v) for k, v in kwargs.items() if not _is_credential(k))
+        return params
 
     def to_json(self) -> Any:
         """LangChain serialisation; a model over a user ``layer`` cannot be serialised."""
         if self.layer is not None:
             not_implemented: SerializedNotImplemented = to_json_not_implemented(self)
             return not_implemented
-        return super().to_json()
+        serialized = super().to_json()
+        hidden = [name for name in self.model_kwargs if _is_credential(name)]
+        if not hidden or serialized.get("type") != "constructor":
+            return serialized
+        # Credentials among the provider keywords become secret references of their own:
+        # LangChain escapes a reference nested in model_kwargs, so it would not be read
+        # back. On load the keyword returns to model_kwargs (_collect_model_kwargs).
+        constructor = cast(SerializedConstructor, serialized)
+        kwargs = dict(constructor["kwargs"])
+        public = {k: v for k, v in kwargs.pop("model_kwargs", {}).items() if k not in hidden}
+        if public:
+            kwargs["model_kwargs"] = public
+        for name in hidden:
+            kwargs[name] = {"lc": 1, "type": "secret", "id": [self.lc_secrets[name]]}
+        constructor["kwargs"] = kwargs
+        return constructor
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
@@ -391,16 +479,12 @@ class MnimiChatModel(BaseChatModel):
         return str(self.layer.identity().get("model"))
 
     def _config(self) -> tuple[Any, ...]:
-        """The fields a built layer depends on."""
+        """The fields a built layer depends on (how requests are sent travels per call)."""
         return (
             self.model,
             self.temperature,
             self.alias,
-            self.max_batch,
             self.api_base,
-            self.api_key,
-            self.timeout,
-            self.max_retries,
             self.cache_dir,
             self.replication,
         )
@@ -426,18 +510,14 @@ class MnimiChatModel(BaseChatModel):
                 return layer
         model = override or self.model
         assert model is not None
-        secret = self.api_key.get_secret_value() if self.api_key is not None else None
+        # The sequence identity only: copies that differ in api_key, timeout, max_retries or
+        # max_batch must share the layer (and so a scope's cursor); _prepare sends those
+        # with each call.
         key = (
             model,
             self.temperature,
             self.alias if not override else None,
-            self.max_batch,
             self.api_base,
-            # In memory only: copies with different keys must not share a layer that
-            # sends one of them, but the key itself never enters this tuple.
-            hashlib.sha256(secret.encode()).hexdigest() if secret else None,
-            self.timeout,
-            self.max_retries,
             os.path.abspath(os.path.expanduser(self.cache_dir)),
             self.replication,
         )
@@ -451,29 +531,15 @@ class MnimiChatModel(BaseChatModel):
             if layer is None:
                 layer = _SHARED_LAYERS.get(key)
                 if layer is None:
-                    layer = self._build_layer(model, secret, alias=key[2])
+                    layer = self._build_layer(model, alias=key[2])
                     _SHARED_LAYERS[key] = layer
                 built[1][override] = layer
         return layer
 
-    def _build_layer(self, model: str, api_key: str | None, alias: str | None) -> Layer:
-        # Imported here: the provider module imports LiteLLM, which is slow to import.
-        from .providers import LiteLLMModel
-
-        transport: dict[str, Any] = {}
-        if self.timeout is not None:
-            transport["timeout"] = self.timeout
-        if self.max_retries is not None:
-            transport["max_retries"] = self.max_retries
-        provider = LiteLLMModel(
-            model,
-            self.temperature,
-            alias=alias,
-            max_batch=self.max_batch,
-            api_base=self.api_base,
-            api_key=api_key,
-            **transport,
-        )
+    def _build_layer(self, model: str, alias: str | None) -> Layer:
+        # No key, timeout, retries or max_batch here: the layer is shared by every copy
+        # of this configuration, and each call brings its own (see _prepare).
+        provider = LiteLLMModel(model, self.temperature, alias=alias, api_base=self.api_base)
         return Persistent(provider, self.cache_dir, replication=self.replication)
 
     def cache_stats(self, model: str | None = None) -> dict[str, int | float]:
@@ -529,7 +595,24 @@ class MnimiChatModel(BaseChatModel):
                 params[key] = value
         if override == self.model:
             override = None
-        request = Request(tuple(convert_to_openai_messages(messages)), params)
+        chat = tuple(convert_to_openai_messages(messages))
+        request: Request
+        if self.layer is None:
+            # How this caller's refills are sent: the shared layer serves copies that
+            # differ in these, so they travel with the call (a per-call keyword wins).
+            # LiteLLMRequest keys none of them, nor LiteLLM's own options, as MnimiCache.
+            if self.api_key is not None:
+                params.setdefault("api_key", self.api_key)
+            if self.timeout is not None:
+                params.setdefault("timeout", self.timeout)
+            if self.max_retries is not None:
+                params.setdefault("max_retries", self.max_retries)
+            request = LiteLLMRequest(chat, params, max_batch=self.max_batch)
+        elif _over_litellm(self.layer):
+            request = LiteLLMRequest(chat, params)
+        else:
+            # A custom model gets its keywords as given, secrets unwrapped.
+            request = Request(chat, {k: _reveal(v) for k, v in params.items()})
         base = self._layer_for(override)
         layer = scoped(base)
         offset = 0

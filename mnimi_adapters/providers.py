@@ -29,14 +29,16 @@ import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
+from dataclasses import dataclass
+from functools import lru_cache
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import tenacity
 
 from .core.errors import ProviderError
-from .core.model import BatchedModel
-from .core.request import Request, is_sampling_param
+from .core.model import BatchedModel, chunk_sizes
+from .core.request import TRANSPORT_PARAMS, Request, is_credential
 from .core.sample import Sample, new_draw_id, split_evenly
 
 __all__ = [
@@ -45,9 +47,11 @@ __all__ = [
     "CloseAI",
     "FireworksAI",
     "LiteLLMModel",
+    "LiteLLMRequest",
     "OpenAICompatible",
     "ProviderRequestError",
     "in_provider_call",
+    "litellm_param_role",
     "provider_call_active",
 ]
 
@@ -64,6 +68,163 @@ _N_MENTION = re.compile(r"(?<![\w\\-])n(?![\w-])")
 # Placeholder credential for OpenAI-compatible servers that need none; it keeps LiteLLM from
 # sending the user's OPENAI_API_KEY to a third-party host.
 _NO_KEY = "EMPTY"
+
+# ---------------------------------------------------------------------------------------
+# Which LiteLLM parameters are keyed
+# ---------------------------------------------------------------------------------------
+#
+# One rule for every way into LiteLLM (LiteLLMModel, MnimiChatModel, and MnimiCache's own
+# copy of it), so that Persistent(LiteLLMModel(...)) and MnimiCache share sequences whatever
+# options a call carries. The lists are a snapshot of litellm.types.utils.all_litellm_params
+# (1.105), not read from LiteLLM: importing it costs seconds (and may fetch a price map,
+# which a replication run must never do), and a key must not change because LiteLLM grew
+# its list.
+# tests/test_providers.py checks the snapshot against the installed LiteLLM.
+
+# LiteLLM's plumbing: never keyed, and never passed on when MnimiCache re-sends a call.
+_LITELLM_DROPPED = frozenset({
+    "model", "messages", "n", "stream", "stream_options", "metadata", "litellm_metadata",
+    "litellm_logging_obj", "litellm_call_id", "parent_otel_span", "cache", "caching", "cache_key",
+    "preset_cache_key", "acompletion", "atext_completion", "aembedding", "aimg_generation",
+    "atranscription", "arerank", "async_call", "text_completion", "complete_response", "fallbacks",
+    "max_fallbacks", "fallback_depth", "context_window_fallback_dict", "retry_policy",
+    "retry_strategy", "num_retries", "max_retries", "model_list", "model_info",
+    "proxy_server_request", "stream_response", "secret_fields", "id", "self"
+})  # fmt: skip
+# LiteLLM's own options: how a call is routed, logged, billed or timed; never keyed.
+# (Pricing options, ``input_cost_per_token`` and the like, are matched by _PRICING.)
+_LITELLM_OPTIONS = frozenset({
+    "adaptive_router_config", "adaptive_router_default_model", "allm_passthrough_route",
+    "allow_client_keepalive_override", "allowed_model_region", "allowed_openai_params", "api_base",
+    "api_key", "api_version", "arize_api_key", "arize_error_sampling_rate", "arize_space_id",
+    "arize_space_key", "arize_success_sampling_rate", "attempted_targets", "auto_router_config",
+    "auto_router_config_path", "auto_router_default_model", "auto_router_embedding_model",
+    "auto_router_max_input_chars", "auto_router_model_compression",
+    "auto_router_routing_compression", "aws_batch_role_arn", "azure", "azure_ad_token_provider",
+    "azure_password", "azure_scope", "azure_username", "base_model", "bedrock_tags",
+    "budget_duration", "caching_groups", "client", "client_id", "client_secret",
+    "client_side_timeout", "completion_call_id", "complexity_router_config",
+    "complexity_router_default_model", "configurable_clientside_auth_params", "cooldown_time",
+    "custom_llm_provider", "data_residency", "dd_agent_host", "dd_agent_port", "dd_api_key",
+    "dd_site", "default_api_key_rpm_limit", "default_api_key_tpm_limit",
+    "disable_add_transform_inline_image_block", "enable_json_schema_validation",
+    "enable_prompt_caching", "enable_tag_filtering", "fastest_response", "force_timeout",
+    "gcs_bucket_name", "gcs_path_service_account", "guardrails", "headers", "hf_model_name",
+    "humanloop_api_key", "itpm", "keepalive_seconds", "langfuse_environment", "langfuse_host",
+    "langfuse_prompt_version", "langfuse_public_key", "langfuse_secret", "langfuse_secret_key",
+    "langfuse_span_scope", "langsmith_api_key", "langsmith_base_url", "langsmith_project",
+    "langsmith_sampling_rate", "langsmith_tenant_id", "litellm_credential_name",
+    "litellm_disabled_callbacks", "litellm_request_debug", "litellm_session_id",
+    "litellm_trace_id", "litellm_trusted_callback_vars", "log_client_error_tracebacks",
+    "logger_fn", "max_agentic_loops", "max_budget", "max_file_size_mb", "max_parallel_requests",
+    "merge_reasoning_content_in_choices", "mock_timeout", "model_alias_map", "model_config",
+    "model_file_id_mapping", "newrelic_api_key", "newrelic_region", "no-log", "order", "otpm",
+    "output_vector_size", "posthog_api_key", "posthog_api_url", "provider_affinity_header",
+    "provider_specific_header", "quality_router_config", "quality_router_default_model",
+    "region_name", "regional_endpoint_uplift_multiplier",
+    "regional_processing_uplift_multiplier_eu", "regional_processing_uplift_multiplier_us",
+    "request_timeout", "routing_strategy", "rpm", "rust", "s3_access_key_id", "s3_bucket_name",
+    "s3_bucket_owner", "s3_encryption_key_id", "s3_endpoint_url", "s3_output_bucket_name",
+    "s3_region_name", "s3_secret_access_key", "search_tool_name", "shared_session",
+    "signoz_ingestion_endpoint", "signoz_ingestion_key", "silent_model", "ssl_verify",
+    "stream_chunk_size", "stream_timeout", "stream_timeout_by_service_tier", "tag_regex", "tags",
+    "tenant_id", "tiered_pricing", "timeout_by_service_tier", "tpm", "ttl",
+    "turn_off_message_logging", "use_chat_completions_api", "use_client", "use_in_pass_through",
+    "use_litellm_proxy", "use_xai_oauth", "verbose", "wandb_api_key", "weave_project_id", "weight"
+})  # fmt: skip
+_PRICING = re.compile(r"(?:^|_)cost(?:_|$)")
+# OpenAI request fields that change how a request is handled or billed, not its answer.
+_OPENAI_TRANSPORT = frozenset(
+    {
+        "timeout",
+        "base_url",
+        "extra_headers",
+        "deployment_id",
+        "store",
+        "service_tier",
+        "safety_identifier",
+        "prompt_cache_key",
+        "prompt_cache_options",
+        "prompt_cache_retention",
+    }
+)
+# LiteLLM's own parameters that shape the prompt the provider sees (prompt management,
+# system prompt injection, prompt templates), and a mocked answer, which must never be
+# replayed as the model's own sample: keyed.
+_LITELLM_KEYED = frozenset({
+    "prompt_id", "prompt_variables", "prompt_version", "prompt_label", "prompt_environment",
+    "litellm_system_prompt", "assistant_continue_message", "user_continue_message",
+    "ensure_alternating_roles", "supports_system_message", "custom_prompt_dict",
+    "final_prompt_value", "roles", "bos_token", "eos_token", "mock_response"
+})  # fmt: skip
+
+ParamRole = Literal["drop", "transport", "sampling"]
+
+
+@lru_cache(maxsize=1024)
+def litellm_param_role(name: str) -> ParamRole:
+    """How a parameter of a LiteLLM call is treated by the cache.
+
+    ``"drop"``: LiteLLM's plumbing (not keyed; MnimiCache does not pass it on),
+    ``"transport"``: sent, never keyed (credentials, timeouts, routing, logging options),
+    ``"sampling"``: sent and keyed (it can change the answer).
+
+    Example:
+        >>> litellm_param_role("top_p"), litellm_param_role("ssl_verify")
+        ('sampling', 'transport')
+        >>> litellm_param_role("aws_secret_access_key"), litellm_param_role("num_retries")
+        ('transport', 'drop')
+    """
+    if name in _LITELLM_DROPPED or name.startswith("_"):
+        return "drop"
+    if name in _LITELLM_KEYED:
+        return "sampling"
+    if (
+        name in TRANSPORT_PARAMS
+        or name in _LITELLM_OPTIONS
+        or name in _OPENAI_TRANSPORT
+        or _PRICING.search(name)
+        or is_credential(name)
+    ):
+        return "transport"
+    return "sampling"
+
+
+@dataclass(frozen=True, eq=False)
+class LiteLLMRequest(Request):
+    """A request for a :class:`LiteLLMModel`, keyed by :func:`litellm_param_role`.
+
+    Its ``params`` may mix sampling parameters with LiteLLM options and credentials
+    (``ssl_verify``, ``tags``, ``api_key``, ``timeout``, ...): only the sampling ones reach
+    the key, so the request shares its sequence with the same call made through
+    :class:`~mnimi_adapters.litellm.MnimiCache`. Transport values travel with the call:
+    they override the model's own (``timeout``, ``api_key``, ``max_retries``).
+
+    Args:
+        max_batch: The most samples one request of this call's refills may ask for
+            (default: the model's ``max_batch``).
+
+    Example:
+        >>> request = LiteLLMRequest(({"role": "user", "content": "hi"},), {"top_p": 0.5,
+        ...     "ssl_verify": False, "timeout": 5})
+        >>> request.sampling_params()
+        {'top_p': 0.5}
+    """
+
+    max_batch: int | None = None
+
+    def sampling_params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.params.items() if litellm_param_role(k) == "sampling"}
+
+
+def _reveal(value: Any) -> Any:
+    """The value of a secret wrapper (pydantic ``SecretStr``/``Secret``), else ``value``.
+
+    Callers may pass credentials wrapped, so that no repr of a request shows them.
+    """
+    reveal = getattr(value, "get_secret_value", None)
+    return reveal() if callable(reveal) else value
+
 
 # ---------------------------------------------------------------------------------------
 # Marking calls made by the provider layer
@@ -277,7 +438,10 @@ class LiteLLMModel(BatchedModel):
         api_base: The endpoint to send requests to (default: LiteLLM's for the route).
         api_key: The API key. Never part of a key, a stored sample or a message.
         api_key_env: Environment variable to read the key from when the first request is
-            sent. Without ``api_key`` and ``api_key_env``, LiteLLM finds the key itself.
+            sent. Without ``api_key`` and ``api_key_env``, LiteLLM finds the key itself,
+            except on an ``openai/`` route with an ``api_base``: there a placeholder is
+            sent, so that ``OPENAI_API_KEY`` never reaches a third-party endpoint (pass
+            ``api_key_env="OPENAI_API_KEY"`` if that endpoint wants it).
         supports_n: Whether the provider returns several choices per request. If not (or
             once it answers a 400 about ``n``, or ignores ``n``), ``n`` samples are drawn
             with ``n`` concurrent single-choice requests.
@@ -288,7 +452,10 @@ class LiteLLMModel(BatchedModel):
         max_retry_wait: Cap on one wait, also on a provider's ``Retry-After``.
         **litellm_kwargs: Default sampling parameters (``max_tokens``, ``stop``, ``seed``,
             ``top_p``, ``tools``, ``response_format``, ...) and LiteLLM options. A request's
-            own parameters win over them. Sampling parameters are part of the cache key.
+            own parameters win over them, and so do its ``timeout``, ``api_key`` and
+            ``max_retries``. Sampling parameters are part of the cache key; LiteLLM's own
+            options (``ssl_verify``, ``tags``, ``logger_fn``, ...) and credentials are not
+            (see :func:`litellm_param_role`).
 
     Example:
         >>> model = LiteLLMModel("openai/llama3", 0.7, api_base="http://127.0.0.1:8000/v1")
@@ -345,7 +512,11 @@ class LiteLLMModel(BatchedModel):
 
     def identity(self) -> dict[str, Any]:
         params = {"temperature": self.temperature}
-        params.update((k, v) for k, v in self.litellm_kwargs.items() if is_sampling_param(k))
+        # LiteLLM's rule, not only the core's: MnimiCache keys a call carrying these options
+        # the same way, and options such as logger_fn=print are not even JSON.
+        params.update(
+            (k, v) for k, v in self.litellm_kwargs.items() if litellm_param_role(k) == "sampling"
+        )
         identity: dict[str, Any] = {"model": self.alias or self.model_name, "params": params}
         if self.alias is None and self.api_base and self._keyed_by_endpoint:
             identity["endpoint"] = self.api_base
@@ -354,7 +525,10 @@ class LiteLLMModel(BatchedModel):
     # -- sending --------------------------------------------------------------------
 
     def _resolve_key(self) -> str | None:
-        """The API key, read now (at the first request), never at construction."""
+        """The API key, read now (at the first request), never at construction.
+
+        ``None`` lets LiteLLM find the provider's key itself.
+        """
         if self._api_key is not None:
             return self._api_key
         if self.api_key_env:
@@ -365,21 +539,37 @@ class LiteLLMModel(BatchedModel):
                     f"{self.api_key_env} (or pass api_key=...)"
                 )
             return value
+        if self._third_party_openai():
+            # LiteLLM would send OPENAI_API_KEY to whatever host api_base names.
+            return _NO_KEY
         return None
+
+    def _third_party_openai(self) -> bool:
+        """An ``openai`` route sent to an endpoint of the user's choosing."""
+        openai_route = self.route.startswith("openai/") or (
+            self.litellm_kwargs.get("custom_llm_provider") == "openai"
+        )
+        return openai_route and bool(self.api_base or self.litellm_kwargs.get("base_url"))
 
     def _kwargs(self, request: Request, n: int) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"temperature": self.temperature, "timeout": self.timeout}
         kwargs.update(self.litellm_kwargs)
+        # The caller's transport settings (timeout, api_key, ...) win over the model's: one
+        # model serves every caller of a sequence, each sending its refills its own way.
         kwargs.update(request.params)
         for name in _CONTROLLED_PARAMS:
             kwargs.pop(name, None)
+        for name, value in kwargs.items():
+            if is_credential(name):
+                kwargs[name] = _reveal(value)
         kwargs["model"] = self.route
         kwargs["messages"] = list(request.messages)
         if n > 1:
             kwargs["n"] = n
         if self.api_base:
             kwargs.setdefault("api_base", self.api_base)
-        if "api_key" not in kwargs:
+        if kwargs.get("api_key") is None:
+            kwargs.pop("api_key", None)
             key = self._resolve_key()
             if key is not None:
                 kwargs["api_key"] = key
@@ -392,9 +582,16 @@ class LiteLLMModel(BatchedModel):
         kwargs["caching"] = False
         return kwargs
 
-    def _retry_options(self) -> dict[str, Any]:
+    def _retries(self, request: Request) -> int:
+        """Retries for this call: the caller's ``max_retries``, else the model's."""
+        retries = request.params.get("max_retries")
+        if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0:
+            return retries
+        return self.max_retries
+
+    def _retry_options(self, retries: int) -> dict[str, Any]:
         return {
-            "stop": tenacity.stop_after_attempt(self.max_retries + 1),
+            "stop": tenacity.stop_after_attempt(retries + 1),
             "wait": self._wait,
             "retry": tenacity.retry_if_exception(_is_retryable),
             "before_sleep": self._log_retry,
@@ -415,6 +612,8 @@ class LiteLLMModel(BatchedModel):
     def _log_retry(self, state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
+        stop = getattr(state.retry_object, "stop", None)
+        retries = getattr(stop, "max_attempt_number", self.max_retries + 1) - 1
         # Only the error's class and status: a provider message might echo a credential.
         logger.info(
             "%r: %s (HTTP %s), retry %d of %d in %.2f s",
@@ -422,14 +621,16 @@ class LiteLLMModel(BatchedModel):
             type(error).__name__,
             _status(error) if error is not None else None,
             state.attempt_number,
-            self.max_retries,
+            retries,
             wait,
         )
 
     def _scrub(self, text: str, kwargs: Mapping[str, Any]) -> str:
-        key = kwargs.get("api_key")
-        if isinstance(key, str) and len(key) >= 4 and key != _NO_KEY:
-            text = text.replace(key, "***")
+        for name, value in kwargs.items():
+            # Every credential the call carried, not only api_key (aws_secret_access_key, ...).
+            secret = is_credential(name) and isinstance(value, str) and len(value) >= 4
+            if secret and value != _NO_KEY:
+                text = text.replace(value, "***")
         return text
 
     def _cause(self, error: BaseException, kwargs: Mapping[str, Any]) -> BaseException | None:
@@ -468,7 +669,7 @@ class LiteLLMModel(BatchedModel):
         litellm = _litellm()
         tries = 0
         try:
-            for attempt in tenacity.Retrying(**self._retry_options()):
+            for attempt in tenacity.Retrying(**self._retry_options(self._retries(request))):
                 with attempt:
                     tries += 1
                     with provider_call_active():
@@ -484,7 +685,9 @@ class LiteLLMModel(BatchedModel):
         litellm = _litellm()
         tries = 0
         try:
-            async for attempt in tenacity.AsyncRetrying(**self._retry_options()):
+            async for attempt in tenacity.AsyncRetrying(
+                **self._retry_options(self._retries(request))
+            ):
                 with attempt:
                     tries += 1
                     with provider_call_active():
@@ -547,6 +750,47 @@ class LiteLLMModel(BatchedModel):
 
     # -- BatchedModel ---------------------------------------------------------------
 
+    def refill(self, request: Request, batch: int) -> list[Sample]:
+        """Draw ``batch`` fresh samples in ``ceil(batch / max_batch)`` concurrent requests.
+
+        As :meth:`BatchedModel.refill`, with the ``max_batch`` of the call (a
+        :class:`LiteLLMRequest`) winning over the model's.
+        """
+        # The base splits by self.max_batch; one model serves callers with different ones.
+        max_batch = getattr(request, "max_batch", None)
+        if max_batch is None or max_batch == self.max_batch:
+            return super().refill(request, batch)
+        sizes = chunk_sizes(batch, max_batch)
+        start = time.perf_counter()
+        outcomes: list[list[str | Sample] | BaseException] = []
+        if len(sizes) == 1:
+            outcomes.append(self.query(request, sizes[0]))
+        else:
+            with ThreadPoolExecutor(max_workers=len(sizes)) as pool:
+                futures = [pool.submit(self.query, request, n) for n in sizes]
+                for future in futures:
+                    error = future.exception()
+                    outcomes.append(error if error is not None else future.result())
+        return self._collect(outcomes, time.perf_counter() - start)
+
+    async def arefill(self, request: Request, batch: int) -> list[Sample]:
+        """Async :meth:`refill`."""
+        max_batch = getattr(request, "max_batch", None)
+        if max_batch is None or max_batch == self.max_batch:
+            return await super().arefill(request, batch)
+        sizes = chunk_sizes(batch, max_batch)
+        start = time.perf_counter()
+        if len(sizes) == 1:
+            outcomes: list[list[str | Sample] | BaseException] = [
+                await self.aquery(request, sizes[0])
+            ]
+        else:
+            gathered = await asyncio.gather(
+                *(self.aquery(request, n) for n in sizes), return_exceptions=True
+            )
+            outcomes = list(gathered)
+        return self._collect(outcomes, time.perf_counter() - start)
+
     def query(self, request: Request, n: int) -> list[str | Sample]:
         """Draw ``n`` samples with one request (or ``n`` single ones if ``n`` is unsupported).
 
@@ -567,10 +811,14 @@ class LiteLLMModel(BatchedModel):
         except _NotSupportedN as error:
             self._learn_no_n(error)
             return self._emulate(request, n, attempts)
-        if n > 1 and len(samples) == 1:
+        if len(samples) >= n:
+            return samples
+        if len(samples) == 1:
             self._learn_no_n(None)
-            return samples + self._emulate(request, n - 1, attempts)
-        return samples
+        try:
+            return samples + self._emulate(request, n - len(samples), attempts)
+        except Exception as error:
+            return self._keep_paid(samples, n, error)
 
     def _emulate(self, request: Request, n: int, attempts: list[int]) -> list[Sample]:
         """``n`` concurrent single-choice requests (threads: LiteLLM's sync API is blocking)."""
@@ -600,10 +848,14 @@ class LiteLLMModel(BatchedModel):
         except _NotSupportedN as error:
             self._learn_no_n(error)
             return await self._aemulate(request, n, attempts)
-        if n > 1 and len(samples) == 1:
+        if len(samples) >= n:
+            return samples
+        if len(samples) == 1:
             self._learn_no_n(None)
-            return samples + await self._aemulate(request, n - 1, attempts)
-        return samples
+        try:
+            return samples + await self._aemulate(request, n - len(samples), attempts)
+        except Exception as error:
+            return self._keep_paid(samples, n, error)
 
     async def _aemulate(self, request: Request, n: int, attempts: list[int]) -> list[Sample]:
         if n == 1:
@@ -630,6 +882,21 @@ class LiteLLMModel(BatchedModel):
                 )
             return samples
         raise errors[0]
+
+    def _keep_paid(self, samples: list[Sample], n: int, error: Exception) -> list[Sample]:
+        """The choices a provider did return, when topping them up to ``n`` failed.
+
+        They are paid for (and counted): the refill is short, and the missing samples are
+        simply drawn again later, like those of a failed chunk.
+        """
+        logger.warning(
+            "%r: got %d of %d choices, and the single requests for the rest failed: %s",
+            self,
+            len(samples),
+            n,
+            error,
+        )
+        return samples
 
     def _learn_no_n(self, error: ProviderError | None) -> None:
         if self._n_supported:

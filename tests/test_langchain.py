@@ -12,6 +12,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, TypedDict
 
 import pytest
 from langchain_core.caches import InMemoryCache
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.globals import get_llm_cache, set_llm_cache
 from langchain_core.load import dumps, loads
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
@@ -27,9 +29,10 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.tools import tool
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
+from test_providers import Relay
 
-from mnimi_adapters import ReplicationCacheMiss, independent, no_cache, repeatable
+from mnimi_adapters import ProviderError, ReplicationCacheMiss, independent, no_cache, repeatable
 from mnimi_adapters.core import BatchedModel, Persistent, Repeatable, Request, Sample
 from mnimi_adapters.langchain import MnimiChatModel
 from mnimi_adapters.testing import SamplingServer
@@ -111,6 +114,35 @@ def test_output_changing_fields_are_in_the_key_and_n_is_not(chat: ChatFactory) -
     assert key(chat(n=2, max_batch=2)) == base
     assert key(chat(timeout=30, max_retries=1)) == base
     assert key(chat(api_key="sk-other")) == base
+
+
+def test_litellm_options_do_not_split_keys(chat: ChatFactory) -> None:
+    base = chat().invoke("hello").response_metadata["cache_key"]
+    logged: list[object] = []
+    optioned = chat(
+        ssl_verify=False,
+        stream_timeout=30,
+        litellm_trace_id="trace-1",
+        region_name="eu-west-1",
+        mock_timeout=False,
+        logger_fn=logged.append,  # not JSON: it must not even reach the key
+    )
+    assert optioned.invoke("hello").response_metadata["cache_key"] == base
+    assert chat().invoke("hello", litellm_trace_id="trace-2").response_metadata["cache_key"] == base
+    assert optioned.invoke("hello again").content  # a miss, sent with the options
+    assert logged
+
+
+def test_openai_route_with_an_api_base_never_sends_openai_api_key(
+    server: SamplingServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-must-not-leak")
+    with Relay(server) as relay:
+        model = MnimiChatModel(
+            model="openai/mock-model", api_base=relay.url, cache_dir=str(tmp_path / "cache")
+        )
+        assert model.invoke(NUMBER).content
+    assert relay.authorizations == ["Bearer EMPTY"]
 
 
 # -- scopes in chains -------------------------------------------------------------------
@@ -195,14 +227,67 @@ def test_thread_executor_batch_in_independent_scope(
     assert requests(server) == 7
 
 
-def test_copies_and_changed_fields_get_their_own_layer(chat: ChatFactory) -> None:
+def test_copies_and_changed_fields_get_their_own_layer(
+    server: SamplingServer, chat: ChatFactory
+) -> None:
     model = chat()
     key = model.invoke("hello").response_metadata["cache_key"]
+    layer = model._layer_for(None)
     copy = model.model_copy(update={"temperature": 0.25})
     assert copy.invoke("hello").response_metadata["cache_key"] != key
-    model.max_batch = 2  # not in the key, but the provider is rebuilt for it
+    assert copy._layer_for(None) is not layer
+    model.max_batch = 2  # not in the key, and sent with each call: the layer stays
     assert model.invoke("hello").response_metadata["cache_key"] == key
-    assert model._layer_for(None).inner.max_batch == 2  # type: ignore[attr-defined]
+    assert model._layer_for(None) is layer
+    server.reset()
+    assert len(model.generate([[HumanMessage(NUMBER)]], n=4).generations[0]) == 4
+    assert [r.body.get("n") for r in server.chat_requests()] == [2, 2]
+
+
+def test_copies_that_differ_in_how_they_send_share_one_sequence(
+    server: SamplingServer, chat: ChatFactory
+) -> None:
+    with Relay(server) as relay:
+        fast = chat(api_base=relay.url, api_key="sk-fast", timeout=10)
+        slow = fast.model_copy(update={"timeout": 60})
+        other = fast.model_copy(
+            update={"api_key": SecretStr("sk-other"), "max_retries": 1, "max_batch": 3}
+        )
+        built = chat(api_base=relay.url, api_key="sk-built", timeout=5, max_retries=0)
+        models = [fast, slow, other, built]
+        assert len({id(m._layer_for(None)) for m in models}) == 1
+        with independent():
+            texts = [m.invoke(NUMBER).content for m in models]
+
+            async def together() -> list[Any]:
+                return await asyncio.gather(*(m.ainvoke(NUMBER) for m in models))
+
+            texts += [a.content for a in asyncio.run(together())]
+    assert len(set(texts)) == 8
+    # Each refill went out with its own caller's key.
+    assert relay.authorizations[:4] == [
+        "Bearer sk-fast",
+        "Bearer sk-fast",
+        "Bearer sk-other",
+        "Bearer sk-built",
+    ]
+    assert sorted(map(str, relay.authorizations[4:])) == sorted(relay.authorizations[:4])
+    # ... and its own caller's timeout (the OpenAI client tells it in a header) ...
+    timeouts = [float(h["x-stainless-read-timeout"]) for h in relay.headers[:4]]
+    assert timeouts == [10, 60, 10, 5]
+    # ... and retries.
+    hasty = chat(timeout=0.3, max_retries=0)
+    patient = hasty.model_copy(update={"timeout": 30.0, "max_retries": 1})
+    assert hasty._layer_for(None) is patient._layer_for(None)
+    server.reset()
+    server.fail_next(kind="timeout", hang=5.0)
+    start = time.perf_counter()
+    with pytest.raises(ProviderError):
+        hasty.invoke("Say something.")
+    assert time.perf_counter() - start < 4
+    server.fail_next(500)
+    assert patient.invoke("Say something.").content
+    assert [r.status for r in server.chat_requests()] == [0, 500, 200]
 
 
 def test_concurrent_first_calls_share_one_layer(chat: ChatFactory) -> None:
@@ -554,6 +639,67 @@ def test_api_key_is_never_shown_serialised_logged_or_stored(
     for path in (tmp_path / "cache").rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes()
+
+
+class InvocationSpy(BaseCallbackHandler):
+    """Records what LangChain hands callbacks and tracers when a chat model starts."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
+        self.seen.append((serialized, kwargs.get("invocation_params"), kwargs.get("metadata")))
+
+
+@pytest.mark.filterwarnings("ignore::langchain_core._api.beta_decorator.LangChainBetaWarning")
+def test_provider_credentials_are_never_shown_traced_or_serialised(
+    chat: ChatFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    aws, vertex, azure = "aws-secret-0001", "vertex-secret-0002", "azure-secret-0003"
+    model = chat(aws_secret_access_key=aws, vertex_credentials={"private_key": vertex}, top_p=0.5)
+    spy = InvocationSpy()
+    with caplog.at_level(logging.DEBUG):
+        answer = model.invoke("hello", config={"callbacks": [spy]})
+        model.bind(azure_ad_token=azure).invoke("hello", config={"callbacks": [spy]})
+    assert (
+        answer.response_metadata["cache_key"]
+        == (chat(top_p=0.5).invoke("hello").response_metadata["cache_key"])
+    )
+    shown = [
+        repr(model),
+        str(model),
+        dumps(model),
+        model.model_dump_json(),
+        json.dumps(model._identifying_params, default=str),
+        json.dumps(spy.seen, default=str),
+        caplog.text,
+    ]
+    assert len(spy.seen) == 2
+    for text in shown:
+        for secret in (SECRET, aws, vertex, azure):
+            assert secret not in text
+    assert model._identifying_params["top_p"] == 0.5
+    assert "aws_secret_access_key" not in model._identifying_params
+    # A credential put there after construction is not shown either.
+    model.model_kwargs["aws_session_token"] = "aws-token-0004"
+    assert "aws-token-0004" not in repr(model)
+    del model.model_kwargs["aws_session_token"]
+    # Serialised as secret references, read back on load.
+    serialised = json.loads(dumps(model))["kwargs"]
+    assert serialised["aws_secret_access_key"]["id"] == ["AWS_SECRET_ACCESS_KEY"]
+    assert serialised["model_kwargs"] == {"top_p": 0.5}
+    loaded = loads(
+        dumps(model),
+        allowed_objects=[MnimiChatModel],
+        valid_namespaces=["mnimi_adapters"],
+        secrets_map={
+            "MNIMI_API_KEY": SECRET,
+            "AWS_SECRET_ACCESS_KEY": aws,
+            "VERTEX_CREDENTIALS": json.dumps({"private_key": vertex}),
+        },
+    )
+    assert loaded.model_kwargs["aws_secret_access_key"].get_secret_value() == aws
+    assert loaded.model_kwargs["top_p"] == 0.5 and aws not in repr(loaded)
 
 
 @pytest.mark.filterwarnings("ignore::langchain_core._api.beta_decorator.LangChainBetaWarning")

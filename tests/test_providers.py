@@ -18,7 +18,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from typing import Any
 import litellm
 import pytest
 import vcr
+from pydantic import SecretStr
 
 from mnimi_adapters import (
     AI302,
@@ -42,7 +46,12 @@ from mnimi_adapters import (
     Request,
 )
 from mnimi_adapters.core import request_key
-from mnimi_adapters.providers import ProviderRequestError, in_provider_call
+from mnimi_adapters.providers import (
+    LiteLLMRequest,
+    ProviderRequestError,
+    in_provider_call,
+    litellm_param_role,
+)
 from mnimi_adapters.testing import SamplingServer
 
 CASSETTES = Path(__file__).parent / "cassettes"
@@ -100,6 +109,96 @@ class InFlight:
     def __exit__(self, *exc: object) -> None:
         self._done.set()
         self._thread.join()
+
+
+class Relay:
+    """A real HTTP hop on 127.0.0.1 in front of a :class:`SamplingServer`.
+
+    It shows what the server cannot: the headers as sent, ``Authorization`` included (the
+    server's log redacts it), and a provider that ignores ``n`` (the server honours it).
+
+    Args:
+        server: Where chat requests are forwarded.
+        ignore_n: Drop ``n`` from each request, so the server answers one choice.
+        after_first: Called once, after the server answered the first request and before
+            the answer is relayed (to queue faults for the requests that follow).
+    """
+
+    def __init__(
+        self,
+        server: SamplingServer,
+        ignore_n: bool = False,
+        after_first: Callable[[], None] | None = None,
+    ) -> None:
+        self.server = server
+        self.ignore_n = ignore_n
+        self.after_first = after_first
+        #: The headers of each request received, names in lower case.
+        self.headers: list[dict[str, str]] = []
+        self._lock = threading.Lock()
+        relay = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # No access log on the test's stderr.
+
+            def do_POST(self) -> None:
+                relay._forward(self)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    @property
+    def authorizations(self) -> list[str | None]:
+        with self._lock:
+            return [headers.get("authorization") for headers in self.headers]
+
+    def __enter__(self) -> Relay:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def _forward(self, handler: BaseHTTPRequestHandler) -> None:
+        body = handler.rfile.read(int(handler.headers.get("content-length") or 0))
+        with self._lock:
+            self.headers.append({k.lower(): v for k, v in handler.headers.items()})
+            first = len(self.headers) == 1
+        if self.ignore_n:
+            payload = json.loads(body)
+            payload.pop("n", None)
+            body = json.dumps(payload).encode()
+        forward = urllib.request.Request(
+            self.server.root_url + handler.path,
+            data=body,
+            method="POST",
+            headers={"content-type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(forward, timeout=30) as response:
+                status, answer = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, answer = error.code, error.read()
+        if first and self.after_first is not None:
+            self.after_first()
+        try:
+            handler.send_response(status)
+            handler.send_header("content-type", "application/json")
+            handler.send_header("content-length", str(len(answer)))
+            handler.end_headers()
+            handler.wfile.write(answer)
+        except OSError:
+            pass  # The client gave up waiting (a timeout test): nobody to answer.
 
 
 # -- import cost --------------------------------------------------------------------
@@ -233,6 +332,31 @@ def test_provider_ignoring_n_is_topped_up_and_remembered(monkeypatch: pytest.Mon
     auth = {r.headers.get("authorization") or r.headers.get("Authorization") for r in sent}
     assert auth - {None} == {"Bearer EMPTY"}
     assert model.total_requests() == 2  # The base counts 1 per query; 2 were extra.
+    assert model._n_supported is False
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+def test_ignored_n_keeps_the_paid_choice_when_the_top_up_fails(
+    server: SamplingServer, tmp_path: Path, caplog: pytest.LogCaptureFixture, use_async: bool
+) -> None:
+    def fail_the_top_up() -> None:
+        server.fail_next(400, count=2)
+
+    with Relay(server, ignore_n=True, after_first=fail_the_top_up) as relay:
+        model = OpenAICompatible("mock-model", 1.0, relay.url, api_key="local", max_batch=3)
+        layer = Persistent(model, tmp_path)
+        with caplog.at_level(logging.WARNING, logger="mnimi_adapters.providers"):
+            if use_async:
+                (paid,) = asyncio.run(layer.adraw(PROMPT, 1, batch=3))
+            else:
+                paid = next(layer.samples(PROMPT, batch=3))
+
+    # One choice for n=3, then both single requests of the top-up failed.
+    assert [r.status for r in server.chat_requests()] == [200, 400, 400]
+    assert paid.text.isdigit() and not paid.origin["cache_hit"]  # type: ignore[index]
+    assert "got 1 of 3 choices" in caplog.text
+    assert stored(layer) == 1  # Paid, so kept and stored.
+    assert model.total_requests() == 3 and model.total_token_count() == (7, 1)
     assert model._n_supported is False
 
 
@@ -394,6 +518,62 @@ def test_identities() -> None:
         LiteLLMModel("openai/x", 1.0, n=3)
 
 
+def test_litellm_options_never_split_keys_as_in_mnimi_cache(
+    server: SamplingServer, tmp_path: Path
+) -> None:
+    from mnimi_adapters.litellm import MnimiCache
+
+    logged: list[object] = []
+    options: dict[str, Any] = {
+        "ssl_verify": False,
+        "tags": ["nightly"],
+        "stream_timeout": 30,
+        "litellm_trace_id": "trace-1",
+        "region_name": "eu-west-1",
+        "mock_timeout": False,
+        "logger_fn": logged.append,  # Not JSON: it must not even reach the key.
+        "input_cost_per_token": 1e-6,
+    }
+    plain = LiteLLMModel("openai/mock-model", 1.0, api_base=server.url, api_key="local")
+    optioned = LiteLLMModel(
+        "openai/mock-model", 1.0, api_base=server.url, api_key="local", **options
+    )
+    assert optioned.identity() == plain.identity()
+    messages = [{"role": "user", "content": PROMPT}]
+    per_call = LiteLLMRequest(tuple(messages), options)
+    assert same_key(plain, Request.of(PROMPT), per_call)
+    # The key MnimiCache gives the same litellm.completion call.
+    cache = MnimiCache(str(tmp_path / "litellm"))
+    call = {"model": "openai/mock-model", "api_base": server.url, "messages": messages}
+    assert cache.get_cache_key(**call, **options) == request_key(plain.identity(), per_call)
+    assert cache.get_cache_key(**call) == request_key(plain.identity(), per_call)
+
+    # Sent with the options, replayed without them.
+    first = next(Persistent(optioned, tmp_path / "cache").sample(PROMPT))
+    assert next(Persistent(plain, tmp_path / "cache").sample(PROMPT)) == first
+    assert len(server.chat_requests()) == 1 and logged
+    # A mocked answer is keyed: it must never replay as the model's own.
+    mocked = LiteLLMModel("openai/mock-model", 1.0, mock_response="42")
+    assert mocked.identity() != LiteLLMModel("openai/mock-model", 1.0).identity()
+
+
+def test_litellm_param_roles_cover_the_installed_litellm() -> None:
+    from litellm.types.utils import all_litellm_params
+
+    from mnimi_adapters.providers import _LITELLM_KEYED
+
+    # A parameter LiteLLM added since the snapshot would be keyed: add it to providers.py.
+    keyed = {name for name in all_litellm_params if litellm_param_role(name) == "sampling"}
+    assert keyed <= _LITELLM_KEYED
+    for name in ("top_p", "seed", "tools", "extra_body", "top_k", "max_new_tokens"):
+        assert litellm_param_role(name) == "sampling", name
+    for name in ("timeout", "api_key", "vertex_credentials", "extra_headers", "service_tier"):
+        assert litellm_param_role(name) == "transport", name
+    for name in ("num_retries", "metadata", "_private", "fallbacks"):
+        assert litellm_param_role(name) == "drop", name
+    assert litellm_param_role("mock_response") == "sampling"
+
+
 def test_sampling_params_pass_through_and_are_part_of_the_key(server: SamplingServer) -> None:
     tools = [
         {
@@ -463,6 +643,56 @@ def test_api_key_is_read_at_the_first_request(
     assert secret not in str(caught.value)
     assert secret not in caplog.text
     assert secret not in repr(model) and secret not in json.dumps(model.identity())
+
+
+def test_openai_route_with_an_api_base_never_sends_openai_api_key(
+    server: SamplingServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-must-not-leak")
+    with Relay(server) as relay:
+        model = LiteLLMModel("openai/mock-model", 1.0, api_base=relay.url)
+        assert model._resolve_key() == "EMPTY"
+        assert next(model.sample(PROMPT)).isdigit()
+        # Asked for by name, the variable is sent.
+        wanted = LiteLLMModel(
+            "openai/mock-model", 1.0, api_base=relay.url, api_key_env="OPENAI_API_KEY"
+        )
+        assert next(wanted.sample(PROMPT)).isdigit()
+
+    assert relay.authorizations == ["Bearer EMPTY", "Bearer sk-openai-must-not-leak"]
+    # OpenAI itself (no api_base): LiteLLM reads OPENAI_API_KEY, as it should.
+    assert LiteLLMModel("openai/gpt-4o", 1.0)._resolve_key() is None
+
+
+def test_per_call_transport_settings_win_over_the_models(server: SamplingServer) -> None:
+    with Relay(server) as relay:
+        model = OpenAICompatible(
+            "mock-model", 1.0, relay.url, api_key="sk-model", max_retries=4, retry_wait=0.01
+        )
+        caller = LiteLLMRequest(
+            ({"role": "user", "content": PROMPT},),
+            {"api_key": SecretStr("sk-caller"), "max_retries": 0, "timeout": 0.3},
+            max_batch=2,
+        )
+        assert "sk-caller" not in repr(caller)
+        # The caller's timeout and max_retries=0: one attempt, given up within the timeout.
+        server.fail_next(kind="timeout", hang=5.0)
+        start = time.perf_counter()
+        with pytest.raises(ProviderRequestError) as caught:
+            model.refill(caller, 1)
+        assert caught.value.attempts == 1 and time.perf_counter() - start < 4
+        # The caller's max_batch: 4 samples in two requests of 2, sync and async.
+        assert len(model.refill(caller, 4)) == 4
+        assert len(asyncio.run(model.arefill(caller, 4))) == 4
+        assert len(model.refill(Request.of(PROMPT), 1)) == 1  # The model's own settings.
+
+    assert relay.authorizations == ["Bearer sk-caller"] * 5 + ["Bearer sk-model"]
+    assert [r.body.get("n") for r in server.chat_requests()[1:]] == [2, 2, 2, 2, None]
+    assert same_key(model, caller, Request.of(PROMPT))
+
+
+def same_key(model: LiteLLMModel, *requests: Request) -> bool:
+    return len({request_key(model.identity(), request) for request in requests}) == 1
 
 
 def test_replication_needs_no_key_and_makes_no_request(
