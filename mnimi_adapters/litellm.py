@@ -54,7 +54,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final
 
@@ -64,23 +63,20 @@ import openai
 from litellm.caching import caching_handler as _litellm_caching_handler
 from litellm.caching.caching import Cache
 from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
-from litellm.types.utils import all_litellm_params
 
 from .core.errors import MnimiError, ProviderError
 from .core.layers import CacheLayer, Independent
 from .core.model import Cursor, Layer, Model
 from .core.redis_store import shown_location
 from .core.request import (
-    TRANSPORT_PARAMS,
     Request,
     canonical_json,
-    is_credential,
     request_key,
 )
 from .core.sample import Sample
 from .core.scopes import caching_enabled, scoped
 from .core.store import SequenceStore, is_redis_url, open_store
-from .providers import LiteLLMModel, in_provider_call
+from .providers import LiteLLMModel, in_provider_call, litellm_param_role
 
 __all__ = ["MnimiCache"]
 
@@ -95,103 +91,6 @@ _MODES: Final = frozenset({"independent", "repeatable", "no_cache"})
 _DEFAULT_MAX_BATCH: Final = 128
 #: Samples kept in memory after a read (see ``_ReadThroughStore``).
 _MEMO_CAPACITY: Final = 4096
-
-# LiteLLM's plumbing: never part of a key, never passed on to the provider call (which
-# is a fresh LiteLLM call of its own; ``n``, streaming and retries are the provider
-# layer's business there).
-_DROPPED: Final = frozenset(
-    {
-        "model",
-        "messages",
-        "n",
-        "stream",
-        "stream_options",
-        "metadata",
-        "litellm_metadata",
-        "litellm_logging_obj",
-        "litellm_call_id",
-        "parent_otel_span",
-        "cache",
-        "caching",
-        "cache_key",
-        "preset_cache_key",
-        "acompletion",
-        "atext_completion",
-        "aembedding",
-        "aimg_generation",
-        "atranscription",
-        "arerank",
-        "async_call",
-        "text_completion",
-        "complete_response",
-        "fallbacks",
-        "max_fallbacks",
-        "fallback_depth",
-        "context_window_fallback_dict",
-        "retry_policy",
-        "retry_strategy",
-        "num_retries",
-        "max_retries",
-        "model_list",
-        "model_info",
-        "proxy_server_request",
-        "stream_response",
-        "secret_fields",
-        "id",
-        "self",
-    }
-)
-# Sent to the provider but never keyed: they change how a request travels or is billed,
-# not what it samples from.
-_NOT_KEYED: Final = frozenset(
-    {
-        *TRANSPORT_PARAMS,
-        *all_litellm_params,
-        "timeout",
-        "base_url",
-        "extra_headers",
-        "deployment_id",
-        "store",
-        "service_tier",
-        "safety_identifier",
-        "prompt_cache_key",
-        "prompt_cache_options",
-        "prompt_cache_retention",
-    }
-)
-# LiteLLM's own parameters that shape the prompt the provider sees (prompt management,
-# system prompt injection, prompt templates): part of the key.
-_PROMPT_SHAPING: Final = frozenset(
-    {
-        "prompt_id",
-        "prompt_variables",
-        "prompt_version",
-        "prompt_label",
-        "prompt_environment",
-        "litellm_system_prompt",
-        "assistant_continue_message",
-        "user_continue_message",
-        "ensure_alternating_roles",
-        "supports_system_message",
-        "custom_prompt_dict",
-        "final_prompt_value",
-        "roles",
-        "bos_token",
-        "eos_token",
-    }
-)
-
-
-@lru_cache(maxsize=1024)
-def _role(name: str) -> str:
-    """``"drop"``, ``"transport"`` (sent, not keyed) or ``"sampling"`` (sent and keyed)."""
-    if name in _DROPPED or name.startswith("_"):
-        return "drop"
-    if name in _PROMPT_SHAPING:
-        return "sampling"
-    if name in _NOT_KEYED or is_credential(name):
-        return "transport"
-    return "sampling"
 
 
 def _plain_message(message: Any) -> dict[str, Any]:
@@ -664,7 +563,7 @@ class MnimiCache(Cache):
         for name, value in kwargs.items():
             if value is None:
                 continue
-            role = _role(name)
+            role = litellm_param_role(name)
             if role == "sampling":
                 sampling[name] = _sampling_value(name, value)
             elif role == "transport":

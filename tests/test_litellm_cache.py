@@ -537,3 +537,10 @@ def test_per_call_independent_wrappers_go_with_their_scope(
             call(server, "Scoped", metadata={"mnimi": "independent"})
     # Each block made a scope Independent plus a per-call one; none may outlive it.
     assert live() <= before + 2
+
+
+def test_a_mocked_answer_is_never_replayed_as_the_models(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    assert text(call(server, "Mocked?", mock_response="MOCKED")) == "MOCKED"
+    assert text(call(server, "Mocked?")) != "MOCKED"
