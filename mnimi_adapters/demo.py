@@ -33,7 +33,6 @@ from typing import TextIO
 
 from .core import (
     CacheLayer,
-    DiskStore,
     Independent,
     MnimiError,
     Model,
@@ -153,10 +152,7 @@ class _Story:
 def _count(layer: CacheLayer) -> int:
     """Samples held by a cache layer, over all its keys."""
     store = layer.store
-    if isinstance(store, DiskStore):
-        return sum(store.length(key) for key in list(store.keys()))
-    # A fresh in-memory layer holds just what it stored itself.
-    return int(layer.stats()["samples_stored"])
+    return sum(store.length(key) for key in list(store.keys()))
 
 
 def _samples(count: int) -> str:

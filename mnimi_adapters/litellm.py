@@ -50,7 +50,7 @@ import copy
 import os
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -75,7 +75,7 @@ from .core.request import (
 )
 from .core.sample import Sample
 from .core.scopes import caching_enabled, scoped
-from .core.store import SequenceStore, is_redis_url, open_store
+from .core.store import ReadThroughStore, is_redis_url, open_store
 from .providers import LiteLLMModel, in_provider_call, litellm_param_role
 
 __all__ = ["MnimiCache"]
@@ -89,8 +89,6 @@ _MODES: Final = frozenset({"independent", "repeatable", "no_cache"})
 #: The most choices one provider request asks for when ``max_batch`` is not given
 #: (OpenAI's limit on ``n``).
 _DEFAULT_MAX_BATCH: Final = 128
-#: Samples kept in memory after a read (see ``_ReadThroughStore``).
-_MEMO_CAPACITY: Final = 4096
 
 
 def _plain_message(message: Any) -> dict[str, Any]:
@@ -226,56 +224,6 @@ class _CallCursor(Cursor):
         if current is None:
             raise MnimiError("MnimiCache layers draw samples only while answering a call")
         return current
-
-
-class _ReadThroughStore(SequenceStore):
-    """A disk store whose samples, once read, are served from memory.
-
-    Sample ``i`` of a key never changes once written (the store is append-only), so a
-    copy is as good as the row. It keeps hits off SQLite, which matters under LiteLLM: a
-    SQLite read releases the GIL, and LiteLLM's logging threads, busy right after every
-    call, then hold it for up to the switch interval (a median ~1 ms per hit in
-    ``acompletion``, against ~10 us for the read itself).
-    """
-
-    def __init__(self, store: SequenceStore, capacity: int = _MEMO_CAPACITY) -> None:
-        self.disk = store
-        self._capacity = capacity
-        self._samples: dict[tuple[str, int], Sample] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: str, index: int) -> Sample | None:
-        sample = self._samples.get((key, index))
-        if sample is None:
-            sample = self.disk.get(key, index)
-            if sample is not None:
-                self._remember(key, index, sample)
-        return sample
-
-    def _remember(self, key: str, index: int, sample: Sample) -> None:
-        with self._lock:
-            if len(self._samples) >= self._capacity:
-                # Oldest first (dicts keep insertion order): cheap, and good enough for a
-                # memo whose misses only cost a SQLite read.
-                del self._samples[next(iter(self._samples))]
-            self._samples[(key, index)] = sample
-
-    def length(self, key: str) -> int:
-        return self.disk.length(key)
-
-    def has_draw(self, key: str, draw_id: str) -> bool:
-        return self.disk.has_draw(key, draw_id)
-
-    def append(self, key: str, samples: Sequence[Sample], record: dict[str, Any]) -> list[Sample]:
-        return self.disk.append(key, samples, record)
-
-    def touch(self, key: str) -> None:
-        self.disk.touch(key)
-
-    def close(self) -> None:
-        with self._lock:
-            self._samples.clear()
-        self.disk.close()
 
 
 # ---------------------------------------------------------------------------------------
@@ -415,7 +363,7 @@ class MnimiCache(Cache):
         self.max_batch = _DEFAULT_MAX_BATCH if max_batch is None else int(max_batch)
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        self._store: _ReadThroughStore | None = None
+        self._store: ReadThroughStore | None = None
         self._lock = threading.Lock()
         self._layers: dict[str, CacheLayer] = {}
         self._providers: dict[tuple[Any, ...], LiteLLMModel] = {}
@@ -619,7 +567,7 @@ class MnimiCache(Cache):
             layer = self._layers.get(call.identity_token)
             if layer is None:
                 if self._store is None:
-                    self._store = _ReadThroughStore(open_store(self.path))
+                    self._store = ReadThroughStore(open_store(self.path))
                 layer = CacheLayer(_CallModel(call.identity), self._store, self.replication)
                 self._layers[call.identity_token] = layer
             return layer

@@ -23,7 +23,7 @@ from .model import Cursor, Layer
 from .request import Request, request_record
 from .sample import Sample
 from .scopes import caching_enabled
-from .store import DiskStore, MemoryStore, SequenceStore, open_store
+from .store import DiskStore, MemoryStore, ReadThroughStore, SequenceStore, open_store
 
 
 class Wrapper(Layer):
@@ -333,7 +333,7 @@ class Persistent(CacheLayer):
         self, model: Layer, path: str | os.PathLike[str], replication: bool = False
     ) -> None:
         store = open_store(path)
-        super().__init__(model, store, replication=replication)
+        super().__init__(model, ReadThroughStore(store), replication=replication)
         self.path = store.path if isinstance(store, DiskStore) else store.location
 
     def __repr__(self) -> str:

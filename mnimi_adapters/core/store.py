@@ -58,6 +58,10 @@ class SequenceStore(ABC):
         with the sequence for listings and error messages.
         """
 
+    @abstractmethod
+    def keys(self) -> Iterator[str]:
+        """Every request key that has a sequence."""
+
     #: Where the store lives, printable (never holds a password).
     location: str = "memory"
 
@@ -85,6 +89,9 @@ class MemoryStore(SequenceStore):
 
     def has_draw(self, key: str, draw_id: str) -> bool:
         return draw_id in self._draws.get(key, ())
+
+    def keys(self) -> Iterator[str]:
+        return iter(list(self._sequences))
 
     def append(self, key: str, samples: Sequence[Sample], record: dict[str, Any]) -> list[Sample]:
         with self._lock:
@@ -302,6 +309,59 @@ class DiskStore(SequenceStore):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ReadThroughStore(SequenceStore):
+    """A store whose samples, once read, are served from memory.
+
+    Sample ``i`` of a key never changes once written, so a copy is as good as the
+    row: replays skip the database (SQLite or a Redis round trip) and the JSON
+    decoding. Under LiteLLM this matters more than the read itself: a SQLite read
+    releases the GIL, and LiteLLM's logging threads, busy right after every call,
+    may then hold it for a whole switch interval.
+
+    The copy would go stale only if another process deleted a sequence while this
+    one replays it, which ``mnimi prune`` warns against.
+    """
+
+    def __init__(self, store: SequenceStore, capacity: int = 4096) -> None:
+        self.inner = store
+        self.location = store.location
+        self._capacity = capacity
+        self._samples: dict[tuple[str, int], Sample] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, index: int) -> Sample | None:
+        sample = self._samples.get((key, index))
+        if sample is None:
+            sample = self.inner.get(key, index)
+            if sample is not None:
+                with self._lock:
+                    if len(self._samples) >= self._capacity:
+                        # Oldest first (dicts keep insertion order): a miss costs one read.
+                        del self._samples[next(iter(self._samples))]
+                    self._samples[(key, index)] = sample
+        return sample
+
+    def length(self, key: str) -> int:
+        return self.inner.length(key)
+
+    def has_draw(self, key: str, draw_id: str) -> bool:
+        return self.inner.has_draw(key, draw_id)
+
+    def append(self, key: str, samples: Sequence[Sample], record: dict[str, Any]) -> list[Sample]:
+        return self.inner.append(key, samples, record)
+
+    def keys(self) -> Iterator[str]:
+        return self.inner.keys()
+
+    def touch(self, key: str) -> None:
+        self.inner.touch(key)
+
+    def close(self) -> None:
+        with self._lock:
+            self._samples.clear()
+        self.inner.close()
 
 
 #: URL schemes that select the Redis store wherever a cache path is accepted.
