@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the interleaving order")
     parser.add_argument("--profile", action="store_true", help="profile MnimiCache hits")
     args = parser.parse_args(argv)
+    # LiteLLM's own cache hits print a "Provider List" banner for unknown models.
+    litellm.suppress_debug_info = True
     rng = random.Random(args.seed)
 
     with SamplingServer(seed=1) as server, tempfile.TemporaryDirectory() as directory:
