@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Literal
 import tenacity
 
 from .core.errors import ProviderError
-from .core.model import BatchedModel, chunk_sizes
+from .core.model import BatchedModel
 from .core.request import TRANSPORT_PARAMS, Request, is_credential
 from .core.sample import Sample, new_draw_id, split_evenly
 
@@ -750,46 +750,13 @@ class LiteLLMModel(BatchedModel):
 
     # -- BatchedModel ---------------------------------------------------------------
 
-    def refill(self, request: Request, batch: int) -> list[Sample]:
-        """Draw ``batch`` fresh samples in ``ceil(batch / max_batch)`` concurrent requests.
+    def batch_limit(self, request: Request) -> int:
+        """The call's ``max_batch`` (a :class:`LiteLLMRequest`), else the model's.
 
-        As :meth:`BatchedModel.refill`, with the ``max_batch`` of the call (a
-        :class:`LiteLLMRequest`) winning over the model's.
+        One model serves the calls of several adapter copies with different limits.
         """
-        # The base splits by self.max_batch; one model serves callers with different ones.
         max_batch = getattr(request, "max_batch", None)
-        if max_batch is None or max_batch == self.max_batch:
-            return super().refill(request, batch)
-        sizes = chunk_sizes(batch, max_batch)
-        start = time.perf_counter()
-        outcomes: list[list[str | Sample] | BaseException] = []
-        if len(sizes) == 1:
-            outcomes.append(self.query(request, sizes[0]))
-        else:
-            with ThreadPoolExecutor(max_workers=len(sizes)) as pool:
-                futures = [pool.submit(self.query, request, n) for n in sizes]
-                for future in futures:
-                    error = future.exception()
-                    outcomes.append(error if error is not None else future.result())
-        return self._collect(outcomes, time.perf_counter() - start)
-
-    async def arefill(self, request: Request, batch: int) -> list[Sample]:
-        """Async :meth:`refill`."""
-        max_batch = getattr(request, "max_batch", None)
-        if max_batch is None or max_batch == self.max_batch:
-            return await super().arefill(request, batch)
-        sizes = chunk_sizes(batch, max_batch)
-        start = time.perf_counter()
-        if len(sizes) == 1:
-            outcomes: list[list[str | Sample] | BaseException] = [
-                await self.aquery(request, sizes[0])
-            ]
-        else:
-            gathered = await asyncio.gather(
-                *(self.aquery(request, n) for n in sizes), return_exceptions=True
-            )
-            outcomes = list(gathered)
-        return self._collect(outcomes, time.perf_counter() - start)
+        return self.max_batch if max_batch is None else int(max_batch)
 
     def query(self, request: Request, n: int) -> list[str | Sample]:
         """Draw ``n`` samples with one request (or ``n`` single ones if ``n`` is unsupported).

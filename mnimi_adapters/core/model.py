@@ -376,9 +376,13 @@ class BatchedModel(Model):
             raise errors[0]
         raise ProviderError(f"{self!r} returned no usable sample (empty or filtered answers)")
 
+    def batch_limit(self, request: Request) -> int:
+        """The most samples one request for ``request`` may ask for (``max_batch``)."""
+        return self.max_batch
+
     def refill(self, request: Request, batch: int) -> list[Sample]:
         """Draw ``batch`` fresh samples, in ``ceil(batch / max_batch)`` concurrent requests."""
-        sizes = chunk_sizes(batch, self.max_batch)
+        sizes = chunk_sizes(batch, self.batch_limit(request))
         start = time.perf_counter()
         outcomes: list[list[str | Sample] | BaseException] = []
         if len(sizes) == 1:
@@ -393,7 +397,7 @@ class BatchedModel(Model):
 
     async def arefill(self, request: Request, batch: int) -> list[Sample]:
         """Async :meth:`refill`."""
-        sizes = chunk_sizes(batch, self.max_batch)
+        sizes = chunk_sizes(batch, self.batch_limit(request))
         start = time.perf_counter()
         if len(sizes) == 1:
             outcomes: list[list[str | Sample] | BaseException] = [
