@@ -14,6 +14,7 @@ import heapq
 import os
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -257,32 +258,33 @@ class _ReplayCursor(Cursor):
                 if index is not None:
                     heapq.heappush(self._returned, index)
 
-    def take(self, request: Request, batch: int) -> list[Sample]:
+    @contextlib.contextmanager
+    def _claimed(self) -> Iterator[int]:
+        """The next position, handed back if serving it fails."""
         index = self._claim()
         try:
+            yield index
+        except BaseException:
+            with self._lock:
+                heapq.heappush(self._returned, index)
+            raise
+
+    def take(self, request: Request, batch: int) -> list[Sample]:
+        with self._claimed() as index:
             sample = self._layer.store.get(self._key, index)
             hit = sample is not None
             if sample is None:
                 self._layer.extend(request, self._key, index, batch)
                 sample = self._read(index)
-        except BaseException:
-            with self._lock:
-                heapq.heappush(self._returned, index)
-            raise
         return [self._serve(sample, index, hit)]
 
     async def atake(self, request: Request, batch: int) -> list[Sample]:
-        index = self._claim()
-        try:
+        with self._claimed() as index:
             sample = self._layer.store.get(self._key, index)
             hit = sample is not None
             if sample is None:
                 await self._layer.aextend(request, self._key, index, batch)
                 sample = self._read(index)
-        except BaseException:
-            with self._lock:
-                heapq.heappush(self._returned, index)
-            raise
         return [self._serve(sample, index, hit)]
 
     def _serve(self, sample: Sample, index: int, hit: bool) -> Sample:

@@ -476,12 +476,6 @@ class RedisStore(SequenceStore):
         # The pool reconnects on the next command, so a closed store still works.
         self._client.close()
 
-    def __enter__(self) -> RedisStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         return f"RedisStore({self.location!r})"
 

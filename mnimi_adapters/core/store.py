@@ -23,7 +23,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import diskcache
 from diskcache.core import MODE_PICKLE
@@ -70,6 +70,12 @@ class SequenceStore(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class MemoryStore(SequenceStore):
@@ -303,12 +309,6 @@ class DiskStore(SequenceStore):
 
     def close(self) -> None:
         self._cache.close()
-
-    def __enter__(self) -> DiskStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class ReadThroughStore(SequenceStore):
