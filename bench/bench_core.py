@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mnimi_adapters.core import DiskStore, Sample
+from mnimi_adapters.core.store import open_store
 
 DEPTHS = (1, 100, 1000)
 READS = 2000
@@ -98,9 +99,9 @@ def read_latency(root: Path) -> list[tuple[int, float, float]]:
 
 
 def _append_worker(
-    path: str, seconds: float, start_at: float, queue: multiprocessing.Queue
+    location: str, seconds: float, start_at: float, queue: multiprocessing.Queue
 ) -> None:
-    store = DiskStore(path)
+    store = open_store(location)
     while time.time() < start_at:
         time.sleep(0.001)
     count = 0
@@ -111,14 +112,14 @@ def _append_worker(
     queue.put(count)
 
 
-def appends_per_second(root: Path, processes: int, seconds: float = 3.0) -> float:
-    path = str(root / f"append-{processes}")
-    DiskStore(path).close()
+def appends_per_second(location: str, processes: int, seconds: float = 3.0) -> float:
+    """Total single-sample appends per second of ``processes`` writers to one key."""
+    open_store(location).close()
     context = multiprocessing.get_context("spawn")
     queue: multiprocessing.Queue = context.Queue()
     start_at = time.time() + 2.0  # let every process finish importing first
     workers = [
-        context.Process(target=_append_worker, args=(path, seconds, start_at, queue))
+        context.Process(target=_append_worker, args=(location, seconds, start_at, queue))
         for _ in range(processes)
     ]
     for worker in workers:
@@ -126,8 +127,9 @@ def appends_per_second(root: Path, processes: int, seconds: float = 3.0) -> floa
     total = sum(queue.get() for _ in workers)
     for worker in workers:
         worker.join()
-    store = DiskStore(path)
-    assert store.length("m1-shared") == total  # nothing lost under contention
+    store = open_store(location)
+    assert store.length("m1-shared") == total, "an append was lost"
+    store.close()
     return total / seconds
 
 
@@ -155,7 +157,8 @@ def main() -> None:
         print("| processes | appends per second (total) |")
         print("|---|---|")
         for processes in (1, 4, 8):
-            print(f"| {processes} | {appends_per_second(Path(tmp), processes):,.0f} |")
+            rate = appends_per_second(f"{tmp}/append-{processes}", processes)
+            print(f"| {processes} | {rate:,.0f} |")
 
 
 if __name__ == "__main__":

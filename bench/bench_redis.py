@@ -14,7 +14,6 @@ for bench/RESULTS.md.
 
 from __future__ import annotations
 
-import multiprocessing
 import shutil
 import socket
 import statistics
@@ -26,14 +25,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench_core import appends_per_second
+
 from mnimi_adapters.core import DiskStore, Sample
 from mnimi_adapters.core.redis_store import RedisStore
-from mnimi_adapters.core.store import SequenceStore, open_store
+from mnimi_adapters.core.store import SequenceStore
 
 DEPTHS = (1, 100, 1000)
 READS = 2000
 APPENDS = 2000
-SECONDS = 3.0
+SECONDS = 3.0  # the appends_per_second default, for the table heading
 PROCESSES = (1, 4, 8)
 RECORD = {"model": "bench", "messages": [{"role": "user", "content": "bench"}], "params": {}}
 
@@ -100,40 +101,6 @@ def append_latency(store: SequenceStore) -> float:
     """Median time of a one-sample append to a growing sequence."""
     count = iter(range(APPENDS))
     return _median(lambda: store.append("m1-latency", [sample(next(count))], RECORD), APPENDS)
-
-
-def _append_worker(location: str, start_at: float, queue: multiprocessing.Queue) -> None:
-    store = open_store(location)
-    while time.time() < start_at:
-        time.sleep(0.001)
-    count = 0
-    end = start_at + SECONDS
-    while time.time() < end:
-        store.append("m1-shared", [sample(count)], RECORD)
-        count += 1
-    store.close()
-    queue.put(count)
-
-
-def appends_per_second(location: str, processes: int) -> float:
-    """Total single-sample appends per second of ``processes`` processes to one key."""
-    open_store(location).close()
-    context = multiprocessing.get_context("spawn")
-    queue: multiprocessing.Queue = context.Queue()
-    start_at = time.time() + 2.0  # let every process finish importing first
-    workers = [
-        context.Process(target=_append_worker, args=(location, start_at, queue))
-        for _ in range(processes)
-    ]
-    for worker in workers:
-        worker.start()
-    total = sum(queue.get() for _ in workers)
-    for worker in workers:
-        worker.join()
-    store = open_store(location)
-    assert store.length("m1-shared") == total, "an append was lost"
-    store.close()
-    return total / SECONDS
 
 
 def _us(seconds: float) -> str:
