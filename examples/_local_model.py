@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
+import tempfile
 from collections.abc import Iterator
 
 from mnimi_adapters.langchain import MnimiChatModel
@@ -27,3 +29,14 @@ def chat_model(cache_dir: str, seed: int = 1) -> Iterator[MnimiChatModel]:
             api_key="sk-local",
             cache_dir=cache_dir,
         )
+
+
+@contextlib.contextmanager
+def example_chat_model(description: str, seed: int) -> Iterator[MnimiChatModel]:
+    """The model of an example run from the command line (``--cache-dir DIR``)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--cache-dir", help="sample store (default: a new temporary one)")
+    args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        cache_dir = args.cache_dir or stack.enter_context(tempfile.TemporaryDirectory())
+        yield stack.enter_context(chat_model(cache_dir, seed=seed))

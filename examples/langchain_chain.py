@@ -10,15 +10,12 @@ first one without a single provider request.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import os
-import tempfile
 
 # LiteLLM would otherwise try to download its price map when first imported.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from _local_model import chat_model
+from _local_model import example_chat_model
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
@@ -26,12 +23,7 @@ from mnimi_adapters import independent, repeatable
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", help="sample store (default: a new temporary one)")
-    args = parser.parse_args()
-    with contextlib.ExitStack() as stack:
-        cache_dir = args.cache_dir or stack.enter_context(tempfile.TemporaryDirectory())
-        chat = stack.enter_context(chat_model(cache_dir, seed=1))
+    with example_chat_model(__doc__.splitlines()[0], seed=1) as chat:
         prompt = ChatPromptTemplate.from_messages(
             [("human", "Pick a random number between 1 and {top}. Answer with the number only.")]
         )

@@ -14,16 +14,13 @@ built-in local sampling server and runs offline.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import os
-import tempfile
 from typing import TypedDict
 
 # LiteLLM would otherwise try to download its price map when first imported.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from _local_model import chat_model
+from _local_model import example_chat_model
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy
 
@@ -78,13 +75,7 @@ def run(chat: MnimiChatModel) -> tuple[list[str], int | None]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", help="sample store (default: a new temporary one)")
-    args = parser.parse_args()
-    with contextlib.ExitStack() as stack:
-        cache_dir = args.cache_dir or stack.enter_context(tempfile.TemporaryDirectory())
-        chat = stack.enter_context(chat_model(cache_dir, seed=3))
-
+    with example_chat_model(__doc__.splitlines()[0], seed=3) as chat:
         attempts, answer = run(chat)
         print(f"first run:  attempts {attempts} -> answer {answer}")
         before = chat.cache_stats()["requests"]

@@ -41,7 +41,13 @@ from urllib.parse import unquote, urlsplit
 
 from .errors import CorruptStoreError, StoreError, UnsupportedStoreVersion
 from .sample import Sample
-from .store import FORMAT_VERSION, SequenceStore, is_redis_url, printable_location
+from .store import (
+    FORMAT_VERSION,
+    SequenceStore,
+    decode_sample,
+    is_redis_url,
+    printable_location,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -409,13 +415,7 @@ class RedisStore(SequenceStore):
     def get(self, key: str, index: int) -> Sample | None:
         with self._talking(f"reading sample #{index} of key {key}"):
             raw = self._client.hget(self._samples(key), str(index))
-        if raw is None:
-            return None
-        try:
-            return Sample.from_dict(json.loads(raw))
-        except (TypeError, ValueError) as error:
-            # CorruptStoreError is a ValueError: from_dict's own message is kept.
-            raise CorruptStoreError(f"sample #{index} of key {key} is damaged: {error}") from None
+        return None if raw is None else decode_sample(raw, key, index)
 
     def length(self, key: str) -> int:
         with self._talking(f"reading the length of key {key}"):

@@ -78,6 +78,19 @@ class SequenceStore(ABC):
         self.close()
 
 
+def decode_sample(raw: str | bytes, key: str, index: int) -> Sample:
+    """A stored sample from its JSON text.
+
+    Raises:
+        CorruptStoreError: The text is not a sample this library wrote.
+    """
+    try:
+        return Sample.from_dict(json.loads(raw))
+    except (TypeError, ValueError) as error:
+        # CorruptStoreError is a ValueError: from_dict's own message is kept.
+        raise CorruptStoreError(f"sample #{index} of key {key} is damaged: {error}") from None
+
+
 class MemoryStore(SequenceStore):
     """Sequences in a dict: the store of ``Repeatable``."""
 
@@ -206,12 +219,7 @@ class DiskStore(SequenceStore):
 
     def _load(self, key: str, index: int) -> Sample | None:
         raw = self._cache.get(f"s:{key}:{index}")
-        if raw is None:
-            return None
-        try:
-            return Sample.from_dict(json.loads(raw))
-        except (TypeError, ValueError) as error:
-            raise CorruptStoreError(f"sample #{index} of key {key} is damaged: {error}") from None
+        return None if raw is None else decode_sample(raw, key, index)
 
     def get(self, key: str, index: int) -> Sample | None:
         return self._load(key, index)
