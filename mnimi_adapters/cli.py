@@ -36,7 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
-from diskcache.core import DBNAME, MODE_BINARY, MODE_PICKLE, MODE_TEXT
+from diskcache.core import DBNAME, MODE_BINARY, MODE_PICKLE
 
 from . import __version__
 from .core.errors import CorruptStoreError, MnimiError, StoreError
@@ -660,28 +660,24 @@ class _Pickled:
         return "<pickle>"
 
 
-class _Unreadable:
-    """Stands for a value whose file cannot be read."""
+class _InFile:
+    """Stands for a value a row keeps in a file: reported, never read."""
 
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
 
 
 PICKLED = _Pickled()
 
 
-def _decode(directory: Path, mode: int, filename: str | None, value: Any) -> Any:
-    """A diskcache row's value, decoded like diskcache would, minus unpickling."""
+def _decode(mode: int, filename: str | None, value: Any) -> Any:
+    """A diskcache row's value, decoded like diskcache would, minus unpickling and files."""
+    # The file name first, whatever the mode says: a row can name any path
+    # (absolute, or ../), and the store itself never writes a file.
+    if filename is not None:
+        return _InFile(filename)
     if mode == MODE_PICKLE:
         return PICKLED
-    if filename is not None:
-        # Only a foreign writer puts values in files: the store keeps them in SQLite.
-        try:
-            if mode == MODE_TEXT:
-                return (directory / filename).read_text(encoding="utf-8")
-            return (directory / filename).read_bytes()
-        except (OSError, UnicodeDecodeError) as error:
-            return _Unreadable(f"its value file cannot be read ({type(error).__name__})")
     if mode == MODE_BINARY or isinstance(value, memoryview):
         return bytes(value)
     return value
@@ -690,9 +686,18 @@ def _decode(directory: Path, mode: int, filename: str | None, value: Any) -> Any
 def _kind(value: Any) -> str:
     if value is PICKLED:
         return "a pickle (refused: unpickling can run code)"
-    if isinstance(value, _Unreadable):
-        return f"unreadable: {value.reason}"
+    if isinstance(value, _InFile):
+        return (
+            f"a file, {value.filename!r} (refused: the store keeps every value in its "
+            "database, and diskcache deletes the file a replaced or deleted row names)"
+        )
     return f"a {type(value).__name__} value"
+
+
+def _unexpected(value: Any) -> str:
+    """The problem of a row that mnimi_adapters never writes."""
+    problem = "unexpected row (not written by mnimi_adapters)"
+    return f"{problem}; its value is {_kind(value)}" if isinstance(value, _InFile) else problem
 
 
 def _is_int(value: Any) -> bool:
@@ -732,9 +737,12 @@ class Verifier:
         """Take in one stored (name, value) pair."""
         self.rows += 1
         if name is PICKLED:
-            self.report(None, None, "a row has a pickled name (refused: unpickling can run code)")
+            problem = "a row has a pickled name (refused: unpickling can run code)"
+            if isinstance(value, _InFile):
+                problem += f"; its value is {_kind(value)}"
+            self.report(None, None, problem)
         elif not isinstance(name, str):
-            self.report(None, repr(name), "unexpected row (not written by mnimi_adapters)")
+            self.report(None, repr(name), _unexpected(value))
         elif name == FORMAT_KEY:
             pass  # checked before the scan
         elif name.startswith("s:"):
@@ -742,7 +750,7 @@ class Verifier:
             if not (sep and key and index.isascii() and index.isdigit()) or index != str(
                 int(index)
             ):
-                self.report(None, name, "unexpected row (not written by mnimi_adapters)")
+                self.report(None, name, _unexpected(value))
             else:
                 self._sample(key, int(index), name, value)
         elif name.startswith("n:"):
@@ -758,7 +766,7 @@ class Verifier:
             # Which key a draw row belongs to is known once every key is seen.
             self.draw_rows.append((name, value))
         else:
-            self.report(None, name, "unexpected row (not written by mnimi_adapters)")
+            self.report(None, name, _unexpected(value))
 
     def _sample(self, key: str, index: int, name: str, value: Any) -> None:
         sequence = self._sequence(key)
@@ -906,12 +914,12 @@ def _connect_readonly(database: Path) -> sqlite3.Connection:
     return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=60)
 
 
-def _verify_rows(connection: sqlite3.Connection, directory: Path) -> Iterator[tuple[Any, Any]]:
+def _verify_rows(connection: sqlite3.Connection) -> Iterator[tuple[Any, Any]]:
     for key, raw, mode, filename, value in connection.execute(
         "SELECT key, raw, mode, filename, value FROM Cache"
     ):
         name: Any = PICKLED if not raw else bytes(key) if isinstance(key, memoryview) else key
-        yield name, _decode(directory, mode, filename, value)
+        yield name, _decode(mode, filename, value)
 
 
 def _check_format(connection: sqlite3.Connection, directory: Path, verifier: Verifier) -> Any:
@@ -923,7 +931,7 @@ def _check_format(connection: sqlite3.Connection, directory: Path, verifier: Ver
         if connection.execute("SELECT 1 FROM Cache LIMIT 1").fetchone() is not None:
             verifier.report(None, FORMAT_KEY, "the format marker is missing")
         return None
-    version = _decode(directory, *row)
+    version = _decode(*row)
     if not _is_int(version):
         verifier.report(None, FORMAT_KEY, f"the format marker is {_kind(version)}, not a version")
         return None
@@ -1041,7 +1049,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 if message != "ok":
                     verifier.report(None, None, f"SQLite: {message}")
             with Progress("verify", total) as progress:
-                for name, value in _verify_rows(connection, directory):
+                for name, value in _verify_rows(connection):
                     verifier.row(name, value)
                     progress.advance()
         except sqlite3.DatabaseError as error:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import diskcache
-from diskcache.core import MODE_PICKLE
+from diskcache.core import MODE_PICKLE, MODE_RAW
 
 from .errors import CorruptStoreError, StoreError, UnsupportedStoreVersion
 from .sample import Sample
@@ -126,12 +126,15 @@ class MemoryStore(SequenceStore):
 
 
 class _JSONOnlyDisk(diskcache.Disk):
-    """A diskcache ``Disk`` that stores str and int only and refuses to unpickle.
+    """A diskcache ``Disk`` that keeps str and int inline, never unpickles, never touches files.
 
-    diskcache pickles anything that is not str, bytes, int or float, and
-    unpickles whatever a database row says is a pickle. A cache directory is
-    shared between people for replication, so opening one must never be able
-    to run code: pickled rows are treated as damage.
+    diskcache pickles anything that is not str, bytes, int or float, unpickles
+    whatever a database row says is a pickle, and keeps large values in files
+    whose names the rows hold, deleting the file when its row is replaced or
+    deleted. A cache directory is shared between people for replication, so
+    opening one must never be able to run code, nor read or delete a file: a
+    row could name any path (``/home/...``, ``../../x``). Every value of the
+    store is inline, so pickled rows and rows that name a file are damage.
     """
 
     def put(self, key: Any) -> tuple[Any, bool]:
@@ -145,14 +148,32 @@ class _JSONOnlyDisk(diskcache.Disk):
         return super().get(key, raw)
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
-        if type(value) not in (str, int):
-            raise TypeError(f"store values are str or int, got {type(value).__name__}")
-        return super().store(value, read, key)
+        # Inline whatever the size (diskcache would spill long text to a file), so
+        # an append is one transaction and a killed process never leaves half a value.
+        if not read and (type(value) is str or (type(value) is int and -(2**63) <= value < 2**63)):
+            return 0, MODE_RAW, None, value
+        raise TypeError(f"store values are str or int, got {type(value).__name__}")
 
     def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        if filename is not None:
+            raise CorruptStoreError(
+                f"the row names a file, {filename!r}; a store keeps every value in its "
+                "database, so the row is refused and the file left alone"
+            )
         if mode == MODE_PICKLE:
             raise CorruptStoreError("the store holds a pickled value; refusing to load it")
+        if mode != MODE_RAW:
+            raise CorruptStoreError(f"the row's value is not stored inline (diskcache mode {mode})")
         return super().fetch(mode, filename, value, read)
+
+    def remove(self, file_path: str) -> None:
+        """Delete nothing: diskcache calls this with the file a replaced or deleted row names.
+
+        diskcache joins that name to the directory, so an absolute or ``../``
+        name reaches any file of the user, and then removes its emptied parent
+        folders. The store never writes a file, so there is never one of its own
+        to remove.
+        """
 
 
 def _private_directory(path: Path) -> None:
@@ -193,8 +214,8 @@ class DiskStore(SequenceStore):
                 cull_limit=0,
                 statistics=False,
                 tag_index=False,
-                # Keep every value inside SQLite, so an append is one transaction
-                # and a killed process can never leave half a value behind.
+                # Kept in the directory's settings, so a plain diskcache.Cache
+                # opened on it (a test, a script) writes values inline too.
                 disk_min_file_size=2**30,
             )
         except Exception as error:  # sqlite3 errors carry no path
@@ -206,7 +227,7 @@ class DiskStore(SequenceStore):
         # One transaction, so a process opening a new store cannot see another
         # one's first sample before that one's format marker.
         with self._cache.transact():
-            version = self._cache.get(FORMAT_KEY)
+            version = self._get(FORMAT_KEY)
             if version is None:
                 if len(self._cache):
                     raise StoreError(f"{self.path} holds a diskcache not written by mnimi_adapters")
@@ -217,15 +238,26 @@ class DiskStore(SequenceStore):
                 f"this version of mnimi_adapters reads format {FORMAT_VERSION}"
             )
 
+    def _get(self, name: str, default: Any = None) -> Any:
+        """The value of row ``name``; damage is reported with the row and the store.
+
+        Raises:
+            CorruptStoreError: The row is pickled or names a file.
+        """
+        try:
+            return self._cache.get(name, default)
+        except CorruptStoreError as error:
+            raise CorruptStoreError(f"row {name} of {self.path}: {error}") from None
+
     def _load(self, key: str, index: int) -> Sample | None:
-        raw = self._cache.get(f"s:{key}:{index}")
+        raw = self._get(f"s:{key}:{index}")
         return None if raw is None else decode_sample(raw, key, index)
 
     def get(self, key: str, index: int) -> Sample | None:
         return self._load(key, index)
 
     def length(self, key: str) -> int:
-        return int(self._cache.get(f"n:{key}", 0))
+        return int(self._get(f"n:{key}", 0))
 
     def has_draw(self, key: str, draw_id: str) -> bool:
         return f"d:{key}:{draw_id}" in self._cache
@@ -235,7 +267,7 @@ class DiskStore(SequenceStore):
         # BEGIN IMMEDIATE: the read of the length and the writes after it are one
         # atomic step for every thread and process sharing the directory.
         with cache.transact():
-            length = int(cache.get(f"n:{key}", 0))
+            length = int(self._get(f"n:{key}", 0))
             meta = self.info(key) or {"request": record, "length": 0, "bytes": 0}
             added: list[Sample] = []
             for sample in samples:
@@ -243,8 +275,14 @@ class DiskStore(SequenceStore):
                 if draw_key in cache:
                     continue
                 index = length + len(added)
+                name = f"s:{key}:{index}"
+                if name in cache:
+                    # Damage (appends are atomic): never overwrite it, whatever it holds.
+                    raise CorruptStoreError(
+                        f"row {name} of {self.path} lies beyond the sequence's length {length}"
+                    )
                 value = json.dumps(sample.to_dict(), ensure_ascii=False)
-                cache.set(f"s:{key}:{index}", value)
+                cache.set(name, value)
                 cache.set(draw_key, index)
                 meta["bytes"] += len(value)
                 meta["prompt_tokens"] = meta.get("prompt_tokens", 0) + sample.prompt_tokens
@@ -266,18 +304,19 @@ class DiskStore(SequenceStore):
         # a write per read would make replays as slow as appends.
         if key in self._used:
             return
-        self._used.add(key)
         with self._cache.transact():
             meta = self.info(key)
             if meta is not None:
                 meta["used"] = time.time()
                 self._cache.set(f"m:{key}", json.dumps(meta, ensure_ascii=False))
+        # Only now: a damaged record must be refused by every open, not just the first.
+        self._used.add(key)
 
     # -- whole-store operations, used by the `mnimi` command ---------------
 
     def info(self, key: str) -> dict[str, Any] | None:
         """The request and totals recorded for ``key``, or ``None``."""
-        raw = self._cache.get(f"m:{key}")
+        raw = self._get(f"m:{key}")
         if raw is None:
             return None
         try:
@@ -297,7 +336,7 @@ class DiskStore(SequenceStore):
     def delete(self, key: str) -> None:
         """Remove ``key``'s whole sequence in one transaction."""
         with self._cache.transact():
-            length = int(self._cache.get(f"n:{key}", 0))
+            length = int(self._get(f"n:{key}", 0))
             for index in range(length):
                 sample = self._load(key, index)
                 if sample is not None:
@@ -309,7 +348,7 @@ class DiskStore(SequenceStore):
     def raw_items(self) -> Iterator[tuple[str, Any]]:
         """Every stored (name, value) pair, for integrity checks."""
         for name in self._cache.iterkeys():
-            yield name, self._cache.get(name)
+            yield name, self._get(name)
 
     def volume(self) -> int:
         """Bytes the store occupies on disk."""
