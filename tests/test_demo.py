@@ -62,7 +62,7 @@ def test_demo_tells_the_readme_story_and_replays_on_a_second_run(tmp_path: Path)
     assert "3 samples in the slice, 40 in the original" in slicing
     replication = step(story, "Replication")
     assert requests_of(replication) == 0
-    assert "raises ReplicationCacheMiss" in replication and "3 samples cached" in replication
+    assert "raises ReplicationCacheMiss" in replication and "; 3 are cached" in replication
 
     again = io.StringIO()
     assert run_demo(str(tmp_path / "cache"), out=again) == 0

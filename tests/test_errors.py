@@ -18,6 +18,7 @@ from mnimi_adapters.core import (
     Model,
     Persistent,
     ProviderError,
+    ReplicationCacheMiss,
     Request,
     Sample,
     StoreError,
@@ -47,6 +48,27 @@ def test_prompt_of_wrong_type(number_model: NumberModel, prompt: object) -> None
 def test_message_without_role(number_model: NumberModel) -> None:
     with pytest.raises(TypeError, match=r"message #1 must be a dict with a 'role'"):
         number_model.sample([{"role": "user", "content": "a"}, {"content": "b"}])
+
+
+@pytest.mark.parametrize(
+    ("index", "cached", "words"),
+    [
+        (0, 0, "the 1st sample (index 0) of key k is not cached; 0 are cached"),
+        (1, 1, "the 2nd sample (index 1) of key k is not cached; 1 is cached"),
+        (3, 3, "the 4th sample (index 3) of key k is not cached; 3 are cached"),
+        (10, 10, "the 11th sample (index 10)"),
+        (12, 12, "the 13th sample (index 12)"),
+        (20, 20, "the 21st sample (index 20)"),
+        (111, 111, "the 112th sample (index 111)"),
+        (122, 122, "the 123rd sample (index 122)"),
+    ],
+)
+def test_replication_miss_counts_like_people(index: int, cached: int, words: str) -> None:
+    summary = "(model=m) 'p'"
+    miss = ReplicationCacheMiss("k", summary, cached, index)
+    assert str(miss).startswith(f"replication mode: {words}")
+    assert str(miss).endswith(f" cached for request {summary}")
+    assert (miss.key, miss.summary, miss.cached, miss.index) == ("k", summary, cached, index)
 
 
 def test_bad_model_arguments() -> None:

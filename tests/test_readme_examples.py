@@ -108,6 +108,7 @@ def test_replication_raises_on_a_miss_and_names_the_request(tmp_path: Path) -> N
     error = caught.value
     assert error.cached == 1 and error.index == 1
     assert "Choose a number" in str(error) and error.key in str(error)
+    assert f"the 2nd sample (index 1) of key {error.key} is not cached; 1 is cached" in str(error)
 
 
 def test_aliases_and_accounting() -> None:

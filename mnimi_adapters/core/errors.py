@@ -12,6 +12,14 @@ The hierarchy is small on purpose::
 
 from __future__ import annotations
 
+_SUFFIXES = {1: "st", 2: "nd", 3: "rd"}
+
+
+def _ordinal(number: int) -> str:
+    """``1`` -> ``1st``, ``2`` -> ``2nd``, ``11`` -> ``11th``, ``23`` -> ``23rd``."""
+    suffix = "th" if number % 100 in (11, 12, 13) else _SUFFIXES.get(number % 10, "th")
+    return f"{number}{suffix}"
+
 
 class MnimiError(Exception):
     """Base class of every exception this library raises on purpose."""
@@ -24,7 +32,7 @@ class ReplicationCacheMiss(MnimiError):
         key: The cache key of the request.
         summary: A short human-readable description of the request.
         cached: How many samples the cache holds for that key.
-        index: The position that was asked for.
+        index: The 0-based position that was asked for.
     """
 
     def __init__(self, key: str, summary: str, cached: int, index: int) -> None:
@@ -32,9 +40,12 @@ class ReplicationCacheMiss(MnimiError):
         self.summary = summary
         self.cached = cached
         self.index = index
+        # People count from 1 and indices from 0: the message gives both, so that
+        # "index 3" next to "3 are cached" never reads as off by one.
         super().__init__(
-            f"replication mode: sample #{index} of key {key} is not cached "
-            f"({cached} sample{'s' if cached != 1 else ''} cached) for request {summary}"
+            f"replication mode: the {_ordinal(index + 1)} sample (index {index}) of key {key} "
+            f"is not cached; {cached} {'is' if cached == 1 else 'are'} cached "
+            f"for request {summary}"
         )
 
 
