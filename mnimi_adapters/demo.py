@@ -7,9 +7,11 @@ requests were made and how many tokens were spent.
 
 Without a provider key in the environment it starts the built-in
 :class:`~mnimi_adapters.testing.SamplingServer` on 127.0.0.1 and samples from it, so the
-demo runs offline and costs nothing. The persistent step keeps its cache in
-``--cache-dir`` (default ``~/.llm_cache/mnimi-demo``): run the demo twice and that step
-makes no request the second time.
+demo runs offline and costs nothing. Every step keeps its samples in one cache directory
+(``--cache-dir``, else ``$MNIMI_DEMO_CACHE_DIR``, else ``~/.llm_cache/mnimi-demo``), under
+its own alias of the model: a second run replays the whole tour with 0 requests,
+``mnimi stats`` and ``mnimi show`` on that directory list every step, and ``--fresh``
+starts over.
 
 Example:
     >>> from mnimi_adapters.demo import run_demo
@@ -23,27 +25,36 @@ import argparse
 import contextlib
 import os
 import re
+import shlex
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .core import (
     CacheLayer,
+    DiskStore,
     Independent,
     MnimiError,
     Model,
     Persistent,
     Repeatable,
     ReplicationCacheMiss,
+    Request,
 )
 
-__all__ = ["DEFAULT_CACHE_DIR", "PROVIDERS", "main", "run_demo"]
+if TYPE_CHECKING:
+    from .testing import SamplingServer
+
+__all__ = ["CACHE_DIR_ENV", "DEFAULT_CACHE_DIR", "PROVIDERS", "main", "run_demo"]
 
 DEFAULT_CACHE_DIR = "~/.llm_cache/mnimi-demo"
+#: The environment variable naming the demo's cache directory when ``--cache-dir`` does not.
+CACHE_DIR_ENV = "MNIMI_DEMO_CACHE_DIR"
+#: The slice's directory inside the cache directory: a store of its own, as a shared slice is.
+SLICE_DIR = "slice"
 PROMPT = "Choose a number between 1 and 1000."
 NUM_RETRIES = 5
 
@@ -71,8 +82,6 @@ PROVIDERS: dict[str, _Provider] = {
 #: The local mock's name in cache keys: stable across runs, although its port is not.
 LOCAL_ALIAS = "mnimi-demo-mock"
 
-ModelFactory = Callable[[int], Model]
-
 
 def _choose_provider(provider: str) -> str:
     if provider != "auto":
@@ -83,33 +92,61 @@ def _choose_provider(provider: str) -> str:
     return "local"
 
 
-def _factory(provider: str, model: str | None, server_url: str | None) -> ModelFactory:
-    """A function building the chosen model with a given ``max_batch``."""
+@dataclass
+class _Models:
+    """Builds the chosen model once per step, under that step's own alias.
+
+    One cache directory holds every step, and steps that ask the same prompt must not
+    read each other's samples: the alias (``<name>@<step>``) keeps their keys apart and
+    names each step in ``mnimi stats`` and ``mnimi show``.
+    """
+
+    name: str
+    build: Callable[[str, int], Model]
+    built: list[Model] = field(default_factory=list)
+
+    def __call__(self, step: str, max_batch: int = 1) -> Model:
+        model = self.build(self.alias(step), max_batch)
+        self.built.append(model)
+        return model
+
+    def alias(self, step: str) -> str:
+        """The model's name in the cache keys of ``step``."""
+        return f"{self.name}@{step}"
+
+    def owns(self, record: dict[str, Any] | None) -> bool:
+        """Whether a stored sequence's record is one the demo wrote with this model."""
+        request = (record or {}).get("request")
+        return isinstance(request, dict) and str(request.get("model")).startswith(self.alias(""))
+
+
+def _models(provider: str, model: str | None, server_url: str | None) -> _Models:
+    """The chosen provider's model builder."""
     from . import providers
 
     if provider == "local":
         assert server_url is not None
 
-        def local(max_batch: int) -> Model:
+        def local(alias: str, max_batch: int) -> Model:
             return providers.OpenAICompatible(
                 model or "mock-model",
                 1.0,
                 api_base=server_url,
                 api_key="local",
-                alias=LOCAL_ALIAS,
+                alias=alias,
                 max_batch=max_batch,
             )
 
-        return local
+        return _Models(LOCAL_ALIAS, local)
     spec = PROVIDERS[provider]
     cls = getattr(providers, spec.class_name)
     name = model or spec.default_model
 
-    def remote(max_batch: int) -> Model:
-        built: Model = cls(name, 1.0, max_batch=max_batch)
+    def remote(alias: str, max_batch: int) -> Model:
+        built: Model = cls(name, 1.0, alias=alias, max_batch=max_batch)
         return built
 
-    return remote
+    return _Models(name, remote)
 
 
 class _Meter:
@@ -145,14 +182,14 @@ class _Story:
         meter = _Meter(model)
         yield
         requests, prompt, completion = meter.spent()
+        replayed = " | replayed from the cache" if requests == 0 else ""
         self.say(f"   cached:   {cached()}")
-        self.say(f"   requests: {requests} | tokens: {prompt} in, {completion} out")
+        self.say(f"   requests: {requests} | tokens: {prompt} in, {completion} out{replayed}")
 
 
-def _count(layer: CacheLayer) -> int:
-    """Samples held by a cache layer, over all its keys."""
-    store = layer.store
-    return sum(store.length(key) for key in list(store.keys()))
+def _held(layer: CacheLayer) -> int:
+    """Samples a cache layer holds for the demo's prompt."""
+    return layer.store.length(layer.key_of(Request.of(PROMPT)))
 
 
 def _samples(count: int) -> str:
@@ -160,23 +197,40 @@ def _samples(count: int) -> str:
 
 
 def _on_disk(layer: CacheLayer) -> Callable[[], str]:
-    return lambda: f"{_samples(_count(layer))} on disk"
+    return lambda: f"{_samples(_held(layer))} on disk"
 
 
-def _walk(story: _Story, make: ModelFactory, scratch: Path, cache_dir: Path) -> list[Model]:
-    """Tell the story; return the provider models it used (for the totals)."""
+def _walk(story: _Story, models: _Models, cache_dir: Path) -> None:
+    """Tell the story, every step sampling into ``cache_dir``."""
     say = story.say
-    model = make(1)
 
-    # 1. Without caching, every call is a fresh draw.
-    with story.section("Independent sampling (no cache)", model, lambda: "nothing"):
-        n1 = next(model.sample(PROMPT))
-        n2 = next(model.sample(PROMPT))
-        say(f"   next(model.sample(prompt)) twice -> {n1!r}, {n2!r}")
+    # 1. The layers of steps 1-3 keep nothing on disk by design, so these steps sample
+    # through a recorder: it draws what the model itself would, and a new one starts at
+    # position 0 again, so the next run replays them like every other step.
+    model = models("independent")
+    recorder = Persistent(model, cache_dir)
+    with story.section(
+        "Independent sampling: recorded = Independent(Persistent(model, cache))",
+        model,
+        _on_disk(recorder),
+    ):
+        recorded = Independent(recorder)
+        n1 = next(recorded.sample(PROMPT))
+        n2 = next(recorded.sample(PROMPT))
+        say(f"   next(recorded.sample(prompt)) twice -> {n1!r}, {n2!r} (two fresh draws)")
+        say("   Each call draws anew, as the model does; the cache only records the draws,")
+        say("   so the next run replays them. Steps 2-3 sample through such a recorder too.")
+    recorder.close()
 
     # 2. Repeatable: every sample() call replays one in-memory sequence.
-    rep = Repeatable(model)
-    with story.section("Repeatable(model)", model, lambda: f"{_samples(_count(rep))} in memory"):
+    model = models("repeatable")
+    recorder = Persistent(model, cache_dir)
+    rep = Repeatable(Independent(recorder))
+
+    def in_memory() -> str:
+        return f"{_samples(_held(rep))} in memory"
+
+    with story.section("Repeatable(recorded)", model, in_memory):
         n3 = next(rep.sample(PROMPT))
         n4 = next(rep.sample(PROMPT))
         pair = list(islice(rep.sample(PROMPT), 2))
@@ -185,20 +239,16 @@ def _walk(story: _Story, make: ModelFactory, scratch: Path, cache_dir: Path) -> 
 
     # 3. Independent over it: successive calls continue, from the same memory.
     ind = Independent(rep)
-    with story.section(
-        "Independent(Repeatable(model))", model, lambda: f"{_samples(_count(rep))} in memory"
-    ):
+    with story.section("Independent(Repeatable(recorded))", model, in_memory):
         n5 = next(ind.sample(PROMPT))
         n6 = next(ind.sample(PROMPT))
         say(f"   next(...) twice -> {n5!r}, {n6!r} (taken from the in-memory sequence)")
+    recorder.close()
 
     # 4. Persistent: the same sequence across runs of the program.
+    model = models("persistent")
     persistent = Persistent(model, cache_dir)
-    with story.section(
-        f"Persistent(model, {str(cache_dir)!r})",
-        model,
-        _on_disk(persistent),
-    ):
+    with story.section(f"Persistent(model, {str(cache_dir)!r})", model, _on_disk(persistent)):
         before = model.total_requests()
         p1 = next(persistent.sample(PROMPT))
         p2 = next(persistent.sample(PROMPT))
@@ -207,13 +257,13 @@ def _walk(story: _Story, make: ModelFactory, scratch: Path, cache_dir: Path) -> 
         if fresh == 0:
             say("   0 requests: both came from the cache on disk that an earlier run wrote.")
         else:
-            say("   Run the demo again: this step will then make 0 requests.")
+            say("   1 request: the second call read the first one's sample back from disk.")
     persistent.close()
 
     # 5. The retry loop: independent across attempts, repeatable within one.
-    retry_dir = scratch / "retry"
+    model = models("retry")
     for run in (1, 2):
-        base = Persistent(model, retry_dir)
+        base = Persistent(model, cache_dir)
         with story.section(
             f"Retry loop, run {run}: Repeatable(Independent(Persistent(...))) per attempt",
             model,
@@ -238,9 +288,8 @@ def _walk(story: _Story, make: ModelFactory, scratch: Path, cache_dir: Path) -> 
         base.close()
 
     # 6. Batch splitting: provider limits decoupled from the experiment's batch size.
-    batched = make(10)
-    big_dir = scratch / "original_cache"
-    big = Persistent(batched, big_dir)
+    batched = models("batching", 10)
+    big = Persistent(batched, cache_dir)
     with story.section(
         "Batching: max_batch=10, islice(Persistent(...).sample(prompt, batch=20), 40)",
         batched,
@@ -248,38 +297,105 @@ def _walk(story: _Story, make: ModelFactory, scratch: Path, cache_dir: Path) -> 
     ):
         got = list(islice(big.sample(PROMPT, batch=20), 40))
         say(f"   {len(got)} samples, {len(set(got))} distinct: {got[:5]} ...")
-        say("   batch=20 with max_batch=10: 2 refills, each 2 concurrent requests of n=10")
+        say("   batch=20 with max_batch=10: drawn in 2 refills, each 2 concurrent requests of n=10")
 
     # 7. Slicing: a nested Persistent keeps exactly what the run used.
-    sliced_dir = scratch / "sliced_cache"
-    sliced = Persistent(big, sliced_dir)
+    slice_dir = cache_dir / SLICE_DIR
+    sliced = Persistent(big, slice_dir)
     with story.section(
-        "Slicing: Persistent(Persistent(model, original), sliced)",
+        "Slicing: Persistent(Persistent(model, cache), slice)",
         batched,
-        lambda: f"{_samples(_count(sliced))} in the slice, {_count(big)} in the original",
+        lambda: f"{_samples(_held(sliced))} in the slice, {_held(big)} in the cache",
     ):
         used = list(islice(Independent(sliced).sample(PROMPT), 3))
         prefix = list(islice(big.sample(PROMPT), 3))
         say(f"   the run used {used}: the slice holds exactly these")
-        say(f"   the original's first 3 samples are {prefix}: same = {used == prefix}")
+        say(f"   the cache's first 3 samples are {prefix}: same = {used == prefix}")
     sliced.close()
     big.close()
 
     # 8. Replication: only the cache, never the provider (needs no key, opens no socket).
-    replica = Persistent(batched, sliced_dir, replication=True)
+    replica = Persistent(batched, slice_dir, replication=True)
     with story.section(
-        "Replication: Persistent(model, sliced, replication=True)",
+        "Replication: Persistent(model, slice, replication=True)",
         batched,
-        lambda: f"{_samples(_count(replica))} (read only)",
+        lambda: f"{_samples(_held(replica))} (read only)",
     ):
         again = list(islice(replica.sample(PROMPT), 3))
         say(f"   3 samples replayed from the slice: {again}")
         try:
             list(islice(replica.sample(PROMPT), 4))
         except ReplicationCacheMiss as miss:
-            say(f"   a 4th sample raises ReplicationCacheMiss: {miss}")
+            say(f"   asking for a 4th raises ReplicationCacheMiss: {miss}")
     replica.close()
-    return [model, batched]
+
+
+def _own_keys(store: DiskStore, models: _Models) -> list[str]:
+    """The keys of ``store`` whose sequences the demo drew with this model."""
+    keys = store.keys()  # a generator over the rows, not a dict
+    return [key for key in keys if models.owns(store.info(key))]
+
+
+def _earlier_run(cache_dir: Path, models: _Models, forget: bool) -> int:
+    """Samples an earlier run of the demo drew into ``cache_dir``; ``forget`` removes them.
+
+    Only the demo's own sequences count and go, since ``cache_dir`` may be a cache that
+    holds other work too. The slice's copies are forgotten with them but not counted, so
+    that the count is the one ``mnimi stats`` gives.
+    """
+    with DiskStore(cache_dir) as store:
+        mine = _own_keys(store, models)
+        found = sum(store.length(key) for key in mine)
+        if forget:
+            for key in mine:
+                store.delete(key)
+    if forget:
+        with DiskStore(cache_dir / SLICE_DIR) as store:
+            for key in _own_keys(store, models):
+                store.delete(key)
+    return found
+
+
+def _introduce(story: _Story, cache_dir: Path, models: _Models, fresh: bool) -> None:
+    """Say where the samples go, and whether this run draws or replays them."""
+    say = story.say
+    say(f"Cache: {cache_dir}")
+    say(f"   Every step keeps its samples here, under its own alias ({models.alias('<step>')}),")
+    say("   so that no step reads another's.")
+    found = _earlier_run(cache_dir, models, forget=fresh)
+    if fresh and found:
+        say(f"   --fresh: removed the {_samples(found)} of an earlier run; this run draws anew.")
+    elif found:
+        say(f"   It holds the {_samples(found)} of an earlier run: this run replays them")
+        say("   (--fresh starts over).")
+    else:
+        say("   No earlier run there: this run draws every sample, and a second run")
+        say("   replays them all with 0 requests.")
+
+
+def _conclude(story: _Story, cache_dir: Path, models: _Models) -> None:
+    """The totals, and where to look at what the run left behind."""
+    say = story.say
+    used = models.built
+    requests = sum(m.total_requests() for m in used)
+    prompt = sum(m.total_token_count()[0] for m in used)
+    completion = sum(m.total_token_count()[1] for m in used)
+    seconds = sum(m.total_query_time() for m in used)
+    say(
+        f"\nIn total: {requests} requests, {prompt} input and {completion} output tokens, "
+        f"{seconds:.2f} s waiting for the provider."
+    )
+    say("The cache layers alone decided which samples were fresh and which replayed.")
+    if requests == 0:
+        say(f"Every step replayed the samples an earlier run kept in {cache_dir}.")
+    else:
+        say(f"Every sample is kept in {cache_dir}: run the demo again to replay it all")
+        say("with 0 requests.")
+    shown = shlex.quote(str(cache_dir))
+    say("See what each step cached:")
+    say(f"   mnimi stats {shown}")
+    say(f"   mnimi show {shown}")
+    say(f"   mnimi show {shlex.quote(str(cache_dir / SLICE_DIR))}  # the slice you would share")
 
 
 def run_demo(
@@ -288,18 +404,22 @@ def run_demo(
     *,
     provider: str = "auto",
     model: str | None = None,
+    fresh: bool = False,
+    server: SamplingServer | None = None,
 ) -> int:
     """Run the tour and return an exit code (0 on success).
 
     Args:
-        cache_dir: Directory of the persistent step's cache (default
-            ``~/.llm_cache/mnimi-demo``, created private). The other steps use a fresh
-            temporary directory.
+        cache_dir: Directory of the cache every step samples into (default
+            ``$MNIMI_DEMO_CACHE_DIR``, else ``~/.llm_cache/mnimi-demo``; created private).
         out: Where to print the story (default: ``sys.stdout`` at call time, so that
             ``contextlib.redirect_stdout`` works).
         provider: ``"auto"`` (a provider whose key is set, else the local mock),
             ``"local"``, or one of :data:`PROVIDERS`.
         model: A model name for the provider (each has a default).
+        fresh: Forget what an earlier run of the demo cached, and draw it anew.
+        server: A running local server to sample from with the local provider (default:
+            one started for the run).
 
     Example:
         >>> import io
@@ -313,14 +433,16 @@ def run_demo(
     if chosen != "local" and chosen not in PROVIDERS:
         story.say(f"unknown provider {provider!r}; choose local or one of {sorted(PROVIDERS)}")
         return 2
-    persistent_dir = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()
+    directory = Path(cache_dir or os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR)
+    directory = directory.expanduser()
 
     with contextlib.ExitStack() as stack:
         server_url = None
         if chosen == "local":
-            from .testing import SamplingServer
+            if server is None:
+                from .testing import SamplingServer
 
-            server = stack.enter_context(SamplingServer(seed=0))
+                server = stack.enter_context(SamplingServer(seed=0))
             server_url = server.url
             story.say(
                 "No provider key set: sampling from the built-in mock server at "
@@ -332,24 +454,16 @@ def run_demo(
                 f"Using {spec.class_name} ({model or spec.default_model}); "
                 "this makes real, paid requests (about a dozen short ones)."
             )
+        models = _models(chosen, model, server_url)
         story.say(f"Prompt: {PROMPT!r}")
-        story.say(f"Persistent cache: {persistent_dir} (a second run replays it)")
-        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mnimi-demo-")))
         _quiet_litellm()
         try:
-            used = _walk(story, _factory(chosen, model, server_url), scratch, persistent_dir)
+            _introduce(story, directory, models, fresh)
+            _walk(story, models, directory)
         except MnimiError as error:
             story.say(f"\nThe demo stopped: {error}")
             return 1
-    requests = sum(m.total_requests() for m in used)
-    prompt = sum(m.total_token_count()[0] for m in used)
-    completion = sum(m.total_token_count()[1] for m in used)
-    seconds = sum(m.total_query_time() for m in used)
-    story.say(
-        f"\nIn total: {requests} requests, {prompt} input and {completion} output tokens, "
-        f"{seconds:.2f} s waiting for the provider."
-    )
-    story.say("The cache layers alone decided which samples were fresh and which replayed.")
+    _conclude(story, directory, models)
     return 0
 
 
@@ -382,8 +496,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="model name for the provider")
     parser.add_argument(
         "--cache-dir",
-        default=DEFAULT_CACHE_DIR,
-        help=f"cache of the persistent step (default {DEFAULT_CACHE_DIR})",
+        default=None,
+        help=f"the cache every step samples into (default: ${CACHE_DIR_ENV}, "
+        f"else {DEFAULT_CACHE_DIR})",
+    )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="forget what an earlier run of the demo cached, and draw it anew",
     )
     args = parser.parse_args(argv)
-    return run_demo(args.cache_dir, provider=args.provider, model=args.model)
+    return run_demo(args.cache_dir, provider=args.provider, model=args.model, fresh=args.fresh)
