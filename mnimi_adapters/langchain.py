@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import inspect
 import os
 import threading
@@ -64,12 +63,12 @@ from langchain_core.output_parsers.openai_tools import (
 )
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
-from langchain_core.runnables.config import var_child_runnable_config
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field, PrivateAttr, Secret, SecretStr, model_validator
 
+from ._compat import InvocationParamsWithoutCredentials, in_runnable_context
 from .core import CacheLayer, Layer, Persistent, Request, Sample, scoped
 from .core.redis_store import shown_location, url_has_password
 from .core.request import is_credential
@@ -106,13 +105,10 @@ _SHARED_LOCK = threading.Lock()
 
 _STREAM_PIECES = 4
 
-# Asked for every model_kwargs entry and per-call keyword, on every call.
-_is_credential = functools.lru_cache(maxsize=1024)(is_credential)
-
 
 def _hide(name: str, value: Any) -> Any:
     """A credential's value wrapped so that no repr, dump or log line shows it."""
-    if value is None or not _is_credential(name) or isinstance(value, SecretStr | Secret):
+    if value is None or not is_credential(name) or isinstance(value, SecretStr | Secret):
         return value
     return SecretStr(value) if isinstance(value, str) else Secret(value)
 
@@ -158,9 +154,9 @@ def _node_attempt() -> int:
         else:
             _get_runtime = get_runtime
         _langgraph_checked = True
-    # LangGraph's get_runtime() reads this context variable and raises when it is unset;
-    # checking it first keeps plain calls (the common case) free of a raised exception.
-    if _get_runtime is None or var_child_runnable_config.get() is None:
+    # LangGraph's get_runtime() raises outside a runnable context; checking first keeps
+    # plain calls (the common case) free of a raised exception.
+    if _get_runtime is None or not in_runnable_context():
         return 1
     try:
         # Outside a runnable context get_config() raises, outside a graph the
@@ -208,7 +204,7 @@ def _parse_tool_calls(
     return tool_calls, invalid
 
 
-class MnimiChatModel(BaseChatModel):
+class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
     """A LangChain chat model whose answers come from Mnimi sample sequences.
 
     By default it draws from ``Persistent(LiteLLMModel(model, ...), cache_dir)``,
@@ -354,7 +350,7 @@ class MnimiChatModel(BaseChatModel):
         forbidden = {"api_key", "n", "stream", "model"} & set(self.model_kwargs)
         if forbidden:
             raise ValueError(f"model_kwargs may not hold {sorted(forbidden)}; use the fields")
-        if any(_is_credential(name) for name in self.model_kwargs):
+        if any(is_credential(name) for name in self.model_kwargs):
             # Wrapped like api_key, so that repr, model_dump and tracebacks never show them.
             self.model_kwargs = {k: _hide(k, v) for k, v in self.model_kwargs.items()}
         return self
@@ -372,8 +368,8 @@ class MnimiChatModel(BaseChatModel):
         LangChain sends these to callbacks and tracers (as invocation params).
         """
         defaults = self._request_defaults()
-        if self.model_kwargs and any(_is_credential(name) for name in defaults):
-            defaults = {k: v for k, v in defaults.items() if not _is_credential(k)}
+        if self.model_kwargs and any(is_credential(name) for name in defaults):
+            defaults = {k: v for k, v in defaults.items() if not is_credential(k)}
         if self.layer is not None:
             return {"layer": repr(self.layer), **defaults, "n": self.n}
         return {
@@ -404,7 +400,7 @@ class MnimiChatModel(BaseChatModel):
         if url_has_password(self.cache_dir):  # a Redis URL with its password
             secrets["cache_dir"] = "MNIMI_CACHE_DIR"
         for name in self.model_kwargs:
-            if _is_credential(name):  # aws_secret_access_key -> AWS_SECRET_ACCESS_KEY
+            if is_credential(name):  # aws_secret_access_key -> AWS_SECRET_ACCESS_KEY
                 secrets[name] = name.upper()  # serialised as a keyword of its own: to_json
         return secrets
 
@@ -415,27 +411,13 @@ class MnimiChatModel(BaseChatModel):
                 value = {k: _hide(k, v) for k, v in value.items()}
             yield name, shown_location(value) if name == "cache_dir" else value
 
-    def _get_invocation_params(
-        self, stop: list[str] | None = None, **kwargs: Any
-    ) -> dict[str, Any]:
-        # What LangChain's version returns ({**asdict(), "stop": stop, **kwargs}), without its
-        # detour through the deprecated dict() under a warnings filter (kept there for
-        # subclasses overriding dict(), which this class does not): a sixth of a cache hit.
-        params = dict(self._identifying_params)
-        params["_type"] = self._llm_type
-        params["stop"] = stop
-        if kwargs:
-            # Per-call keywords reach callbacks and tracers as they are: never a credential.
-            params.update((k, v) for k, v in kwargs.items() if not _is_credential(k))
-        return params
-
     def to_json(self) -> Any:
         """LangChain serialisation; a model over a user ``layer`` cannot be serialised."""
         if self.layer is not None:
             not_implemented: SerializedNotImplemented = to_json_not_implemented(self)
             return not_implemented
         serialized = super().to_json()
-        hidden = [name for name in self.model_kwargs if _is_credential(name)]
+        hidden = [name for name in self.model_kwargs if is_credential(name)]
         if not hidden or serialized.get("type") != "constructor":
             return serialized
         # Credentials among the provider keywords become secret references of their own:
@@ -499,9 +481,7 @@ class MnimiChatModel(BaseChatModel):
                 )
             return self.layer
         config = self._config()
-        # Read through the private dict: pydantic's __getattr__ for private attributes
-        # costs more than the rest of this lookup together.
-        built = (self.__pydantic_private__ or {}).get("_built")
+        built = self._built
         # Compared, not hashed: tuple equality checks identity first, so a hit costs
         # well under a microsecond.
         if built is not None and built[0] == config:

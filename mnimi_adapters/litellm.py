@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -60,10 +59,15 @@ from typing import Any, Final
 # An absolute import: this module is ``mnimi_adapters.litellm``, the library is ``litellm``.
 import litellm
 import openai
-from litellm.caching import caching_handler as _litellm_caching_handler
 from litellm.caching.caching import Cache
-from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
 
+from ._compat import (
+    HIDDEN_PARAMS_FIELD,
+    HiddenParams,
+    init_without_global_callbacks,
+    patch_stream_hit_check,
+    tell_logging_about_hit,
+)
 from .core.errors import MnimiError, ProviderError
 from .core.layers import CacheLayer, Independent
 from .core.model import Cursor, Layer, Model
@@ -250,56 +254,6 @@ def _litellm_errors() -> Iterator[None]:
         raise
 
 
-class _HiddenParams(dict[str, Any]):
-    """A response's ``_hidden_params`` that keeps ``cache_hit`` truthful.
-
-    LiteLLM marks whatever a cache returns as ``cache_hit=True``; a response for which
-    samples had to be drawn from the provider first is not a hit.
-    """
-
-    hit: bool = True
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        if key == "cache_hit" and not self.hit:
-            value = False
-        super().__setitem__(key, value)
-
-
-_STREAM_ITERATORS: Final = (
-    ("litellm.responses.streaming_iterator", "BaseResponsesAPIStreamingIterator"),
-    (
-        "litellm.llms.anthropic.pass_through.messages.response_cache",
-        "CachedAnthropicMessagesStreamIterator",
-    ),
-)
-
-
-def _defer_stream_hit_callbacks(*, cached_result: object) -> bool:
-    """LiteLLM's check, minus its imports of proxy modules (which need ``fastapi``).
-
-    The original imports the Anthropic pass-through module on every cache hit, which
-    imports ``litellm.proxy`` and so ``fastapi``, a dependency of LiteLLM's proxy only.
-    An object can only be an instance of a class whose module is loaded, so looking the
-    classes up in ``sys.modules`` gives the same answer without importing anything.
-    """
-    if isinstance(cached_result, CustomStreamWrapper):
-        return True
-    for module_name, class_name in _STREAM_ITERATORS:
-        cls = getattr(sys.modules.get(module_name), class_name, None)
-        if isinstance(cls, type) and isinstance(cached_result, cls):
-            return True
-    return False
-
-
-def _patch_litellm() -> None:
-    # Same answers as the original for every input, so it stays in place for good: undoing
-    # it when one cache is uninstalled would break another one still installed.
-    if hasattr(_litellm_caching_handler, "_should_defer_streaming_cache_hit_callbacks"):
-        _litellm_caching_handler._should_defer_streaming_cache_hit_callbacks = (
-            _defer_stream_hit_callbacks
-        )
-
-
 # ---------------------------------------------------------------------------------------
 # The cache
 # ---------------------------------------------------------------------------------------
@@ -346,17 +300,9 @@ class MnimiCache(Cache):
         alias: Mapping[str, str] | None = None,
         max_batch: int | None = None,
     ) -> None:
-        # Cache.__init__ registers "cache" callbacks that nothing in LiteLLM (1.105) reads
-        # any more; constructing a cache should change no global state, so they go again.
-        before = {
-            name: "cache" in getattr(litellm, name)
-            for name in ("input_callback", "success_callback", "_async_success_callback")
-        }
-        super().__init__(supported_call_types=["completion", "acompletion"])
-        for name, present in before.items():
-            callbacks = getattr(litellm, name)
-            if not present and "cache" in callbacks:
-                callbacks.remove("cache")
+        init_without_global_callbacks(
+            super().__init__, supported_call_types=["completion", "acompletion"]
+        )
         self.path = path if is_redis_url(path) else Path(path).expanduser()
         self.replication = bool(replication)
         self.alias: dict[str, str] = dict(alias or {})
@@ -391,7 +337,7 @@ class MnimiCache(Cache):
         with self._lock:
             if self._installed:
                 return self
-            _patch_litellm()
+            patch_stream_hit_check()
             self._previous = litellm.cache
             litellm.cache = self
             self._installed = True
@@ -606,7 +552,7 @@ class MnimiCache(Cache):
         hits = [bool(o.get("cache_hit")) for o in origins]
         drawn = [s for s, hit in zip(samples, hits, strict=True) if not hit]
         costs = [s.cost for s in drawn if s.cost is not None]
-        hidden = _HiddenParams(
+        hidden = HiddenParams(
             # What this call cost: nothing on a hit, the fresh samples otherwise. Preset,
             # because LiteLLM would price the whole usage, replayed samples included.
             response_cost=sum(costs) if costs else (0.0 if not drawn else None),
@@ -617,13 +563,9 @@ class MnimiCache(Cache):
             },
         )
         hidden.hit = not drawn
-        details = getattr(logging_obj, "model_call_details", None)
-        if isinstance(details, dict):
-            # LiteLLM prices a cached response before it records the hit (sync path), and
-            # then searches the price map to explain the zero cost; a hit is free, say so.
-            details["cache_hit"] = hidden.hit
-            if drawn and "custom_llm_provider" not in details:
-                details["custom_llm_provider"] = _provider_name(call.route, call.transport)
+        tell_logging_about_hit(
+            logging_obj, hidden.hit, lambda: _provider_name(call.route, call.transport)
+        )
         first = samples[0]
         return {
             "id": first.response_id or f"chatcmpl-{first.draw_id}",
@@ -637,5 +579,5 @@ class MnimiCache(Cache):
                 "total_tokens": prompt_tokens + completion_tokens,
             },
             # Not a response field: LiteLLM copies unknown keys onto the response object.
-            "_hidden_params": hidden,
+            HIDDEN_PARAMS_FIELD: hidden,
         }

@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Literal
 
 import tenacity
 
+from ._compat import LITELLM_DROPPED, LITELLM_KEYED, LITELLM_OPTIONS, response_cost
 from .core.errors import ProviderError
 from .core.model import BatchedModel
 from .core.request import TRANSPORT_PARAMS, Request, is_credential
@@ -68,6 +69,8 @@ _N_MENTION = re.compile(r"(?<![\w\\-])n(?![\w-])")
 # Placeholder credential for OpenAI-compatible servers that need none; it keeps LiteLLM from
 # sending the user's OPENAI_API_KEY to a third-party host.
 _NO_KEY = "EMPTY"
+# Parameters whose values are sent as HTTP headers.
+_HEADER_PARAMS = frozenset({"headers", "extra_headers"})
 
 # ---------------------------------------------------------------------------------------
 # Which LiteLLM parameters are keyed
@@ -75,63 +78,9 @@ _NO_KEY = "EMPTY"
 #
 # One rule for every way into LiteLLM (LiteLLMModel, MnimiChatModel, and MnimiCache's own
 # copy of it), so that Persistent(LiteLLMModel(...)) and MnimiCache share sequences whatever
-# options a call carries. The lists are a snapshot of litellm.types.utils.all_litellm_params
-# (1.105), not read from LiteLLM: importing it costs seconds (and may fetch a price map,
-# which a replication run must never do), and a key must not change because LiteLLM grew
-# its list.
-# tests/test_providers.py checks the snapshot against the installed LiteLLM.
+# options a call carries. LiteLLM's own parameter names are a snapshot (see _compat);
+# credentials are decided by their names' shape, whatever LiteLLM adds.
 
-# LiteLLM's plumbing: never keyed, and never passed on when MnimiCache re-sends a call.
-_LITELLM_DROPPED = frozenset({
-    "model", "messages", "n", "stream", "stream_options", "metadata", "litellm_metadata",
-    "litellm_logging_obj", "litellm_call_id", "parent_otel_span", "cache", "caching", "cache_key",
-    "preset_cache_key", "acompletion", "atext_completion", "aembedding", "aimg_generation",
-    "atranscription", "arerank", "async_call", "text_completion", "complete_response", "fallbacks",
-    "max_fallbacks", "fallback_depth", "context_window_fallback_dict", "retry_policy",
-    "retry_strategy", "num_retries", "max_retries", "model_list", "model_info",
-    "proxy_server_request", "stream_response", "secret_fields", "id", "self"
-})  # fmt: skip
-# LiteLLM's own options: how a call is routed, logged, billed or timed; never keyed.
-# (Pricing options, ``input_cost_per_token`` and the like, are matched by _PRICING.)
-_LITELLM_OPTIONS = frozenset({
-    "adaptive_router_config", "adaptive_router_default_model", "allm_passthrough_route",
-    "allow_client_keepalive_override", "allowed_model_region", "allowed_openai_params", "api_base",
-    "api_key", "api_version", "arize_api_key", "arize_error_sampling_rate", "arize_space_id",
-    "arize_space_key", "arize_success_sampling_rate", "attempted_targets", "auto_router_config",
-    "auto_router_config_path", "auto_router_default_model", "auto_router_embedding_model",
-    "auto_router_max_input_chars", "auto_router_model_compression",
-    "auto_router_routing_compression", "aws_batch_role_arn", "azure", "azure_ad_token_provider",
-    "azure_password", "azure_scope", "azure_username", "base_model", "bedrock_tags",
-    "budget_duration", "caching_groups", "client", "client_id", "client_secret",
-    "client_side_timeout", "completion_call_id", "complexity_router_config",
-    "complexity_router_default_model", "configurable_clientside_auth_params", "cooldown_time",
-    "custom_llm_provider", "data_residency", "dd_agent_host", "dd_agent_port", "dd_api_key",
-    "dd_site", "default_api_key_rpm_limit", "default_api_key_tpm_limit",
-    "disable_add_transform_inline_image_block", "enable_json_schema_validation",
-    "enable_prompt_caching", "enable_tag_filtering", "fastest_response", "force_timeout",
-    "gcs_bucket_name", "gcs_path_service_account", "guardrails", "headers", "hf_model_name",
-    "humanloop_api_key", "itpm", "keepalive_seconds", "langfuse_environment", "langfuse_host",
-    "langfuse_prompt_version", "langfuse_public_key", "langfuse_secret", "langfuse_secret_key",
-    "langfuse_span_scope", "langsmith_api_key", "langsmith_base_url", "langsmith_project",
-    "langsmith_sampling_rate", "langsmith_tenant_id", "litellm_credential_name",
-    "litellm_disabled_callbacks", "litellm_request_debug", "litellm_session_id",
-    "litellm_trace_id", "litellm_trusted_callback_vars", "log_client_error_tracebacks",
-    "logger_fn", "max_agentic_loops", "max_budget", "max_file_size_mb", "max_parallel_requests",
-    "merge_reasoning_content_in_choices", "mock_timeout", "model_alias_map", "model_config",
-    "model_file_id_mapping", "newrelic_api_key", "newrelic_region", "no-log", "order", "otpm",
-    "output_vector_size", "posthog_api_key", "posthog_api_url", "provider_affinity_header",
-    "provider_specific_header", "quality_router_config", "quality_router_default_model",
-    "region_name", "regional_endpoint_uplift_multiplier",
-    "regional_processing_uplift_multiplier_eu", "regional_processing_uplift_multiplier_us",
-    "request_timeout", "routing_strategy", "rpm", "rust", "s3_access_key_id", "s3_bucket_name",
-    "s3_bucket_owner", "s3_encryption_key_id", "s3_endpoint_url", "s3_output_bucket_name",
-    "s3_region_name", "s3_secret_access_key", "search_tool_name", "shared_session",
-    "signoz_ingestion_endpoint", "signoz_ingestion_key", "silent_model", "ssl_verify",
-    "stream_chunk_size", "stream_timeout", "stream_timeout_by_service_tier", "tag_regex", "tags",
-    "tenant_id", "tiered_pricing", "timeout_by_service_tier", "tpm", "ttl",
-    "turn_off_message_logging", "use_chat_completions_api", "use_client", "use_in_pass_through",
-    "use_litellm_proxy", "use_xai_oauth", "verbose", "wandb_api_key", "weave_project_id", "weight"
-})  # fmt: skip
 _PRICING = re.compile(r"(?:^|_)cost(?:_|$)")
 # OpenAI request fields that change how a request is handled or billed, not its answer.
 _OPENAI_TRANSPORT = frozenset(
@@ -148,16 +97,6 @@ _OPENAI_TRANSPORT = frozenset(
         "prompt_cache_retention",
     }
 )
-# LiteLLM's own parameters that shape the prompt the provider sees (prompt management,
-# system prompt injection, prompt templates), and a mocked answer, which must never be
-# replayed as the model's own sample: keyed.
-_LITELLM_KEYED = frozenset({
-    "prompt_id", "prompt_variables", "prompt_version", "prompt_label", "prompt_environment",
-    "litellm_system_prompt", "assistant_continue_message", "user_continue_message",
-    "ensure_alternating_roles", "supports_system_message", "custom_prompt_dict",
-    "final_prompt_value", "roles", "bos_token", "eos_token", "mock_response"
-})  # fmt: skip
-
 ParamRole = Literal["drop", "transport", "sampling"]
 
 
@@ -175,13 +114,13 @@ def litellm_param_role(name: str) -> ParamRole:
         >>> litellm_param_role("aws_secret_access_key"), litellm_param_role("num_retries")
         ('transport', 'drop')
     """
-    if name in _LITELLM_DROPPED or name.startswith("_"):
+    if name in LITELLM_DROPPED or name.startswith("_"):
         return "drop"
-    if name in _LITELLM_KEYED:
+    if name in LITELLM_KEYED:
         return "sampling"
     if (
         name in TRANSPORT_PARAMS
-        or name in _LITELLM_OPTIONS
+        or name in LITELLM_OPTIONS
         or name in _OPENAI_TRANSPORT
         or _PRICING.search(name)
         or is_credential(name)
@@ -264,6 +203,34 @@ def in_provider_call() -> bool:
         False
     """
     return _provider_call.get()
+
+
+def _sent_secrets(kwargs: Mapping[str, Any]) -> Iterator[str]:
+    """Every value a call sent as a credential or in a header, longest first.
+
+    A provider may echo any of them back in an error body (a 401 that repeats the
+    ``X-Token`` it refused), so all of them are scrubbed from messages and logs. The parts
+    of a value (the token of ``Bearer <token>``) are scrubbed too.
+    """
+    secrets: set[str] = set()
+
+    def add(value: Any, shortest: int) -> None:
+        value = _reveal(value)
+        if isinstance(value, str) and value != _NO_KEY:
+            if len(value) >= shortest:
+                secrets.add(value)
+            # The token of "Bearer <token>": only long parts, the scheme is no secret.
+            secrets.update(part for part in value.split()[1:] if len(part) >= 8)
+
+    for name, value in kwargs.items():
+        if name in _HEADER_PARAMS and isinstance(value, Mapping):
+            # Header values are often short and ordinary ("true", "gzip"): only longer
+            # ones can be secrets, and scrubbing "true" would garble every message.
+            for header in value.values():
+                add(header, 8)
+        elif is_credential(name):
+            add(value, 4)
+    return iter(sorted(secrets, key=len, reverse=True))
 
 
 def _litellm() -> ModuleType:
@@ -501,10 +468,8 @@ class LiteLLMModel(BatchedModel):
         # Whether the endpoint is "the provider" (named providers) or a generic one whose
         # address belongs in the cache key.
         self._keyed_by_endpoint = True
-        # Learned at run time: a provider that rejected or ignored n > 1, and the model
-        # names LiteLLM has no price for.
+        # Learned at run time: a provider that rejected or ignored n > 1.
         self._n_supported = supports_n
-        self._unpriced: set[str | None] = set()
 
     def __repr__(self) -> str:
         base = f", api_base={self.api_base!r}" if self.api_base and self._keyed_by_endpoint else ""
@@ -626,11 +591,8 @@ class LiteLLMModel(BatchedModel):
         )
 
     def _scrub(self, text: str, kwargs: Mapping[str, Any]) -> str:
-        for name, value in kwargs.items():
-            # Every credential the call carried, not only api_key (aws_secret_access_key, ...).
-            secret = is_credential(name) and isinstance(value, str) and len(value) >= 4
-            if secret and value != _NO_KEY:
-                text = text.replace(value, "***")
+        for secret in _sent_secrets(kwargs):
+            text = text.replace(secret, "***")
         return text
 
     def _cause(self, error: BaseException, kwargs: Mapping[str, Any]) -> BaseException | None:
@@ -714,7 +676,7 @@ class LiteLLMModel(BatchedModel):
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
         prompt_shares = split_evenly(prompt_tokens, len(choices))
         completion_shares = split_evenly(completion_tokens, len(choices))
-        cost = self._response_cost(response)
+        cost = response_cost(response)
         samples = []
         for i, choice in enumerate(choices):
             message = getattr(choice, "message", None)
@@ -736,17 +698,6 @@ class LiteLLMModel(BatchedModel):
                 )
             )
         return samples
-
-    def _response_cost(self, response: Any) -> float | None:
-        priced_as = getattr(response, "model", None)
-        if priced_as in self._unpriced:
-            return None  # Looking up a missing price again costs as much as the first time.
-        try:
-            cost = _litellm().completion_cost(completion_response=response)
-        except Exception:  # Unknown prices (local or new models) are normal, not failures.
-            self._unpriced.add(priced_as)
-            return None
-        return float(cost) if cost else None
 
     # -- BatchedModel ---------------------------------------------------------------
 

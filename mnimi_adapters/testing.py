@@ -119,6 +119,7 @@ class _Fault:
     status: int
     retry_after: float | None
     hang: float
+    echo: bool = False
 
 
 @dataclass
@@ -886,7 +887,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_fault(self, entry: LoggedRequest, fault: _Fault, stream: bool) -> None:
         if fault.kind == "status":
             error_type, code = _error_kind(fault.status)
-            payload = _error_payload(f"Injected fault: HTTP {fault.status}", error_type, code)
+            message = f"Injected fault: HTTP {fault.status}"
+            if fault.echo:
+                message += f"; request headers: {dict(self.headers.items())}"
+            payload = _error_payload(message, error_type, code)
             headers = {}
             if fault.retry_after is not None:
                 seconds = fault.retry_after
@@ -1156,6 +1160,7 @@ class SamplingServer:
         retry_after: float | None = None,
         kind: str = "status",
         hang: float = 30.0,
+        echo: bool = False,
     ) -> None:
         """Queues faults for the next ``count`` chat requests.
 
@@ -1169,6 +1174,8 @@ class SamplingServer:
                 ``"choices": []``).
             hang: How long a ``"timeout"`` fault holds the connection. It ends early when
                 the client disconnects or the server stops.
+            echo: For ``kind="status"``: the error message repeats every request header,
+                credentials included, as some gateways do when they refuse a request.
 
         Raises:
             ValueError: If ``kind`` is unknown, ``count`` is negative or ``status`` is not an
@@ -1180,7 +1187,7 @@ class SamplingServer:
             raise ValueError("count must be >= 0")
         if kind == "status" and not 400 <= status <= 599:
             raise ValueError("status must be an HTTP error status (400-599)")
-        fault = _Fault(kind, status, retry_after, hang)
+        fault = _Fault(kind, status, retry_after, hang, echo)
         with self._lock:
             self._faults.extend([fault] * count)
 

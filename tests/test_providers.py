@@ -50,7 +50,6 @@ from mnimi_adapters.providers import (
     LiteLLMRequest,
     ProviderRequestError,
     in_provider_call,
-    litellm_param_role,
 )
 from mnimi_adapters.testing import SamplingServer
 
@@ -555,23 +554,6 @@ def test_litellm_options_never_split_keys_as_in_mnimi_cache(
     # A mocked answer is keyed: it must never replay as the model's own.
     mocked = LiteLLMModel("openai/mock-model", 1.0, mock_response="42")
     assert mocked.identity() != LiteLLMModel("openai/mock-model", 1.0).identity()
-
-
-def test_litellm_param_roles_cover_the_installed_litellm() -> None:
-    from litellm.types.utils import all_litellm_params
-
-    from mnimi_adapters.providers import _LITELLM_KEYED
-
-    # A parameter LiteLLM added since the snapshot would be keyed: add it to providers.py.
-    keyed = {name for name in all_litellm_params if litellm_param_role(name) == "sampling"}
-    assert keyed <= _LITELLM_KEYED
-    for name in ("top_p", "seed", "tools", "extra_body", "top_k", "max_new_tokens"):
-        assert litellm_param_role(name) == "sampling", name
-    for name in ("timeout", "api_key", "vertex_credentials", "extra_headers", "service_tier"):
-        assert litellm_param_role(name) == "transport", name
-    for name in ("num_retries", "metadata", "_private", "fallbacks"):
-        assert litellm_param_role(name) == "drop", name
-    assert litellm_param_role("mock_response") == "sampling"
 
 
 def test_sampling_params_pass_through_and_are_part_of_the_key(server: SamplingServer) -> None:

@@ -10,6 +10,7 @@ timeouts, retries, metadata) ever reaches the key.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -52,20 +53,72 @@ TRANSPORT_PARAMS = frozenset(
     }
 )
 
-# Provider-specific credentials have no fixed names (``aws_secret_access_key``,
-# ``vertex_credentials``, ``azure_ad_token``, ...): any parameter with such a whole
-# ``_``-separated word is one, so ``max_tokens`` stays a sampling parameter.
-_CREDENTIAL = re.compile(
-    r"(?:^|_)(?:key|keys|secret|password|passwd|token|credential|credentials|auth)(?:$|_)"
+# Credentials have no fixed names (``aws_secret_access_key``, ``vertex_credentials``,
+# ``github_copilot_user_session``, ``X-Api-Key``, ``apiKey``, ...), and every LiteLLM release
+# adds some: a name is one by its shape, never by a list. A name is split into words (at
+# ``_``, ``-``, ``.`` and camelCase humps); it is a credential if a word is one of these, or
+# ends in one of the suffixes (``apikey``, ``accesstoken``). ``max_tokens`` stays a sampling
+# parameter: "tokens" counts, it does not authenticate.
+_CREDENTIAL_WORDS = frozenset(
+    {
+        "auth",
+        "authorization",
+        "bearer",
+        "cookie",
+        "cookies",
+        "credential",
+        # Header values carry tokens under any name (X-Token, X-Goog-Api-Key, ...).
+        "header",
+        "headers",
+        "credentials",
+        "creds",
+        "jwt",
+        "key",
+        "keys",
+        "oauth",
+        "passphrase",
+        "passwd",
+        "password",
+        "private",
+        "pwd",
+        "secret",
+        "secrets",
+        "session",
+        "signature",
+        "token",
+    }
 )
-_PROMPT_TOKENS = frozenset({"bos_token", "eos_token"})
+_CREDENTIAL_SUFFIXES = ("key", "token", "secret", "password", "passwd", "credential", "session")
+_WORD_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|[^A-Za-z0-9]+")
+# Sampling parameters with a credential-like word: prompt-template tokens (text the model
+# sees) and token ids that stop or end a generation (vLLM, Hugging Face).
+_NOT_CREDENTIALS = frozenset(
+    {"bos_token", "eos_token", "stop_token_ids", "eos_token_id", "bos_token_id", "pad_token_id"}
+)
 
 Message = dict[str, Any]
 
 
+@functools.lru_cache(maxsize=4096)
 def is_credential(name: str) -> bool:
-    """Whether a parameter name looks like a credential (never keyed, stored or logged)."""
-    return name not in _PROMPT_TOKENS and _CREDENTIAL.search(name.lower()) is not None
+    """Whether a parameter name looks like a credential (never keyed, stored or logged).
+
+    Decided by the name's shape, so that a credential parameter nobody has listed yet
+    (a provider's new session token, say) is safe all the same.
+
+    Example:
+        >>> [is_credential(n) for n in ("api_key", "apiKey", "X-Auth-Token", "max_tokens")]
+        [True, True, True, False]
+        >>> is_credential("github_copilot_user_session"), is_credential("top_k")
+        (True, False)
+    """
+    if name in _NOT_CREDENTIALS:
+        return False
+    for word in _WORD_BOUNDARY.split(name):
+        word = word.lower()
+        if word in _CREDENTIAL_WORDS or (len(word) > 3 and word.endswith(_CREDENTIAL_SUFFIXES)):
+            return True
+    return False
 
 
 def is_sampling_param(name: str) -> bool:

@@ -1,0 +1,297 @@
+"""Every use of a private LiteLLM, LangChain or pydantic symbol, in one place.
+
+Public extension points come first; each entry below is here because none exists for what
+it does, and says why it is needed. ``tests/unit/test_compat.py`` asserts that every symbol
+named here still exists in the installed versions, so an upgrade that removes one fails
+in one named test instead of somewhere deep in a cache hit.
+
+Nothing here imports LiteLLM at module import time (``import litellm`` takes seconds):
+the LiteLLM entries import it when first called.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from .core.request import is_credential
+
+# ---------------------------------------------------------------------------------------
+# LiteLLM: which call parameters are its own
+# ---------------------------------------------------------------------------------------
+#
+# Why: a cache key must hold what decides the answer and nothing else. LiteLLM mixes its
+# own options into the keyword arguments of ``completion``; they are listed in
+# ``litellm.types.utils.all_litellm_params``, which is not a documented API. The lists are
+# a snapshot of it (1.110.2), not read from LiteLLM at run time, because importing LiteLLM
+# costs seconds (and may fetch a price map, which a replication run must never do) and a
+# key must not change because LiteLLM grew its list. Credentials do not depend on these
+# lists: ``core.request.is_credential`` decides them by the shape of the name.
+
+#: LiteLLM's plumbing: never keyed, and never passed on when MnimiCache re-sends a call.
+LITELLM_DROPPED: Final = frozenset({
+    "model", "messages", "n", "stream", "stream_options", "metadata", "litellm_metadata",
+    "litellm_logging_obj", "litellm_call_id", "parent_otel_span", "cache", "caching", "cache_key",
+    "preset_cache_key", "acompletion", "atext_completion", "aembedding", "aimg_generation",
+    "atranscription", "arerank", "async_call", "text_completion", "complete_response", "fallbacks",
+    "max_fallbacks", "fallback_depth", "context_window_fallback_dict", "retry_policy",
+    "retry_strategy", "num_retries", "max_retries", "model_list", "model_info",
+    "proxy_server_request", "stream_response", "secret_fields", "id", "self"
+})  # fmt: skip
+#: LiteLLM's own options: how a call is routed, authenticated, logged, billed, limited or
+#: timed; never keyed. (Pricing options, ``input_cost_per_token`` and the like, are
+#: matched by name in ``providers.litellm_param_role``.)
+LITELLM_OPTIONS: Final = frozenset({
+    "adaptive_router_config", "adaptive_router_default_model", "allm_passthrough_route",
+    "allow_client_keepalive_override", "allowed_model_region", "allowed_openai_params",
+    "anthropic_disable_workload_identity_federation", "anthropic_federation_rule_id",
+    "anthropic_federation_workspace_id", "anthropic_identity_source", "anthropic_issuer_audience",
+    "anthropic_issuer_subject", "anthropic_issuer_ttl_seconds", "anthropic_issuer_url",
+    "anthropic_keycloak_client_id", "anthropic_keycloak_scope", "anthropic_organization_id",
+    "anthropic_service_account_id", "api_base", "api_key", "api_version", "arize_api_key",
+    "arize_error_sampling_rate", "arize_otlp_protocol", "arize_space_id", "arize_space_key",
+    "arize_success_sampling_rate", "attempted_targets", "auto_router_config",
+    "auto_router_config_path", "auto_router_default_model", "auto_router_embedding_model",
+    "auto_router_max_input_chars", "auto_router_model_compression",
+    "auto_router_routing_compression", "aws_batch_role_arn", "aws_bedrock_control_plane_endpoint",
+    "azure", "azure_ad_token_provider", "azure_password", "azure_scope", "azure_username",
+    "base_model", "bedrock_tags", "budget_duration", "caching_groups", "client", "client_id",
+    "client_secret", "client_side_timeout", "completion_call_id", "complexity_router_config",
+    "complexity_router_default_model", "configurable_clientside_auth_params", "cooldown_time",
+    "custom_llm_provider", "daily_reset_time", "data_residency", "dd_agent_host", "dd_agent_port",
+    "dd_api_key", "dd_site", "default_api_key_rpm_limit", "default_api_key_tpm_limit",
+    "disable_add_transform_inline_image_block", "enable_json_schema_validation",
+    "enable_prompt_caching", "enable_tag_filtering", "fastest_response",
+    "fedramp_uplift_multiplier", "fireworks_forward_user_id", "force_timeout", "gcs_bucket_name",
+    "gcs_path_service_account", "github_copilot_host", "github_copilot_user_session",
+    "guardrails", "headers", "hf_model_name", "humanloop_api_key", "itpm", "keepalive_seconds",
+    "kubernetes_pod_discovery", "langfuse_environment", "langfuse_host",
+    "langfuse_prompt_version", "langfuse_public_key", "langfuse_secret", "langfuse_secret_key",
+    "langfuse_span_scope", "langsmith_api_key", "langsmith_base_url", "langsmith_project",
+    "langsmith_sampling_rate", "langsmith_tenant_id", "litellm_credential_name",
+    "litellm_disabled_callbacks", "litellm_request_debug", "litellm_session_id",
+    "litellm_trace_id", "litellm_trusted_callback_vars", "log_client_error_tracebacks",
+    "logger_fn", "max_agentic_loops", "max_budget", "max_file_size_mb", "max_parallel_requests",
+    "merge_reasoning_content_in_choices", "mock_timeout", "model_alias_map", "model_config",
+    "model_file_id_mapping", "newrelic_api_key", "newrelic_region", "no-log",
+    "openai_identity_provider_id", "openai_service_account_id", "order", "otpm",
+    "output_vector_size", "posthog_api_key", "posthog_api_url", "provider_affinity_header",
+    "provider_specific_header", "quality_router_config", "quality_router_default_model",
+    "region_name", "regional_endpoint_uplift_multiplier",
+    "regional_processing_uplift_multiplier_eu", "regional_processing_uplift_multiplier_us",
+    "request_timeout", "responses_api_version", "routing_strategy", "rpd", "rpm", "rust",
+    "s3_access_key_id", "s3_bucket_name", "s3_bucket_owner", "s3_encryption_key_id",
+    "s3_endpoint_url", "s3_output_bucket_name", "s3_region_name", "s3_secret_access_key",
+    "search_tool_name", "shared_session", "signoz_ingestion_endpoint", "signoz_ingestion_key",
+    "silent_model", "ssl_verify", "stream_chunk_size", "stream_timeout",
+    "stream_timeout_by_service_tier", "switchyard_router_config", "tag_regex", "tags",
+    "tenant_id", "thought_signature_in_tool_call_id", "tiered_pricing", "timeout_by_service_tier",
+    "tpd", "tpm", "ttl", "turn_off_message_logging", "use_chat_completions_api", "use_client",
+    "use_in_pass_through", "use_litellm_proxy", "use_xai_oauth", "verbose", "wandb_api_key",
+    "weave_project_id", "weight"
+})  # fmt: skip
+#: LiteLLM's own parameters that shape the prompt the provider sees (prompt management,
+#: system prompt injection, prompt templates), and a mocked answer, which must never be
+#: replayed as the model's own sample: keyed.
+LITELLM_KEYED: Final = frozenset({
+    "prompt_id", "prompt_variables", "prompt_version", "prompt_label", "prompt_environment",
+    "litellm_system_prompt", "assistant_continue_message", "user_continue_message",
+    "ensure_alternating_roles", "supports_system_message", "custom_prompt_dict",
+    "final_prompt_value", "initial_prompt_value", "roles", "bos_token", "eos_token",
+    "mock_response"
+})  # fmt: skip
+
+
+def installed_litellm_params() -> frozenset[str]:
+    """The parameter names the installed LiteLLM treats as its own (tests compare)."""
+    from litellm.types.utils import all_litellm_params
+
+    return frozenset(all_litellm_params)
+
+
+# ---------------------------------------------------------------------------------------
+# LiteLLM: a response's cost
+# ---------------------------------------------------------------------------------------
+
+
+def response_cost(response: Any) -> float | None:
+    """What LiteLLM says a ``completion`` response cost, or ``None`` if it has no price.
+
+    Why: LiteLLM prices every response it returns and keeps the figure in the response's
+    ``_hidden_params["response_cost"]`` (the way its documentation shows to read a cost).
+    Pricing it again with ``litellm.completion_cost`` would search the price map a second
+    time, and for a model LiteLLM has no price for that prints a "Provider List" banner to
+    stdout (LiteLLM's ``get_llm_provider``), which a plain ``completion`` never does.
+    """
+    hidden = getattr(response, "_hidden_params", None)
+    cost = hidden.get("response_cost") if isinstance(hidden, dict) else None
+    return float(cost) if isinstance(cost, int | float) and cost else None
+
+
+# ---------------------------------------------------------------------------------------
+# LiteLLM: answering from a Cache subclass
+# ---------------------------------------------------------------------------------------
+
+#: A response field LiteLLM copies onto the response object it builds from a cached dict.
+HIDDEN_PARAMS_FIELD: Final = "_hidden_params"
+
+
+class HiddenParams(dict[str, Any]):
+    """A cached response's ``_hidden_params`` that keeps ``cache_hit`` truthful.
+
+    Why: LiteLLM marks whatever a cache returns as ``cache_hit=True`` (it sets the item on
+    this dict); a response for which samples had to be drawn from the provider first is
+    not a hit, and the cost and logs built on that flag would be wrong.
+    """
+
+    hit: bool = True
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key == "cache_hit" and not self.hit:
+            value = False
+        super().__setitem__(key, value)
+
+
+def tell_logging_about_hit(logging_obj: Any, hit: bool, provider: Callable[[], Any]) -> None:
+    """Record on LiteLLM's logging object whether a cached answer was a hit.
+
+    Why: LiteLLM prices a cached response before it records the hit (sync path), from
+    ``logging_obj.model_call_details``; it then searches the price map to explain the zero
+    cost. A hit is free, and a miss must be priced as the provider the samples came from.
+    """
+    details = getattr(logging_obj, "model_call_details", None)
+    if isinstance(details, dict):
+        details["cache_hit"] = hit
+        if not hit and "custom_llm_provider" not in details:
+            details["custom_llm_provider"] = provider()
+
+
+def init_without_global_callbacks(init: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    """Run ``litellm.caching.caching.Cache.__init__`` without touching LiteLLM's globals.
+
+    Why: ``Cache.__init__`` appends ``"cache"`` to LiteLLM's global callback lists, which
+    nothing in LiteLLM reads any more; constructing a cache should change no global
+    state, and a cache that is never installed must leave none behind.
+
+    Args:
+        init: The bound ``Cache.__init__`` (``super().__init__`` in a subclass).
+        *args: Passed to ``init``.
+        **kwargs: Passed to ``init``.
+    """
+    import litellm
+
+    names = ("input_callback", "success_callback", "_async_success_callback")
+    before = {name: "cache" in getattr(litellm, name) for name in names}
+    init(*args, **kwargs)
+    for name, present in before.items():
+        callbacks = getattr(litellm, name)
+        if not present and "cache" in callbacks:
+            callbacks.remove("cache")
+
+
+_STREAM_ITERATORS: Final = (
+    ("litellm.responses.streaming_iterator", "BaseResponsesAPIStreamingIterator"),
+    (
+        "litellm.llms.anthropic.pass_through.messages.response_cache",
+        "CachedAnthropicMessagesStreamIterator",
+    ),
+)
+
+
+def _defer_stream_hit_callbacks(*, cached_result: object) -> bool:
+    """LiteLLM's check, minus its imports of proxy modules (which need ``fastapi``).
+
+    The original imports the Anthropic pass-through module on every cache hit, which
+    imports ``litellm.proxy`` and so ``fastapi``, a dependency of LiteLLM's proxy only.
+    An object can only be an instance of a class whose module is loaded, so looking the
+    classes up in ``sys.modules`` gives the same answer without importing anything.
+    """
+    from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
+
+    if isinstance(cached_result, CustomStreamWrapper):
+        return True
+    for module_name, class_name in _STREAM_ITERATORS:
+        cls = getattr(sys.modules.get(module_name), class_name, None)
+        if isinstance(cls, type) and isinstance(cached_result, cls):
+            return True
+    return False
+
+
+def patch_stream_hit_check() -> None:
+    """Make LiteLLM's cache-hit path work without ``fastapi`` installed.
+
+    Why: on the LiteLLM versions this package allows, every cache hit calls
+    ``caching_handler._should_defer_streaming_cache_hit_callbacks``, which imports LiteLLM's
+    proxy and so ``fastapi`` (LiteLLM issue 42195): a hit fails with ModuleNotFoundError
+    where only ``litellm`` is installed. The replacement gives the same answer for every
+    input, so it stays in place for good: undoing it when one cache is uninstalled would
+    break another one still installed.
+    """
+    from litellm.caching import caching_handler
+
+    if hasattr(caching_handler, "_should_defer_streaming_cache_hit_callbacks"):
+        caching_handler._should_defer_streaming_cache_hit_callbacks = _defer_stream_hit_callbacks
+
+
+# ---------------------------------------------------------------------------------------
+# LangChain
+# ---------------------------------------------------------------------------------------
+
+
+def in_runnable_context() -> bool:
+    """Whether code runs inside a LangChain runnable (so LangGraph may have a runtime).
+
+    Why: LangGraph's ``get_runtime()`` raises outside a graph, and raising and catching
+    an exception on every plain model call costs more than the call's cache hit. LangChain
+    keeps the current runnable config in ``runnables.config.var_child_runnable_config``,
+    a module-level ContextVar that is not part of its documented API.
+    """
+    from langchain_core.runnables.config import var_child_runnable_config
+
+    return var_child_runnable_config.get() is not None
+
+
+class InvocationParamsWithoutCredentials:
+    """A mixin for a ``BaseChatModel`` whose invocation params carry no credential.
+
+    Why: LangChain sends ``_get_invocation_params(stop, **kwargs)`` to every callback and
+    tracer (LangSmith included), with the per-call keyword arguments merged in as they
+    are: ``model.invoke(x, api_key=...)`` would put the key in a trace. This is the one
+    method that builds that dict, and it is private. The result is what LangChain's own
+    version returns (``{**_identifying_params, "_type": ..., "stop": stop, **kwargs}``),
+    with credential-named keywords left out.
+    """
+
+    if TYPE_CHECKING:
+
+        @property
+        def _identifying_params(self) -> Mapping[str, Any]: ...
+
+        @property
+        def _llm_type(self) -> str: ...
+
+    def _get_invocation_params(
+        self, stop: list[str] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        params = dict(self._identifying_params)
+        params["_type"] = self._llm_type
+        params["stop"] = stop
+        if kwargs:
+            params.update((k, v) for k, v in kwargs.items() if not is_credential(k))
+        return params
+
+
+#: ``(module, attribute)`` of every private symbol used here, for the existence test.
+PRIVATE_SYMBOLS: Final = (
+    ("litellm.types.utils", "all_litellm_params"),
+    ("litellm.caching.caching", "Cache"),
+    ("litellm.caching.caching_handler", "_should_defer_streaming_cache_hit_callbacks"),
+    ("litellm.litellm_core_utils.streaming_handler", "CustomStreamWrapper"),
+    ("litellm.litellm_core_utils.litellm_logging", "Logging"),
+    ("litellm", "input_callback"),
+    ("litellm", "success_callback"),
+    ("litellm", "_async_success_callback"),
+    ("langchain_core.runnables.config", "var_child_runnable_config"),
+    ("langchain_core.language_models.chat_models", "BaseChatModel"),
+)

@@ -1,0 +1,92 @@
+"""The upstream symbols mnimi_adapters relies on still exist, each in one named test."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from mnimi_adapters._compat import (
+    LITELLM_DROPPED,
+    LITELLM_KEYED,
+    LITELLM_OPTIONS,
+    PRIVATE_SYMBOLS,
+    installed_litellm_params,
+)
+from mnimi_adapters.core.request import is_credential
+from mnimi_adapters.providers import litellm_param_role
+
+
+@pytest.mark.parametrize(("module", "name"), PRIVATE_SYMBOLS, ids=lambda v: str(v))
+def test_private_symbol_still_exists(module: str, name: str) -> None:
+    assert hasattr(importlib.import_module(module), name), f"{module}.{name} is gone"
+
+
+def test_parameter_snapshot_covers_the_installed_litellm() -> None:
+    # A parameter LiteLLM added since the snapshot would be keyed: add it to _compat.py
+    # (as an option, unless it changes the answer) before raising the upper bound.
+    unlisted = installed_litellm_params() - LITELLM_DROPPED - LITELLM_OPTIONS - LITELLM_KEYED
+    keyed = {name for name in unlisted if litellm_param_role(name) == "sampling"}
+    assert not keyed, f"LiteLLM parameters missing from the snapshot: {sorted(keyed)}"
+
+
+def test_credential_named_litellm_parameters_are_never_keyed_whatever_the_snapshot() -> None:
+    # Safety must not depend on the snapshot: every credential-shaped parameter of the
+    # installed LiteLLM is decided by its name alone.
+    credentials = {name for name in installed_litellm_params() if is_credential(name)}
+    assert {"api_key", "client_secret", "azure_password"} <= credentials
+    assert all(litellm_param_role(name) != "sampling" for name in credentials)
+    # Added in LiteLLM 1.110 without being a listed option before: safe by its shape.
+    assert is_credential("github_copilot_user_session")
+
+
+def test_param_roles() -> None:
+    for name in ("top_p", "seed", "tools", "extra_body", "top_k", "max_new_tokens", "max_tokens"):
+        assert litellm_param_role(name) == "sampling", name
+    for name in ("stop_token_ids", "bos_token", "mock_response"):
+        assert litellm_param_role(name) == "sampling", name
+    for name in ("timeout", "api_key", "vertex_credentials", "extra_headers", "service_tier"):
+        assert litellm_param_role(name) == "transport", name
+    for name in ("num_retries", "metadata", "_private", "fallbacks"):
+        assert litellm_param_role(name) == "drop", name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "zorblax_session_token",
+        "acme_user_session",
+        "x-api-key",
+        "X-Auth-Token",
+        "apiKey",
+        "clientSecret",
+        "db_passwd",
+        "quux_credentials",
+        "refresh_token",
+        "accesstoken",
+        "service_account_private_key",
+        "oauth_cookie",
+    ],
+)
+def test_names_shaped_like_credentials_are_credentials(name: str) -> None:
+    assert is_credential(name)
+    assert litellm_param_role(name) == "transport"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "max_tokens",
+        "max_completion_tokens",
+        "top_k",
+        "temperature",
+        "tools",
+        "response_format",
+        "stop",
+        "logit_bias",
+        "reasoning_effort",
+        "keyword",
+    ],
+)
+def test_sampling_names_are_not_credentials(name: str) -> None:
+    assert not is_credential(name)

@@ -1,0 +1,152 @@
+"""No credential reaches a key, a stored byte, a log line or an exception, under any name.
+
+The parameter names here are made up on purpose: safety must not depend on a list of the
+names LiteLLM (or any provider) uses today.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import litellm
+import pytest
+
+from mnimi_adapters import LiteLLMModel, Persistent
+from mnimi_adapters.core.errors import MnimiError
+from mnimi_adapters.core.request import Request
+from mnimi_adapters.langchain import MnimiChatModel
+from mnimi_adapters.litellm import MnimiCache
+from mnimi_adapters.testing import SamplingServer
+
+pytestmark = pytest.mark.integration
+
+MODEL = "openai/mock-model"
+# A credential-shaped name that no library has ever heard of.
+SESSION = "zorblax_session_token"
+SESSION_SECRET = "zorblax-sess-7f3a9c1e5b2d"
+API_SECRET = "sk-api-key-4e8d2a6c0b1f"
+HEADER_SECRET = "hdr-token-9b1c7e3f5a2d"
+SECRETS = (SESSION_SECRET, API_SECRET, HEADER_SECRET)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SamplingServer]:
+    with SamplingServer(seed=5) as running:
+        yield running
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    # Everything this library logs, and everything any library logs at INFO or above.
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="mnimi_adapters")
+    return caplog
+
+
+def stored_bytes(directory: Path) -> bytes:
+    """Every byte under ``directory``: the database, its WAL and anything beside them."""
+    files = [path for path in directory.rglob("*") if path.is_file()]
+    assert files, f"nothing stored under {directory}"
+    return b"".join(path.read_bytes() for path in files)
+
+
+def assert_nowhere(*texts: str | bytes) -> None:
+    for text in texts:
+        data = text.encode() if isinstance(text, str) else text
+        for secret in SECRETS:
+            assert secret.encode() not in data, f"{secret} leaked"
+
+
+def error_text(error: BaseException) -> str:
+    """An exception as a user would see it: message, repr and the whole traceback chain."""
+    return "".join(traceback.format_exception(error)) + repr(error)
+
+
+def test_litellm_model(server: SamplingServer, tmp_path: Path, logs: Any) -> None:
+    server.reset()
+    plain = LiteLLMModel(MODEL, 1.0, api_base=server.url, api_key=API_SECRET)
+    secretive = LiteLLMModel(
+        MODEL,
+        1.0,
+        api_base=server.url,
+        api_key=API_SECRET,
+        extra_headers={"X-Token": HEADER_SECRET},
+        **{SESSION: SESSION_SECRET},
+    )
+    assert secretive.identity() == plain.identity()
+    assert plain.key_of(Request.of("Pick a number.")) == secretive.key_of(
+        Request.of("Pick a number.")
+    )
+
+    first = next(Persistent(secretive, tmp_path / "cache").sample("Pick a number."))
+    # The same sequence without the credentials: replayed, not drawn again.
+    assert next(Persistent(plain, tmp_path / "cache").sample("Pick a number.")) == first
+    assert len(server.chat_requests()) == 1
+
+    # A gateway that echoes the request headers (the key and X-Token) in its refusal.
+    server.fail_next(401, echo=True)
+    with pytest.raises(MnimiError) as caught:
+        next(Persistent(secretive, tmp_path / "cache").sample("Another prompt."))
+    assert "401" in str(caught.value)
+    assert_nowhere(error_text(caught.value), logs.text, stored_bytes(tmp_path / "cache"))
+
+
+def test_mnimi_cache(server: SamplingServer, tmp_path: Path, logs: Any) -> None:
+    server.reset()
+    cache_dir = tmp_path / "litellm"
+    call: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Pick a number."}],
+        "api_base": server.url,
+        "api_key": API_SECRET,
+    }
+    with MnimiCache(str(cache_dir)) as cache:
+        secret_call = {**call, "extra_headers": {"X-Token": HEADER_SECRET}, SESSION: SESSION_SECRET}
+        assert cache.get_cache_key(**secret_call) == cache.get_cache_key(**call)
+        first = litellm.completion(**secret_call)
+        again = litellm.completion(**call)
+        assert again.choices[0].message.content == first.choices[0].message.content
+        assert len(server.chat_requests()) == 1
+
+        server.fail_next(401, echo=True)
+        with pytest.raises(Exception) as caught:
+            litellm.completion(**{**secret_call, "messages": [{"role": "user", "content": "x"}]})
+        assert "401" in str(caught.value)
+    cache.close()
+    assert_nowhere(error_text(caught.value), logs.text, stored_bytes(cache_dir))
+
+
+def test_mnimi_chat_model(server: SamplingServer, tmp_path: Path, logs: Any) -> None:
+    server.reset()
+    common: dict[str, Any] = {
+        "model": MODEL,
+        "api_base": server.url,
+        "api_key": API_SECRET,
+        "cache_dir": str(tmp_path / "chat"),
+    }
+    plain = MnimiChatModel(**common)
+    secretive = MnimiChatModel(
+        **common, extra_headers={"X-Token": HEADER_SECRET}, **{SESSION: SESSION_SECRET}
+    )
+    first = secretive.invoke("Pick a number.")
+    per_call = plain.bind(**{SESSION: SESSION_SECRET}).invoke("Pick a number.")
+    assert per_call.response_metadata["cache_key"] == first.response_metadata["cache_key"]
+    assert per_call.content == first.content
+    assert len(server.chat_requests()) == 1
+
+    server.fail_next(401, echo=True)
+    with pytest.raises(Exception) as caught:
+        secretive.invoke("Another prompt.")
+    assert "401" in str(caught.value)
+    assert_nowhere(
+        repr(secretive),
+        secretive.model_dump_json(),
+        str(secretive._identifying_params),
+        error_text(caught.value),
+        logs.text,
+        stored_bytes(tmp_path / "chat"),
+    )
