@@ -835,3 +835,16 @@ async def _take(iterator: AsyncIterator[str], count: int) -> AsyncIterator[str]:
         taken += 1
         if taken == count:
             return
+
+
+def test_a_model_litellm_has_no_price_for_prints_nothing(
+    server: SamplingServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # LiteLLM's cost lookup prints a "Provider List" banner for a model it cannot place;
+    # a plain litellm.completion prints nothing, and neither may the provider layer.
+    model = local(server, alias="unpriced-for-banner-test")
+    samples = [s for _ in range(2) for s in islice(model.samples(PROMPT, batch=2), 2)]
+    assert len(samples) == 4 and all(s.cost is None for s in samples)
+    captured = capfd.readouterr()
+    assert captured.out == ""
+    assert "Provider List" not in captured.err
