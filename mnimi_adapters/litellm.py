@@ -508,7 +508,7 @@ class MnimiCache(Cache):
 
     def _layer(self, call: _Call) -> CacheLayer:
         # Under the lock: concurrent first calls must share one layer, or each would
-        # keep its own cursors and hand out the same samples (DESIGN 7).
+        # keep its own cursors and hand out the same samples (law 7).
         with self._lock:
             layer = self._layers.get(call.identity_token)
             if layer is None:

@@ -1,4 +1,4 @@
-"""Property tests of the laws (DESIGN section 3, laws 1-4) over random interleavings.
+"""Property tests of the laws (docs/laws.md, laws 1-4) over random interleavings.
 
 The oracle tracks, for every item a layer hands out, which position of the
 persistent base sequence ``P`` it must be; the real draws are then checked

@@ -1,4 +1,4 @@
-"""Scopes give adapters the wrappers' semantics (DESIGN section 5)."""
+"""Scopes give adapters the wrappers' semantics (docs/laws.md, "Scopes")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""The Mnimi core: requests, samples, stores, layers and scopes."""
+"""The Mnimi core: requests, samples, stores, layers and scopes.
+
+Every layer obeys the eight laws numbered in ``docs/laws.md`` (code and tests cite them
+as "law N"); ``layers.py`` is the module that implements them.
+"""
 
 from .errors import (
     CorruptStoreError,
