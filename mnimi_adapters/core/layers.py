@@ -4,23 +4,31 @@
 sequence of samples; every ``sample()`` call reads it from position 0 and
 extends it on demand by drawing from the inner layer. ``Independent`` keeps
 one cursor per key for its lifetime, so successive calls continue.
+
+A refill that asks a provider runs apart from its caller (see ``_Keeper``), so
+what it paid for is stored whatever happens to the caller, even at exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import concurrent.futures
 import contextlib
+import contextvars
+import functools
 import heapq
 import os
+import queue
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import MnimiError, ProviderError, ReplicationCacheMiss
-from .model import Cursor, Layer
+from .model import Cursor, Layer, logger
 from .request import Request, request_record
 from .sample import Sample
 from .scopes import caching_enabled
@@ -162,6 +170,14 @@ class CacheLayer(Wrapper):
         if not refill.done.done():
             refill.done.set_result(None)
 
+    def _start(self, request: Request, key: str, refill: _Refill) -> Cursor:
+        """The inner cursor ``refill`` draws from; a refill that cannot start ends at once."""
+        try:
+            return self._inner_cursor(request, key)
+        except BaseException:
+            self._release(key, refill)
+            raise
+
     def extend(self, request: Request, key: str, index: int, batch: int) -> None:
         """Make sure position ``index`` of ``key``'s sequence is stored."""
         while (plan := self._plan(request, key, index, batch, is_async=False)) is not None:
@@ -174,14 +190,21 @@ class CacheLayer(Wrapper):
                     )
                 refill.done.result()
                 continue
-            try:
-                cursor = self._inner_cursor(request, key)
-                # Refills from an ordered (cached) inner sequence must land in the
-                # order they were taken, or a slice would not be a prefix (law 4).
-                with self._ordered_locks[key] if cursor.ordered else contextlib.nullcontext():
-                    self._land(request, key, cursor, cursor.take(request, refill.count))
-            finally:
-                self._release(key, refill)
+            cursor = self._start(request, key, refill)
+            if cursor.ordered:
+                self._fill(request, key, cursor, refill)
+            else:
+                _KEEPER.call(functools.partial(self._fill, request, key, cursor, refill))
+
+    def _fill(self, request: Request, key: str, cursor: Cursor, refill: _Refill) -> None:
+        """Run ``refill`` to its end: draw, store, and wake whoever waits for it."""
+        try:
+            # Refills from an ordered (cached) inner sequence must land in the
+            # order they were taken, or a slice would not be a prefix (law 4).
+            with self._ordered_locks[key] if cursor.ordered else contextlib.nullcontext():
+                self._land(request, key, cursor, cursor.take(request, refill.count))
+        finally:
+            self._release(key, refill)
 
     async def aextend(self, request: Request, key: str, index: int, batch: int) -> None:
         """Async :meth:`extend`."""
@@ -192,13 +215,17 @@ class CacheLayer(Wrapper):
             if not mine:
                 await asyncio.shield(asyncio.wrap_future(refill.done))
                 continue
-            task = asyncio.ensure_future(self._afill(request, key, refill))
-            task.add_done_callback(_retrieve)
-            await asyncio.shield(task)
+            cursor = self._start(request, key, refill)
+            fill = self._afill(request, key, cursor, refill)
+            if cursor.ordered:
+                task = asyncio.ensure_future(fill)
+                task.add_done_callback(_retrieve)
+                await asyncio.shield(task)
+            else:
+                await asyncio.shield(asyncio.wrap_future(_KEEPER.submit(fill)))
 
-    async def _afill(self, request: Request, key: str, refill: _Refill) -> None:
+    async def _afill(self, request: Request, key: str, cursor: Cursor, refill: _Refill) -> None:
         try:
-            cursor = self._inner_cursor(request, key)
             if not cursor.ordered:
                 self._land(request, key, cursor, await cursor.atake(request, refill.count))
                 return
@@ -221,6 +248,131 @@ class CacheLayer(Wrapper):
 
 #: How many recent draws a cursor can take back: more than one call's ``n``.
 _SERVED_MEMORY = 1024
+
+#: Seconds an exiting interpreter waits for provider refills in flight to be stored:
+#: room for a slow generation; a second Ctrl-C gives up the wait.
+EXIT_WAIT = 300.0
+
+
+#: A synchronous refill for a refill thread: the caller's context, the work, its outcome.
+_Job = tuple[contextvars.Context, Callable[[], None], Future[None]]
+
+
+class _Keeper:
+    """Runs each provider refill apart from its caller, so a paid sample is always stored.
+
+    A provider call cut short is a sample paid for and thrown away (law 6), and a
+    caller may time out, be cancelled, be interrupted (Ctrl-C) or see its event loop
+    closed: ``asyncio.run`` cancels every task still running when its coroutine
+    returns, a shielded one too. So a refill that asks a provider runs to its end
+    elsewhere: a synchronous one on a refill thread, an async one on an event loop
+    this library owns (started on first use). Both are daemon threads, and the
+    interpreter waits for the refills in flight at exit (see :data:`EXIT_WAIT`).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._in_flight: set[Future[None]] = set()
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        #: Refill threads done with a job and not promised another: kept, not ended,
+        #: since each holds its own store connection, which takes a while to open.
+        self._idle = 0
+
+    def call(self, fill: Callable[[], None]) -> None:
+        """Run ``fill`` on a refill thread, in the caller's context, and wait for it."""
+        future: Future[None] = Future()
+        self._track(future)
+        with self._lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        self._jobs.put((contextvars.copy_context(), fill, future))
+        if spawn:
+            threading.Thread(target=self._work, name="mnimi-refill", daemon=True).start()
+        future.result()
+
+    def _work(self) -> None:
+        while True:
+            context, fill, future = self._jobs.get()
+            try:
+                context.run(fill)
+            except BaseException as error:
+                future.set_exception(error)
+            else:
+                future.set_result(None)
+            with self._lock:
+                self._idle += 1
+
+    def submit(self, fill: Coroutine[Any, Any, None]) -> Future[None]:
+        """Start ``fill`` on the library's event loop, in the caller's context."""
+        with self._lock:
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                threading.Thread(
+                    target=self._loop.run_forever, name="mnimi-refills", daemon=True
+                ).start()
+            loop = self._loop
+        # The task runs in a copy of the context current here (asyncio copies it
+        # when the call is scheduled), so scopes and MnimiCache's call travel along.
+        future = asyncio.run_coroutine_threadsafe(fill, loop)
+        self._track(future)
+        return future
+
+    def _track(self, future: Future[None]) -> None:
+        with self._lock:
+            self._in_flight.add(future)
+        future.add_done_callback(self._untrack)
+
+    def _untrack(self, future: Future[None]) -> None:
+        with self._lock:
+            self._in_flight.discard(future)
+
+    def in_flight(self) -> list[Future[None]]:
+        """The refills not finished yet."""
+        with self._lock:
+            return list(self._in_flight)
+
+
+_KEEPER = _Keeper()
+
+
+def _new_keeper() -> None:
+    """Start afresh in a forked child, which has neither the loop's thread nor the refills."""
+    global _KEEPER
+    _KEEPER = _Keeper()
+
+
+os.register_at_fork(after_in_child=_new_keeper)
+
+
+def wait_for_refills(timeout: float | None = None) -> bool:
+    """Wait until every provider refill in flight is stored (or has failed).
+
+    A refill outlives a caller that timed out, was cancelled or whose event loop
+    closed; this waits for such refills, e.g. before copying a cache directory.
+
+    Args:
+        timeout: The most seconds to wait; ``None`` waits as long as it takes.
+
+    Returns:
+        Whether none is left in flight.
+    """
+    _, pending = concurrent.futures.wait(_KEEPER.in_flight(), timeout)
+    return not pending
+
+
+@atexit.register
+def _store_refills_at_exit() -> None:
+    pending = len(_KEEPER.in_flight())
+    if pending:
+        logger.warning(
+            "waiting up to %.0f s for %d provider refill%s in flight to be stored",
+            EXIT_WAIT,
+            pending,
+            "" if pending == 1 else "s",
+        )
+        wait_for_refills(EXIT_WAIT)
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:

@@ -199,6 +199,12 @@ class Model(Layer):
     a provider of your own, or subclass :class:`BatchedModel` for one that can
     return several samples per request.
 
+    Under a cache layer, the provider is called from the library's own refill
+    threads, and async calls run on the library's own event loop, not the
+    caller's: a paid answer is then stored even when its caller times out, is
+    cancelled or interrupted, or its event loop closes. Create anything bound to
+    an event loop (an ``aiohttp`` session) inside the call, or one per loop.
+
     Args:
         model_name: The provider's model name.
         temperature: Sampling temperature.
@@ -340,7 +346,10 @@ class BatchedModel(Model):
         """Send one request for ``n`` samples and return them."""
 
     async def aquery(self, request: Request, n: int) -> list[str | Sample]:
-        """Async :meth:`query`; by default runs it in a worker thread."""
+        """Async :meth:`query`; by default runs it in a worker thread.
+
+        Under a cache layer it runs on the library's event loop (see :class:`Model`).
+        """
         return await asyncio.to_thread(self.query, request, n)
 
     def open(self, request: Request) -> Cursor:
