@@ -50,7 +50,8 @@ class TestMnimiChatModelUnit(ChatModelUnitTests):
     # Skipped by the suite itself ("init_from_env_params not specified"), on purpose:
     # MnimiChatModel reads nothing from the environment at construction. LiteLLM reads the
     # provider's key variable (FIREWORKS_API_KEY, ...) when the first request is sent
-    # (docs/laws.md, "Storage and credentials"), so there is no environment-initialised attribute to check.
+    # (docs/laws.md, "Storage and credentials"), so there is no environment-initialised
+    # attribute to check.
     #
     @pytest.mark.xfail(
         reason="langchain-core 1.x load(allowed_objects='all') admits only the classes in its "
