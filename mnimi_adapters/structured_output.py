@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mnimi_adapters.core.errors import MnimiError
+
 if TYPE_CHECKING:
     from mnimi_adapters.core import Layer
     from mnimi_adapters.core.model import Prompt
@@ -42,8 +44,12 @@ __all__ = [
 _SNIPPET_CHARS = 40
 
 
-class LLMOutputError(ValueError):
+class LLMOutputError(MnimiError, ValueError):
     """An LLM output that does not fit the expected structure or fails validation.
+
+    A ``MnimiError`` like every error this library raises on purpose, and a
+    ``ValueError`` so that code retrying on ``ValueError`` (LangGraph's ``retry_on``,
+    tenacity) retries it too.
 
     Attributes:
         expected: What was expected, e.g. ``"<algorithm>...</algorithm>"``.
@@ -418,22 +424,12 @@ def query_retry(
         >>> result = query_retry(model, prompt, spec, retries=5,
         ...                      validator=lambda x: len(x[1]) >= 2)  # doctest: +SKIP
     """
-    # Imported here so that parsing alone does not load the cache machinery.
-    from mnimi_adapters.core import Independent, Repeatable
-
-    _check_retries(retries)
-    # One cursor for the whole call: every attempt reads the next sample of the sequence,
-    # so a retry never sees a failed sample again, yet a rerun over a persistent model
-    # reads the same samples in the same order. The Repeatable below it keeps the rest of
-    # a batched refill for later attempts even when `model` has no cache of its own.
-    independent = Independent(Repeatable(model))
+    attempts = _attempts(model, retries)
     for attempt in range(1, retries + 1):
-        text = next(independent.sample(prompt, batch=batch))
-        try:
-            return _accept(spec, text, validator)
-        except LLMOutputError as error:
-            if attempt == retries:
-                raise _exhausted(retries, error) from error
+        text = next(attempts.sample(prompt, batch=batch))
+        done, value = _judge(attempt, retries, spec, text, validator)
+        if done:
+            return value
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
@@ -453,23 +449,47 @@ async def aquery_retry(
     Example:
         >>> result = await aquery_retry(model, prompt, Tag("answer"))  # doctest: +SKIP
     """
-    from mnimi_adapters.core import Independent, Repeatable
-
-    _check_retries(retries)
-    independent = Independent(Repeatable(model))
+    attempts = _attempts(model, retries)
     for attempt in range(1, retries + 1):
-        text = await anext(independent.asample(prompt, batch=batch))
-        try:
-            return _accept(spec, text, validator)
-        except LLMOutputError as error:
-            if attempt == retries:
-                raise _exhausted(retries, error) from error
+        text = await anext(attempts.asample(prompt, batch=batch))
+        done, value = _judge(attempt, retries, spec, text, validator)
+        if done:
+            return value
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def _check_retries(retries: int) -> None:
+def _attempts(model: Layer, retries: int) -> Layer:
+    """The layer a retry loop draws its attempts from (the decisions both loops share)."""
     if retries < 1:
         raise ValueError(f"retries must be at least 1, got {retries}")
+    # Imported here so that parsing alone does not load the cache machinery.
+    from mnimi_adapters.core import Independent, Repeatable
+
+    # One cursor for the whole call: every attempt reads the next sample of the sequence,
+    # so a retry never sees a failed sample again, yet a rerun over a persistent model
+    # reads the same samples in the same order. The Repeatable below it keeps the rest of
+    # a batched refill for later attempts even when `model` has no cache of its own.
+    return Independent(Repeatable(model))
+
+
+def _judge(
+    attempt: int,
+    retries: int,
+    spec: Spec,
+    text: str,
+    validator: Callable[[Any], object] | None,
+) -> tuple[bool, Any]:
+    """``(True, value)`` for an accepted attempt, ``(False, None)`` to try again.
+
+    Raises:
+        LLMOutputError: The last attempt was not accepted either.
+    """
+    try:
+        return True, _accept(spec, text, validator)
+    except LLMOutputError as error:
+        if attempt == retries:
+            raise _exhausted(retries, error) from error
+        return False, None
 
 
 def _accept(spec: Spec, text: str, validator: Callable[[Any], object] | None) -> Any:

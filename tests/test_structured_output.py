@@ -741,3 +741,11 @@ async def test_sync_and_async_runs_share_the_cache(tmp_path: Path) -> None:
     first = query_retry(Persistent(Scripted([BAD, GOOD]), tmp_path), "q", spec)
     rerun = Persistent(Unreachable("scripted", 1.0), tmp_path, replication=True)
     assert await aquery_retry(rerun, "q", spec) == first
+
+
+def test_output_errors_are_mnimi_errors_and_value_errors() -> None:
+    from mnimi_adapters import MnimiError
+
+    with pytest.raises(MnimiError) as caught:
+        parse(Tag("answer"), "I don't know")
+    assert isinstance(caught.value, ValueError) and isinstance(caught.value, LLMOutputError)
