@@ -1,0 +1,135 @@
+"""Why a request misses: the nearest stored request and the first field that differs.
+
+A replication run that misses usually sends *almost* the request the original run sent:
+a temperature changed, one character of a system prompt edited, a tool schema grown a
+field. The key is a hash, so it says only "different"; these functions compare the
+requests' canonical records (:func:`~mnimi_adapters.core.request.request_record`) and say
+where, in words.
+
+Example:
+    >>> stored = {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+    ...           "params": {"temperature": 0.7}}
+    >>> first_difference(stored, {**stored, "params": {"temperature": 0.8}})
+    'temperature: stored 0.7, requested 0.8'
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from difflib import SequenceMatcher
+from typing import Any
+
+__all__ = ["first_difference", "nearest_record"]
+
+#: Characters of context shown on each side of the first differing character.
+_CONTEXT = 16
+_MISSING = object()
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _text_difference(path: str, stored: str, requested: str) -> str:
+    at = next(
+        (i for i, (a, b) in enumerate(zip(stored, requested, strict=False)) if a != b),
+        min(len(stored), len(requested)),
+    )
+    start = max(0, at - _CONTEXT)
+    lead = "..." if start else ""
+
+    def around(text: str) -> str:
+        tail = "..." if len(text) > at + _CONTEXT else ""
+        return json.dumps(lead + text[start : at + _CONTEXT] + tail, ensure_ascii=False)
+
+    return (
+        f"{path} differs at character {at}: stored {around(stored)}, requested {around(requested)}"
+    )
+
+
+def _difference(path: str, stored: Any, requested: Any) -> str | None:
+    """The first difference below ``path``, depth first in a stable order, or ``None``."""
+    if stored is _MISSING and requested is _MISSING:
+        return None
+    if stored is _MISSING:
+        return f"{path}: not stored, requested {_shown(requested)}"
+    if requested is _MISSING:
+        return f"{path}: stored {_shown(stored)}, not requested"
+    if isinstance(stored, Mapping) and isinstance(requested, Mapping):
+        for name in sorted(set(stored) | set(requested)):
+            below = f"{path}.{name}" if path else str(name)
+            found = _difference(below, stored.get(name, _MISSING), requested.get(name, _MISSING))
+            if found:
+                return found
+        return None
+    if isinstance(stored, list) and isinstance(requested, list):
+        for i in range(max(len(stored), len(requested))):
+            found = _difference(
+                f"{path}[{i}]",
+                stored[i] if i < len(stored) else _MISSING,
+                requested[i] if i < len(requested) else _MISSING,
+            )
+            if found:
+                return found
+        return None
+    if stored == requested and type(stored) is type(requested):
+        return None
+    long_text = max(len(str(stored)), len(str(requested))) > 2 * _CONTEXT
+    if isinstance(stored, str) and isinstance(requested, str) and long_text:
+        return _text_difference(path, stored, requested)
+    return f"{path}: stored {_shown(stored)}, requested {_shown(requested)}"
+
+
+def first_difference(stored: Mapping[str, Any], requested: Mapping[str, Any]) -> str | None:
+    """The first field in which two request records differ, in words; ``None`` if equal.
+
+    Fields are compared in the order a person checks them: the model and endpoint, then
+    the sampling parameters (named without a ``params.`` prefix), then the messages.
+
+    Args:
+        stored: The canonical record of a stored request.
+        requested: The canonical record of the request that missed.
+
+    Example:
+        >>> a = {"model": "m", "messages": [{"role": "user", "content": "Sort the list."}]}
+        >>> first_difference(a, {"model": "m", "messages": [
+        ...     {"role": "user", "content": "Sort a list."}]})
+        'messages[0].content: stored "Sort the list.", requested "Sort a list."'
+    """
+    for field in ("model", "endpoint"):
+        found = _difference(field, stored.get(field, _MISSING), requested.get(field, _MISSING))
+        if found:
+            return found
+    found = _difference("", stored.get("params", {}), requested.get("params", {}))
+    if found:
+        return found
+    rest = {k: v for k, v in stored.items() if k not in ("model", "endpoint", "params")}
+    asked = {k: v for k, v in requested.items() if k not in ("model", "endpoint", "params")}
+    return _difference("", rest, asked)
+
+
+def _similarity(stored: Mapping[str, Any], requested: Mapping[str, Any]) -> float:
+    a = json.dumps(stored, sort_keys=True, ensure_ascii=False)
+    b = json.dumps(requested, sort_keys=True, ensure_ascii=False)
+    return SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def nearest_record(
+    requested: Mapping[str, Any], stored: Iterable[tuple[str, Mapping[str, Any]]]
+) -> tuple[str, Mapping[str, Any]] | None:
+    """The stored ``(key, record)`` nearest to ``requested``, among those of its model.
+
+    Args:
+        requested: The canonical record of the request that missed.
+        stored: ``(key, record)`` pairs of the stored requests.
+
+    Returns:
+        The pair whose canonical JSON is most alike, or ``None`` when nothing is stored
+        for the same model.
+    """
+    same_model = [(k, r) for k, r in stored if r.get("model") == requested.get("model")]
+    if not same_model:
+        return None
+    return max(same_model, key=lambda pair: _similarity(pair[1], requested))
