@@ -1,4 +1,4 @@
-"""Every use of a private LiteLLM, LangChain or pydantic symbol, in one place.
+"""Every use of a private LiteLLM, LangChain, DSPy or pydantic symbol, in one place.
 
 Public extension points come first; each entry below is here because none exists for what
 it does, and says why it is needed. ``tests/unit/test_compat.py`` asserts that every symbol
@@ -235,6 +235,118 @@ def patch_stream_hit_check() -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# LiteLLM: calls that switch the cache off
+# ---------------------------------------------------------------------------------------
+
+#: LiteLLM's entry points that take the per-call cache switches.
+_SWITCHED_ENTRY_POINTS: Final = ("completion", "acompletion")
+
+
+def _without_switches(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` minus ``caching=False`` and the ``no-cache``/``no-store`` of ``cache``."""
+    if kwargs.get("caching") is False:
+        del kwargs["caching"]
+    switches = kwargs.get("cache")
+    if isinstance(switches, Mapping) and ("no-cache" in switches or "no-store" in switches):
+        kept = {k: v for k, v in switches.items() if k not in ("no-cache", "no-store")}
+        if kept:
+            kwargs["cache"] = kept
+        else:
+            del kwargs["cache"]
+    return kwargs
+
+
+def override_cache_switches(overriding: Callable[[], bool]) -> None:
+    """Make ``litellm.completion``/``acompletion`` ignore the per-call cache switches.
+
+    Why: LiteLLM skips ``litellm.cache`` for a call with ``caching=False`` or
+    ``cache={"no-cache": True}`` (a Router without ``cache_responses`` sends the first,
+    DSPy the second on every call), and decides so in its ``client`` wrapper before any
+    hook that could change the call's arguments runs (the sync path has no such hook). A
+    replication cache must answer those calls too, so the module's public
+    entry points are wrapped: while ``overriding()`` is true they drop the switches and
+    the call reaches the installed cache. Every caller that looks the function up on the
+    module at call time (the Router, DSPy's LiteLLM engine, ``litellm.completion(...)``)
+    goes through the wrapper; one that bound ``from litellm import completion`` before the
+    cache was installed does not. The wrappers stay in place for good (checking
+    ``overriding()`` is all they add), as uninstalling one cache must not unwrap another.
+
+    Args:
+        overriding: Whether the switches are to be ignored for the current call.
+    """
+    import functools
+
+    import litellm
+
+    for name in _SWITCHED_ENTRY_POINTS:
+        original = getattr(litellm, name)
+        if getattr(original, "_mnimi_overrides_switches", False):
+            continue
+        if name.startswith("a"):
+
+            @functools.wraps(original)
+            async def entry(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                if overriding():
+                    kwargs = _without_switches(kwargs)
+                return await _original(*args, **kwargs)
+
+        else:
+
+            @functools.wraps(original)
+            def entry(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                if overriding():
+                    kwargs = _without_switches(kwargs)
+                return _original(*args, **kwargs)
+
+        entry._mnimi_overrides_switches = True  # type: ignore[attr-defined]
+        setattr(litellm, name, entry)
+
+
+# ---------------------------------------------------------------------------------------
+# DSPy: its native engine
+# ---------------------------------------------------------------------------------------
+
+
+def route_dspy_through_litellm(routing: Callable[[], bool]) -> bool:
+    """Send DSPy's LM calls through ``litellm.completion`` while ``routing()`` is true.
+
+    Why: DSPy 3.4's default engine (its vendored ``lm15``) talks HTTP to the provider
+    itself, so no LiteLLM cache or hook ever sees those calls; only ``engine="litellm"``
+    goes through ``litellm.completion``. DSPy decides per call which engine runs in
+    ``dspy.clients.execution.select_backend`` (imported from ``backend_selection``), which
+    has no public switch. Turning its "native" answer into "not native" makes DSPy use its
+    own LiteLLM compatibility engine for the call, with the same model, endpoint and
+    credentials, and ``n`` sent as one request. Does nothing if DSPy is not installed.
+
+    Args:
+        routing: Whether DSPy's calls are to go through LiteLLM now.
+
+    Returns:
+        Whether DSPy is installed (and so routed).
+    """
+    import dataclasses
+    import importlib.util
+
+    if importlib.util.find_spec("dspy") is None:
+        return False
+    from dspy.clients import execution
+
+    original = execution.select_backend
+    if getattr(original, "_mnimi_routes", False):
+        return True
+
+    def select_backend(lm: Any, options: Any = None) -> Any:
+        selection = original(lm, options)
+        if selection.native and routing():
+            return dataclasses.replace(selection, native=False)
+        return selection
+
+    select_backend._mnimi_routes = True  # type: ignore[attr-defined]
+    execution.select_backend = select_backend
+    return True
+
+
+# ---------------------------------------------------------------------------------------
 # LangChain
 # ---------------------------------------------------------------------------------------
 
@@ -292,6 +404,10 @@ PRIVATE_SYMBOLS: Final = (
     ("litellm", "input_callback"),
     ("litellm", "success_callback"),
     ("litellm", "_async_success_callback"),
+    ("litellm", "completion"),
+    ("litellm", "acompletion"),
+    ("dspy.clients.execution", "select_backend"),
+    ("dspy.clients.backend_selection", "BackendSelection"),
     ("langchain_core.runnables.config", "var_child_runnable_config"),
     ("langchain_core.language_models.chat_models", "BaseChatModel"),
 )

@@ -33,6 +33,17 @@ Per call, ``metadata={"mnimi": ...}`` overrides the scopes:
 
 With ``replication=True`` nothing is ever sent: a sample missing from the cache raises
 :class:`~mnimi_adapters.core.errors.ReplicationCacheMiss` out of ``litellm.completion``.
+No caller can skip a replication cache, through three mechanisms (see ``_compat``):
+
+* LiteLLM decides to skip its cache for ``caching=False`` and ``cache={"no-cache": ...}``
+  (a Router without ``cache_responses`` sends the first, DSPy the second) before any hook
+  runs, so installing a cache wraps ``litellm.completion`` and ``litellm.acompletion``;
+  the newest installed cache decides whether those switches count. A replication cache
+  (or one made with ``dspy=True``) drops them.
+* DSPy's default engine talks HTTP itself; while such a cache is installed, DSPy's own
+  engine selection is turned to its LiteLLM engine, call by call.
+* DSPy sets ``litellm.cache = None`` on its first LiteLLM call; the wrapped entry points
+  put the newest installed cache back.
 
 Keys: a call's key is the one :class:`~mnimi_adapters.providers.LiteLLMModel` with the
 same model string, ``api_base`` and temperature uses (a call without a temperature samples,
@@ -65,7 +76,9 @@ from ._compat import (
     HIDDEN_PARAMS_FIELD,
     HiddenParams,
     init_without_global_callbacks,
+    override_cache_switches,
     patch_stream_hit_check,
+    route_dspy_through_litellm,
     tell_logging_about_hit,
 )
 from .core.errors import MnimiError, ProviderError
@@ -231,6 +244,40 @@ class _CallCursor(Cursor):
 
 
 # ---------------------------------------------------------------------------------------
+# Calls that switch the cache off, and DSPy
+# ---------------------------------------------------------------------------------------
+
+# The installed caches, newest last: the newest one decides what LiteLLM's per-call cache
+# switches mean and whether DSPy's calls go through LiteLLM.
+_installed: list[MnimiCache] = []
+_installed_lock = threading.Lock()
+
+
+def _newest_installed() -> MnimiCache | None:
+    return _installed[-1] if _installed else None
+
+
+def _before_litellm_call() -> bool:
+    """Run before every ``litellm.completion``: whether to drop the call's cache switches.
+
+    It also puts the newest installed cache back when ``litellm.cache`` was reset to
+    ``None`` behind its back (DSPy does so on its first LiteLLM call in a process).
+    """
+    cache = _newest_installed()
+    if cache is None or in_provider_call():
+        return False
+    if litellm.cache is None:
+        litellm.cache = cache
+    return cache.replication or cache.dspy
+
+
+def _routing_dspy() -> bool:
+    """Whether DSPy's native engine is to hand its calls to LiteLLM (and so to the cache)."""
+    cache = _newest_installed()
+    return cache is not None and (cache.replication or cache.dspy)
+
+
+# ---------------------------------------------------------------------------------------
 # LiteLLM workarounds
 # ---------------------------------------------------------------------------------------
 
@@ -272,11 +319,17 @@ class MnimiCache(Cache):
             aliased model is keyed without its ``api_base``.
         max_batch: The most choices one provider request may ask for; a call with a
             larger ``n`` draws the missing samples with several concurrent requests.
+        dspy: Serve DSPy programs: their calls get the laws although DSPy switches
+            LiteLLM's cache off on every call, and DSPy's native engine hands its calls
+            to LiteLLM. With this, LiteLLM's per-call switches ``caching=False`` and
+            ``cache={"no-cache": True}`` are ignored for every caller (use
+            ``metadata={"mnimi": "no_cache"}`` or :func:`~mnimi_adapters.no_cache`).
 
-    Calls to a ``litellm.Router`` reach the cache only if the Router was built with
-    ``cache_responses=True`` (otherwise it sends ``caching=False``). LiteLLM's own
-    switches ``caching=False`` and ``cache={"no-cache": True}`` skip this cache (the
-    call is sent, nothing is stored), also in replication mode.
+    Outside replication mode (and without ``dspy=True``) LiteLLM's per-call switches
+    ``caching=False`` and ``cache={"no-cache": True}`` skip this cache: the call is sent,
+    nothing is stored. A ``litellm.Router`` built without ``cache_responses=True`` sends
+    ``caching=False``. In replication mode nothing can skip the cache: those switches are
+    ignored, and DSPy's LMs, on either engine, are answered by it too.
 
     A streaming call whose samples are missing draws them whole and then streams them,
     as LiteLLM replays cached responses: the text arrives in one chunk (all ``n`` choices
@@ -299,12 +352,14 @@ class MnimiCache(Cache):
         *,
         alias: Mapping[str, str] | None = None,
         max_batch: int | None = None,
+        dspy: bool = False,
     ) -> None:
         init_without_global_callbacks(
             super().__init__, supported_call_types=["completion", "acompletion"]
         )
         self.path = path if is_redis_url(path) else Path(path).expanduser()
         self.replication = bool(replication)
+        self.dspy = bool(dspy)
         self.alias: dict[str, str] = dict(alias or {})
         self.max_batch = _DEFAULT_MAX_BATCH if max_batch is None else int(max_batch)
         if self.max_batch < 1:
@@ -318,6 +373,7 @@ class MnimiCache(Cache):
 
     def __repr__(self) -> str:
         mode = ", replication=True" if self.replication else ""
+        mode += ", dspy=True" if self.dspy else ""
         # shown_location also hides a password given as a query parameter.
         return f"MnimiCache({shown_location(str(self.path))!r}{mode})"
 
@@ -338,9 +394,14 @@ class MnimiCache(Cache):
             if self._installed:
                 return self
             patch_stream_hit_check()
+            override_cache_switches(_before_litellm_call)
+            if self.replication or self.dspy:
+                route_dspy_through_litellm(_routing_dspy)
             self._previous = litellm.cache
             litellm.cache = self
             self._installed = True
+        with _installed_lock:
+            _installed.append(self)
         return self
 
     def uninstall(self) -> None:
@@ -358,6 +419,8 @@ class MnimiCache(Cache):
                 litellm.cache = self._previous
             self._previous = None
             self._installed = False
+        with _installed_lock:
+            _installed.remove(self)
 
     def __enter__(self) -> MnimiCache:
         return self.install()
