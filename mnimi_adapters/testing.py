@@ -104,6 +104,9 @@ class LoggedRequest:
         status: HTTP status the server answered. ``0`` while the request is still being
             processed, or if no answer was ever sent (an injected ``"timeout"`` fault whose
             client went away, or a server stopped mid-request).
+        finished: Whether the last byte of the answer has been sent (for a stream, after
+            its final event): a client that already holds part of a stream whose request
+            is not finished got that part live.
     """
 
     method: str
@@ -111,6 +114,7 @@ class LoggedRequest:
     body: dict[str, Any]
     headers: dict[str, str]
     status: int
+    finished: bool = False
 
 
 @dataclass(frozen=True)
@@ -731,6 +735,146 @@ def _stream_deltas(choice: _Choice) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------
+# Anthropic Messages API
+# ---------------------------------------------------------------------------------------
+#
+# ``POST /v1/messages`` answers what the chat-completions endpoint would answer to the same
+# conversation, in Anthropic's format, so that a non-OpenAI client is tested for real.
+
+_ANTHROPIC_PATHS = frozenset({"/v1/messages", "/messages"})
+_ANTHROPIC_STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+_ANTHROPIC_TOOL_CHOICES = {"any": "required", "auto": "auto", "none": "none"}
+
+
+def _anthropic_text(content: Any) -> str:
+    """The text of an Anthropic content field: a string or a list of blocks."""
+    if isinstance(content, str):
+        return content
+    parts: list[str] = []
+    for block in content if isinstance(content, list) else []:
+        if isinstance(block, dict) and block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+        elif isinstance(block, dict) and block.get("type") == "tool_result":
+            parts.append(_anthropic_text(block.get("content")))
+    return " ".join(parts)
+
+
+def _chat_body(body: dict[str, Any]) -> dict[str, Any]:
+    """An Anthropic Messages request as the chat-completions request the sampler answers."""
+    messages: list[dict[str, Any]] = []
+    if body.get("system"):
+        messages.append({"role": "system", "content": _anthropic_text(body["system"])})
+    for message in body.get("messages") or []:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        blocks = content if isinstance(content, list) else []
+        results = [b for b in blocks if isinstance(b, dict) and b.get("type") == "tool_result"]
+        messages.extend(
+            {"role": "tool", "tool_call_id": b.get("tool_use_id"), "content": _anthropic_text(b)}
+            for b in results
+        )
+        if not results:
+            messages.append(
+                {"role": message.get("role", "user"), "content": _anthropic_text(content)}
+            )
+    chat: dict[str, Any] = {
+        "model": body.get("model"),
+        "messages": messages,
+        "max_tokens": body.get("max_tokens"),
+        "stop": body.get("stop_sequences"),
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": tool["name"],
+                    "description": tool.get("description", ""),
+                    "parameters": tool.get("input_schema") or {},
+                },
+            }
+            for tool in body.get("tools") or []
+            if isinstance(tool, dict) and tool.get("name")
+        ],
+    }
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "tool":
+        chat["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+    elif isinstance(choice, dict):
+        chat["tool_choice"] = _ANTHROPIC_TOOL_CHOICES.get(str(choice.get("type")), "auto")
+    return {key: value for key, value in chat.items() if value}
+
+
+def _anthropic_message(completion: dict[str, Any]) -> dict[str, Any]:
+    """A chat completion's first choice as an Anthropic message."""
+    choice = completion["choices"][0]
+    message = choice["message"]
+    content: list[dict[str, Any]] = []
+    if message.get("content"):
+        content.append({"type": "text", "text": message["content"]})
+    for call in message.get("tool_calls") or []:
+        content.append(
+            {
+                "type": "tool_use",
+                "id": "toolu_" + call["id"].removeprefix("call_"),
+                "name": call["function"]["name"],
+                "input": json.loads(call["function"]["arguments"]),
+            }
+        )
+    return {
+        "id": "msg_" + completion["id"].removeprefix("chatcmpl-"),
+        "type": "message",
+        "role": "assistant",
+        "model": completion["model"],
+        "content": content,
+        "stop_reason": _ANTHROPIC_STOP_REASONS.get(choice["finish_reason"], "end_turn"),
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": completion["usage"]["prompt_tokens"],
+            "output_tokens": completion["usage"]["completion_tokens"],
+        },
+    }
+
+
+def _anthropic_event(kind: str, data: dict[str, Any]) -> bytes:
+    return b"event: %s\ndata: %s\n\n" % (kind.encode(), _encode(_dumps({"type": kind, **data})))
+
+
+def _anthropic_events(message: dict[str, Any]) -> list[Any]:
+    """The Server-Sent Events of a streamed Anthropic message, in the order Anthropic sends."""
+    usage = message["usage"]
+    start = {**message, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 0}}
+    events = [_anthropic_event("message_start", {"message": start})]
+    for index, block in enumerate(message["content"]):
+        if block["type"] == "text":
+            head, field, kind, text = {**block, "text": ""}, "text", "text_delta", block["text"]
+        else:
+            head, field, kind, text = (
+                {**block, "input": {}},
+                "partial_json",
+                "input_json_delta",
+                _dumps(block["input"]),
+            )
+        events.append(
+            _anthropic_event("content_block_start", {"index": index, "content_block": head})
+        )
+        events.extend(
+            _anthropic_event(
+                "content_block_delta", {"index": index, "delta": {"type": kind, field: piece}}
+            )
+            for piece in _split(text)
+        )
+        events.append(_anthropic_event("content_block_stop", {"index": index}))
+    delta = {"stop_reason": message["stop_reason"], "stop_sequence": None}
+    events.append(
+        _anthropic_event(
+            "message_delta", {"delta": delta, "usage": {"output_tokens": usage["output_tokens"]}}
+        )
+    )
+    events.append(_anthropic_event("message_stop", {}))
+    return events
+
+
+# ---------------------------------------------------------------------------------------
 # HTTP plumbing
 # ---------------------------------------------------------------------------------------
 
@@ -832,6 +976,8 @@ class _Handler(BaseHTTPRequestHandler):
         owner._log(entry)
         if method == "POST" and path in _CHAT_PATHS:
             self._chat(entry, body)
+        elif method == "POST" and path in _ANTHROPIC_PATHS:
+            self._messages(entry, body)
         elif method == "GET" and path in _MODEL_PATHS:
             self._send_json(entry, 200, owner._models_payload())
         else:
@@ -883,6 +1029,24 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_events(entry, result)
         else:
             self._send_json(entry, 200, result)
+
+    def _messages(self, entry: LoggedRequest, body: Any) -> None:
+        """Anthropic's Messages API: the chat answer to the same conversation, streamed too."""
+        owner = self._http.owner
+        if not self._wait(owner.latency):
+            return
+        try:
+            if not isinstance(body, dict):
+                raise _RequestError("We could not parse the JSON body of your request.")
+            completion = owner._complete({**_chat_body(body), "stream": False})
+        except _RequestError as error:
+            self._send_json(entry, error.status, error.payload())
+            return
+        message = _anthropic_message(cast(dict[str, Any], completion))
+        if body.get("stream") is True:
+            self._send_events(entry, _anthropic_events(message))
+        else:
+            self._send_json(entry, 200, message)
 
     def _send_fault(self, entry: LoggedRequest, fault: _Fault, stream: bool) -> None:
         if fault.kind == "status":
@@ -978,6 +1142,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+        entry.finished = True
 
     def _send_events(self, entry: LoggedRequest, events: list[Any]) -> None:
         """Streams Server-Sent Events; ``None`` stands for ``[DONE]``, bytes are sent raw."""
@@ -988,7 +1153,9 @@ class _Handler(BaseHTTPRequestHandler):
         # Chunked encoding delimits the stream, so the connection can be reused afterwards.
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        for event in events:
+        for position, event in enumerate(events):
+            if position and not self._wait(self._http.owner.chunk_delay):
+                return
             if event is None:
                 data = b"data: [DONE]\n\n"
             elif isinstance(event, bytes):
@@ -996,7 +1163,9 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 data = b"data: " + _encode(_dumps(event)) + b"\n\n"
             self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
         self.wfile.write(b"0\r\n\r\n")
+        entry.finished = True
 
 
 # ---------------------------------------------------------------------------------------
@@ -1038,6 +1207,11 @@ class SamplingServer:
         port: Port to bind; ``0`` picks a free one.
         max_n: If set, requests with ``n`` above it are rejected with HTTP 400, like
             providers that do not support several choices.
+        json_answers: Answer every request without a ``response_format`` as if it asked
+            for ``json_object`` (a JSON object with the keys the conversation names), like
+            a model following a prompt that asks for JSON (DSPy's ``JSONAdapter``).
+        chunk_delay: Seconds to wait between the events of a streamed answer, so that a
+            client can see its first chunk while the server is still sending.
 
     Example:
         >>> with SamplingServer(seed=1) as server:  # doctest: +SKIP
@@ -1052,12 +1226,16 @@ class SamplingServer:
         host: str = "127.0.0.1",
         port: int = 0,
         max_n: int | None = None,
+        json_answers: bool = False,
+        chunk_delay: float = 0.0,
     ) -> None:
         self.seed = seed
         self.latency = latency
         self.host = host
         self.port = port
         self.max_n = max_n
+        self.json_answers = json_answers
+        self.chunk_delay = chunk_delay
         self.requests: list[LoggedRequest] = []
         self._lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -1231,6 +1409,8 @@ class SamplingServer:
                 code="missing_required_parameter",
                 param="messages",
             )
+        if self.json_answers and body.get("response_format") is None:
+            body = {**body, "response_format": {"type": "json_object"}}
         n = _positive_int(body, "n") or 1
         if self.max_n is not None and n > self.max_n:
             raise _RequestError(f"n must be at most {self.max_n}", param="n")

@@ -1,0 +1,148 @@
+"""Real DSPy programs on a MnimiCache, on both DSPy engines, against the local server.
+
+DSPy's default engine talks HTTP itself and its LiteLLM engine switches LiteLLM's cache off
+on every call; ``MnimiCache(..., dspy=True)`` (and any replication cache) answers both.
+The server answers in JSON (its ``json_answers`` mode), which DSPy's ``JSONAdapter`` parses.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# LiteLLM downloads its price map at import unless told not to.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+dspy = pytest.importorskip("dspy")
+
+from mnimi_adapters import ReplicationCacheMiss, independent  # noqa: E402
+from mnimi_adapters.litellm import MnimiCache  # noqa: E402
+from mnimi_adapters.testing import SamplingServer  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+#: DSPy's default engine (native HTTP) and its LiteLLM engine.
+ENGINES = ("auto", "litellm")
+QUESTIONS = ("What is 2 + 2?", "Name a colour.", "Who wrote Hamlet?")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SamplingServer]:
+    with SamplingServer(seed=3, json_answers=True) as running:
+        yield running
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest, server: SamplingServer) -> Iterator[str]:
+    lm = dspy.LM(
+        "openai/mock-model", api_base=server.url, api_key="sk-test", cache=False,
+        engine=request.param,
+    )  # fmt: skip
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        yield str(request.param)
+
+
+def sent(server: SamplingServer) -> int:
+    return len(server.chat_requests())
+
+
+def run(program: Any) -> list[str]:
+    """A program run: one prediction per question."""
+    return [str(program(question=q).answer) for q in QUESTIONS]
+
+
+def test_a_rerun_replays_with_no_request(
+    server: SamplingServer, engine: str, tmp_path: Path
+) -> None:
+    server.reset()
+    with MnimiCache(str(tmp_path), dspy=True) as cache:
+        first = run(dspy.Predict("question -> answer"))
+        assert sent(server) == len(QUESTIONS)
+        assert run(dspy.Predict("question -> answer")) == first
+    cache.close()
+    assert sent(server) == len(QUESTIONS)
+
+
+def test_independent_gives_fresh_samples(
+    server: SamplingServer, engine: str, tmp_path: Path
+) -> None:
+    server.reset()
+    predict = dspy.Predict("question -> answer")
+    with MnimiCache(str(tmp_path), dspy=True) as cache:
+        with independent():
+            attempts = [str(predict(question=QUESTIONS[0]).answer) for _ in range(3)]
+        assert len(set(attempts)) == 3
+        assert sent(server) == 3
+        # A new run replays the same three attempts.
+        with independent():
+            assert [str(predict(question=QUESTIONS[0]).answer) for _ in range(3)] == attempts
+    cache.close()
+    assert sent(server) == 3
+
+
+def test_n_is_served_from_the_sequence(server: SamplingServer, engine: str, tmp_path: Path) -> None:
+    server.reset()
+    # DSPy samples n > 1 at 0.7 unless told otherwise, and a temperature is part of the key.
+    hot = {"temperature": 1.0}
+    with MnimiCache(str(tmp_path), dspy=True) as cache:
+        three = dspy.Predict("question -> answer", n=3, **hot)(question=QUESTIONS[1])
+        answers = [str(a) for a in three.completions.answer]
+        assert len(set(answers)) == 3
+        assert sent(server) == 1  # one request for three samples
+        two = dspy.Predict("question -> answer", n=2, **hot)(question=QUESTIONS[1])
+        assert [str(a) for a in two.completions.answer] == answers[:2]
+        one = dspy.Predict("question -> answer", **hot)(question=QUESTIONS[1])
+        assert str(one.answer) == answers[0]
+    cache.close()
+    assert sent(server) == 1
+
+
+def test_replication_replays_and_raises_without_a_request(
+    server: SamplingServer, engine: str, tmp_path: Path
+) -> None:
+    with MnimiCache(str(tmp_path), dspy=True) as recorder:
+        recorded = run(dspy.Predict("question -> answer"))
+    recorder.close()
+    server.reset()
+    # No dspy=True: a replication cache answers DSPy's calls whatever it asks for.
+    with MnimiCache(str(tmp_path), replication=True) as replica:
+        assert run(dspy.Predict("question -> answer")) == recorded
+        with pytest.raises(Exception) as raised:
+            dspy.Predict("question -> answer")(question="Never recorded?")
+    replica.close()
+    # DSPy wraps what its LM raises; the miss is in the chain, key and all.
+    chain: list[BaseException] = []
+    error: BaseException | None = raised.value
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    misses = [e for e in chain if isinstance(e, ReplicationCacheMiss)]
+    assert misses, f"no ReplicationCacheMiss in {chain!r}"
+    assert misses[0].key in str(raised.value)
+    assert sent(server) == 0
+
+
+def test_dspy_resetting_litellm_cache_leaves_the_cache_installed(
+    server: SamplingServer, tmp_path: Path
+) -> None:
+    # A fresh process: DSPy sets litellm.cache = None on its first LiteLLM call only.
+    code = f"""
+import dspy, litellm
+from mnimi_adapters.litellm import MnimiCache
+cache = MnimiCache({str(tmp_path)!r}, dspy=True).install()
+lm = dspy.LM("openai/mock-model", api_base={server.url!r}, api_key="sk-test", cache=False,
+             engine="litellm")
+with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+    answers = [dspy.Predict("question -> answer")(question="Why?").answer for _ in range(2)]
+assert answers[0] == answers[1], answers
+assert litellm.cache is cache, litellm.cache
+"""
+    server.reset()
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    assert sent(server) == 1
