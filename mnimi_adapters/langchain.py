@@ -26,16 +26,39 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import inspect
+import json
 import os
+import queue
+import re
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Generator,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from operator import itemgetter
 from typing import Any, Literal, cast
+from urllib.parse import urlsplit, urlunsplit
 
 from langchain_core.caches import BaseCache
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManager,
+    CallbackManagerForLLMRun,
+    Callbacks,
+)
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.load.serializable import (
@@ -47,10 +70,15 @@ from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
     BaseMessage,
+    HumanMessage,
     InvalidToolCall,
     ToolCall,
     ToolCallChunk,
+    convert_to_messages,
     convert_to_openai_messages,
+    message_chunk_to_message,
+    message_to_dict,
+    messages_from_dict,
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.messages.tool import invalid_tool_call, tool_call_chunk
@@ -62,16 +90,29 @@ from langchain_core.output_parsers.openai_tools import (
     parse_tool_call,
 )
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.prompt_values import PromptValue
+from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough
+from langchain_core.runnables.config import get_config_list, get_executor_for_config
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import ConfigDict, Field, PrivateAttr, Secret, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, Secret, SecretStr, model_validator
 
 from ._compat import InvocationParamsWithoutCredentials, in_runnable_context
-from .core import CacheLayer, Layer, Persistent, Request, Sample, scoped
+from .core import (
+    BatchedModel,
+    CacheLayer,
+    Layer,
+    MnimiError,
+    Persistent,
+    ProviderError,
+    Request,
+    Sample,
+    scoped,
+)
 from .core.redis_store import shown_location, url_has_password
-from .core.request import is_credential
+from .core.request import canonical, canonical_json, is_credential, is_sampling_param
+from .core.sample import new_draw_id, split_evenly
 from .core.scopes import caching_enabled
 from .providers import LiteLLMModel, LiteLLMRequest
 
@@ -89,6 +130,19 @@ _LAYER_FIELDS = (
     "api_key",
     "timeout",
     "max_retries",
+)
+
+# Constructor arguments that configure how the string form calls LiteLLM; a wrapped chat
+# model has its own, and setting them here would be silently ignored.
+_WRAPPED_MODEL_FIELDS = (
+    "temperature",
+    "api_base",
+    "api_key",
+    "max_tokens",
+    "stop",
+    "timeout",
+    "max_retries",
+    "model_kwargs",
 )
 
 # Per-call kwargs LangChain may pass that are not request parameters.
@@ -204,6 +258,507 @@ def _parse_tool_calls(
     return tool_calls, invalid
 
 
+# -- wrapping a LangChain chat model --------------------------------------------------------
+
+# Words of a wrapped model's identifying params that say how a request is sent, not what it
+# samples from (``streaming``, ``max_retries``, ``default_request_timeout``): never keyed.
+_SENDING_WORDS = frozenset({"stream", "streaming", "timeout", "retries", "retry"})
+# Words of a field that names the endpoint a wrapped model talks to (``openai_api_base``,
+# ``anthropic_api_url``, ``azure_endpoint``): keyed unless an alias is given, as api_base.
+_ENDPOINT_WORDS = frozenset({"url", "endpoint", "base"})
+# Where a stored sample of a wrapped model keeps the model's own message (LangChain's dict).
+_LANGCHAIN_MESSAGE = "langchain"
+# Samples one request of a wrapped model with an ``n`` field asks for at most, by default.
+_WRAPPED_MAX_N = 16
+_DONE = object()
+
+
+def _words(name: str) -> set[str]:
+    return set(re.split(r"[^a-z0-9]+", name.lower()))
+
+
+def _keyed_setting(name: str) -> bool:
+    return is_sampling_param(name) and not _words(name) & _SENDING_WORDS
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        return canonical(value)
+    except TypeError:  # a client object or a callable: what it is, never its repr
+        return f"<{type(value).__qualname__}>"
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def wrapped_identity(chat: BaseChatModel, alias: str | None = None) -> dict[str, Any]:
+    """What identifies a LangChain chat model's outputs in a cache key, credentials left out.
+
+    Its class, its model name (``ls_provider/ls_model_name`` of ``_get_ls_params``, or
+    ``alias``), the sampling settings of ``_identifying_params`` (the identity LangChain's
+    own caches key on) without ``n``, streaming, timeouts, retries or credentials, and,
+    without an alias, the endpoint it talks to (``base_url``, userinfo removed).
+
+    Example:
+        >>> from langchain_openai import ChatOpenAI
+        >>> wrapped_identity(ChatOpenAI(model="gpt-4o", api_key="sk-x", temperature=0.5))
+        {'model': 'openai/gpt-4o', 'params': {'langchain_class': 'langchain_openai.chat_models.base.ChatOpenAI', 'model_name': 'gpt-4o', 'model': 'gpt-4o', 'temperature': 0.5}}
+    """  # noqa: E501
+    cls = type(chat)
+    params: dict[str, Any] = {"langchain_class": f"{cls.__module__}.{cls.__qualname__}"}
+    for name, value in chat._identifying_params.items():
+        if value is None or not _keyed_setting(name):
+            continue
+        if isinstance(value, Mapping):  # model_kwargs: its credentials stay out too
+            value = {k: v for k, v in value.items() if _keyed_setting(str(k))}
+        params[name] = _jsonable(value)
+    ls_params = chat._get_ls_params()
+    named = [ls_params.get("ls_provider"), ls_params.get("ls_model_name")]
+    identity: dict[str, Any] = {
+        "model": alias or "/".join(str(part) for part in named if part) or cls.__name__,
+        "params": params,
+    }
+    if alias is None:
+        endpoint = {}
+        for field, info in cls.model_fields.items():
+            name = info.alias or field
+            if is_credential(field) or not (_words(field) | _words(name)) & _ENDPOINT_WORDS:
+                continue
+            value = getattr(chat, field, None)
+            if isinstance(value, str) and value:
+                endpoint[name] = _without_userinfo(value)
+        if endpoint:
+            identity["endpoint"] = endpoint
+    return identity
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` as plain JSON: a parsed pydantic object in a message becomes its dict."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    dump = getattr(value, "model_dump", None)
+    return _json_safe(dump()) if callable(dump) else _jsonable(value)
+
+
+def _sample_of(message: BaseMessage, response_id: str, usage: UsageMetadata | None) -> Sample:
+    """A wrapped model's answer as a sample: OpenAI form for people, LangChain's for replay."""
+    message = message_chunk_to_message(message)
+    stored = _json_safe(message_to_dict(message))
+    if usage is not None:  # one share of a response that answered several samples
+        stored["data"]["usage_metadata"] = dict(usage)
+    tokens = stored["data"].get("usage_metadata") or {}
+    metadata = message.response_metadata
+    return Sample(
+        text=message.text,
+        message={**convert_to_openai_messages(message), _LANGCHAIN_MESSAGE: stored},
+        finish_reason=metadata.get("finish_reason") or metadata.get("stop_reason"),
+        usage={
+            "prompt_tokens": int(tokens.get("input_tokens", 0)),
+            "completion_tokens": int(tokens.get("output_tokens", 0)),
+        },
+        model=metadata.get("model_name") or metadata.get("model"),
+        response_id=response_id,
+    )
+
+
+def _samples_of(generations: Sequence[Any]) -> list[Sample]:
+    """The samples of one response; each of ``n`` generations gets its share of the usage."""
+    response_id = new_draw_id()
+    messages = [g.message for g in generations]
+    usage = getattr(messages[0], "usage_metadata", None) if messages else None
+    if len(messages) < 2 or not usage:
+        return [_sample_of(m, response_id, None) for m in messages]
+    # The response's usage rides on every generation; each sample keeps its share.
+    inputs = split_evenly(usage["input_tokens"], len(messages))
+    outputs = split_evenly(usage["output_tokens"], len(messages))
+    return [
+        _sample_of(
+            m, response_id, UsageMetadata(input_tokens=i, output_tokens=o, total_tokens=i + o)
+        )
+        for m, i, o in zip(messages, inputs, outputs, strict=True)
+    ]
+
+
+def _stored_message(sample: Sample) -> AIMessage | None:
+    """The wrapped model's own message a sample holds, or None for a string-form sample."""
+    stored = sample.message.get(_LANGCHAIN_MESSAGE)
+    if not isinstance(stored, dict):
+        return None
+    message = messages_from_dict([stored])[0]
+    return message if isinstance(message, AIMessage) else None
+
+
+class _Sink:
+    """Where a live stream's chunks go while the wrapped model produces them.
+
+    The stream runs on a refill thread or the library's event loop (so a paid sample is
+    stored whatever happens to the caller); its consumer reads here, on its own thread
+    or loop. ``abandoned`` is the consumer's word that nobody reads any more.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._ready: asyncio.Queue[Any] | None = asyncio.Queue() if loop is not None else None
+        self.abandoned = threading.Event()
+        #: The draw id of the sample streamed live, once it is complete.
+        self.draw_id: str | None = None
+
+    def put(self, item: Any) -> None:
+        if self._ready is None or self._loop is None:
+            self._queue.put(item)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._ready.put_nowait, item)
+        except RuntimeError:  # the consumer's event loop is closed: nobody reads
+            self.abandoned.set()
+
+    def get(self) -> Any:
+        return self._queue.get()
+
+    async def aget(self) -> Any:
+        assert self._ready is not None
+        return await self._ready.get()
+
+
+class _Abandoned(Exception):
+    """A live stream's consumer stopped reading: the partial answer is no sample."""
+
+
+@dataclass
+class _Call:
+    """What a wrapped model's refill needs beyond the request: never part of the key."""
+
+    chat: BaseChatModel
+    messages: list[BaseMessage]
+    callbacks: Callbacks
+    max_batch: int
+    sink: _Sink | None = None
+
+
+def _child_callbacks(
+    run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+) -> CallbackManager | None:
+    """Callbacks that trace the wrapped model's run as a child of this call's run."""
+    if run_manager is None:
+        return None
+    child = CallbackManager(handlers=[], parent_run_id=run_manager.run_id)
+    child.set_handlers(run_manager.inheritable_handlers)
+    child.add_tags(run_manager.inheritable_tags)
+    child.add_metadata(run_manager.inheritable_metadata)
+    return child
+
+
+def _call_of(request: Request) -> _Call:
+    call = request.source
+    if not isinstance(call, _Call):
+        raise TypeError("a wrapped chat model draws only for MnimiChatModel calls")
+    return call
+
+
+def _forward(sink: _Sink, total: BaseMessage | None, chunk: BaseMessage) -> BaseMessage:
+    """Hand one chunk of a live stream to its reader; the sum of the chunks so far."""
+    if sink.abandoned.is_set():
+        raise _Abandoned
+    if isinstance(chunk, AIMessageChunk):
+        # The stream's end is this call's to mark, after the cache facts.
+        sink.put(chunk.model_copy(update={"chunk_position": None}))
+        return chunk if total is None else cast(BaseMessage, total + chunk)
+    # A model that cannot stream answers whole (LangChain's stream() falls back to invoke).
+    for piece in _replay_chunks(cast(AIMessage, chunk)):
+        sink.put(piece.message.model_copy(update={"chunk_position": None}))
+    return chunk
+
+
+class WrappedChatModel(BatchedModel):
+    """The provider layer of ``MnimiChatModel(model=<a BaseChatModel>)``.
+
+    A refill runs the calling ``MnimiChatModel``'s own wrapped model (its client, its
+    credentials, its retries and rate limiter) through LangChain's public ``generate``,
+    ``agenerate``, ``stream`` and ``astream``, with LangChain's own cache switched off for
+    the call, since that cache would answer every refill with one generation. The layer is
+    shared by every wrapped model of one identity (:func:`wrapped_identity`), so copies
+    that differ only in credentials share sequences, and a scope's cursor.
+    """
+
+    def __init__(self, identity: dict[str, Any]) -> None:
+        super().__init__(str(identity["model"]), 1.0)
+        self._identity = identity
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.model_name!r})"
+
+    def identity(self) -> dict[str, Any]:
+        return self._identity
+
+    def batch_limit(self, request: Request) -> int:
+        return _call_of(request).max_batch
+
+    @staticmethod
+    def _arguments(request: Request, n: int) -> tuple[_Call, BaseChatModel, dict[str, Any]]:
+        call = _call_of(request)
+        chat = call.chat
+        if chat.cache is not False:
+            chat = chat.model_copy(update={"cache": False})
+        kwargs = dict(request.params)
+        if n > 1:
+            kwargs["n"] = n
+        return call, chat, kwargs
+
+    def query(self, request: Request, n: int) -> list[str | Sample]:
+        call, chat, kwargs = self._arguments(request, n)
+        stop = kwargs.pop("stop", None)
+        if call.sink is not None and n == 1:
+            config: RunnableConfig = {"callbacks": call.callbacks}
+            total: BaseMessage | None = None
+            chunks = cast(
+                Generator[BaseMessage, None, None],
+                chat.stream(call.messages, config, stop=stop, **kwargs),
+            )
+            with contextlib.closing(chunks):  # an abandoned stream closes the connection
+                for chunk in chunks:
+                    total = _forward(call.sink, total, chunk)
+            return self._streamed(call.sink, total)
+        result = chat.generate([call.messages], stop=stop, callbacks=call.callbacks, **kwargs)
+        return list(_samples_of(result.generations[0]))
+
+    async def aquery(self, request: Request, n: int) -> list[str | Sample]:
+        call, chat, kwargs = self._arguments(request, n)
+        stop = kwargs.pop("stop", None)
+        if call.sink is not None and n == 1:
+            config: RunnableConfig = {"callbacks": call.callbacks}
+            total: BaseMessage | None = None
+            chunks = cast(
+                AsyncGenerator[BaseMessage, None],
+                chat.astream(call.messages, config, stop=stop, **kwargs),
+            )
+            try:
+                async for chunk in chunks:
+                    total = _forward(call.sink, total, chunk)
+            finally:
+                await chunks.aclose()
+            return self._streamed(call.sink, total)
+        result = await chat.agenerate(
+            [call.messages], stop=stop, callbacks=call.callbacks, **kwargs
+        )
+        return list(_samples_of(result.generations[0]))
+
+    @staticmethod
+    def _streamed(sink: _Sink, total: BaseMessage | None) -> list[str | Sample]:
+        if total is None:
+            raise ProviderError("the wrapped model's stream ended without a chunk")
+        sample = _sample_of(total, new_draw_id(), None)
+        sink.draw_id = sample.draw_id
+        return [sample]
+
+
+class _Gates:
+    """Per request key, a live stream drawing it alone, so its sample lands where it reads.
+
+    A cache layer stores concurrent refills of one key in the order they complete. A live
+    stream has shown its chunks before its sample lands, so it must be the key's only
+    draw in flight: it starts only when no other draw of the key is running here, and
+    the key's other draws wait until it is done (stored or failed).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._drawing: Counter[tuple[int, str]] = Counter()
+        self._live: dict[tuple[int, str], threading.Event] = {}
+
+    def _enter(self, key: tuple[int, str]) -> threading.Event | None:
+        with self._lock:
+            live = self._live.get(key)
+            if live is None:
+                self._drawing[key] += 1
+            return live
+
+    def leave(self, key: tuple[int, str]) -> None:
+        with self._lock:
+            self._drawing[key] -= 1
+            if not self._drawing[key]:
+                del self._drawing[key]
+
+    def enter(self, key: tuple[int, str]) -> None:
+        """Start an ordinary draw of ``key`` (waiting for a live stream of it to end)."""
+        while (live := self._enter(key)) is not None:
+            live.wait()
+
+    async def aenter(self, key: tuple[int, str]) -> None:
+        """Async :meth:`enter`: waits without blocking the event loop."""
+        while self._enter(key) is not None:
+            await asyncio.sleep(0.002)
+
+    def start_live(self, key: tuple[int, str]) -> bool:
+        """Whether a live stream of ``key`` may start now (then :meth:`end_live` follows)."""
+        with self._lock:
+            if key in self._drawing or key in self._live:
+                return False
+            self._live[key] = threading.Event()
+            return True
+
+    def end_live(self, key: tuple[int, str]) -> None:
+        with self._lock:
+            self._live.pop(key).set()
+
+
+_GATES = _Gates()
+
+
+def _gated(draw: _Draw) -> list[Sample]:
+    """Draw past the gate of a wrapped model's request (waiting while it streams live)."""
+    ahead = _predrawn(draw)
+    if ahead is not None:
+        return ahead
+    if draw.gate is None:
+        return draw.samples()
+    _GATES.enter(draw.gate)
+    try:
+        return draw.samples()
+    finally:
+        _GATES.leave(draw.gate)
+
+
+async def _agated(draw: _Draw) -> list[Sample]:
+    """Async :func:`_gated`."""
+    ahead = _predrawn(draw)
+    if ahead is not None:
+        return ahead
+    if draw.gate is None:
+        return await draw.asamples()
+    await _GATES.aenter(draw.gate)
+    try:
+        return await draw.asamples()
+    finally:
+        _GATES.leave(draw.gate)
+
+
+def _live_draw(draw: _Draw, sink: _Sink) -> list[Sample]:
+    """Draw for a live stream; the gate opens and the reader wakes however it ends."""
+    try:
+        return draw.samples()
+    finally:
+        assert draw.gate is not None
+        _GATES.end_live(draw.gate)
+        sink.put(_DONE)
+
+
+async def _alive_draw(draw: _Draw, sink: _Sink) -> list[Sample]:
+    """Async :func:`_live_draw`."""
+    try:
+        return await draw.asamples()
+    finally:
+        assert draw.gate is not None
+        _GATES.end_live(draw.gate)
+        sink.put(_DONE)
+
+
+# Live streams draw here while their consumer reads the chunks.
+_STREAM_DRAWS = ThreadPoolExecutor(thread_name_prefix="mnimi-stream")
+
+
+@dataclass
+class _Draw:
+    """One call's draw: the layer, the request, how many samples and from which position."""
+
+    layer: Layer
+    request: Request
+    n: int
+    offset: int
+    model: str
+    #: The request's key in the adapter's own layer, and the gate a wrapped model's draw
+    #: passes (so that a live stream draws its key alone).
+    key: tuple[int, str]
+    wrapped: bool
+
+    @property
+    def gate(self) -> tuple[int, str] | None:
+        return self.key if self.wrapped else None
+
+    def samples(self) -> list[Sample]:
+        # Without a batch a refill asks for just the missing samples, in one request where
+        # the provider can answer several (n).
+        return self.layer.draw(self.request, self.offset + self.n)[self.offset :]
+
+    async def asamples(self) -> list[Sample]:
+        return (await self.layer.adraw(self.request, self.offset + self.n))[self.offset :]
+
+    def continues(self) -> bool:
+        """Whether successive calls draw fresh samples (``independent()``, ``no_cache()``)."""
+        return not (isinstance(self.layer, CacheLayer) and caching_enabled())
+
+
+#: Samples drawn ahead for one input of a ``batch``: (key, samples or the error drawing
+#: them). Each input's call finds its own here, whatever order the threads run in.
+_PREDRAWN: contextvars.ContextVar[tuple[tuple[int, str], list[Sample] | BaseException] | None] = (
+    contextvars.ContextVar("mnimi_predrawn", default=None)
+)
+
+
+def _predrawn(draw: _Draw) -> list[Sample] | None:
+    """The samples drawn ahead for this call of a batch, if it is one."""
+    ahead = _PREDRAWN.get()
+    if ahead is None or ahead[0] != draw.key:
+        return None
+    if isinstance(ahead[1], BaseException):
+        raise ahead[1]
+    return ahead[1]
+
+
+def _messages_of(value: LanguageModelInput) -> list[BaseMessage]:
+    """A chat model's input as messages, as LangChain's own conversion makes them."""
+    if isinstance(value, PromptValue):
+        return value.to_messages()
+    if isinstance(value, str):
+        return [HumanMessage(value)]
+    return convert_to_messages(value)
+
+
+def _pieces(
+    content: str | list[Any],
+    calls: list[ToolCallChunk],
+    last: AIMessageChunk,
+    info: dict[str, Any] | None,
+) -> Iterator[ChatGenerationChunk]:
+    """One answer as a stream: text pieces, tool-call chunks, then ``last`` with the totals."""
+    empty: str | list[Any] = "" if isinstance(content, str) else []
+    if isinstance(content, str):
+        for piece in _split(content):
+            yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
+    elif content:  # content blocks (Anthropic): one chunk, LangChain merges blocks by index
+        yield ChatGenerationChunk(message=AIMessageChunk(content=content))
+    for call in calls:
+        yield ChatGenerationChunk(message=AIMessageChunk(content=empty, tool_call_chunks=[call]))
+    # Usage and metadata ride on the last chunk only: LangChain adds chunks up, so
+    # metadata on several chunks would be concatenated or counted twice.
+    yield ChatGenerationChunk(message=last, generation_info=info)
+
+
+def _replay_chunks(message: AIMessage) -> Iterator[ChatGenerationChunk]:
+    """A wrapped model's stored message as a stream that adds up to it again."""
+    calls = [
+        tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c.get("id"), index=i)
+        for i, c in enumerate(message.tool_calls)
+    ]
+    last = AIMessageChunk(
+        content="" if isinstance(message.content, str) else [],
+        additional_kwargs=message.additional_kwargs,
+        response_metadata=message.response_metadata,
+        usage_metadata=message.usage_metadata,
+        id=message.id,
+        chunk_position="last",
+    )
+    return _pieces(message.content, calls, last, None)
+
+
 class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
     """A LangChain chat model whose answers come from Mnimi sample sequences.
 
@@ -285,7 +840,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    model: str | None = None
+    model: str | BaseChatModel | None = None
     temperature: float = 1.0
     cache_dir: str = "~/.llm_cache"
     replication: bool = False
@@ -335,7 +890,19 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
     @model_validator(mode="after")
     def _check_source(self) -> MnimiChatModel:
         if self.layer is None and not self.model:
-            raise ValueError("MnimiChatModel needs model=... (a LiteLLM model name) or layer=...")
+            raise ValueError(
+                "MnimiChatModel needs model=... (a LiteLLM model name or a LangChain chat "
+                "model) or layer=..."
+            )
+        if isinstance(self.model, BaseChatModel):
+            if isinstance(self.model, MnimiChatModel):
+                raise TypeError("MnimiChatModel cannot wrap another MnimiChatModel")
+            clash = sorted(f for f in _WRAPPED_MODEL_FIELDS if f in self.model_fields_set)
+            if clash or self.model_kwargs:
+                settings = ", ".join(clash or sorted(self.model_kwargs))
+                raise ValueError(
+                    f"{settings} belong to the wrapped {type(self.model).__name__}; set them there"
+                )
         if self.layer is not None:
             if self.model:
                 raise ValueError("give MnimiChatModel either model=... or layer=..., not both")
@@ -372,6 +939,13 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             defaults = {k: v for k, v in defaults.items() if not is_credential(k)}
         if self.layer is not None:
             return {"layer": repr(self.layer), **defaults, "n": self.n}
+        if isinstance(self.model, BaseChatModel):
+            return {
+                **wrapped_identity(self.model, self.alias),
+                "cache_dir": shown_location(self.cache_dir),
+                "replication": self.replication,
+                "n": self.n,
+            }
         return {
             "model": self.model,
             "temperature": self.temperature,
@@ -434,6 +1008,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         return constructor
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        if isinstance(self.model, BaseChatModel):  # traced as the model it wraps
+            return self.model._get_ls_params(stop=stop, **kwargs)
         params = LangSmithParams(
             ls_provider="mnimi",
             ls_model_name=str(kwargs.get("model") or self._model_name(None)),
@@ -455,6 +1031,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
     def _model_name(self, override: str | None) -> str:
         if override:
             return override
+        if isinstance(self.model, BaseChatModel):
+            return str(self._layer_for(None).identity()["model"])
         if self.model:
             return self.model
         assert self.layer is not None
@@ -480,6 +1058,13 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
                     "given layer"
                 )
             return self.layer
+        if isinstance(self.model, BaseChatModel):
+            if override:
+                raise ValueError(
+                    f"cannot switch to model {override!r}: this MnimiChatModel wraps a "
+                    f"{type(self.model).__name__}"
+                )
+            return self._wrapped_layer(self.model)
         config = self._config()
         built = self._built
         # Compared, not hashed: tuple equality checks identity first, so a hit costs
@@ -516,6 +1101,30 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
                 built[1][override] = layer
         return layer
 
+    def _wrapped_layer(self, chat: BaseChatModel) -> Layer:
+        """The cache layer over a wrapped model, shared by every model of its identity."""
+        identity = wrapped_identity(chat, self.alias)
+        config = (identity, self.cache_dir, self.replication)
+        built = self._built
+        # The identity is derived anew on each call: the wrapped model is the user's, and a
+        # changed temperature must not keep drawing from the old sequences.
+        if built is not None and built[0] == config:
+            return built[1][None]
+        key = (
+            canonical_json(identity),
+            os.path.abspath(os.path.expanduser(self.cache_dir)),
+            self.replication,
+        )
+        with _SHARED_LOCK:
+            layer = _SHARED_LAYERS.get(key)
+            if layer is None:
+                layer = Persistent(
+                    WrappedChatModel(identity), self.cache_dir, replication=self.replication
+                )
+                _SHARED_LAYERS[key] = layer
+            self._built = (config, {None: layer})
+        return layer
+
     def _build_layer(self, model: str, alias: str | None) -> Layer:
         # No key, timeout, retries or max_batch here: the layer is shared by every copy
         # of this configuration, and each call brings its own (see _prepare).
@@ -538,6 +1147,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         """
         if self.layer is not None:
             layer: Layer | None = self.layer
+        elif isinstance(self.model, BaseChatModel):
+            layer = self._built[1][None] if self._built else None
         else:
             built = self._built
             override = None if model == self.model else model
@@ -555,16 +1166,24 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         return params
 
     def _prepare(
-        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-    ) -> tuple[Layer, Request, int, int, str]:
-        """Turn one LangChain call into (layer, request, n, offset, model name)."""
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None = None,
+        sink: _Sink | None = None,
+    ) -> _Draw:
+        """Turn one LangChain call into the draw that answers it."""
         override = kwargs.get("model")
         if override is not None and not isinstance(override, str):
             raise TypeError(f"model must be a str, got {type(override).__name__}")
         n = kwargs.get("n", self.n)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
-        params = self._request_defaults()
+        if sink is not None:
+            n = 1  # a stream is one generation
+        wrapped = self.model if isinstance(self.model, BaseChatModel) else None
+        params = {} if wrapped is not None else self._request_defaults()
         if stop is not None:
             if stop:
                 params["stop"] = list(stop)
@@ -577,7 +1196,13 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             override = None
         chat = tuple(convert_to_openai_messages(messages))
         request: Request
-        if self.layer is None:
+        if wrapped is not None:
+            limit = self.max_batch
+            if "max_batch" not in self.model_fields_set and "n" in type(wrapped).model_fields:
+                limit = _WRAPPED_MAX_N  # one request answers a whole refill
+            callbacks = _child_callbacks(run_manager)
+            request = Request(chat, params, _Call(wrapped, messages, callbacks, limit, sink))
+        elif self.layer is None:
             # How this caller's refills are sent: the shared layer serves copies that
             # differ in these, so they travel with the call (a per-call keyword wins).
             # LiteLLMRequest keys none of them, nor LiteLLM's own options, as MnimiCache.
@@ -601,35 +1226,60 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             attempt = _node_attempt()
             if attempt > 1:
                 offset = (attempt - 1) * n
-        return layer, request, n, offset, self._model_name(override)
+        sequence = (id(base), base.key_of(request))
+        model = self._model_name(override)
+        return _Draw(layer, request, n, offset, model, sequence, wrapped is not None)
 
     def _draw(
-        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        run_manager: CallbackManagerForLLMRun | None = None,
     ) -> tuple[list[Sample], str]:
-        layer, request, n, offset, model = self._prepare(messages, stop, kwargs)
-        # n per refill, so a miss draws all n generations in one provider request.
-        return layer.draw(request, offset + n, batch=n)[offset:], model
+        draw = self._prepare(messages, stop, kwargs, run_manager)
+        return _gated(draw), draw.model
 
     async def _adraw(
-        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
     ) -> tuple[list[Sample], str]:
-        layer, request, n, offset, model = self._prepare(messages, stop, kwargs)
-        return (await layer.adraw(request, offset + n, batch=n))[offset:], model
+        draw = self._prepare(messages, stop, kwargs, run_manager)
+        return await _agated(draw), draw.model
 
     @staticmethod
-    def _metadata(sample: Sample, model: str) -> dict[str, Any]:
+    def _facts(sample: Sample) -> dict[str, Any]:
+        """Where a sample came from: the cache facts every answer's metadata carries."""
         origin = sample.origin or {}
         return {
-            "model_name": model,
-            "finish_reason": sample.finish_reason,
             "cache_hit": bool(origin.get("cache_hit", False)),
             "sequence_index": origin.get("index"),
             "cache_key": origin.get("key"),
             "draw_id": sample.draw_id,
+        }
+
+    def _metadata(self, sample: Sample, model: str) -> dict[str, Any]:
+        return {
+            "model_name": model,
+            "finish_reason": sample.finish_reason,
+            **self._facts(sample),
             "provider_model_name": sample.model,
         }
 
+    def _replayed(self, sample: Sample) -> AIMessage | None:
+        """A wrapped model's stored message, with the cache facts in its metadata."""
+        message = _stored_message(sample)
+        if message is not None:
+            message.response_metadata = {**message.response_metadata, **self._facts(sample)}
+        return message
+
     def _generation(self, sample: Sample, model: str) -> ChatGeneration:
+        replayed = self._replayed(sample)
+        if replayed is not None:
+            return ChatGeneration(message=replayed)
         raw_calls = sample.message.get("tool_calls")
         content = sample.text or sample.message.get("content") or ""
         calls: dict[str, Any] = {}
@@ -647,30 +1297,30 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
 
     def _chunks(self, sample: Sample, model: str) -> Iterator[ChatGenerationChunk]:
         """A stored sample as a stream: text pieces, tool-call chunks, then the totals."""
+        replayed = self._replayed(sample)
+        if replayed is not None:
+            yield from _replay_chunks(replayed)
+            return
         content = sample.text or sample.message.get("content") or ""
-        for piece in _split(content):
-            yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
         raw_calls: list[dict[str, Any]] = sample.message.get("tool_calls") or []
+        calls: list[ToolCallChunk] = []
         for index, raw in enumerate(raw_calls):
             function = raw.get("function") or {}
-            call: ToolCallChunk = tool_call_chunk(
-                name=function.get("name"),
-                args=function.get("arguments") or "",
-                id=raw.get("id"),
-                index=index,
+            calls.append(
+                tool_call_chunk(
+                    name=function.get("name"),
+                    args=function.get("arguments") or "",
+                    id=raw.get("id"),
+                    index=index,
+                )
             )
-            yield ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=[call]))
-        # Usage and metadata ride on the last chunk only: LangChain adds chunks up, so
-        # metadata on several chunks would be concatenated or counted twice.
-        yield ChatGenerationChunk(
-            message=AIMessageChunk(
-                content="",
-                usage_metadata=_usage(sample),
-                response_metadata=self._metadata(sample, model),
-                chunk_position="last",
-            ),
-            generation_info={"finish_reason": sample.finish_reason},
+        last = AIMessageChunk(
+            content="",
+            usage_metadata=_usage(sample),
+            response_metadata=self._metadata(sample, model),
+            chunk_position="last",
         )
+        yield from _pieces(content, calls, last, {"finish_reason": sample.finish_reason})
 
     def _generate(
         self,
@@ -679,7 +1329,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        samples, model = self._draw(messages, stop, kwargs)
+        samples, model = self._draw(messages, stop, kwargs, run_manager)
         return ChatResult(generations=[self._generation(s, model) for s in samples])
 
     async def _agenerate(
@@ -689,7 +1339,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        samples, model = await self._adraw(messages, stop, kwargs)
+        samples, model = await self._adraw(messages, stop, kwargs, run_manager)
         return ChatResult(generations=[self._generation(s, model) for s in samples])
 
     def _stream(
@@ -699,13 +1349,67 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        # A miss is drawn whole (and stored) before anything is streamed: a half-read
-        # stream must never leave a torn sample behind.
-        samples, model = self._draw(messages, stop, kwargs)
-        for chunk in self._chunks(samples[0], model):
+        if isinstance(self.model, BaseChatModel):
+            chunks = self._live(messages, stop, run_manager, kwargs)
+        else:
+            # Through LiteLLM a miss is drawn whole (and stored) before anything is
+            # streamed: a half-read stream must never leave a torn sample behind.
+            samples, model = self._draw(messages, stop, kwargs)
+            chunks = self._chunks(samples[0], model)
+        for chunk in chunks:
             if run_manager is not None:
                 run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
             yield chunk
+
+    def _live(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: CallbackManagerForLLMRun | None,
+        kwargs: dict[str, Any],
+    ) -> Iterator[ChatGenerationChunk]:
+        """A wrapped model's stream: live on a miss, stored once complete; a hit replayed."""
+        sink = _Sink()
+        draw = self._prepare(messages, stop, kwargs, run_manager, sink)
+        assert draw.gate is not None
+        if not _GATES.start_live(draw.gate):  # another draw of this request is running
+            _call_of(draw.request).sink = None
+            yield from self._chunks(_gated(draw)[0], draw.model)
+            return
+        context = contextvars.copy_context()  # the scopes travel to the drawing thread
+        drawing = _STREAM_DRAWS.submit(context.run, _live_draw, draw, sink)
+        complete = False
+        try:
+            while (item := sink.get()) is not _DONE:
+                yield ChatGenerationChunk(message=item)
+            samples = drawing.result()
+            complete = True
+        finally:
+            if not complete:  # abandoned, or failed: a partial answer is no sample
+                sink.abandoned.set()
+        yield from self._stream_end(samples[0], sink, draw.model)
+
+    def _stream_end(self, sample: Sample, sink: _Sink, model: str) -> Iterator[ChatGenerationChunk]:
+        """What follows a stream's live chunks: the cache facts, or the whole replayed sample."""
+        if sink.draw_id is None:  # nothing went live: a stored sample
+            yield from self._chunks(sample, model)
+        elif sink.draw_id == sample.draw_id:
+            stored = _stored_message(sample)
+            content: str | list[Any] = (
+                "" if stored is None or isinstance(stored.content, str) else []
+            )
+            facts = AIMessageChunk(
+                content=content, response_metadata=self._facts(sample), chunk_position="last"
+            )
+            yield ChatGenerationChunk(message=facts)
+        else:
+            # Only another process appending to this sequence at the same moment can do
+            # this: the streamed answer landed at another position than this call reads.
+            raise MnimiError(
+                f"the sample streamed live for {sample.origin and sample.origin.get('key')} "
+                "was stored at another position while another process extended the sequence; "
+                "stream again"
+            )
 
     async def _astream(
         self,
@@ -714,13 +1418,189 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        if isinstance(self.model, BaseChatModel):
+            async for chunk in self._alive(messages, stop, run_manager, kwargs):
+                if run_manager is not None:
+                    await run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
+                yield chunk
+            return
         samples, model = await self._adraw(messages, stop, kwargs)
         for chunk in self._chunks(samples[0], model):
             if run_manager is not None:
                 await run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
             yield chunk
 
+    async def _alive(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: AsyncCallbackManagerForLLMRun | None,
+        kwargs: dict[str, Any],
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        """Async :meth:`_live`."""
+        sink = _Sink(asyncio.get_running_loop())
+        draw = self._prepare(messages, stop, kwargs, run_manager, sink)
+        assert draw.gate is not None
+        if not _GATES.start_live(draw.gate):
+            _call_of(draw.request).sink = None
+            for chunk in self._chunks((await _agated(draw))[0], draw.model):
+                yield chunk
+            return
+        drawing = asyncio.ensure_future(_alive_draw(draw, sink))
+        complete = False
+        try:
+            while (item := await sink.aget()) is not _DONE:
+                yield ChatGenerationChunk(message=item)
+            samples = await drawing
+            complete = True
+        finally:
+            if not complete:
+                sink.abandoned.set()
+        for chunk in self._stream_end(samples[0], sink, draw.model):
+            yield chunk
+
+    # -- batches ------------------------------------------------------------------------
+
+    def _plan_batch(
+        self, inputs: list[LanguageModelInput], kwargs: dict[str, Any]
+    ) -> dict[tuple[int, str], tuple[_Draw, list[int]]]:
+        """The inputs of a batch grouped by request, in input order: one draw per group."""
+        options = dict(kwargs)
+        stop = options.pop("stop", None)
+        groups: dict[tuple[int, str], tuple[_Draw, list[int]]] = {}
+        for index, value in enumerate(inputs):
+            draw = self._prepare(_messages_of(value), stop, options)
+            groups.setdefault(draw.key, (draw, []))[1].append(index)
+        return groups
+
+    @staticmethod
+    def _group_draw(draw: _Draw, size: int) -> _Draw:
+        """One draw for ``size`` identical calls: ``size`` times the samples where each call
+        continues the sequence, once where each replays it."""
+        return replace(draw, n=draw.n * size) if draw.continues() else draw
+
+    @staticmethod
+    def _share(
+        draw: _Draw, members: list[int], drawn: list[Sample] | BaseException
+    ) -> dict[int, tuple[tuple[int, str], list[Sample] | BaseException]]:
+        """Each input of a group with its own samples: the i-th gets the i-th n, in order."""
+        if isinstance(drawn, BaseException) or not draw.continues():
+            return {i: (draw.key, drawn) for i in members}
+        n = draw.n
+        return {i: (draw.key, drawn[k * n : (k + 1) * n]) for k, i in enumerate(members)}
+
+    def batch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """Answer several inputs; in ``independent()`` input ``i`` gets the same position
+        on every run, whatever order the threads run in.
+
+        Identical inputs are drawn together, in input order, in as few provider requests
+        as the provider allows; different requests are drawn concurrently. Then every input
+        runs as its own call (callbacks, tracing), answered by the samples drawn for it.
+
+        Example:
+            >>> with independent():  # doctest: +SKIP
+            ...     votes = chat.batch(["Pick a number"] * 5)  # positions 0..4, in order
+        """
+        if len(inputs) < 2:
+            return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
+        configs = get_config_list(config, len(inputs))
+        groups = list(self._plan_batch(inputs, kwargs).values())
+
+        def draw_group(group: tuple[_Draw, list[int]]) -> list[Sample] | BaseException:
+            try:
+                return _gated(self._group_draw(group[0], len(group[1])))
+            except Exception as error:
+                return error
+
+        ahead: dict[int, tuple[tuple[int, str], list[Sample] | BaseException]] = {}
+        with get_executor_for_config(configs[0]) as executor:
+            for group, drawn in zip(groups, executor.map(draw_group, groups), strict=True):
+                ahead.update(self._share(*group, drawn))
+
+            def run(index: int) -> Any:
+                _PREDRAWN.set(ahead[index])
+                try:
+                    return self.invoke(inputs[index], configs[index], **kwargs)
+                except Exception as error:
+                    if return_exceptions:
+                        return error
+                    raise
+
+            return list(executor.map(run, range(len(inputs))))
+
+    async def abatch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[AIMessage]:
+        """Async :meth:`batch`, as deterministic."""
+        if len(inputs) < 2:
+            return await super().abatch(
+                inputs, config, return_exceptions=return_exceptions, **kwargs
+            )
+        configs = get_config_list(config, len(inputs))
+        groups = list(self._plan_batch(inputs, kwargs).values())
+
+        async def draw_group(group: tuple[_Draw, list[int]]) -> list[Sample] | BaseException:
+            try:
+                return await _agated(self._group_draw(group[0], len(group[1])))
+            except Exception as error:
+                return error
+
+        ahead: dict[int, tuple[tuple[int, str], list[Sample] | BaseException]] = {}
+        drawn_groups = await asyncio.gather(*(draw_group(group) for group in groups))
+        for group, drawn in zip(groups, drawn_groups, strict=True):
+            ahead.update(self._share(*group, drawn))
+
+        async def run(index: int) -> Any:
+            _PREDRAWN.set(ahead[index])  # in this input's own task
+            try:
+                return await self.ainvoke(inputs[index], configs[index], **kwargs)
+            except Exception as error:
+                if return_exceptions:
+                    return error
+                raise
+
+        return list(await asyncio.gather(*(run(index) for index in range(len(inputs)))))
+
     # -- tools and structured output ---------------------------------------------------
+
+    def _rebind(self, runnable: Any) -> Any:
+        """``runnable`` (built by the wrapped model) with this model wherever it has that one.
+
+        ``bind_tools`` and ``with_structured_output`` of a chat model return bindings of
+        the model itself, inside sequences, maps and fallbacks; each of them is a pydantic
+        model whose fields hold its parts, so the parts are replaced field by field.
+        """
+        if runnable is self.model:
+            return self
+        if isinstance(runnable, list):
+            items = [self._rebind(item) for item in runnable]
+            changed = any(new is not old for new, old in zip(items, runnable, strict=True))
+            return items if changed else runnable
+        if isinstance(runnable, dict):
+            entries = {name: self._rebind(item) for name, item in runnable.items()}
+            changed = any(entries[name] is not item for name, item in runnable.items())
+            return entries if changed else runnable
+        if not isinstance(runnable, Runnable) or not isinstance(runnable, BaseModel):
+            return runnable
+        update = {}
+        for name in type(runnable).model_fields:
+            part = getattr(runnable, name)
+            rebound = self._rebind(part)
+            if rebound is not part:
+                update[name] = rebound
+        return runnable.model_copy(update=update) if update else runnable
 
     def bind_tools(
         self,
@@ -747,6 +1627,12 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         Example:
             >>> chat.bind_tools([get_weather], tool_choice="get_weather")  # doctest: +SKIP
         """
+        if isinstance(self.model, BaseChatModel):
+            # Formatted by the wrapped model itself (Anthropic's format for ChatAnthropic).
+            given: dict[str, Any] = {"tool_choice": tool_choice, "strict": strict}
+            given["parallel_tool_calls"] = parallel_tool_calls
+            options = {k: v for k, v in given.items() if v is not None}
+            return self._rebind(self.model.bind_tools(tools, **options, **kwargs))
         formatted = [convert_to_openai_tool(tool, strict=strict) for tool in tools]
         names = [tool["function"]["name"] for tool in formatted]
         if tool_choice is not None and tool_choice is not False:
@@ -800,6 +1686,13 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             >>> jokes.invoke("Tell me a joke about cats.")  # doctest: +SKIP
             Joke(setup='...', punchline='...')
         """
+        if isinstance(self.model, BaseChatModel):
+            # The wrapped model's own methods and parsers, its calls sent through this one.
+            options = {"strict": strict} if strict is not None else {}
+            structured = self.model.with_structured_output(
+                schema, method=method, include_raw=include_raw, **options, **kwargs
+            )
+            return self._rebind(structured)
         if kwargs:
             raise ValueError(f"unsupported arguments {sorted(kwargs)}")
         pydantic = _is_pydantic_class(schema)

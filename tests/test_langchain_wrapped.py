@@ -1,0 +1,505 @@
+"""MnimiChatModel over the user's own LangChain chat model: real ChatOpenAI and ChatAnthropic
+against the local sampling server (127.0.0.1), counting the requests it receives."""
+
+from __future__ import annotations
+
+import os
+
+# Must precede any litellm import: otherwise litellm fetches its cost map over the network.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypedDict
+
+import pytest
+from langchain_anthropic import ChatAnthropic
+from langchain_core.caches import InMemoryCache
+from langchain_core.globals import get_llm_cache, set_llm_cache
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
+from langchain_core.tools import tool
+from langchain_openai import ChatOpenAI
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import RetryPolicy
+from pydantic import BaseModel
+
+from mnimi_adapters import ReplicationCacheMiss, independent, no_cache, repeatable
+from mnimi_adapters.cli import main
+from mnimi_adapters.core import Persistent
+from mnimi_adapters.langchain import MnimiChatModel, wrapped_identity
+from mnimi_adapters.testing import SamplingServer
+
+NUMBER = "Pick a number between 1 and 1000000."
+SECRET = "sk-wrapped-secret-7777"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SamplingServer]:
+    with SamplingServer(seed=23) as running:
+        yield running
+
+
+@pytest.fixture
+def openai(server: SamplingServer) -> Callable[..., ChatOpenAI]:
+    server.reset()
+    server.chunk_delay = 0.0
+
+    def make(**overrides: Any) -> ChatOpenAI:
+        params: dict[str, Any] = {
+            "model": "mock-model",
+            "base_url": server.url,
+            "api_key": SECRET,
+            "max_retries": 0,
+        }
+        params.update(overrides)
+        return ChatOpenAI(**params)
+
+    return make
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> str:
+    return str(tmp_path / "cache")
+
+
+def sent(server: SamplingServer) -> int:
+    return len(server.chat_requests())
+
+
+def sum_chunks(chunks: list[AIMessageChunk]) -> AIMessageChunk:
+    total = chunks[0]
+    for chunk in chunks[1:]:
+        total = total + chunk
+    return total
+
+
+# -- invoke, keys, scopes -------------------------------------------------------------------
+
+
+def test_a_miss_runs_the_wrapped_model_and_a_hit_replays_it(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    # The wrapped model's own client: its default headers reach the server.
+    chat = MnimiChatModel(model=openai(default_headers={"X-Caller": "mine"}), cache_dir=cache)
+    miss = chat.invoke(NUMBER)
+    hit = chat.invoke(NUMBER)
+    assert sent(server) == 1
+    assert server.chat_requests()[0].headers["x-caller"] == "mine"
+    assert hit.content == miss.content
+    assert (miss.response_metadata["cache_hit"], hit.response_metadata["cache_hit"]) == (
+        False,
+        True,
+    )
+    assert miss.response_metadata["sequence_index"] == hit.response_metadata["sequence_index"] == 0
+    assert miss.response_metadata["cache_key"] == hit.response_metadata["cache_key"]
+    # The wrapped model's own metadata and usage replay too.
+    assert hit.response_metadata["model_name"] == "mock-model"
+    assert hit.response_metadata["finish_reason"] == "stop"
+    assert hit.usage_metadata == miss.usage_metadata
+    assert hit.usage_metadata is not None and hit.usage_metadata["total_tokens"] > 0
+    again = asyncio.run(chat.ainvoke(NUMBER))
+    assert again.content == miss.content and sent(server) == 1
+    assert chat.cache_stats()["hits"] == 2 and chat.cache_stats()["requests"] == 1
+
+
+def test_the_key_holds_the_models_identity_and_no_credential(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    def key(model: ChatOpenAI) -> str:
+        answer = MnimiChatModel(model=model, cache_dir=cache).invoke("hello")
+        return str(answer.response_metadata["cache_key"])
+
+    base = key(openai())
+    assert key(openai(api_key="sk-another-key", timeout=30, max_retries=2)) == base
+    assert key(openai(temperature=0.2)) != base
+    assert key(openai(base_url=server.url.replace("127.0.0.1", "localhost"))) != base
+    assert key(openai(model="mock-model-b")) != base
+    assert key(openai(top_p=0.5)) != base
+    assert key(openai(n=3)) == base  # n is how many, not what
+    anthropic = ChatAnthropic(model="mock-model", base_url=server.root_url, api_key=SECRET)
+    assert key(anthropic) != base  # the class is part of the identity
+    assert sent(server) == 5 and len(server.requests) == 6  # one to /v1/messages
+    identity = wrapped_identity(openai())
+    assert SECRET not in json.dumps(identity)
+    assert identity["model"] == "openai/mock-model"
+    assert identity["endpoint"] == {"base_url": server.url}
+    assert "endpoint" not in wrapped_identity(openai(), alias="shared-name")
+    for path in Path(cache).rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes()
+    chat = MnimiChatModel(model=openai(), cache_dir=cache)
+    assert SECRET not in repr(chat) and SECRET not in json.dumps(chat._identifying_params)
+
+
+def test_models_that_differ_only_in_credentials_share_a_scope(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    first = MnimiChatModel(model=openai(), cache_dir=cache)
+    second = MnimiChatModel(model=openai(api_key="sk-second"), cache_dir=cache)
+    with independent():
+        texts = [first.invoke(NUMBER).content, second.invoke(NUMBER).content]
+        texts.append(first.invoke(NUMBER).content)
+    assert len(set(texts)) == 3
+    assert sent(server) == 3
+
+
+def test_scopes_work_as_for_the_string_form(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    chat = MnimiChatModel(model=openai(), cache_dir=cache)
+    with independent():
+        run1 = [chat.invoke(NUMBER).content for _ in range(3)]
+    with independent():
+        run2 = [chat.invoke(NUMBER).content for _ in range(3)]
+    assert len(set(run1)) == 3 and run2 == run1
+    attempts = []
+    with independent():
+        for _ in range(2):
+            with repeatable():
+                attempts.append((chat.invoke(NUMBER).content, chat.invoke(NUMBER).content))
+    assert all(a == b for a, b in attempts) and attempts[0][0] != attempts[1][0]
+    assert sent(server) == 3
+    with no_cache():
+        fresh = chat.invoke(NUMBER).content
+    assert fresh not in run1 and sent(server) == 4
+    assert chat.invoke(NUMBER).content == run1[0]
+
+
+def test_langchain_global_cache_does_not_collapse_the_wrapped_models_samples(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    previous = get_llm_cache()
+    set_llm_cache(InMemoryCache())
+    try:
+        chat = MnimiChatModel(model=openai(), cache_dir=cache)
+        with independent():
+            texts = {chat.invoke(NUMBER).content for _ in range(3)}
+    finally:
+        set_llm_cache(previous)
+    assert len(texts) == 3 and sent(server) == 3
+
+
+def test_replication_miss_raises_and_sends_nothing(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    recorded = MnimiChatModel(model=openai(), cache_dir=cache).invoke(NUMBER).content
+    server.reset()
+    replay = MnimiChatModel(model=openai(), cache_dir=cache, replication=True)
+    assert replay.invoke(NUMBER).content == recorded
+    assert "".join(str(c.content) for c in replay.stream(NUMBER)) == recorded
+    with pytest.raises(ReplicationCacheMiss) as missing:
+        replay.invoke("Pick a number between 1 and 5.")
+    assert missing.value.cached == 0
+    with independent(), pytest.raises(ReplicationCacheMiss):
+        replay.invoke(NUMBER)
+        replay.invoke(NUMBER)
+    with pytest.raises(ReplicationCacheMiss):
+        list(replay.stream("Tell me a story."))
+    with pytest.raises(ReplicationCacheMiss):
+        asyncio.run(replay.ainvoke("Tell me a poem."))
+    assert server.requests == []
+
+
+def test_cli_stats_counts_the_wrapped_models_samples(
+    openai: Callable[..., ChatOpenAI], cache: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chat = MnimiChatModel(model=openai(), cache_dir=cache)
+    with independent():
+        for _ in range(3):
+            chat.invoke(NUMBER)
+    chat.invoke("hello")
+    assert main(["--json", "stats", cache]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert "openai/mock-model" in json.dumps(stats)
+    assert stats["samples"] == 4 and stats["keys"] == 2
+
+
+# -- streaming --------------------------------------------------------------------------
+
+
+def test_a_streamed_miss_is_live_stored_once_complete_and_replayed(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    chat = MnimiChatModel(model=openai(), cache_dir=cache)
+    server.chunk_delay = 0.05
+    stream = chat.stream("Tell me a story.")
+    first = next(stream)
+    # The first chunk arrived while the server was still sending the completion.
+    assert server.chat_requests()[0].finished is False
+    assert server.chat_requests()[0].body["stream"] is True
+    chunks = [first, *stream]
+    assert server.chat_requests()[0].finished is True
+    server.chunk_delay = 0.0
+    streamed = sum_chunks(chunks)
+    assert streamed.response_metadata["cache_hit"] is False
+    assert streamed.response_metadata["sequence_index"] == 0
+    assert chunks[-1].chunk_position == "last"
+    assert [c.chunk_position for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    stored = chat.invoke("Tell me a story.")
+    assert stored.content == streamed.content
+    assert stored.response_metadata["cache_hit"] is True
+    replayed = list(chat.stream("Tell me a story."))
+    assert len(replayed) > 2
+    assert sum_chunks(replayed).content == streamed.content
+    assert replayed[-1].response_metadata["cache_hit"] is True
+    assert sent(server) == 1
+
+
+async def test_astream_is_live_on_a_miss_and_replays_a_hit(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    chat = MnimiChatModel(model=openai(), cache_dir=cache)
+    server.chunk_delay = 0.05
+    chunks = []
+    async for chunk in chat.astream("Tell me a poem."):
+        if not chunks:
+            assert server.chat_requests()[0].finished is False
+        chunks.append(chunk)
+    server.chunk_delay = 0.0
+    hit = [c async for c in chat.astream("Tell me a poem.")]
+    assert sum_chunks(hit).content == sum_chunks(chunks).content
+    assert (chunks[-1].response_metadata["cache_hit"], hit[-1].response_metadata["cache_hit"]) == (
+        False,
+        True,
+    )
+    assert sent(server) == 1
+
+
+def test_an_abandoned_stream_stores_nothing_and_gives_its_position_back(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    chat = MnimiChatModel(model=openai(), cache_dir=cache)
+    server.chunk_delay = 0.05
+    with independent():
+        stream = chat.stream("Tell me a story.")
+        next(stream)
+        stream.close()  # abandoned half-way
+        server.chunk_delay = 0.0
+        after = chat.invoke("Tell me a story.")
+    # The next call of the scope gets position 0: the abandoned stream kept none.
+    assert after.response_metadata["sequence_index"] == 0
+    assert after.response_metadata["cache_hit"] is False
+    layer = chat._layer_for(None)
+    assert isinstance(layer, Persistent)
+    assert layer.store.length(after.response_metadata["cache_key"]) == 1
+    assert sent(server) == 2
+
+
+def test_streams_in_an_independent_scope_continue_the_sequence(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    chat = MnimiChatModel(model=openai(), cache_dir=cache)
+    with independent():
+        texts = ["".join(str(c.content) for c in chat.stream(NUMBER)) for _ in range(3)]
+        texts.append(str(chat.invoke(NUMBER).content))
+    assert len(set(texts)) == 4
+    with independent():
+        again = ["".join(str(c.content) for c in chat.stream(NUMBER)) for _ in range(3)]
+    assert again == texts[:3] and sent(server) == 4
+
+
+# -- tools, structured output, n, batch -------------------------------------------------
+
+
+@tool
+def get_weather(city: str) -> str:
+    """Get the weather in a city."""
+    return f"It is sunny in {city}."
+
+
+def test_bound_tools_are_formatted_by_the_wrapped_model_and_replay(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    chat = MnimiChatModel(model=openai(), cache_dir=cache)
+    bound = chat.bind_tools([get_weather], tool_choice="get_weather")
+    first = bound.invoke("What is the weather in Paris?")
+    assert isinstance(first, AIMessage) and first.tool_calls[0]["name"] == "get_weather"
+    body = server.chat_requests()[0].body
+    assert body["tools"][0]["function"]["name"] == "get_weather"  # OpenAI's format
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert bound.invoke("What is the weather in Paris?").tool_calls == first.tool_calls
+    streamed = sum_chunks(list(bound.stream("What is the weather in Paris?")))
+    assert streamed.tool_calls == first.tool_calls
+    unbound = chat.invoke("What is the weather in Paris?")  # tools are part of the key
+    assert unbound.response_metadata["cache_key"] != first.response_metadata["cache_key"]
+    assert sent(server) == 2
+
+    def agent_loop(model: MnimiChatModel) -> list[Any]:
+        tools = model.bind_tools([get_weather])
+        history: list[Any] = [HumanMessage("What is the weather in Rome? Use get_weather.")]
+        history.append(tools.invoke(history))
+        history.append(get_weather.invoke(history[-1].tool_calls[0]))
+        assert isinstance(history[-1], ToolMessage)
+        history.append(tools.invoke(history))
+        return history
+
+    run1 = agent_loop(chat)
+    run2 = agent_loop(MnimiChatModel(model=openai(), cache_dir=cache, replication=True))
+    assert [m.content for m in run2] == [m.content for m in run1]
+    assert sent(server) == 4
+
+
+class Joke(BaseModel):
+    """A joke."""
+
+    setup: str
+    punchline: str
+
+
+@pytest.mark.parametrize("method", ["function_calling", "json_schema", "json_mode"])
+def test_structured_output_uses_the_wrapped_models_method_and_replays(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str, method: str
+) -> None:
+    chat = MnimiChatModel(model=openai(), cache_dir=cache)
+    prompt = "Tell me a joke with 'setup' and 'punchline' keys."
+    structured = chat.with_structured_output(Joke, method=method)  # type: ignore[arg-type]
+    first = structured.invoke(prompt)
+    assert isinstance(first, Joke)
+    body = server.chat_requests()[0].body
+    if method == "function_calling":
+        assert body["tool_choice"]["function"]["name"] == "Joke"
+    elif method == "json_schema":
+        assert body["response_format"]["type"] == "json_schema"
+    else:
+        assert body["response_format"] == {"type": "json_object"}
+    assert structured.invoke(prompt) == first
+    raw = chat.with_structured_output(Joke, method=method, include_raw=True)  # type: ignore[arg-type]
+    out = raw.invoke(prompt)
+    assert isinstance(out, dict) and out["parsed"] == first and out["parsing_error"] is None
+    assert out["raw"].response_metadata["cache_hit"] is True
+    replay = MnimiChatModel(model=openai(), cache_dir=cache, replication=True)
+    assert replay.with_structured_output(Joke, method=method).invoke(prompt) == first  # type: ignore[arg-type]
+    assert sent(server) == 1
+
+
+def test_n_fills_several_positions_with_one_request_and_asks_only_for_missing(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    three = MnimiChatModel(model=openai(), cache_dir=cache, n=3)
+    result = three.generate([[HumanMessage(NUMBER)]])
+    texts = [g.text for g in result.generations[0]]
+    assert len(set(texts)) == 3
+    assert [g.message.response_metadata["sequence_index"] for g in result.generations[0]] == [
+        0,
+        1,
+        2,
+    ]
+    assert [r.body.get("n") for r in server.chat_requests()] == [3]
+    five = MnimiChatModel(model=openai(), cache_dir=cache, n=5)
+    more = [g.text for g in five.generate([[HumanMessage(NUMBER)]]).generations[0]]
+    assert more[:3] == texts and len(set(more)) == 5
+    assert [r.body.get("n") for r in server.chat_requests()] == [3, 2]
+    # Each sample keeps its share of the response's usage.
+    usage = [g.message.usage_metadata for g in result.generations[0]]
+    assert all(u is not None and u["output_tokens"] >= 0 for u in usage)
+    anthropic = ChatAnthropic(model="mock-model", base_url=server.root_url, api_key=SECRET)
+    no_n = MnimiChatModel(model=anthropic, cache_dir=cache, n=2)  # no n: one request each
+    server.reset()
+    assert len({g.text for g in no_n.generate([[HumanMessage(NUMBER)]]).generations[0]}) == 2
+    assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize("form", ["wrapped", "string"])
+def test_batch_in_an_independent_scope_is_deterministic(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str, form: str
+) -> None:
+    chat = (
+        MnimiChatModel(model=openai(), cache_dir=cache)
+        if form == "wrapped"
+        else MnimiChatModel(
+            model="openai/mock-model", api_base=server.url, api_key=SECRET, cache_dir=cache
+        )
+    )
+    inputs = [NUMBER] * 4 + ["Pick a number between 1 and 999999."] * 2
+    with independent():
+        first = [m.content for m in chat.batch(inputs, config={"max_concurrency": 6})]
+    assert len(set(first)) == 6
+    for _ in range(4):
+        with independent():
+            assert [m.content for m in chat.batch(inputs)] == first
+        with independent():
+            assert [m.content for m in asyncio.run(chat.abatch(inputs))] == first
+    with independent():
+        indices = [m.response_metadata["sequence_index"] for m in chat.batch(inputs)]
+    assert indices == [0, 1, 2, 3, 0, 1]
+    # Outside a scope a batch is repeatable: identical inputs share one sample.
+    assert len({m.content for m in chat.batch(inputs[:4])}) == 1
+    expected = [4, 2] if form == "wrapped" else [None] * 6  # n where the model has it
+    assert sorted(map(str, [r.body.get("n") for r in server.chat_requests()])) == sorted(
+        map(str, expected)
+    )
+
+
+# -- a non-OpenAI model ---------------------------------------------------------------
+
+
+def test_chat_anthropic_through_the_wrapper(server: SamplingServer, cache: str) -> None:
+    server.reset()
+    anthropic = ChatAnthropic(
+        model="mock-claude", base_url=server.root_url, api_key=SECRET, max_retries=0
+    )
+    chat = MnimiChatModel(model=anthropic, cache_dir=cache)
+    miss = chat.invoke(NUMBER)
+    hit = chat.invoke(NUMBER)
+    assert hit.content == miss.content and hit.response_metadata["cache_hit"] is True
+    assert hit.usage_metadata == miss.usage_metadata
+    assert hit.response_metadata["model_name"] == "mock-claude"
+    with independent():
+        texts = [chat.invoke(NUMBER).content for _ in range(3)]
+    assert texts[0] == miss.content and len(set(texts)) == 3
+    server.chunk_delay = 0.05
+    stream = chat.stream("Tell me a story.")
+    next(stream)
+    assert server.requests[-1].finished is False and server.requests[-1].body["stream"] is True
+    live = sum_chunks([*stream])
+    server.chunk_delay = 0.0
+    assert (
+        "".join(str(c.content) for c in chat.stream("Tell me a story."))
+        == chat.invoke("Tell me a story.").content
+    )
+    bound = chat.bind_tools([get_weather])
+    call = bound.invoke("What is the weather in Paris?")
+    assert server.requests[-1].body["tools"][0]["input_schema"]  # Anthropic's format
+    assert bound.invoke("What is the weather in Paris?").tool_calls == call.tool_calls
+    assert call.tool_calls and call.tool_calls[0]["name"] == "get_weather"
+    assert live.response_metadata["cache_hit"] is False
+    assert {r.path for r in server.requests} == {"/v1/messages"}
+    assert len(server.requests) == 5
+
+
+# -- LangGraph --------------------------------------------------------------------------
+
+
+class State(TypedDict):
+    answer: str
+
+
+def test_langgraph_retry_attempts_draw_fresh_and_a_rerun_replays(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    def run() -> list[str]:
+        chat = MnimiChatModel(model=openai(), cache_dir=cache)
+        seen: list[str] = []
+
+        def propose(state: State) -> State:
+            seen.append(str(chat.invoke(NUMBER).content))
+            if len(seen) < 3:
+                raise ValueError(seen[-1])
+            return {"answer": seen[-1]}
+
+        graph = StateGraph(State)
+        policy = RetryPolicy(
+            max_attempts=4, initial_interval=0.0, jitter=False, retry_on=ValueError
+        )
+        graph.add_node("propose", propose, retry_policy=policy)
+        graph.add_edge(START, "propose")
+        graph.add_edge("propose", END)
+        graph.compile().invoke({"answer": ""})
+        return seen
+
+    first = run()
+    assert len(set(first)) == 3
+    assert run() == first
+    assert sent(server) == 3
