@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
 import contextvars
@@ -89,7 +90,7 @@ from langchain_core.output_parsers.openai_tools import (
     PydanticToolsParser,
     parse_tool_call,
 )
-from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, Generation
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough
 from langchain_core.runnables.config import get_config_list, get_executor_for_config
@@ -110,13 +111,14 @@ from .core import (
     Sample,
     scoped,
 )
+from .core.model import usable
 from .core.redis_store import shown_location, url_has_password
 from .core.request import canonical, canonical_json, is_credential, is_sampling_param
 from .core.sample import new_draw_id, split_evenly
 from .core.scopes import caching_enabled
 from .providers import LiteLLMModel, LiteLLMRequest
 
-__all__ = ["MnimiChatModel"]
+__all__ = ["MnimiChatModel", "MnimiLLMCache", "WrappedChatModel", "wrapped_identity"]
 
 # Constructor arguments that configure the provider layer MnimiChatModel builds itself;
 # with ``layer=`` they belong to that layer and setting them here would be silently ignored.
@@ -266,8 +268,10 @@ _SENDING_WORDS = frozenset({"stream", "streaming", "timeout", "retries", "retry"
 # Words of a field that names the endpoint a wrapped model talks to (``openai_api_base``,
 # ``anthropic_api_url``, ``azure_endpoint``): keyed unless an alias is given, as api_base.
 _ENDPOINT_WORDS = frozenset({"url", "endpoint", "base"})
-# Where a stored sample of a wrapped model keeps the model's own message (LangChain's dict).
+# Where a stored sample of a wrapped model keeps the model's own message (LangChain's dict),
+# and where MnimiLLMCache keeps a cached response's generations.
 _LANGCHAIN_MESSAGE = "langchain"
+_LANGCHAIN_GENERATIONS = "langchain_generations"
 # Samples one request of a wrapped model with an ``n`` field asks for at most, by default.
 _WRAPPED_MAX_N = 16
 _DONE = object()
@@ -346,6 +350,17 @@ def _json_safe(value: Any) -> Any:
         return value
     dump = getattr(value, "model_dump", None)
     return _json_safe(dump()) if callable(dump) else _jsonable(value)
+
+
+def _facts(sample: Sample) -> dict[str, Any]:
+    """Where a sample came from: the cache facts every answer's metadata carries."""
+    origin = sample.origin or {}
+    return {
+        "cache_hit": bool(origin.get("cache_hit", False)),
+        "sequence_index": origin.get("index"),
+        "cache_key": origin.get("key"),
+        "draw_id": sample.draw_id,
+    }
 
 
 def _sample_of(message: BaseMessage, response_id: str, usage: UsageMetadata | None) -> Sample:
@@ -1250,22 +1265,11 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         draw = self._prepare(messages, stop, kwargs, run_manager)
         return await _agated(draw), draw.model
 
-    @staticmethod
-    def _facts(sample: Sample) -> dict[str, Any]:
-        """Where a sample came from: the cache facts every answer's metadata carries."""
-        origin = sample.origin or {}
-        return {
-            "cache_hit": bool(origin.get("cache_hit", False)),
-            "sequence_index": origin.get("index"),
-            "cache_key": origin.get("key"),
-            "draw_id": sample.draw_id,
-        }
-
     def _metadata(self, sample: Sample, model: str) -> dict[str, Any]:
         return {
             "model_name": model,
             "finish_reason": sample.finish_reason,
-            **self._facts(sample),
+            **_facts(sample),
             "provider_model_name": sample.model,
         }
 
@@ -1273,7 +1277,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         """A wrapped model's stored message, with the cache facts in its metadata."""
         message = _stored_message(sample)
         if message is not None:
-            message.response_metadata = {**message.response_metadata, **self._facts(sample)}
+            message.response_metadata = {**message.response_metadata, **_facts(sample)}
         return message
 
     def _generation(self, sample: Sample, model: str) -> ChatGeneration:
@@ -1399,7 +1403,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
                 "" if stored is None or isinstance(stored.content, str) else []
             )
             facts = AIMessageChunk(
-                content=content, response_metadata=self._facts(sample), chunk_position="last"
+                content=content, response_metadata=_facts(sample), chunk_position="last"
             )
             yield ChatGenerationChunk(message=facts)
         else:
@@ -1749,3 +1753,146 @@ MnimiChatModel._generate.__signature__ = inspect.signature(  # type: ignore[attr
 MnimiChatModel._agenerate.__signature__ = inspect.signature(  # type: ignore[attr-defined]
     MnimiChatModel._agenerate
 )
+
+
+# -- LangChain's cache interface --------------------------------------------------------
+
+
+class _Miss(Exception):
+    """A lookup found no sample at its position: LangChain calls the model, then update()."""
+
+
+def _llm_params(llm_string: str) -> dict[str, Any]:
+    """The request parameters of LangChain's ``llm_string``, credentials left out.
+
+    LangChain builds it as the model's serialised JSON (secrets only as references), then
+    ``---`` and the repr of the call's parameters, where a per-call credential would
+    stand in plain text: parsed back, those are dropped.
+    """
+    serialised, _, call = llm_string.partition("---")
+    try:
+        model: Any = json.loads(serialised)
+    except ValueError:
+        model, call = None, llm_string
+    try:
+        pairs = ast.literal_eval(call) if call else []
+        params: Any = {str(k): _jsonable(v) for k, v in pairs if not is_credential(str(k))}
+    except (ValueError, SyntaxError, TypeError):
+        params = call  # not a repr of plain values: kept as LangChain wrote it
+    return {"langchain_model": model, "call": params}
+
+
+class _Generations(BatchedModel):
+    """The provider behind :class:`MnimiLLMCache`: what LangChain hands to ``update``.
+
+    A lookup's draw finds no value and fails (nothing is stored, the position goes back
+    to its cursor); an update's draw lands the model's answer at the position it claims.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("langchain-cache", 1.0)
+
+    def identity(self) -> dict[str, Any]:
+        # The model is in each request's parameters (LangChain's llm_string).
+        return {"model": self.model_name, "params": {}}
+
+    def query(self, request: Request, n: int) -> list[str | Sample]:
+        pending: list[Sample] = request.source
+        if not pending:
+            raise _Miss
+        return [pending.pop()]  # once: a refill that asks again finds no answer
+
+
+class MnimiLLMCache(BaseCache):
+    """LangChain's cache interface over Mnimi sample sequences, for code you cannot touch.
+
+    ``set_llm_cache(MnimiLLMCache(path))`` or ``ChatAnthropic(cache=MnimiLLMCache(path))``
+    gives every chat model call LangChain caches the Mnimi semantics: outside any scope a
+    call replays position 0 of its request's sequence; in ``independent()`` each
+    ``lookup`` serves the next position of the scope's cursor and a miss's ``update``
+    appends the model's answer at that position; ``replication=True`` makes a miss raise
+    :class:`~mnimi_adapters.ReplicationCacheMiss` before anything is sent.
+
+    What LangChain's cache interface cannot carry: streaming bypasses it (``stream`` and
+    ``astream`` neither read nor write any LangChain cache), and a response of ``n``
+    generations is one cached value. Wrap the model instead (``MnimiChatModel(model=...)``)
+    for live streaming that is cached, ``n`` samples in one request, and tool calls keyed by
+    the model's own format. Two concurrent misses at one position (outside a scope) store
+    the first answer to arrive; the other caller keeps its own answer, unstored.
+
+    Args:
+        path: The cache directory (or a Redis URL), as for ``Persistent``.
+        replication: Never let a miss through; raise ``ReplicationCacheMiss`` instead.
+
+    Example:
+        >>> from langchain_core.globals import set_llm_cache
+        >>> set_llm_cache(MnimiLLMCache("~/.llm_cache"))  # doctest: +SKIP
+        >>> with independent():  # doctest: +SKIP
+        ...     votes = [chat.invoke("Pick a number").content for _ in range(3)]  # 3 samples
+    """
+
+    def __init__(self, path: str | os.PathLike[str], replication: bool = False) -> None:
+        self._layer = Persistent(_Generations(), path, replication=replication)
+
+    def __repr__(self) -> str:
+        mode = ", replication=True" if self._layer.replication else ""
+        return f"MnimiLLMCache({shown_location(str(self._layer.store.location))!r}{mode})"
+
+    @staticmethod
+    def _request(prompt: str, llm_string: str, pending: list[Sample]) -> Request:
+        # The prompt is LangChain's serialised messages: one message holds it all.
+        return Request(({"role": "user", "content": prompt},), _llm_params(llm_string), pending)
+
+    def lookup(self, prompt: str, llm_string: str) -> list[Generation] | None:
+        """The generations at this call's position of the request's sequence, or None."""
+        try:
+            (sample,) = scoped(self._layer).draw(self._request(prompt, llm_string, []), 1)
+        except _Miss:
+            return None
+        return _generations_of(sample)
+
+    def update(self, prompt: str, llm_string: str, return_val: Sequence[Generation]) -> None:
+        """Store the model's answer to a missed lookup at the position that missed."""
+        stored = _generations_sample(return_val)
+        if stored is None:  # an empty answer is no sample (law 8)
+            return
+        scoped(self._layer).draw(self._request(prompt, llm_string, [stored]), 1)
+
+    def clear(self, **kwargs: Any) -> None:
+        """Not supported: sequences are append-only; ``mnimi prune`` evicts whole ones."""
+        raise MnimiError("a Mnimi cache is append-only: evict sequences with `mnimi prune` instead")
+
+    def stats(self) -> dict[str, int | float]:
+        """What the cache did so far: hits, misses, stored samples (see ``CacheLayer``)."""
+        return self._layer.stats()
+
+
+def _generations_sample(generations: Sequence[Generation]) -> Sample | None:
+    """LangChain's cached value (a response's generations) as one sample, or None if empty."""
+    if not generations:
+        return None
+    first = generations[0]
+    message = {"role": "assistant", "content": first.text}
+    stored: list[dict[str, Any]] = []
+    for generation in generations:
+        entry: dict[str, Any] = {"text": generation.text, "info": generation.generation_info}
+        if isinstance(generation, ChatGeneration):
+            entry["message"] = message_to_dict(generation.message)
+        stored.append(_json_safe(entry))
+    if isinstance(first, ChatGeneration):
+        message = convert_to_openai_messages(first.message)
+    sample = Sample(text=first.text, message={**message, _LANGCHAIN_GENERATIONS: stored})
+    return sample if usable(sample) else None
+
+
+def _generations_of(sample: Sample) -> list[Generation]:
+    """A stored sample as LangChain's cached value, the cache facts in chat metadata."""
+    generations: list[Generation] = []
+    for entry in sample.message.get(_LANGCHAIN_GENERATIONS) or []:
+        if "message" not in entry:
+            generations.append(Generation(text=entry["text"], generation_info=entry["info"]))
+            continue
+        message = messages_from_dict([entry["message"]])[0]
+        message.response_metadata = {**message.response_metadata, **_facts(sample)}
+        generations.append(ChatGeneration(message=message, generation_info=entry["info"]))
+    return generations

@@ -1,0 +1,148 @@
+"""MnimiLLMCache: LangChain's cache interface over Mnimi sequences, with real ChatOpenAI and
+ChatAnthropic against the local sampling server (127.0.0.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from langchain_anthropic import ChatAnthropic
+from langchain_core.globals import get_llm_cache, set_llm_cache
+from langchain_core.messages import AIMessage
+from langchain_core.outputs import ChatGeneration
+from langchain_openai import ChatOpenAI
+
+from mnimi_adapters import MnimiError, ReplicationCacheMiss, independent
+from mnimi_adapters.langchain import MnimiLLMCache
+from mnimi_adapters.testing import SamplingServer
+
+NUMBER = "Pick a number between 1 and 1000000."
+SECRET = "sk-llm-cache-secret-5151"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SamplingServer]:
+    with SamplingServer(seed=31) as running:
+        yield running
+
+
+@pytest.fixture
+def cache_dir(server: SamplingServer, tmp_path: Path) -> str:
+    server.reset()
+    return str(tmp_path / "cache")
+
+
+def openai(server: SamplingServer, cache: MnimiLLMCache | None, **overrides: object) -> ChatOpenAI:
+    params: dict[str, object] = {
+        "model": "mock-model",
+        "base_url": server.url,
+        "api_key": SECRET,
+        "cache": cache,
+    }
+    params.update(overrides)
+    return ChatOpenAI(**params)  # type: ignore[arg-type]
+
+
+def test_lookup_replays_outside_scopes_and_continues_in_independent(
+    server: SamplingServer, cache_dir: str
+) -> None:
+    chat = openai(server, MnimiLLMCache(cache_dir))
+    first = chat.invoke(NUMBER)
+    assert chat.invoke(NUMBER).content == first.content
+    assert len(server.chat_requests()) == 1
+    with independent():
+        run1 = [chat.invoke(NUMBER).content for _ in range(3)]
+    assert run1[0] == first.content and len(set(run1)) == 3
+    with independent():
+        run2 = [asyncio.run(chat.ainvoke(NUMBER)).content for _ in range(3)]
+    assert run2 == run1
+    assert len(server.chat_requests()) == 3
+    hit = chat.invoke(NUMBER)
+    assert hit.response_metadata["cache_hit"] is True
+    assert hit.response_metadata["sequence_index"] == 0
+    # A model that differs only in its key shares the sequences; one at another
+    # temperature does not.
+    assert openai(server, MnimiLLMCache(cache_dir), api_key="sk-x").invoke(NUMBER) == hit
+    openai(server, MnimiLLMCache(cache_dir), temperature=0.1).invoke(NUMBER)
+    assert len(server.chat_requests()) == 4
+    for path in Path(cache_dir).rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes()
+
+
+def test_set_llm_cache_and_a_partner_model(server: SamplingServer, cache_dir: str) -> None:
+    previous = get_llm_cache()
+    set_llm_cache(MnimiLLMCache(cache_dir))
+    try:
+        chat = ChatAnthropic(model="mock-claude", base_url=server.root_url, api_key=SECRET)
+        with independent():
+            texts = [chat.invoke(NUMBER).content for _ in range(3)]
+        with independent():
+            again = [chat.invoke(NUMBER).content for _ in range(3)]
+    finally:
+        set_llm_cache(previous)
+    assert len(set(texts)) == 3 and again == texts
+    assert len(server.requests) == 3
+
+
+def test_streaming_bypasses_the_cache(server: SamplingServer, cache_dir: str) -> None:
+    chat = openai(server, MnimiLLMCache(cache_dir))
+    chat.invoke(NUMBER)
+    "".join(str(c.content) for c in chat.stream(NUMBER))
+    assert len(server.chat_requests()) == 2  # LangChain never asks a cache when streaming
+
+
+def test_replication_miss_raises_and_sends_nothing(server: SamplingServer, cache_dir: str) -> None:
+    recorded = openai(server, MnimiLLMCache(cache_dir)).invoke(NUMBER).content
+    server.reset()
+    chat = openai(server, MnimiLLMCache(cache_dir, replication=True))
+    assert chat.invoke(NUMBER).content == recorded
+    with pytest.raises(ReplicationCacheMiss):
+        chat.invoke("Pick a number between 1 and 10.")
+    with independent(), pytest.raises(ReplicationCacheMiss):
+        chat.invoke(NUMBER)
+        chat.invoke(NUMBER)
+    assert server.requests == []
+
+
+def test_concurrent_misses_at_one_position_are_not_both_stored_there(
+    server: SamplingServer, cache_dir: str
+) -> None:
+    cache = MnimiLLMCache(cache_dir)
+    llm_string = openai(server, None)._get_llm_string()
+    barrier = threading.Barrier(2)
+    answers = {}
+
+    def call(name: str) -> None:
+        missed = cache.lookup("prompt", llm_string)
+        barrier.wait()  # both have missed position 0 before either stores
+        generation = ChatGeneration(message=AIMessage(f"answer {name}"))
+        cache.update("prompt", llm_string, [generation])
+        answers[name] = missed
+
+    threads = [threading.Thread(target=call, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert answers == {"a": None, "b": None}
+    stored = cache.lookup("prompt", llm_string)
+    assert stored is not None and stored[0].text in ("answer a", "answer b")
+    assert cache.stats()["samples_stored"] == 1  # the second answer did not become position 0
+    # In an independent scope concurrent misses take consecutive positions.
+    with independent():
+        misses = [cache.lookup("other", llm_string) for _ in range(2)]
+        assert misses == [None, None]
+        for name in ("x", "y"):
+            cache.update("other", llm_string, [ChatGeneration(message=AIMessage(name))])
+    with independent():
+        replayed = [cache.lookup("other", llm_string) for _ in range(2)]
+    assert [r[0].text for r in replayed if r] == ["x", "y"]
+
+
+def test_clear_is_refused(cache_dir: str) -> None:
+    with pytest.raises(MnimiError, match="append-only"):
+        MnimiLLMCache(cache_dir).clear()
