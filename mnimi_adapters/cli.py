@@ -25,27 +25,33 @@ import importlib
 import json
 import os
 import re
-import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import closing, contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
-from diskcache.core import DBNAME, MODE_BINARY, MODE_PICKLE
-
 from . import __version__
 from .core.errors import CorruptStoreError, MnimiError, StoreError
-from .core.redis_store import RedisStore, redis_location
 from .core.sample import Sample
-from .core.store import FORMAT_KEY, FORMAT_VERSION, DiskStore, is_redis_url
+from .core.stores import (
+    FORMAT_VERSION,
+    Check,
+    RedisStore,
+    SequenceStore,
+    Summary,
+    is_redis_url,
+    open_store,
+    redis_location,
+)
+from .core.stores.check import plural as _plural
+from .core.stores.disk import is_store_directory
 
 #: The stores the command works on: a cache directory or a Redis namespace.
-Store = DiskStore | RedisStore
+Store = SequenceStore
 
 EXIT_OK = 0
 EXIT_FOUND = 1
@@ -166,24 +172,6 @@ def _message_text(message: Any) -> str:
     return text
 
 
-def _ranges(indices: Iterable[int], most: int = 8) -> str:
-    """``[1, 2, 3, 7]`` -> ``#1-#3, #7`` (at most ``most`` runs, then a count)."""
-    runs: list[tuple[int, int]] = []
-    for index in sorted(set(indices)):
-        if runs and runs[-1][1] == index - 1:
-            runs[-1] = (runs[-1][0], index)
-        else:
-            runs.append((index, index))
-    shown = [f"#{a}" if a == b else f"#{a}-#{b}" for a, b in runs[:most]]
-    if len(runs) > most:
-        shown.append(f"... ({len(set(indices))} in all)")
-    return ", ".join(shown)
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count:,} {word}{'' if count == 1 else 's'}"
-
-
 def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterable[int] = ()) -> str:
     """A plain text table; columns in ``right`` (numbers) are right-aligned."""
     body = [[str(cell) for cell in row] for row in rows]
@@ -265,138 +253,78 @@ class Progress:
 # -- opening stores -------------------------------------------------------
 
 
-def _existing_cache(path_text: str) -> Path:
-    """The cache directory ``path_text`` names; never creates anything.
-
-    Raises:
-        CommandError: There is no cache there.
-    """
-    path = Path(path_text).expanduser()
-    if path.exists() and not path.is_dir():
-        raise CommandError(f"{path} is not a cache directory")
-    if not (path / DBNAME).is_file():
-        raise CommandError(f"no cache at {path}")
-    return path
-
-
 def _shown(path_text: str) -> str:
     """``path_text`` fit for a message: a Redis URL's password never appears."""
     return redis_location(path_text) if is_redis_url(path_text) else path_text
 
 
 @contextmanager
-def _open_store(path_text: str) -> Iterator[Store]:
-    """The existing store at ``path_text`` (a directory or a Redis URL), closed after use."""
-    store: Store
-    if is_redis_url(path_text):
-        # create=False: a namespace without a store is an error, never a new store.
-        store = RedisStore(path_text, create=False)
-    else:
-        store = DiskStore(_existing_cache(path_text))
+def _open_store(path_text: str, read_only: bool = True) -> Iterator[Store]:
+    """The existing store at ``path_text`` (a directory or a Redis URL), closed after use.
+
+    Never creates one: a location without a store is an error. Opened read-only
+    unless the command writes, so it never changes what it reads.
+    """
+    store = open_store(path_text, create=False, read_only=read_only)
     try:
         yield store
     finally:
         store.close()
 
 
-@dataclass
-class Entry:
-    """One sequence as the listings see it: its key, length and record."""
+#: One sequence as the listings see it.
+Entry = Summary
 
-    key: str
-    length: int = 0
-    info: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
 
-    @property
-    def request(self) -> dict[str, Any]:
-        """The recorded request: ``model``, ``messages``, ``params`` [, ``endpoint``]."""
-        request = self.info.get("request")
-        return request if isinstance(request, dict) else {}
+def _prompt(entry: Entry) -> str:
+    """The first user message (else the first message): what a listing shows."""
+    messages = entry.messages
+    first = next(
+        (m for m in messages if isinstance(m, dict) and m.get("role") == "user"),
+        messages[0] if messages else None,
+    )
+    return "" if first is None else _message_text(first)
 
-    @property
-    def model(self) -> str:
-        """The model name in the key (its alias, if one was given)."""
-        model = self.request.get("model")
-        return "?" if model is None else str(model)
 
-    @property
-    def messages(self) -> list[Any]:
-        """The request's messages."""
-        messages = self.request.get("messages")
-        return messages if isinstance(messages, list) else []
+def _matches(entry: Entry, needle: str) -> bool:
+    """Whether ``needle`` occurs (case-insensitively) in the model or messages."""
+    parts = [entry.model, *(_message_text(message) for message in entry.messages)]
+    return needle.casefold() in "\n".join(parts).casefold()
 
-    def number(self, name: str) -> float:
-        """A numeric total of the record (``bytes``, ``cost``, ``used``...), 0 if absent."""
-        value = self.info.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return value
-        return 0
 
-    def prompt(self) -> str:
-        """The first user message (else the first message): what a listing shows."""
-        messages = self.messages
-        first = next(
-            (m for m in messages if isinstance(m, dict) and m.get("role") == "user"),
-            messages[0] if messages else None,
-        )
-        return "" if first is None else _message_text(first)
-
-    def matches(self, needle: str) -> bool:
-        """Whether ``needle`` occurs (case-insensitively) in the model or messages."""
-        parts = [self.model]
-        for message in self.messages:
-            parts.append(_message_text(message))
-        return needle.casefold() in "\n".join(parts).casefold()
-
-    def summary(self) -> dict[str, Any]:
-        """The stable JSON form of a listing line."""
-        return {
-            "key": self.key,
-            "model": self.model,
-            "samples": self.length,
-            "messages": len(self.messages),
-            "prompt": excerpt(self.prompt(), 200),
-            "bytes": int(self.number("bytes")),
-            "stored": self.info.get("stored"),
-            "used": self.info.get("used"),
-            "error": self.error,
-        }
+def _listed(entry: Entry) -> dict[str, Any]:
+    """The stable JSON form of a listing line."""
+    return {
+        "key": entry.key,
+        "model": entry.model,
+        "samples": entry.length,
+        "messages": len(entry.messages),
+        "prompt": excerpt(_prompt(entry), 200),
+        "bytes": int(entry.number("bytes")),
+        "stored": entry.info.get("stored"),
+        "used": entry.info.get("used"),
+        "error": entry.error,
+    }
 
 
 def _entry(store: Store, key: str) -> Entry:
     """``key``'s length and record; damage is noted on the entry, not raised."""
-    entry = Entry(key)
-    try:
-        entry.length = store.length(key)
-        info = store.info(key)
-    except (CorruptStoreError, ValueError, TypeError) as error:
-        entry.error = str(error) or type(error).__name__
-        return entry
-    if info is None:
-        entry.error = f"key {key} has no record"
-    else:
-        entry.info = info
-    return entry
+    return store.summary(key) or Entry(key, error=f"key {key} has no record")
 
 
 def _entries(store: Store, label: str | None = None) -> list[Entry]:
     """Every sequence of ``store`` with its record, damaged records marked."""
     entries = []
-    keys = store.keys()  # a generator over the rows, not a dict
     with Progress(label or "reading", None) as progress:
-        for key in keys:
-            entries.append(_entry(store, key))
+        for entry in store.summaries():
+            entries.append(entry)
             progress.advance()
     return entries
 
 
 def _exists(store: Store, key: str) -> bool:
     """Whether ``key`` has a sequence (a damaged one counts: its damage is reported later)."""
-    try:
-        return bool(store.length(key)) or store.info(key) is not None
-    except (CorruptStoreError, ValueError, TypeError):
-        return True
+    return store.summary(key) is not None
 
 
 def _resolve_key(store: Store, wanted: str, keys: list[str] | None = None) -> str:
@@ -522,7 +450,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def _show_listing(store: Store, args: argparse.Namespace) -> int:
     entries = _entries(store)
     if args.grep is not None:
-        entries = [e for e in entries if e.error is None and e.matches(args.grep)]
+        entries = [e for e in entries if e.error is None and _matches(e, args.grep)]
     # Most recently used first: what the last run did is what one looks for.
     entries.sort(key=lambda e: (-e.number("used"), e.key))
     matched = len(entries)
@@ -534,7 +462,7 @@ def _show_listing(store: Store, args: argparse.Namespace) -> int:
             {
                 "path": store.location,
                 "matched": matched,
-                "keys": [e.summary() for e in entries],
+                "keys": [_listed(e) for e in entries],
             }
         )
     elif entries:
@@ -547,7 +475,7 @@ def _show_listing(store: Store, args: argparse.Namespace) -> int:
                         e.model,
                         f"{e.length:,}",
                         len(e.messages),
-                        f"(damaged: {e.error})" if e.error else repr(excerpt(e.prompt())),
+                        f"(damaged: {e.error})" if e.error else repr(excerpt(_prompt(e))),
                     ]
                     for e in entries
                 ),
@@ -653,432 +581,43 @@ def _sample_row(sample: dict[str, Any]) -> list[str]:
 # -- verify ---------------------------------------------------------------
 
 
-class _Pickled:
-    """Stands for a pickled key or value: reported, never loaded."""
-
-    def __repr__(self) -> str:
-        return "<pickle>"
-
-
-class _InFile:
-    """Stands for a value a row keeps in a file: reported, never read."""
-
-    def __init__(self, filename: str) -> None:
-        self.filename = filename
-
-
-PICKLED = _Pickled()
-
-
-def _decode(mode: int, filename: str | None, value: Any) -> Any:
-    """A diskcache row's value, decoded like diskcache would, minus unpickling and files."""
-    # The file name first, whatever the mode says: a row can name any path
-    # (absolute, or ../), and the store itself never writes a file.
-    if filename is not None:
-        return _InFile(filename)
-    if mode == MODE_PICKLE:
-        return PICKLED
-    if mode == MODE_BINARY or isinstance(value, memoryview):
-        return bytes(value)
-    return value
-
-
-def _kind(value: Any) -> str:
-    if value is PICKLED:
-        return "a pickle (refused: unpickling can run code)"
-    if isinstance(value, _InFile):
-        return (
-            f"a file, {value.filename!r} (refused: the store keeps every value in its "
-            "database, and diskcache deletes the file a replaced or deleted row names)"
-        )
-    return f"a {type(value).__name__} value"
-
-
-def _unexpected(value: Any) -> str:
-    """The problem of a row that mnimi_adapters never writes."""
-    problem = "unexpected row (not written by mnimi_adapters)"
-    return f"{problem}; its value is {_kind(value)}" if isinstance(value, _InFile) else problem
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-@dataclass
-class _Sequence:
-    """What verify gathered about one key's rows."""
-
-    #: index -> (draw id, stored characters); draw id None when the sample is damaged.
-    samples: dict[int, tuple[str | None, int]] = field(default_factory=dict)
-    length: int | None = None
-    length_seen: bool = False
-    record: dict[str, Any] | None = None
-    record_seen: bool = False
-    #: draw id -> the index its d: row names (None when that row is damaged).
-    draws: dict[str, int | None] = field(default_factory=dict)
-
-
-@dataclass
-class Verifier:
-    """Checks a store's rows against the layout of :mod:`mnimi_adapters.core.store`."""
-
-    problems: list[dict[str, str | None]] = field(default_factory=list)
-    sequences: dict[str, _Sequence] = field(default_factory=dict)
-    draw_rows: list[tuple[str, Any]] = field(default_factory=list)
-    rows: int = 0
-
-    def report(self, key: str | None, row: str | None, problem: str) -> None:
-        self.problems.append({"key": key, "row": row, "problem": problem})
-
-    def _sequence(self, key: str) -> _Sequence:
-        return self.sequences.setdefault(key, _Sequence())
-
-    def row(self, name: Any, value: Any) -> None:
-        """Take in one stored (name, value) pair."""
-        self.rows += 1
-        if name is PICKLED:
-            problem = "a row has a pickled name (refused: unpickling can run code)"
-            if isinstance(value, _InFile):
-                problem += f"; its value is {_kind(value)}"
-            self.report(None, None, problem)
-        elif not isinstance(name, str):
-            self.report(None, repr(name), _unexpected(value))
-        elif name == FORMAT_KEY:
-            pass  # checked before the scan
-        elif name.startswith("s:"):
-            key, sep, index = name[2:].rpartition(":")
-            if not (sep and key and index.isascii() and index.isdigit()) or index != str(
-                int(index)
-            ):
-                self.report(None, name, _unexpected(value))
-            else:
-                self._sample(key, int(index), name, value)
-        elif name.startswith("n:"):
-            sequence = self._sequence(name[2:])
-            sequence.length_seen = True
-            if _is_int(value) and value >= 0:
-                sequence.length = value
-            else:
-                self.report(name[2:], name, f"the length is {_kind(value)}, not a count")
-        elif name.startswith("m:"):
-            self._record(name[2:], name, value)
-        elif name.startswith("d:"):
-            # Which key a draw row belongs to is known once every key is seen.
-            self.draw_rows.append((name, value))
-        else:
-            self.report(None, name, _unexpected(value))
-
-    def _sample(self, key: str, index: int, name: str, value: Any) -> None:
-        sequence = self._sequence(key)
-        sequence.samples[index] = (None, 0)
-        if not isinstance(value, str):
-            self.report(key, name, f"sample #{index} is {_kind(value)}, not JSON text")
-            return
-        try:
-            data = json.loads(value)
-        except ValueError as error:
-            self.report(key, name, f"sample #{index} is not valid JSON ({error})")
-            return
-        try:
-            sample = Sample.from_dict(data)
-        except CorruptStoreError as error:
-            self.report(key, name, f"sample #{index} is not a stored sample ({error})")
-            return
-        if not isinstance(sample.draw_id, str):
-            self.report(key, name, f"sample #{index} has no string draw id")
-            return
-        sequence.samples[index] = (sample.draw_id, len(value))
-
-    def _record(self, key: str, name: str, value: Any) -> None:
-        sequence = self._sequence(key)
-        sequence.record_seen = True
-        if not isinstance(value, str):
-            self.report(key, name, f"the record is {_kind(value)}, not JSON text")
-            return
-        try:
-            record = json.loads(value)
-        except ValueError as error:
-            self.report(key, name, f"the record is not valid JSON ({error})")
-            return
-        request = record.get("request") if isinstance(record, dict) else None
-        if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
-            self.report(key, name, "the record holds no request")
-            return
-        sequence.record = record
-
-    def _draw_key(self, rest: str) -> str | None:
-        """The known key that ``d:<key>:<draw id>`` (minus ``d:``) starts with."""
-        for position, char in enumerate(rest):
-            if char == ":" and rest[:position] in self.sequences:
-                return rest[:position]
-        return None
-
-    def finish(self) -> None:
-        """Cross-check the rows of every key once all are in."""
-        for name, value in self.draw_rows:
-            key = self._draw_key(name[2:])
-            if key is None:
-                self.report(None, name, "draw index of a key that has no sequence")
-                continue
-            draw = name[len(key) + 3 :]
-            index_ok = _is_int(value)
-            if not index_ok:
-                self.report(key, name, f"the draw index is {_kind(value)}, not an index")
-            self.sequences[key].draws[draw] = value if index_ok else None
-        for key in sorted(self.sequences):
-            self._check(key, self.sequences[key])
-
-    def _check(self, key: str, sequence: _Sequence) -> None:
-        before = len(self.problems)
-        length, samples = sequence.length, sequence.samples
-        if not sequence.length_seen:
-            self.report(key, None, f"no length row (n:) for {_plural(len(samples), 'sample')}")
-        elif length is not None:
-            missing = [i for i in range(length) if i not in samples]
-            if missing:
-                self.report(
-                    key,
-                    None,
-                    f"missing sample {_ranges(missing)} of {length} (a gap in the sequence)",
-                )
-            extra = [i for i in samples if i >= length]
-            if extra:
-                self.report(key, None, f"sample {_ranges(extra)} stored beyond the length {length}")
-        positions: dict[str, list[int]] = {}
-        for index, (draw, _) in sorted(samples.items()):
-            if draw is not None:
-                positions.setdefault(draw, []).append(index)
-        for draw, where in positions.items():
-            if len(where) > 1:
-                self.report(
-                    key, None, f"draw {draw} is stored {len(where)} times: samples {_ranges(where)}"
-                )
-        for draw, target in sequence.draws.items():
-            where = positions.get(draw, [])
-            if target is None or target in where:
-                continue
-            row = f"d:{key}:{draw}"
-            if target in samples and samples[target][0] is None:
-                continue  # that sample is damaged, reported above
-            if length is not None and 0 <= target < length and target not in samples:
-                continue  # a gap, reported above
-            if where:
-                self.report(key, row, f"the draw index says #{target}, but {draw} is #{where[0]}")
-            elif target in samples:
-                self.report(
-                    key, row, f"the draw index of {draw} points at #{target}, a different draw"
-                )
-            else:
-                self.report(key, row, f"the draw index of {draw} points at #{target}: no sample")
-        for draw, where in positions.items():
-            if draw not in sequence.draws:
-                self.report(key, None, f"sample #{where[0]} (draw {draw}) has no draw index (d:)")
-        record = sequence.record
-        if not sequence.record_seen:
-            self.report(key, None, "no record (m:) of the request")
-        elif record is not None:
-            recorded = record.get("length")
-            if length is not None and recorded != length:
-                self.report(
-                    key, f"m:{key}", f"the record says {recorded} samples, the length row {length}"
-                )
-            stored = sum(size for _, size in samples.values())
-            # Totals are only comparable when every sample is there and sound.
-            if len(self.problems) == before and record.get("bytes") != stored:
-                self.report(
-                    key,
-                    f"m:{key}",
-                    f"the record counts {record.get('bytes')} bytes of samples, "
-                    f"the samples hold {stored}",
-                )
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "ok": not self.problems,
-            "keys": len(self.sequences),
-            "samples": sum(
-                1 for s in self.sequences.values() for d, _ in s.samples.values() if d is not None
-            ),
-            "rows": self.rows,
-            "problems": self.problems,
-        }
-
-
-def _connect_readonly(database: Path) -> sqlite3.Connection:
-    """A read-only connection: verify must never change what it checks."""
-    uri = f"{database.resolve().as_uri()}?mode=ro"
-    if not os.access(database.parent, os.W_OK):
-        # Without a writable directory SQLite cannot create the WAL index a
-        # read-only reader needs; nobody can be writing then, so read as is.
-        uri += "&immutable=1"
-    return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=60)
-
-
-def _verify_rows(connection: sqlite3.Connection) -> Iterator[tuple[Any, Any]]:
-    for key, raw, mode, filename, value in connection.execute(
-        "SELECT key, raw, mode, filename, value FROM Cache"
-    ):
-        name: Any = PICKLED if not raw else bytes(key) if isinstance(key, memoryview) else key
-        yield name, _decode(mode, filename, value)
-
-
-def _check_format(connection: sqlite3.Connection, directory: Path, verifier: Verifier) -> Any:
-    """The format marker; an unknown version is an error, a damaged one a problem."""
-    row = connection.execute(
-        "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1", (FORMAT_KEY,)
-    ).fetchone()
-    if row is None:
-        if connection.execute("SELECT 1 FROM Cache LIMIT 1").fetchone() is not None:
-            verifier.report(None, FORMAT_KEY, "the format marker is missing")
-        return None
-    version = _decode(*row)
-    if not _is_int(version):
-        verifier.report(None, FORMAT_KEY, f"the format marker is {_kind(version)}, not a version")
-        return None
-    if version != FORMAT_VERSION:
-        raise CommandError(
-            f"{directory} was written in store format {version}; "
-            f"this version of mnimi_adapters reads format {FORMAT_VERSION}"
-        )
-    return version
-
-
-def _verify_redis(url: str, verifier: Verifier) -> tuple[str, Any]:
-    """Check a Redis namespace as the rows of the disk layout; return (location, format).
-
-    Each sequence is read in one transaction (a consistent snapshot even while
-    others append) and fed to the verifier as the ``s:``, ``n:``, ``m:`` and
-    ``d:`` rows it would have on disk, so both stores get exactly the same checks.
-    """
-    store = RedisStore(url, create=False, check_format=False)
-    with store:
-        marker = store.format_marker()
-        names = list(store.names())
-        if marker is None:
-            if not names:
-                raise CommandError(f"no cache at {store.location}")
-            verifier.report(None, "format", "the format marker is missing")
-        version: Any = None
-        if marker is not None:
-            try:
-                version = int(marker)
-            except ValueError:
-                verifier.report(None, "format", f"the format marker is {marker!r}, not a version")
-        if version is not None and version != FORMAT_VERSION:
-            raise CommandError(
-                f"{store.location} was written in store format {version}; "
-                f"this version of mnimi_adapters reads format {FORMAT_VERSION}"
-            )
-        found: set[str] = set()
-        for name in names:
-            kind, sep, key = name.partition(":")
-            if sep and key and kind in ("s", "d", "m"):
-                found.add(key)
-            elif name not in ("format", "keys"):
-                verifier.report(None, name, "unexpected key (not written by mnimi_adapters)")
-        indexed = set(store.keys())
-        keys = sorted(indexed | found)
-        with Progress("verify", len(keys)) as progress:
-            for key in keys:
-                _verify_redis_sequence(store, key, verifier)
-                progress.advance()
-    return store.location, version
-
-
-def _verify_redis_sequence(store: RedisStore, key: str, verifier: Verifier) -> None:
-    # Judged on the snapshot alone: a key appended or pruned since the listing is sound.
-    raw = store.raw_sequence(key)
-    if not (raw.samples or raw.draws or raw.record):
-        if raw.indexed:
-            verifier.report(key, None, "in the key index, but nothing is stored for it")
-        return
-    if not raw.indexed:
-        verifier.report(key, None, "missing from the key index: listings and prune miss it")
-    for index, value in raw.samples.items():
-        verifier.row(f"s:{key}:{index}", value)
-    for draw, value in raw.draws.items():
-        number = value if not isinstance(value, str) or not value.isdigit() else int(value)
-        verifier.row(f"d:{key}:{draw}", number)
-    if not raw.record:
-        return
-    numbers: dict[str, Any] = {}
-    for name, value in raw.record.items():
-        if name == "request":
-            continue
-        try:
-            numbers[name] = float(value) if name in ("cost", "stored", "used") else int(value)
-        except ValueError:
-            verifier.report(key, f"m:{key}", f"the record's {name} is {value!r}, not a number")
-    if "length" in numbers:
-        verifier.row(f"n:{key}", numbers["length"])
-    request = raw.record.get("request")
-    if request is None:
-        verifier.row(f"m:{key}", json.dumps(numbers))  # reported: no request
-        return
-    try:
-        parsed = json.loads(request)
-    except ValueError:
-        verifier.row(f"m:{key}", request)  # reported: not valid JSON
-        return
-    verifier.row(f"m:{key}", json.dumps({"request": parsed, **numbers}, ensure_ascii=False))
-
-
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Check every row of the store; list each problem."""
-    verifier = Verifier()
-    if is_redis_url(args.path):
-        location, version = _verify_redis(args.path, verifier)
-        verifier.finish()
-        return _verify_report(args, location, version, verifier)
-    directory = _existing_cache(args.path)
-    try:
-        connection = _connect_readonly(directory / DBNAME)
-    except sqlite3.Error as error:
-        raise CommandError(f"cannot open the cache at {directory}: {error}") from None
-    with closing(connection):
-        try:
-            # One read transaction: a consistent snapshot, even while another
-            # process appends, and no lock that would make its writers wait.
-            connection.execute("BEGIN")
-            version = _check_format(connection, directory, verifier)
-            (total,) = connection.execute("SELECT COUNT(*) FROM Cache").fetchone()
-        except sqlite3.DatabaseError as error:
-            raise CommandError(f"{directory} is not a readable cache: {error}") from None
-        try:
-            for (message,) in connection.execute("PRAGMA quick_check(20)"):
-                if message != "ok":
-                    verifier.report(None, None, f"SQLite: {message}")
-            with Progress("verify", total) as progress:
-                for name, value in _verify_rows(connection):
-                    verifier.row(name, value)
-                    progress.advance()
-        except sqlite3.DatabaseError as error:
-            verifier.report(None, None, f"the database is damaged: {error}")
-        verifier.finish()
-    return _verify_report(args, str(directory), version, verifier)
+    """Check every entry of the store; list each problem."""
+    # check_format is the store's own: an unknown version is an error, a damaged
+    # marker one problem among the others.
+    store = open_store(args.path, create=False, read_only=True, check_format=False)
+    with store, Progress("verify", None) as progress:
+        result = store.check(progress.advance)
+    return _verify_report(args, store.location, result)
 
 
-def _verify_report(
-    args: argparse.Namespace, location: str, version: Any, verifier: Verifier
-) -> int:
-    result = {"path": location, "format": version, **verifier.summary()}
+def _verify_report(args: argparse.Namespace, location: str, check: Check) -> int:
+    result = {
+        "path": location,
+        "format": check.format,
+        "ok": check.ok,
+        "keys": check.keys,
+        "samples": check.samples,
+        "rows": check.rows,
+        "problems": check.problems,
+    }
     if args.json:
         _emit_json(result)
     else:
-        for problem in verifier.problems:
+        for problem in check.problems:
             where = problem["key"] or problem["row"] or location
             print(f"{where}: {problem['problem']}")
         checked = f"{_plural(result['keys'], 'key')}, {_plural(result['samples'], 'sample')}"
-        if verifier.problems:
-            bad = len({p["key"] for p in verifier.problems if p["key"] is not None})
+        if check.problems:
+            bad = len({p["key"] for p in check.problems if p["key"] is not None})
             print(
-                f"damaged: {_plural(len(verifier.problems), 'problem')}, "
+                f"damaged: {_plural(len(check.problems), 'problem')}, "
                 f"{bad:,} of {_plural(result['keys'], 'key')} affected "
                 f"({_plural(result['samples'], 'sound sample')})"
             )
         else:
             print(f"ok: {checked}")
-    return EXIT_FOUND if verifier.problems else EXIT_OK
+    return EXIT_FOUND if check.problems else EXIT_OK
 
 
 # -- prune ----------------------------------------------------------------
@@ -1087,19 +626,20 @@ def _verify_report(
 def cmd_prune(args: argparse.Namespace) -> int:
     """Remove least-recently-used whole sequences until the samples fit."""
     limit: int = args.max_size
-    with _open_store(args.path) as store:
-        entries = _entries(store, "prune: reading")
-        damaged = [e for e in entries if e.error]
-        if damaged:
-            # Unknown sizes and times would make any choice a guess, and
-            # deleting a damaged sequence fails anyway: repair first.
-            for entry in damaged:
-                _warn(f"{entry.key}: {entry.error}")
+    with _open_store(args.path, read_only=args.dry_run) as store:
+        with Progress("prune: checking", None) as progress:
+            check = store.check(progress.advance)
+        if check.problems:
+            # Whatever verify reports: unknown sizes and times would make any
+            # choice a guess, and deleting beside damage may lose what repair needs.
+            for problem in check.problems:
+                _warn(f"{problem['key'] or problem['row'] or store.location}: {problem['problem']}")
             raise CommandError(
-                f"{_plural(len(damaged), 'key')} with a damaged record; nothing removed "
-                f"(run `mnimi verify {_shown(args.path)}`)",
+                f"the store is damaged ({_plural(len(check.problems), 'problem')}); nothing "
+                f"removed (run `mnimi verify {_shown(args.path)}`)",
                 EXIT_FOUND,
             )
+        entries = _entries(store, "prune: reading")
         before = sum(int(e.number("bytes")) for e in entries)
         total = before
         victims: list[Entry] = []
@@ -1183,16 +723,20 @@ def _export_target(path_text: str, source: Store) -> tuple[Callable[[], Store], 
     if is_redis_url(path_text):
         location = redis_location(path_text)
         # Same server spelled the same way, same namespace: the same store.
-        if isinstance(source, RedisStore) and location == source.location:
+        if location == source.location:
             raise CommandError("OUT must differ from PATH")
-        return lambda: RedisStore(path_text), location
+        return lambda: open_store(path_text), location
     out = Path(path_text).expanduser()
-    if isinstance(source, DiskStore) and out.exists() and out.resolve() == source.path.resolve():
+    if (
+        not is_redis_url(source.location)
+        and out.exists()
+        and out.resolve() == Path(source.location).resolve()
+    ):
         raise CommandError("OUT must differ from PATH")
-    if out.is_dir() and not (out / DBNAME).exists() and any(out.iterdir()):
+    if out.is_dir() and not is_store_directory(out) and any(out.iterdir()):
         # Never drop a cache into a directory that holds other things.
         raise CommandError(f"{out} exists and is not a cache directory")
-    return lambda: DiskStore(out), str(out)
+    return lambda: open_store(out), str(out)
 
 
 def _read_sequence(source: Store, entry: Entry) -> tuple[list[Sample], str | None]:
@@ -1233,7 +777,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             wanted = list(dict.fromkeys(_resolve_key(source, k, known) for k in args.keys))
             entries = [_entry(source, key) for key in wanted]
         else:
-            entries = [e for e in _entries(source) if e.error is None and e.matches(args.grep)]
+            entries = [e for e in _entries(source) if e.error is None and _matches(e, args.grep)]
             if not entries:
                 raise CommandError(
                     f"no request in {source.location} matches {args.grep!r}", EXIT_FOUND
@@ -1419,9 +963,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FOUND
     except StoreError as error:
         _warn(str(error))
-        return EXIT_ERROR
-    except sqlite3.Error as error:
-        _warn(f"database error: {error}")
         return EXIT_ERROR
     except MnimiError as error:  # from the demo: a replication miss, a provider failure
         _warn(str(error))

@@ -212,14 +212,19 @@ def test_prune_refuses_a_damaged_record(
     planted.assert_victim_intact()
 
 
-def test_prune_removes_a_sequence_and_leaves_the_file(
+def test_prune_refuses_a_damaged_draw_row_and_leaves_the_file(
     planted: Planted, outside: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # verify reports the row as damage, so prune refuses the store, as it does any
+    # store verify would report (and deleting the sequence by hand leaves the file,
+    # see test_deleting_a_sequence_leaves_the_file).
     planted.plant(f"d:{planted.key}:{planted.draws[0]}", outside)
-    code, data = run_json(capsys, "prune", planted.path, "--max-size", "0")
-    assert code == 0
-    assert [r["key"] for r in data["removed"]] == [planted.key]
-    assert planted.rows() == {"__mnimi_format__"}
+    before = planted.rows()
+    for dry_run in ([], ["--dry-run"]):
+        code = main(["prune", str(planted.path), "--max-size", "0", *dry_run])
+        _, err = capsys.readouterr()
+        assert code == 1 and "nothing removed" in err and outside in err
+    assert planted.rows() == before
     planted.assert_victim_intact()
 
 

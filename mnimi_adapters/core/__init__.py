@@ -17,7 +17,7 @@ from .model import BatchedModel, Cursor, Layer, Model
 from .request import Request, request_key
 from .sample import Sample
 from .scopes import independent, no_cache, repeatable, scoped
-from .store import DiskStore, MemoryStore, SequenceStore
+from .stores import DiskStore, MemoryStore, SequenceStore
 
 __all__ = [
     "BatchedModel",

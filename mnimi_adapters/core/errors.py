@@ -6,7 +6,10 @@ The hierarchy is small on purpose::
     ├── ReplicationCacheMiss      a replication run needed a sample the cache lacks
     ├── StoreError                the store cannot be opened or used
     │   ├── UnsupportedStoreVersion
-    │   └── CorruptStoreError
+    │   ├── CorruptStoreError
+    │   ├── StoreFull             no room left: a full disk, a Redis at maxmemory
+    │   ├── StoreReadOnly         read-only media, or a store opened read-only
+    │   └── StoreUnreachable      the server cannot be reached or went away
     └── ProviderError             a provider failed or answered nonsense
 """
 
@@ -59,6 +62,18 @@ class UnsupportedStoreVersion(StoreError):
 
 class CorruptStoreError(StoreError):
     """A stored value is damaged or is not JSON written by this library."""
+
+
+class StoreFull(StoreError):
+    """The store has no room for a write: its disk is full, or Redis is at maxmemory."""
+
+
+class StoreReadOnly(StoreError):
+    """The store cannot be written: read-only media, or it was opened read-only."""
+
+
+class StoreUnreachable(StoreError):
+    """The store's server cannot be reached, or went away while in use."""
 
 
 class ProviderError(MnimiError):

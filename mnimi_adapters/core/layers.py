@@ -32,7 +32,7 @@ from .model import Cursor, Layer, logger
 from .request import Request, request_record
 from .sample import Sample
 from .scopes import caching_enabled
-from .store import DiskStore, MemoryStore, ReadThroughStore, SequenceStore, open_store
+from .stores import DiskStore, MemoryStore, ReadThroughStore, SequenceStore, open_store
 
 
 class Wrapper(Layer):
@@ -132,8 +132,12 @@ class CacheLayer(Wrapper):
         with self._lock:
             cursor = self._inner_cursors.get(key)
             if cursor is None:
-                cursor = self._inner_cursors[key] = self.inner.open(request)
-                self._ordered_locks[key] = threading.Lock()
+                cursor = self.inner.open(request)
+                # A provider's cursor holds no position: made per refill, it leaves
+                # nothing behind per key, so filling millions of keys stays bounded.
+                if not cursor.stateless:
+                    self._inner_cursors[key] = cursor
+                    self._ordered_locks[key] = threading.Lock()
             return cursor
 
     def _land(self, request: Request, key: str, cursor: Cursor, drawn: list[Sample]) -> None:
@@ -486,7 +490,9 @@ class Persistent(CacheLayer):
     def __init__(
         self, model: Layer, path: str | os.PathLike[str], replication: bool = False
     ) -> None:
-        store = open_store(path)
+        # A replication run only reads: it opens an existing store read-only, so
+        # read-only media and a full disk replay like any other.
+        store = open_store(path, read_only=replication)
         super().__init__(model, ReadThroughStore(store), replication=replication)
         self.path = store.path if isinstance(store, DiskStore) else store.location
 

@@ -40,6 +40,8 @@ class Cursor(ABC):
     #: Whether the position matters: a provider's cursor draws fresh samples
     #: wherever it is, while a cache's cursor reads one sequence in order.
     ordered: bool = True
+    #: Whether the cursor holds no state of its own, so a new one serves as well.
+    stateless: bool = False
 
     @abstractmethod
     def take(self, request: Request, batch: int) -> list[Sample]:
@@ -424,6 +426,7 @@ class _RefillCursor(Cursor):
     """A provider never repeats itself: every take is a fresh refill."""
 
     ordered = False
+    stateless = True
 
     def __init__(self, model: BatchedModel) -> None:
         self._model = model

@@ -1,0 +1,277 @@
+"""The protocol every sample store implements, and what the stores share.
+
+A store maps a request key to an append-only sequence of samples. Index ``i``
+once written never changes, a draw id is never stored twice under one key, and
+reading sample ``i`` costs one lookup whatever the sequence length.
+
+Besides reads and appends, a persistent store answers the questions of the
+``mnimi`` command itself, so that no caller needs to know its layout: every
+sequence with its record in one pass (:meth:`SequenceStore.summaries`), the
+space taken, whole-sequence deletion and an integrity check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+from ..errors import CorruptStoreError
+from ..sample import Sample
+
+FORMAT_VERSION = 1
+FORMAT_KEY = "__mnimi_format__"
+
+#: Keys whose use is remembered before it is written, at most: bounds both the
+#: memory a replay of millions of keys takes and the work of one write.
+USAGE_BATCH = 1024
+
+
+@dataclass
+class Summary:
+    """One sequence as listings see it: its key, length and record.
+
+    Attributes:
+        key: The request key.
+        length: How many samples the sequence holds.
+        info: The record: ``request`` and the totals ``bytes``, ``prompt_tokens``,
+            ``completion_tokens``, ``cost``, ``stored``, ``used``.
+        error: Why the record cannot be read, when it is damaged.
+    """
+
+    key: str
+    length: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def request(self) -> dict[str, Any]:
+        """The recorded request: ``model``, ``messages``, ``params`` [, ``endpoint``]."""
+        request = self.info.get("request")
+        return request if isinstance(request, dict) else {}
+
+    @property
+    def model(self) -> str:
+        """The model name in the key (its alias, if one was given)."""
+        model = self.request.get("model")
+        return "?" if model is None else str(model)
+
+    @property
+    def messages(self) -> list[Any]:
+        """The request's messages."""
+        messages = self.request.get("messages")
+        return messages if isinstance(messages, list) else []
+
+    def number(self, name: str) -> float:
+        """A numeric total of the record (``bytes``, ``cost``, ``used``...), 0 if absent."""
+        value = self.info.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+        return 0
+
+
+@dataclass
+class Check:
+    """What :meth:`SequenceStore.check` found.
+
+    Attributes:
+        format: The format version the store records (``None`` if unreadable).
+        keys: How many sequences were checked.
+        samples: How many sound samples they hold.
+        rows: How many stored entries were read.
+        problems: Each problem: ``key`` (or ``None``), ``row`` (or ``None``), ``problem``.
+    """
+
+    format: Any = None
+    keys: int = 0
+    samples: int = 0
+    rows: int = 0
+    problems: list[dict[str, str | None]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether nothing is damaged."""
+        return not self.problems
+
+
+class SequenceStore(ABC):
+    """Append-only sample sequences, one per request key."""
+
+    #: Where the store lives, printable (never holds a password).
+    location: str = "memory"
+
+    @abstractmethod
+    def get(self, key: str, index: int) -> Sample | None:
+        """Sample ``index`` of ``key``'s sequence, or ``None`` past its end."""
+
+    @abstractmethod
+    def length(self, key: str) -> int:
+        """How many samples ``key``'s sequence holds."""
+
+    @abstractmethod
+    def has_draw(self, key: str, draw_id: str) -> bool:
+        """Whether ``key``'s sequence already holds the draw ``draw_id``."""
+
+    @abstractmethod
+    def append(self, key: str, samples: Sequence[Sample], record: dict[str, Any]) -> list[Sample]:
+        """Atomically append the samples whose draw ids are new; return those.
+
+        ``record`` describes the request (see :func:`request_record`); it is kept
+        with the sequence for listings and error messages.
+        """
+
+    @abstractmethod
+    def summaries(self) -> Iterator[Summary]:
+        """Every sequence with its record, in one pass over the store.
+
+        A damaged record is noted on its summary, never raised.
+        """
+
+    @abstractmethod
+    def summary(self, key: str) -> Summary | None:
+        """``key``'s sequence with its record, or ``None`` when nothing is stored for it."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key``'s whole sequence in one transaction."""
+
+    def keys(self) -> Iterator[str]:
+        """Every request key that has a sequence."""
+        return (summary.key for summary in self.summaries())
+
+    def info(self, key: str) -> dict[str, Any] | None:
+        """The request and totals recorded for ``key``, or ``None``.
+
+        Raises:
+            CorruptStoreError: The record is damaged.
+        """
+        summary = self.summary(key)
+        if summary is None or (summary.error is None and not summary.info):
+            return None
+        if summary.error is not None:
+            raise CorruptStoreError(summary.error)
+        return summary.info
+
+    def volume(self) -> int | None:
+        """Bytes the store occupies (on disk, or in server memory), ``None`` if unknown."""
+        return None
+
+    def check(self, progress: Callable[[int], None] | None = None) -> Check:
+        """Check every stored entry against the layout; report each problem.
+
+        Args:
+            progress: Called with a count of entries as they are checked.
+        """
+        summaries = list(self.summaries())
+        if progress is not None:
+            progress(len(summaries))
+        return Check(
+            format=FORMAT_VERSION,
+            keys=len(summaries),
+            samples=sum(s.length for s in summaries),
+            rows=len(summaries),
+            problems=[
+                {"key": s.key, "row": None, "problem": s.error} for s in summaries if s.error
+            ],
+        )
+
+    def touch(self, key: str) -> None:  # noqa: B027 - optional hook
+        """Note that ``key`` was used now (drives least-recently-used pruning).
+
+        Never blocks or fails a read: stores remember uses and write them in
+        batches, dropping a batch the store cannot take.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class UsageLog:
+    """Uses of keys noted by reads, handed over for writing in batches.
+
+    A write per first read would make a replay as slow as appends and slow every
+    other reader of the store; a use not written only makes pruning a little
+    less exact, so a batch the store cannot take (busy, full, read-only) is dropped.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def note(self, key: str) -> dict[str, float] | None:
+        """Remember that ``key`` was used now; return a full batch to write, if one is."""
+        with self._lock:
+            self._pending[key] = time.time()
+            if len(self._pending) < USAGE_BATCH:
+                return None
+            return self.take_locked()
+
+    def take(self) -> dict[str, float]:
+        """Every use remembered so far, forgotten here."""
+        with self._lock:
+            return self.take_locked()
+
+    def take_locked(self) -> dict[str, float]:
+        batch, self._pending = self._pending, {}
+        return batch
+
+
+def decode_sample(raw: str | bytes, key: str, index: int) -> Sample:
+    """A stored sample from its JSON text.
+
+    Raises:
+        CorruptStoreError: The text is not a sample this library wrote.
+    """
+    try:
+        return Sample.from_dict(json.loads(raw))
+    except (TypeError, ValueError) as error:
+        # CorruptStoreError is a ValueError: from_dict's own message is kept.
+        raise CorruptStoreError(f"sample #{index} of key {key} is damaged: {error}") from None
+
+
+def decode_record(raw: Any, key: str) -> dict[str, Any]:
+    """A stored record (request and totals) from its JSON text.
+
+    Raises:
+        CorruptStoreError: The text is not a record.
+    """
+    try:
+        meta = json.loads(raw)
+    except (TypeError, ValueError) as error:
+        raise CorruptStoreError(f"the record of key {key} is damaged: {error}") from None
+    if not isinstance(meta, dict):
+        raise CorruptStoreError(f"the record of key {key} is damaged")
+    return meta
+
+
+#: URL schemes that select the Redis store wherever a cache path is accepted.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def is_redis_url(location: object) -> bool:
+    """Whether ``location`` names a Redis store rather than a directory."""
+    return isinstance(location, str) and location.startswith(REDIS_SCHEMES)
+
+
+def printable_location(location: str | os.PathLike[str]) -> str:
+    """``location`` with any password in a URL replaced by ``***``."""
+    text = str(location)
+    if not is_redis_url(text):
+        return text
+    scheme, _, rest = text.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at:
+        return text
+    user = credentials.partition(":")[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://***@{host}"

@@ -1,0 +1,578 @@
+"""Sequences in a diskcache directory (SQLite in WAL mode), shared by threads and processes.
+
+The layout, every value a JSON string or an int, never a pickle::
+
+    __mnimi_format__      format version (int)
+    s:<key>:<i>           sample i of the sequence (JSON)
+    n:<key>               sequence length (int)
+    d:<key>:<draw id>     index of that draw (int): de-duplication in O(1)
+    m:<key>               the request and running totals (JSON), for listings
+
+Rows are read with plain SQL on diskcache's table (an index lookup, or one
+range scan of a prefix for listings) and written through diskcache. A store
+that cannot be written (read-only media, a full disk) opens read-only, so a
+replay or a replication run still reads it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import diskcache
+from diskcache.core import DBNAME, MODE_RAW
+
+from ..errors import (
+    CorruptStoreError,
+    StoreError,
+    StoreFull,
+    StoreReadOnly,
+    UnsupportedStoreVersion,
+)
+from ..sample import Sample
+from .base import (
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    Check,
+    SequenceStore,
+    Summary,
+    UsageLog,
+    decode_record,
+    decode_sample,
+)
+from .check import PICKLED, Verifier, decode_row, is_int, kind
+
+_ROW = "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
+# The key range of one prefix: SQLite plans it as one range scan of its (key, raw) index.
+_SCAN = (
+    "SELECT key, mode, filename, value FROM Cache WHERE key >= ? AND key < ? AND raw = 1 "
+    "ORDER BY key"
+)
+
+#: Seconds a usage write waits for another process's write: none, it is dropped.
+_USAGE_WAIT_MS = 0
+#: diskcache's own wait for a busy database, restored after a usage write.
+_BUSY_WAIT_MS = 60_000
+
+
+class _JSONOnlyDisk(diskcache.Disk):
+    """A diskcache ``Disk`` that keeps str and int inline, never unpickles, never touches files.
+
+    diskcache pickles anything that is not str, bytes, int or float, unpickles
+    whatever a database row says is a pickle, and keeps large values in files
+    whose names the rows hold, deleting the file when its row is replaced or
+    deleted. A cache directory is shared between people for replication, so
+    opening one must never be able to run code, nor read or delete a file: a
+    row could name any path (``/home/...``, ``../../x``). Every value of the
+    store is inline, so pickled rows and rows that name a file are damage.
+    """
+
+    def put(self, key: Any) -> tuple[Any, bool]:
+        if type(key) is not str:
+            raise TypeError(f"store keys are str, got {type(key).__name__}")
+        return super().put(key)
+
+    def get(self, key: Any, raw: bool) -> Any:
+        if not raw:
+            raise CorruptStoreError("the store holds a pickled key; refusing to load it")
+        return super().get(key, raw)
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        # Inline whatever the size (diskcache would spill long text to a file), so
+        # an append is one transaction and a killed process never leaves half a value.
+        if not read and (type(value) is str or (type(value) is int and -(2**63) <= value < 2**63)):
+            return 0, MODE_RAW, None, value
+        raise TypeError(f"store values are str or int, got {type(value).__name__}")
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Any:
+        return _inline(decode_row(mode, filename, value))
+
+    def remove(self, file_path: str) -> None:
+        """Delete nothing: diskcache calls this with the file a replaced or deleted row names.
+
+        diskcache joins that name to the directory, so an absolute or ``../``
+        name reaches any file of the user, and then removes its emptied parent
+        folders. The store never writes a file, so there is never one of its own
+        to remove.
+        """
+
+
+def _inline(value: Any) -> Any:
+    """A decoded row value, or the refusal of one that is a pickle or names a file.
+
+    Raises:
+        CorruptStoreError: The row is pickled or names a file.
+    """
+    if value is PICKLED:
+        raise CorruptStoreError("the store holds a pickled value; refusing to load it")
+    if not isinstance(value, str | int | bytes | float):
+        raise CorruptStoreError(f"the row's value is {kind(value)}")
+    return value
+
+
+def is_store_directory(path: Path) -> bool:
+    """Whether the directory ``path`` holds a store's database."""
+    return (path / DBNAME).is_file()
+
+
+def _private_directory(path: Path, create: bool) -> bool:
+    """Create ``path`` (mode 0700) if asked, check it is a directory; return if it is writable."""
+    if path.exists() and not path.is_dir():
+        raise StoreError(
+            f"cache path {path} exists and is not a directory, so is not a cache directory"
+        )
+    if not create:
+        if not is_store_directory(path):
+            raise StoreError(f"no cache at {path}")
+    elif not path.exists():
+        try:
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"cannot create cache directory {path}: {error.strerror}") from None
+    return os.access(path, os.W_OK | os.X_OK)
+
+
+def _store_error(error: BaseException, location: Path, doing: str) -> StoreError:
+    """A SQLite or file-system failure as the ``StoreError`` that says what to do."""
+    text = str(error) or type(error).__name__
+    name = getattr(error, "sqlite_errorname", "")
+    number = getattr(error, "errno", None)
+    corrupt = name in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+    if corrupt or "malformed" in text or "not a database" in text:
+        return CorruptStoreError(
+            f"the database of {location} is damaged ({text}) while {doing}: run "
+            f"`mnimi verify {location}` for what is left, then restore the directory from "
+            "a copy, or `mnimi export` the sound sequences into a new one"
+        )
+    if name.startswith("SQLITE_FULL") or "disk is full" in text or number == errno.ENOSPC:
+        return StoreFull(
+            f"the disk holding {location} is full ({text}) while {doing}: free space on it; "
+            "until then the cache can be replayed and replicated, but not extended"
+        )
+    if (
+        name.startswith("SQLITE_READONLY")
+        or "readonly" in text
+        or number in (errno.EROFS, errno.EACCES, errno.EPERM)
+    ):
+        return StoreReadOnly(
+            f"{location} is on read-only media or not writable ({text}) while {doing}: "
+            "replay it with replication=True, or copy the directory somewhere writable"
+        )
+    if isinstance(error, diskcache.Timeout) or name in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+        return StoreError(
+            f"{location} stayed locked by another process while {doing}: retry, and check "
+            "that no process hangs with it open"
+        )
+    return StoreError(f"SQLite failed {doing} in {location}: {text}")
+
+
+class DiskStore(SequenceStore):
+    """Sequences in a diskcache directory, shared safely by threads and processes.
+
+    Args:
+        path: The cache directory; created with mode 0700 if missing.
+        create: Create a missing store. ``False`` makes a missing store an error
+            (the ``mnimi`` command never creates a cache it was asked to read).
+        read_only: Never write to an existing store: open its database read-only
+            (a missing one is created if ``create`` allows: there is nothing to
+            protect). A store that cannot be written (read-only media, a full
+            disk) is opened this way on its own; appending to it then raises.
+        check_format: Check the format marker at open. ``mnimi verify`` opens with
+            ``False`` and checks the marker itself, to report damage as a problem.
+
+    Raises:
+        StoreError: The path is a file, cannot be created, or holds no cache
+            (``create=False``), or the database cannot be opened.
+        CorruptStoreError: The database is damaged.
+        UnsupportedStoreVersion: The store was written by another format version.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        read_only: bool = False,
+        check_format: bool = True,
+    ) -> None:
+        self.path = Path(path).expanduser()
+        self.location = str(self.path)
+        self._cache: diskcache.Cache | None = None
+        #: Why the store cannot be written, when it was opened read-only.
+        self._unwritable: StoreError | None = None
+        self._local = threading.local()
+        self._usage = UsageLog()
+        writable = _private_directory(self.path, create)
+        database = self.path / DBNAME
+        if (read_only and database.is_file()) or not writable:
+            if not database.is_file():
+                raise StoreReadOnly(
+                    f"cache directory {self.path} is not writable: make it writable, or "
+                    "choose another"
+                )
+            self._unwritable = StoreReadOnly(f"{self.path} was opened read-only")
+        else:
+            try:
+                self._open_writable(check_format)
+            except (StoreFull, StoreReadOnly) as error:
+                if not database.is_file():
+                    raise
+                self._close_cache()
+                self._cache = None
+                self._unwritable = error
+        if self._unwritable is not None and check_format:
+            with self._sqlite("opening the store"):
+                self._check_version(self._value(FORMAT_KEY))
+        # Uses noted but not written yet are written when the store is collected
+        # or the interpreter exits: a run that never closes its store loses none.
+        self._finalizer = weakref.finalize(self, _write_usage, self._cache, self._usage, None)
+
+    # -- opening -----------------------------------------------------------
+
+    def _open_writable(self, check_format: bool) -> None:
+        with self._sqlite("opening the store"):
+            self._cache = diskcache.Cache(
+                str(self.path),
+                disk=_JSONOnlyDisk,
+                # Evicting single rows would punch holes into sequences; pruning
+                # removes whole sequences instead (see `mnimi prune`).
+                eviction_policy="none",
+                size_limit=2**62,
+                cull_limit=0,
+                statistics=False,
+                tag_index=False,
+                # Kept in the directory's settings, so a plain diskcache.Cache
+                # opened on it (a test, a script) writes values inline too.
+                disk_min_file_size=2**30,
+            )
+            if not check_format:
+                return
+            # One transaction, so a process opening a new store cannot see another
+            # one's first sample before that one's format marker.
+            with self._cache.transact():
+                version = self._value(FORMAT_KEY)
+                if version is None:
+                    if self._sql("SELECT 1 FROM Cache LIMIT 1").fetchone() is not None:
+                        raise StoreError(
+                            f"{self.path} holds a diskcache not written by mnimi_adapters"
+                        )
+                    self._cache.set(FORMAT_KEY, FORMAT_VERSION)
+                    version = FORMAT_VERSION
+            self._check_version(version)
+
+    def _check_version(self, version: Any) -> None:
+        if version is None:
+            # A read-only store whose marker is missing: empty, or not ours.
+            if self._sql("SELECT 1 FROM Cache LIMIT 1").fetchone() is not None:
+                raise StoreError(f"{self.path} holds a diskcache not written by mnimi_adapters")
+        elif version != FORMAT_VERSION:
+            raise UnsupportedStoreVersion(
+                f"{self.path} was written in store format {version!r}; "
+                f"this version of mnimi_adapters reads format {FORMAT_VERSION}"
+            )
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection (for a store that cannot be written)."""
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = _connect_readonly(self.path / DBNAME)
+        return connection
+
+    def _sql(self, query: str, parameters: Sequence[Any] = ()) -> sqlite3.Cursor:
+        if self._cache is not None:
+            cursor: sqlite3.Cursor = self._cache._sql(query, parameters)
+            return cursor
+        return self._reader().execute(query, parameters)
+
+    @contextmanager
+    def _sqlite(self, doing: str) -> Iterator[None]:
+        """Turn SQLite's and the file system's failures into a ``StoreError`` naming the store."""
+        try:
+            yield
+        except (sqlite3.Error, OSError, diskcache.Timeout) as error:
+            raise _store_error(error, self.path, doing) from None
+
+    # -- rows --------------------------------------------------------------
+
+    def _value(self, name: str) -> Any:
+        """The value of row ``name``, or ``None``; damage is reported with the row and store.
+
+        Raises:
+            CorruptStoreError: The row is pickled or names a file.
+        """
+        row = self._sql(_ROW, (name,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return _inline(decode_row(*row))
+        except CorruptStoreError as error:
+            raise CorruptStoreError(f"row {name} of {self.path}: {error}") from None
+
+    def _length(self, key: str) -> int:
+        length = self._value(f"n:{key}")
+        if length is None:
+            return 0
+        if not is_int(length) or length < 0:
+            raise CorruptStoreError(f"row n:{key} of {self.path}: the length is {kind(length)}")
+        return int(length)
+
+    def _record(self, key: str) -> dict[str, Any] | None:
+        raw = self._value(f"m:{key}")
+        return None if raw is None else decode_record(raw, key)
+
+    def _scan(self, prefix: str) -> Iterator[tuple[str, Any]]:
+        """Every row whose name starts with ``prefix``, in name order: one range scan."""
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        for name, mode, filename, value in self._sql(_SCAN, (prefix, end)):
+            yield name, decode_row(mode, filename, value)
+
+    # -- SequenceStore ---------------------------------------------------------
+
+    def get(self, key: str, index: int) -> Sample | None:
+        with self._sqlite(f"reading sample #{index} of key {key}"):
+            raw = self._value(f"s:{key}:{index}")
+        return None if raw is None else decode_sample(raw, key, index)
+
+    def length(self, key: str) -> int:
+        with self._sqlite(f"reading the length of key {key}"):
+            return self._length(key)
+
+    def has_draw(self, key: str, draw_id: str) -> bool:
+        with self._sqlite(f"reading the draw index of key {key}"):
+            return self._sql(_ROW, (f"d:{key}:{draw_id}",)).fetchone() is not None
+
+    def _writable(self, doing: str) -> diskcache.Cache:
+        if self._cache is None:
+            error = self._unwritable or StoreReadOnly(f"{self.path} is read-only")
+            raise type(error)(f"cannot {doing}: {error}")
+        return self._cache
+
+    def append(self, key: str, samples: Sequence[Sample], record: dict[str, Any]) -> list[Sample]:
+        cache = self._writable(f"store samples of key {key}")
+        # BEGIN IMMEDIATE: the read of the length and the writes after it are one
+        # atomic step for every thread and process sharing the directory.
+        with self._sqlite(f"appending to key {key}"), cache.transact():
+            length = self._length(key)
+            meta = self._record(key) or {"request": record, "length": 0, "bytes": 0}
+            added: list[Sample] = []
+            for sample in samples:
+                draw_key = f"d:{key}:{sample.draw_id}"
+                if self._sql(_ROW, (draw_key,)).fetchone() is not None:
+                    continue
+                index = length + len(added)
+                name = f"s:{key}:{index}"
+                if self._sql(_ROW, (name,)).fetchone() is not None:
+                    # Damage (appends are atomic): never overwrite it, whatever it holds.
+                    raise CorruptStoreError(
+                        f"row {name} of {self.path} lies beyond the sequence's length {length}"
+                    )
+                value = json.dumps(sample.to_dict(), ensure_ascii=False)
+                cache.set(name, value)
+                cache.set(draw_key, index)
+                meta["bytes"] += len(value)
+                meta["prompt_tokens"] = meta.get("prompt_tokens", 0) + sample.prompt_tokens
+                meta["completion_tokens"] = (
+                    meta.get("completion_tokens", 0) + sample.completion_tokens
+                )
+                meta["cost"] = meta.get("cost", 0.0) + (sample.cost or 0.0)
+                added.append(sample)
+            if added:
+                meta["length"] = length + len(added)
+                meta["stored"] = meta["used"] = time.time()
+                cache.set(f"n:{key}", meta["length"])
+                cache.set(f"m:{key}", json.dumps(meta, ensure_ascii=False))
+        return added
+
+    def touch(self, key: str) -> None:
+        batch = self._usage.note(key)
+        if batch:
+            _write_usage(self._cache, None, batch)
+
+    def flush(self) -> None:
+        """Write the uses noted so far (best effort: a busy or full store drops them)."""
+        _write_usage(self._cache, self._usage, None)
+
+    # -- the admin side ------------------------------------------------------
+
+    def summaries(self) -> Iterator[Summary]:
+        with self._sqlite("listing the sequences"):
+            records = self._scan("m:")
+            record = next(records, None)
+            for name, length in self._scan("n:"):
+                key = name[2:]
+                while record is not None and record[0][2:] < key:
+                    yield _summary(record[0][2:], None, record[1])
+                    record = next(records, None)
+                if record is not None and record[0][2:] == key:
+                    yield _summary(key, length, record[1])
+                    record = next(records, None)
+                else:
+                    yield _summary(key, length, None)
+            while record is not None:
+                yield _summary(record[0][2:], None, record[1])
+                record = next(records, None)
+
+    def summary(self, key: str) -> Summary | None:
+        with self._sqlite(f"reading key {key}"):
+            rows = {}
+            for prefix in ("n:", "m:"):
+                row = self._sql(_ROW, (prefix + key,)).fetchone()
+                if row is not None:
+                    rows[prefix] = decode_row(*row)
+        if not rows:
+            return None
+        return _summary(key, rows.get("n:"), rows.get("m:"))
+
+    def delete(self, key: str) -> None:
+        cache = self._writable(f"delete key {key}")
+        with self._sqlite(f"deleting key {key}"), cache.transact():
+            for index in range(self._length(key)):
+                raw = self._value(f"s:{key}:{index}")
+                if raw is not None:
+                    cache.delete(f"d:{key}:{decode_sample(raw, key, index).draw_id}")
+                cache.delete(f"s:{key}:{index}")
+            cache.delete(f"n:{key}")
+            cache.delete(f"m:{key}")
+
+    def volume(self) -> int:
+        """Bytes the database occupies on disk."""
+        with self._sqlite("measuring the store"):
+            (pages,) = self._sql("PRAGMA page_count").fetchone()
+            (size,) = self._sql("PRAGMA page_size").fetchone()
+        return int(pages) * int(size)
+
+    def check(self, progress: Callable[[int], None] | None = None) -> Check:
+        """Check every row (in one read transaction, on a read-only connection)."""
+        verifier = Verifier()
+        with self._sqlite("checking the store"):
+            connection = _connect_readonly(self.path / DBNAME)
+        try:
+            with self._sqlite("checking the store"):
+                # One read transaction: a consistent snapshot, even while another
+                # process appends, and no lock that would make its writers wait.
+                connection.execute("BEGIN")
+                version = self._marker(connection, verifier)
+            try:
+                for (message,) in connection.execute("PRAGMA quick_check(20)"):
+                    if message != "ok":
+                        verifier.report(None, None, f"SQLite: {message}")
+                rows = connection.execute("SELECT key, raw, mode, filename, value FROM Cache")
+                for count, (name, raw, mode, filename, value) in enumerate(rows, 1):
+                    if not raw:
+                        name = PICKLED
+                    elif isinstance(name, memoryview):
+                        name = bytes(name)
+                    verifier.row(name, decode_row(mode, filename, value))
+                    if progress is not None and count % 1000 == 0:
+                        progress(1000)
+            except sqlite3.DatabaseError as error:
+                verifier.report(None, None, f"the database is damaged: {error}")
+        finally:
+            connection.close()
+        verifier.finish()
+        return verifier.result(version)
+
+    def _marker(self, connection: sqlite3.Connection, verifier: Verifier) -> Any:
+        """The format marker; an unknown version is an error, a damaged one a problem."""
+        row = connection.execute(_ROW, (FORMAT_KEY,)).fetchone()
+        if row is None:
+            if connection.execute("SELECT 1 FROM Cache LIMIT 1").fetchone() is not None:
+                verifier.report(None, FORMAT_KEY, "the format marker is missing")
+            return None
+        version = decode_row(*row)
+        if not is_int(version):
+            problem = f"the format marker is {kind(version)}, not a version"
+            verifier.report(None, FORMAT_KEY, problem)
+            return None
+        self._check_version(version)
+        return version
+
+    def _close_cache(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
+
+    def close(self) -> None:
+        self.flush()
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+        self._close_cache()
+
+
+def _summary(key: str, length: Any, record: Any) -> Summary:
+    """A listing line from a key's decoded length and record rows (``None``: no row).
+
+    Damage is noted on the summary, not raised.
+    """
+    summary = Summary(key)
+    if length is None:
+        summary.error = f"key {key} has no length row"
+    elif not is_int(length) or length < 0:
+        summary.error = f"the length of key {key} is {kind(length)}"
+    else:
+        summary.length = int(length)
+    if record is None:
+        summary.error = summary.error or f"key {key} has no record"
+    elif not isinstance(record, str):
+        summary.error = summary.error or f"the record of key {key} is {kind(record)}"
+    else:
+        try:
+            summary.info = decode_record(record, key)
+        except CorruptStoreError as error:
+            summary.error = summary.error or str(error)
+    return summary
+
+
+def _connect_readonly(database: Path) -> sqlite3.Connection:
+    """A read-only connection: it never changes what it reads, and needs no free space."""
+    uri = f"{database.resolve().as_uri()}?mode=ro"
+    connection = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=60)
+    try:
+        connection.execute("SELECT 1 FROM Cache LIMIT 1").fetchall()
+    except sqlite3.OperationalError:
+        # Without a writable directory (or room for the WAL index a reader
+        # needs) SQLite cannot read a WAL database as is; nobody can be writing
+        # to it then, so read the file as it stands.
+        connection.close()
+        connection = sqlite3.connect(f"{uri}&immutable=1", uri=True, isolation_level=None)
+    return connection
+
+
+def _write_usage(
+    cache: diskcache.Cache | None, usage: UsageLog | None, batch: dict[str, float] | None
+) -> None:
+    """Record when keys were last used, in one write that never waits for another writer.
+
+    Best effort: a busy, full, read-only or damaged store drops the batch, as a
+    use not recorded only makes pruning a little less exact.
+    """
+    if usage is not None:
+        batch = usage.take()
+    if not batch or cache is None:
+        return
+    try:
+        cache._sql(f"PRAGMA busy_timeout = {_USAGE_WAIT_MS}")
+        try:
+            with cache.transact(retry=False):
+                for key, used in batch.items():
+                    raw = cache._sql(_ROW, (f"m:{key}",)).fetchone()
+                    if raw is None or raw[1] is not None or not isinstance(raw[2], str):
+                        continue
+                    meta = json.loads(raw[2])
+                    if isinstance(meta, dict) and used > meta.get("used", 0):
+                        meta["used"] = used
+                        cache.set(f"m:{key}", json.dumps(meta, ensure_ascii=False))
+        finally:
+            cache._sql(f"PRAGMA busy_timeout = {_BUSY_WAIT_MS}")
+    except (sqlite3.Error, OSError, ValueError, diskcache.Timeout):
+        pass
