@@ -56,9 +56,7 @@ from urllib.parse import urlsplit, urlunsplit
 from langchain_core.caches import BaseCache
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
-    CallbackManager,
     CallbackManagerForLLMRun,
-    Callbacks,
 )
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.language_models.base import LangSmithParams
@@ -140,8 +138,6 @@ _WRAPPED_MODEL_FIELDS = (
     "temperature",
     "api_base",
     "api_key",
-    "max_tokens",
-    "stop",
     "timeout",
     "max_retries",
     "model_kwargs",
@@ -454,22 +450,8 @@ class _Call:
 
     chat: BaseChatModel
     messages: list[BaseMessage]
-    callbacks: Callbacks
     max_batch: int
     sink: _Sink | None = None
-
-
-def _child_callbacks(
-    run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
-) -> CallbackManager | None:
-    """Callbacks that trace the wrapped model's run as a child of this call's run."""
-    if run_manager is None:
-        return None
-    child = CallbackManager(handlers=[], parent_run_id=run_manager.run_id)
-    child.set_handlers(run_manager.inheritable_handlers)
-    child.add_tags(run_manager.inheritable_tags)
-    child.add_metadata(run_manager.inheritable_metadata)
-    return child
 
 
 def _call_of(request: Request) -> _Call:
@@ -532,28 +514,26 @@ class WrappedChatModel(BatchedModel):
         call, chat, kwargs = self._arguments(request, n)
         stop = kwargs.pop("stop", None)
         if call.sink is not None and n == 1:
-            config: RunnableConfig = {"callbacks": call.callbacks}
             total: BaseMessage | None = None
             chunks = cast(
                 Generator[BaseMessage, None, None],
-                chat.stream(call.messages, config, stop=stop, **kwargs),
+                chat.stream(call.messages, stop=stop, **kwargs),
             )
             with contextlib.closing(chunks):  # an abandoned stream closes the connection
                 for chunk in chunks:
                     total = _forward(call.sink, total, chunk)
             return self._streamed(call.sink, total)
-        result = chat.generate([call.messages], stop=stop, callbacks=call.callbacks, **kwargs)
+        result = chat.generate([call.messages], stop=stop, **kwargs)
         return list(_samples_of(result.generations[0]))
 
     async def aquery(self, request: Request, n: int) -> list[str | Sample]:
         call, chat, kwargs = self._arguments(request, n)
         stop = kwargs.pop("stop", None)
         if call.sink is not None and n == 1:
-            config: RunnableConfig = {"callbacks": call.callbacks}
             total: BaseMessage | None = None
             chunks = cast(
                 AsyncGenerator[BaseMessage, None],
-                chat.astream(call.messages, config, stop=stop, **kwargs),
+                chat.astream(call.messages, stop=stop, **kwargs),
             )
             try:
                 async for chunk in chunks:
@@ -561,9 +541,7 @@ class WrappedChatModel(BatchedModel):
             finally:
                 await chunks.aclose()
             return self._streamed(call.sink, total)
-        result = await chat.agenerate(
-            [call.messages], stop=stop, callbacks=call.callbacks, **kwargs
-        )
+        result = await chat.agenerate([call.messages], stop=stop, **kwargs)
         return list(_samples_of(result.generations[0]))
 
     @staticmethod
@@ -1185,7 +1163,6 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         messages: list[BaseMessage],
         stop: list[str] | None,
         kwargs: dict[str, Any],
-        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None = None,
         sink: _Sink | None = None,
     ) -> _Draw:
         """Turn one LangChain call into the draw that answers it."""
@@ -1198,7 +1175,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         if sink is not None:
             n = 1  # a stream is one generation
         wrapped = self.model if isinstance(self.model, BaseChatModel) else None
-        params = {} if wrapped is not None else self._request_defaults()
+        params = self._request_defaults()
         if stop is not None:
             if stop:
                 params["stop"] = list(stop)
@@ -1215,8 +1192,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             limit = self.max_batch
             if "max_batch" not in self.model_fields_set and "n" in type(wrapped).model_fields:
                 limit = _WRAPPED_MAX_N  # one request answers a whole refill
-            callbacks = _child_callbacks(run_manager)
-            request = Request(chat, params, _Call(wrapped, messages, callbacks, limit, sink))
+            request = Request(chat, params, _Call(wrapped, messages, limit, sink))
         elif self.layer is None:
             # How this caller's refills are sent: the shared layer serves copies that
             # differ in these, so they travel with the call (a per-call keyword wins).
@@ -1250,9 +1226,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         messages: list[BaseMessage],
         stop: list[str] | None,
         kwargs: dict[str, Any],
-        run_manager: CallbackManagerForLLMRun | None = None,
     ) -> tuple[list[Sample], str]:
-        draw = self._prepare(messages, stop, kwargs, run_manager)
+        draw = self._prepare(messages, stop, kwargs)
         return _gated(draw), draw.model
 
     async def _adraw(
@@ -1260,9 +1235,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         messages: list[BaseMessage],
         stop: list[str] | None,
         kwargs: dict[str, Any],
-        run_manager: AsyncCallbackManagerForLLMRun | None = None,
     ) -> tuple[list[Sample], str]:
-        draw = self._prepare(messages, stop, kwargs, run_manager)
+        draw = self._prepare(messages, stop, kwargs)
         return await _agated(draw), draw.model
 
     def _metadata(self, sample: Sample, model: str) -> dict[str, Any]:
@@ -1333,7 +1307,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        samples, model = self._draw(messages, stop, kwargs, run_manager)
+        samples, model = self._draw(messages, stop, kwargs)
         return ChatResult(generations=[self._generation(s, model) for s in samples])
 
     async def _agenerate(
@@ -1343,7 +1317,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        samples, model = await self._adraw(messages, stop, kwargs, run_manager)
+        samples, model = await self._adraw(messages, stop, kwargs)
         return ChatResult(generations=[self._generation(s, model) for s in samples])
 
     def _stream(
@@ -1354,7 +1328,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         if isinstance(self.model, BaseChatModel):
-            chunks = self._live(messages, stop, run_manager, kwargs)
+            chunks = self._live(messages, stop, kwargs)
         else:
             # Through LiteLLM a miss is drawn whole (and stored) before anything is
             # streamed: a half-read stream must never leave a torn sample behind.
@@ -1369,12 +1343,11 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         self,
         messages: list[BaseMessage],
         stop: list[str] | None,
-        run_manager: CallbackManagerForLLMRun | None,
         kwargs: dict[str, Any],
     ) -> Iterator[ChatGenerationChunk]:
         """A wrapped model's stream: live on a miss, stored once complete; a hit replayed."""
         sink = _Sink()
-        draw = self._prepare(messages, stop, kwargs, run_manager, sink)
+        draw = self._prepare(messages, stop, kwargs, sink)
         assert draw.gate is not None
         if not _GATES.start_live(draw.gate):  # another draw of this request is running
             _call_of(draw.request).sink = None
@@ -1423,7 +1396,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         if isinstance(self.model, BaseChatModel):
-            async for chunk in self._alive(messages, stop, run_manager, kwargs):
+            async for chunk in self._alive(messages, stop, kwargs):
                 if run_manager is not None:
                     await run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
                 yield chunk
@@ -1438,12 +1411,11 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         self,
         messages: list[BaseMessage],
         stop: list[str] | None,
-        run_manager: AsyncCallbackManagerForLLMRun | None,
         kwargs: dict[str, Any],
     ) -> AsyncIterator[ChatGenerationChunk]:
         """Async :meth:`_live`."""
         sink = _Sink(asyncio.get_running_loop())
-        draw = self._prepare(messages, stop, kwargs, run_manager, sink)
+        draw = self._prepare(messages, stop, kwargs, sink)
         assert draw.gate is not None
         if not _GATES.start_live(draw.gate):
             _call_of(draw.request).sink = None

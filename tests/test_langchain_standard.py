@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 from langchain_core.language_models import BaseChatModel
+from langchain_openai import ChatOpenAI
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
+from pydantic import SecretStr
 
 from mnimi_adapters.langchain import MnimiChatModel
 from mnimi_adapters.testing import SamplingServer
@@ -96,3 +98,69 @@ class TestMnimiChatModelIntegration(ChatModelIntegrationTests):
     # server, and a cache hit sends no HTTP at all, so a cassette would measure nothing of
     # MnimiChatModel. Multimodal tests (image, audio, PDF, Anthropic-style inputs) skip
     # because the local sampling server does not interpret such inputs.
+
+
+def wrapped_openai(**params: Any) -> ChatOpenAI:
+    """The ChatOpenAI a wrapper test wraps, with the suites' standard settings: they are the
+    wrapped model's to hold (MnimiChatModel refuses them beside a model instance)."""
+    return ChatOpenAI(
+        model="mock-model",
+        api_key=SecretStr("sk-test"),
+        temperature=0,
+        max_tokens=100,  # type: ignore[call-arg]
+        timeout=60,
+        max_retries=2,
+        stream_usage=True,
+        **params,
+    )
+
+
+class TestWrappedChatOpenAIUnit(ChatModelUnitTests):
+    """The suites again on ``MnimiChatModel(model=ChatOpenAI(...))``."""
+
+    @property
+    def chat_model_class(self) -> type[BaseChatModel]:
+        return MnimiChatModel
+
+    @property
+    def standard_chat_model_params(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"model": wrapped_openai(), "cache_dir": "unused-llm-cache"}
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    @pytest.mark.xfail(
+        reason="as for the string form: langchain-core 1.x load() admits only the classes in "
+        "its own mapping; dumpd() matches the snapshot",
+        strict=True,
+    )
+    def test_serdes(self, model: BaseChatModel, snapshot: Any) -> None:
+        super().test_serdes(model, snapshot)
+
+
+class TestWrappedChatOpenAIIntegration(ChatModelIntegrationTests):
+    @pytest.fixture(autouse=True)
+    def _per_test_cache(self, sampling_server: SamplingServer, tmp_path: Path) -> None:
+        self._server_url = sampling_server.url
+        self._cache_dir = str(tmp_path / "llm_cache")
+
+    @property
+    def chat_model_class(self) -> type[BaseChatModel]:
+        return MnimiChatModel
+
+    @property
+    def standard_chat_model_params(self) -> dict[str, Any]:
+        return {}
+
+    @property
+    def chat_model_params(self) -> dict[str, Any]:
+        return {"model": wrapped_openai(base_url=self._server_url), "cache_dir": self._cache_dir}
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
