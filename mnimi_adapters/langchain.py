@@ -759,6 +759,18 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
     built on the first call (under a lock, so concurrent first calls share one
     layer). Pass ``layer=`` to draw from any core layer instead.
 
+    ``model=`` may also be the user's own LangChain chat model (``ChatOpenAI``,
+    ``ChatAnthropic``, any ``BaseChatModel``): a miss then runs that model's own request
+    path, keyed by :func:`wrapped_identity` (class, model name, sampling settings,
+    endpoint; never credentials) plus the call's messages, tools, tool choice and response
+    format. Its settings stay on it (``temperature=`` here is refused); ``stop`` and
+    ``max_tokens`` given here are sent with each call. A streamed miss is live: chunks
+    reach the caller as the model produces them, and the sample is stored once the stream
+    completes; an abandoned stream stores nothing and gives its position back.
+    ``bind_tools`` and ``with_structured_output`` are the wrapped model's own, their calls
+    sent through this model. ``n`` samples come in one request where the model has an ``n``
+    field (``max_batch`` caps it).
+
     Everything that changes the output distribution is in the cache key: the
     model (or ``alias``), ``temperature``, the generic endpoint ``api_base``
     (without an alias), ``max_tokens``, ``stop``, bound ``tools`` /
@@ -781,8 +793,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
 
     ``n=k`` makes ``generate`` return ``k`` distinct generations, drawn in one
     provider request where possible; ``invoke`` returns the first (as
-    LangChain does). Streaming replays a cached sample as chunks; a streamed
-    miss is drawn without streaming, stored once complete and then streamed.
+    LangChain does). Streaming replays a cached sample as chunks; through LiteLLM a
+    streamed miss is drawn without streaming, stored once complete and then streamed.
 
     LangGraph retries: a node with a ``RetryPolicy`` re-sends identical input.
     On attempt ``k`` of a node (``get_runtime().execution_info.node_attempt``)
@@ -805,7 +817,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
     Args:
         model: LiteLLM model name, e.g. ``"fireworks_ai/accounts/fireworks/models/x"``
             or ``"openai/<name>"`` with ``api_base``. A per-call ``model=`` keyword
-            selects another model (with its own sequences).
+            selects another model (with its own sequences). Or a LangChain chat model
+            to wrap, e.g. ``ChatOpenAI(model="gpt-4o-mini")``.
         temperature: Sampling temperature.
         cache_dir: Directory of the persistent sample store.
         replication: Never call the provider; a missing sample raises
@@ -824,6 +837,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         layer: Draw from this core layer instead of building one.
 
     Example:
+        >>> from langchain_openai import ChatOpenAI  # doctest: +SKIP
+        >>> chat = MnimiChatModel(model=ChatOpenAI(model="gpt-4o-mini"))  # doctest: +SKIP
         >>> from mnimi_adapters.core import Persistent  # doctest: +SKIP
         >>> chat = MnimiChatModel(layer=Persistent(my_model, "llm_cache"))  # doctest: +SKIP
         >>> chain = prompt | chat | StrOutputParser()  # doctest: +SKIP

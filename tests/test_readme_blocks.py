@@ -88,7 +88,14 @@ def offline(
             "q": QUESTION,
         }
 
+    def partner_models() -> dict[str, Any]:
+        # ChatOpenAI reads OPENAI_API_BASE (set above); ChatAnthropic its own variables.
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.root_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "local-test-key")
+        return {}
+
     contexts: dict[str, Callable[[], dict[str, Any]]] = {
+        "ChatAnthropic(": partner_models,
         "chain.invoke": langchain,
         "StateGraph": langchain,
         "MnimiCache(": lambda: {"msgs": [{"role": "user", "content": QUESTION}]},
@@ -121,6 +128,9 @@ def test_readme_block_runs_as_written(
     if "result" in namespace and "spec" in namespace:
         assert namespace["result"][0] == "Sort a list."
         assert len(namespace["result"][1]) == 2
+    if "answers" in namespace:
+        assert len(set(namespace["answers"])) == 3
+        assert server.requests and all(r.status == 200 for r in server.requests)
     if "graph" in namespace:
         # The second run replays every attempt: no request reaches the server.
         before = len(server.chat_requests())
