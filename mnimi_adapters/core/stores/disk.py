@@ -219,7 +219,12 @@ class DiskStore(SequenceStore):
                     f"cache directory {self.path} is not writable: make it writable, or "
                     "choose another"
                 )
-            self._unwritable = StoreReadOnly(f"{self.path} was opened read-only")
+            self._unwritable = StoreReadOnly(
+                f"{self.path} was opened read-only"
+                if writable
+                else f"{self.path} is on read-only media or not writable: replay it with "
+                "replication=True, or copy the directory somewhere writable"
+            )
         else:
             try:
                 self._open_writable(check_format)
@@ -453,31 +458,34 @@ class DiskStore(SequenceStore):
     def check(self, progress: Callable[[int], None] | None = None) -> Check:
         """Check every row (in one read transaction, on a read-only connection)."""
         verifier = Verifier()
-        with self._sqlite("checking the store"):
-            connection = _connect_readonly(self.path / DBNAME)
+        version: Any = None
+        connection: sqlite3.Connection | None = None
         try:
-            with self._sqlite("checking the store"):
-                # One read transaction: a consistent snapshot, even while another
-                # process appends, and no lock that would make its writers wait.
-                connection.execute("BEGIN")
-                version = self._marker(connection, verifier)
-            try:
-                for (message,) in connection.execute("PRAGMA quick_check(20)"):
-                    if message != "ok":
-                        verifier.report(None, None, f"SQLite: {message}")
-                rows = connection.execute("SELECT key, raw, mode, filename, value FROM Cache")
-                for count, (name, raw, mode, filename, value) in enumerate(rows, 1):
-                    if not raw:
-                        name = PICKLED
-                    elif isinstance(name, memoryview):
-                        name = bytes(name)
-                    verifier.row(name, decode_row(mode, filename, value))
-                    if progress is not None and count % 1000 == 0:
-                        progress(1000)
-            except sqlite3.DatabaseError as error:
-                verifier.report(None, None, f"the database is damaged: {error}")
+            connection = _connect_readonly(self.path / DBNAME)
+            # One read transaction: a consistent snapshot, even while another
+            # process appends, and no lock that would make its writers wait.
+            connection.execute("BEGIN")
+            version = self._marker(connection, verifier)
+            for (message,) in connection.execute("PRAGMA quick_check(20)"):
+                if message != "ok":
+                    verifier.report(None, None, f"SQLite: {message}")
+            rows = connection.execute("SELECT key, raw, mode, filename, value FROM Cache")
+            for count, (name, raw, mode, filename, value) in enumerate(rows, 1):
+                if not raw:
+                    name = PICKLED
+                elif isinstance(name, memoryview):
+                    name = bytes(name)
+                verifier.row(name, decode_row(mode, filename, value))
+                if progress is not None and count % 1000 == 0:
+                    progress(1000)
+        except (sqlite3.Error, OSError) as error:
+            failure = _store_error(error, self.path, "checking the store")
+            if not isinstance(failure, CorruptStoreError):
+                raise failure from None
+            verifier.report(None, None, f"the database is damaged: {error}")
         finally:
-            connection.close()
+            if connection is not None:
+                connection.close()
         verifier.finish()
         return verifier.result(version)
 

@@ -605,15 +605,27 @@ class RedisStore(SequenceStore):
             raw = self._client.get(self._format_key)
         return None if raw is None else _text(raw)
 
+    def _read_sequence(self, key: str, transaction: bool) -> list[Any]:
+        pipe = self._client.pipeline(transaction=transaction)
+        pipe.hgetall(self._samples(key))
+        pipe.hgetall(self._draws(key))
+        pipe.hgetall(self._record(key))
+        pipe.sismember(self._index_key, key)
+        return list(pipe.execute())
+
     def raw_sequence(self, key: str) -> RawSequence:
         """Everything stored for ``key``, read in one transaction: a consistent snapshot."""
         with self._talking(f"reading key {key}"):
-            pipe = self._client.pipeline(transaction=True)
-            pipe.hgetall(self._samples(key))
-            pipe.hgetall(self._draws(key))
-            pipe.hgetall(self._record(key))
-            pipe.sismember(self._index_key, key)
-            samples, draws, record, indexed = pipe.execute()
+            try:
+                samples, draws, record, indexed = self._read_sequence(key, transaction=True)
+            except self._errors.ResponseError as error:
+                if not str(error).partition(" ")[0].endswith("OOM") and "maxmemory" not in str(
+                    error
+                ):
+                    raise
+                # A server at maxmemory refuses MULTI; then nobody can write either,
+                # so reads one after another see one state all the same.
+                samples, draws, record, indexed = self._read_sequence(key, transaction=False)
 
         return RawSequence(_decoded(samples), _decoded(draws), _decoded(record), bool(indexed))
 

@@ -1,0 +1,279 @@
+"""Storage failures at the edges: each a StoreError that names the store and says what to do.
+
+Every failure here is real: a database file with overwritten pages, a file system
+that is full (a small tmpfs) or read-only (a read-only bind mount), a Redis server at
+its maxmemory, a Redis server stopped mid-use. Mounting needs root (CAP_SYS_ADMIN);
+without it those tests skip. A replay and a replication run must still read what
+is stored in each case, and noting a key's use for LRU never blocks or fails a read.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
+from itertools import islice
+from pathlib import Path
+
+import pytest
+from conftest import FailingModel, NumberModel, RedisServer, need_redis_server_binary
+from diskcache.core import DBNAME
+
+from mnimi_adapters.cli import main
+from mnimi_adapters.core import (
+    CorruptStoreError,
+    DiskStore,
+    Persistent,
+    Request,
+    Sample,
+    StoreError,
+)
+from mnimi_adapters.core.errors import StoreFull, StoreReadOnly, StoreUnreachable
+from mnimi_adapters.core.stores import RedisStore
+
+PROMPT = "Choose a number between 1 and 1000."
+
+
+def run_cli(*argv: object) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def fill(location: str | Path, prompts: int = 1, count: int = 3) -> list[list[str]]:
+    """Store ``count`` samples for each of ``prompts`` prompts; return their draw ids."""
+    model = Persistent(NumberModel(), location)
+    drawn = [
+        [s.draw_id for s in islice(model.samples(f"{PROMPT} #{p}", batch=count), count)]
+        for p in range(prompts)
+    ]
+    model.close()
+    return drawn
+
+
+def replay(location: str | Path, replication: bool, prompt: int = 0, count: int = 3) -> list[str]:
+    """The draw ids a replay reads, through a provider that must never be asked."""
+    model = Persistent(FailingModel("gpt-4o", 1.0), location, replication=replication)
+    try:
+        return [s.draw_id for s in islice(model.samples(f"{PROMPT} #{prompt}"), count)]
+    finally:
+        model.close()
+
+
+def mount(*argv: str) -> None:
+    """Run ``mount`` or skip: the test needs root (CAP_SYS_ADMIN) to make a real file system."""
+    try:
+        done = subprocess.run(["mount", *argv], capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        pytest.skip("no mount command")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount here (needs root): {done.stderr.strip()}")
+
+
+def umount(path: Path) -> None:
+    subprocess.run(["umount", str(path)], capture_output=True, check=False)
+
+
+# -- corruption ----------------------------------------------------------------------
+
+
+def test_corrupt_pages_are_a_store_error_naming_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "cache"
+    fill(path, prompts=40, count=5)
+    database = path / DBNAME
+    with sqlite3.connect(database) as connection:  # every page in the file, none in the WAL
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    connection.close()
+    data = bytearray(database.read_bytes())
+    page = 4096
+    assert len(data) > 4 * page
+    # Every page but the first (the header and schema): the tables' pages are garbage.
+    for start in range(page, len(data), page):
+        data[start : start + 64] = b"\xa5" * 64
+    database.write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError) as raised:
+        replay(path, replication=False)
+    message = str(raised.value)
+    assert str(path) in message and "mnimi verify" in message
+    assert isinstance(raised.value, StoreError)
+    with pytest.raises(CorruptStoreError, match="mnimi verify"):
+        replay(path, replication=True)
+    code, out, _ = run_cli("verify", path)
+    assert code == 1 and "damaged" in out
+    before = database.read_bytes()
+    code, _, err = run_cli("prune", path, "--max-size", "0")
+    assert code != 0 and str(path) in err
+    assert database.read_bytes() == before
+
+
+# -- a full disk ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs, unmounted afterwards."""
+    where = tmp_path / "small"
+    where.mkdir()
+    mount("-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where))
+    yield where
+    umount(where)
+
+
+def fill_the_disk(where: Path) -> None:
+    with open(where / "filler", "wb") as filler:
+        try:
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        except OSError:
+            pass
+
+
+def test_a_full_disk_stops_appends_not_replays(small_disk: Path) -> None:
+    path = small_disk / "cache"
+    (drawn,) = fill(path)
+    fill_the_disk(small_disk)
+    store = DiskStore(path)
+    big = [Sample(text="x" * 200_000) for _ in range(4)]
+    with pytest.raises(StoreFull) as raised:
+        store.append("k", big, {"model": "m", "messages": []})
+    store.close()
+    assert str(path) in str(raised.value) and "free space" in str(raised.value)
+    # Replays read, and noting uses for LRU fails nobody.
+    assert replay(path, replication=True) == drawn
+    assert replay(path, replication=False) == drawn
+    assert run_cli("verify", path)[0] == 0
+    assert run_cli("stats", path)[0] == 0
+
+
+# -- read-only media -----------------------------------------------------------------
+
+
+@pytest.fixture
+def read_only_copy(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
+    """A filled cache seen through a read-only bind mount."""
+    source = tmp_path / "source"
+    (drawn,) = fill(source / "cache")
+    view = tmp_path / "view"
+    view.mkdir()
+    mount("--bind", str(source), str(view))
+    try:
+        mount("-o", "remount,ro,bind", str(view))
+        yield view / "cache", drawn
+    finally:
+        umount(view)
+
+
+def test_read_only_media_replay_and_refuse_appends(read_only_copy: tuple[Path, list[str]]) -> None:
+    path, drawn = read_only_copy
+    with pytest.raises(OSError):
+        (path / "probe").write_text("")  # truly read-only, even for root
+    assert replay(path, replication=True) == drawn
+    assert replay(path, replication=False) == drawn
+    with DiskStore(path) as store, pytest.raises(StoreReadOnly) as raised:
+        store.append("k", [Sample(text="new")], {"model": "m", "messages": []})
+    assert str(path) in str(raised.value) and "replication=True" in str(raised.value)
+    assert run_cli("verify", path)[0] == 0
+    assert run_cli("stats", path)[0] == 0
+    code, _, err = run_cli("prune", path, "--max-size", "0")
+    assert code == 2 and "read-only" in err
+
+
+def test_a_store_opened_read_only_never_writes(tmp_path: Path) -> None:
+    path = tmp_path / "cache"
+    (drawn,) = fill(path)
+    before = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
+    with DiskStore(path, read_only=True) as store:
+        (key,) = store.keys()
+        assert [store.get(key, i).draw_id for i in range(3)] == drawn  # type: ignore[union-attr]
+        store.touch(key)
+        with pytest.raises(StoreReadOnly, match="read-only"):
+            store.append(key, [Sample(text="new")], {"model": "m", "messages": []})
+    assert {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()} == before
+
+
+# -- recording usage -----------------------------------------------------------------
+
+
+def test_noting_a_use_never_waits_for_a_writer(tmp_path: Path) -> None:
+    path = tmp_path / "cache"
+    drawn = fill(path, prompts=3)
+    with DiskStore(path) as store:
+        used = {s.key: s.info["used"] for s in store.summaries()}
+    model = Persistent(FailingModel("gpt-4o", 1.0), path)
+    writer = sqlite3.connect(path / DBNAME, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process holds the write lock throughout
+    try:
+        for prompt, ids in enumerate(drawn):
+            assert [s.draw_id for s in islice(model.samples(f"{PROMPT} #{prompt}"), 3)] == ids
+        model.close()  # its uses are dropped, the lock being held
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    model = Persistent(FailingModel("gpt-4o", 1.0), path)
+    assert [s.draw_id for s in islice(model.samples(f"{PROMPT} #0"), 3)] == drawn[0]
+    model.close()  # now written
+    with DiskStore(path) as store:
+        after = {s.key: s.info["used"] for s in store.summaries()}
+    assert sum(after[key] > used[key] for key in used) == 1
+
+
+# -- Redis -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    need_redis_server_binary()
+    server = RedisServer(tmp_path / "redis", options=["--maxmemory-policy", "noeviction"])
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.redis
+def test_redis_at_maxmemory_stops_appends_not_replays(redis_server: RedisServer) -> None:
+    import redis
+
+    url = redis_server.url()
+    (drawn,) = fill(url)
+    client = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", str(used))
+    client.close()
+    store = RedisStore(url)
+    with pytest.raises(StoreFull) as raised:
+        store.append("k", [Sample(text="x" * 100_000)], {"model": "m", "messages": []})
+    store.close()
+    assert "127.0.0.1" in str(raised.value) and "maxmemory" in str(raised.value)
+    assert replay(url, replication=True) == drawn
+    assert replay(url, replication=False) == drawn  # its use is noted, and dropped
+    code, out, err = run_cli("--json", "verify", url)
+    assert code == 0 and json.loads(out)["ok"], err
+
+
+@pytest.mark.redis
+def test_a_redis_server_gone_mid_use(redis_server: RedisServer) -> None:
+    url = redis_server.url()
+    (drawn,) = fill(url)
+    model = Persistent(NumberModel(), url)
+    assert [s.draw_id for s in islice(model.samples(f"{PROMPT} #0"), 3)] == drawn
+    redis_server.stop()
+    with pytest.raises(StoreUnreachable) as raised:
+        list(islice(model.samples(f"{PROMPT} #1"), 1))
+    assert "127.0.0.1" in str(raised.value) and "server runs" in str(raised.value)
+    model.close()  # the uses it noted are dropped, not raised
+    code, _, err = run_cli("stats", url)
+    assert code == 2 and "unreachable" in err
+
+
+def test_refused_requests_store_nothing(tmp_path: Path) -> None:
+    """Sanity: the edge helpers above replay what fill() stored, with no provider."""
+    path = tmp_path / "cache"
+    (drawn,) = fill(path)
+    assert replay(path, replication=True) == drawn
+    with pytest.raises(AssertionError, match="provider was called"):
+        Persistent(FailingModel("gpt-4o", 1.0), path).draw(Request.of("other"), 1)
