@@ -238,12 +238,16 @@ def patch_stream_hit_check() -> None:
 # LiteLLM: calls that switch the cache off
 # ---------------------------------------------------------------------------------------
 
-#: LiteLLM's entry points that take the per-call cache switches.
-_SWITCHED_ENTRY_POINTS: Final = ("completion", "acompletion")
 
+def without_cache_switches(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` minus ``caching=False`` and the ``no-cache``/``no-store`` of ``cache``.
 
-def _without_switches(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``kwargs`` minus ``caching=False`` and the ``no-cache``/``no-store`` of ``cache``."""
+    Args:
+        kwargs: A ``litellm.completion`` call's keyword arguments (changed in place).
+
+    Returns:
+        The same dict.
+    """
     if kwargs.get("caching") is False:
         del kwargs["caching"]
     switches = kwargs.get("cache")
@@ -256,50 +260,62 @@ def _without_switches(kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def override_cache_switches(overriding: Callable[[], bool]) -> None:
-    """Make ``litellm.completion``/``acompletion`` ignore the per-call cache switches.
+def has_cache_switches(kwargs: Mapping[str, Any]) -> bool:
+    """Whether LiteLLM's client wrapper would skip ``litellm.cache`` for this call."""
+    switches = kwargs.get("cache")
+    return kwargs.get("caching") is False or (
+        isinstance(switches, Mapping) and switches.get("no-cache") is True
+    )
+
+
+#: A handler of one call: the original entry point, its positional and keyword arguments.
+EntryHandler = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
+
+
+def wrap_completion(handle: EntryHandler, ahandle: EntryHandler) -> None:
+    """Route ``litellm.completion`` and ``acompletion`` through ``handle``/``ahandle``.
 
     Why: LiteLLM skips ``litellm.cache`` for a call with ``caching=False`` or
     ``cache={"no-cache": True}`` (a Router without ``cache_responses`` sends the first,
     DSPy the second on every call), and decides so in its ``client`` wrapper before any
     hook that could change the call's arguments runs (the sync path has no such hook). A
-    replication cache must answer those calls too, so the module's public
-    entry points are wrapped: while ``overriding()`` is true they drop the switches and
-    the call reaches the installed cache. Every caller that looks the function up on the
-    module at call time (the Router, DSPy's LiteLLM engine, ``litellm.completion(...)``)
-    goes through the wrapper; one that bound ``from litellm import completion`` before the
-    cache was installed does not. The wrappers stay in place for good (checking
-    ``overriding()`` is all they add), as uninstalling one cache must not unwrap another.
+    replication cache must answer those calls too. And a cache reached through LiteLLM's
+    cache handler can only draw a miss with a second, nested ``litellm.completion`` (the
+    whole client wrapper again), and can only answer a stream with a finished response.
+    So the module's public entry points are wrapped: the handler answers the call before
+    LiteLLM's wrapper runs. Every caller that looks the function up on the module at call
+    time (the Router, DSPy's LiteLLM engine, ``litellm.completion(...)``) goes through it;
+    one that bound ``from litellm import completion`` before the cache was installed
+    reaches the cache through LiteLLM's cache handler instead. The wrappers stay in place
+    for good (a handler with no cache installed calls the original at once), as
+    uninstalling one cache must not unwrap another.
 
     Args:
-        overriding: Whether the switches are to be ignored for the current call.
+        handle: Answers a ``completion`` call.
+        ahandle: Answers an ``acompletion`` call (a coroutine function).
     """
     import functools
 
     import litellm
 
-    for name in _SWITCHED_ENTRY_POINTS:
-        original = getattr(litellm, name)
-        if getattr(original, "_mnimi_overrides_switches", False):
-            continue
-        if name.startswith("a"):
+    original = litellm.completion
+    if not getattr(original, "_mnimi_wrapped", False):
 
-            @functools.wraps(original)
-            async def entry(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
-                if overriding():
-                    kwargs = _without_switches(kwargs)
-                return await _original(*args, **kwargs)
+        @functools.wraps(original)
+        def completion(*args: Any, **kwargs: Any) -> Any:
+            return handle(original, args, kwargs)
 
-        else:
+        completion._mnimi_wrapped = True  # type: ignore[attr-defined]
+        litellm.completion = completion
+    aoriginal = litellm.acompletion
+    if not getattr(aoriginal, "_mnimi_wrapped", False):
 
-            @functools.wraps(original)
-            def entry(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
-                if overriding():
-                    kwargs = _without_switches(kwargs)
-                return _original(*args, **kwargs)
+        @functools.wraps(aoriginal)
+        async def acompletion(*args: Any, **kwargs: Any) -> Any:
+            return await ahandle(aoriginal, args, kwargs)
 
-        entry._mnimi_overrides_switches = True  # type: ignore[attr-defined]
-        setattr(litellm, name, entry)
+        acompletion._mnimi_wrapped = True  # type: ignore[attr-defined]
+        litellm.acompletion = acompletion
 
 
 # ---------------------------------------------------------------------------------------

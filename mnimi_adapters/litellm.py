@@ -22,7 +22,18 @@ metadata), takes ``n`` samples from the layer the open scopes select, and return
 one response with ``n`` choices. Samples missing from the sequence are drawn first, through
 ``litellm.completion`` itself (those inner calls carry a marker that makes this cache let
 them through), and only as many as are missing: ``n=5`` after ``n=3`` sends one request
-for 2. Streaming calls get the same samples as a stream.
+for 2.
+
+The call is answered in a wrapper around ``litellm.completion``/``acompletion`` (see
+below), before LiteLLM's own client wrapper runs, so a miss costs one LiteLLM call: when
+one provider response holds exactly the samples a call gets, that response is returned
+as it is. Any other answer (a hit, or samples from several requests) is replayed through
+LiteLLM's cache handler, which logs it as a hit and shapes it (as a stream, too). A
+streaming call with ``n=1`` whose sample is missing streams live: each chunk reaches the
+caller as the provider sends it, the sample is stored when the stream ends, and a stream
+its caller abandons stores nothing and gives its position back (an ``independent()``
+scope hands it to its next call). A streaming call with ``n > 1`` draws its samples whole,
+then LiteLLM replays them as a stream.
 
 Per call, ``metadata={"mnimi": ...}`` overrides the scopes:
 
@@ -57,10 +68,15 @@ Importing this module imports LiteLLM (``import mnimi_adapters`` alone does not)
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import copy
 import os
+import queue
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -75,11 +91,13 @@ from litellm.caching.caching import Cache
 from ._compat import (
     HIDDEN_PARAMS_FIELD,
     HiddenParams,
+    has_cache_switches,
     init_without_global_callbacks,
-    override_cache_switches,
     patch_stream_hit_check,
     route_dspy_through_litellm,
     tell_logging_about_hit,
+    without_cache_switches,
+    wrap_completion,
 )
 from .core.errors import MnimiError, ProviderError
 from .core.layers import CacheLayer, Independent
@@ -93,7 +111,7 @@ from .core.request import (
 from .core.sample import Sample
 from .core.scopes import caching_enabled, scoped
 from .core.store import ReadThroughStore, is_redis_url, open_store
-from .providers import LiteLLMModel, in_provider_call, litellm_param_role
+from .providers import LiteLLMModel, in_provider_call, litellm_param_role, provider_call_active
 
 __all__ = ["MnimiCache"]
 
@@ -157,6 +175,22 @@ def _provider_name(route: str, transport: Mapping[str, Any]) -> str | None:
         return None
 
 
+def _facts(samples: list[Sample]) -> dict[str, Any]:
+    """What a response's ``_hidden_params["mnimi"]`` says: key, positions and hits."""
+    origins = [s.origin or {} for s in samples]
+    return {
+        "key": origins[0].get("key"),
+        "indices": [o.get("index") for o in origins],
+        "cache_hits": [bool(o.get("cache_hit")) for o in origins],
+    }
+
+
+def _wants_usage(kwargs: Mapping[str, Any]) -> bool:
+    """Whether a streaming call asked for the usage chunk."""
+    options = kwargs.get("stream_options")
+    return isinstance(options, Mapping) and bool(options.get("include_usage"))
+
+
 # ---------------------------------------------------------------------------------------
 # One call, parsed
 # ---------------------------------------------------------------------------------------
@@ -175,6 +209,10 @@ class _Call:
     transport: dict[str, Any]
     mode: str | None
     identity_token: str = field(init=False)
+    #: The provider responses drawn for this call, each with its samples' draw ids.
+    responses: list[tuple[Any, list[str]]] = field(default_factory=list, init=False)
+    #: Where a live stream's chunks go, until its first refill takes it.
+    sink: _Sink | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.identity_token = canonical_json(self.identity)
@@ -228,11 +266,17 @@ class _CallCursor(Cursor):
     def take(self, request: Request, batch: int) -> list[Sample]:
         cache, call = self._current()
         send = call.send_request()
+        sink, call.sink = call.sink, None  # only a call's first refill goes live
+        if sink is not None and batch == 1:
+            return cache._provider(call).stream(send, sink)
         return cache._provider(call).open(send).take(send, batch)
 
     async def atake(self, request: Request, batch: int) -> list[Sample]:
         cache, call = self._current()
         send = call.send_request()
+        sink, call.sink = call.sink, None
+        if sink is not None and batch == 1:
+            return await cache._provider(call).astream(send, sink)
         return await cache._provider(call).open(send).atake(send, batch)
 
     @staticmethod
@@ -241,6 +285,158 @@ class _CallCursor(Cursor):
         if current is None:
             raise MnimiError("MnimiCache layers draw samples only while answering a call")
         return current
+
+
+# ---------------------------------------------------------------------------------------
+# Drawing for a call: the provider response itself, and live streams
+# ---------------------------------------------------------------------------------------
+
+#: Ends a live stream's chunks in its sink.
+_DONE: Final = object()
+
+
+class _Abandoned(Exception):
+    """A live stream's reader stopped reading: the partial answer is no sample."""
+
+
+@dataclass
+class _Sink:
+    """Where a live stream's chunks go, from the refill that draws them to the reader.
+
+    The refill runs on a refill thread or the library's event loop (so that a sample
+    paid for is stored whatever happens to the caller); the reader, on its own thread or
+    loop, takes the chunks from a thread-safe queue. ``abandoned`` is the reader's word
+    that nobody reads any more.
+    """
+
+    include_usage: bool
+    chunks: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
+    abandoned: threading.Event = field(default_factory=threading.Event)
+
+    def forward(self, chunk: Any) -> None:
+        if self.abandoned.is_set():
+            raise _Abandoned
+        if getattr(chunk, "choices", None) or self.include_usage:
+            self.chunks.put(chunk)
+
+
+class _CacheProvider(LiteLLMModel):
+    """The provider layer of a cache: its responses are kept for the call that drew them.
+
+    When one provider response alone answers a call, that response is what the caller
+    gets: a miss costs the one LiteLLM call that drew it, not a second one to replay it.
+    """
+
+    def _samples(self, response: Any) -> list[Sample]:
+        samples = super()._samples(response)
+        current = _current_call.get()
+        if current is not None:
+            current[1].responses.append((response, [s.draw_id for s in samples]))
+        return samples
+
+    def _stream_kwargs(self, request: Request) -> dict[str, Any]:
+        kwargs = self._kwargs(request, 1)
+        kwargs["stream"] = True
+        # The usage of a stored sample, whatever the caller asked for.
+        kwargs["stream_options"] = {"include_usage": True}
+        return kwargs
+
+    def _streamed(self, stream: Any, chunks: list[Any], kwargs: Mapping[str, Any]) -> list[Sample]:
+        # With the stream's own logging object LiteLLM knows the provider; without it, it
+        # searches its price map by model name, which prints a banner for an unknown one.
+        response = litellm.stream_chunk_builder(
+            chunks, messages=kwargs["messages"], logging_obj=getattr(stream, "logging_obj", None)
+        )
+        return super()._samples(response)
+
+    def stream(self, request: Request, sink: _Sink) -> list[Sample]:
+        """One streamed request: each chunk goes to ``sink`` as it arrives.
+
+        Returns:
+            The streamed sample, once the stream has ended.
+        """
+        kwargs = self._stream_kwargs(request)
+        chunks: list[Any] = []
+        try:
+            with provider_call_active():
+                stream = litellm.completion(**kwargs)
+            with contextlib.closing(stream):  # an abandoned stream closes the connection
+                for chunk in stream:
+                    sink.forward(chunk)
+                    chunks.append(chunk)
+        except _Abandoned:
+            raise
+        except Exception as error:
+            raise self._failure(error, 1, 1, kwargs) from self._cause(error, kwargs)
+        return self._streamed(stream, chunks, kwargs)
+
+    async def astream(self, request: Request, sink: _Sink) -> list[Sample]:
+        """Async :meth:`stream`."""
+        kwargs = self._stream_kwargs(request)
+        chunks: list[Any] = []
+        try:
+            with provider_call_active():
+                stream = await litellm.acompletion(**kwargs)
+            try:
+                async for chunk in stream:
+                    sink.forward(chunk)
+                    chunks.append(chunk)
+            finally:
+                await stream.aclose()
+        except _Abandoned:
+            raise
+        except Exception as error:
+            raise self._failure(error, 1, 1, kwargs) from self._cause(error, kwargs)
+        return self._streamed(stream, chunks, kwargs)
+
+
+# Live streams draw here while their reader takes the chunks.
+_LIVE_DRAWS = ThreadPoolExecutor(thread_name_prefix="mnimi-litellm-stream")
+
+
+def _relay(first: Any, sink: _Sink, drawing: Future[list[Sample]]) -> Iterator[Any]:
+    """A live stream for its caller: the chunks as the provider sends them."""
+    complete = False
+    try:
+        item = first
+        while item is not _DONE:
+            yield item
+            item = sink.chunks.get()
+        drawing.result()
+        complete = True
+    finally:
+        if not complete:
+            sink.abandoned.set()
+            # The draw gives its position back when it stops: wait for that, so that
+            # the caller's next call is served that position.
+            with contextlib.suppress(Exception):
+                drawing.result()
+
+
+async def _arelay(
+    first: Any, sink: _Sink, drawing: asyncio.Future[list[Sample]]
+) -> AsyncIterator[Any]:
+    """Async :func:`_relay`."""
+    complete = False
+    try:
+        item = first
+        while item is not _DONE:
+            yield item
+            item = await asyncio.to_thread(sink.chunks.get)
+        await drawing
+        complete = True
+    finally:
+        if not complete:
+            sink.abandoned.set()
+            with contextlib.suppress(Exception):
+                await drawing
+
+
+# A response answers with the samples drawn for it and replays them through LiteLLM: the
+# call being replayed, and its samples.
+_replaying: ContextVar[tuple[_Call, list[Sample]] | None] = ContextVar(
+    "mnimi_litellm_replay", default=None
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -257,18 +453,47 @@ def _newest_installed() -> MnimiCache | None:
     return _installed[-1] if _installed else None
 
 
-def _before_litellm_call() -> bool:
-    """Run before every ``litellm.completion``: whether to drop the call's cache switches.
+def _answerer(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[MnimiCache, _Call] | None:
+    """The cache that answers a ``completion`` call and the parsed call, if one does.
 
-    It also puts the newest installed cache back when ``litellm.cache`` was reset to
-    ``None`` behind its back (DSPy does so on its first LiteLLM call in a process).
+    Drops the call's cache switches when the newest installed cache overrides them, and
+    puts that cache back when ``litellm.cache`` was reset to ``None`` behind its back
+    (DSPy does so on its first LiteLLM call in a process). ``None``: LiteLLM handles the
+    call as it is (a positional call still reaches the cache through LiteLLM's handler).
     """
     cache = _newest_installed()
     if cache is None or in_provider_call():
-        return False
+        return None
     if litellm.cache is None:
         litellm.cache = cache
-    return cache.replication or cache.dspy
+    if cache.replication or cache.dspy:
+        without_cache_switches(kwargs)
+    if args or litellm.cache is not cache or has_cache_switches(kwargs):
+        return None
+    if not isinstance(kwargs.get("model"), str) or not isinstance(kwargs.get("messages"), list):
+        return None
+    call = cache._intercept(kwargs)
+    return None if call is None else (cache, call)
+
+
+def _handle(original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """``litellm.completion`` while a MnimiCache is installed."""
+    answering = _answerer(args, kwargs)
+    if answering is None:
+        return original(*args, **kwargs)
+    cache, call = answering
+    return cache._answer(original, call, kwargs)
+
+
+async def _ahandle(
+    original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``litellm.acompletion`` while a MnimiCache is installed."""
+    answering = _answerer(args, kwargs)
+    if answering is None:
+        return await original(*args, **kwargs)
+    cache, call = answering
+    return await cache._aanswer(original, call, kwargs)
 
 
 def _routing_dspy() -> bool:
@@ -331,9 +556,10 @@ class MnimiCache(Cache):
     ``caching=False``. In replication mode nothing can skip the cache: those switches are
     ignored, and DSPy's LMs, on either engine, are answered by it too.
 
-    A streaming call whose samples are missing draws them whole and then streams them,
-    as LiteLLM replays cached responses: the text arrives in one chunk (all ``n`` choices
-    in the first chunk), then a chunk with the finish reason.
+    A streaming call with ``n=1`` whose sample is missing streams live from the provider
+    (without retries); its sample is stored when the stream ends. Other streaming calls
+    are replayed as LiteLLM replays cached responses: the text arrives in one chunk (all
+    ``n`` choices in the first chunk), then a chunk with the finish reason.
 
     Example:
         >>> import litellm  # doctest: +SKIP
@@ -367,7 +593,7 @@ class MnimiCache(Cache):
         self._store: ReadThroughStore | None = None
         self._lock = threading.Lock()
         self._layers: dict[str, CacheLayer] = {}
-        self._providers: dict[tuple[Any, ...], LiteLLMModel] = {}
+        self._providers: dict[tuple[Any, ...], _CacheProvider] = {}
         self._previous: Any = None
         self._installed = False
 
@@ -394,7 +620,7 @@ class MnimiCache(Cache):
             if self._installed:
                 return self
             patch_stream_hit_check()
-            override_cache_switches(_before_litellm_call)
+            wrap_completion(_handle, _ahandle)
             if self.replication or self.dspy:
                 route_dspy_through_litellm(_routing_dspy)
             self._previous = litellm.cache
@@ -445,6 +671,9 @@ class MnimiCache(Cache):
         Overridden here rather than in a backend: ``Cache.get_cache`` swallows every
         exception, and a ``ReplicationCacheMiss`` must reach the caller.
         """
+        replay = _replaying.get()
+        if replay is not None:
+            return self._response(*replay, kwargs.get("litellm_logging_obj"))
         call = self._intercept(kwargs)
         if call is None:
             return None
@@ -456,6 +685,9 @@ class MnimiCache(Cache):
         self, dynamic_cache_object: Any = None, **kwargs: Any
     ) -> dict[str, Any] | None:
         """Async :meth:`get_cache`, for ``acompletion``."""
+        replay = _replaying.get()
+        if replay is not None:
+            return self._response(*replay, kwargs.get("litellm_logging_obj"))
         call = self._intercept(kwargs)
         if call is None:
             return None
@@ -465,6 +697,9 @@ class MnimiCache(Cache):
 
     def get_cache_key(self, **kwargs: Any) -> str:
         """The Mnimi key of a completion call (LiteLLM shows it as ``cache_key``)."""
+        replay = _replaying.get()
+        if replay is not None:  # the key the samples were drawn with, not computed again
+            return str((replay[1][0].origin or {}).get("key"))
         if not isinstance(kwargs.get("messages"), list) or not isinstance(kwargs.get("model"), str):
             return str(super().get_cache_key(**kwargs))
         call = self._parse(kwargs)
@@ -484,6 +719,113 @@ class MnimiCache(Cache):
         """Nothing to do: embeddings are not cached."""
 
     # -- answering ----------------------------------------------------------------------
+    #
+    # A call through ``litellm.completion`` is answered here, before LiteLLM's client
+    # wrapper runs: the samples are drawn (a miss sends one LiteLLM call, the provider
+    # layer's), and the response is that provider response when it alone answers the
+    # call, else the samples replayed through LiteLLM's cache handler (``_replaying``),
+    # so that hits are logged and shaped (streams included) by LiteLLM itself.
+
+    def _answer(self, original: Callable[..., Any], call: _Call, kwargs: dict[str, Any]) -> Any:
+        layer = self._layer_for(call)
+        if kwargs.get("stream") is True and call.n == 1:
+            return self._live(original, layer, call, kwargs)
+        with _answering(self, call), _litellm_errors():
+            samples = layer.draw(call.request, call.n)
+        return self._finish(original, call, samples, kwargs)
+
+    async def _aanswer(
+        self, original: Callable[..., Any], call: _Call, kwargs: dict[str, Any]
+    ) -> Any:
+        layer = self._layer_for(call)
+        if kwargs.get("stream") is True and call.n == 1:
+            return await self._alive(original, layer, call, kwargs)
+        with _answering(self, call), _litellm_errors():
+            samples = await layer.adraw(call.request, call.n)
+        return await self._afinish(original, call, samples, kwargs)
+
+    def _finish(
+        self,
+        original: Callable[..., Any],
+        call: _Call,
+        samples: list[Sample],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        response = self._drawn_response(call, samples, kwargs)
+        if response is not None:
+            return response
+        token = _replaying.set((call, samples))
+        try:
+            return original(**kwargs)
+        finally:
+            _replaying.reset(token)
+
+    async def _afinish(
+        self,
+        original: Callable[..., Any],
+        call: _Call,
+        samples: list[Sample],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        response = self._drawn_response(call, samples, kwargs)
+        if response is not None:
+            return response
+        token = _replaying.set((call, samples))
+        try:
+            return await original(**kwargs)
+        finally:
+            _replaying.reset(token)
+
+    @staticmethod
+    def _drawn_response(call: _Call, samples: list[Sample], kwargs: Mapping[str, Any]) -> Any:
+        """The provider response that answers ``call`` by itself, if one does."""
+        if kwargs.get("stream") or len(call.responses) != 1:
+            return None
+        response, draw_ids = call.responses[0]
+        if draw_ids != [s.draw_id for s in samples]:
+            return None
+        hidden = getattr(response, HIDDEN_PARAMS_FIELD, None)
+        if isinstance(hidden, dict):
+            hidden["mnimi"] = _facts(samples)
+        return response
+
+    def _live(
+        self, original: Callable[..., Any], layer: Layer, call: _Call, kwargs: dict[str, Any]
+    ) -> Any:
+        """A stream: live from the provider on a miss, replayed by LiteLLM on a hit."""
+        sink = call.sink = _Sink(_wants_usage(kwargs))
+
+        def draw() -> list[Sample]:
+            try:
+                with _answering(self, call), _litellm_errors():
+                    return layer.draw(call.request, 1)
+            finally:
+                sink.chunks.put(_DONE)
+
+        drawing = _LIVE_DRAWS.submit(contextvars.copy_context().run, draw)
+        first = sink.chunks.get()
+        if first is _DONE:  # nothing went live: the sample was stored
+            return self._finish(original, call, drawing.result(), kwargs)
+        return _relay(first, sink, drawing)
+
+    async def _alive(
+        self, original: Callable[..., Any], layer: Layer, call: _Call, kwargs: dict[str, Any]
+    ) -> Any:
+        """Async :meth:`_live`."""
+        sink = call.sink = _Sink(_wants_usage(kwargs))
+
+        async def draw() -> list[Sample]:
+            try:
+                with _answering(self, call), _litellm_errors():
+                    return await layer.adraw(call.request, 1)
+            finally:
+                sink.chunks.put(_DONE)
+
+        drawing = asyncio.ensure_future(draw())
+        first = await asyncio.to_thread(sink.chunks.get)
+        if first is _DONE:
+            return await self._afinish(original, call, await drawing, kwargs)
+        return _arelay(first, sink, drawing)
 
     def _intercept(self, kwargs: Mapping[str, Any]) -> _Call | None:
         """The parsed call, or ``None`` when it must go to the provider as it is."""
@@ -581,7 +923,7 @@ class MnimiCache(Cache):
                 self._layers[call.identity_token] = layer
             return layer
 
-    def _provider(self, call: _Call) -> LiteLLMModel:
+    def _provider(self, call: _Call) -> _CacheProvider:
         """The provider model that draws for ``call`` (its credentials travel per call)."""
         slot = (call.route, call.api_base, call.retries)
         with self._lock:
@@ -590,7 +932,7 @@ class MnimiCache(Cache):
                 options: dict[str, Any] = {}
                 if call.retries is not None:
                     options["max_retries"] = call.retries
-                provider = LiteLLMModel(call.route, 1.0, max_batch=self.max_batch, **options)
+                provider = _CacheProvider(call.route, 1.0, max_batch=self.max_batch, **options)
                 self._providers[slot] = provider
             return provider
 
@@ -611,19 +953,14 @@ class MnimiCache(Cache):
             )
         prompt_tokens = sum(s.prompt_tokens for s in samples)
         completion_tokens = sum(s.completion_tokens for s in samples)
-        origins = [s.origin or {} for s in samples]
-        hits = [bool(o.get("cache_hit")) for o in origins]
-        drawn = [s for s, hit in zip(samples, hits, strict=True) if not hit]
+        facts = _facts(samples)
+        drawn = [s for s, hit in zip(samples, facts["cache_hits"], strict=True) if not hit]
         costs = [s.cost for s in drawn if s.cost is not None]
         hidden = HiddenParams(
             # What this call cost: nothing on a hit, the fresh samples otherwise. Preset,
             # because LiteLLM would price the whole usage, replayed samples included.
             response_cost=sum(costs) if costs else (0.0 if not drawn else None),
-            mnimi={
-                "key": origins[0].get("key"),
-                "indices": [o.get("index") for o in origins],
-                "cache_hits": hits,
-            },
+            mnimi=facts,
         )
         hidden.hit = not drawn
         tell_logging_about_hit(

@@ -1,0 +1,180 @@
+"""MnimiCache misses: streamed live, and sent as one LiteLLM call.
+
+Real LiteLLM against the local sampling server, which waits between the events of a stream
+and marks a request finished once its last byte is sent: a chunk that reaches the caller
+while its request is unfinished was passed on live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# LiteLLM downloads its price map at import unless told not to.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import litellm
+from litellm.integrations.custom_logger import CustomLogger
+
+from mnimi_adapters import ReplicationCacheMiss, independent
+from mnimi_adapters.litellm import MnimiCache
+from mnimi_adapters.testing import SamplingServer
+
+pytestmark = pytest.mark.integration
+
+API_KEY = "sk-test"
+MODEL = "openai/mock-model"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SamplingServer]:
+    with SamplingServer(seed=17, chunk_delay=0.02) as running:
+        yield running
+
+
+@pytest.fixture
+def cache(server: SamplingServer, tmp_path: Path) -> Iterator[MnimiCache]:
+    server.reset()
+    with MnimiCache(str(tmp_path)) as installed:
+        yield installed
+    installed.close()
+
+
+def kwargs(server: SamplingServer, prompt: str, **extra: Any) -> dict[str, Any]:
+    messages = [{"role": "user", "content": prompt}]
+    return {
+        "model": MODEL,
+        "messages": messages,
+        "api_base": server.url,
+        "api_key": API_KEY,
+        **extra,
+    }
+
+
+def sent(server: SamplingServer) -> int:
+    return len(server.chat_requests())
+
+
+def joined(chunks: list[Any]) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_a_streamed_miss_is_live_and_its_hit_replays_it(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    chunks, unfinished = [], []
+    for chunk in litellm.completion(**kwargs(server, "Stream me", stream=True)):
+        chunks.append(chunk)
+        unfinished.append(not server.chat_requests()[-1].finished)
+    assert unfinished[0], "the first chunk arrived only after the server had finished"
+    assert server.chat_requests()[-1].finished
+    text = joined(chunks)
+    assert text
+    assert sent(server) == 1
+    # Stored when the stream ended: a streamed hit and a plain one give the same text.
+    assert joined(list(litellm.completion(**kwargs(server, "Stream me", stream=True)))) == text
+    hit = litellm.completion(**kwargs(server, "Stream me"))
+    assert hit.choices[0].message.content == text
+    assert hit._hidden_params["mnimi"]["cache_hits"] == [True]
+    assert sent(server) == 1
+
+
+async def test_an_async_streamed_miss_is_live(server: SamplingServer, cache: MnimiCache) -> None:
+    stream = await litellm.acompletion(
+        **kwargs(server, "Async stream", stream=True, stream_options={"include_usage": True})
+    )
+    chunks, unfinished = [], []
+    async for chunk in stream:
+        chunks.append(chunk)
+        unfinished.append(not server.chat_requests()[-1].finished)
+    assert unfinished[0]
+    assert chunks[-1].usage.completion_tokens > 0  # the usage chunk asked for
+    hit = await litellm.acompletion(**kwargs(server, "Async stream"))
+    assert hit.choices[0].message.content == joined(chunks)
+    assert sent(server) == 1
+
+
+def test_an_abandoned_stream_stores_nothing_and_gives_its_position_back(
+    server: SamplingServer, cache: MnimiCache, tmp_path: Path
+) -> None:
+    with independent():
+        stream = litellm.completion(**kwargs(server, "Abandon me", stream=True))
+        next(stream)
+        stream.close()
+        assert sent(server) == 1
+        after = litellm.completion(**kwargs(server, "Abandon me"))
+    # The next call of the scope got the abandoned position, 0, drawn afresh.
+    assert after._hidden_params["mnimi"]["indices"] == [0]
+    assert sent(server) == 2
+    cache.close()
+    with MnimiCache(str(tmp_path), replication=True) as replica:
+        assert litellm.completion(**kwargs(server, "Abandon me")).choices[0].message.content == (
+            after.choices[0].message.content
+        )
+        with pytest.raises(ReplicationCacheMiss):  # only one sample was stored
+            litellm.completion(**kwargs(server, "Abandon me", n=2))
+    replica.close()
+
+
+def test_a_streamed_miss_of_several_choices(server: SamplingServer, cache: MnimiCache) -> None:
+    streamed: dict[int, str] = {}
+    for chunk in litellm.completion(**kwargs(server, "Stream two", n=2, stream=True)):
+        for choice in chunk.choices:
+            streamed[choice.index] = streamed.get(choice.index, "") + (choice.delta.content or "")
+    stored = litellm.completion(**kwargs(server, "Stream two", n=2))
+    assert [streamed[0], streamed[1]] == [c.message.content for c in stored.choices]
+    assert len(set(streamed.values())) == 2
+    assert sent(server) == 1
+
+
+class SuccessCounter(CustomLogger):
+    """LiteLLM's public callback: the LiteLLM calls that returned, by call id.
+
+    LiteLLM may report one call to both the sync and the async hook, and report calls of
+    earlier tests late: only calls with ``prompts`` count.
+    """
+
+    def __init__(self, *prompts: str) -> None:
+        super().__init__()
+        self.prompts = prompts
+        self.hits: dict[str, bool] = {}
+
+    def _count(self, kwargs: Any) -> None:
+        messages = kwargs.get("messages") or [{}]
+        if messages[-1].get("content") in self.prompts:
+            self.hits[kwargs["litellm_call_id"]] = bool(kwargs.get("cache_hit"))
+
+    def log_success_event(
+        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        self._count(kwargs)
+
+    async def async_log_success_event(
+        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        self._count(kwargs)
+
+
+def test_a_miss_is_one_litellm_call(server: SamplingServer, cache: MnimiCache) -> None:
+    counter = SuccessCounter("Once", "Once async")
+    litellm.callbacks.append(counter)
+    try:
+        miss = litellm.completion(**kwargs(server, "Once"))
+        hit = litellm.completion(**kwargs(server, "Once"))
+        amiss = asyncio.run(litellm.acompletion(**kwargs(server, "Once async")))
+        # LiteLLM logs success in the background: wait for the three events.
+        for _ in range(500):
+            if len(counter.hits) >= 3:
+                break
+            asyncio.run(asyncio.sleep(0.01))
+    finally:
+        litellm.callbacks.remove(counter)
+    assert miss.choices[0].message.content == hit.choices[0].message.content
+    assert amiss.choices[0].message.content
+    assert sorted(counter.hits.values()) == [False, False, True]
+    assert sent(server) == 2
