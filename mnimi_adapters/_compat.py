@@ -318,6 +318,24 @@ def wrap_completion(handle: EntryHandler, ahandle: EntryHandler) -> None:
         litellm.acompletion = acompletion
 
 
+def close_stream(stream: Any) -> None:
+    """Close a ``litellm.completion(stream=True)`` stream, and with it its connection.
+
+    Why: a stream its reader abandons must stop the provider's answer. LiteLLM's
+    ``CustomStreamWrapper`` has ``close()`` in 1.110.2 but not in 1.105.3, where only the
+    provider stream it wraps (its ``completion_stream`` attribute, an OpenAI SDK
+    ``Stream``) has one.
+
+    Args:
+        stream: What ``litellm.completion(..., stream=True)`` returned.
+    """
+    close = getattr(stream, "close", None)
+    if not callable(close):
+        close = getattr(getattr(stream, "completion_stream", None), "close", None)
+    if callable(close):
+        close()
+
+
 # ---------------------------------------------------------------------------------------
 # DSPy: its native engine
 # ---------------------------------------------------------------------------------------

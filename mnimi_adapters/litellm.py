@@ -91,6 +91,7 @@ from litellm.caching.caching import Cache
 from ._compat import (
     HIDDEN_PARAMS_FIELD,
     HiddenParams,
+    close_stream,
     has_cache_switches,
     init_without_global_callbacks,
     patch_stream_hit_check,
@@ -360,10 +361,12 @@ class _CacheProvider(LiteLLMModel):
         try:
             with provider_call_active():
                 stream = litellm.completion(**kwargs)
-            with contextlib.closing(stream):  # an abandoned stream closes the connection
+            try:
                 for chunk in stream:
                     sink.forward(chunk)
                     chunks.append(chunk)
+            finally:  # an abandoned stream closes the connection
+                close_stream(stream)
         except _Abandoned:
             raise
         except Exception as error:
