@@ -15,11 +15,19 @@ disk (SQLite) read and the scope lookup that keeps samples independent.
 
 ``--profile`` adds a cProfile of the MnimiChatModel hit path, split into LangChain's
 own machinery, the adapter and the core.
+
+``--wrapped`` measures the wrapper around the user's own model instead, in one run:
+cache-hit ``invoke`` of ``MnimiChatModel(model=ChatOpenAI(...))`` against the same
+``ChatOpenAI`` with LangChain's ``InMemoryCache`` and with ``SQLiteCache`` (interleaved,
+medians), and the time to the first chunk of a streamed miss against the bare
+``ChatOpenAI`` (each miss a new prompt; the server waits ``--chunk-delay`` seconds between
+events, so a stream that is not live would show it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import os
 import pstats
@@ -38,6 +46,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatResult
 
+from mnimi_adapters import no_cache
 from mnimi_adapters.core import Persistent, Request
 from mnimi_adapters.langchain import MnimiChatModel
 from mnimi_adapters.providers import LiteLLMModel
@@ -174,11 +183,118 @@ def profile(calls: int, server: SamplingServer, cache_dir: str) -> None:
     stats.sort_stats("tottime").print_stats(12)
 
 
+def measure_wrapped(calls: int, server: SamplingServer, cache_dir: str) -> dict[str, list[float]]:
+    """Cache hits of the wrapped ChatOpenAI and of ChatOpenAI with LangChain's caches."""
+    from langchain_community.cache import SQLiteCache
+    from langchain_openai import ChatOpenAI
+
+    def openai(**settings: Any) -> ChatOpenAI:
+        return ChatOpenAI(model="mock-model", base_url=server.url, api_key="sk-bench", **settings)
+
+    models: dict[str, Callable[[], Any]] = {}
+    wrapped = MnimiChatModel(model=openai(), cache_dir=os.path.join(cache_dir, "mnimi"))
+    in_memory = openai(cache=InMemoryCache())
+    sqlite = openai(cache=SQLiteCache(os.path.join(cache_dir, "langchain.db")))
+    models = {
+        "wrapped": lambda: wrapped.invoke(MESSAGES),
+        "in_memory": lambda: in_memory.invoke(MESSAGES),
+        "sqlite": lambda: sqlite.invoke(MESSAGES),
+    }
+    for call in models.values():  # the one miss each, then hits to settle
+        for _ in range(50):
+            call()
+    misses = len(server.chat_requests())
+    rows: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(calls):
+        for name, call in models.items():
+            rows[name].append(timed(call))
+    assert len(server.chat_requests()) == misses, "a measured call reached the server"
+    return rows
+
+
+def first_chunks(misses: int, server: SamplingServer, cache_dir: str) -> dict[str, list[float]]:
+    """Microseconds to the first chunk of a streamed miss: wrapped and bare ChatOpenAI."""
+    from langchain_openai import ChatOpenAI
+
+    bare = ChatOpenAI(model="mock-model", base_url=server.url, api_key="sk-bench")
+    wrapped = MnimiChatModel(model=bare, cache_dir=os.path.join(cache_dir, "streams"))
+    models = {"wrapped": wrapped, "bare": bare, "no_cache": wrapped}
+    rows: dict[str, list[float]] = {name: [] for name in models}
+    for round_ in range(misses + 5):  # the first 5 rounds warm up connections and imports
+        for name, model in models.items():
+            prompt = f"Tell me story number {round_} for {name}."  # a miss every time
+            with no_cache() if name == "no_cache" else contextlib.nullcontext():
+                start = time.perf_counter_ns()
+                stream = model.stream(prompt)
+                next(stream)
+                elapsed = (time.perf_counter_ns() - start) / 1000.0
+                for _ in stream:
+                    pass
+            if round_ >= 5:
+                rows[name].append(elapsed)
+    return rows
+
+
+def wrapped_main(args: argparse.Namespace) -> None:
+    with SamplingServer(seed=0) as server, tempfile.TemporaryDirectory() as cache_dir:
+        hits = {
+            k: statistics.median(v)
+            for k, v in measure_wrapped(args.calls, server, cache_dir).items()
+        }
+        server.chunk_delay = args.chunk_delay
+        firsts = {
+            k: statistics.median(v) for k, v in first_chunks(args.misses, server, cache_dir).items()
+        }
+    command = "python bench/bench_langchain.py" + "".join(f" {a}" for a in sys.argv[1:])
+    print(f"Command: `{command}`\n")
+    print(f"Cache-hit `invoke`, {args.calls} interleaved calls each, medians:\n")
+    print("| what (cache hit) | median us per call | vs InMemoryCache |")
+    print("|---|---:|---:|")
+    base = hits["in_memory"]
+    for label, name in (
+        ("`ChatOpenAI(cache=InMemoryCache())`", "in_memory"),
+        ("`ChatOpenAI(cache=SQLiteCache(...))`", "sqlite"),
+        ("`MnimiChatModel(model=ChatOpenAI(...))`", "wrapped"),
+    ):
+        print(f"| {label} | {hits[name]:.0f} | {hits[name] / base:.2f}x |")
+    print(
+        f"\nTime to first chunk of a streamed miss, {args.misses} misses each, server "
+        f"waiting {args.chunk_delay * 1000:.0f} ms between events, medians:\n"
+    )
+    print("| what (streamed miss) | median us to first chunk | vs bare |")
+    print("|---|---:|---:|")
+    print(f"| bare `ChatOpenAI.stream` | {firsts['bare']:.0f} | 1.00x |")
+    ratio = firsts["wrapped"] / firsts["bare"]
+    rows = (
+        ("`MnimiChatModel(model=ChatOpenAI(...)).stream`", "wrapped"),
+        ("the same in `no_cache()` (no store read or write)", "no_cache"),
+    )
+    for label, name in rows:
+        print(f"| {label} | {firsts[name]:.0f} | {firsts[name] / firsts['bare']:.2f}x |")
+    hit_ratio = hits["wrapped"] / base
+    print(
+        f"\nwrapped / InMemoryCache = {hit_ratio:.2f}x "
+        f"({'meets' if hit_ratio <= 1.0 else 'misses'} the 1.0x target); "
+        f"first chunk wrapped / bare = {ratio:.2f}x "
+        f"({'meets' if ratio <= 1.1 else 'misses'} the 1.1x target)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="MnimiChatModel cache-hit invoke latency")
     parser.add_argument("--calls", type=int, default=2000, help="measured calls per model")
     parser.add_argument("--profile", action="store_true", help="also profile the hit path")
+    parser.add_argument(
+        "--wrapped", action="store_true", help="the wrapper around ChatOpenAI instead"
+    )
+    parser.add_argument("--misses", type=int, default=100, help="streamed misses per model")
+    parser.add_argument(
+        "--chunk-delay", type=float, default=0.002, help="seconds between streamed events"
+    )
     args = parser.parse_args()
+    if args.wrapped:
+        wrapped_main(args)
+        return
     with SamplingServer(seed=0) as server, tempfile.TemporaryDirectory() as cache_dir:
         rows = measure(args.calls, server, cache_dir)
         medians = {name: statistics.median(values) for name, values in rows.items()}

@@ -30,6 +30,7 @@ import ast
 import asyncio
 import contextlib
 import contextvars
+import functools
 import inspect
 import json
 import os
@@ -295,7 +296,9 @@ def _without_userinfo(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
-def wrapped_identity(chat: BaseChatModel, alias: str | None = None) -> dict[str, Any]:
+def wrapped_identity(
+    chat: BaseChatModel, alias: str | None = None, ls_params: LangSmithParams | None = None
+) -> dict[str, Any]:
     """What identifies a LangChain chat model's outputs in a cache key, credentials left out.
 
     Its class, its model name (``ls_provider/ls_model_name`` of ``_get_ls_params``, or
@@ -316,24 +319,33 @@ def wrapped_identity(chat: BaseChatModel, alias: str | None = None) -> dict[str,
         if isinstance(value, Mapping):  # model_kwargs: its credentials stay out too
             value = {k: v for k, v in value.items() if _keyed_setting(str(k))}
         params[name] = _jsonable(value)
-    ls_params = chat._get_ls_params()
+    if ls_params is None:
+        ls_params = chat._get_ls_params()
     named = [ls_params.get("ls_provider"), ls_params.get("ls_model_name")]
     identity: dict[str, Any] = {
         "model": alias or "/".join(str(part) for part in named if part) or cls.__name__,
         "params": params,
     }
     if alias is None:
-        endpoint = {}
-        for field, info in cls.model_fields.items():
-            name = info.alias or field
-            if is_credential(field) or not (_words(field) | _words(name)) & _ENDPOINT_WORDS:
-                continue
-            value = getattr(chat, field, None)
-            if isinstance(value, str) and value:
-                endpoint[name] = _without_userinfo(value)
+        endpoint = {
+            name: _without_userinfo(value)
+            for field, name in _endpoint_fields(cls)
+            if isinstance(value := getattr(chat, field, None), str) and value
+        }
         if endpoint:
             identity["endpoint"] = endpoint
     return identity
+
+
+@functools.lru_cache(maxsize=256)
+def _endpoint_fields(cls: type[BaseChatModel]) -> tuple[tuple[str, str], ...]:
+    """The (field, name) pairs of a chat model class that hold its endpoint."""
+    return tuple(
+        (field, info.alias or field)
+        for field, info in cls.model_fields.items()
+        if not is_credential(field)
+        and (_words(field) | _words(info.alias or field)) & _ENDPOINT_WORDS
+    )
 
 
 def _json_safe(value: Any) -> Any:
@@ -403,8 +415,11 @@ def _stored_message(sample: Sample) -> AIMessage | None:
     stored = sample.message.get(_LANGCHAIN_MESSAGE)
     if not isinstance(stored, dict):
         return None
-    message = messages_from_dict([stored])[0]
-    return message if isinstance(message, AIMessage) else None
+    if stored.get("type") != "ai":
+        return None
+    # Not validated again: the dict is LangChain's own dump of a valid AIMessage, and
+    # validation would cost a cache hit several microseconds.
+    return AIMessage.model_construct(**stored["data"])
 
 
 class _Sink:
@@ -871,6 +886,10 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
     # The configuration the layers were built for, and the layers by model override. A
     # copy (model_copy) or a changed field never reuses a layer built for another one.
     _built: tuple[tuple[Any, ...], dict[str | None, Layer]] | None = PrivateAttr(default=None)
+    # The wrapped model's identity and what it was derived from (see _wrapped_identity).
+    _identity_memo: tuple[tuple[Any, ...], dict[str, Any], LangSmithParams] | None = PrivateAttr(
+        default=None
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -949,7 +968,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             return {"layer": repr(self.layer), **defaults, "n": self.n}
         if isinstance(self.model, BaseChatModel):
             return {
-                **wrapped_identity(self.model, self.alias),
+                **self._wrapped_identity(self.model),
                 "cache_dir": shown_location(self.cache_dir),
                 "replication": self.replication,
                 "n": self.n,
@@ -1017,7 +1036,11 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         if isinstance(self.model, BaseChatModel):  # traced as the model it wraps
-            return self.model._get_ls_params(stop=stop, **kwargs)
+            if stop is not None or kwargs:
+                return self.model._get_ls_params(stop=stop, **kwargs)
+            self._wrapped_identity(self.model)  # the common call: derived with the identity
+            assert self._identity_memo is not None
+            return LangSmithParams(**self._identity_memo[2])
         params = LangSmithParams(
             ls_provider="mnimi",
             ls_model_name=str(kwargs.get("model") or self._model_name(None)),
@@ -1040,7 +1063,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         if override:
             return override
         if isinstance(self.model, BaseChatModel):
-            return str(self._layer_for(None).identity()["model"])
+            return str(self._wrapped_identity(self.model)["model"])
         if self.model:
             return self.model
         assert self.layer is not None
@@ -1109,9 +1132,31 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
                 built[1][override] = layer
         return layer
 
+    def _wrapped_identity(self, chat: BaseChatModel) -> dict[str, Any]:
+        """:func:`wrapped_identity`, derived anew only when the wrapped model changed.
+
+        The wrapped model is the user's, and a changed temperature must not keep drawing
+        from the old sequences; what LangChain identifies it by (``_identifying_params``)
+        and its endpoint are compared on each call, which costs a few microseconds where
+        deriving the identity costs tens.
+        """
+        seen = (
+            chat,
+            chat._identifying_params,
+            self.alias,
+            [getattr(chat, field, None) for field, _ in _endpoint_fields(type(chat))],
+        )
+        memo = self._identity_memo
+        if memo is not None and memo[0] == seen:
+            return memo[1]
+        ls_params = chat._get_ls_params()
+        identity = wrapped_identity(chat, self.alias, ls_params)
+        self._identity_memo = (seen, identity, ls_params)
+        return identity
+
     def _wrapped_layer(self, chat: BaseChatModel) -> Layer:
         """The cache layer over a wrapped model, shared by every model of its identity."""
-        identity = wrapped_identity(chat, self.alias)
+        identity = self._wrapped_identity(chat)
         config = (identity, self.cache_dir, self.replication)
         built = self._built
         # The identity is derived anew on each call: the wrapped model is the user's, and a
@@ -1233,7 +1278,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             if attempt > 1:
                 offset = (attempt - 1) * n
         sequence = (id(base), base.key_of(request))
-        model = self._model_name(override)
+        model = str(base.identity()["model"]) if wrapped is not None else self._model_name(override)
         return _Draw(layer, request, n, offset, model, sequence, wrapped is not None)
 
     def _draw(
