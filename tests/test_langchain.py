@@ -464,6 +464,17 @@ def get_weather(city: str) -> str:
     return f"It is sunny in {city}."
 
 
+def agent_loop(chat_model: MnimiChatModel) -> list[Any]:
+    """A question, the tool call it gets, the tool's result, and the final answer."""
+    bound = chat_model.bind_tools([get_weather])
+    history: list[Any] = [HumanMessage("What is the weather in Paris? Use get_weather.")]
+    history.append(bound.invoke(history))
+    history.append(get_weather.invoke(history[-1].tool_calls[0]))
+    assert isinstance(history[-1], ToolMessage)
+    history.append(bound.invoke(history))
+    return history
+
+
 def test_tool_calls_are_replayed_intact(server: SamplingServer, chat: ChatFactory) -> None:
     model = chat().bind_tools([get_weather], tool_choice="get_weather")
     first = model.invoke("What is the weather in Paris?")
@@ -479,15 +490,6 @@ def test_tool_calls_are_replayed_intact(server: SamplingServer, chat: ChatFactor
     assert streamed.tool_calls == first.tool_calls
     replay = chat(replication=True).bind_tools([get_weather], tool_choice="get_weather")
     assert replay.invoke("What is the weather in Paris?").tool_calls == first.tool_calls
-
-    def agent_loop(chat_model: MnimiChatModel) -> list[Any]:
-        bound = chat_model.bind_tools([get_weather])
-        history: list[Any] = [HumanMessage("What is the weather in Paris? Use get_weather.")]
-        history.append(bound.invoke(history))
-        history.append(get_weather.invoke(history[-1].tool_calls[0]))
-        assert isinstance(history[-1], ToolMessage)
-        history.append(bound.invoke(history))
-        return history
 
     server.reset()
     run1 = agent_loop(chat())

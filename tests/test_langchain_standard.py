@@ -115,12 +115,8 @@ def wrapped_openai(**params: Any) -> ChatOpenAI:
     )
 
 
-class TestWrappedChatOpenAIUnit(ChatModelUnitTests):
+class TestWrappedChatOpenAIUnit(TestMnimiChatModelUnit):
     """The suites again on ``MnimiChatModel(model=ChatOpenAI(...))``."""
-
-    @property
-    def chat_model_class(self) -> type[BaseChatModel]:
-        return MnimiChatModel
 
     @property
     def standard_chat_model_params(self) -> dict[str, Any]:
@@ -130,29 +126,8 @@ class TestWrappedChatOpenAIUnit(ChatModelUnitTests):
     def chat_model_params(self) -> dict[str, Any]:
         return {"model": wrapped_openai(), "cache_dir": "unused-llm-cache"}
 
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
 
-    @pytest.mark.xfail(
-        reason="as for the string form: langchain-core 1.x load() admits only the classes in "
-        "its own mapping; dumpd() matches the snapshot",
-        strict=True,
-    )
-    def test_serdes(self, model: BaseChatModel, snapshot: Any) -> None:
-        super().test_serdes(model, snapshot)
-
-
-class TestWrappedChatOpenAIIntegration(ChatModelIntegrationTests):
-    @pytest.fixture(autouse=True)
-    def _per_test_cache(self, sampling_server: SamplingServer, tmp_path: Path) -> None:
-        self._server_url = sampling_server.url
-        self._cache_dir = str(tmp_path / "llm_cache")
-
-    @property
-    def chat_model_class(self) -> type[BaseChatModel]:
-        return MnimiChatModel
-
+class TestWrappedChatOpenAIIntegration(TestMnimiChatModelIntegration):
     @property
     def standard_chat_model_params(self) -> dict[str, Any]:
         return {}
@@ -162,5 +137,5 @@ class TestWrappedChatOpenAIIntegration(ChatModelIntegrationTests):
         return {"model": wrapped_openai(base_url=self._server_url), "cache_dir": self._cache_dir}
 
     @property
-    def supports_json_mode(self) -> bool:
-        return True
+    def model_override_value(self) -> str | None:
+        return None  # a wrapped model is one model: a per-call model= is refused

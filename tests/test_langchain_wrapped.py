@@ -18,12 +18,12 @@ import pytest
 from langchain_anthropic import ChatAnthropic
 from langchain_core.caches import InMemoryCache
 from langchain_core.globals import get_llm_cache, set_llm_cache
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
-from langchain_core.tools import tool
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 from langchain_openai import ChatOpenAI
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy
 from pydantic import BaseModel
+from test_langchain import agent_loop, get_weather
 
 from mnimi_adapters import ReplicationCacheMiss, independent, no_cache, repeatable
 from mnimi_adapters.cli import main
@@ -303,12 +303,6 @@ def test_streams_in_an_independent_scope_continue_the_sequence(
 # -- tools, structured output, n, batch -------------------------------------------------
 
 
-@tool
-def get_weather(city: str) -> str:
-    """Get the weather in a city."""
-    return f"It is sunny in {city}."
-
-
 def test_bound_tools_are_formatted_by_the_wrapped_model_and_replay(
     server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
 ) -> None:
@@ -325,15 +319,6 @@ def test_bound_tools_are_formatted_by_the_wrapped_model_and_replay(
     unbound = chat.invoke("What is the weather in Paris?")  # tools are part of the key
     assert unbound.response_metadata["cache_key"] != first.response_metadata["cache_key"]
     assert sent(server) == 2
-
-    def agent_loop(model: MnimiChatModel) -> list[Any]:
-        tools = model.bind_tools([get_weather])
-        history: list[Any] = [HumanMessage("What is the weather in Rome? Use get_weather.")]
-        history.append(tools.invoke(history))
-        history.append(get_weather.invoke(history[-1].tool_calls[0]))
-        assert isinstance(history[-1], ToolMessage)
-        history.append(tools.invoke(history))
-        return history
 
     run1 = agent_loop(chat)
     run2 = agent_loop(MnimiChatModel(model=openai(), cache_dir=cache, replication=True))
