@@ -779,17 +779,27 @@ class MnimiCache(Cache):
         finally:
             _replaying.reset(token)
 
-    @staticmethod
-    def _drawn_response(call: _Call, samples: list[Sample], kwargs: Mapping[str, Any]) -> Any:
-        """The provider response that answers ``call`` by itself, if one does."""
-        if kwargs.get("stream") or len(call.responses) != 1:
+    def _drawn_response(self, call: _Call, samples: list[Sample], kwargs: Mapping[str, Any]) -> Any:
+        """The answer to a call all of whose samples were just drawn, made without LiteLLM.
+
+        The provider response itself when it alone holds them; else one built from the
+        samples (their requests were sent, and logged, by the LiteLLM calls of the refills
+        that drew them: concurrent calls of one request share refills). ``None`` for a
+        hit or a stream, which LiteLLM's cache handler replays.
+        """
+        facts = _facts(samples)
+        if kwargs.get("stream") or any(facts["cache_hits"]):
             return None
-        response, draw_ids = call.responses[0]
-        if draw_ids != [s.draw_id for s in samples]:
-            return None
-        hidden = getattr(response, HIDDEN_PARAMS_FIELD, None)
-        if isinstance(hidden, dict):
-            hidden["mnimi"] = _facts(samples)
+        if len(call.responses) == 1 and call.responses[0][1] == [s.draw_id for s in samples]:
+            response = call.responses[0][0]
+            hidden = getattr(response, HIDDEN_PARAMS_FIELD, None)
+            if isinstance(hidden, dict):
+                hidden["mnimi"] = facts
+            return response
+        built = self._response(call, samples, None)
+        hidden = dict(built.pop(HIDDEN_PARAMS_FIELD), cache_hit=False)
+        response = litellm.ModelResponse(**built)
+        setattr(response, HIDDEN_PARAMS_FIELD, hidden)
         return response
 
     def _live(
