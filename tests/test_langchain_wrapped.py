@@ -202,7 +202,7 @@ def test_replication_miss_raises_and_sends_nothing(
     assert server.requests == []
 
 
-def test_cli_stats_counts_the_wrapped_models_samples(
+def test_cli_stats_and_an_exported_slice_of_the_wrapped_models_samples(
     openai: Callable[..., ChatOpenAI], cache: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     chat = MnimiChatModel(model=openai(), cache_dir=cache)
@@ -214,6 +214,16 @@ def test_cli_stats_counts_the_wrapped_models_samples(
     stats = json.loads(capsys.readouterr().out)
     assert "openai/mock-model" in json.dumps(stats)
     assert stats["samples"] == 4 and stats["keys"] == 2
+    # A slice of what one request used replays offline, with no key.
+    sliced = str(Path(cache).parent / "slice")
+    assert main(["export", cache, sliced, "--grep", "Pick a number"]) == 0
+    replay = MnimiChatModel(model=openai(api_key="unused"), cache_dir=sliced, replication=True)
+    with independent():
+        replayed = [replay.invoke(NUMBER).content for _ in range(3)]
+    with independent():
+        assert [chat.invoke(NUMBER).content for _ in range(3)] == replayed
+    with pytest.raises(ReplicationCacheMiss):
+        replay.invoke("hello")
 
 
 # -- streaming --------------------------------------------------------------------------
