@@ -86,6 +86,14 @@ def main() -> None:
         stream = litellm.completion(messages=PROMPT, stream=True, **model)
         print("streamed:  ", "".join(c.choices[0].delta.content or "" for c in stream))
 
+        # A streamed miss is live: each chunk arrives as the provider sends it, and the
+        # sample is stored when the stream ends.
+        story = [{"role": "user", "content": "Tell me a short story."}]
+        print("live:       ", end="")
+        for chunk in litellm.completion(messages=story, stream=True, **model):
+            print(chunk.choices[0].delta.content or "" if chunk.choices else "", end="")
+        print()
+
         # acompletion too, and concurrent calls in one scope get distinct samples.
         async def concurrent() -> list[str]:
             with independent():
@@ -94,9 +102,11 @@ def main() -> None:
 
         print("gathered:  ", asyncio.run(concurrent()))
 
-    # Replication: answers come from the cache only; a miss raises, nothing is sent.
+    # Replication: answers come from the cache only; a miss raises, nothing is sent, even
+    # for a call that switches LiteLLM's cache off.
     with endpoint(args) as model, MnimiCache(directory, replication=True, alias=ALIAS):
         print("replayed:  ", answer(litellm.completion(messages=PROMPT, **model)))
+        print("caching=False:", answer(litellm.completion(messages=PROMPT, caching=False, **model)))
         try:
             litellm.completion(messages=[{"role": "user", "content": "New question"}], **model)
         except ReplicationCacheMiss as miss:

@@ -272,8 +272,30 @@ def has_cache_switches(kwargs: Mapping[str, Any]) -> bool:
 EntryHandler = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
 
 
-def wrap_completion(handle: EntryHandler, ahandle: EntryHandler) -> None:
-    """Route ``litellm.completion`` and ``acompletion`` through ``handle``/``ahandle``.
+def _entry(original: Callable[..., Any], handler: EntryHandler) -> Callable[..., Any]:
+    """``original`` routed through ``handler``, sync or async as ``original`` is."""
+    import functools
+    import inspect
+
+    if inspect.iscoroutinefunction(original):
+
+        @functools.wraps(original)
+        async def aentry(*args: Any, **kwargs: Any) -> Any:
+            return await handler(original, args, kwargs)
+
+        aentry._mnimi_wrapped = True  # type: ignore[attr-defined]
+        return aentry
+
+    @functools.wraps(original)
+    def entry(*args: Any, **kwargs: Any) -> Any:
+        return handler(original, args, kwargs)
+
+    entry._mnimi_wrapped = True  # type: ignore[attr-defined]
+    return entry
+
+
+def wrap_entry_points(handlers: Mapping[str, EntryHandler]) -> None:
+    """Route LiteLLM's public entry points (``completion``, ...) through ``handlers``.
 
     Why: LiteLLM skips ``litellm.cache`` for a call with ``caching=False`` or
     ``cache={"no-cache": True}`` (a Router without ``cache_responses`` sends the first,
@@ -282,7 +304,7 @@ def wrap_completion(handle: EntryHandler, ahandle: EntryHandler) -> None:
     replication cache must answer those calls too. And a cache reached through LiteLLM's
     cache handler can only draw a miss with a second, nested ``litellm.completion`` (the
     whole client wrapper again), and can only answer a stream with a finished response.
-    So the module's public entry points are wrapped: the handler answers the call before
+    So the module's public entry points are wrapped: a handler answers the call before
     LiteLLM's wrapper runs. Every caller that looks the function up on the module at call
     time (the Router, DSPy's LiteLLM engine, ``litellm.completion(...)``) goes through it;
     one that bound ``from litellm import completion`` before the cache was installed
@@ -291,31 +313,15 @@ def wrap_completion(handle: EntryHandler, ahandle: EntryHandler) -> None:
     uninstalling one cache must not unwrap another.
 
     Args:
-        handle: Answers a ``completion`` call.
-        ahandle: Answers an ``acompletion`` call (a coroutine function).
+        handlers: Per entry point's name, the handler of its calls (a coroutine function
+            for an async entry point such as ``acompletion``).
     """
-    import functools
-
     import litellm
 
-    original = litellm.completion
-    if not getattr(original, "_mnimi_wrapped", False):
-
-        @functools.wraps(original)
-        def completion(*args: Any, **kwargs: Any) -> Any:
-            return handle(original, args, kwargs)
-
-        completion._mnimi_wrapped = True  # type: ignore[attr-defined]
-        litellm.completion = completion
-    aoriginal = litellm.acompletion
-    if not getattr(aoriginal, "_mnimi_wrapped", False):
-
-        @functools.wraps(aoriginal)
-        async def acompletion(*args: Any, **kwargs: Any) -> Any:
-            return await ahandle(aoriginal, args, kwargs)
-
-        acompletion._mnimi_wrapped = True  # type: ignore[attr-defined]
-        litellm.acompletion = acompletion
+    for name, handler in handlers.items():
+        original = getattr(litellm, name)
+        if not getattr(original, "_mnimi_wrapped", False):
+            setattr(litellm, name, _entry(original, handler))
 
 
 def close_stream(stream: Any) -> None:
@@ -440,6 +446,8 @@ PRIVATE_SYMBOLS: Final = (
     ("litellm", "_async_success_callback"),
     ("litellm", "completion"),
     ("litellm", "acompletion"),
+    ("litellm", "responses"),
+    ("litellm", "aresponses"),
     ("dspy.clients.execution", "select_backend"),
     ("dspy.clients.backend_selection", "BackendSelection"),
     ("langchain_core.runnables.config", "var_child_runnable_config"),

@@ -55,6 +55,8 @@ No caller can skip a replication cache, through three mechanisms (see ``_compat`
   engine selection is turned to its LiteLLM engine, call by call.
 * DSPy sets ``litellm.cache = None`` on its first LiteLLM call; the wrapped entry points
   put the newest installed cache back.
+* ``litellm.responses``/``aresponses`` (the Responses API) are not answered from the
+  sequences; under a replication cache they raise instead of sending.
 
 Keys: a call's key is the one :class:`~mnimi_adapters.providers.LiteLLMModel` with the
 same model string, ``api_base`` and temperature uses (a call without a temperature samples,
@@ -98,7 +100,7 @@ from ._compat import (
     route_dspy_through_litellm,
     tell_logging_about_hit,
     without_cache_switches,
-    wrap_completion,
+    wrap_entry_points,
 )
 from .core.errors import MnimiError, ProviderError
 from .core.layers import CacheLayer, Independent
@@ -499,6 +501,31 @@ async def _ahandle(
     return await cache._aanswer(original, call, kwargs)
 
 
+def _refused(name: str) -> None:
+    cache = _newest_installed()
+    if cache is not None and cache.replication and not in_provider_call():
+        raise MnimiError(
+            f"litellm.{name} is not answered from Mnimi sequences, so a replication cache "
+            "refuses it rather than send it: use litellm.completion"
+        )
+
+
+def _refuse_in_replication(
+    original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``litellm.responses``: sent as it is, except under a replication cache."""
+    _refused("responses")
+    return original(*args, **kwargs)
+
+
+async def _arefuse_in_replication(
+    original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``litellm.aresponses``: sent as it is, except under a replication cache."""
+    _refused("aresponses")
+    return await original(*args, **kwargs)
+
+
 def _routing_dspy() -> bool:
     """Whether DSPy's native engine is to hand its calls to LiteLLM (and so to the cache)."""
     cache = _newest_installed()
@@ -623,7 +650,14 @@ class MnimiCache(Cache):
             if self._installed:
                 return self
             patch_stream_hit_check()
-            wrap_completion(_handle, _ahandle)
+            wrap_entry_points(
+                {
+                    "completion": _handle,
+                    "acompletion": _ahandle,
+                    "responses": _refuse_in_replication,
+                    "aresponses": _arefuse_in_replication,
+                }
+            )
             if self.replication or self.dspy:
                 route_dspy_through_litellm(_routing_dspy)
             self._previous = litellm.cache

@@ -20,7 +20,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
 
-from mnimi_adapters import ReplicationCacheMiss
+from mnimi_adapters import MnimiError, ReplicationCacheMiss
 from mnimi_adapters.litellm import MnimiCache
 from mnimi_adapters.testing import SamplingServer
 
@@ -187,3 +187,15 @@ def test_the_newest_installed_cache_decides(server: SamplingServer, tmp_path: Pa
     replica.close()
     ordinary.close()
     assert sent(server) == 1
+
+
+def test_the_responses_api_is_refused_not_sent(server: SamplingServer, tmp_path: Path) -> None:
+    server.reset()
+    options = {"model": MODEL, "input": "Hi", "api_base": server.url, "api_key": API_KEY}
+    with MnimiCache(str(tmp_path), replication=True) as replica:
+        with pytest.raises(MnimiError, match=r"litellm\.responses"):
+            litellm.responses(**options)
+        with pytest.raises(MnimiError, match=r"litellm\.aresponses"):
+            asyncio.run(litellm.aresponses(**options))
+    replica.close()
+    assert server.requests == []
