@@ -58,7 +58,14 @@ _SCAN = (
     "ORDER BY key"
 )
 
-#: Seconds a usage write waits for another process's write: none, it is dropped.
+# Only sound records are touched (inline text, valid JSON), and never moved back in time.
+_TOUCH = (
+    "UPDATE Cache SET value = json_set(value, '$.used', ?) "
+    f"WHERE key = ? AND raw = 1 AND filename IS NULL AND mode = {MODE_RAW} AND "
+    "CASE WHEN json_valid(value) THEN json_extract(value, '$.used') END < ?"
+)
+
+#: Milliseconds a usage write waits for another process's write: none, it is dropped.
 _USAGE_WAIT_MS = 0
 #: diskcache's own wait for a busy database, restored after a usage write.
 _BUSY_WAIT_MS = 60_000
@@ -258,6 +265,11 @@ class DiskStore(SequenceStore):
                 # Kept in the directory's settings, so a plain diskcache.Cache
                 # opened on it (a test, a script) writes values inline too.
                 disk_min_file_size=2**30,
+                # A bounded page cache and no memory map: replaying millions of keys
+                # must not grow the process by the database's size (the OS caches
+                # the file anyway).
+                sqlite_cache_size=2**10,
+                sqlite_mmap_size=0,
             )
             if not check_format:
                 return
@@ -399,8 +411,15 @@ class DiskStore(SequenceStore):
 
     def touch(self, key: str) -> None:
         batch = self._usage.note(key)
-        if batch:
-            _write_usage(self._cache, None, batch)
+        if batch and self._cache is not None:
+            # Written on a thread of its own: the read that filled the batch never
+            # pays for the write (a daemon thread: the batch is dropped at exit).
+            threading.Thread(
+                target=_write_usage,
+                args=(self._cache, None, batch),
+                name="mnimi-usage",
+                daemon=True,
+            ).start()
 
     def flush(self) -> None:
         """Write the uses noted so far (best effort: a busy or full store drops them)."""
@@ -572,15 +591,12 @@ def _write_usage(
         cache._sql(f"PRAGMA busy_timeout = {_USAGE_WAIT_MS}")
         try:
             with cache.transact(retry=False):
-                for key, used in batch.items():
-                    raw = cache._sql(_ROW, (f"m:{key}",)).fetchone()
-                    if raw is None or raw[1] is not None or not isinstance(raw[2], str):
-                        continue
-                    meta = json.loads(raw[2])
-                    if isinstance(meta, dict) and used > meta.get("used", 0):
-                        meta["used"] = used
-                        cache.set(f"m:{key}", json.dumps(meta, ensure_ascii=False))
+                # SQLite edits the record's JSON itself: no row crosses into Python.
+                cache._con.executemany(
+                    _TOUCH,
+                    [(used, f"m:{key}", used) for key, used in batch.items()],
+                )
         finally:
             cache._sql(f"PRAGMA busy_timeout = {_BUSY_WAIT_MS}")
-    except (sqlite3.Error, OSError, ValueError, diskcache.Timeout):
+    except (sqlite3.Error, OSError, diskcache.Timeout):
         pass

@@ -1,0 +1,226 @@
+"""Store benchmarks at scale: listings, checks, first reads, memory and fill rate.
+
+Run by hand from the repository root (about 10 minutes; the stores it builds are
+kept under bench/.work/ and reused by the next run)::
+
+    python bench/bench_stores.py            # 100k and 1M keys
+    python bench/bench_stores.py --small    # 10k and 100k keys, for a quick look
+
+Prints a Markdown table for bench/RESULTS.md; every ratio in it comes from
+figures measured side by side in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+from mnimi_adapters.cli import main
+from mnimi_adapters.core import BatchedModel, Persistent, Request, Sample
+from mnimi_adapters.core.request import request_key, request_record
+from mnimi_adapters.core.stores import DiskStore
+
+WORK = Path(__file__).parent / ".work"
+
+
+class BenchModel(BatchedModel):
+    """A provider stand-in that answers at once."""
+
+    def query(self, request: Request, n: int) -> list[str | Sample]:
+        return [str(i) for i in range(n)]
+
+
+def model() -> BenchModel:
+    return BenchModel("bench-model", 1.0)
+
+
+def prompt(i: int) -> str:
+    return f"Benchmark prompt number {i}"
+
+
+def build_keys(count: int) -> Path:
+    """A store of ``count`` keys, one sample each (built once, then reused)."""
+    path = WORK / f"keys-{count}"
+    if (path / "built").exists():
+        return path
+    identity = model().identity()
+    with DiskStore(path) as store:
+        cache = store._cache
+        assert cache is not None
+        for start in range(0, count, 10_000):
+            with cache.transact():  # appends nest: one commit per 10k keys
+                for i in range(start, min(start + 10_000, count)):
+                    request = Request.of(prompt(i))
+                    record = request_record(identity, request)
+                    store.append(request_key(identity, request), [Sample(text=str(i))], record)
+    (path / "built").touch()
+    return path
+
+
+def build_one_key(samples: int) -> Path:
+    """A store of one key holding ``samples`` samples."""
+    path = WORK / f"samples-{samples}"
+    if (path / "built").exists():
+        return path
+    identity = model().identity()
+    request = Request.of(prompt(0))
+    key, record = request_key(identity, request), request_record(identity, request)
+    with DiskStore(path) as store:
+        for start in range(0, samples, 1000):
+            store.append(key, [Sample(text=str(i)) for i in range(start, start + 1000)], record)
+    (path / "built").touch()
+    return path
+
+
+def command(*argv: object) -> float:
+    """Seconds one `mnimi` command takes, run in this process, output discarded."""
+    start = time.perf_counter()
+    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        code = main([str(a) for a in argv])
+    seconds = time.perf_counter() - start
+    assert code == 0, (argv, code)
+    return seconds
+
+
+def first_reads(path: Path, keys: int, rounds: int = 5, per_round: int = 2000) -> dict[bool, float]:
+    """Mean µs of the first read of a key, default mode and replication, alternated."""
+    times: dict[bool, list[float]] = {False: [], True: []}
+    offset = 0
+    for _ in range(rounds):
+        for replication in (False, True):
+            layer = Persistent(model(), path, replication=replication)
+            prompts = [prompt((offset + i) % keys) for i in range(per_round)]
+            offset += per_round
+            start = time.perf_counter()
+            for text in prompts:
+                next(layer.samples(text))
+            times[replication].append((time.perf_counter() - start) / per_round * 1e6)
+            layer.close()
+    return {mode: statistics.median(values) for mode, values in times.items()}
+
+
+_REPLAY = """
+import sys, time
+sys.path.insert(0, {bench!r})
+from bench_stores import model, prompt, rss
+from mnimi_adapters.core import Persistent
+layer = Persistent(model(), {path!r})
+count = {count}
+for i in range(10_000):  # the read copy fills up (4,096 samples)
+    next(layer.samples(prompt(i)))
+base = rss()
+for i in range(10_000, count):
+    next(layer.samples(prompt(i)))
+print(base, rss())
+"""
+
+_FILL = """
+import sys, time
+sys.path.insert(0, {bench!r})
+from bench_stores import model, prompt, rss
+from mnimi_adapters.core import Persistent
+layer = Persistent(model(), {path!r})
+count, window = {count}, 1000
+marks = {{}}
+start = time.perf_counter()
+for i in range(count):
+    if i in (0, count - window):
+        start = time.perf_counter()
+    next(layer.samples(prompt(i)))
+    if i in (window - 1, count - 1):
+        marks[i] = window / (time.perf_counter() - start)
+    if i == count // 10:
+        base = rss()
+print(marks[window - 1], marks[count - 1], base, rss())
+"""
+
+
+def rss() -> int:
+    """This process's resident set size, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def run(script: str, **values: object) -> list[float]:
+    code = script.format(bench=str(Path(__file__).parent), **values)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return [float(x) for x in out.stdout.split()]
+
+
+def main_(small: bool) -> None:
+    sizes = (10_000, 100_000) if small else (100_000, 1_000_000)
+    WORK.mkdir(exist_ok=True)
+    rows: list[tuple[str, str]] = []
+    stores = {size: build_keys(size) for size in sizes}
+    for name, argv in (
+        ("stats", ("stats",)),
+        ("prune --dry-run --max-size 0", ("prune", "{}", "--max-size", "0", "--dry-run")),
+        ("show --limit 20", ("show", "{}", "--limit", "20")),
+        ("verify", ("verify",)),
+    ):
+        figures = []
+        for size in sizes:
+            args = [a.replace("{}", str(stores[size])) for a in argv]
+            if len(args) == 1:
+                args.append(str(stores[size]))
+            figures.append(command(*args))
+        ratio = f"{figures[1] / figures[0]:.1f}x for {sizes[1] // sizes[0]}x"
+        rows.append(
+            (
+                f"`mnimi {name}` at {sizes[0]:,} / {sizes[1]:,} keys",
+                f"{figures[0]:.2f} s / {figures[1]:.2f} s ({ratio})",
+            )
+        )
+    samples = sizes[1]
+    one = build_one_key(samples)
+    stats_one = command("stats", one)
+    rows.append((f"`mnimi stats` on one key of {samples:,} samples", f"{stats_one:.2f} s"))
+    reads = first_reads(stores[sizes[0]], sizes[0])
+    rows.append(
+        (
+            "first read of a key: default mode / replication (median µs)",
+            f"{reads[False]:.0f} µs / {reads[True]:.0f} µs ({reads[False] / reads[True]:.2f}x)",
+        )
+    )
+    base, end = run(_REPLAY, path=str(stores[sizes[1]]), count=sizes[1])
+    rows.append(
+        (
+            f"RSS growth replaying {sizes[1]:,} distinct keys (after the read copy filled)",
+            f"{(end - base) / 2**20:.1f} MiB",
+        )
+    )
+    fill_keys = sizes[0]
+    fill_path = WORK / f"fill-{os.getpid()}"
+    first, last, base, end = run(_FILL, path=str(fill_path), count=fill_keys)
+    subprocess.run(["rm", "-rf", str(fill_path)], check=True)
+    rows.append(
+        (
+            f"fill rate: keys 1-1,000 / the last 1,000 of {fill_keys:,} (keys/s)",
+            f"{first:,.0f} / {last:,.0f} ({last / first:.2f}x)",
+        )
+    )
+    rows.append(
+        (
+            f"RSS growth filling keys {fill_keys // 10:,}-{fill_keys:,}",
+            f"{(end - base) / 2**20:.1f} MiB",
+        )
+    )
+    print("| figure | measured |")
+    print("|---|---|")
+    for figure, value in rows:
+        print(f"| {figure} | {value} |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--small", action="store_true", help="10k and 100k keys")
+    main_(parser.parse_args().small)
