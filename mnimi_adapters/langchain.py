@@ -1483,6 +1483,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
                 yield chunk
             return
         drawing = asyncio.ensure_future(_alive_draw(draw, sink))
+        # An abandoned stream's draw ends in _Abandoned that nobody awaits: seen here.
+        drawing.add_done_callback(lambda done: done.cancelled() or done.exception())
         complete = False
         try:
             while (item := await sink.aget()) is not _DONE:

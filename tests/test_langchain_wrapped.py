@@ -498,3 +498,20 @@ def test_langgraph_retry_attempts_draw_fresh_and_a_rerun_replays(
     assert len(set(first)) == 3
     assert run() == first
     assert sent(server) == 3
+
+
+async def test_an_abandoned_astream_stores_nothing_and_gives_its_position_back(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    chat = MnimiChatModel(model=openai(), cache_dir=cache)
+    server.chunk_delay = 0.05
+    with independent():
+        stream = chat.astream("Tell me a poem.")
+        await anext(stream)
+        await stream.aclose()  # abandoned half-way
+        server.chunk_delay = 0.0
+        after = await chat.ainvoke("Tell me a poem.")
+    assert after.response_metadata["sequence_index"] == 0
+    assert after.response_metadata["cache_hit"] is False
+    assert chat.cache_stats()["samples_stored"] == 1
+    assert sent(server) == 2
