@@ -271,6 +271,7 @@ _LANGCHAIN_MESSAGE = "langchain"
 _LANGCHAIN_GENERATIONS = "langchain_generations"
 # Samples one request of a wrapped model with an ``n`` field asks for at most, by default.
 _WRAPPED_MAX_N = 16
+# What a live stream's reader receives once the draw has ended, stored or failed.
 _DONE = object()
 
 
@@ -305,6 +306,14 @@ def wrapped_identity(
     ``alias``), the sampling settings of ``_identifying_params`` (the identity LangChain's
     own caches key on) without ``n``, streaming, timeouts, retries or credentials, and,
     without an alias, the endpoint it talks to (``base_url``, userinfo removed).
+
+    Args:
+        chat: The wrapped chat model.
+        alias: The model's name in keys instead of its own; the endpoint is then left out.
+        ls_params: ``chat._get_ls_params()``, if the caller has it already.
+
+    Returns:
+        ``{"model": ..., "params": {...}}``, with ``"endpoint"`` where the model names one.
 
     Example:
         >>> from langchain_openai import ChatOpenAI
