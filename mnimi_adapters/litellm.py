@@ -444,6 +444,16 @@ _replaying: ContextVar[tuple[_Call, list[Sample]] | None] = ContextVar(
 )
 
 
+@contextmanager
+def _replayed(call: _Call, samples: list[Sample]) -> Iterator[None]:
+    """LiteLLM's cache handler answers the enclosed call with ``samples``."""
+    token = _replaying.set((call, samples))
+    try:
+        yield
+    finally:
+        _replaying.reset(token)
+
+
 # ---------------------------------------------------------------------------------------
 # Calls that switch the cache off, and DSPy
 # ---------------------------------------------------------------------------------------
@@ -791,11 +801,8 @@ class MnimiCache(Cache):
         response = self._drawn_response(call, samples, kwargs)
         if response is not None:
             return response
-        token = _replaying.set((call, samples))
-        try:
+        with _replayed(call, samples):
             return original(**kwargs)
-        finally:
-            _replaying.reset(token)
 
     async def _afinish(
         self,
@@ -807,11 +814,8 @@ class MnimiCache(Cache):
         response = self._drawn_response(call, samples, kwargs)
         if response is not None:
             return response
-        token = _replaying.set((call, samples))
-        try:
+        with _replayed(call, samples):
             return await original(**kwargs)
-        finally:
-            _replaying.reset(token)
 
     def _drawn_response(self, call: _Call, samples: list[Sample], kwargs: Mapping[str, Any]) -> Any:
         """The answer to a call all of whose samples were just drawn, made without LiteLLM.
