@@ -10,6 +10,9 @@ from .errors import (
     ProviderError,
     ReplicationCacheMiss,
     StoreError,
+    StoreFull,
+    StoreReadOnly,
+    StoreUnreachable,
     UnsupportedStoreVersion,
 )
 from .layers import CacheLayer, Independent, Persistent, Repeatable, Wrapper
@@ -38,6 +41,9 @@ __all__ = [
     "Sample",
     "SequenceStore",
     "StoreError",
+    "StoreFull",
+    "StoreReadOnly",
+    "StoreUnreachable",
     "UnsupportedStoreVersion",
     "Wrapper",
     "independent",
