@@ -111,10 +111,10 @@ from .core import (
     scoped,
 )
 from .core.model import usable
-from .core.redis_store import shown_location, url_has_password
 from .core.request import canonical, canonical_json, is_credential, is_sampling_param
 from .core.sample import new_draw_id, split_evenly
 from .core.scopes import caching_enabled
+from .core.stores import shown_location, url_has_password
 from .providers import LiteLLMModel, LiteLLMRequest
 
 __all__ = ["MnimiChatModel", "MnimiLLMCache", "WrappedChatModel", "wrapped_identity"]
@@ -1047,7 +1047,10 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         if isinstance(self.model, BaseChatModel):  # traced as the model it wraps
             if stop is not None or kwargs:
                 return self.model._get_ls_params(stop=stop, **kwargs)
-            self._wrapped_identity(self.model)  # the common call: derived with the identity
+            # Derived with the identity, which every call checks anyway (in _prepare): a
+            # trace may show params one change late, a key never uses them.
+            if self._identity_memo is None:
+                self._wrapped_identity(self.model)
             assert self._identity_memo is not None
             return LangSmithParams(**self._identity_memo[2])
         params = LangSmithParams(

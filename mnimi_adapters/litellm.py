@@ -105,7 +105,6 @@ from ._compat import (
 from .core.errors import MnimiError, ProviderError
 from .core.layers import CacheLayer, Independent
 from .core.model import Cursor, Layer, Model
-from .core.redis_store import shown_location
 from .core.request import (
     Request,
     canonical_json,
@@ -113,7 +112,7 @@ from .core.request import (
 )
 from .core.sample import Sample
 from .core.scopes import caching_enabled, scoped
-from .core.store import ReadThroughStore, is_redis_url, open_store
+from .core.stores import ReadThroughStore, is_redis_url, open_store, shown_location
 from .providers import LiteLLMModel, in_provider_call, litellm_param_role, provider_call_active
 
 __all__ = ["MnimiCache"]
