@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mnimi_adapters.core import DiskStore, Sample
-from mnimi_adapters.core.store import open_store
+from mnimi_adapters.core.stores import open_store
 
 DEPTHS = (1, 100, 1000)
 READS = 2000

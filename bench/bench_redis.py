@@ -28,8 +28,7 @@ from pathlib import Path
 from bench_core import appends_per_second
 
 from mnimi_adapters.core import DiskStore, Sample
-from mnimi_adapters.core.redis_store import RedisStore
-from mnimi_adapters.core.store import SequenceStore
+from mnimi_adapters.core.stores import RedisStore, SequenceStore
 
 DEPTHS = (1, 100, 1000)
 READS = 2000

@@ -20,8 +20,7 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from mnimi_adapters.core import BatchedModel, DiskStore, Request
-from mnimi_adapters.core.redis_store import RedisStore
-from mnimi_adapters.core.store import is_redis_url
+from mnimi_adapters.core.stores import RedisStore, is_redis_url
 
 
 class NumberModel(BatchedModel):

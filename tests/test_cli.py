@@ -24,7 +24,7 @@ import pytest
 from mnimi_adapters import cli
 from mnimi_adapters.cli import main, parse_size
 from mnimi_adapters.core import BatchedModel, DiskStore, Persistent, Request, Sample
-from mnimi_adapters.core.store import FORMAT_KEY
+from mnimi_adapters.core.stores import FORMAT_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 COLOUR = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Name a colour"}]

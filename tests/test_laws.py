@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mnimi_adapters.core import Independent, Layer, Persistent, Repeatable, Sample
-from mnimi_adapters.core.store import open_store
+from mnimi_adapters.core.stores import open_store
 
 PROMPTS = ["Choose a number between 1 and 1000.", "Pick a colour."]
 LAYERS = ["P", "R", "B", "I", "I2", "R2"]

@@ -44,8 +44,7 @@ from mnimi_adapters.core import (
     StoreError,
     UnsupportedStoreVersion,
 )
-from mnimi_adapters.core.redis_store import RedisStore, redis_location
-from mnimi_adapters.core.store import open_store
+from mnimi_adapters.core.stores import RedisStore, open_store, redis_location
 
 pytestmark = pytest.mark.redis
 

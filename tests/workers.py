@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import NumberModel
 
 from mnimi_adapters.core import Independent, Persistent, Sample
-from mnimi_adapters.core.store import open_store
+from mnimi_adapters.core.stores import open_store
 
 PROMPT = "Choose a number between 1 and 1000."
 
