@@ -107,7 +107,6 @@ from .core.layers import CacheLayer, Independent
 from .core.model import Cursor, Layer, Model
 from .core.request import (
     Request,
-    canonical_json,
     request_key,
 )
 from .core.sample import Sample
@@ -210,14 +209,15 @@ class _Call:
     retries: int | None
     transport: dict[str, Any]
     mode: str | None
-    identity_token: str = field(init=False)
+    #: Which layer serves the call: one per key space (model, endpoint).
+    identity_token: tuple[str, str | None] = field(init=False)
     #: The provider responses drawn for this call, each with its samples' draw ids.
     responses: list[tuple[Any, list[str]]] = field(default_factory=list, init=False)
     #: Where a live stream's chunks go, until its first refill takes it.
     sink: _Sink | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.identity_token = canonical_json(self.identity)
+        self.identity_token = (self.identity["model"], self.identity.get("endpoint"))
 
     def send_request(self) -> Request:
         """The request as sent: sampling plus transport parameters (never stored)."""
@@ -631,16 +631,18 @@ class MnimiCache(Cache):
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self._store: ReadThroughStore | None = None
         self._lock = threading.Lock()
-        self._layers: dict[str, CacheLayer] = {}
+        self._layers: dict[tuple[str, str | None], CacheLayer] = {}
         self._providers: dict[tuple[Any, ...], _CacheProvider] = {}
         self._previous: Any = None
         self._installed = False
+        # For repr(), which LiteLLM formats on every call: shown_location also hides a
+        # password given as a query parameter.
+        self._shown_path = shown_location(str(self.path))
 
     def __repr__(self) -> str:
         mode = ", replication=True" if self.replication else ""
         mode += ", dspy=True" if self.dspy else ""
-        # shown_location also hides a password given as a query parameter.
-        return f"MnimiCache({shown_location(str(self.path))!r}{mode})"
+        return f"MnimiCache({self._shown_path!r}{mode})"
 
     # -- installing ---------------------------------------------------------------------
 
