@@ -215,14 +215,14 @@ class UsageLog:
             self._pending[key] = time.time()
             if len(self._pending) < USAGE_BATCH:
                 return None
-            return self.take_locked()
+            return self._take_locked()
 
     def take(self) -> dict[str, float]:
         """Every use remembered so far, forgotten here."""
         with self._lock:
-            return self.take_locked()
+            return self._take_locked()
 
-    def take_locked(self) -> dict[str, float]:
+    def _take_locked(self) -> dict[str, float]:
         batch, self._pending = self._pending, {}
         return batch
 
