@@ -464,7 +464,10 @@ _installed_lock = threading.Lock()
 
 
 def _newest_installed() -> MnimiCache | None:
-    return _installed[-1] if _installed else None
+    try:  # read without the lock: it runs on every call, and an uninstall may empty it
+        return _installed[-1]
+    except IndexError:
+        return None
 
 
 def _answerer(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[MnimiCache, _Call] | None:
