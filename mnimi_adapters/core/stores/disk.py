@@ -415,8 +415,8 @@ class DiskStore(SequenceStore):
             # Written on a thread of its own: the read that filled the batch never
             # pays for the write (a daemon thread: the batch is dropped at exit).
             threading.Thread(
-                target=_write_usage,
-                args=(self._cache, None, batch),
+                target=_write_usage_apart,
+                args=(self._cache, batch),
                 name="mnimi-usage",
                 daemon=True,
             ).start()
@@ -573,6 +573,18 @@ def _connect_readonly(database: Path) -> sqlite3.Connection:
         connection.close()
         connection = sqlite3.connect(f"{uri}&immutable=1", uri=True, isolation_level=None)
     return connection
+
+
+def _write_usage_apart(cache: diskcache.Cache, batch: dict[str, float]) -> None:
+    """:func:`_write_usage` on a thread of its own, whose connection it then closes.
+
+    diskcache opens a connection per thread; one left to the garbage collector
+    keeps its page cache, so a replay of a million keys would hold hundreds.
+    """
+    try:
+        _write_usage(cache, None, batch)
+    finally:
+        cache.close()  # this thread's connection only
 
 
 def _write_usage(
