@@ -111,8 +111,14 @@ from .core import (
     scoped,
 )
 from .core.model import usable
-from .core.request import canonical, canonical_json, is_credential, is_sampling_param
-from .core.sample import new_draw_id, split_evenly
+from .core.request import (
+    canonical,
+    canonical_json,
+    is_credential,
+    is_sampling_param,
+    reveal_secret,
+)
+from .core.sample import new_draw_id, split_evenly, stream_pieces
 from .core.scopes import caching_enabled
 from .core.stores import shown_location, url_has_password
 from .providers import LiteLLMModel, LiteLLMRequest
@@ -156,8 +162,6 @@ _CALL_ONLY = frozenset({"stream", "stream_options", "n", "model"})
 _SHARED_LAYERS: weakref.WeakValueDictionary[tuple[Any, ...], Layer] = weakref.WeakValueDictionary()
 _SHARED_LOCK = threading.Lock()
 
-_STREAM_PIECES = 4
-
 
 def _hide(name: str, value: Any) -> Any:
     """A credential's value wrapped so that no repr, dump or log line shows it."""
@@ -166,24 +170,12 @@ def _hide(name: str, value: Any) -> Any:
     return SecretStr(value) if isinstance(value, str) else Secret(value)
 
 
-def _reveal(value: Any) -> Any:
-    return value.get_secret_value() if isinstance(value, SecretStr | Secret) else value
-
-
 def _over_litellm(layer: Layer) -> bool:
     """Whether ``layer`` draws from a LiteLLMModel (so LiteLLM's rule decides the keys)."""
     # Not Layer.root: a custom layer need not be a Model nor name its inner layer.
     while isinstance(getattr(layer, "inner", None), Layer):
         layer = layer.inner  # type: ignore[attr-defined]
     return isinstance(layer, LiteLLMModel)
-
-
-def _split(text: str, pieces: int = _STREAM_PIECES) -> list[str]:
-    """Split ``text`` into up to ``pieces`` consecutive parts that join back to it."""
-    if not text:
-        return []
-    size = -(-len(text) // min(pieces, len(text)))
-    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 _get_runtime: Callable[[], Any] | None = None
@@ -748,7 +740,7 @@ def _pieces(
     """One answer as a stream: text pieces, tool-call chunks, then ``last`` with the totals."""
     empty: str | list[Any] = "" if isinstance(content, str) else []
     if isinstance(content, str):
-        for piece in _split(content):
+        for piece in stream_pieces(content):
             yield ChatGenerationChunk(message=AIMessageChunk(content=piece))
     elif content:  # content blocks (Anthropic): one chunk, LangChain merges blocks by index
         yield ChatGenerationChunk(message=AIMessageChunk(content=content))
@@ -1280,7 +1272,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             request = LiteLLMRequest(chat, params)
         else:
             # A custom model gets its keywords as given, secrets unwrapped.
-            request = Request(chat, {k: _reveal(v) for k, v in params.items()})
+            request = Request(chat, {k: reveal_secret(v) for k, v in params.items()})
         base = self._layer_for(override)
         layer = scoped(base)
         offset = 0

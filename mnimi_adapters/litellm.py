@@ -112,7 +112,13 @@ from .core.request import (
 from .core.sample import Sample
 from .core.scopes import caching_enabled, scoped
 from .core.stores import ReadThroughStore, is_redis_url, open_store, shown_location
-from .providers import LiteLLMModel, in_provider_call, litellm_param_role, provider_call_active
+from .providers import (
+    LiteLLMModel,
+    callers_max_retries,
+    in_provider_call,
+    litellm_param_role,
+    provider_call_active,
+)
 
 __all__ = ["MnimiCache"]
 
@@ -154,12 +160,10 @@ def _retries(kwargs: Mapping[str, Any]) -> int | None:
     A caller's (or a Router's) ``max_retries`` wins. With ``num_retries`` LiteLLM retries
     the whole call itself, so the provider must not multiply the attempts.
     """
-    max_retries = kwargs.get("max_retries")
-    if isinstance(max_retries, int) and not isinstance(max_retries, bool) and max_retries >= 0:
-        return max_retries
-    if kwargs.get("num_retries") is not None:
+    max_retries = callers_max_retries(kwargs)
+    if max_retries is None and kwargs.get("num_retries") is not None:
         return 0
-    return None
+    return max_retries
 
 
 def _provider_name(route: str, transport: Mapping[str, Any]) -> str | None:

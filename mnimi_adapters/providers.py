@@ -39,7 +39,7 @@ import tenacity
 from ._compat import LITELLM_DROPPED, LITELLM_KEYED, LITELLM_OPTIONS, response_cost
 from .core.errors import ProviderError
 from .core.model import BatchedModel
-from .core.request import TRANSPORT_PARAMS, Request, is_credential
+from .core.request import TRANSPORT_PARAMS, Request, is_credential, reveal_secret
 from .core.sample import Sample, new_draw_id, split_evenly
 
 __all__ = [
@@ -51,9 +51,6 @@ __all__ = [
     "LiteLLMRequest",
     "OpenAICompatible",
     "ProviderRequestError",
-    "in_provider_call",
-    "litellm_param_role",
-    "provider_call_active",
 ]
 
 logger = logging.getLogger("mnimi_adapters.providers")
@@ -156,15 +153,6 @@ class LiteLLMRequest(Request):
         return {k: v for k, v in self.params.items() if litellm_param_role(k) == "sampling"}
 
 
-def _reveal(value: Any) -> Any:
-    """The value of a secret wrapper (pydantic ``SecretStr``/``Secret``), else ``value``.
-
-    Callers may pass credentials wrapped, so that no repr of a request shows them.
-    """
-    reveal = getattr(value, "get_secret_value", None)
-    return reveal() if callable(reveal) else value
-
-
 # ---------------------------------------------------------------------------------------
 # Marking calls made by the provider layer
 # ---------------------------------------------------------------------------------------
@@ -215,7 +203,7 @@ def _sent_secrets(kwargs: Mapping[str, Any]) -> Iterator[str]:
     secrets: set[str] = set()
 
     def add(value: Any, shortest: int) -> None:
-        value = _reveal(value)
+        value = reveal_secret(value)
         if isinstance(value, str) and value != _NO_KEY:
             if len(value) >= shortest:
                 secrets.add(value)
@@ -231,6 +219,14 @@ def _sent_secrets(kwargs: Mapping[str, Any]) -> Iterator[str]:
         elif is_credential(name):
             add(value, 4)
     return iter(sorted(secrets, key=len, reverse=True))
+
+
+def callers_max_retries(params: Mapping[str, Any]) -> int | None:
+    """The ``max_retries`` a call asked for, if it is a valid count, else ``None``."""
+    retries = params.get("max_retries")
+    if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0:
+        return retries
+    return None
 
 
 def _litellm() -> ModuleType:
@@ -526,7 +522,7 @@ class LiteLLMModel(BatchedModel):
             kwargs.pop(name, None)
         for name, value in kwargs.items():
             if is_credential(name):
-                kwargs[name] = _reveal(value)
+                kwargs[name] = reveal_secret(value)
         kwargs["model"] = self.route
         kwargs["messages"] = list(request.messages)
         if n > 1:
@@ -549,10 +545,8 @@ class LiteLLMModel(BatchedModel):
 
     def _retries(self, request: Request) -> int:
         """Retries for this call: the caller's ``max_retries``, else the model's."""
-        retries = request.params.get("max_retries")
-        if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0:
-            return retries
-        return self.max_retries
+        retries = callers_max_retries(request.params)
+        return self.max_retries if retries is None else retries
 
     def _retry_options(self, retries: int) -> dict[str, Any]:
         return {

@@ -33,6 +33,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from .core.sample import stream_pieces
+
 __all__ = ["LoggedRequest", "SamplingServer", "main"]
 
 _CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
@@ -88,7 +90,6 @@ _TOKEN_RANGE = (100_000, 999_999_999)
 # shrink to their minimum length and optional values become null, so recursion bottoms out
 # with a value that is still valid.
 _MAX_SCHEMA_DEPTH = 12
-_STREAM_PIECES = 4
 
 
 @dataclass
@@ -420,15 +421,6 @@ def _resolve_ref(root: Any, ref: str) -> Any:
     return node
 
 
-def _split(text: str, pieces: int = _STREAM_PIECES) -> list[str]:
-    """Splits text into up to ``pieces`` consecutive parts that concatenate back to it."""
-    if not text:
-        return []
-    count = min(pieces, len(text))
-    size = -(-len(text) // count)
-    return [text[i : i + size] for i in range(0, len(text), size)]
-
-
 # ---------------------------------------------------------------------------------------
 # Sampling (not thread-safe on its own: SamplingServer calls it under its lock)
 # ---------------------------------------------------------------------------------------
@@ -725,12 +717,12 @@ def _stream_deltas(choice: _Choice) -> list[dict[str, Any]]:
             deltas.append(delta)
             deltas.extend(
                 {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
-                for piece in _split(call["function"]["arguments"])
+                for piece in stream_pieces(call["function"]["arguments"])
             )
         return deltas
     return [
         {"role": "assistant", "content": ""},
-        *({"content": piece} for piece in _split(choice.content or "")),
+        *({"content": piece} for piece in stream_pieces(choice.content or "")),
     ]
 
 
@@ -861,7 +853,7 @@ def _anthropic_events(message: dict[str, Any]) -> list[Any]:
             _anthropic_event(
                 "content_block_delta", {"index": index, "delta": {"type": kind, field: piece}}
             )
-            for piece in _split(text)
+            for piece in stream_pieces(text)
         )
         events.append(_anthropic_event("content_block_stop", {"index": index}))
     delta = {"stop_reason": message["stop_reason"], "stop_sequence": None}

@@ -121,6 +121,21 @@ def is_credential(name: str) -> bool:
     return False
 
 
+def reveal_secret(value: Any) -> Any:
+    """The value inside a secret wrapper (pydantic ``SecretStr``/``Secret``), else ``value``.
+
+    Callers may pass credentials wrapped, so that no repr of a request shows them; they
+    are revealed only to be sent.
+
+    Example:
+        >>> from pydantic import SecretStr
+        >>> reveal_secret(SecretStr("sk-1")), reveal_secret(0.5)
+        ('sk-1', 0.5)
+    """
+    reveal = getattr(value, "get_secret_value", None)
+    return reveal() if callable(reveal) else value
+
+
 def is_sampling_param(name: str) -> bool:
     """Whether a parameter decides the output distribution, and so belongs in the key."""
     return name not in TRANSPORT_PARAMS and not is_credential(name)

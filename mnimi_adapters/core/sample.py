@@ -106,3 +106,18 @@ def split_evenly(total: int, parts: int) -> list[int]:
     """Split ``total`` into ``parts`` near-equal non-negative ints summing to it."""
     base, extra = divmod(total, parts)
     return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def stream_pieces(text: str, pieces: int = 4) -> list[str]:
+    """``text`` cut into up to ``pieces`` consecutive parts that join back to it.
+
+    How a stored sample is replayed as a stream, and how the local server streams.
+
+    Example:
+        >>> stream_pieces("abcdefg")
+        ['ab', 'cd', 'ef', 'g']
+    """
+    if not text:
+        return []
+    size = -(-len(text) // min(pieces, len(text)))
+    return [text[i : i + size] for i in range(0, len(text), size)]
