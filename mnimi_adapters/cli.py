@@ -40,7 +40,6 @@ from .core.sample import Sample
 from .core.stores import (
     FORMAT_VERSION,
     Check,
-    RedisStore,
     SequenceStore,
     Summary,
     is_redis_url,
@@ -351,7 +350,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     with _open_store(args.path) as store:
         entries = _entries(store)
         volume = store.volume()
-    in_redis = isinstance(store, RedisStore)
+    in_redis = store.held_in == "memory"
     models: dict[str, dict[str, Any]] = {}
     for entry in entries:
         row = models.setdefault(

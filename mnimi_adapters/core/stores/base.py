@@ -104,6 +104,8 @@ class SequenceStore(ABC):
 
     #: Where the store lives, printable (never holds a password).
     location: str = "memory"
+    #: What :meth:`volume` measures: ``"disk"`` space, or server ``"memory"``.
+    held_in: str = "memory"
 
     @abstractmethod
     def get(self, key: str, index: int) -> Sample | None:

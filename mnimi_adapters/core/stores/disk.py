@@ -203,6 +203,8 @@ class DiskStore(SequenceStore):
         UnsupportedStoreVersion: The store was written by another format version.
     """
 
+    held_in = "disk"
+
     def __init__(
         self,
         path: str | os.PathLike[str],
