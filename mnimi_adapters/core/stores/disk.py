@@ -275,17 +275,21 @@ class DiskStore(SequenceStore):
             )
             if not check_format:
                 return
-            # One transaction, so a process opening a new store cannot see another
-            # one's first sample before that one's format marker.
-            with self._cache.transact():
-                version = self._value(FORMAT_KEY)
-                if version is None:
-                    if self._sql("SELECT 1 FROM Cache LIMIT 1").fetchone() is not None:
-                        raise StoreError(
-                            f"{self.path} holds a diskcache not written by mnimi_adapters"
-                        )
-                    self._cache.set(FORMAT_KEY, FORMAT_VERSION)
-                    version = FORMAT_VERSION
+            # A marker, once written, never goes: a store that has one is opened
+            # without a write transaction.
+            version = self._value(FORMAT_KEY)
+            if version is None:
+                # One transaction, so a process opening a new store cannot see another
+                # one's first sample before that one's format marker.
+                with self._cache.transact():
+                    version = self._value(FORMAT_KEY)
+                    if version is None:
+                        if self._sql("SELECT 1 FROM Cache LIMIT 1").fetchone() is not None:
+                            raise StoreError(
+                                f"{self.path} holds a diskcache not written by mnimi_adapters"
+                            )
+                        self._cache.set(FORMAT_KEY, FORMAT_VERSION)
+                        version = FORMAT_VERSION
             self._check_version(version)
 
     def _check_version(self, version: Any) -> None:
