@@ -75,7 +75,8 @@ def mount(*argv: str) -> None:
 
 
 def umount(path: Path) -> None:
-    subprocess.run(["umount", str(path)], capture_output=True, check=False)
+    # Lazy: refill threads of this process may still hold the database open.
+    subprocess.run(["umount", "--lazy", str(path)], capture_output=True, check=True)
 
 
 # -- corruption ----------------------------------------------------------------------
