@@ -151,6 +151,24 @@ def test_a_full_disk_stops_appends_not_replays(small_disk: Path) -> None:
     assert run_cli("stats", path)[0] == 0
 
 
+def test_a_database_at_its_page_limit_is_full(tmp_path: Path) -> None:
+    # Where no tmpfs can be mounted (CI without root): SQLite's own page limit on the
+    # store's connection fails a write with the very error a full disk gives.
+    path = tmp_path / "cache"
+    (drawn,) = fill(path)
+    with DiskStore(path) as store:
+        assert store._cache is not None
+        connection = store._cache._con
+        (pages,) = connection.execute("PRAGMA page_count").fetchone()
+        connection.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(StoreFull) as raised:
+            store.append("k", [Sample(text="x" * 200_000)], {"model": "m", "messages": []})
+        assert "database or disk is full" in str(raised.value)
+        assert str(path) in str(raised.value) and "free space" in str(raised.value)
+        (key,) = store.keys()
+        assert [store.get(key, i).draw_id for i in range(3)] == drawn  # type: ignore[union-attr]
+
+
 # -- read-only media -----------------------------------------------------------------
 
 
