@@ -7,6 +7,8 @@ Usage::
     mnimi [--json] verify PATH
     mnimi [--json] prune PATH --max-size SIZE [--dry-run]
     mnimi [--json] export PATH OUT (--keys KEY [KEY ...] | --grep TEXT)
+    mnimi [--json] explain PATH REQUEST.json
+    mnimi [--json] diff-runs A B
     mnimi demo [ARGS ...]
 
 PATH (and OUT) is a cache directory or a Redis URL such as
@@ -36,6 +38,8 @@ from typing import Any, TextIO
 
 from . import __version__
 from .core.errors import CorruptStoreError, MnimiError, StoreError
+from .core.explain import explain_miss, requested_record
+from .core.runs import compare_runs, read_run
 from .core.sample import Sample
 from .core.stores import (
     FORMAT_VERSION,
@@ -825,6 +829,62 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_FOUND if failed else EXIT_OK
 
 
+# -- explain and diff-runs ------------------------------------------------
+
+
+def _read_input(name: str) -> str:
+    """The text of the file ``name``, or of stdin for ``-``."""
+    try:
+        return sys.stdin.read() if name == "-" else Path(name).expanduser().read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CommandError(f"cannot read {name}: {error}") from None
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Name the stored request nearest to a request, and the first field that differs."""
+    try:
+        requested = requested_record(json.loads(_read_input(args.request)))
+    except ValueError as error:
+        raise CommandError(f"{args.request} is not JSON: {error}") from None
+    except MnimiError as error:
+        raise CommandError(f"{args.request}: {error}") from None
+    with _open_store(args.path) as store:
+        found = explain_miss(requested, store.summaries())
+    key, difference = found or (None, None)
+    if args.json:
+        _emit_json({"model": requested["model"], "nearest": key, "difference": difference})
+    elif key is None:
+        print(f"nothing is stored for the model {requested['model']!r} in {store.location}")
+    elif difference is None:
+        print(f"stored: the request is key {key}")
+    else:
+        print(f"nearest stored request: {key}")
+        print(f"first difference: {difference}")
+    return EXIT_OK if key is not None and difference is None else EXIT_FOUND
+
+
+def _run(name: str) -> list[dict[str, Any]]:
+    try:
+        return read_run(name)
+    except OSError as error:
+        raise CommandError(f"cannot read {name}: {error}") from None
+    except MnimiError as error:
+        raise CommandError(str(error)) from None
+
+
+def cmd_diff_runs(args: argparse.Namespace) -> int:
+    """Compare two run records: the first draw where they part, if any."""
+    first, second = _run(args.a), _run(args.b)
+    divergence = compare_runs(first, second)
+    if args.json:
+        _emit_json({"draws": [len(first), len(second)], "divergence": divergence})
+    elif divergence is None:
+        print(f"identical: both runs consumed the same {_plural(len(first), 'sample')} in order")
+    else:
+        print(divergence)
+    return EXIT_OK if divergence is None else EXIT_FOUND
+
+
 # -- demo -----------------------------------------------------------------
 
 
@@ -924,6 +984,27 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument(
         "--grep", metavar="TEXT", help="every request whose model or messages contain TEXT"
     )
+    explain = command(
+        "explain",
+        cmd_explain,
+        "Name the stored request nearest to REQUEST (same model) and the first field "
+        "that differs. Exit 0 if REQUEST is stored, 1 if not.",
+    )
+    explain.add_argument(
+        "request",
+        metavar="REQUEST.json",
+        help='{"model", "messages", "params"} or an OpenAI-style body; - reads stdin',
+    )
+    diff_runs = commands.add_parser(
+        "diff-runs",
+        parents=[common],
+        help="Compare two run records (Persistent(..., record=...)). Exit 1 if they differ.",
+        description="Compare two run records: the first draw where they part. "
+        "Exit 0 if identical, 1 if not.",
+    )
+    diff_runs.set_defaults(handler=cmd_diff_runs)
+    diff_runs.add_argument("a", metavar="A", help="a run record (JSON Lines)")
+    diff_runs.add_argument("b", metavar="B", help="another run record")
     commands.add_parser(
         "demo", help="Run the demo (all further arguments are passed on to it).", add_help=False
     )

@@ -36,20 +36,37 @@ class ReplicationCacheMiss(MnimiError):
         summary: A short human-readable description of the request.
         cached: How many samples the cache holds for that key.
         index: The 0-based position that was asked for.
+        nearest_key: When nothing is stored for the key, the stored request of the
+            same model nearest to it (``None`` if there is none).
+        explanation: The first field in which that request differs, in words, e.g.
+            ``temperature: stored 0.7, requested 0.8``.
     """
 
-    def __init__(self, key: str, summary: str, cached: int, index: int) -> None:
+    def __init__(
+        self,
+        key: str,
+        summary: str,
+        cached: int,
+        index: int,
+        explanation: str | None = None,
+        nearest_key: str | None = None,
+    ) -> None:
         self.key = key
         self.summary = summary
         self.cached = cached
         self.index = index
+        self.explanation = explanation
+        self.nearest_key = nearest_key
         # People count from 1 and indices from 0: the message gives both, so that
         # "index 3" next to "3 are cached" never reads as off by one.
-        super().__init__(
+        message = (
             f"replication mode: the {_ordinal(index + 1)} sample (index {index}) of key {key} "
             f"is not cached; {cached} {'is' if cached == 1 else 'are'} cached "
             f"for request {summary}"
         )
+        if explanation is not None:
+            message += f"; the nearest stored request, {nearest_key}, differs in {explanation}"
+        super().__init__(message)
 
 
 class StoreError(MnimiError):

@@ -20,7 +20,11 @@ from collections.abc import Iterable, Mapping
 from difflib import SequenceMatcher
 from typing import Any
 
-__all__ = ["first_difference", "nearest_record"]
+from .errors import MnimiError
+from .request import Request, request_record
+from .stores.base import Summary
+
+__all__ = ["explain_miss", "first_difference", "nearest_record", "requested_record"]
 
 #: Characters of context shown on each side of the first differing character.
 _CONTEXT = 16
@@ -133,3 +137,64 @@ def nearest_record(
     if not same_model:
         return None
     return max(same_model, key=lambda pair: _similarity(pair[1], requested))
+
+
+def explain_miss(
+    requested: Mapping[str, Any], stored: Iterable[Summary]
+) -> tuple[str, str | None] | None:
+    """The nearest stored request to one that missed, and how it differs.
+
+    Args:
+        requested: The canonical record of the request that missed.
+        stored: The store's sequences (see :meth:`SequenceStore.summaries`); damaged
+            records are skipped.
+
+    Returns:
+        ``(key, difference)`` of the nearest stored request of the same model (the
+        difference ``None`` when that request is the one asked for), or ``None``
+        when nothing is stored for that model.
+    """
+    pairs = ((s.key, s.request) for s in stored if s.error is None and s.request)
+    nearest = nearest_record(requested, pairs)
+    if nearest is None:
+        return None
+    key, record = nearest
+    return key, first_difference(record, requested)
+
+
+#: Fields of an OpenAI-style body that are not sampling parameters.
+_BODY_FIELDS = ("model", "messages", "params", "endpoint")
+
+
+def requested_record(body: Any) -> dict[str, Any]:
+    """The canonical record of a request given as JSON.
+
+    Args:
+        body: ``{"model": ..., "messages": [...], "params": {...}}``, or an OpenAI-style
+            body whose other fields (``temperature``, ``tools``...) are the parameters.
+            Fields that do not decide the sample (``stream``, credentials) are dropped,
+            as they are from keys.
+
+    Raises:
+        MnimiError: ``body`` is not a request.
+
+    Example:
+        >>> requested_record({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+        ...                   "temperature": 0.5})["params"]
+        {'temperature': 0.5}
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        raise MnimiError('a request is a JSON object with a "model" and "messages"')
+    params = body.get("params", {})
+    if not isinstance(params, dict):
+        raise MnimiError('a request\'s "params" must be a JSON object')
+    params = {**{k: v for k, v in body.items() if k not in _BODY_FIELDS}, **params}
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise MnimiError('a request\'s "messages" must be a JSON list')
+    try:
+        request = Request.of(messages)
+    except TypeError as error:
+        raise MnimiError(f"a request needs a list of messages: {error}") from None
+    identity = {"model": body["model"], "endpoint": body.get("endpoint")}
+    return request_record(identity, Request(request.messages, params))

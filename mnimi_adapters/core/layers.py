@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import MnimiError, ProviderError, ReplicationCacheMiss
+from .explain import explain_miss
 from .model import Cursor, Layer, logger
 from .request import Request, request_record
+from .runs import RunRecorder
 from .sample import Sample
 from .scopes import caching_enabled
 from .stores import DiskStore, MemoryStore, ReadThroughStore, SequenceStore, open_store
@@ -65,10 +67,18 @@ class _Refill:
 class CacheLayer(Wrapper):
     """A sequence store over an inner layer: the machinery of Repeatable and Persistent."""
 
-    def __init__(self, inner: Layer, store: SequenceStore, replication: bool = False) -> None:
+    def __init__(
+        self,
+        inner: Layer,
+        store: SequenceStore,
+        replication: bool = False,
+        record: str | os.PathLike[str] | None = None,
+    ) -> None:
         super().__init__(inner)
         self.store = store
         self.replication = replication
+        #: Where each consumed sample's key and position is written, if anywhere.
+        self.recorder = None if record is None else RunRecorder(record)
         self._lock = threading.Lock()
         self._refills: dict[str, list[_Refill]] = {}
         self._inner_cursors: dict[str, Cursor] = {}
@@ -121,12 +131,25 @@ class CacheLayer(Wrapper):
             pending = sum(refill.count for refill in in_flight)
             if stored + pending > index:
                 return in_flight[0], False
-            if self.replication:
-                raise ReplicationCacheMiss(key, request.describe(self.identity()), stored, index)
-            count = max(batch, index + 1 - stored - pending)
-            refill = _Refill(Future(), count, threading.get_ident(), is_async)
-            in_flight.append(refill)
-            return refill, True
+            if not self.replication:
+                count = max(batch, index + 1 - stored - pending)
+                refill = _Refill(Future(), count, threading.get_ident(), is_async)
+                in_flight.append(refill)
+                return refill, True
+        # Raised outside the lock: explaining a miss reads every stored record.
+        raise self._miss(request, key, stored, index)
+
+    def _miss(self, request: Request, key: str, stored: int, index: int) -> ReplicationCacheMiss:
+        """The error for a replication run's miss, explained when the key is unknown."""
+        identity = self.identity()
+        nearest = None
+        # A key with samples stored matched its request exactly; it only ran short.
+        if stored == 0:
+            nearest = explain_miss(request_record(identity, request), self.store.summaries())
+        key_near, explanation = nearest or (None, None)
+        return ReplicationCacheMiss(
+            key, request.describe(identity), stored, index, explanation, key_near
+        )
 
     def _inner_cursor(self, request: Request, key: str) -> Cursor:
         with self._lock:
@@ -445,6 +468,8 @@ class _ReplayCursor(Cursor):
 
     def _serve(self, sample: Sample, index: int, hit: bool) -> Sample:
         self._layer._note(hit=hit)
+        if self._layer.recorder is not None:
+            self._layer.recorder.consumed(self._key, index, sample.draw_id)
         with self._lock:
             self._served[sample.draw_id] = index
             if len(self._served) > _SERVED_MEMORY:
@@ -481,6 +506,9 @@ class Persistent(CacheLayer):
             for a cache shared by many machines.
         replication: Never call ``model``; a read past the cached sequence
             raises :class:`ReplicationCacheMiss`. Needs no API key.
+        record: A run record (JSON Lines, appended to) of the key and position of
+            every sample this layer hands out, in order; compare two with
+            ``mnimi diff-runs``.
 
     Example:
         >>> model = Persistent(AI302("gpt-4o", 1.0), "~/.llm_cache")  # doctest: +SKIP
@@ -488,12 +516,16 @@ class Persistent(CacheLayer):
     """
 
     def __init__(
-        self, model: Layer, path: str | os.PathLike[str], replication: bool = False
+        self,
+        model: Layer,
+        path: str | os.PathLike[str],
+        replication: bool = False,
+        record: str | os.PathLike[str] | None = None,
     ) -> None:
         # A replication run only reads: it opens an existing store read-only, so
         # read-only media and a full disk replay like any other.
         store = open_store(path, read_only=replication)
-        super().__init__(model, ReadThroughStore(store), replication=replication)
+        super().__init__(model, ReadThroughStore(store), replication=replication, record=record)
         self.path = store.path if isinstance(store, DiskStore) else store.location
 
     def __repr__(self) -> str:
