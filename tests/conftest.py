@@ -1,17 +1,17 @@
-"""Shared fixtures. Tests never touch the internet."""
+"""Shared fixtures. Tests never touch the internet.
+
+``tests/unit`` holds the tests that need no server and no subprocess; everything under
+``tests/integration`` is marked ``integration`` here (the local sampling server, Redis
+servers, subprocesses, the CLI on real stores).
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import os
-import random
 import shutil
-import socket
-import subprocess
-import threading
-import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,175 +19,28 @@ import pytest
 # LiteLLM downloads its price map at import unless told not to.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from mnimi_adapters.core import BatchedModel, DiskStore, Request
-from mnimi_adapters.core.stores import RedisStore, is_redis_url
+from support import (
+    REDIS_URL_VARIABLE,
+    Locations,
+    NumberModel,
+    RedisServer,
+    drop_namespace,
+    redis_unavailable,
+    with_namespace,
+)
+
+_INTEGRATION = Path(__file__).parent / "integration"
 
 
-class NumberModel(BatchedModel):
-    """A provider stand-in: answers random numbers and counts its requests."""
-
-    def __init__(self, name: str = "gpt-4o", temperature: float = 1.0, **kwargs: object) -> None:
-        super().__init__(name, temperature, **kwargs)  # type: ignore[arg-type]
-        self.calls: list[int] = []
-        self._rng = random.Random(7)
-        self._lock = threading.Lock()
-
-    def query(self, request: Request, n: int) -> list[str]:
-        with self._lock:
-            self.calls.append(n)
-            return [str(self._rng.randint(1, 1000)) for _ in range(n)]
-
-
-class FailingModel(BatchedModel):
-    """A provider that must never be reached."""
-
-    def query(self, request: Request, n: int) -> list[str]:
-        raise AssertionError("the provider was called")
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _INTEGRATION in item.path.parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture
 def number_model() -> NumberModel:
     return NumberModel()
-
-
-# -- Redis ------------------------------------------------------------------------------
-#
-# Real redis-server processes on 127.0.0.1, never a mock: the store's atomicity is the
-# server's, so only a server can test it.
-
-REDIS_URL_VARIABLE = "MNIMI_TEST_REDIS_URL"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def with_namespace(url: str, namespace: str) -> str:
-    """``url`` selecting ``namespace`` (replacing one it already names)."""
-    base, _, query = url.partition("?")
-    kept = [p for p in query.split("&") if p and not p.startswith("namespace=")]
-    return f"{base}?{'&'.join([*kept, f'namespace={namespace}'])}"
-
-
-def drop_namespace(url: str) -> None:
-    """Delete every Redis key of ``url``'s namespace (tests leave a shared server clean)."""
-    import redis
-
-    store = RedisStore(url, check_format=False)
-    client = redis.Redis.from_url(url.partition("?")[0], socket_timeout=5)
-    try:
-        names = [f"mnimi:{store.namespace}:{name}" for name in store.names()]
-        for start in range(0, len(names), 500):
-            client.delete(*names[start : start + 500])
-    finally:
-        client.close()
-        store.close()
-
-
-class RedisServer:
-    """A private redis-server on 127.0.0.1, its files in ``directory``.
-
-    Args:
-        directory: Working directory (AOF files, log).
-        port: Port to listen on; a free one if ``None``.
-        options: Further redis-server options, e.g. ``("--appendonly", "yes")``.
-    """
-
-    def __init__(
-        self, directory: Path, port: int | None = None, options: Sequence[str] = ()
-    ) -> None:
-        self.directory = directory
-        self.port = port or free_port()
-        self.options = list(options)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def url(self, password: str | None = None) -> str:
-        credentials = f":{password}@" if password else ""
-        return f"redis://{credentials}{self.address}/0"
-
-    def start(self, timeout: float = 20.0) -> RedisServer:
-        """Start the server and wait until it answers (and has loaded its data)."""
-        import redis
-
-        self.directory.mkdir(parents=True, exist_ok=True)
-        command = [
-            "redis-server",
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--dir",
-            str(self.directory),
-            "--logfile",
-            "redis.log",
-            "--save",
-            "",
-            *self.options,
-        ]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        password = self._option("--requirepass")
-        client = redis.Redis(host="127.0.0.1", port=self.port, password=password, socket_timeout=2)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                if self.process.poll() is not None:
-                    log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"redis-server exited at start:\n{log}")
-                try:
-                    if client.ping():
-                        return self
-                except redis.exceptions.ConnectionError:  # not up, or loading its AOF
-                    if time.monotonic() > deadline:
-                        raise
-                time.sleep(0.02)
-        finally:
-            client.close()
-
-    def _option(self, name: str) -> str | None:
-        if name in self.options:
-            return self.options[self.options.index(name) + 1]
-        return None
-
-    def kill(self) -> None:
-        """SIGKILL: the server dies mid-whatever, as in a crash."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self.process = None
-
-    def stop(self) -> None:
-        """SIGTERM: an orderly shutdown."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        self.process = None
-
-
-def redis_unavailable(reason: str) -> None:
-    """Skip for lack of a Redis server, or fail in CI, where one must be there."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: Redis tests must run)", pytrace=False)
-    pytest.skip(reason)
-
-
-def need_redis_server_binary() -> None:
-    """Skip (fail in CI) unless redis-server can be started and the client imported."""
-    if importlib.util.find_spec("redis") is None:
-        redis_unavailable('the redis client is not installed: pip install -e ".[test]"')
-    if shutil.which("redis-server") is None:
-        redis_unavailable("redis-server is not on PATH (install the redis-server package)")
 
 
 @pytest.fixture(scope="session")
@@ -217,41 +70,6 @@ def redis_url(redis_base_url: str) -> Iterator[str]:
     url = with_namespace(redis_base_url, f"test-{uuid.uuid4().hex[:12]}")
     yield url
     drop_namespace(url)
-
-
-def open_location(location: str) -> DiskStore | RedisStore:
-    """The persistent store at ``location``, typed with its whole-store methods (keys, info)."""
-    return RedisStore(location) if is_redis_url(location) else DiskStore(location)
-
-
-class Locations:
-    """Fresh store locations of one backend: new directories, or new Redis namespaces.
-
-    Args:
-        backend: ``"disk"`` or ``"redis"``.
-        root: Where directories go.
-        redis_url: The server's URL (for ``"redis"``).
-    """
-
-    def __init__(self, backend: str, root: Path, redis_url: str | None = None) -> None:
-        self.backend = backend
-        self._root = root
-        self._redis_url = redis_url
-        self._made: list[str] = []
-
-    def new(self, name: str = "cache") -> str:
-        """A location nobody has used yet."""
-        unique = f"{name}-{uuid.uuid4().hex[:12]}"
-        if self.backend == "disk":
-            return str(self._root / unique)
-        assert self._redis_url is not None
-        url = with_namespace(self._redis_url, f"test-{unique}")
-        self._made.append(url)
-        return url
-
-    def cleanup(self) -> None:
-        for url in self._made:
-            drop_namespace(url)
 
 
 @pytest.fixture(params=["disk", pytest.param("redis", marks=pytest.mark.redis)])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from conftest import NumberModel
+from support import NumberModel
 
 from mnimi_adapters.core import Independent, Persistent, Sample
 from mnimi_adapters.core.stores import open_store

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from conftest import Locations, NumberModel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import Locations, NumberModel
 
 from mnimi_adapters.core import Independent, Layer, Persistent, Repeatable, Sample
 from mnimi_adapters.core.stores import open_store

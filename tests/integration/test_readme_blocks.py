@@ -25,7 +25,7 @@ from mnimi_adapters.testing import SamplingServer
 
 pytestmark = pytest.mark.integration
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 _BLOCK = re.compile(
     r"(?:<!-- not run offline: (?P<why>.+?) -->\n)?```python\n(?P<code>.*?)```", re.S
 )

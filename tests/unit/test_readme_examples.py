@@ -6,7 +6,7 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
-from conftest import FailingModel, NumberModel
+from support import FailingModel, NumberModel
 
 from mnimi_adapters import Independent, Persistent, Repeatable, ReplicationCacheMiss
 

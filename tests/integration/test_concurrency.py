@@ -11,7 +11,7 @@ import signal
 import time
 
 import workers
-from conftest import Locations, open_location
+from support import Locations, open_location
 
 PROCESSES = 4
 THREADS = 8

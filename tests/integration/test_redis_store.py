@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import workers
-from conftest import (
+from support import (
     FailingModel,
     NumberModel,
     RedisServer,

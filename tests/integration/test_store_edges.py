@@ -19,8 +19,8 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
-from conftest import FailingModel, NumberModel, RedisServer, need_redis_server_binary
 from diskcache.core import DBNAME
+from support import FailingModel, NumberModel, RedisServer, need_redis_server_binary
 
 from mnimi_adapters.cli import main
 from mnimi_adapters.core import (

@@ -11,7 +11,7 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
-from conftest import NumberModel
+from support import NumberModel
 
 from mnimi_adapters.core import (
     BatchedModel,

@@ -26,7 +26,7 @@ from mnimi_adapters.cli import main, parse_size
 from mnimi_adapters.core import BatchedModel, DiskStore, Persistent, Request, Sample
 from mnimi_adapters.core.stores import FORMAT_KEY
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COLOUR = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Name a colour"}]
 
 

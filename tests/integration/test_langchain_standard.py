@@ -58,7 +58,7 @@ class TestMnimiChatModelUnit(ChatModelUnitTests):
     @pytest.mark.xfail(
         reason="langchain-core 1.x load(allowed_objects='all') admits only the classes in its "
         "own mapping (langchain_core.load.mapping), so no third-party chat model can pass "
-        "the round trip; dumpd() matches the snapshot in tests/__snapshots__/ and "
+        "the round trip; dumpd() matches the snapshot in tests/integration/__snapshots__/ and "
         "load(..., allowed_objects=[MnimiChatModel]) works (tests/test_langchain.py)",
         strict=True,
     )

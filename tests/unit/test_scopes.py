@@ -11,9 +11,9 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
-from conftest import FailingModel, NumberModel
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import FailingModel, NumberModel
 
 from mnimi_adapters.core import (
     BatchedModel,

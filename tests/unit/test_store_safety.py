@@ -17,8 +17,8 @@ from typing import Any
 
 import diskcache
 import pytest
-from conftest import NumberModel
 from diskcache.core import DBNAME
+from support import NumberModel
 
 from mnimi_adapters.cli import main
 from mnimi_adapters.core import CorruptStoreError, DiskStore, Persistent, Request, Sample

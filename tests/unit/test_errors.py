@@ -9,7 +9,7 @@ from pathlib import Path
 
 import diskcache
 import pytest
-from conftest import NumberModel
+from support import NumberModel
 
 from mnimi_adapters.core import (
     BatchedModel,

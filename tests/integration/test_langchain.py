@@ -37,7 +37,7 @@ from mnimi_adapters.core import BatchedModel, Persistent, Repeatable, Request, S
 from mnimi_adapters.langchain import MnimiChatModel
 from mnimi_adapters.testing import SamplingServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NUMBER = "Pick a number between 1 and 1000000."
 SECRET = "sk-mnimi-test-secret-4242"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NumberModel
+from support import NumberModel
 
 from mnimi_adapters import cli
 from mnimi_adapters.core import Persistent
