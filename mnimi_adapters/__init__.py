@@ -26,15 +26,20 @@ from .core import (
     CorruptStoreError,
     Independent,
     Layer,
+    LLMOutputError,
     MnimiError,
     Model,
     Persistent,
     ProviderError,
+    ProviderRequestError,
     Repeatable,
     ReplicationCacheMiss,
     Request,
     Sample,
     StoreError,
+    StoreFull,
+    StoreReadOnly,
+    StoreUnreachable,
     UnsupportedStoreVersion,
     independent,
     no_cache,
@@ -49,7 +54,6 @@ if TYPE_CHECKING:
         FireworksAI,
         LiteLLMModel,
         OpenAICompatible,
-        ProviderRequestError,
     )
 
 _PROVIDERS = {
@@ -59,7 +63,6 @@ _PROVIDERS = {
     "XMCP",
     "OpenAICompatible",
     "LiteLLMModel",
-    "ProviderRequestError",
 }
 
 __all__ = [
@@ -70,6 +73,7 @@ __all__ = [
     "CorruptStoreError",
     "FireworksAI",
     "Independent",
+    "LLMOutputError",
     "Layer",
     "LiteLLMModel",
     "MnimiError",
@@ -83,6 +87,9 @@ __all__ = [
     "Request",
     "Sample",
     "StoreError",
+    "StoreFull",
+    "StoreReadOnly",
+    "StoreUnreachable",
     "UnsupportedStoreVersion",
     "independent",
     "no_cache",

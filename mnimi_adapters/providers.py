@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Literal
 import tenacity
 
 from ._compat import LITELLM_DROPPED, LITELLM_KEYED, LITELLM_OPTIONS, response_cost
-from .core.errors import ProviderError
+from .core.errors import ProviderError, ProviderRequestError
 from .core.model import BatchedModel
 from .core.request import TRANSPORT_PARAMS, Request, is_credential, reveal_secret
 from .core.sample import Sample, new_draw_id, split_evenly
@@ -239,38 +239,6 @@ def _litellm() -> ModuleType:
 # ---------------------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------------------
-
-
-class ProviderRequestError(ProviderError):
-    """A provider request failed (after any retries) or its answer was unusable.
-
-    The LiteLLM exception, if any, is the ``__cause__``.
-
-    Attributes:
-        status_code: The HTTP status the provider answered, when there was one.
-        attempts: How many times the request was sent.
-        retryable: Whether the failure was of a kind that is retried (rate limit, server
-            error, timeout, connection error), i.e. the retries ran out.
-
-    Example:
-        >>> try:  # doctest: +SKIP
-        ...     next(model.sample("hi"))
-        ... except ProviderRequestError as error:
-        ...     print(error.status_code, error.attempts)
-        400 1
-    """
-
-    def __init__(
-        self,
-        message: str,
-        status_code: int | None = None,
-        attempts: int = 1,
-        retryable: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.attempts = attempts
-        self.retryable = retryable
 
 
 class _NotSupportedN(ProviderRequestError):

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mnimi_adapters.core.errors import MnimiError
+from mnimi_adapters.core.errors import LLMOutputError
 
 if TYPE_CHECKING:
     from mnimi_adapters.core import Layer
@@ -42,32 +42,6 @@ __all__ = [
 ]
 
 _SNIPPET_CHARS = 40
-
-
-class LLMOutputError(MnimiError, ValueError):
-    """An LLM output that does not fit the expected structure or fails validation.
-
-    A ``MnimiError`` like every error this library raises on purpose, and a
-    ``ValueError`` so that code retrying on ``ValueError`` (LangGraph's ``retry_on``,
-    tenacity) retries it too.
-
-    Attributes:
-        expected: What was expected, e.g. ``"<algorithm>...</algorithm>"``.
-        position: Character offset in the output where the mismatch was found
-            (0 when a validator rejected the output as a whole).
-
-    Example:
-        >>> try:
-        ...     parse(Tag("answer"), "I don't know")
-        ... except LLMOutputError as error:
-        ...     print(error.expected, error.position)
-        <answer>...</answer> 0
-    """
-
-    def __init__(self, message: str, *, expected: str, position: int) -> None:
-        super().__init__(message)
-        self.expected = expected
-        self.position = position
 
 
 # --------------------------------------------------------------------------- matching machinery

@@ -10,7 +10,12 @@ The hierarchy is small on purpose::
     │   ├── StoreFull             no room left: a full disk, a Redis at maxmemory
     │   ├── StoreReadOnly         read-only media, or a store opened read-only
     │   └── StoreUnreachable      the server cannot be reached or went away
-    └── ProviderError             a provider failed or answered nonsense
+    ├── ProviderError             a provider failed or answered nonsense
+    │   └── ProviderRequestError  a provider request failed, with its HTTP status
+    └── LLMOutputError            an output does not fit its spec (also a ValueError)
+
+Every class is exported from ``mnimi_adapters``; the README's "Errors" section says what
+each means to a user.
 """
 
 from __future__ import annotations
@@ -95,3 +100,54 @@ class StoreUnreachable(StoreError):
 
 class ProviderError(MnimiError):
     """A provider call failed or returned a response that holds no usable sample."""
+
+
+class ProviderRequestError(ProviderError):
+    """A provider request failed (after any retries) or its answer was unusable.
+
+    The LiteLLM exception, if any, is the ``__cause__`` (unless the provider echoed a
+    credential into it: then no traceback shows it).
+
+    Attributes:
+        status_code: The HTTP status the provider answered, when there was one.
+        attempts: How many times the request was sent.
+        retryable: Whether the failure was of a kind that is retried (rate limit, server
+            error, timeout, connection error), i.e. the retries ran out.
+
+    Example:
+        >>> error = ProviderRequestError("rate limited", status_code=429, attempts=4,
+        ...                              retryable=True)
+        >>> error.status_code, error.attempts, isinstance(error, MnimiError)
+        (429, 4, True)
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status_code: int | None = None,
+        attempts: int = 1,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.attempts = attempts
+        self.retryable = retryable
+
+
+class LLMOutputError(MnimiError, ValueError):
+    """An LLM output that does not fit the expected structure or fails validation.
+
+    Raised by :mod:`mnimi_adapters.structured_output`. A ``MnimiError`` like every error
+    this library raises on purpose, and a ``ValueError`` so that code retrying on
+    ``ValueError`` (LangGraph's ``retry_on``, tenacity) retries it too.
+
+    Attributes:
+        expected: What was expected, e.g. ``"<algorithm>...</algorithm>"``.
+        position: Character offset in the output where the mismatch was found
+            (0 when a validator rejected the output as a whole).
+    """
+
+    def __init__(self, message: str, *, expected: str, position: int) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.position = position

@@ -257,3 +257,27 @@ def test_draw_takes_exactly_what_a_call_needs(tmp_path: Path) -> None:
 async def test_adraw_replays_like_draw(tmp_path: Path) -> None:
     model = Persistent(NumberModel(), tmp_path)
     assert await model.adraw(PROMPT, 4) == model.draw(PROMPT, 4)
+
+
+def test_one_error_tree_exported_from_one_place() -> None:
+    import mnimi_adapters
+    import mnimi_adapters.core.errors as errors
+
+    classes = [
+        value
+        for value in vars(errors).values()
+        if isinstance(value, type)
+        and issubclass(value, Exception)
+        and value.__module__ == errors.__name__
+    ]
+    assert len(classes) == 11
+    for cls in classes:
+        assert issubclass(cls, errors.MnimiError), cls
+        assert getattr(mnimi_adapters, cls.__name__) is cls, f"{cls.__name__} is not exported"
+        assert cls.__name__ in mnimi_adapters.__all__
+    # The modules that raise them re-export the same classes.
+    from mnimi_adapters.providers import ProviderRequestError
+    from mnimi_adapters.structured_output import LLMOutputError
+
+    assert ProviderRequestError is errors.ProviderRequestError
+    assert LLMOutputError is errors.LLMOutputError
