@@ -360,6 +360,28 @@ class _Keeper:
         with self._lock:
             return list(self._in_flight)
 
+    def close_loop(self) -> None:
+        """Stop the library's event loop after cancelling what is left on it.
+
+        Libraries called from refills start tasks of their own there (LiteLLM's logging
+        worker): left pending at exit, each prints "Task was destroyed but it is
+        pending!" into the user's terminal.
+        """
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is None:
+            return
+
+        async def cancel_the_rest() -> None:
+            rest = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(cancel_the_rest(), loop).result(timeout=5)
+        loop.call_soon_threadsafe(loop.stop)
+
 
 _KEEPER = _Keeper()
 
@@ -400,6 +422,7 @@ def _store_refills_at_exit() -> None:
             "" if pending == 1 else "s",
         )
         wait_for_refills(EXIT_WAIT)
+    _KEEPER.close_loop()
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:
