@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import email.utils
 import json
@@ -27,7 +26,6 @@ import os
 import re
 import time
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
@@ -38,7 +36,7 @@ import tenacity
 
 from ._compat import LITELLM_DROPPED, LITELLM_KEYED, LITELLM_OPTIONS, response_cost
 from .core.errors import ProviderError, ProviderRequestError
-from .core.model import BatchedModel
+from .core.model import BatchedModel, afan_out, fan_out
 from .core.request import TRANSPORT_PARAMS, Request, is_credential, reveal_secret
 from .core.sample import Sample, new_draw_id, split_evenly
 
@@ -701,16 +699,8 @@ class LiteLLMModel(BatchedModel):
             return self._keep_paid(samples, n, error)
 
     def _emulate(self, request: Request, n: int, attempts: list[int]) -> list[Sample]:
-        """``n`` concurrent single-choice requests (threads: LiteLLM's sync API is blocking)."""
-        if n == 1:
-            return self._send(request, 1, attempts)
-        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="mnimi-n") as pool:
-            futures = [pool.submit(self._send, request, 1, attempts) for _ in range(n)]
-            outcomes: list[list[Sample] | BaseException] = []
-            for future in futures:
-                error = future.exception()
-                outcomes.append(error if error is not None else future.result())
-        return self._merge(outcomes)
+        """``n`` concurrent single-choice requests, fanned out as a refill's are."""
+        return self._merge(fan_out(lambda _: self._send(request, 1, attempts), [1] * n))
 
     async def aquery(self, request: Request, n: int) -> list[str | Sample]:
         """Async :meth:`query`, through ``litellm.acompletion``."""
@@ -738,12 +728,7 @@ class LiteLLMModel(BatchedModel):
             return self._keep_paid(samples, n, error)
 
     async def _aemulate(self, request: Request, n: int, attempts: list[int]) -> list[Sample]:
-        if n == 1:
-            return await self._asend(request, 1, attempts)
-        gathered = await asyncio.gather(
-            *(self._asend(request, 1, attempts) for _ in range(n)), return_exceptions=True
-        )
-        return self._merge(list(gathered))
+        return self._merge(await afan_out(lambda _: self._asend(request, 1, attempts), [1] * n))
 
     def _merge(self, outcomes: list[list[Sample] | BaseException]) -> list[Sample]:
         """Keep every paid sample; raise only if all single requests failed."""

@@ -11,18 +11,21 @@ refill at once, so the cache layer above it stores every paid sample at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ProviderError
 from .request import Message, Request, request_key
-from .sample import Sample, new_draw_id
+from .sample import Sample, new_draw_id, split_evenly
+
+T = TypeVar("T")
 
 logger = logging.getLogger("mnimi_adapters")
 
@@ -322,10 +325,36 @@ class _CustomSampleCursor(Cursor):
 
 
 def chunk_sizes(batch: int, max_batch: int) -> list[int]:
-    """Split a refill of ``batch`` into ``ceil(batch / max_batch)`` near-equal requests."""
-    chunks = math.ceil(batch / max_batch)
-    base, extra = divmod(batch, chunks)
-    return [base + (1 if i < extra else 0) for i in range(chunks)]
+    """Split a refill of ``batch`` into ``ceil(batch / max_batch)`` near-equal requests.
+
+    Example:
+        >>> chunk_sizes(20, 10), chunk_sizes(7, 3)
+        ([10, 10], [3, 2, 2])
+    """
+    return split_evenly(batch, math.ceil(batch / max_batch))
+
+
+def fan_out(send: Callable[[int], T], sizes: list[int]) -> list[T | BaseException]:
+    """``send(n)`` for each size, concurrently when there are several (LiteLLM's sync API
+    blocks, so threads), the outcomes in order, a failure as its exception.
+
+    The one place that fans a refill out into requests, for every provider: a lone
+    request's failure propagates as it is.
+    """
+    if len(sizes) == 1:
+        return [send(sizes[0])]
+    with ThreadPoolExecutor(max_workers=len(sizes)) as pool:
+        futures = [pool.submit(send, n) for n in sizes]
+        return [future.exception() or future.result() for future in futures]
+
+
+async def afan_out(
+    send: Callable[[int], Awaitable[T]], sizes: list[int]
+) -> list[T | BaseException]:
+    """Async :func:`fan_out`: the requests run as concurrent tasks."""
+    if len(sizes) == 1:
+        return [await send(sizes[0])]
+    return list(await asyncio.gather(*(send(n) for n in sizes), return_exceptions=True))
 
 
 class BatchedModel(Model):
@@ -395,30 +424,14 @@ class BatchedModel(Model):
         """Draw ``batch`` fresh samples, in ``ceil(batch / max_batch)`` concurrent requests."""
         sizes = chunk_sizes(batch, self.batch_limit(request))
         start = time.perf_counter()
-        outcomes: list[list[str | Sample] | BaseException] = []
-        if len(sizes) == 1:
-            outcomes.append(self.query(request, sizes[0]))
-        else:
-            with ThreadPoolExecutor(max_workers=len(sizes)) as pool:
-                futures = [pool.submit(self.query, request, n) for n in sizes]
-                for future in futures:
-                    error = future.exception()
-                    outcomes.append(error if error is not None else future.result())
+        outcomes = fan_out(functools.partial(self.query, request), sizes)
         return self._collect(outcomes, time.perf_counter() - start)
 
     async def arefill(self, request: Request, batch: int) -> list[Sample]:
         """Async :meth:`refill`."""
         sizes = chunk_sizes(batch, self.batch_limit(request))
         start = time.perf_counter()
-        if len(sizes) == 1:
-            outcomes: list[list[str | Sample] | BaseException] = [
-                await self.aquery(request, sizes[0])
-            ]
-        else:
-            gathered = await asyncio.gather(
-                *(self.aquery(request, n) for n in sizes), return_exceptions=True
-            )
-            outcomes = list(gathered)
+        outcomes = await afan_out(functools.partial(self.aquery, request), sizes)
         return self._collect(outcomes, time.perf_counter() - start)
 
 
