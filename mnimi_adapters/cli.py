@@ -7,6 +7,9 @@ Usage::
     mnimi [--json] verify PATH
     mnimi [--json] prune PATH --max-size SIZE [--dry-run]
     mnimi [--json] export PATH OUT (--keys KEY [KEY ...] | --grep TEXT)
+    mnimi [--json] export PATH OUT --bundle [--keys ... | --grep ...] [--record RUN.jsonl]
+    mnimi [--json] export PATH OUT.jsonl --jsonl [--keys ... | --grep ...]
+    mnimi [--json] import FILE.jsonl PATH
     mnimi [--json] explain PATH REQUEST.json
     mnimi [--json] diff-runs A B
     mnimi demo [ARGS ...]
@@ -27,6 +30,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -37,6 +41,7 @@ from types import TracebackType
 from typing import Any, TextIO
 
 from . import __version__
+from .core.bundle import RUN_RECORD, STORE, Manifest, is_bundle, verify_bundle
 from .core.errors import CorruptStoreError, MnimiError, StoreError
 from .core.explain import explain_miss, requested_record
 from .core.runs import compare_runs, read_run
@@ -52,6 +57,7 @@ from .core.stores import (
 )
 from .core.stores.check import plural as _plural
 from .core.stores.disk import is_store_directory
+from .core.stores.jsonl import jsonl_lines, read_jsonl
 
 #: The stores the command works on: a cache directory or a Redis namespace.
 Store = SequenceStore
@@ -588,6 +594,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Check every entry of the store; list each problem."""
     # check_format is the store's own: an unknown version is an error, a damaged
     # marker one problem among the others.
+    if not is_redis_url(args.path) and is_bundle(args.path):
+        with Progress("verify bundle", None) as progress:
+            return _verify_report(args, args.path, verify_bundle(args.path, progress.advance))
     store = open_store(args.path, create=False, read_only=True, check_format=False)
     with store, Progress("verify", None) as progress:
         result = store.check(progress.advance)
@@ -760,58 +769,164 @@ def _read_sequence(source: Store, entry: Entry) -> tuple[list[Sample], str | Non
     return samples, None
 
 
-def _write_sequence(target: Store, entry: Entry, samples: list[Sample]) -> tuple[int, str | None]:
+def _holds_another(target: Store, key: str, samples: list[Sample]) -> bool:
+    """Whether ``target`` holds, under ``key``, a sequence that ``samples`` do not extend."""
+    held = [target.get(key, i) for i in range(target.length(key))]
+    return [s.draw_id if s else None for s in held] != [s.draw_id for s in samples[: len(held)]]
+
+
+def _write_sequence(
+    target: Store, key: str, request: dict[str, Any], samples: list[Sample]
+) -> tuple[int, str | None]:
     """Append what ``target`` lacks of one sequence; return (samples added, problem)."""
-    present = target.length(entry.key)
-    held = [target.get(entry.key, i) for i in range(present)]
-    if [s.draw_id if s else None for s in held] != [s.draw_id for s in samples[:present]]:
+    if _holds_another(target, key, samples):
         # Appending would interleave two different sequences under one key.
         return 0, f"{target.location} holds a different sequence for this key; not exported"
-    added = target.append(entry.key, samples[present:], entry.request)
+    added = target.append(key, samples[target.length(key) :], request)
     return len(added), None
 
 
+def _bundle_target(path_text: str, record: str | None) -> tuple[Callable[[], Store], str]:
+    """How to open (creating it) a new bundle's store, and the bundle's name.
+
+    Raises:
+        CommandError: OUT is a Redis URL or a directory that is not empty, or the run
+            record to carry is not one.
+    """
+    if is_redis_url(path_text):
+        raise CommandError("a bundle is a directory, not a Redis store")
+    out = Path(path_text).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CommandError(f"{out} exists and is not an empty directory")
+    if record is not None:
+        _run(record)  # a record that is not one fails before anything is written
+
+    def create() -> Store:
+        out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return open_store(out / STORE)
+
+    return create, str(out)
+
+
+def _selected(source: Store, args: argparse.Namespace) -> list[Entry]:
+    """The sequences ``--keys`` or ``--grep`` name; every one for a bundle without them."""
+    if args.keys is not None:
+        known = None if all(_exists(source, k) for k in args.keys) else list(source.keys())
+        wanted = list(dict.fromkeys(_resolve_key(source, k, known) for k in args.keys))
+        return [_entry(source, key) for key in wanted]
+    if args.grep is None:
+        if not (args.bundle or args.jsonl):
+            raise CommandError(
+                "export needs --keys or --grep (or --bundle or --jsonl, for everything)"
+            )
+        return _entries(source)
+    entries = [e for e in _entries(source) if e.error is None and _matches(e, args.grep)]
+    if not entries:
+        raise CommandError(f"no request in {source.location} matches {args.grep!r}", EXIT_FOUND)
+    return entries
+
+
+#: Stores one whole sequence somewhere; returns (samples added, problem).
+Writer = Callable[[Entry, list[Sample]], tuple[int, str | None]]
+
+
+def _copy(source: Store, entries: list[Entry], write: Writer) -> list[dict[str, Any]]:
+    """Read each sequence whole and hand it to ``write``; one result per sequence."""
+    results: list[dict[str, Any]] = []
+    with Progress("export", len(entries)) as progress:
+        for entry in entries:
+            added, problem = 0, entry.error
+            samples: list[Sample] = []
+            if problem is None:
+                samples, problem = _read_sequence(source, entry)
+            if problem is None:
+                added, problem = write(entry, samples)
+            results.append(
+                {
+                    "key": entry.key,
+                    "model": entry.model,
+                    "samples": 0 if problem else entry.length,
+                    "added": added,
+                    "error": problem,
+                }
+            )
+            progress.advance()
+    return results
+
+
+@contextmanager
+def _whole_file(path: Path) -> Iterator[TextIO]:
+    """``path`` opened for writing, named so only once written whole."""
+    if path.exists():
+        raise CommandError(f"{path} exists")
+    # A reader never sees half a file, nor a failed export one at all.
+    partial = path.with_name(path.name + ".part")
+    try:
+        with partial.open("w", encoding="utf-8") as lines:
+            yield lines
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _export_jsonl(source: Store, entries: list[Entry], out: Path) -> list[dict[str, Any]]:
+    with _whole_file(out) as lines:
+
+        def write(entry: Entry, samples: list[Sample]) -> tuple[int, str | None]:
+            lines.writelines(jsonl_lines(entry.key, entry.request, samples))
+            return len(samples), None
+
+        return _copy(source, entries, write)
+
+
+def _export_store(
+    source: Store,
+    entries: list[Entry],
+    create_target: Callable[[], Store],
+    manifest: Manifest | None,
+) -> list[dict[str, Any]]:
+    # OUT is created only once a sequence is known to be whole: a failed
+    # export leaves no empty store behind.
+    target: Store | None = None
+
+    def write(entry: Entry, samples: list[Sample]) -> tuple[int, str | None]:
+        nonlocal target
+        target = target or create_target()
+        added, problem = _write_sequence(target, entry.key, entry.request, samples)
+        if problem is None and manifest is not None:
+            manifest.add(entry, samples)
+        return added, problem
+
+    try:
+        results = _copy(source, entries, write)
+        if manifest is not None:
+            target = target or create_target()
+    finally:
+        if target is not None:
+            target.close()
+    return results
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    """Copy whole sequences into a new (or a compatible existing) store."""
+    """Copy whole sequences into a new (or a compatible existing) store, a bundle, or
+    a JSON Lines file."""
+    if args.record is not None and not args.bundle:
+        raise CommandError("--record goes with --bundle")
     with _open_store(args.path) as source:
-        create_target, out = _export_target(args.out, source)
-        if args.keys is not None:
-            known = None if all(_exists(source, k) for k in args.keys) else list(source.keys())
-            wanted = list(dict.fromkeys(_resolve_key(source, k, known) for k in args.keys))
-            entries = [_entry(source, key) for key in wanted]
+        if args.jsonl:
+            out = str(Path(args.out).expanduser())
+            results = _export_jsonl(source, _selected(source, args), Path(out))
+        elif args.bundle:
+            create_target, out = _bundle_target(args.out, args.record)
+            manifest = Manifest()
+            results = _export_store(source, _selected(source, args), create_target, manifest)
+            # Written last: a bundle with a manifest holds everything it lists.
+            manifest.write(Path(out))
+            if args.record is not None:
+                shutil.copyfile(Path(args.record).expanduser(), Path(out) / RUN_RECORD)
         else:
-            entries = [e for e in _entries(source) if e.error is None and _matches(e, args.grep)]
-            if not entries:
-                raise CommandError(
-                    f"no request in {source.location} matches {args.grep!r}", EXIT_FOUND
-                )
-        results: list[dict[str, Any]] = []
-        # OUT is created only once a sequence is known to be whole: a failed
-        # export leaves no empty store behind.
-        target: Store | None = None
-        try:
-            with Progress("export", len(entries)) as progress:
-                for entry in entries:
-                    added, problem = 0, entry.error
-                    samples: list[Sample] = []
-                    if problem is None:
-                        samples, problem = _read_sequence(source, entry)
-                    if problem is None:
-                        target = target or create_target()
-                        added, problem = _write_sequence(target, entry, samples)
-                    results.append(
-                        {
-                            "key": entry.key,
-                            "model": entry.model,
-                            "samples": 0 if problem else entry.length,
-                            "added": added,
-                            "error": problem,
-                        }
-                    )
-                    progress.advance()
-        finally:
-            if target is not None:
-                target.close()
+            create_target, out = _export_target(args.out, source)
+            results = _export_store(source, _selected(source, args), create_target, None)
     failed = [r for r in results if r["error"]]
     copied = [r for r in results if not r["error"]]
     if args.json:
@@ -827,6 +942,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     for r in failed:
         _warn(f"{r['key']}: {r['error']}")
     return EXIT_FOUND if failed else EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Build (or extend) a store from a JSON Lines export, all or nothing."""
+    try:
+        sequences = read_jsonl(args.file)
+    except OSError as error:
+        raise CommandError(f"cannot read {args.file}: {error}") from None
+    except MnimiError as error:
+        raise CommandError(f"{error}; nothing imported", EXIT_FOUND) from None
+    with open_store(args.path) as store:
+        clash = next((s.key for s in sequences if _holds_another(store, s.key, s.samples)), None)
+        if clash is not None:
+            raise CommandError(
+                f"{store.location} holds a different sequence for key {clash}; nothing imported",
+                EXIT_FOUND,
+            )
+        added = sum(_write_sequence(store, s.key, s.request, s.samples)[0] for s in sequences)
+    total = sum(len(s.samples) for s in sequences)
+    if args.json:
+        _emit_json(
+            {"path": store.location, "sequences": len(sequences), "samples": total, "added": added}
+        )
+    else:
+        print(
+            f"imported {_plural(len(sequences), 'sequence')} ({_plural(total, 'sample')}, "
+            f"{added:,} new) into {store.location}"
+        )
+    return EXIT_OK
 
 
 # -- explain and diff-runs ------------------------------------------------
@@ -979,7 +1123,25 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "out", metavar="OUT", help="the directory (or Redis URL) of the store to write"
     )
-    which = export.add_mutually_exclusive_group(required=True)
+    form = export.add_mutually_exclusive_group()
+    form.add_argument(
+        "--bundle",
+        action="store_true",
+        help="write a replication package: OUT/store plus OUT/MANIFEST.json, a SHA-256 "
+        "per sample (every sequence unless --keys or --grep)",
+    )
+    export.add_argument(
+        "--record",
+        metavar="RUN.jsonl",
+        help="with --bundle: carry this run record as OUT/run.jsonl",
+    )
+    form.add_argument(
+        "--jsonl",
+        action="store_true",
+        help="write OUT as JSON Lines: one object per sample with its key, index, request "
+        "and sample, readable without this library (every sequence unless --keys or --grep)",
+    )
+    which = export.add_mutually_exclusive_group()
     which.add_argument("--keys", metavar="KEY", nargs="+", help="keys (or unique prefixes)")
     which.add_argument(
         "--grep", metavar="TEXT", help="every request whose model or messages contain TEXT"
@@ -995,6 +1157,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="REQUEST.json",
         help='{"model", "messages", "params"} or an OpenAI-style body; - reads stdin',
     )
+    import_ = commands.add_parser(
+        "import",
+        parents=[common],
+        help="Build (or extend) the store at PATH from a JSON Lines export.",
+        description="Build (or extend) the store at PATH from a JSON Lines export. Every "
+        "line is checked first: a line that is not well formed is named, and nothing "
+        "from the file is stored.",
+    )
+    import_.set_defaults(handler=cmd_import)
+    import_.add_argument("file", metavar="FILE.jsonl", help="a file written by export --jsonl")
+    import_.add_argument("path", metavar="PATH", help="the cache directory, or a Redis URL")
     diff_runs = commands.add_parser(
         "diff-runs",
         parents=[common],
