@@ -17,9 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_stores import command  # run from the repository root, bench/ is on the path
+
 from mnimi_adapters.core import Independent, Persistent, Sample
 from mnimi_adapters.core.model import BatchedModel
-from mnimi_adapters.core.request import Request
+from mnimi_adapters.core.request import Request, request_key, request_record
+from mnimi_adapters.core.stores import DiskStore
+
+#: Samples per key in the stores bundled: a run's retries and votes.
+PER_KEY = 10
 
 
 class Numbered(BatchedModel):
@@ -65,10 +71,53 @@ def recording_overhead(keys: int, per_key: int, repeats: int) -> tuple[float, fl
         return statistics.median(plain), statistics.median(recorded)
 
 
+def build_store(path: Path, samples: int) -> None:
+    """A store of ``samples`` samples, :data:`PER_KEY` per key."""
+    identity = Numbered("m", 1.0).identity()
+    with DiskStore(path) as store:
+        for k in range(samples // PER_KEY):
+            request = Request.of(f"prompt {k}")
+            key, record = request_key(identity, request), request_record(identity, request)
+            texts = [f"answer {k}.{i} " + "x" * 200 for i in range(PER_KEY)]
+            store.append(key, [Sample.of_text(text) for text in texts], record)
+
+
+def bundle_times(sizes: tuple[int, ...]) -> dict[int, dict[str, float]]:
+    """Seconds of bundle export and verify, and JSONL export and import, per size."""
+    times = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            work = Path(tmp) / str(size)
+            build_store(work / "cache", size)
+            times[size] = {
+                "export --bundle": command("export", work / "cache", work / "bundle", "--bundle"),
+                "verify (bundle)": command("verify", work / "bundle"),
+                "export --jsonl": command("export", work / "cache", work / "c.jsonl", "--jsonl"),
+                "import": command("import", work / "c.jsonl", work / "imported"),
+            }
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     args = parser.parse_args()
+    sizes = tuple(args.sizes)
+    times = bundle_times(sizes)
+    print(f"### Bundles ({PER_KEY} samples per key, 200-character samples)\n")
+    small, large = sizes[0], sizes[-1]
+    print(
+        f"| command | {' | '.join(f'{n:,} samples' for n in sizes)} | per sample at {large:,} "
+        f"| ratio {large:,}/{small:,} |"
+    )
+    print("|---|" + "---|" * (len(sizes) + 2))
+    for name in times[small]:
+        cells = " | ".join(f"{times[n][name]:.2f} s" for n in sizes)
+        per = times[large][name] / large * 1e6
+        ratio = times[large][name] / times[small][name]
+        print(f"| `{name}` | {cells} | {per:.0f} µs | {ratio:.1f}x |")
+    print()
     keys, per_key = 1000, 10
     plain, recorded = recording_overhead(keys, per_key, args.repeats)
     samples = keys * per_key

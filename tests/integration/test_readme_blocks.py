@@ -18,9 +18,10 @@ import pytest
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
-from mnimi_adapters import BatchedModel, Persistent
+from mnimi_adapters import BatchedModel, Persistent, cli
 from mnimi_adapters.core import Request
 from mnimi_adapters.langchain import MnimiChatModel
+from mnimi_adapters.providers import OpenAICompatible
 from mnimi_adapters.testing import SamplingServer
 
 pytestmark = pytest.mark.integration
@@ -94,7 +95,31 @@ def offline(
         monkeypatch.setenv("ANTHROPIC_API_KEY", "local-test-key")
         return {}
 
+    def replication_author() -> dict[str, Any]:
+        # The walkthrough's relative paths land in this test's directory.
+        monkeypatch.chdir(tmp_path)
+        return {"model": OpenAICompatible("mock-model", 1.0, api_base=server.url, api_key="x")}
+
+    def replication_colleague() -> dict[str, Any]:
+        # The bundle the authors shared: their run, sliced and exported.
+        namespace = replication_author()
+        paper = Persistent(namespace["model"], "paper-slice", record="paper-run.jsonl")
+        paper.draw(QUESTION, 3)
+        paper.close()
+        bundle = [
+            "export",
+            "paper-slice",
+            "paper-bundle",
+            "--bundle",
+            "--record",
+            "paper-run.jsonl",
+        ]
+        assert cli.main(bundle) == 0
+        return namespace
+
     contexts: dict[str, Callable[[], dict[str, Any]]] = {
+        'record="paper-run.jsonl"': replication_author,
+        '"paper-bundle/store"': replication_colleague,
         "ChatAnthropic(": partner_models,
         "chain.invoke": langchain,
         "StateGraph": langchain,
