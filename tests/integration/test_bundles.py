@@ -201,6 +201,8 @@ def broken(line: dict[str, Any], how: str) -> dict[str, Any]:
         line["index"] += 1
     elif how == "sample without text":
         del line["sample"]["text"]
+    elif how == "usage not counts":
+        line["sample"]["usage"] = "many"
     return line
 
 
@@ -211,6 +213,7 @@ def broken(line: dict[str, Any], how: str) -> dict[str, Any]:
         ("request edited", "is not the hash of its request"),
         ("index skipped", "was next"),
         ("sample without text", "not a stored sample"),
+        ("usage not counts", "maps names to token counts"),
     ],
 )
 def test_a_bad_line_is_named_and_nothing_is_imported(

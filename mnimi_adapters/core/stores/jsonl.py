@@ -77,6 +77,25 @@ def _key_of(record: Any) -> str:
     return request_key(identity, Request(request.messages, params))
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_fields(sample: Sample) -> None:
+    """Refuse a sample whose fields the store would fail on half-way through an import.
+
+    Raises:
+        ValueError: A field has the wrong type.
+    """
+    usage = sample.usage
+    if not isinstance(sample.draw_id, str) or not isinstance(sample.message, dict):
+        raise ValueError('a sample\'s "draw_id" is a string and its "message" an object')
+    if not isinstance(usage, dict) or not all(_number(v) for v in usage.values()):
+        raise ValueError('a sample\'s "usage" maps names to token counts')
+    if not (sample.cost is None or _number(sample.cost)) or not _number(sample.created):
+        raise ValueError('a sample\'s "cost" and "created" are numbers')
+
+
 def _line(raw: bytes, sequences: dict[str, JsonlSequence]) -> None:
     """Add one line's sample to its sequence.
 
@@ -98,6 +117,7 @@ def _line(raw: bytes, sequences: dict[str, JsonlSequence]) -> None:
         sample = Sample.from_dict(line["sample"])
     except CorruptStoreError as error:
         raise ValueError(str(error)) from None
+    _check_fields(sample)
     if sample.draw_id in sequence.draws:
         raise ValueError(f"draw {sample.draw_id!r} appears twice in key {key}")
     sequence.draws.add(sample.draw_id)
