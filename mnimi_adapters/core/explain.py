@@ -114,10 +114,8 @@ def first_difference(stored: Mapping[str, Any], requested: Mapping[str, Any]) ->
     return _difference("", rest, asked)
 
 
-def _similarity(stored: Mapping[str, Any], requested: Mapping[str, Any]) -> float:
-    a = json.dumps(stored, sort_keys=True, ensure_ascii=False)
-    b = json.dumps(requested, sort_keys=True, ensure_ascii=False)
-    return SequenceMatcher(None, a, b, autojunk=False).ratio()
+def _canonical_text(record: Mapping[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True, ensure_ascii=False)
 
 
 def nearest_record(
@@ -130,13 +128,26 @@ def nearest_record(
         stored: ``(key, record)`` pairs of the stored requests.
 
     Returns:
-        The pair whose canonical JSON is most alike, or ``None`` when nothing is stored
-        for the same model.
+        The first pair whose canonical JSON is most alike, or ``None`` when nothing is
+        stored for the same model.
     """
-    same_model = [(k, r) for k, r in stored if r.get("model") == requested.get("model")]
-    if not same_model:
-        return None
-    return max(same_model, key=lambda pair: _similarity(pair[1], requested))
+    matcher = SequenceMatcher(None, autojunk=False)
+    # The requested side is analysed once; each stored record is only compared.
+    matcher.set_seq2(_canonical_text(requested))
+    best: tuple[str, Mapping[str, Any]] | None = None
+    best_ratio = -1.0
+    for key, record in stored:
+        if record.get("model") != requested.get("model"):
+            continue
+        matcher.set_seq1(_canonical_text(record))
+        # The cheap upper bounds first, as difflib.get_close_matches does: a store
+        # of many keys is mostly ruled out without the full comparison.
+        if matcher.real_quick_ratio() <= best_ratio or matcher.quick_ratio() <= best_ratio:
+            continue
+        ratio = matcher.ratio()
+        if ratio > best_ratio:
+            best, best_ratio = (key, record), ratio
+    return best
 
 
 def explain_miss(
