@@ -20,9 +20,10 @@ from pathlib import Path
 from bench_stores import command  # run from the repository root, bench/ is on the path
 
 from mnimi_adapters.core import Independent, Persistent, Sample
+from mnimi_adapters.core.explain import explain_miss
 from mnimi_adapters.core.model import BatchedModel
 from mnimi_adapters.core.request import Request, request_key, request_record
-from mnimi_adapters.core.stores import DiskStore
+from mnimi_adapters.core.stores import DiskStore, open_store
 
 #: Samples per key in the stores bundled: a run's retries and votes.
 PER_KEY = 10
@@ -73,7 +74,7 @@ def recording_overhead(keys: int, per_key: int, repeats: int) -> tuple[float, fl
 
 def build_store(path: Path, samples: int) -> None:
     """A store of ``samples`` samples, :data:`PER_KEY` per key."""
-    identity = Numbered("m", 1.0).identity()
+    identity = Numbered("m", 0.7).identity()
     with DiskStore(path) as store:
         for k in range(samples // PER_KEY):
             request = Request.of(f"prompt {k}")
@@ -82,8 +83,21 @@ def build_store(path: Path, samples: int) -> None:
             store.append(key, [Sample.of_text(text) for text in texts], record)
 
 
+def explain_time(cache: Path, keys: int) -> float:
+    """Seconds to explain a miss (a changed temperature) among ``keys`` stored requests."""
+    identity = Numbered("m", 0.8).identity()
+    requested = request_record(identity, Request.of(f"prompt {keys // 2}"))
+    with open_store(cache, create=False, read_only=True) as store:
+        start = time.perf_counter()
+        found = explain_miss(requested, store.summaries())
+        seconds = time.perf_counter() - start
+    assert found is not None and found[1] == "temperature: stored 0.7, requested 0.8", found
+    return seconds
+
+
 def bundle_times(sizes: tuple[int, ...]) -> dict[int, dict[str, float]]:
-    """Seconds of bundle export and verify, and JSONL export and import, per size."""
+    """Seconds of bundle export and verify, JSONL export and import, and explaining a
+    miss, per size."""
     times = {}
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
@@ -94,6 +108,7 @@ def bundle_times(sizes: tuple[int, ...]) -> dict[int, dict[str, float]]:
                 "verify (bundle)": command("verify", work / "bundle"),
                 "export --jsonl": command("export", work / "cache", work / "c.jsonl", "--jsonl"),
                 "import": command("import", work / "c.jsonl", work / "imported"),
+                "explaining a miss": explain_time(work / "cache", size // PER_KEY),
             }
     return times
 
@@ -112,11 +127,16 @@ def main() -> None:
         f"| ratio {large:,}/{small:,} |"
     )
     print("|---|" + "---|" * (len(sizes) + 2))
-    for name in times[small]:
+    for name in list(times[small])[:-1]:
         cells = " | ".join(f"{times[n][name]:.2f} s" for n in sizes)
         per = times[large][name] / large * 1e6
         ratio = times[large][name] / times[small][name]
         print(f"| `{name}` | {cells} | {per:.0f} µs | {ratio:.1f}x |")
+    print("\n### Explaining a replication miss (a changed temperature)\n")
+    print("| stored keys | time to name the nearest request and the field |")
+    print("|---|---|")
+    for n in sizes:
+        print(f"| {n // PER_KEY:,} | {times[n]['explaining a miss'] * 1e3:.0f} ms |")
     print()
     keys, per_key = 1000, 10
     plain, recorded = recording_overhead(keys, per_key, args.repeats)
