@@ -1104,7 +1104,8 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         cmd_verify,
         "Check the store's integrity (read-only): format, lengths, gaps, samples, draw ids "
-        "and records. Exit 1 lists each problem.",
+        "and records; on a bundle, also every sample against MANIFEST.json. Exit 1 lists "
+        "each problem.",
     )
     prune = command(
         "prune",
@@ -1118,7 +1119,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = command(
         "export",
         cmd_export,
-        "Copy whole sequences (same samples, order and draw ids) into the store at OUT.",
+        "Copy whole sequences (same samples, order and draw ids) into the store at OUT, "
+        "a bundle (--bundle) or a JSON Lines file (--jsonl).",
     )
     export.add_argument(
         "out", metavar="OUT", help="the directory (or Redis URL) of the store to write"
