@@ -7,7 +7,9 @@ servers, subprocesses, the CLI on real stores).
 
 from __future__ import annotations
 
+import gc
 import importlib.util
+import logging
 import os
 import shutil
 import uuid
@@ -30,6 +32,18 @@ from support import (
 )
 
 _INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_sessionfinish() -> None:
+    # LiteLLM leaves its logging worker pending on event loops the tests have closed
+    # (pytest-asyncio makes one per test); collected at exit, each would print "Task was
+    # destroyed but it is pending!" under the results. Collect them now, quietly.
+    asyncio_logger = logging.getLogger("asyncio")
+    asyncio_logger.disabled = True
+    try:
+        gc.collect()
+    finally:
+        asyncio_logger.disabled = False
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
