@@ -556,8 +556,13 @@ class Persistent(CacheLayer):
         return f"Persistent({self.inner!r}, {self.store.location!r}{mode})"
 
     def close(self) -> None:
-        """Close the store (it reopens on its own if used again)."""
+        """Close the store (it reopens on its own if used again); write out the run record.
+
+        The record stays open: a store that reopens keeps recording.
+        """
         self.store.close()
+        if self.recorder is not None:
+            self.recorder.flush()
 
 
 class Independent(Wrapper):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,11 @@ class RunRecorder:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).expanduser()
         self._lock = threading.Lock()
-        # An unbuffered descriptor: each line is one write(2), so a run killed
-        # mid-way keeps every draw it consumed, without a flush per line.
-        self._file = self.path.open("ab", buffering=0)
+        # Buffered: a write(2) per line cost a replay of hits 10% more. The buffer is
+        # flushed when the recorder is closed or collected and at interpreter exit; a
+        # process killed outright (SIGKILL) loses at most its last few kilobytes of lines.
+        self._file = self.path.open("ab")
+        weakref.finalize(self, self._file.close)
         #: Each key's line prefix, spelled once: a run draws from few keys many times.
         self._prefixes: dict[str, str] = {}
         # Appending to an earlier record continues its draw numbers.
@@ -75,9 +78,13 @@ class RunRecorder:
             line = (
                 f'{{"draw":{self._draws}{prefix}{index},"draw_id":{_quoted(draw_id)}}}\n'
             ).encode()
-            while line:
-                line = line[self._file.write(line) or 0 :]
+            self._file.write(line)
             self._draws += 1
+
+    def flush(self) -> None:
+        """Write the lines recorded so far to the file (for a reader while the run goes on)."""
+        with self._lock:
+            self._file.flush()
 
     def close(self) -> None:
         """Close the file (recording a further draw raises :class:`ValueError`)."""

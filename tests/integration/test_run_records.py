@@ -90,3 +90,21 @@ def test_diff_runs_names_a_line_that_is_not_a_draw(
     bad.write_text(good.read_text() + "not json\n")
     assert cli.main(["diff-runs", str(good), str(bad)]) == 2
     assert "line 7" in capsys.readouterr().err
+
+
+def test_a_record_is_written_out_when_the_program_exits_without_closing(tmp_path: Path) -> None:
+    # The record is buffered (a write per line cost a replay 10%); an ordinary exit, or
+    # the recorder being collected, writes out every line all the same.
+    import subprocess
+    import sys
+
+    record = tmp_path / "run.jsonl"
+    script = (
+        "import sys\n"
+        "from mnimi_adapters.core.runs import RunRecorder\n"
+        "recorder = RunRecorder(sys.argv[1])\n"
+        "for index in range(3):\n"
+        "    recorder.consumed('m1-abc', index, f'draw-{index}')\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(record)], check=True, timeout=60)
+    assert [d["index"] for d in read_run(record)] == [0, 1, 2]
