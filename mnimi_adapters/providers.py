@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
@@ -346,6 +346,48 @@ def _mentions_n(error: BaseException) -> bool:
     if getattr(error, "param", None) == "n":
         return True
     return bool(_N_MENTION.search(str(getattr(error, "message", None) or error)))
+
+
+# ---------------------------------------------------------------------------------------
+# One query's decisions, apart from its I/O
+# ---------------------------------------------------------------------------------------
+
+#: What one query decides (``LiteLLMModel._plan``), written once for sync and async: it
+#: yields the sizes of the requests to send next, all at once (``[n]``, or ``[1] * n`` to
+#: emulate ``n``), is sent their samples or thrown their error, and returns the answer.
+_Plan = Generator[list[int], list[Sample], list[Sample]]
+
+
+def _carry_out(plan: _Plan, send: Callable[[list[int]], list[Sample]]) -> list[Sample]:
+    """Send the requests ``plan`` asks for, hand it what came of them, and return its answer."""
+    try:
+        sizes = next(plan)
+        while True:
+            try:
+                samples = send(sizes)
+            except Exception as error:
+                sizes = plan.throw(error)
+            else:
+                sizes = plan.send(samples)
+    except StopIteration as done:
+        return done.value
+
+
+async def _acarry_out(
+    plan: _Plan, send: Callable[[list[int]], Awaitable[list[Sample]]]
+) -> list[Sample]:
+    """Async :func:`_carry_out`."""
+    try:
+        sizes = next(plan)
+        while True:
+            try:
+                samples = await send(sizes)
+            except Exception as error:
+                sizes = plan.throw(error)
+            else:
+                sizes = plan.send(samples)
+    except StopIteration as done:
+        return done.value
 
 
 # ---------------------------------------------------------------------------------------
@@ -676,62 +718,53 @@ class LiteLLMModel(BatchedModel):
             >>> samples = model.query(Request.of("Pick a number"), 3)  # doctest: +SKIP
         """
         attempts: list[int] = []
+
+        def send(sizes: list[int]) -> list[Sample]:
+            return self._merge(fan_out(lambda size: self._send(request, size, attempts), sizes))
+
         try:
-            return list(self._query(request, n, attempts))
+            return list(_carry_out(self._plan(n), send))
         finally:
             self._count_extra(attempts)
-
-    def _query(self, request: Request, n: int, attempts: list[int]) -> list[Sample]:
-        if n > 1 and not self._n_supported:
-            return self._emulate(request, n, attempts)
-        try:
-            samples = self._send(request, n, attempts)
-        except _NotSupportedN as error:
-            self._learn_no_n(error)
-            return self._emulate(request, n, attempts)
-        if len(samples) >= n:
-            return samples
-        if len(samples) == 1:
-            self._learn_no_n(None)
-        try:
-            return samples + self._emulate(request, n - len(samples), attempts)
-        except Exception as error:
-            return self._keep_paid(samples, n, error)
-
-    def _emulate(self, request: Request, n: int, attempts: list[int]) -> list[Sample]:
-        """``n`` concurrent single-choice requests, fanned out as a refill's are."""
-        return self._merge(fan_out(lambda _: self._send(request, 1, attempts), [1] * n))
 
     async def aquery(self, request: Request, n: int) -> list[str | Sample]:
         """Async :meth:`query`, through ``litellm.acompletion``."""
         attempts: list[int] = []
+
+        async def send(sizes: list[int]) -> list[Sample]:
+            requests = await afan_out(lambda size: self._asend(request, size, attempts), sizes)
+            return self._merge(requests)
+
         try:
-            return list(await self._aquery(request, n, attempts))
+            return list(await _acarry_out(self._plan(n), send))
         finally:
             self._count_extra(attempts)
 
-    async def _aquery(self, request: Request, n: int, attempts: list[int]) -> list[Sample]:
+    def _plan(self, n: int) -> _Plan:
+        """How one query draws ``n`` samples; its driver sends the requests (see :data:`_Plan`).
+
+        One request asks for all ``n``, unless the provider is known to refuse ``n`` > 1:
+        then ``n`` single requests do. A refusal is learnt, and so is an answer of one
+        choice. A short answer is topped up with single requests, and kept if they fail.
+        """
         if n > 1 and not self._n_supported:
-            return await self._aemulate(request, n, attempts)
+            return (yield [1] * n)
         try:
-            samples = await self._asend(request, n, attempts)
+            samples = yield [n]
         except _NotSupportedN as error:
             self._learn_no_n(error)
-            return await self._aemulate(request, n, attempts)
+            return (yield [1] * n)
         if len(samples) >= n:
             return samples
         if len(samples) == 1:
             self._learn_no_n(None)
         try:
-            return samples + await self._aemulate(request, n - len(samples), attempts)
+            return samples + (yield [1] * (n - len(samples)))
         except Exception as error:
             return self._keep_paid(samples, n, error)
 
-    async def _aemulate(self, request: Request, n: int, attempts: list[int]) -> list[Sample]:
-        return self._merge(await afan_out(lambda _: self._asend(request, 1, attempts), [1] * n))
-
     def _merge(self, outcomes: list[list[Sample] | BaseException]) -> list[Sample]:
-        """Keep every paid sample; raise only if all single requests failed."""
+        """Keep every paid sample of requests sent at once; raise only if all of them failed."""
         samples = [
             s for outcome in outcomes if not isinstance(outcome, BaseException) for s in outcome
         ]

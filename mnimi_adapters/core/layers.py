@@ -22,7 +22,7 @@ import os
 import queue
 import threading
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -205,66 +205,73 @@ class CacheLayer(Wrapper):
             self._release(key, refill)
             raise
 
+    def _steps(
+        self, request: Request, key: str, index: int, batch: int, is_async: bool
+    ) -> Iterator[tuple[_Refill, Cursor | None]]:
+        """What to do, in turn, until position ``index`` of ``key`` is stored.
+
+        Yields a refill in flight to wait for (with no cursor), or one of the caller's own
+        to run with the inner cursor it draws from. Written once for :meth:`extend` and
+        :meth:`aextend`, which only wait and run.
+        """
+        while (plan := self._plan(request, key, index, batch, is_async)) is not None:
+            refill, mine = plan
+            if mine:
+                yield refill, self._start(request, key, refill)
+            elif not is_async and refill.is_async and refill.owner == threading.get_ident():
+                raise MnimiError(
+                    "a synchronous call waits for an async call on the same event loop "
+                    "to draw this request's samples; use the async API in async code"
+                )
+            else:
+                yield refill, None
+
     def extend(self, request: Request, key: str, index: int, batch: int) -> None:
         """Make sure position ``index`` of ``key``'s sequence is stored."""
-        while (plan := self._plan(request, key, index, batch, is_async=False)) is not None:
-            refill, mine = plan
-            if not mine:
-                if refill.is_async and refill.owner == threading.get_ident():
-                    raise MnimiError(
-                        "a synchronous call waits for an async call on the same event loop "
-                        "to draw this request's samples; use the async API in async code"
-                    )
+        for refill, cursor in self._steps(request, key, index, batch, is_async=False):
+            if cursor is None:
                 refill.done.result()
-                continue
-            cursor = self._start(request, key, refill)
-            if cursor.ordered:
+            elif cursor.ordered:
                 self._fill(request, key, cursor, refill)
             else:
                 _KEEPER.call(functools.partial(self._fill, request, key, cursor, refill))
 
+    async def aextend(self, request: Request, key: str, index: int, batch: int) -> None:
+        """Async :meth:`extend`."""
+        # Shielded: a caller that times out must neither cancel a refill others
+        # wait for nor throw away samples already paid for (law 6).
+        for refill, cursor in self._steps(request, key, index, batch, is_async=True):
+            if cursor is None:
+                await asyncio.shield(asyncio.wrap_future(refill.done))
+            elif cursor.ordered:
+                task = asyncio.ensure_future(self._afill(request, key, cursor, refill))
+                task.add_done_callback(_retrieve)
+                await asyncio.shield(task)
+            else:
+                fill = self._afill(request, key, cursor, refill)
+                await asyncio.shield(asyncio.wrap_future(_KEEPER.submit(fill)))
+
+    def _order_lock(self, key: str, cursor: Cursor) -> threading.Lock | None:
+        """The lock a refill from ``cursor`` lands under, if any.
+
+        Refills from an ordered (cached) inner sequence must land in the order they
+        were taken, or a slice would not be a prefix (law 4).
+        """
+        return self._ordered_locks[key] if cursor.ordered else None
+
     def _fill(self, request: Request, key: str, cursor: Cursor, refill: _Refill) -> None:
         """Run ``refill`` to its end: draw, store, and wake whoever waits for it."""
         try:
-            # Refills from an ordered (cached) inner sequence must land in the
-            # order they were taken, or a slice would not be a prefix (law 4).
-            with self._ordered_locks[key] if cursor.ordered else contextlib.nullcontext():
+            with self._order_lock(key, cursor) or contextlib.nullcontext():
                 self._land(request, key, cursor, cursor.take(request, refill.count))
         finally:
             self._release(key, refill)
 
-    async def aextend(self, request: Request, key: str, index: int, batch: int) -> None:
-        """Async :meth:`extend`."""
-        while (plan := self._plan(request, key, index, batch, is_async=True)) is not None:
-            refill, mine = plan
-            # Shielded: a caller that times out must neither cancel a refill others
-            # wait for nor throw away samples already paid for (law 6).
-            if not mine:
-                await asyncio.shield(asyncio.wrap_future(refill.done))
-                continue
-            cursor = self._start(request, key, refill)
-            fill = self._afill(request, key, cursor, refill)
-            if cursor.ordered:
-                task = asyncio.ensure_future(fill)
-                task.add_done_callback(_retrieve)
-                await asyncio.shield(task)
-            else:
-                await asyncio.shield(asyncio.wrap_future(_KEEPER.submit(fill)))
-
     async def _afill(self, request: Request, key: str, cursor: Cursor, refill: _Refill) -> None:
+        """Async :meth:`_fill`."""
         try:
-            if not cursor.ordered:
+            async with _polled(self._order_lock(key, cursor)):
                 self._land(request, key, cursor, await cursor.atake(request, refill.count))
-                return
-            lock = self._ordered_locks[key]
-            # Polled rather than awaited in a thread: a cancelled wait must not
-            # leave the lock taken by nobody.
-            while not lock.acquire(blocking=False):
-                await asyncio.sleep(0.001)
-            try:
-                self._land(request, key, cursor, await cursor.atake(request, refill.count))
-            finally:
-                lock.release()
         finally:
             self._release(key, refill)
 
@@ -423,6 +430,24 @@ def _store_refills_at_exit() -> None:
         )
         wait_for_refills(EXIT_WAIT)
     _KEEPER.close_loop()
+
+
+@contextlib.asynccontextmanager
+async def _polled(lock: threading.Lock | None) -> AsyncIterator[None]:
+    """Hold ``lock`` (if any) in async code.
+
+    Polled rather than awaited in a thread: a cancelled wait must not leave the
+    lock taken by nobody.
+    """
+    if lock is None:
+        yield
+        return
+    while not lock.acquire(blocking=False):
+        await asyncio.sleep(0.001)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:
