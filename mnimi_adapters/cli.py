@@ -44,6 +44,7 @@ from . import __version__
 from .core.bundle import RUN_RECORD, STORE, Manifest, is_bundle, verify_bundle
 from .core.errors import CorruptStoreError, MnimiError, StoreError
 from .core.explain import explain_miss, requested_record
+from .core.request import content_text
 from .core.runs import compare_runs, read_run
 from .core.sample import Sample
 from .core.stores import (
@@ -147,30 +148,11 @@ def excerpt(text: str, width: int = EXCERPT) -> str:
     return flat if len(flat) <= width else flat[: max(width - 3, 0)] + "..."
 
 
-def _content_text(content: Any) -> str:
-    """The text of an OpenAI-style message content (a str or a list of parts)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, dict) and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-            elif isinstance(part, dict):
-                parts.append(f"[{part.get('type', 'part')}]")
-            else:
-                parts.append(str(part))
-        return " ".join(parts)
-    return json.dumps(content, ensure_ascii=False)
-
-
 def _message_text(message: Any) -> str:
     """A message's text, or a note of its tool calls when it has no text."""
     if not isinstance(message, dict):
         return str(message)
-    text = _content_text(message.get("content"))
+    text = content_text(message.get("content"), shown=True)
     calls = message.get("tool_calls")
     if not text and isinstance(calls, list) and calls:
         names = [
@@ -1032,7 +1014,7 @@ def cmd_diff_runs(args: argparse.Namespace) -> int:
 # -- demo -----------------------------------------------------------------
 
 
-def run_demo(argv: list[str]) -> int:
+def _forward_to_demo(argv: list[str]) -> int:
     """Hand ``argv`` to ``mnimi_adapters.demo.main``, imported only now (it pulls in LiteLLM)."""
     try:
         demo = importlib.import_module("mnimi_adapters.demo")
@@ -1202,7 +1184,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         demo_argv = _demo_argv(arguments)
         if demo_argv is not None:
-            return run_demo(demo_argv)
+            return _forward_to_demo(demo_argv)
         parser = build_parser()
         try:
             args = parser.parse_args(arguments)

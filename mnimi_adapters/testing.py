@@ -33,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from .core.request import content_text
 from .core.sample import stream_pieces
 
 __all__ = ["LoggedRequest", "SamplingServer", "main"]
@@ -205,26 +206,16 @@ def _error_kind(status: int) -> tuple[str, str | None]:
 # ---------------------------------------------------------------------------------------
 
 
-def _content_text(content: Any) -> str:
-    """Text of a message ``content``: a string or a list of OpenAI content parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [part.get("text", "") if isinstance(part, dict) else str(part) for part in content]
-        return " ".join(p for p in parts if isinstance(p, str) and p)
-    return ""
-
-
 def _last_user_text(messages: list[Any]) -> str:
     for message in reversed(messages):
         if isinstance(message, dict) and message.get("role") == "user":
-            return _content_text(message.get("content"))
+            return content_text(message.get("content"))
     return ""
 
 
 def _prompt_tokens(messages: list[Any]) -> int:
     words = sum(
-        len(_content_text(m.get("content")).split()) for m in messages if isinstance(m, dict)
+        len(content_text(m.get("content")).split()) for m in messages if isinstance(m, dict)
     )
     return max(1, words)
 
@@ -348,7 +339,7 @@ def _conversation_keys(messages: list[Any]) -> list[str]:
     """JSON keys named by the latest user or system message that names any."""
     for message in reversed(messages):
         if isinstance(message, dict) and message.get("role") in ("user", "system", "developer"):
-            keys = _named_keys(_content_text(message.get("content")))
+            keys = _named_keys(content_text(message.get("content")))
             if keys:
                 return keys
     return []
@@ -681,7 +672,7 @@ class _Sampler:
 
         last = messages[-1] if isinstance(messages[-1], dict) else {}
         if last.get("role") in ("tool", "function"):
-            result = _content_text(last.get("content"))[:200]
+            result = content_text(last.get("content"))[:200]
             text = f"The tool returned {result}. {self.sentence()}"
         else:
             text = self.answer(last_user)

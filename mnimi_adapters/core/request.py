@@ -178,6 +178,35 @@ def canonical_json(value: Any) -> str:
     return json.dumps(canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def content_text(content: Any, *, shown: bool = False) -> str:
+    """The text of an OpenAI-style message content: a str, or the text parts of a list.
+
+    Args:
+        content: A message's ``content``.
+        shown: For a person to read: a part without text stands as its ``[type]``, and
+            content of another shape as JSON. Otherwise both are left out, so that only
+            what a model would read as text remains.
+
+    Example:
+        >>> parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url"}]
+        >>> content_text(parts), content_text(parts, shown=True)
+        ('What is this?', 'What is this? [image_url]')
+    """
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return json.dumps(content, ensure_ascii=False) if shown and content is not None else ""
+    texts = []
+    for part in content:
+        if not isinstance(part, dict):
+            texts.append(str(part))
+        elif isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif shown:
+            texts.append(f"[{part.get('type', 'part')}]")
+    return " ".join(text for text in texts if text)
+
+
 @dataclass(frozen=True, eq=False)
 class Request:
     """One sampling request: messages plus per-call sampling parameters.
