@@ -28,9 +28,10 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from .core.request import content_text
@@ -44,6 +45,8 @@ _REDACTED_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key"
 _FAULT_KINDS = frozenset({"status", "timeout", "malformed", "empty"})
 _DEFAULT_MODEL = "mock-model"
 _FINGERPRINT = "mnimi-local"
+# A JSON Schema number the mock draws: an integer, or a float.
+_N = TypeVar("_N", int, float)
 
 _RANGE_RE = re.compile(r"between (\d+) and (\d+)", re.IGNORECASE)
 _INT_RE = re.compile(r"-?\d+")
@@ -565,23 +568,24 @@ class _Sampler:
                 return candidate
         return None
 
+    @staticmethod
+    def _span(low: float | None, high: float | None, kind: Callable[[float], _N]) -> tuple[_N, _N]:
+        """Where to draw a number the prompt did not give: its bounds, open ends 100 apart."""
+        lo = kind(low) if low is not None else min(kind(0), kind(0 if high is None else high))
+        hi = kind(high) if high is not None else lo + 100
+        return lo, max(lo, hi)
+
     def _integer(self, schema: dict[str, Any], given: _PromptValues) -> int:
         low, high = self._bounds(schema, 1)
         taken = self._take_int(given, low, high)
-        if taken is not None:
-            return taken
-        lo = int(low) if low is not None else min(0, int(high) if high is not None else 0)
-        hi = int(high) if high is not None else lo + 100
-        return self.rng.randint(lo, max(lo, hi))
+        return taken if taken is not None else self.rng.randint(*self._span(low, high, int))
 
     def _number(self, schema: dict[str, Any], given: _PromptValues) -> float | int:
         low, high = self._bounds(schema, 0)
         taken = self._take_int(given, low, high)
         if taken is not None:
             return taken
-        lo = float(low) if low is not None else min(0.0, float(high) if high is not None else 0.0)
-        hi = float(high) if high is not None else lo + 100.0
-        return round(self.rng.uniform(lo, max(lo, hi)), 3)
+        return round(self.rng.uniform(*self._span(low, high, float)), 3)
 
     @staticmethod
     def _take_string(schema: dict[str, Any], given: _PromptValues) -> str | None:
