@@ -98,7 +98,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, Secret, SecretStr, model_validator
 
-from ._compat import InvocationParamsWithoutCredentials, in_runnable_context
+from ._compat import InvocationParamsWithoutCredentials, in_runnable_context, private_attributes
 from .core import (
     BatchedModel,
     CacheLayer,
@@ -349,6 +349,42 @@ def _endpoint_fields(cls: type[BaseChatModel]) -> tuple[tuple[str, str], ...]:
     )
 
 
+_PLAIN = (str, int, float, bool, type(None))
+# What _plain_copy gives for a value that is not plain JSON.
+_NOT_PLAIN = object()
+
+
+def _plain_copy(value: Any) -> Any:
+    """A deep copy of plain JSON data (dicts with str keys, lists, tuples, scalars), or
+    ``_NOT_PLAIN`` for anything else, whose key cannot be told from a comparison."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is dict:
+        copied = {k: _plain_copy(v) for k, v in value.items() if type(k) is str}
+        ok = len(copied) == len(value) and _NOT_PLAIN not in copied.values()
+        return copied if ok else _NOT_PLAIN
+    if kind is list or kind is tuple:
+        items = [_plain_copy(v) for v in value]
+        return kind(items) if all(item is not _NOT_PLAIN for item in items) else _NOT_PLAIN
+    return _NOT_PLAIN
+
+
+def _same(copied: Any, value: Any) -> bool:
+    """Whether ``value`` equals a :func:`_plain_copy`, types included (``True`` is not ``1``,
+    which ``==`` says and a key does not)."""
+    kind = type(copied)
+    if kind is not type(value):
+        return False
+    if kind is dict:
+        return len(copied) == len(value) and all(
+            k in value and _same(v, value[k]) for k, v in copied.items()
+        )
+    if kind is list or kind is tuple:
+        return len(copied) == len(value) and all(map(_same, copied, value))
+    return bool(copied == value)
+
+
 def _json_safe(value: Any) -> Any:
     """``value`` as plain JSON: a parsed pydantic object in a message becomes its dict."""
     if isinstance(value, dict):
@@ -411,16 +447,21 @@ def _samples_of(generations: Sequence[Any]) -> list[Sample]:
     ]
 
 
-def _stored_message(sample: Sample) -> AIMessage | None:
-    """The wrapped model's own message a sample holds, or None for a string-form sample."""
+def _stored_message(sample: Sample, facts: bool = False) -> AIMessage | None:
+    """The wrapped model's own message a sample holds, or None for a string-form sample;
+    with ``facts``, the cache facts added to its metadata."""
     stored = sample.message.get(_LANGCHAIN_MESSAGE)
     if not isinstance(stored, dict):
         return None
     if stored.get("type") != "ai":
         return None
+    data = stored["data"]
+    if facts:
+        metadata = {**(data.get("response_metadata") or {}), **_facts(sample)}
+        data = {**data, "response_metadata": metadata}
     # Not validated again: the dict is LangChain's own dump of a valid AIMessage, and
     # validation would cost a cache hit several microseconds.
-    return AIMessage.model_construct(**stored["data"])
+    return AIMessage.model_construct(**data)
 
 
 class _Sink:
@@ -887,6 +928,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
     # The configuration the layers were built for, and the layers by model override. A
     # copy (model_copy) or a changed field never reuses a layer built for another one.
     _built: tuple[tuple[Any, ...], dict[str | None, Layer]] | None = PrivateAttr(default=None)
+    # A wrapped model's last request and its key (see _key_of).
+    _last_key: tuple[Layer, Any, Any, str] | None = PrivateAttr(default=None)
     # The wrapped model's identity and what it was derived from (see _wrapped_identity).
     _identity_memo: tuple[tuple[Any, ...], dict[str, Any], LangSmithParams] | None = PrivateAttr(
         default=None
@@ -1041,10 +1084,11 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
                 return self.model._get_ls_params(stop=stop, **kwargs)
             # Derived with the identity, which every call checks anyway (in _prepare): a
             # trace may show params one change late, a key never uses them.
-            if self._identity_memo is None:
+            memo = private_attributes(self)["_identity_memo"]
+            if memo is None:
                 self._wrapped_identity(self.model)
-            assert self._identity_memo is not None
-            return LangSmithParams(**self._identity_memo[2])
+                memo = private_attributes(self)["_identity_memo"]
+            return LangSmithParams(**memo[2])
         params = LangSmithParams(
             ls_provider="mnimi",
             ls_model_name=str(kwargs.get("model") or self._model_name(None)),
@@ -1101,7 +1145,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
                 )
             return self._wrapped_layer(self.model)
         config = self._config()
-        built = self._built
+        built = private_attributes(self)["_built"]
         # Compared, not hashed: tuple equality checks identity first, so a hit costs
         # well under a microsecond.
         if built is not None and built[0] == config:
@@ -1150,19 +1194,22 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             self.alias,
             [getattr(chat, field, None) for field, _ in _endpoint_fields(type(chat))],
         )
-        memo = self._identity_memo
+        # The memos are read through the private attributes' dict: pydantic's own way
+        # costs more than the whole check.
+        private = private_attributes(self)
+        memo = private["_identity_memo"]
         if memo is not None and memo[0] == seen:
             return memo[1]
         ls_params = chat._get_ls_params()
         identity = wrapped_identity(chat, self.alias, ls_params)
-        self._identity_memo = (seen, identity, ls_params)
+        private["_identity_memo"] = (seen, identity, ls_params)
         return identity
 
     def _wrapped_layer(self, chat: BaseChatModel) -> Layer:
         """The cache layer over a wrapped model, shared by every model of its identity."""
         identity = self._wrapped_identity(chat)
         config = (identity, self.cache_dir, self.replication)
-        built = self._built
+        built = private_attributes(self)["_built"]
         # The identity is derived anew on each call: the wrapped model is the user's, and a
         # changed temperature must not keep drawing from the old sequences.
         if built is not None and built[0] == config:
@@ -1281,9 +1328,35 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             attempt = _node_attempt()
             if attempt > 1:
                 offset = (attempt - 1) * n
-        sequence = (id(base), base.key_of(request))
+        sequence = (id(base), self._key_of(base, request) if wrapped else base.key_of(request))
         model = str(base.identity()["model"]) if wrapped is not None else self._model_name(override)
         return _Draw(layer, request, n, offset, model, sequence, wrapped is not None)
+
+    def _key_of(self, base: Layer, request: Request) -> str:
+        """``base.key_of(request)`` for a wrapped model, reused when the previous call asked
+        the same: the canonical JSON and hash of a request are a third of a hit's own cost.
+
+        Only there: a wrapped model's layer has one fixed identity, while a given layer's
+        may change. The request is kept as a copy, so a value changed in place since (a
+        bound tool's dict) is seen; anything but plain JSON is always hashed.
+        """
+        private = private_attributes(self)
+        last = private["_last_key"]
+        if (
+            last is not None
+            and last[0] is base
+            and _same(last[1], request.messages)
+            and _same(last[2], request.params)
+        ):
+            root = base.root
+            # Where key_of keeps the keys it computed: every layer of the stack asks again.
+            request.keys[id(root)] = (root, last[3])
+            return str(last[3])
+        key = base.key_of(request)
+        messages, params = _plain_copy(request.messages), _plain_copy(dict(request.params))
+        if messages is not _NOT_PLAIN and params is not _NOT_PLAIN:
+            private["_last_key"] = (base, messages, params, key)
+        return key
 
     def _draw(
         self,
@@ -1311,15 +1384,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             "provider_model_name": sample.model,
         }
 
-    def _replayed(self, sample: Sample) -> AIMessage | None:
-        """A wrapped model's stored message, with the cache facts in its metadata."""
-        message = _stored_message(sample)
-        if message is not None:
-            message.response_metadata = {**message.response_metadata, **_facts(sample)}
-        return message
-
     def _generation(self, sample: Sample, model: str) -> ChatGeneration:
-        replayed = self._replayed(sample)
+        replayed = _stored_message(sample, facts=True)
         if replayed is not None:
             return ChatGeneration(message=replayed)
         raw_calls = sample.message.get("tool_calls")
@@ -1339,7 +1405,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
 
     def _chunks(self, sample: Sample, model: str) -> Iterator[ChatGenerationChunk]:
         """A stored sample as a stream: text pieces, tool-call chunks, then the totals."""
-        replayed = self._replayed(sample)
+        replayed = _stored_message(sample, facts=True)
         if replayed is not None:
             yield from _replay_chunks(replayed)
             return

@@ -133,6 +133,28 @@ def test_the_key_holds_the_models_identity_and_no_credential(
     assert SECRET not in repr(chat) and SECRET not in json.dumps(chat._identifying_params)
 
 
+def test_a_repeated_requests_key_is_reused_only_while_nothing_changed(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    # A hit reuses the previous call's key when the request is the same: a value changed in
+    # place, True for 1 (equal in Python, not in a key) or a changed wrapped model must not.
+    def key(chat: MnimiChatModel, **kwargs: Any) -> str:
+        return str(chat.invoke(NUMBER, **kwargs).response_metadata["cache_key"])
+
+    chat = MnimiChatModel(model=openai(), cache_dir=cache)
+    bias = {"50256": 1}
+    first = key(chat, logit_bias=bias)
+    assert key(chat, logit_bias=bias) == first
+    bias["50256"] = 2
+    changed = key(chat, logit_bias=bias)
+    assert changed != first
+    assert key(MnimiChatModel(model=openai(), cache_dir=cache), logit_bias=bias) == changed
+    assert key(chat, logit_bias={"50256": 1}) == first
+    assert key(chat, logit_bias={"50256": True}) != first
+    chat.model.temperature = 0.3  # type: ignore[union-attr]
+    assert key(chat, logit_bias={"50256": 1}) != first
+
+
 def test_models_that_differ_only_in_credentials_share_a_scope(
     server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
 ) -> None:
