@@ -1328,7 +1328,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             attempt = _node_attempt()
             if attempt > 1:
                 offset = (attempt - 1) * n
-        sequence = (id(base), self._key_of(base, request) if wrapped else base.key_of(request))
+        key = self._key_of(base, request) if wrapped is not None else base.key_of(request)
+        sequence = (id(base), key)
         model = str(base.identity()["model"]) if wrapped is not None else self._model_name(override)
         return _Draw(layer, request, n, offset, model, sequence, wrapped is not None)
 
