@@ -130,6 +130,7 @@ __all__ = ["MnimiChatModel", "MnimiLLMCache", "WrappedChatModel", "wrapped_ident
 _LAYER_FIELDS = (
     "temperature",
     "cache_dir",
+    "slice_of",
     "replication",
     "max_batch",
     "alias",
@@ -878,8 +879,14 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             to wrap, e.g. ``ChatOpenAI(model="gpt-4o-mini")``.
         temperature: Sampling temperature.
         cache_dir: Directory of the persistent sample store.
+        slice_of: A bigger cache (directory or Redis URL) that ``cache_dir`` is a slice
+            of: calls read through it (drawing into it on a miss), and ``cache_dir``
+            receives exactly the prefix of each sequence the run used, as
+            ``Persistent(Persistent(model, slice_of), cache_dir)`` does (law 4). Share
+            ``cache_dir`` for others to replay the run with ``replication=True``.
         replication: Never call the provider; a missing sample raises
-            ``ReplicationCacheMiss``.
+            ``ReplicationCacheMiss``. With ``slice_of``, the bigger cache is the one
+            read in replication mode, and the slice still receives what the run used.
         n: Generations per call.
         max_batch: Most samples one provider request may return.
         alias: The model's name in cache keys (share a cache across providers).
@@ -908,6 +915,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
     model: str | BaseChatModel | None = None
     temperature: float = 1.0
     cache_dir: str = "~/.llm_cache"
+    slice_of: str | None = None
     replication: bool = False
     n: int = Field(default=1, ge=1)
     max_batch: int = Field(default=1, ge=1)
@@ -1014,6 +1022,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             return {
                 **self._wrapped_identity(self.model),
                 "cache_dir": shown_location(self.cache_dir),
+                "slice_of": self.slice_of and shown_location(self.slice_of),
                 "replication": self.replication,
                 "n": self.n,
             }
@@ -1024,6 +1033,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             "api_base": self.api_base,
             # Invocation params reach callbacks and tracers: a Redis password must not.
             "cache_dir": shown_location(self.cache_dir),
+            "slice_of": self.slice_of and shown_location(self.slice_of),
             "replication": self.replication,
             "n": self.n,
             "max_batch": self.max_batch,
@@ -1044,6 +1054,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         secrets = {"api_key": "MNIMI_API_KEY"}
         if url_has_password(self.cache_dir):  # a Redis URL with its password
             secrets["cache_dir"] = "MNIMI_CACHE_DIR"
+        if self.slice_of is not None and url_has_password(self.slice_of):
+            secrets["slice_of"] = "MNIMI_SLICE_OF"
         for name in self.model_kwargs:
             if is_credential(name):  # aws_secret_access_key -> AWS_SECRET_ACCESS_KEY
                 secrets[name] = name.upper()  # serialised as a keyword of its own: to_json
@@ -1054,7 +1066,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             if name == "model_kwargs" and value:
                 # Also when a credential was put there after construction, unwrapped.
                 value = {k: _hide(k, v) for k, v in value.items()}
-            yield name, shown_location(value) if name == "cache_dir" else value
+            shown = name in ("cache_dir", "slice_of") and value is not None
+            yield name, shown_location(value) if shown else value
 
     def to_json(self) -> Any:
         """LangChain serialisation; a model over a user ``layer`` cannot be serialised."""
@@ -1125,8 +1138,16 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             self.alias,
             self.api_base,
             self.cache_dir,
+            self.slice_of,
             self.replication,
         )
+
+    def _persistent(self, inner: Layer) -> Layer:
+        """``inner`` kept in ``cache_dir``, read through ``slice_of`` first if given."""
+        if self.slice_of is None:
+            return Persistent(inner, self.cache_dir, replication=self.replication)
+        source = Persistent(inner, self.slice_of, replication=self.replication)
+        return Persistent(source, self.cache_dir)
 
     def _layer_for(self, override: str | None) -> Layer:
         """The cache layer for ``override`` (or the configured model), built once."""
@@ -1163,6 +1184,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             self.alias if not override else None,
             self.api_base,
             os.path.abspath(os.path.expanduser(self.cache_dir)),
+            self.slice_of,
             self.replication,
         )
         # One lock for building: concurrent first calls (asyncio.gather, thread pools)
@@ -1208,7 +1230,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
     def _wrapped_layer(self, chat: BaseChatModel) -> Layer:
         """The cache layer over a wrapped model, shared by every model of its identity."""
         identity = self._wrapped_identity(chat)
-        config = (identity, self.cache_dir, self.replication)
+        config = (identity, self.cache_dir, self.slice_of, self.replication)
         built = private_attributes(self)["_built"]
         # The identity is derived anew on each call: the wrapped model is the user's, and a
         # changed temperature must not keep drawing from the old sequences.
@@ -1217,14 +1239,13 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         key = (
             canonical_json(identity),
             os.path.abspath(os.path.expanduser(self.cache_dir)),
+            self.slice_of,
             self.replication,
         )
         with _SHARED_LOCK:
             layer = _SHARED_LAYERS.get(key)
             if layer is None:
-                layer = Persistent(
-                    WrappedChatModel(identity), self.cache_dir, replication=self.replication
-                )
+                layer = self._persistent(WrappedChatModel(identity))
                 _SHARED_LAYERS[key] = layer
             self._built = (config, {None: layer})
         return layer
@@ -1233,7 +1254,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         # No key, timeout, retries or max_batch here: the layer is shared by every copy
         # of this configuration, and each call brings its own (see _prepare).
         provider = LiteLLMModel(model, self.temperature, alias=alias, api_base=self.api_base)
-        return Persistent(provider, self.cache_dir, replication=self.replication)
+        return self._persistent(provider)
 
     def cache_stats(self, model: str | None = None) -> dict[str, int | float]:
         """What the cache layer did so far: hits, misses, provider requests, tokens, cost.

@@ -743,3 +743,22 @@ def test_examples_run_offline(tmp_path: Path) -> None:
         out, err = run.communicate(timeout=120)
         assert run.returncode == 0, f"{name} failed:\n{out}\n{err}"
         assert "replayed" in out, out
+
+
+def test_slice_of_gives_the_string_form_a_slice_of_the_big_cache(
+    chat: ChatFactory, server: SamplingServer, tmp_path: Path
+) -> None:
+    big, small = str(tmp_path / "big"), str(tmp_path / "small")
+    with independent():
+        drawn = [chat(cache_dir=big).invoke("Pick a number.").content for _ in range(3)]
+    with independent():
+        used = [
+            chat(cache_dir=small, slice_of=big).invoke("Pick a number.").content for _ in range(2)
+        ]
+    assert used == drawn[:2] and requests(server) == 3
+    replay = chat(cache_dir=small, replication=True)
+    with independent():
+        assert [replay.invoke("Pick a number.").content for _ in range(2)] == used
+        with pytest.raises(ReplicationCacheMiss):
+            replay.invoke("Pick a number.")
+    assert requests(server) == 3

@@ -248,6 +248,39 @@ def test_cli_stats_and_an_exported_slice_of_the_wrapped_models_samples(
         replay.invoke("hello")
 
 
+def test_slice_of_keeps_exactly_what_the_run_used(
+    openai: Callable[..., ChatOpenAI],
+    server: SamplingServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # law 4 for a wrapped model: Persistent(Persistent(model, big), small).
+    big, small = str(tmp_path / "big"), str(tmp_path / "small")
+    full = MnimiChatModel(model=openai(), cache_dir=big)
+    with independent():
+        drawn = [full.invoke(NUMBER).content for _ in range(5)]
+    full.invoke("hello")
+    assert sent(server) == 6
+
+    run = MnimiChatModel(model=openai(), cache_dir=small, slice_of=big)
+    with independent():
+        used = [run.invoke(NUMBER).content for _ in range(2)]
+    assert used == drawn[:2] and sent(server) == 6  # read through the big cache
+
+    # The slice holds that prefix and nothing else; a colleague replays it offline.
+    assert main(["--json", "stats", small]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["samples"] == 2 and stats["keys"] == 1
+    replay = MnimiChatModel(model=openai(api_key="unused"), cache_dir=small, replication=True)
+    with independent():
+        assert [replay.invoke(NUMBER).content for _ in range(2)] == used
+        with pytest.raises(ReplicationCacheMiss):
+            replay.invoke(NUMBER)
+    with pytest.raises(ReplicationCacheMiss):
+        replay.invoke("hello")
+    assert sent(server) == 6
+
+
 # -- streaming --------------------------------------------------------------------------
 
 
