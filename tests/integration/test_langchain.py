@@ -762,3 +762,30 @@ def test_slice_of_gives_the_string_form_a_slice_of_the_big_cache(
         with pytest.raises(ReplicationCacheMiss):
             replay.invoke("Pick a number.")
     assert requests(server) == 3
+
+
+class TokenSpy(BaseCallbackHandler):
+    """Counts the tokens LangChain reports to callbacks."""
+
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+
+    def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+        self.tokens.append(token)
+
+
+@pytest.mark.parametrize("hit", [False, True], ids=["miss", "hit"])
+def test_callbacks_see_each_streamed_chunk_once(chat: ChatFactory, hit: bool) -> None:
+    model = chat()
+    if hit:
+        model.invoke("Tell me a story.")
+    spy = TokenSpy()
+    chunks = list(model.stream("Tell me a story.", config={"callbacks": [spy]}))
+    assert len(spy.tokens) == len(chunks)
+    assert "".join(spy.tokens) == "".join(str(chunk.content) for chunk in chunks)
+
+
+async def test_async_callbacks_see_each_streamed_chunk_once(chat: ChatFactory) -> None:
+    spy = TokenSpy()
+    chunks = [c async for c in chat().astream("Tell me a story.", config={"callbacks": [spy]})]
+    assert len(spy.tokens) == len(chunks)

@@ -570,3 +570,22 @@ async def test_an_abandoned_astream_stores_nothing_and_gives_its_position_back(
     assert after.response_metadata["cache_hit"] is False
     assert chat.cache_stats()["samples_stored"] == 1
     assert sent(server) == 2
+
+
+def test_callbacks_see_each_chunk_of_a_wrapped_stream_once(
+    openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    class TokenSpy(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.tokens: list[str] = []
+
+        def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+            self.tokens.append(token)
+
+    chat = MnimiChatModel(model=openai(), cache_dir=cache)
+    for _ in range(2):  # a live miss, then a replayed hit
+        spy = TokenSpy()
+        chunks = list(chat.stream(NUMBER, config={"callbacks": [spy]}))
+        assert len(spy.tokens) == len(chunks)
