@@ -166,11 +166,9 @@ class CacheLayer(Wrapper):
     def _land(self, request: Request, key: str, cursor: Cursor, drawn: list[Sample]) -> None:
         """Store what a refill drew."""
         # Law 3: a draw already in the sequence (slicing over a partly filled
-        # cache re-reads the inner one from 0) is never stored twice.
-        fresh = [s for s in drawn if not self.store.has_draw(key, s.draw_id)]
-        added = (
-            self.store.append(key, fresh, request_record(self.identity(), request)) if fresh else []
-        )
+        # cache re-reads the inner one from 0) is never stored twice; the store's
+        # append skips it in the same transaction that reads the draw index.
+        added = self.store.append(key, drawn, request_record(self.identity(), request))
         if added:
             self._count_stored(added)
         elif not cursor.ordered:

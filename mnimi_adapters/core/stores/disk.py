@@ -9,9 +9,11 @@ The layout, every value a JSON string or an int, never a pickle::
     m:<key>               the request and running totals (JSON), for listings
 
 Rows are read with plain SQL on diskcache's table (an index lookup, or one
-range scan of a prefix for listings) and written through diskcache. A store
-that cannot be written (read-only media, a full disk) opens read-only, so a
-replay or a replication run still reads it.
+range scan of a prefix for listings). An append writes its rows with plain SQL
+too, in one transaction of a few statements: diskcache's ``set`` costs several
+statements per row, and a cache miss pays for every one. A store that cannot be
+written (read-only media, a full disk) opens read-only, so a replay or a
+replication run still reads it.
 """
 
 from __future__ import annotations
@@ -52,6 +54,19 @@ from .base import (
 from .check import PICKLED, Verifier, decode_row, is_int, kind
 
 _ROW = "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
+# Several rows by name, in one statement (``{}``: a placeholder per name).
+_ROWS = "SELECT key, mode, filename, value FROM Cache WHERE key IN ({}) AND raw = 1"
+# A row as diskcache's ``set`` writes an inline value (size 0: no file), without its
+# existence check or its culling, which an append needs neither of.
+_INSERT = (
+    "INSERT INTO Cache(key, raw, store_time, expire_time, access_time, access_count, tag, "
+    f"size, mode, filename, value) VALUES (?, 1, ?, NULL, ?, 0, NULL, 0, {MODE_RAW}, NULL, ?)"
+)
+_UPSERT = (
+    f"{_INSERT} ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time, "
+    "expire_time = NULL, access_time = excluded.access_time, tag = NULL, size = 0, "
+    f"mode = {MODE_RAW}, filename = NULL, value = excluded.value"
+)
 # The key range of one prefix: SQLite plans it as one range scan of its (key, raw) index.
 _SCAN = (
     "SELECT key, mode, filename, value FROM Cache WHERE key >= ? AND key < ? AND raw = 1 "
@@ -332,7 +347,10 @@ class DiskStore(SequenceStore):
         Raises:
             CorruptStoreError: The row is pickled or names a file.
         """
-        row = self._sql(_ROW, (name,)).fetchone()
+        return self._decoded(name, self._sql(_ROW, (name,)).fetchone())
+
+    def _decoded(self, name: str, row: Sequence[Any] | None) -> Any:
+        """The value of row ``name`` from its ``(mode, filename, value)``, as :meth:`_value`."""
         if row is None:
             return None
         try:
@@ -340,17 +358,13 @@ class DiskStore(SequenceStore):
         except CorruptStoreError as error:
             raise CorruptStoreError(f"row {name} of {self.path}: {error}") from None
 
-    def _length(self, key: str) -> int:
-        length = self._value(f"n:{key}")
+    def _length(self, key: str, length: Any) -> int:
+        """The length in ``key``'s decoded length row (``None``: no row, so 0)."""
         if length is None:
             return 0
         if not is_int(length) or length < 0:
             raise CorruptStoreError(f"row n:{key} of {self.path}: the length is {kind(length)}")
         return int(length)
-
-    def _record(self, key: str) -> dict[str, Any] | None:
-        raw = self._value(f"m:{key}")
-        return None if raw is None else decode_record(raw, key)
 
     def _scan(self, prefix: str) -> Iterator[tuple[str, Any]]:
         """Every row whose name starts with ``prefix``, in name order: one range scan."""
@@ -367,7 +381,7 @@ class DiskStore(SequenceStore):
 
     def length(self, key: str) -> int:
         with self._sqlite(f"reading the length of key {key}"):
-            return self._length(key)
+            return self._length(key, self._value(f"n:{key}"))
 
     def has_draw(self, key: str, draw_id: str) -> bool:
         with self._sqlite(f"reading the draw index of key {key}"):
@@ -384,23 +398,36 @@ class DiskStore(SequenceStore):
         # BEGIN IMMEDIATE: the read of the length and the writes after it are one
         # atomic step for every thread and process sharing the directory.
         with self._sqlite(f"appending to key {key}"), cache.transact():
-            length = self._length(key)
-            meta = self._record(key) or {"request": record, "length": 0, "bytes": 0}
+            connection = cache._con
+            # One read for the length, the record and every draw the samples name.
+            names = [f"n:{key}", f"m:{key}", *(f"d:{key}:{s.draw_id}" for s in samples)]
+            found = {
+                row[0]: row[1:]
+                for row in connection.execute(
+                    _ROWS.format(", ".join("?" * len(names))), names
+                ).fetchall()
+            }
+            length = self._length(key, self._decoded(names[0], found.get(names[0])))
+            raw = self._decoded(names[1], found.get(names[1]))
+            meta: dict[str, Any] = (
+                {"request": record, "length": 0, "bytes": 0}
+                if raw is None
+                else decode_record(raw, key)
+            )
             added: list[Sample] = []
+            now = time.time()
+            rows: list[tuple[str, float, float, str | int]] = []
+            # The draws held, and those of this batch: a provider may repeat one (law 3).
+            seen = set(found)
             for sample in samples:
                 draw_key = f"d:{key}:{sample.draw_id}"
-                if self._sql(_ROW, (draw_key,)).fetchone() is not None:
+                if draw_key in seen:
                     continue
+                seen.add(draw_key)
                 index = length + len(added)
-                name = f"s:{key}:{index}"
-                if self._sql(_ROW, (name,)).fetchone() is not None:
-                    # Damage (appends are atomic): never overwrite it, whatever it holds.
-                    raise CorruptStoreError(
-                        f"row {name} of {self.path} lies beyond the sequence's length {length}"
-                    )
                 value = json.dumps(sample.to_dict(), ensure_ascii=False)
-                cache.set(name, value)
-                cache.set(draw_key, index)
+                rows.append((f"s:{key}:{index}", now, now, value))
+                rows.append((draw_key, now, now, index))
                 meta["bytes"] += len(value)
                 meta["prompt_tokens"] = meta.get("prompt_tokens", 0) + sample.prompt_tokens
                 meta["completion_tokens"] = (
@@ -410,10 +437,30 @@ class DiskStore(SequenceStore):
                 added.append(sample)
             if added:
                 meta["length"] = length + len(added)
-                meta["stored"] = meta["used"] = time.time()
-                cache.set(f"n:{key}", meta["length"])
-                cache.set(f"m:{key}", json.dumps(meta, ensure_ascii=False))
+                meta["stored"] = meta["used"] = now
+                try:
+                    # A plain INSERT: a sample row already there is damage (appends
+                    # are atomic), never overwritten whatever it holds.
+                    connection.executemany(_INSERT, rows)
+                except sqlite3.IntegrityError:
+                    raise self._beyond(key, length, len(added)) from None
+                # The length and record rows were read above: inline, never a file.
+                connection.executemany(
+                    _UPSERT,
+                    [
+                        (names[0], now, now, meta["length"]),
+                        (names[1], now, now, json.dumps(meta, ensure_ascii=False)),
+                    ],
+                )
         return added
+
+    def _beyond(self, key: str, length: int, count: int) -> CorruptStoreError:
+        """The error for a sample row an append found beyond the sequence's length."""
+        names = [f"s:{key}:{index}" for index in range(length, length + count)]
+        name = next(name for name in names if self._sql(_ROW, (name,)).fetchone() is not None)
+        return CorruptStoreError(
+            f"row {name} of {self.path} lies beyond the sequence's length {length}"
+        )
 
     def touch(self, key: str) -> None:
         batch = self._usage.note(key)
@@ -465,7 +512,7 @@ class DiskStore(SequenceStore):
     def delete(self, key: str) -> None:
         cache = self._writable(f"delete key {key}")
         with self._sqlite(f"deleting key {key}"), cache.transact():
-            for index in range(self._length(key)):
+            for index in range(self._length(key, self._value(f"n:{key}"))):
                 raw = self._value(f"s:{key}:{index}")
                 if raw is not None:
                     cache.delete(f"d:{key}:{decode_sample(raw, key, index).draw_id}")
