@@ -35,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -56,6 +57,7 @@ from .core.stores import (
     open_store,
     redis_location,
 )
+from .core.stores.base import recency
 from .core.stores.check import plural as _plural
 from .core.stores.disk import is_store_directory
 from .core.stores.jsonl import jsonl_lines, read_jsonl
@@ -340,43 +342,23 @@ def _resolve_key(store: Store, wanted: str, keys: list[str] | None = None) -> st
 def cmd_stats(args: argparse.Namespace) -> int:
     """Keys, samples, sizes, tokens and cost, overall and per model."""
     with _open_store(args.path) as store:
-        entries = _entries(store)
+        totals = store.totals()
         volume = store.volume()
     in_redis = store.held_in == "memory"
-    models: dict[str, dict[str, Any]] = {}
-    for entry in entries:
-        row = models.setdefault(
-            entry.model,
-            {
-                "model": entry.model,
-                "keys": 0,
-                "samples": 0,
-                "bytes": 0,
-                "prompt_tokens": 0,
-                "completion_tokens": 0,
-                "cost": 0.0,
-            },
-        )
-        row["keys"] += 1
-        row["samples"] += entry.length
-        row["bytes"] += int(entry.number("bytes"))
-        row["prompt_tokens"] += int(entry.number("prompt_tokens"))
-        row["completion_tokens"] += int(entry.number("completion_tokens"))
-        row["cost"] += float(entry.number("cost"))
-    per_model = sorted(models.values(), key=lambda r: (-r["samples"], r["model"]))
-    damaged = [{"key": e.key, "error": e.error} for e in entries if e.error]
-    totals: dict[str, Any] = {
+    per_model = [asdict(row) for row in totals.models]
+    damaged = [{"key": e.key, "error": e.error} for e in totals.damaged]
+    summed: dict[str, Any] = {
         name: sum(row[name] for row in per_model)
         for name in ("samples", "bytes", "prompt_tokens", "completion_tokens")
     }
-    totals["cost"] = float(sum(row["cost"] for row in per_model))
+    summed["cost"] = float(sum(row["cost"] for row in per_model))
     if args.json:
         _emit_json(
             {
                 "path": store.location,
                 "format": FORMAT_VERSION,
-                "keys": len(entries),
-                **totals,
+                "keys": totals.keys,
+                **summed,
                 # A Redis store occupies server memory, not disk: each size under its name.
                 "disk_bytes": None if in_redis else volume,
                 **({"memory_bytes": volume} if in_redis else {}),
@@ -386,16 +368,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
         )
     else:
         print(f"cache      {store.location} (format {FORMAT_VERSION})")
-        print(f"keys       {len(entries):,}")
-        print(f"samples    {totals['samples']:,}")
+        print(f"keys       {totals.keys:,}")
+        print(f"samples    {summed['samples']:,}")
         where = "in Redis memory" if in_redis else "on disk"
         held = "unknown" if volume is None else format_size(volume)
-        print(f"size       {held} {where}, {format_size(totals['bytes'])} of samples")
+        print(f"size       {held} {where}, {format_size(summed['bytes'])} of samples")
         print(
-            f"tokens     {totals['prompt_tokens']:,} prompt + "
-            f"{totals['completion_tokens']:,} completion"
+            f"tokens     {summed['prompt_tokens']:,} prompt + "
+            f"{summed['completion_tokens']:,} completion"
         )
-        print(f"cost       ${totals['cost']:.4f} (where the provider reported it)")
+        print(f"cost       ${summed['cost']:.4f} (where the provider reported it)")
         if per_model:
             print()
             print(
@@ -439,13 +421,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _show_listing(store: Store, args: argparse.Namespace) -> int:
-    entries = _entries(store)
-    if args.grep is not None:
-        entries = [e for e in entries if e.error is None and _matches(e, args.grep)]
     # Most recently used first: what the last run did is what one looks for.
-    entries.sort(key=lambda e: (-e.number("used"), e.key))
-    matched = len(entries)
-    if args.limit is not None:
+    if args.grep is None:
+        matched, entries = store.recent(args.limit)
+    else:
+        entries = [e for e in _entries(store) if e.error is None and _matches(e, args.grep)]
+        entries.sort(key=recency)
+        matched = len(entries)
         entries = entries[: args.limit]
     damaged = sum(1 for e in entries if e.error)
     if args.json:

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -73,6 +73,74 @@ class Summary:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return value
         return 0
+
+
+@dataclass
+class ModelTotals:
+    """The totals of the sequences of one model, as ``mnimi stats`` lists them.
+
+    Attributes:
+        model: The model name (:attr:`Summary.model`).
+        keys: How many sequences.
+        samples: How many samples they hold.
+        bytes: Characters of sample JSON the records count.
+        prompt_tokens: Prompt tokens the records count.
+        completion_tokens: Completion tokens the records count.
+        cost: Cost in USD the records count, where the provider reported it.
+    """
+
+    model: str
+    keys: int = 0
+    samples: int = 0
+    bytes: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+
+    def add(self, summary: Summary) -> None:
+        """Count one more sequence."""
+        self.keys += 1
+        self.samples += summary.length
+        # Truncated per key, as each key's own figures are shown.
+        self.bytes += int(summary.number("bytes"))
+        self.prompt_tokens += int(summary.number("prompt_tokens"))
+        self.completion_tokens += int(summary.number("completion_tokens"))
+        self.cost += float(summary.number("cost"))
+
+
+@dataclass
+class Totals:
+    """A store's sequences summed up, per model (see :meth:`SequenceStore.totals`).
+
+    Attributes:
+        keys: How many sequences.
+        models: The totals of each model, most samples first.
+        damaged: The sequences whose length or record is damaged.
+    """
+
+    keys: int = 0
+    models: list[ModelTotals] = field(default_factory=list)
+    damaged: list[Summary] = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls, summaries: Iterable[Summary], keys: int = 0, models: Iterable[ModelTotals] = ()
+    ) -> Totals:
+        """``summaries`` added to the partial totals ``keys`` and ``models``."""
+        by_model = {row.model: row for row in models}
+        damaged = []
+        for summary in summaries:
+            keys += 1
+            by_model.setdefault(summary.model, ModelTotals(summary.model)).add(summary)
+            if summary.error:
+                damaged.append(summary)
+        ordered = sorted(by_model.values(), key=lambda row: (-row.samples, row.model))
+        return cls(keys, ordered, damaged)
+
+
+def recency(summary: Summary) -> tuple[float, str]:
+    """The order of listings: most recently used first, then by key."""
+    return (-summary.number("used"), summary.key)
 
 
 @dataclass
@@ -141,6 +209,18 @@ class SequenceStore(ABC):
     @abstractmethod
     def delete(self, key: str) -> None:
         """Remove ``key``'s whole sequence in one transaction."""
+
+    def totals(self) -> Totals:
+        """Every sequence summed up: how many, and per model their samples, sizes and cost."""
+        return Totals.of(self.summaries())
+
+    def recent(self, limit: int | None) -> tuple[int, list[Summary]]:
+        """The ``limit`` (``None``: all) most recently used sequences, and how many there are.
+
+        The order is :func:`recency`'s; damaged sequences are included, marked.
+        """
+        summaries = sorted(self.summaries(), key=recency)
+        return len(summaries), summaries[:limit]
 
     def keys(self) -> Iterator[str]:
         """Every request key that has a sequence."""

@@ -26,6 +26,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -45,11 +46,14 @@ from .base import (
     FORMAT_KEY,
     FORMAT_VERSION,
     Check,
+    ModelTotals,
     SequenceStore,
     Summary,
+    Totals,
     UsageLog,
     decode_record,
     decode_sample,
+    recency,
 )
 from .check import PICKLED, Verifier, decode_row, is_int, kind
 
@@ -78,6 +82,86 @@ _TOUCH = (
     "UPDATE Cache SET value = json_set(value, '$.used', ?) "
     f"WHERE key = ? AND raw = 1 AND filename IS NULL AND mode = {MODE_RAW} AND "
     "CASE WHEN json_valid(value) THEN json_extract(value, '$.used') END < ?"
+)
+
+# -- listings in SQL ----------------------------------------------------------
+# A listing of a million keys cannot decode a million records in Python (about
+# 20 µs each), and looking rows up by name costs about 2 µs each at that size:
+# the queries below read each prefix in one pass over the table (NOT INDEXED:
+# in the table's order, several times faster than the index's order when every
+# row is read) or probe the (key, raw) index alone, and SQLite sums the records.
+# A row they cannot vouch for is decoded in Python, as the listing of a few
+# keys always was, so damage is reported exactly as before. SQLite 3.40 parses
+# a record once for all the JSON calls on it, so each field costs one call.
+
+_RANGE = "key >= '{0}:' AND key < '{0};' AND raw = 1"
+#: An inline text row (anything else is damage that Python names).
+_TEXT = f"filename IS NULL AND mode = {MODE_RAW} AND typeof(value) = 'text'"
+#: A length row as :func:`_summary` takes it: an int >= 0, inline.
+_SOUND_LENGTH = (
+    f"filename IS NULL AND mode = {MODE_RAW} AND typeof(value) = 'integer' AND value >= 0"
+)
+#: Sound length rows counted and summed; the keys of the others, as a JSON list.
+_LENGTHS = (
+    f"SELECT count(*) FILTER (WHERE sound), sum(value) FILTER (WHERE sound), "
+    "json_group_array(substr(key, 3)) FILTER (WHERE NOT sound) "
+    f"FROM (SELECT key, value, {_SOUND_LENGTH} AS sound "
+    f"FROM Cache NOT INDEXED WHERE {_RANGE.format('n')} LIMIT -1)"
+)
+#: The keys of ``{0}:`` rows without a ``{1}:`` row: probes of the index only.
+_ALONE = (
+    f"SELECT substr(key, 3) FROM Cache AS row WHERE {_RANGE} AND NOT EXISTS "
+    "(SELECT 1 FROM Cache WHERE key = '{1}:' || substr(row.key, 3) AND raw = 1)"
+)
+_COUNT = f"SELECT count(*) FROM Cache WHERE {_RANGE.format('m')}"
+
+
+def _number(name: str) -> str:
+    """A record's total as :meth:`Summary.number` reads it: a JSON number (not a bool), else 0."""
+    return (
+        f"CASE WHEN json_type(value, '$.{name}') IN ('integer', 'real') "
+        f"THEN json_extract(value, '$.{name}') ELSE 0 END"
+    )
+
+
+#: Records as inline text holding a JSON object (``ok``), with the columns ``{}``
+#: (a record that is not JSON makes SQLite raise: see DiskStore._records).
+_FIELDS = (
+    "SELECT key, ok, {} FROM (SELECT key, value, "
+    f"CASE WHEN {_TEXT} THEN json_type(value) = 'object' ELSE 0 END AS ok "
+    f"FROM Cache NOT INDEXED WHERE {_RANGE.format('m')}{{}} LIMIT -1) LIMIT -1"
+)
+#: Records SQLite reads as Python does (an int length, a text or no model): their
+#: totals summed, per model if several (``{}``: GROUP BY model, or nothing), the
+#: others' keys as a JSON list; without the keys in ``?`` (a JSON list).
+_RECORDS = (
+    "SELECT count(DISTINCT model) FILTER (WHERE sure), min(model) FILTER (WHERE sure), "
+    "count(*) FILTER (WHERE sure), sum(length) FILTER (WHERE sure), "
+    "sum(bytes) FILTER (WHERE sure), sum(prompt_tokens) FILTER (WHERE sure), "
+    "sum(completion_tokens) FILTER (WHERE sure), total(cost) FILTER (WHERE sure), "
+    "json_group_array(substr(key, 3)) FILTER (WHERE NOT sure) FROM ("
+    + _FIELDS.format(
+        "CASE WHEN ok THEN json_type(value, '$.length') = 'integer' "
+        "AND coalesce(json_type(value, '$.request.model'), 'null') IN ('null', 'text') "
+        "ELSE 0 END AS sure, "
+        "CASE WHEN ok THEN coalesce(json_extract(value, '$.request.model'), '?') END AS model, "
+        "CASE WHEN ok THEN json_extract(value, '$.length') END AS length, "
+        # Truncated per key, as Python's int() of each key's figure.
+        + ", ".join(
+            f"CASE WHEN ok THEN CAST({_number(name)} AS INTEGER) END AS {name}"
+            for name in ("bytes", "prompt_tokens", "completion_tokens")
+        )
+        + f", CASE WHEN ok THEN {_number('cost')} END AS cost",
+        " AND substr(key, 3) NOT IN (SELECT value FROM json_each(?))",
+    )
+    + "){}"
+)
+#: The keys of the ``?`` most recently used records, in :func:`recency`'s order:
+#: a record that is not a JSON object counts as never used, as Python reads it.
+_RECENT = (
+    "SELECT substr(key, 3) FROM ("
+    + _FIELDS.format(f"CASE WHEN ok THEN {_number('used')} ELSE 0 END AS used", "")
+    + ") ORDER BY -used, substr(key, 3) LIMIT ?"
 )
 
 #: Milliseconds a usage write waits for another process's write: none, it is dropped.
@@ -497,6 +581,87 @@ class DiskStore(SequenceStore):
             while record is not None:
                 yield _summary(record[0][2:], None, record[1])
                 record = next(records, None)
+
+    def totals(self) -> Totals:
+        """Summed by SQLite: only the keys whose rows it cannot vouch for are decoded.
+
+        Each model's samples are its records' lengths; they are exact when the
+        length rows sum to the same, else (a damaged store) every key is decoded.
+        The length rows are read on a thread of their own meanwhile (SQLite lets
+        go of the GIL), as the records take most of the time.
+        """
+        with self._sqlite("summing the sequences"), ThreadPoolExecutor(1) as pool:
+            lengths = pool.submit(self._lengths)
+            models, odd = self._records(set())
+            _, total, odd_lengths = lengths.result()
+            if odd_lengths:
+                models, odd = self._records(odd_lengths)
+            if models is None:
+                return Totals.of(self.summaries())
+            odd |= odd_lengths
+            found = (self.summary(key) for key in sorted(odd))
+            flagged = [summary for summary in found if summary is not None]
+        if sum(row.samples for row in models) != total - sum(s.length for s in flagged):
+            return Totals.of(self.summaries())
+        return Totals.of(flagged, sum(row.keys for row in models), models)
+
+    def _lengths(self) -> tuple[int, int, set[str]]:
+        """How many length rows are sound, their sum, and the keys not in both prefixes.
+
+        On a connection of its own, as it runs on another thread.
+        """
+        connection = _connect_readonly(self.path / DBNAME)
+        try:
+            sound, total, odd = connection.execute(_LENGTHS).fetchone()
+            keys = set(json.loads(odd))
+            alone = [key for (key,) in connection.execute(_ALONE.format("n", "m"))]
+            (records,) = connection.execute(_COUNT).fetchone()
+            # Every record has a length row unless there are more records than pairs.
+            if records > sound + len(keys) - len(alone):
+                keys.update(key for (key,) in connection.execute(_ALONE.format("m", "n")))
+        finally:
+            connection.close()
+        return sound, total or 0, keys.union(alone)
+
+    def _records(self, leave: set[str]) -> tuple[list[ModelTotals] | None, set[str]]:
+        """The totals of the records SQLite reads as Python does, per model, but ``leave``'s;
+        and the keys of the others. ``None``: a record is not JSON (decode every key)."""
+        grouped = ""
+        while True:
+            try:
+                rows = self._sql(_RECORDS.format(grouped), (json.dumps(sorted(leave)),))
+                found = rows.fetchall()
+            except sqlite3.OperationalError as error:
+                if "malformed JSON" not in str(error):
+                    raise
+                return None, set()
+            if grouped or found[0][0] <= 1:
+                break
+            grouped = " GROUP BY model"  # several models: SQLite sorts the records
+        models, odd = [], set()
+        for _, model, keys, *totals, others in found:
+            odd.update(json.loads(others))
+            if keys:
+                models.append(ModelTotals(model, keys, *totals))
+        return models, odd
+
+    def recent(self, limit: int | None) -> tuple[int, list[Summary]]:
+        """Sorted by SQLite: only the ``limit`` keys shown (and any without a record) are
+        decoded."""
+        if limit is None:
+            return super().recent(limit)  # every record is decoded anyway
+        with self._sqlite("listing the sequences"):
+            (records,) = self._sql(_COUNT).fetchone()
+            alone = [key for (key,) in self._sql(_ALONE.format("n", "m"))]
+            try:
+                top = [key for (key,) in self._sql(_RECENT, (limit,))]
+            except sqlite3.OperationalError as error:
+                if "malformed JSON" not in str(error):
+                    raise
+                return super().recent(limit)
+            found = (self.summary(key) for key in {*alone, *top})
+            summaries = sorted((s for s in found if s is not None), key=recency)
+        return records + len(alone), summaries[:limit]
 
     def summary(self, key: str) -> Summary | None:
         with self._sqlite(f"reading key {key}"):
