@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CorruptStoreError
@@ -55,10 +55,23 @@ class Sample:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready form stored on disk."""
-        data = asdict(self)
-        del data["origin"]
-        return data
+        """The JSON-ready form stored on disk.
+
+        The nested ``message`` and ``usage`` are the sample's own (a sample is never
+        changed): written out field by field, since ``dataclasses.asdict`` deep-copies
+        every value, which made up half of what storing a sample cost.
+        """
+        return {
+            "text": self.text,
+            "message": self.message,
+            "finish_reason": self.finish_reason,
+            "usage": self.usage,
+            "model": self.model,
+            "draw_id": self.draw_id,
+            "created": self.created,
+            "response_id": self.response_id,
+            "cost": self.cost,
+        }
 
     @classmethod
     def from_dict(cls, data: Any) -> Sample:

@@ -1,0 +1,34 @@
+"""A sample's stored form: every field but ``origin``, plain JSON, and back."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from mnimi_adapters.core.sample import Sample
+
+
+def _sample() -> Sample:
+    return Sample(
+        text="42",
+        message={"role": "assistant", "content": "42", "tool_calls": [{"id": "c1"}]},
+        finish_reason="stop",
+        usage={"prompt_tokens": 3, "completion_tokens": 1},
+        model="m",
+        response_id="r1",
+        cost=0.25,
+    ).served("k", 0, hit=False)
+
+
+def test_the_stored_form_holds_every_field_but_origin() -> None:
+    sample = _sample()
+    names = {f.name for f in dataclasses.fields(Sample)} - {"origin"}
+    assert set(sample.to_dict()) == names
+    assert sample.to_dict() == {n: v for n, v in dataclasses.asdict(sample).items() if n in names}
+
+
+def test_the_stored_form_round_trips_through_json() -> None:
+    sample = _sample()
+    back = Sample.from_dict(json.loads(json.dumps(sample.to_dict())))
+    assert back == sample
+    assert back.origin is None
