@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import MnimiError, ProviderError, ReplicationCacheMiss
 from .explain import explain_miss
@@ -286,8 +286,10 @@ _SERVED_MEMORY = 1024
 EXIT_WAIT = 300.0
 
 
-#: A synchronous refill for a refill thread: the caller's context, the work, its outcome.
-_Job = tuple[contextvars.Context, Callable[[], None], Future[None]]
+T = TypeVar("T")
+
+#: Synchronous work for a refill thread: the caller's context, the work, its outcome.
+_Job = tuple[contextvars.Context, Callable[[], Any], Future[Any]]
 
 
 class _Keeper:
@@ -305,34 +307,50 @@ class _Keeper:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._in_flight: set[Future[None]] = set()
+        self._in_flight: set[Future[Any]] = set()
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         #: Refill threads done with a job and not promised another: kept, not ended,
         #: since each holds its own store connection, which takes a while to open.
         self._idle = 0
+        #: Set on the refill threads: work already there is already kept.
+        self._here = threading.local()
 
     def call(self, fill: Callable[[], None]) -> None:
         """Run ``fill`` on a refill thread, in the caller's context, and wait for it."""
-        future: Future[None] = Future()
+        if getattr(self._here, "kept", False):
+            # Work started apart (see start) runs to its end like any refill, so a
+            # refill within it needs no second hand-off, which would cost a thread wake-up.
+            contextvars.copy_context().run(fill)
+            return
+        self.start(fill).result()
+
+    def start(self, work: Callable[[], T]) -> Future[T]:
+        """Start ``work`` on a refill thread, in the caller's context, without waiting.
+
+        The work then runs to its end whatever happens to the caller, and is waited for
+        at exit like any refill; the refills it runs stay on its thread.
+        """
+        future: Future[T] = Future()
         self._track(future)
         with self._lock:
             spawn = self._idle == 0
             if not spawn:
                 self._idle -= 1
-        self._jobs.put((contextvars.copy_context(), fill, future))
+        self._jobs.put((contextvars.copy_context(), work, future))
         if spawn:
             threading.Thread(target=self._work, name="mnimi-refill", daemon=True).start()
-        future.result()
+        return future
 
     def _work(self) -> None:
+        self._here.kept = True
         while True:
-            context, fill, future = self._jobs.get()
+            context, work, future = self._jobs.get()
             try:
-                context.run(fill)
+                result = context.run(work)
             except BaseException as error:
                 future.set_exception(error)
             else:
-                future.set_result(None)
+                future.set_result(result)
             with self._lock:
                 self._idle += 1
 
@@ -351,16 +369,16 @@ class _Keeper:
         self._track(future)
         return future
 
-    def _track(self, future: Future[None]) -> None:
+    def _track(self, future: Future[Any]) -> None:
         with self._lock:
             self._in_flight.add(future)
         future.add_done_callback(self._untrack)
 
-    def _untrack(self, future: Future[None]) -> None:
+    def _untrack(self, future: Future[Any]) -> None:
         with self._lock:
             self._in_flight.discard(future)
 
-    def in_flight(self) -> list[Future[None]]:
+    def in_flight(self) -> list[Future[Any]]:
         """The refills not finished yet."""
         with self._lock:
             return list(self._in_flight)
@@ -398,6 +416,23 @@ def _new_keeper() -> None:
 
 
 os.register_at_fork(after_in_child=_new_keeper)
+
+
+def start_apart(work: Callable[[], T]) -> Future[T]:
+    """Start ``work`` on a refill thread and return its future at once.
+
+    For a caller that reads what ``work`` produces while it runs (a live stream): the
+    work runs to its end whatever happens to the caller and is waited for at exit, so
+    what it pays for is stored (law 6), and the provider refills it runs stay on its
+    thread rather than being handed off again.
+
+    Args:
+        work: What to run, in a copy of the caller's context (its scopes travel along).
+
+    Returns:
+        The outcome of ``work``.
+    """
+    return _KEEPER.start(work)
 
 
 def wait_for_refills(timeout: float | None = None) -> bool:
