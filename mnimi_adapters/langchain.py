@@ -48,7 +48,6 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from operator import itemgetter
 from typing import Any, Literal, cast
@@ -110,6 +109,7 @@ from .core import (
     Sample,
     scoped,
 )
+from .core.layers import start_apart
 from .core.model import usable
 from .core.request import (
     canonical,
@@ -562,6 +562,10 @@ class WrappedChatModel(BatchedModel):
         call = _call_of(request)
         chat = call.chat
         if chat.cache is not False:
+            # LangChain serializes a model for its callbacks once per object (a cached
+            # property, which leaves out the cache), some 85 us: made on the user's
+            # model, where it stays, and carried into each copy, which then skips it.
+            getattr(chat, "_serialized", None)
             chat = chat.model_copy(update={"cache": False})
         kwargs = dict(request.params)
         if n > 1:
@@ -710,10 +714,6 @@ async def _alive_draw(draw: _Draw, sink: _Sink) -> list[Sample]:
         assert draw.gate is not None
         _GATES.end_live(draw.gate)
         sink.put(_DONE)
-
-
-# Live streams draw here while their consumer reads the chunks.
-_STREAM_DRAWS = ThreadPoolExecutor(thread_name_prefix="mnimi-stream")
 
 
 @dataclass
@@ -1505,8 +1505,9 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             _call_of(draw.request).sink = None
             yield from self._chunks(_gated(draw)[0], draw.model)
             return
-        context = contextvars.copy_context()  # the scopes travel to the drawing thread
-        drawing = _STREAM_DRAWS.submit(context.run, _live_draw, draw, sink)
+        # Drawn on a refill thread, which also runs the refill itself: one hand-off, and
+        # a sample paid for is stored whatever the reader does (law 6).
+        drawing = start_apart(functools.partial(_live_draw, draw, sink))
         complete = False
         try:
             while (item := sink.get()) is not _DONE:
