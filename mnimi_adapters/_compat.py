@@ -11,6 +11,7 @@ the LiteLLM entries import it when first called.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
@@ -167,6 +168,37 @@ def tell_logging_about_hit(logging_obj: Any, hit: bool, provider: Callable[[], A
             details["custom_llm_provider"] = provider()
 
 
+#: LiteLLM's global callback lists: what a call's logging reaches (``"cache"`` is the
+#: entry ``Cache.__init__`` adds, which nothing reads any more).
+_CALLBACK_LISTS: Final = (
+    "callbacks",
+    "success_callback",
+    "_async_success_callback",
+    "input_callback",
+    "_async_input_callback",
+    "service_callback",
+)
+
+
+def callbacks_listening() -> bool:
+    """Whether a LiteLLM callback is installed, so that a call's logging has a reader.
+
+    Why: a cache hit replayed through LiteLLM's client wrapper is logged as a hit to every
+    callback (LangFuse, a Router's usage tracking, ...), at the cost of the whole wrapper:
+    its logging object, ``inspect.signature`` of the entry point, the cached response's
+    conversion. With no callback installed, that work has no reader. The two async lists
+    are private to LiteLLM; the public ``callbacks`` list is how most callers add theirs.
+    (A call's own ``callbacks=`` are not told of cache hits even by LiteLLM's replay.)
+    """
+    import litellm
+
+    return any(
+        callback != "cache"
+        for name in _CALLBACK_LISTS
+        for callback in getattr(litellm, name, None) or ()
+    )
+
+
 def init_without_global_callbacks(init: Callable[..., None], *args: Any, **kwargs: Any) -> None:
     """Run ``litellm.caching.caching.Cache.__init__`` without touching LiteLLM's globals.
 
@@ -232,6 +264,26 @@ def patch_stream_hit_check() -> None:
 
     if hasattr(caching_handler, "_should_defer_streaming_cache_hit_callbacks"):
         caching_handler._should_defer_streaming_cache_hit_callbacks = _defer_stream_hit_callbacks
+
+
+def keep_entry_point_signatures() -> None:
+    """Compute the signatures of LiteLLM's ``completion`` and ``acompletion`` once.
+
+    Why: while any ``litellm.cache`` is installed, LiteLLM's cache handler calls
+    ``inspect.signature`` of the entry point on every call, hit or miss (to map positional
+    arguments to names), some 50 microseconds each time for ``completion``'s 46
+    parameters. ``inspect.signature`` returns a function's ``__signature__`` when it has
+    one, so setting it to the very signature it computes changes nothing but the cost.
+    Kept for good, like the other patches: the signature does not change.
+    """
+    import litellm
+
+    for name in ("completion", "acompletion"):
+        function = getattr(litellm, name)
+        while hasattr(function, "__wrapped__"):  # the wrappers down to LiteLLM's function
+            function = function.__wrapped__
+        if "__signature__" not in vars(function):
+            function.__signature__ = inspect.signature(function)
 
 
 # ---------------------------------------------------------------------------------------
@@ -458,6 +510,9 @@ PRIVATE_SYMBOLS: Final = (
     ("litellm", "input_callback"),
     ("litellm", "success_callback"),
     ("litellm", "_async_success_callback"),
+    ("litellm", "_async_input_callback"),
+    ("litellm", "callbacks"),
+    ("litellm", "service_callback"),
     ("litellm", "completion"),
     ("litellm", "acompletion"),
     ("litellm", "responses"),

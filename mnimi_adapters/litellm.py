@@ -77,6 +77,8 @@ import copy
 import os
 import queue
 import threading
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -93,9 +95,11 @@ from litellm.caching.caching import Cache
 from ._compat import (
     HIDDEN_PARAMS_FIELD,
     HiddenParams,
+    callbacks_listening,
     close_stream,
     has_cache_switches,
     init_without_global_callbacks,
+    keep_entry_point_signatures,
     patch_stream_hit_check,
     route_dspy_through_litellm,
     tell_logging_about_hit,
@@ -213,6 +217,8 @@ class _Call:
     retries: int | None
     transport: dict[str, Any]
     mode: str | None
+    #: When the call reached the cache (``perf_counter``): a built answer's ``_response_ms``.
+    started: float = field(default_factory=time.perf_counter, init=False)
     #: Which layer serves the call: one per key space (model, endpoint).
     identity_token: tuple[str, str | None] = field(init=False)
     #: The provider responses drawn for this call, each with its samples' draw ids.
@@ -668,6 +674,7 @@ class MnimiCache(Cache):
             if self._installed:
                 return self
             patch_stream_hit_check()
+            keep_entry_point_signatures()
             wrap_entry_points(
                 {
                     "completion": _handle,
@@ -826,15 +833,17 @@ class MnimiCache(Cache):
             return await original(**kwargs)
 
     def _drawn_response(self, call: _Call, samples: list[Sample], kwargs: Mapping[str, Any]) -> Any:
-        """The answer to a call all of whose samples were just drawn, made without LiteLLM.
+        """The answer to a call, made without LiteLLM: ``None`` when LiteLLM must replay it.
 
-        The provider response itself when it alone holds them; else one built from the
-        samples (their requests were sent, and logged, by the LiteLLM calls of the refills
-        that drew them: concurrent calls of one request share refills). ``None`` for a
-        hit or a stream, which LiteLLM's cache handler replays.
+        The provider response itself when it alone holds the samples; else one built from
+        them. Drawn samples were sent, and logged, by the LiteLLM calls of the refills that
+        drew them (concurrent calls of one request share refills). A hit is built here only
+        while no LiteLLM callback listens; else LiteLLM's cache handler replays it, so that
+        every callback logs it as a hit. A stream is always replayed by LiteLLM.
         """
         facts = _facts(samples)
-        if kwargs.get("stream") or any(facts["cache_hits"]):
+        hit = any(facts["cache_hits"])
+        if kwargs.get("stream") or (hit and callbacks_listening()):
             return None
         if len(call.responses) == 1 and call.responses[0][1] == [s.draw_id for s in samples]:
             response = call.responses[0][0]
@@ -843,7 +852,20 @@ class MnimiCache(Cache):
                 hidden["mnimi"] = facts
             return response
         built = self._response(call, samples, None)
-        hidden = dict(built.pop(HIDDEN_PARAMS_FIELD), cache_hit=False)
+        # What LiteLLM's own replay puts there, so code reading it finds the same fields.
+        hidden = dict(
+            built.pop(HIDDEN_PARAMS_FIELD),
+            cache_hit=all(facts["cache_hits"]),
+            api_base=call.api_base,
+            litellm_model_name=call.route,
+            litellm_call_id=str(uuid.uuid4()),
+            model_id=None,
+            provider_response_model=built["model"],
+            additional_headers={},
+            _response_ms=(time.perf_counter() - call.started) * 1000,
+        )
+        if hit:
+            hidden["cache_key"] = facts["key"]
         response = litellm.ModelResponse(**built)
         setattr(response, HIDDEN_PARAMS_FIELD, hidden)
         return response
@@ -1008,6 +1030,8 @@ class MnimiCache(Cache):
                     "index": index,
                     "message": message,
                     "finish_reason": sample.finish_reason or "stop",
+                    # As LiteLLM's conversion of a cached response adds it.
+                    "provider_specific_fields": {},
                 }
             )
         prompt_tokens = sum(s.prompt_tokens for s in samples)

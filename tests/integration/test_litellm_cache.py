@@ -23,6 +23,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
 from litellm.caching.caching import Cache
+from litellm_support import SuccessCounter, listening
 
 from mnimi_adapters import (
     LiteLLMModel,
@@ -209,6 +210,25 @@ def test_hidden_params_flag_hits_and_price_them_at_zero(
     assert hit._hidden_params["response_cost"] == 0.0
     assert hit._hidden_params["mnimi"]["indices"] == [0]
     assert hit._hidden_params["cache_key"] == hit._hidden_params["mnimi"]["key"]
+
+
+def test_a_hit_nobody_logs_carries_what_litellms_replay_carries(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    """With no LiteLLM callback listening a hit is answered without LiteLLM's wrapper; with
+    one, LiteLLM replays it. Either way the caller sees the same response and fields."""
+    call(server, "Quiet hit")
+    quiet = call(server, "Quiet hit")
+    counter = SuccessCounter("Quiet hit")
+    with listening(counter):
+        logged = call(server, "Quiet hit")
+        counter.wait_for(1)
+    assert list(counter.hits.values()) == [True]
+    assert quiet.model_dump() == logged.model_dump()
+    assert set(quiet._hidden_params) >= set(logged._hidden_params) - {"callback_duration_ms"}
+    for name in ("cache_hit", "cache_key", "response_cost", "mnimi", "api_base"):
+        assert quiet._hidden_params[name] == logged._hidden_params[name], name
+    assert sent(server) == 1
 
 
 # -- streaming ----------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
-from litellm.integrations.custom_logger import CustomLogger
+from litellm_support import SuccessCounter, listening
 
 from mnimi_adapters import ReplicationCacheMiss, independent
 from mnimi_adapters.litellm import MnimiCache
@@ -132,48 +132,13 @@ def test_a_streamed_miss_of_several_choices(server: SamplingServer, cache: Mnimi
     assert sent(server) == 1
 
 
-class SuccessCounter(CustomLogger):
-    """LiteLLM's public callback: the LiteLLM calls that returned, by call id.
-
-    LiteLLM may report one call to both the sync and the async hook, and report calls of
-    earlier tests late: only calls with ``prompts`` count.
-    """
-
-    def __init__(self, *prompts: str) -> None:
-        super().__init__()
-        self.prompts = prompts
-        self.hits: dict[str, bool] = {}
-
-    def _count(self, kwargs: Any) -> None:
-        messages = kwargs.get("messages") or [{}]
-        if messages[-1].get("content") in self.prompts:
-            self.hits[kwargs["litellm_call_id"]] = bool(kwargs.get("cache_hit"))
-
-    def log_success_event(
-        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
-    ) -> None:
-        self._count(kwargs)
-
-    async def async_log_success_event(
-        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
-    ) -> None:
-        self._count(kwargs)
-
-
 def test_a_miss_is_one_litellm_call(server: SamplingServer, cache: MnimiCache) -> None:
     counter = SuccessCounter("Once", "Once async")
-    litellm.callbacks.append(counter)
-    try:
+    with listening(counter):
         miss = litellm.completion(**kwargs(server, "Once"))
         hit = litellm.completion(**kwargs(server, "Once"))
         amiss = asyncio.run(litellm.acompletion(**kwargs(server, "Once async")))
-        # LiteLLM logs success in the background: wait for the three events.
-        for _ in range(500):
-            if len(counter.hits) >= 3:
-                break
-            asyncio.run(asyncio.sleep(0.01))
-    finally:
-        litellm.callbacks.remove(counter)
+        counter.wait_for(3)
     assert miss.choices[0].message.content == hit.choices[0].message.content
     assert amiss.choices[0].message.content
     assert sorted(counter.hits.values()) == [False, False, True]

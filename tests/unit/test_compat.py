@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 
 import pytest
 
@@ -11,7 +12,9 @@ from mnimi_adapters._compat import (
     LITELLM_KEYED,
     LITELLM_OPTIONS,
     PRIVATE_SYMBOLS,
+    callbacks_listening,
     installed_litellm_params,
+    keep_entry_point_signatures,
 )
 from mnimi_adapters.core.request import is_credential
 from mnimi_adapters.providers import litellm_param_role
@@ -90,3 +93,34 @@ def test_names_shaped_like_credentials_are_credentials(name: str) -> None:
 )
 def test_sampling_names_are_not_credentials(name: str) -> None:
     assert not is_credential(name)
+
+
+@pytest.mark.parametrize("name", ["completion", "acompletion"])
+def test_kept_signatures_are_the_ones_litellm_computes(name: str) -> None:
+    import litellm
+
+    function = getattr(litellm, name)
+    while hasattr(function, "__wrapped__"):
+        function = function.__wrapped__
+    vars(function).pop("__signature__", None)
+    computed = inspect.signature(function)
+    assert "messages" in computed.parameters
+    keep_entry_point_signatures()
+    assert vars(function)["__signature__"] == computed
+    assert inspect.signature(function) is vars(function)["__signature__"]
+
+
+def test_callbacks_listening_reads_litellms_callback_lists() -> None:
+    import litellm
+
+    assert not callbacks_listening()
+    litellm.success_callback.append("cache")  # what LiteLLM's own Cache() adds: not a reader
+    try:
+        assert not callbacks_listening()
+        litellm.callbacks.append(print)
+        try:
+            assert callbacks_listening()
+        finally:
+            litellm.callbacks.remove(print)
+    finally:
+        litellm.success_callback.remove("cache")
