@@ -547,8 +547,10 @@ class LiteLLMModel(BatchedModel):
         kwargs["num_retries"] = 0
         kwargs["max_retries"] = 0
         # A LiteLLM cache must never answer a provider call: it would replay one sample as
-        # if it were a fresh draw. (MnimiCache also checks in_provider_call().)
+        # if it were a fresh draw. (MnimiCache also checks in_provider_call().) Nor store
+        # one: LiteLLM would serialise every response for a cache that keeps nothing.
         kwargs["caching"] = False
+        kwargs["cache"] = {"no-cache": True, "no-store": True}
         return kwargs
 
     def _retries(self, request: Request) -> int:
