@@ -27,8 +27,9 @@ for 2.
 The call is answered in a wrapper around ``litellm.completion``/``acompletion`` (see
 below), before LiteLLM's own client wrapper runs, so a miss costs one LiteLLM call: when
 one provider response holds exactly the samples a call gets, that response is returned
-as it is. Any other answer (a hit, or samples from several requests) is replayed through
-LiteLLM's cache handler, which logs it as a hit and shapes it (as a stream, too). A
+as it is. Any other answer (a hit, or samples from several requests) is built from the
+samples; while a LiteLLM callback is installed, a hit is replayed through LiteLLM's cache
+handler instead, which logs it as a hit, and a stream always is (LiteLLM shapes it). A
 streaming call with ``n=1`` whose sample is missing streams live: each chunk reaches the
 caller as the provider sends it, the sample is stored when the stream ends, and a stream
 its caller abandons stores nothing and gives its position back (an ``independent()``
@@ -785,8 +786,9 @@ class MnimiCache(Cache):
     # A call through ``litellm.completion`` is answered here, before LiteLLM's client
     # wrapper runs: the samples are drawn (a miss sends one LiteLLM call, the provider
     # layer's), and the response is that provider response when it alone answers the
-    # call, else the samples replayed through LiteLLM's cache handler (``_replaying``),
-    # so that hits are logged and shaped (streams included) by LiteLLM itself.
+    # call, else one built from the samples, or (for a stream, and for a hit some LiteLLM
+    # callback would log) the samples replayed through LiteLLM's cache handler
+    # (``_replaying``), so that LiteLLM itself logs and shapes them.
 
     def _answer(self, original: Callable[..., Any], call: _Call, kwargs: dict[str, Any]) -> Any:
         layer = self._layer_for(call)
