@@ -1,10 +1,11 @@
 """A local, OpenAI-compatible sampling server for tests and offline demos.
 
-The server answers ``/v1/chat/completions`` with *random* samples: every choice of every
-request is different (with overwhelming probability), which is exactly what a caching
-library needs to be tested against. A cache that wrongly replays a sample shows up as a
-repeated text; a cache that wrongly discards one shows up as an extra request in
-:attr:`SamplingServer.requests`.
+The server answers ``/v1/chat/completions`` with *random* samples (and ``/v1/messages``
+and ``/v1/responses`` with the same answers in Anthropic's and OpenAI's Responses formats):
+every choice of every request is different (with overwhelming probability), which is
+exactly what a caching library needs to be tested against. A cache that wrongly replays a
+sample shows up as a repeated text; a cache that wrongly discards one shows up as an extra
+request in :attr:`SamplingServer.requests`.
 
 It uses only the standard library so that importing it is cheap and it can run anywhere::
 
@@ -862,6 +863,178 @@ def _anthropic_events(message: dict[str, Any]) -> list[Any]:
 
 
 # ---------------------------------------------------------------------------------------
+# OpenAI Responses API
+# ---------------------------------------------------------------------------------------
+#
+# ``POST /v1/responses`` answers what the chat-completions endpoint would answer to the same
+# conversation, in the Responses format: LiteLLM sends ``litellm.responses`` for an
+# ``openai/...`` model with an ``api_base`` there natively, not through its chat bridge.
+
+_RESPONSES_PATHS = frozenset({"/v1/responses", "/responses"})
+
+
+def _responses_input_messages(items: Any) -> list[dict[str, Any]]:
+    """A Responses ``input`` (a string or a list of items) as chat messages."""
+    if isinstance(items, str):
+        return [{"role": "user", "content": items}]
+    messages: list[dict[str, Any]] = []
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type", "message")
+        if kind == "message":
+            content = content_text(item.get("content"))
+            messages.append({"role": item.get("role", "user"), "content": content})
+        elif kind == "function_call":
+            call = {
+                "id": item.get("call_id"),
+                "type": "function",
+                "function": {"name": item.get("name"), "arguments": item.get("arguments", "")},
+            }
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            output = item.get("output")
+            content = output if isinstance(output, str) else _dumps(output)
+            call_id = item.get("call_id")
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": content})
+    return messages
+
+
+def _responses_chat_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A Responses API request as the chat-completions request the sampler answers."""
+    messages = _responses_input_messages(body.get("input"))
+    if body.get("instructions"):
+        messages.insert(0, {"role": "system", "content": str(body["instructions"])})
+    chat: dict[str, Any] = {
+        "model": body.get("model"),
+        "messages": messages,
+        "max_tokens": body.get("max_output_tokens"),
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": tool["name"],
+                    "description": tool.get("description", ""),
+                    "parameters": tool.get("parameters") or {},
+                },
+            }
+            for tool in body.get("tools") or []
+            if isinstance(tool, dict) and tool.get("type") == "function" and tool.get("name")
+        ],
+    }
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        chat["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+    elif isinstance(choice, str):
+        chat["tool_choice"] = choice
+    text = body.get("text")
+    text_format = text.get("format") if isinstance(text, dict) else None
+    if isinstance(text_format, dict) and text_format.get("type") == "json_schema":
+        chat["response_format"] = {"type": "json_schema", "json_schema": text_format}
+    elif isinstance(text_format, dict) and text_format.get("type") == "json_object":
+        chat["response_format"] = {"type": "json_object"}
+    return {key: value for key, value in chat.items() if value}
+
+
+def _responses_object(completion: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """A chat completion's first choice as a Responses API response to ``body``."""
+    # Ids follow the completion's and its tool calls', as distinct as they are.
+    hex_id = completion["id"].removeprefix("chatcmpl-")
+    choice = completion["choices"][0]
+    message = choice["message"]
+    output: list[dict[str, Any]] = []
+    if message.get("content"):
+        part = {"type": "output_text", "text": message["content"], "annotations": []}
+        output.append(
+            {
+                "type": "message",
+                "id": f"msg_{hex_id}",
+                "status": "completed",
+                "role": "assistant",
+                "content": [part],
+            }
+        )
+    for call in message.get("tool_calls") or []:
+        output.append(
+            {
+                "type": "function_call",
+                "id": "fc_" + call["id"].removeprefix("call_"),
+                "call_id": call["id"],
+                "name": call["function"]["name"],
+                "arguments": call["function"]["arguments"],
+                "status": "completed",
+            }
+        )
+    truncated = choice["finish_reason"] == "length"
+    usage = completion["usage"]
+    return {
+        "id": f"resp_{hex_id}",
+        "object": "response",
+        "created_at": completion["created"],
+        "status": "incomplete" if truncated else "completed",
+        "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if truncated else None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": completion["model"],
+        "output": output,
+        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "previous_response_id": body.get("previous_response_id"),
+        "reasoning": {"effort": None, "summary": None},
+        "store": body.get("store", True),
+        "temperature": body.get("temperature", 1.0),
+        "text": body.get("text") or {"format": {"type": "text"}},
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools") or [],
+        "top_p": body.get("top_p", 1.0),
+        "truncation": body.get("truncation", "disabled"),
+        "usage": {
+            "input_tokens": usage["prompt_tokens"],
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": usage["completion_tokens"],
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": usage["total_tokens"],
+        },
+        "user": body.get("user"),
+        "metadata": body.get("metadata") or {},
+    }
+
+
+def _responses_events(response: dict[str, Any]) -> list[Any]:
+    """The Server-Sent Events of a streamed Responses API answer, in the order OpenAI sends."""
+    events: list[dict[str, Any]] = []
+
+    def add(kind: str, **data: Any) -> None:
+        events.append({"type": kind, "sequence_number": len(events), **data})
+
+    opening = {**response, "status": "in_progress", "output": [], "usage": None}
+    add("response.created", response=opening)
+    add("response.in_progress", response=opening)
+    for index, item in enumerate(response["output"]):
+        where = {"item_id": item["id"], "output_index": index}
+        if item["type"] == "message":
+            add("response.output_item.added", output_index=index, item={**item, "content": []})
+            part = item["content"][0]
+            add("response.content_part.added", **where, content_index=0, part={**part, "text": ""})
+            for piece in stream_pieces(part["text"]):
+                add("response.output_text.delta", **where, content_index=0, delta=piece)
+            add("response.output_text.done", **where, content_index=0, text=part["text"])
+            add("response.content_part.done", **where, content_index=0, part=part)
+        else:
+            add("response.output_item.added", output_index=index, item={**item, "arguments": ""})
+            for piece in stream_pieces(item["arguments"]):
+                add("response.function_call_arguments.delta", **where, delta=piece)
+            add("response.function_call_arguments.done", **where, arguments=item["arguments"])
+        add("response.output_item.done", output_index=index, item=item)
+    done = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
+    add(done, response=response)
+    return [
+        b"event: %s\ndata: %s\n\n" % (event["type"].encode(), _encode(_dumps(event)))
+        for event in events
+    ]
+
+
+# ---------------------------------------------------------------------------------------
 # HTTP plumbing
 # ---------------------------------------------------------------------------------------
 
@@ -965,6 +1138,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._chat(entry, body)
         elif method == "POST" and path in _ANTHROPIC_PATHS:
             self._messages(entry, body)
+        elif method == "POST" and path in _RESPONSES_PATHS:
+            self._responses(entry, body)
         elif method == "GET" and path in _MODEL_PATHS:
             self._send_json(entry, 200, owner._models_payload())
         else:
@@ -1034,6 +1209,31 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_events(entry, _anthropic_events(message))
         else:
             self._send_json(entry, 200, message)
+
+    def _responses(self, entry: LoggedRequest, body: Any) -> None:
+        """OpenAI's Responses API: the chat answer to the same conversation, streamed too."""
+        owner = self._http.owner
+        if not self._wait(owner.latency):
+            return
+        try:
+            if not isinstance(body, dict):
+                raise _RequestError("We could not parse the JSON body of your request.")
+            if body.get("input") in (None, "", []):
+                raise _RequestError(
+                    "Missing required parameter: 'input'.",
+                    code="missing_required_parameter",
+                    param="input",
+                )
+            chat = _responses_chat_body(body)
+            completion = owner._complete({**chat, "stream": False})
+        except _RequestError as error:
+            self._send_json(entry, error.status, error.payload())
+            return
+        response = _responses_object(cast(dict[str, Any], completion), body)
+        if body.get("stream") is True:
+            self._send_events(entry, _responses_events(response))
+        else:
+            self._send_json(entry, 200, response)
 
     def _send_fault(self, entry: LoggedRequest, fault: _Fault, stream: bool) -> None:
         if fault.kind == "status":
@@ -1183,8 +1383,12 @@ class SamplingServer:
     * ``json_object`` answers use the keys the conversation names ("a JSON with 'setup'
       and 'punchline' keys"), else ``{"answer": ...}``.
     * JSON is sent with non-ASCII characters unescaped, as real models send it.
-    * Faults can be injected with :meth:`fail_next`; every request is logged in
-      :attr:`requests`.
+    * ``POST /v1/responses`` (OpenAI's Responses API, streamed too) answers what the chat
+      endpoint would answer to the same ``instructions`` and ``input``, as one output
+      message or function call; ``max_output_tokens``, ``tools``/``tool_choice`` and
+      ``text.format`` are honoured.
+    * Faults can be injected with :meth:`fail_next` (for chat requests); every request is
+      logged in :attr:`requests`.
 
     Args:
         seed: Seed of the server-wide random generator.

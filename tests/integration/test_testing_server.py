@@ -805,3 +805,71 @@ def test_main_serves_in_the_foreground_until_interrupted() -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# -- The Responses API ---------------------------------------------------------------------
+
+
+def responses(server: SamplingServer, **body: Any) -> httpx.Response:
+    body.setdefault("model", "mock-model")
+    return httpx.post(f"{server.url}/responses", json=body, timeout=5.0)
+
+
+def test_responses_answer_like_chat_in_the_responses_format(server: SamplingServer) -> None:
+    answer = responses(server, input="Pick a number between 1 and 1000.", instructions="Be brief")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["object"] == "response" and body["status"] == "completed"
+    assert body["id"].startswith("resp_") and body["instructions"] == "Be brief"
+    [message] = body["output"]
+    assert message["type"] == "message" and message["role"] == "assistant"
+    assert 1 <= int(message["content"][0]["text"]) <= 1000
+    usage = body["usage"]
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    again = responses(server, input=[{"role": "user", "content": "Pick between 1 and 1000."}])
+    assert again.json()["output"][0]["content"][0]["text"] != message["content"][0]["text"]
+    assert [r.path for r in server.requests] == ["/v1/responses", "/v1/responses"]
+    assert server.chat_requests() == []
+
+
+def test_responses_call_functions_cut_text_and_refuse_no_input(server: SamplingServer) -> None:
+    tool = {"type": "function", **MAGIC_TOOL["function"]}
+    called = responses(server, input="What is magic_function(3)?", tools=[tool]).json()
+    [call] = called["output"]
+    assert call["type"] == "function_call" and call["name"] == "magic_function"
+    assert json.loads(call["arguments"]) == {"input": 3}
+    result = {"type": "function_call_output", "call_id": call["call_id"], "output": "7"}
+    summary = responses(server, input=[call, result], tools=[tool]).json()
+    assert "The tool returned 7" in summary["output"][0]["content"][0]["text"]
+    cut = responses(server, input="Tell me a story.", max_output_tokens=1).json()
+    assert cut["status"] == "incomplete"
+    assert cut["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert responses(server).status_code == 400
+
+
+# LiteLLM's own stream iterator warns while it serialises its usage: nothing of ours.
+@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")
+def test_responses_stream_their_events(server: SamplingServer) -> None:
+    streamed = responses(server, input="Tell me something.", stream=True)
+    events = [
+        json.loads(line.removeprefix("data: "))
+        for line in streamed.text.splitlines()
+        if line.startswith("data: ")
+    ]
+    kinds = [event["type"] for event in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text == events[-1]["response"]["output"][0]["content"][0]["text"]
+    # LiteLLM reads the stream natively for a model it knows to stream.
+    final = list(
+        litellm.responses(
+            model="openai/gpt-4o-mini",
+            input="Tell me something.",
+            api_base=server.url,
+            api_key="sk-test",
+            stream=True,
+        )
+    )[-1]
+    assert final.type == "response.completed"
+    assert server.requests[-1].body["stream"] is True
