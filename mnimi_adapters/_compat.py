@@ -517,6 +517,8 @@ PRIVATE_SYMBOLS: Final = (
     ("litellm", "acompletion"),
     ("litellm", "responses"),
     ("litellm", "aresponses"),
+    # Not exported by ``litellm`` itself: the type a Responses API hit is rebuilt as.
+    ("litellm.types.llms.openai", "ResponsesAPIResponse"),
     ("dspy.clients.execution", "select_backend"),
     ("dspy.clients.backend_selection", "BackendSelection"),
     ("langchain_core.runnables.config", "var_child_runnable_config"),

@@ -56,8 +56,15 @@ No caller can skip a replication cache, through three mechanisms (see ``_compat`
   engine selection is turned to its LiteLLM engine, call by call.
 * DSPy sets ``litellm.cache = None`` on its first LiteLLM call; the wrapped entry points
   put the newest installed cache back.
-* ``litellm.responses``/``aresponses`` (the Responses API) are not answered from the
-  sequences; under a replication cache they raise instead of sending.
+
+``litellm.responses``/``aresponses`` (the Responses API) are answered from the sequences
+too, by the same laws and switches (see ``_responses``): the ``input`` (a string or a
+list of items) takes the place of the messages, ``instructions`` is keyed like the
+sampling parameters, and the key carries ``api: "responses"``, so it never collides with
+a chat completion's. A miss returns the provider's response; a hit, a
+``ResponsesAPIResponse`` rebuilt from the stored output items. A streamed Responses call
+is sent as it is and stores nothing; a replication cache refuses it with a
+``MnimiError``.
 
 Keys: a call's key is the one :class:`~mnimi_adapters.providers.LiteLLMModel` with the
 same model string, ``api_base`` and temperature uses (a call without a temperature samples,
@@ -195,6 +202,54 @@ def _facts(samples: list[Sample]) -> dict[str, Any]:
     }
 
 
+def _cost(samples: list[Sample], facts: Mapping[str, Any]) -> float | None:
+    """What an answer built from ``samples`` cost: nothing on a hit, its fresh samples else.
+
+    ``None`` when a fresh sample has no known price.
+    """
+    drawn = [s for s, hit in zip(samples, facts["cache_hits"], strict=True) if not hit]
+    costs = [s.cost for s in drawn if s.cost is not None]
+    return sum(costs) if costs else (0.0 if not drawn else None)
+
+
+def _drawn_alone(call: _Call, samples: list[Sample], facts: dict[str, Any]) -> Any:
+    """The provider response that holds exactly ``samples``, if one does, told the facts.
+
+    A miss then costs the one LiteLLM call that drew it: that response is the answer.
+    """
+    if len(call.responses) != 1 or call.responses[0][1] != [s.draw_id for s in samples]:
+        return None
+    response = call.responses[0][0]
+    hidden = getattr(response, HIDDEN_PARAMS_FIELD, None)
+    if isinstance(hidden, dict):
+        hidden["mnimi"] = facts
+    return response
+
+
+def _built_hidden(
+    call: _Call, samples: list[Sample], facts: dict[str, Any], model: str
+) -> dict[str, Any]:
+    """The ``_hidden_params`` of an answer built from ``samples`` without LiteLLM.
+
+    What LiteLLM's own replay puts there, so code reading it finds the same fields.
+    """
+    hidden = {
+        "response_cost": _cost(samples, facts),
+        "mnimi": facts,
+        "cache_hit": all(facts["cache_hits"]),
+        "api_base": call.api_base,
+        "litellm_model_name": call.route,
+        "litellm_call_id": str(uuid.uuid4()),
+        "model_id": None,
+        "provider_response_model": model,
+        "additional_headers": {},
+        "_response_ms": (time.perf_counter() - call.started) * 1000,
+    }
+    if any(facts["cache_hits"]):
+        hidden["cache_key"] = facts["key"]
+    return hidden
+
+
 def _wants_usage(kwargs: Mapping[str, Any]) -> bool:
     """Whether a streaming call asked for the usage chunk."""
     options = kwargs.get("stream_options")
@@ -233,6 +288,10 @@ class _Call:
     def send_request(self) -> Request:
         """The request as sent: sampling plus transport parameters (never stored)."""
         return Request(self.request.messages, {**self.request.params, **self.transport})
+
+    def new_provider(self, max_batch: int, **options: Any) -> _CacheProvider:
+        """The provider layer that draws this kind of call's samples (``litellm.completion``)."""
+        return _CacheProvider(self.route, 1.0, max_batch=max_batch, **options)
 
 
 # The call being answered, so that the layers' inner model sends the samples it misses
@@ -341,7 +400,11 @@ class _CacheProvider(LiteLLMModel):
     """
 
     def _samples(self, response: Any) -> list[Sample]:
-        samples = super()._samples(response)
+        return self._kept(response, super()._samples(response))
+
+    @staticmethod
+    def _kept(response: Any, samples: list[Sample]) -> list[Sample]:
+        """``samples``, with ``response`` kept for the call that drew them."""
         current = _current_call.get()
         if current is not None:
             current[1].responses.append((response, [s.draw_id for s in samples]))
@@ -481,13 +544,14 @@ def _newest_installed() -> MnimiCache | None:
         return None
 
 
-def _answerer(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[MnimiCache, _Call] | None:
-    """The cache that answers a ``completion`` call and the parsed call, if one does.
+def _answering_cache(args: tuple[Any, ...], kwargs: dict[str, Any]) -> MnimiCache | None:
+    """The cache that answers a call of a wrapped entry point, if one does.
 
     Drops the call's cache switches when the newest installed cache overrides them, and
     puts that cache back when ``litellm.cache`` was reset to ``None`` behind its back
     (DSPy does so on its first LiteLLM call in a process). ``None``: LiteLLM handles the
-    call as it is (a positional call still reaches the cache through LiteLLM's handler).
+    call as it is (a positional ``completion`` still reaches the cache through LiteLLM's
+    handler).
     """
     cache = _newest_installed()
     if cache is None or in_provider_call():
@@ -497,6 +561,14 @@ def _answerer(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[MnimiCache
     if cache.replication or cache.dspy:
         without_cache_switches(kwargs)
     if args or litellm.cache is not cache or has_cache_switches(kwargs):
+        return None
+    return cache
+
+
+def _answerer(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[MnimiCache, _Call] | None:
+    """The cache that answers a ``completion`` call and the parsed call, if one does."""
+    cache = _answering_cache(args, kwargs)
+    if cache is None:
         return None
     if not isinstance(kwargs.get("model"), str) or not isinstance(kwargs.get("messages"), list):
         return None
@@ -522,31 +594,6 @@ async def _ahandle(
         return await original(*args, **kwargs)
     cache, call = answering
     return await cache._aanswer(original, call, kwargs)
-
-
-def _refused(name: str) -> None:
-    cache = _newest_installed()
-    if cache is not None and cache.replication and not in_provider_call():
-        raise MnimiError(
-            f"litellm.{name} is not answered from Mnimi sequences, so a replication cache "
-            "refuses it rather than send it: use litellm.completion"
-        )
-
-
-def _refuse_in_replication(
-    original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """``litellm.responses``: sent as it is, except under a replication cache."""
-    _refused("responses")
-    return original(*args, **kwargs)
-
-
-async def _arefuse_in_replication(
-    original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """``litellm.aresponses``: sent as it is, except under a replication cache."""
-    _refused("aresponses")
-    return await original(*args, **kwargs)
 
 
 def _routing_dspy() -> bool:
@@ -671,6 +718,9 @@ class MnimiCache(Cache):
             >>> litellm.cache is cache  # doctest: +SKIP
             True
         """
+        # Imported here: the Responses API's answers are built on this module.
+        from ._responses import ahandle_responses, handle_responses
+
         with self._lock:
             if self._installed:
                 return self
@@ -680,8 +730,8 @@ class MnimiCache(Cache):
                 {
                     "completion": _handle,
                     "acompletion": _ahandle,
-                    "responses": _refuse_in_replication,
-                    "aresponses": _arefuse_in_replication,
+                    "responses": handle_responses,
+                    "aresponses": ahandle_responses,
                 }
             )
             if self.replication or self.dspy:
@@ -844,32 +894,15 @@ class MnimiCache(Cache):
         every callback logs it as a hit. A stream is always replayed by LiteLLM.
         """
         facts = _facts(samples)
-        hit = any(facts["cache_hits"])
-        if kwargs.get("stream") or (hit and callbacks_listening()):
+        if kwargs.get("stream") or (any(facts["cache_hits"]) and callbacks_listening()):
             return None
-        if len(call.responses) == 1 and call.responses[0][1] == [s.draw_id for s in samples]:
-            response = call.responses[0][0]
-            hidden = getattr(response, HIDDEN_PARAMS_FIELD, None)
-            if isinstance(hidden, dict):
-                hidden["mnimi"] = facts
-            return response
+        drawn = _drawn_alone(call, samples, facts)
+        if drawn is not None:
+            return drawn
         built = self._response(call, samples, None)
-        # What LiteLLM's own replay puts there, so code reading it finds the same fields.
-        hidden = dict(
-            built.pop(HIDDEN_PARAMS_FIELD),
-            cache_hit=all(facts["cache_hits"]),
-            api_base=call.api_base,
-            litellm_model_name=call.route,
-            litellm_call_id=str(uuid.uuid4()),
-            model_id=None,
-            provider_response_model=built["model"],
-            additional_headers={},
-            _response_ms=(time.perf_counter() - call.started) * 1000,
-        )
-        if hit:
-            hidden["cache_key"] = facts["key"]
+        del built[HIDDEN_PARAMS_FIELD]
         response = litellm.ModelResponse(**built)
-        setattr(response, HIDDEN_PARAMS_FIELD, hidden)
+        setattr(response, HIDDEN_PARAMS_FIELD, _built_hidden(call, samples, facts, built["model"]))
         return response
 
     def _live(
@@ -914,14 +947,17 @@ class MnimiCache(Cache):
         """The parsed call, or ``None`` when it must go to the provider as it is."""
         if in_provider_call():  # our own provider layer drawing missing samples
             return None
-        call = self._parse(kwargs)
+        return self._admitted(self._parse(kwargs))
+
+    def _admitted(self, call: _Call) -> _Call | None:
+        """``call``, or ``None`` when ``no_cache`` sends it to the provider as it is."""
         if call.mode == "no_cache" or not caching_enabled():
             if self.replication:
                 raise MnimiError("no_cache cannot be used with a replication cache")
             return None
         return call
 
-    def _parse(self, kwargs: Mapping[str, Any]) -> _Call:
+    def _parse(self, kwargs: Mapping[str, Any], kind: type[_Call] = _Call) -> _Call:
         model = kwargs.get("model")
         messages = kwargs.get("messages")
         if not isinstance(model, str) or not model:
@@ -974,7 +1010,7 @@ class MnimiCache(Cache):
             if api_base:
                 identity["endpoint"] = api_base
         request = Request(tuple(_plain_message(m) for m in messages), sampling)
-        return _Call(identity, request, n, model, api_base, _retries(kwargs), transport, mode)
+        return kind(identity, request, n, model, api_base, _retries(kwargs), transport, mode)
 
     def _layer_for(self, call: _Call) -> Layer:
         """The layer that serves ``call``, as the per-call override and the scopes say."""
@@ -1008,14 +1044,14 @@ class MnimiCache(Cache):
 
     def _provider(self, call: _Call) -> _CacheProvider:
         """The provider model that draws for ``call`` (its credentials travel per call)."""
-        slot = (call.route, call.api_base, call.retries)
+        slot = (type(call), call.route, call.api_base, call.retries)
         with self._lock:
             provider = self._providers.get(slot)
             if provider is None:
                 options: dict[str, Any] = {}
                 if call.retries is not None:
                     options["max_retries"] = call.retries
-                provider = _CacheProvider(call.route, 1.0, max_batch=self.max_batch, **options)
+                provider = call.new_provider(self.max_batch, **options)
                 self._providers[slot] = provider
             return provider
 
@@ -1039,15 +1075,9 @@ class MnimiCache(Cache):
         prompt_tokens = sum(s.prompt_tokens for s in samples)
         completion_tokens = sum(s.completion_tokens for s in samples)
         facts = _facts(samples)
-        drawn = [s for s, hit in zip(samples, facts["cache_hits"], strict=True) if not hit]
-        costs = [s.cost for s in drawn if s.cost is not None]
-        hidden = HiddenParams(
-            # What this call cost: nothing on a hit, the fresh samples otherwise. Preset,
-            # because LiteLLM would price the whole usage, replayed samples included.
-            response_cost=sum(costs) if costs else (0.0 if not drawn else None),
-            mnimi=facts,
-        )
-        hidden.hit = not drawn
+        # Preset, because LiteLLM would price the whole usage, replayed samples included.
+        hidden = HiddenParams(response_cost=_cost(samples, facts), mnimi=facts)
+        hidden.hit = all(facts["cache_hits"])
         tell_logging_about_hit(
             logging_obj, hidden.hit, lambda: _provider_name(call.route, call.transport)
         )

@@ -189,13 +189,17 @@ def test_the_newest_installed_cache_decides(server: SamplingServer, tmp_path: Pa
     assert sent(server) == 1
 
 
-def test_the_responses_api_is_refused_not_sent(server: SamplingServer, tmp_path: Path) -> None:
+def test_the_responses_api_is_answered_from_the_store_not_sent(
+    server: SamplingServer, tmp_path: Path
+) -> None:
     server.reset()
     options = {"model": MODEL, "input": "Hi", "api_base": server.url, "api_key": API_KEY}
     with MnimiCache(str(tmp_path), replication=True) as replica:
-        with pytest.raises(MnimiError, match=r"litellm\.responses"):
-            litellm.responses(**options)
-        with pytest.raises(MnimiError, match=r"litellm\.aresponses"):
+        with pytest.raises(ReplicationCacheMiss):
+            litellm.responses(**options, caching=False)
+        with pytest.raises(ReplicationCacheMiss):
             asyncio.run(litellm.aresponses(**options))
+        with pytest.raises(MnimiError, match=r"stream"):
+            litellm.responses(**options, stream=True)
     replica.close()
     assert server.requests == []
