@@ -180,18 +180,22 @@ _CALLBACK_LISTS: Final = (
 )
 
 
-def callbacks_listening() -> bool:
-    """Whether a LiteLLM callback is installed, so that a call's logging has a reader.
+def hit_needs_litellm() -> bool:
+    """Whether a cache hit must pass through LiteLLM's client wrapper to be answered.
 
-    Why: a cache hit replayed through LiteLLM's client wrapper is logged as a hit to every
-    callback (LangFuse, a Router's usage tracking, ...), at the cost of the whole wrapper:
-    its logging object, ``inspect.signature`` of the entry point, the cached response's
-    conversion. With no callback installed, that work has no reader. The two async lists
-    are private to LiteLLM; the public ``callbacks`` list is how most callers add theirs.
-    (A call's own ``callbacks=`` are not told of cache hits even by LiteLLM's replay.)
+    Why: a hit replayed through the wrapper is checked by LiteLLM's pre- and post-call
+    rules and its global budget (``litellm.max_budget``), and logged as a hit to every
+    callback (LangFuse, a Router's usage tracking, ...). That costs the whole wrapper: its
+    logging object, ``inspect.signature`` of the entry point, the cached response's
+    conversion. With no rule, budget or callback set, none of it has an effect. The two
+    async callback lists are private to LiteLLM; the public ``callbacks`` list is how
+    most callers add theirs. (A call's own ``callbacks=`` are not told of cache hits even
+    by LiteLLM's replay.)
     """
     import litellm
 
+    if litellm.pre_call_rules or litellm.post_call_rules or litellm.max_budget:
+        return True
     return any(
         callback != "cache"
         for name in _CALLBACK_LISTS
@@ -513,6 +517,9 @@ PRIVATE_SYMBOLS: Final = (
     ("litellm", "_async_input_callback"),
     ("litellm", "callbacks"),
     ("litellm", "service_callback"),
+    ("litellm", "pre_call_rules"),
+    ("litellm", "post_call_rules"),
+    ("litellm", "max_budget"),
     ("litellm", "completion"),
     ("litellm", "acompletion"),
     ("litellm", "responses"),

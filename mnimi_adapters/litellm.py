@@ -103,9 +103,9 @@ from litellm.caching.caching import Cache
 from ._compat import (
     HIDDEN_PARAMS_FIELD,
     HiddenParams,
-    callbacks_listening,
     close_stream,
     has_cache_switches,
+    hit_needs_litellm,
     init_without_global_callbacks,
     keep_entry_point_signatures,
     patch_stream_hit_check,
@@ -239,7 +239,7 @@ def _built_hidden(
         "cache_hit": all(facts["cache_hits"]),
         "api_base": call.api_base,
         "litellm_model_name": call.route,
-        "litellm_call_id": str(uuid.uuid4()),
+        "litellm_call_id": call.call_id or str(uuid.uuid4()),
         "model_id": None,
         "provider_response_model": model,
         "additional_headers": {},
@@ -275,6 +275,8 @@ class _Call:
     mode: str | None
     #: When the call reached the cache (``perf_counter``): a built answer's ``_response_ms``.
     started: float = field(default_factory=time.perf_counter, init=False)
+    #: The caller's ``litellm_call_id``, which a built answer keeps, as LiteLLM's does.
+    call_id: str | None = field(default=None, init=False)
     #: Which layer serves the call: one per key space (model, endpoint).
     identity_token: tuple[str, str | None] = field(init=False)
     #: The provider responses drawn for this call, each with its samples' draw ids.
@@ -890,11 +892,12 @@ class MnimiCache(Cache):
         The provider response itself when it alone holds the samples; else one built from
         them. Drawn samples were sent, and logged, by the LiteLLM calls of the refills that
         drew them (concurrent calls of one request share refills). A hit is built here only
-        while no LiteLLM callback listens; else LiteLLM's cache handler replays it, so that
-        every callback logs it as a hit. A stream is always replayed by LiteLLM.
+        while no LiteLLM callback, call rule or budget is set; else LiteLLM's cache handler
+        replays it, so that rules and budget check it and callbacks log it as a hit. A
+        stream is always replayed by LiteLLM.
         """
         facts = _facts(samples)
-        if kwargs.get("stream") or (any(facts["cache_hits"]) and callbacks_listening()):
+        if kwargs.get("stream") or (any(facts["cache_hits"]) and hit_needs_litellm()):
             return None
         drawn = _drawn_alone(call, samples, facts)
         if drawn is not None:
@@ -902,7 +905,10 @@ class MnimiCache(Cache):
         built = self._response(call, samples, None)
         del built[HIDDEN_PARAMS_FIELD]
         response = litellm.ModelResponse(**built)
-        setattr(response, HIDDEN_PARAMS_FIELD, _built_hidden(call, samples, facts, built["model"]))
+        hidden = _built_hidden(call, samples, facts, built["model"])
+        setattr(response, HIDDEN_PARAMS_FIELD, hidden)
+        # LiteLLM's own responses carry it as an attribute too (its pricing reads it there).
+        response._response_ms = hidden["_response_ms"]
         return response
 
     def _live(
@@ -1010,7 +1016,10 @@ class MnimiCache(Cache):
             if api_base:
                 identity["endpoint"] = api_base
         request = Request(tuple(_plain_message(m) for m in messages), sampling)
-        return kind(identity, request, n, model, api_base, _retries(kwargs), transport, mode)
+        call = kind(identity, request, n, model, api_base, _retries(kwargs), transport, mode)
+        call_id = kwargs.get("litellm_call_id")
+        call.call_id = call_id if isinstance(call_id, str) else None
+        return call
 
     def _layer_for(self, call: _Call) -> Layer:
         """The layer that serves ``call``, as the per-call override and the scopes say."""

@@ -38,12 +38,13 @@ class SuccessCounter(CustomLogger):
     ) -> None:
         self._count(kwargs)
 
-    def wait_for(self, events: int) -> None:
-        """Wait until ``events`` calls were reported: LiteLLM logs success in the background."""
+    async def reported(self, events: int) -> None:
+        """Wait until ``events`` calls were reported: LiteLLM logs success in the background,
+        for async calls on the caller's event loop."""
         for _ in range(500):
             if len(self.hits) >= events:
                 return
-            asyncio.run(asyncio.sleep(0.01))
+            await asyncio.sleep(0.01)
 
 
 @contextmanager

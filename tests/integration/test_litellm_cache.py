@@ -212,22 +212,39 @@ def test_hidden_params_flag_hits_and_price_them_at_zero(
     assert hit._hidden_params["cache_key"] == hit._hidden_params["mnimi"]["key"]
 
 
-def test_a_hit_nobody_logs_carries_what_litellms_replay_carries(
+async def test_a_hit_nobody_logs_carries_what_litellms_replay_carries(
     server: SamplingServer, cache: MnimiCache
 ) -> None:
     """With no LiteLLM callback listening a hit is answered without LiteLLM's wrapper; with
     one, LiteLLM replays it. Either way the caller sees the same response and fields."""
-    call(server, "Quiet hit")
-    quiet = call(server, "Quiet hit")
+    await acall(server, "Quiet hit")
+    quiet = await acall(server, "Quiet hit", litellm_call_id="my-call")
     counter = SuccessCounter("Quiet hit")
     with listening(counter):
-        logged = call(server, "Quiet hit")
-        counter.wait_for(1)
+        logged = await acall(server, "Quiet hit", litellm_call_id="my-call")
+        await counter.reported(1)
     assert list(counter.hits.values()) == [True]
     assert quiet.model_dump() == logged.model_dump()
-    assert set(quiet._hidden_params) >= set(logged._hidden_params) - {"callback_duration_ms"}
+    assert set(quiet._hidden_params) >= set(logged._hidden_params) - {
+        "callback_duration_ms",
+        "litellm_overhead_time_ms",
+    }
     for name in ("cache_hit", "cache_key", "response_cost", "mnimi", "api_base"):
         assert quiet._hidden_params[name] == logged._hidden_params[name], name
+    assert quiet._hidden_params["litellm_call_id"] == "my-call"
+    assert quiet._response_ms >= 0
+    assert sent(server) == 1
+
+
+def test_litellms_call_rules_check_a_hit_too(server: SamplingServer, cache: MnimiCache) -> None:
+    call(server, "My SSN is 000")
+    saved = litellm.pre_call_rules
+    litellm.pre_call_rules = [lambda text: "SSN" not in text]
+    try:
+        with pytest.raises(litellm.APIResponseValidationError):
+            call(server, "My SSN is 000")
+    finally:
+        litellm.pre_call_rules = saved
     assert sent(server) == 1
 
 

@@ -12,7 +12,7 @@ from mnimi_adapters._compat import (
     LITELLM_KEYED,
     LITELLM_OPTIONS,
     PRIVATE_SYMBOLS,
-    callbacks_listening,
+    hit_needs_litellm,
     installed_litellm_params,
     keep_entry_point_signatures,
 )
@@ -110,17 +110,26 @@ def test_kept_signatures_are_the_ones_litellm_computes(name: str) -> None:
     assert inspect.signature(function) is vars(function)["__signature__"]
 
 
-def test_callbacks_listening_reads_litellms_callback_lists() -> None:
+def test_a_hit_needs_litellm_for_a_callback_a_rule_or_a_budget() -> None:
     import litellm
 
-    assert not callbacks_listening()
+    assert not hit_needs_litellm()
     litellm.success_callback.append("cache")  # what LiteLLM's own Cache() adds: not a reader
     try:
-        assert not callbacks_listening()
-        litellm.callbacks.append(print)
-        try:
-            assert callbacks_listening()
-        finally:
-            litellm.callbacks.remove(print)
+        assert not hit_needs_litellm()
     finally:
         litellm.success_callback.remove("cache")
+    for name, value in [
+        ("callbacks", [print]),
+        ("_async_success_callback", [print]),
+        ("pre_call_rules", [bool]),
+        ("post_call_rules", [bool]),
+        ("max_budget", 1.0),
+    ]:
+        saved = getattr(litellm, name)
+        setattr(litellm, name, value)
+        try:
+            assert hit_needs_litellm(), name
+        finally:
+            setattr(litellm, name, saved)
+    assert not hit_needs_litellm()
