@@ -137,6 +137,8 @@ __all__ = ["MnimiCache"]
 #: The attribute that holds a layer's wrapper for ``metadata={"mnimi": "independent"}``.
 _PER_CALL_INDEPENDENT = "_mnimi_per_call_independent"
 
+#: How long LiteLLM says a call took, in milliseconds: in ``_hidden_params`` and on the response.
+_RESPONSE_MS: Final = "_response_ms"
 #: ``metadata`` key of the per-call override.
 METADATA_KEY: Final = "mnimi"
 _MODES: Final = frozenset({"independent", "repeatable", "no_cache"})
@@ -243,7 +245,7 @@ def _built_hidden(
         "model_id": None,
         "provider_response_model": model,
         "additional_headers": {},
-        "_response_ms": (time.perf_counter() - call.started) * 1000,
+        _RESPONSE_MS: (time.perf_counter() - call.started) * 1000,
     }
     if any(facts["cache_hits"]):
         hidden["cache_key"] = facts["key"]
@@ -908,7 +910,7 @@ class MnimiCache(Cache):
         hidden = _built_hidden(call, samples, facts, built["model"])
         setattr(response, HIDDEN_PARAMS_FIELD, hidden)
         # LiteLLM's own responses carry it as an attribute too (its pricing reads it there).
-        response._response_ms = hidden["_response_ms"]
+        setattr(response, _RESPONSE_MS, hidden[_RESPONSE_MS])
         return response
 
     def _live(
