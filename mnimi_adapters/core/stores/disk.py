@@ -124,11 +124,13 @@ def _number(name: str) -> str:
     )
 
 
-#: Records as inline text holding a JSON object (``ok``), with the columns ``{}``
-#: (a record that is not JSON makes SQLite raise: see DiskStore._records).
+#: Records as inline text holding a JSON object (``ok``), with the columns ``{}``.
+#: ``json_valid`` first: from SQLite 3.42 on, ``json_type`` also reads JSON5 (comments,
+#: trailing commas), which Python's ``json`` refuses, and before it raises on bad JSON.
 _FIELDS = (
     "SELECT key, ok, {} FROM (SELECT key, value, "
-    f"CASE WHEN {_TEXT} THEN json_type(value) = 'object' ELSE 0 END AS ok "
+    f"CASE WHEN {_TEXT} AND json_valid(value) THEN json_type(value) = 'object' ELSE 0 END "
+    "AS ok "
     f"FROM Cache NOT INDEXED WHERE {_RANGE.format('m')}{{}} LIMIT -1) LIMIT -1"
 )
 #: Records SQLite reads as Python does (an int length, a text or no model): their
@@ -596,8 +598,6 @@ class DiskStore(SequenceStore):
             _, total, odd_lengths = lengths.result()
             if odd_lengths:
                 models, odd = self._records(odd_lengths)
-            if models is None:
-                return Totals.of(self.summaries())
             odd |= odd_lengths
             found = (self.summary(key) for key in sorted(odd))
             flagged = [summary for summary in found if summary is not None]
@@ -623,18 +623,13 @@ class DiskStore(SequenceStore):
             connection.close()
         return sound, total or 0, keys.union(alone)
 
-    def _records(self, leave: set[str]) -> tuple[list[ModelTotals] | None, set[str]]:
+    def _records(self, leave: set[str]) -> tuple[list[ModelTotals], set[str]]:
         """The totals of the records SQLite reads as Python does, per model, but ``leave``'s;
-        and the keys of the others. ``None``: a record is not JSON (decode every key)."""
+        and the keys of the others."""
         grouped = ""
         while True:
-            try:
-                rows = self._sql(_RECORDS.format(grouped), (json.dumps(sorted(leave)),))
-                found = rows.fetchall()
-            except sqlite3.OperationalError as error:
-                if "malformed JSON" not in str(error):
-                    raise
-                return None, set()
+            rows = self._sql(_RECORDS.format(grouped), (json.dumps(sorted(leave)),))
+            found = rows.fetchall()
             if grouped or found[0][0] <= 1:
                 break
             grouped = " GROUP BY model"  # several models: SQLite sorts the records
@@ -653,12 +648,7 @@ class DiskStore(SequenceStore):
         with self._sqlite("listing the sequences"):
             (records,) = self._sql(_COUNT).fetchone()
             alone = [key for (key,) in self._sql(_ALONE.format("n", "m"))]
-            try:
-                top = [key for (key,) in self._sql(_RECENT, (limit,))]
-            except sqlite3.OperationalError as error:
-                if "malformed JSON" not in str(error):
-                    raise
-                return super().recent(limit)
+            top = [key for (key,) in self._sql(_RECENT, (limit,))]
             found = (self.summary(key) for key in {*alone, *top})
             summaries = sorted((s for s in found if s is not None), key=recency)
         return records + len(alone), summaries[:limit]
