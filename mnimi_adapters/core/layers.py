@@ -34,7 +34,14 @@ from .request import Request, request_record
 from .runs import RunRecorder
 from .sample import Sample
 from .scopes import caching_enabled
-from .stores import DiskStore, MemoryStore, ReadThroughStore, SequenceStore, open_store
+from .stores import (
+    Appended,
+    DiskStore,
+    MemoryStore,
+    ReadThroughStore,
+    SequenceStore,
+    open_store,
+)
 
 
 class Wrapper(Layer):
@@ -62,6 +69,9 @@ class _Refill:
     #: on that thread for an async refill could never end.
     owner: int
     is_async: bool
+    #: The sequence's length once it landed, if the store said: a position below it is
+    #: stored, with no need to ask the store again.
+    reached: int | None = None
 
 
 class CacheLayer(Wrapper):
@@ -163,7 +173,7 @@ class CacheLayer(Wrapper):
                     self._ordered_locks[key] = threading.Lock()
             return cursor
 
-    def _land(self, request: Request, key: str, cursor: Cursor, drawn: list[Sample]) -> None:
+    def _land(self, request: Request, key: str, cursor: Cursor, drawn: list[Sample]) -> Appended:
         """Store what a refill drew."""
         # Law 3: a draw already in the sequence (slicing over a partly filled
         # cache re-reads the inner one from 0) is never stored twice; the store's
@@ -175,6 +185,7 @@ class CacheLayer(Wrapper):
             # A cache's cursor moves on by itself; a provider that only repeats
             # draw ids would have this loop pay for refills forever.
             raise ProviderError(f"{self.inner!r} returned only draws already stored for {key}")
+        return added
 
     def _count_stored(self, samples: list[Sample]) -> None:
         with self._lock:
@@ -223,6 +234,8 @@ class CacheLayer(Wrapper):
                 )
             else:
                 yield refill, None
+            if refill.reached is not None and refill.reached > index:
+                return  # stored: planning again would only read the length once more
 
     def extend(self, request: Request, key: str, index: int, batch: int) -> None:
         """Make sure position ``index`` of ``key``'s sequence is stored."""
@@ -261,7 +274,8 @@ class CacheLayer(Wrapper):
         """Run ``refill`` to its end: draw, store, and wake whoever waits for it."""
         try:
             with self._order_lock(key, cursor) or contextlib.nullcontext():
-                self._land(request, key, cursor, cursor.take(request, refill.count))
+                drawn = cursor.take(request, refill.count)
+                refill.reached = self._land(request, key, cursor, drawn).end
         finally:
             self._release(key, refill)
 
@@ -269,7 +283,8 @@ class CacheLayer(Wrapper):
         """Async :meth:`_fill`."""
         try:
             async with _polled(self._order_lock(key, cursor)):
-                self._land(request, key, cursor, await cursor.atake(request, refill.count))
+                drawn = await cursor.atake(request, refill.count)
+                refill.reached = self._land(request, key, cursor, drawn).end
         finally:
             self._release(key, refill)
 

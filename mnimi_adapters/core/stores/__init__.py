@@ -20,6 +20,7 @@ import os
 from .base import (
     FORMAT_KEY,
     FORMAT_VERSION,
+    Appended,
     Check,
     SequenceStore,
     Summary,
@@ -64,6 +65,7 @@ def open_store(
 __all__ = [
     "FORMAT_KEY",
     "FORMAT_VERSION",
+    "Appended",
     "Check",
     "DiskStore",
     "MemoryStore",

@@ -32,6 +32,23 @@ FORMAT_KEY = "__mnimi_format__"
 USAGE_BATCH = 1024
 
 
+class Appended(list[Sample]):
+    """The samples an append added, in order, and the position of the first of them.
+
+    One append is atomic, so the samples it adds sit at ``start``, ``start + 1``, ...
+    ``start`` is ``None`` where a store does not tell it (then nothing is assumed).
+    """
+
+    def __init__(self, samples: Iterable[Sample] = (), start: int | None = None) -> None:
+        super().__init__(samples)
+        self.start = start
+
+    @property
+    def end(self) -> int | None:
+        """The sequence's length right after the append, if known."""
+        return None if self.start is None else self.start + len(self)
+
+
 @dataclass
 class Summary:
     """One sequence as listings see it: its key, length and record.
@@ -188,8 +205,8 @@ class SequenceStore(ABC):
         """Whether ``key``'s sequence already holds the draw ``draw_id``."""
 
     @abstractmethod
-    def append(self, key: str, samples: Sequence[Sample], record: dict[str, Any]) -> list[Sample]:
-        """Atomically append the samples whose draw ids are new; return those.
+    def append(self, key: str, samples: Sequence[Sample], record: dict[str, Any]) -> Appended:
+        """Atomically append the samples whose draw ids are new; return those, and where.
 
         ``record`` describes the request (see :func:`request_record`); it is kept
         with the sequence for listings and error messages.

@@ -45,6 +45,7 @@ from ..sample import Sample
 from .base import (
     FORMAT_KEY,
     FORMAT_VERSION,
+    Appended,
     Check,
     ModelTotals,
     SequenceStore,
@@ -479,7 +480,7 @@ class DiskStore(SequenceStore):
             raise type(error)(f"cannot {doing}: {error}")
         return self._cache
 
-    def append(self, key: str, samples: Sequence[Sample], record: dict[str, Any]) -> list[Sample]:
+    def append(self, key: str, samples: Sequence[Sample], record: dict[str, Any]) -> Appended:
         cache = self._writable(f"store samples of key {key}")
         # BEGIN IMMEDIATE: the read of the length and the writes after it are one
         # atomic step for every thread and process sharing the directory.
@@ -500,7 +501,7 @@ class DiskStore(SequenceStore):
                 if raw is None
                 else decode_record(raw, key)
             )
-            added: list[Sample] = []
+            added = Appended(start=length)
             now = time.time()
             rows: list[tuple[str, float, float, str | int]] = []
             # The draws held, and those of this batch: a provider may repeat one (law 3).

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..sample import Sample
-from .base import SequenceStore, Summary
+from .base import Appended, SequenceStore, Summary
 
 
 class MemoryStore(SequenceStore):
@@ -29,12 +29,12 @@ class MemoryStore(SequenceStore):
     def has_draw(self, key: str, draw_id: str) -> bool:
         return draw_id in self._draws.get(key, ())
 
-    def append(self, key: str, samples: Sequence[Sample], record: dict[str, Any]) -> list[Sample]:
+    def append(self, key: str, samples: Sequence[Sample], record: dict[str, Any]) -> Appended:
         with self._lock:
             sequence = self._sequences.setdefault(key, [])
             draws = self._draws.setdefault(key, set())
             self._records.setdefault(key, record)
-            added = []
+            added = Appended(start=len(sequence))
             for sample in samples:
                 if sample.draw_id not in draws:
                     draws.add(sample.draw_id)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..sample import Sample
-from .base import Check, SequenceStore, Summary
+from .base import Appended, Check, SequenceStore, Summary
 
 
 class ReadThroughStore(SequenceStore):
@@ -36,12 +36,15 @@ class ReadThroughStore(SequenceStore):
         if sample is None:
             sample = self.inner.get(key, index)
             if sample is not None:
-                with self._lock:
-                    if len(self._samples) >= self._capacity:
-                        # Oldest first (dicts keep insertion order): a miss costs one read.
-                        del self._samples[next(iter(self._samples))]
-                    self._samples[(key, index)] = sample
+                self._keep(key, index, sample)
         return sample
+
+    def _keep(self, key: str, index: int, sample: Sample) -> None:
+        with self._lock:
+            if len(self._samples) >= self._capacity:
+                # Oldest first (dicts keep insertion order): a miss costs one read.
+                del self._samples[next(iter(self._samples))]
+            self._samples[(key, index)] = sample
 
     def length(self, key: str) -> int:
         return self.inner.length(key)
@@ -49,8 +52,13 @@ class ReadThroughStore(SequenceStore):
     def has_draw(self, key: str, draw_id: str) -> bool:
         return self.inner.has_draw(key, draw_id)
 
-    def append(self, key: str, samples: Sequence[Sample], record: dict[str, Any]) -> list[Sample]:
-        return self.inner.append(key, samples, record)
+    def append(self, key: str, samples: Sequence[Sample], record: dict[str, Any]) -> Appended:
+        added = self.inner.append(key, samples, record)
+        if added.start is not None:
+            # Written at known positions: the caller that drew them reads them next.
+            for index, sample in enumerate(added, added.start):
+                self._keep(key, index, sample)
+        return added
 
     def summaries(self) -> Iterator[Summary]:
         return self.inner.summaries()

@@ -50,6 +50,7 @@ from ..errors import (
 from ..sample import Sample
 from .base import (
     FORMAT_VERSION,
+    Appended,
     Check,
     SequenceStore,
     Summary,
@@ -459,9 +460,9 @@ class RedisStore(SequenceStore):
         with self._talking(f"reading the draw index of key {key}"):
             return bool(self._client.hexists(self._draws(key), draw_id))
 
-    def append(self, key: str, samples: Sequence[Sample], record: dict[str, Any]) -> list[Sample]:
+    def append(self, key: str, samples: Sequence[Sample], record: dict[str, Any]) -> Appended:
         if not samples:
-            return []
+            return Appended()
         args: list[str | int | float] = [
             FORMAT_VERSION,
             key,
@@ -488,7 +489,7 @@ class RedisStore(SequenceStore):
         ]
         with self._talking(f"appending to key {key}"):
             positions = self._append(keys=keys, args=args)
-        return [samples[int(position)] for position in positions]
+        return Appended(samples[int(position)] for position in positions)
 
     def touch(self, key: str) -> None:
         batch = self._usage.note(key)
