@@ -22,7 +22,7 @@ import os
 import queue
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -36,6 +36,7 @@ from .sample import Sample
 from .scopes import caching_enabled
 from .stores import (
     Appended,
+    Batched,
     DiskStore,
     MemoryStore,
     ReadThroughStore,
@@ -74,6 +75,45 @@ class _Refill:
     reached: int | None = None
 
 
+class _Landings:
+    """The appends of one turn of the library's event loop, written in one transaction.
+
+    Concurrent misses land their refills within moments of each other, and each append
+    alone is a SQLite transaction that runs with the processor's caches full of the
+    provider client's work since the last one: written together, all but the first run
+    warm. Only the library's loop lands through here (see :meth:`CacheLayer.aextend`),
+    so the pending list is never shared between threads.
+    """
+
+    def __init__(self, store: SequenceStore) -> None:
+        self._store = store
+        self._pending: list[tuple[Batched, asyncio.Future[Appended]]] = []
+
+    def land(self, key: str, samples: list[Sample], record: dict[str, Any]) -> Awaitable[Appended]:
+        """Append at the end of this turn of the loop; the outcome when it is written."""
+        loop = asyncio.get_running_loop()
+        if not self._pending:
+            loop.call_soon(self._write)
+        future: asyncio.Future[Appended] = loop.create_future()
+        self._pending.append(((key, samples, record), future))
+        return future
+
+    def _write(self) -> None:
+        # Written whoever still waits: a paid sample is stored even if its caller is gone.
+        batch, self._pending = self._pending, []
+        try:
+            outcomes = self._store.append_many([appended for appended, _ in batch])
+        except Exception as error:  # the store failed: every append of the batch did
+            outcomes = [error] * len(batch)
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if future.cancelled():
+                continue
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+
 class CacheLayer(Wrapper):
     """A sequence store over an inner layer: the machinery of Repeatable and Persistent."""
 
@@ -94,6 +134,7 @@ class CacheLayer(Wrapper):
         self._inner_cursors: dict[str, Cursor] = {}
         self._ordered_locks: dict[str, threading.Lock] = {}
         self._stats: Counter[str] = Counter()
+        self._landings = _Landings(store)
 
     def open(self, request: Request) -> Cursor:
         if not caching_enabled():
@@ -179,6 +220,18 @@ class CacheLayer(Wrapper):
         # cache re-reads the inner one from 0) is never stored twice; the store's
         # append skips it in the same transaction that reads the draw index.
         added = self.store.append(key, drawn, request_record(self.identity(), request))
+        return self._landed(key, cursor, added)
+
+    async def _aland(
+        self, request: Request, key: str, cursor: Cursor, drawn: list[Sample]
+    ) -> Appended:
+        """Async :meth:`_land`: a provider's samples land with the others of this loop turn."""
+        if cursor.ordered:  # a cache's refills land in order, under its lock (law 4)
+            return self._land(request, key, cursor, drawn)
+        record = request_record(self.identity(), request)
+        return self._landed(key, cursor, await self._landings.land(key, drawn, record))
+
+    def _landed(self, key: str, cursor: Cursor, added: Appended) -> Appended:
         if added:
             self._count_stored(added)
         elif not cursor.ordered:
@@ -284,7 +337,7 @@ class CacheLayer(Wrapper):
         try:
             async with _polled(self._order_lock(key, cursor)):
                 drawn = await cursor.atake(request, refill.count)
-                refill.reached = self._land(request, key, cursor, drawn).end
+                refill.reached = (await self._aland(request, key, cursor, drawn)).end
         finally:
             self._release(key, refill)
 

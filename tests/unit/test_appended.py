@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from support import NumberModel
 
 from mnimi_adapters.core import Independent, Persistent
+from mnimi_adapters.core.errors import CorruptStoreError
 from mnimi_adapters.core.layers import CacheLayer
 from mnimi_adapters.core.sample import Sample
 from mnimi_adapters.core.stores import (
     Appended,
+    Batched,
     DiskStore,
     MemoryStore,
     ReadThroughStore,
@@ -72,3 +75,43 @@ def test_positions_still_come_from_the_store_when_it_does_not_say(tmp_path: Path
     layer = Independent(CacheLayer(model, Silent()))
     texts = [layer.draw("Pick", 1)[0].text for _ in range(3)]
     assert texts == [s.text for s in Independent(model).draw("Pick", 3)]
+
+
+def test_a_batch_of_appends_fails_only_the_damaged_one(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path)
+    store.append("bad", [Sample(text="x")], {"model": "m"})
+    store._cache.set("n:bad", "three")  # type: ignore[union-attr]
+    good, bad, other = store.append_many(
+        [
+            ("good", [Sample(text="a")], {"model": "m"}),
+            ("bad", [Sample(text="b")], {"model": "m"}),
+            ("good", [Sample(text="c"), Sample(text="d")], {"model": "m"}),
+        ]
+    )
+    assert isinstance(bad, CorruptStoreError)
+    assert isinstance(good, Appended) and isinstance(other, Appended)
+    assert (good.start, other.start, other.end) == (0, 1, 3)
+    assert [store.get("good", i).text for i in range(3)] == ["a", "c", "d"]  # type: ignore[union-attr]
+    assert store.get("bad", 1) is None
+
+
+def test_concurrent_misses_land_together_and_each_gets_its_own_sample(tmp_path: Path) -> None:
+    batches: list[int] = []
+
+    class Batching(ReadThroughStore):
+        def append_many(self, batch: Sequence[Batched]) -> list[Appended | Exception]:
+            batches.append(len(batch))
+            return super().append_many(batch)
+
+    layer = CacheLayer(NumberModel(), Batching(DiskStore(tmp_path)))
+    scoped = Independent(layer)
+
+    async def many() -> list[str]:
+        drawn = await asyncio.gather(*(scoped.adraw(f"Prompt {i % 3}", 1) for i in range(30)))
+        return [samples[0].draw_id for samples in drawn]
+
+    draw_ids = asyncio.run(many())
+    assert len(set(draw_ids)) == 30
+    assert sum(batches) == 30  # every refill landed ...
+    assert len(batches) < 30  # ... and some of them together
+    assert sum(layer.store.length(k.key) for k in layer.store.summaries()) == 30

@@ -49,6 +49,10 @@ class Appended(list[Sample]):
         return None if self.start is None else self.start + len(self)
 
 
+#: One append of a batch: the key, the samples, the request's record.
+Batched = tuple[str, Sequence[Sample], dict[str, Any]]
+
+
 @dataclass
 class Summary:
     """One sequence as listings see it: its key, length and record.
@@ -211,6 +215,20 @@ class SequenceStore(ABC):
         ``record`` describes the request (see :func:`request_record`); it is kept
         with the sequence for listings and error messages.
         """
+
+    def append_many(self, batch: Sequence[Batched]) -> list[Appended | Exception]:
+        """Several appends, as :meth:`append` does each: the outcome of each, in order.
+
+        An append that fails gives its exception in its place; the others still count.
+        A store that can write them together (one transaction) does.
+        """
+        outcomes: list[Appended | Exception] = []
+        for key, samples, record in batch:
+            try:
+                outcomes.append(self.append(key, samples, record))
+            except Exception as error:  # handed to that append's caller
+                outcomes.append(error)
+        return outcomes
 
     @abstractmethod
     def summaries(self) -> Iterator[Summary]:

@@ -46,6 +46,7 @@ from .base import (
     FORMAT_KEY,
     FORMAT_VERSION,
     Appended,
+    Batched,
     Check,
     ModelTotals,
     SequenceStore,
@@ -485,60 +486,85 @@ class DiskStore(SequenceStore):
         # BEGIN IMMEDIATE: the read of the length and the writes after it are one
         # atomic step for every thread and process sharing the directory.
         with self._sqlite(f"appending to key {key}"), cache.transact():
+            return self._append_rows(cache._con, key, samples, record)
+
+    def append_many(self, batch: Sequence[Batched]) -> list[Appended | Exception]:
+        """Several appends in one transaction, each in a savepoint of its own.
+
+        A damaged sequence fails its own append only; a failure of the database
+        (a full disk, say) fails them all, and stores none.
+        """
+        cache = self._writable(f"store samples of {len(batch)} keys")
+        outcomes: list[Appended | Exception] = []
+        with self._sqlite(f"appending to {len(batch)} keys"), cache.transact():
             connection = cache._con
-            # One read for the length, the record and every draw the samples name.
-            names = [f"n:{key}", f"m:{key}", *(f"d:{key}:{s.draw_id}" for s in samples)]
-            found = {
-                row[0]: row[1:]
-                for row in connection.execute(
-                    _ROWS.format(", ".join("?" * len(names))), names
-                ).fetchall()
-            }
-            length = self._length(key, self._decoded(names[0], found.get(names[0])))
-            raw = self._decoded(names[1], found.get(names[1]))
-            meta: dict[str, Any] = (
-                {"request": record, "length": 0, "bytes": 0}
-                if raw is None
-                else decode_record(raw, key)
-            )
-            added = Appended(start=length)
-            now = time.time()
-            rows: list[tuple[str, float, float, str | int]] = []
-            # The draws held, and those of this batch: a provider may repeat one (law 3).
-            seen = set(found)
-            for sample in samples:
-                draw_key = f"d:{key}:{sample.draw_id}"
-                if draw_key in seen:
-                    continue
-                seen.add(draw_key)
-                index = length + len(added)
-                value = json.dumps(sample.to_dict(), ensure_ascii=False)
-                rows.append((f"s:{key}:{index}", now, now, value))
-                rows.append((draw_key, now, now, index))
-                meta["bytes"] += len(value)
-                meta["prompt_tokens"] = meta.get("prompt_tokens", 0) + sample.prompt_tokens
-                meta["completion_tokens"] = (
-                    meta.get("completion_tokens", 0) + sample.completion_tokens
-                )
-                meta["cost"] = meta.get("cost", 0.0) + (sample.cost or 0.0)
-                added.append(sample)
-            if added:
-                meta["length"] = length + len(added)
-                meta["stored"] = meta["used"] = now
+            for key, samples, record in batch:
+                connection.execute("SAVEPOINT mnimi_append")
                 try:
-                    # A plain INSERT: a sample row already there is damage (appends
-                    # are atomic), never overwritten whatever it holds.
-                    connection.executemany(_INSERT, rows)
-                except sqlite3.IntegrityError:
-                    raise self._beyond(key, length, len(added)) from None
-                # The length and record rows were read above: inline, never a file.
-                connection.executemany(
-                    _UPSERT,
-                    [
-                        (names[0], now, now, meta["length"]),
-                        (names[1], now, now, json.dumps(meta, ensure_ascii=False)),
-                    ],
-                )
+                    outcomes.append(self._append_rows(connection, key, samples, record))
+                except CorruptStoreError as error:
+                    connection.execute("ROLLBACK TO mnimi_append")
+                    outcomes.append(error)
+                connection.execute("RELEASE mnimi_append")
+        return outcomes
+
+    def _append_rows(
+        self,
+        connection: sqlite3.Connection,
+        key: str,
+        samples: Sequence[Sample],
+        record: dict[str, Any],
+    ) -> Appended:
+        """One append's reads and writes, inside a transaction that is already open."""
+        # One read for the length, the record and every draw the samples name.
+        names = [f"n:{key}", f"m:{key}", *(f"d:{key}:{s.draw_id}" for s in samples)]
+        found = {
+            row[0]: row[1:]
+            for row in connection.execute(
+                _ROWS.format(", ".join("?" * len(names))), names
+            ).fetchall()
+        }
+        length = self._length(key, self._decoded(names[0], found.get(names[0])))
+        raw = self._decoded(names[1], found.get(names[1]))
+        meta: dict[str, Any] = (
+            {"request": record, "length": 0, "bytes": 0} if raw is None else decode_record(raw, key)
+        )
+        added = Appended(start=length)
+        now = time.time()
+        rows: list[tuple[str, float, float, str | int]] = []
+        # The draws held, and those of this batch: a provider may repeat one (law 3).
+        seen = set(found)
+        for sample in samples:
+            draw_key = f"d:{key}:{sample.draw_id}"
+            if draw_key in seen:
+                continue
+            seen.add(draw_key)
+            index = length + len(added)
+            value = json.dumps(sample.to_dict(), ensure_ascii=False)
+            rows.append((f"s:{key}:{index}", now, now, value))
+            rows.append((draw_key, now, now, index))
+            meta["bytes"] += len(value)
+            meta["prompt_tokens"] = meta.get("prompt_tokens", 0) + sample.prompt_tokens
+            meta["completion_tokens"] = meta.get("completion_tokens", 0) + sample.completion_tokens
+            meta["cost"] = meta.get("cost", 0.0) + (sample.cost or 0.0)
+            added.append(sample)
+        if added:
+            meta["length"] = length + len(added)
+            meta["stored"] = meta["used"] = now
+            try:
+                # A plain INSERT: a sample row already there is damage (appends
+                # are atomic), never overwritten whatever it holds.
+                connection.executemany(_INSERT, rows)
+            except sqlite3.IntegrityError:
+                raise self._beyond(key, length, len(added)) from None
+            # The length and record rows were read above: inline, never a file.
+            connection.executemany(
+                _UPSERT,
+                [
+                    (names[0], now, now, meta["length"]),
+                    (names[1], now, now, json.dumps(meta, ensure_ascii=False)),
+                ],
+            )
         return added
 
     def _beyond(self, key: str, length: int, count: int) -> CorruptStoreError:

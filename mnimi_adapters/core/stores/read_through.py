@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from ..sample import Sample
-from .base import Appended, Check, SequenceStore, Summary
+from .base import Appended, Batched, Check, SequenceStore, Summary
 
 
 class ReadThroughStore(SequenceStore):
@@ -53,9 +53,18 @@ class ReadThroughStore(SequenceStore):
         return self.inner.has_draw(key, draw_id)
 
     def append(self, key: str, samples: Sequence[Sample], record: dict[str, Any]) -> Appended:
-        added = self.inner.append(key, samples, record)
+        return self._kept(key, self.inner.append(key, samples, record))
+
+    def append_many(self, batch: Sequence[Batched]) -> list[Appended | Exception]:
+        outcomes = self.inner.append_many(batch)
+        for (key, _, _), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Appended):
+                self._kept(key, outcome)
+        return outcomes
+
+    def _kept(self, key: str, added: Appended) -> Appended:
+        """``added``, copied at its positions: the caller that drew it reads it next."""
         if added.start is not None:
-            # Written at known positions: the caller that drew them reads them next.
             for index, sample in enumerate(added, added.start):
                 self._keep(key, index, sample)
         return added
