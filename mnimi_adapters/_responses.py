@@ -25,8 +25,6 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Final
 
-import litellm
-import tenacity
 from litellm.types.llms.openai import ResponsesAPIResponse
 
 from ._compat import HIDDEN_PARAMS_FIELD, response_cost
@@ -45,7 +43,7 @@ from .litellm import (
     _litellm_errors,
     _plain_message,
 )
-from .providers import _plain, provider_call_active
+from .providers import _plain
 
 #: The marker that keeps a Responses call's key apart from a chat completion's.
 API_MARKER: Final = {"api": "responses"}
@@ -100,45 +98,14 @@ class _ResponsesCall(_Call):
 class _ResponsesProvider(_CacheProvider):
     """The provider layer of Responses calls: one ``litellm.responses`` request per sample."""
 
+    entry_points = ("responses", "aresponses")
+
     def _kwargs(self, request: Request, n: int) -> dict[str, Any]:
         kwargs = super()._kwargs(request, n)
         kwargs["input"] = kwargs.pop("messages")
         for name in API_MARKER:
             del kwargs[name]
         return kwargs
-
-    # The retries are LiteLLMModel._send's, around the Responses entry point.
-    def _send(self, request: Request, n: int, attempts: list[int]) -> list[Sample]:
-        kwargs = self._kwargs(request, n)
-        tries = 0
-        try:
-            for attempt in tenacity.Retrying(**self._retry_options(self._retries(request))):
-                with attempt:
-                    tries += 1
-                    with provider_call_active():
-                        response = litellm.responses(**kwargs)
-        except Exception as error:
-            raise self._failure(error, tries, n, kwargs) from self._cause(error, kwargs)
-        finally:
-            attempts.append(tries)
-        return self._samples(response)
-
-    async def _asend(self, request: Request, n: int, attempts: list[int]) -> list[Sample]:
-        kwargs = self._kwargs(request, n)
-        tries = 0
-        try:
-            async for attempt in tenacity.AsyncRetrying(
-                **self._retry_options(self._retries(request))
-            ):
-                with attempt:
-                    tries += 1
-                    with provider_call_active():
-                        response = await litellm.aresponses(**kwargs)
-        except Exception as error:
-            raise self._failure(error, tries, n, kwargs) from self._cause(error, kwargs)
-        finally:
-            attempts.append(tries)
-        return self._samples(response)
 
     def _samples(self, response: Any) -> list[Sample]:
         return self._kept(response, [response_sample(response)])

@@ -434,6 +434,9 @@ class LiteLLMModel(BatchedModel):
         {'model': 'openai/llama3', 'params': {'temperature': 0.7}, 'endpoint': 'http://127.0.0.1:8000/v1'}
     """
 
+    #: The LiteLLM functions a request goes to: the synchronous and the async one.
+    entry_points: tuple[str, str] = ("completion", "acompletion")
+
     def __init__(
         self,
         model: str,
@@ -639,7 +642,7 @@ class LiteLLMModel(BatchedModel):
                 with attempt:
                     tries += 1
                     with provider_call_active():
-                        response = litellm.completion(**kwargs)
+                        response = getattr(litellm, self.entry_points[0])(**kwargs)
         except Exception as error:
             raise self._failure(error, tries, n, kwargs) from self._cause(error, kwargs)
         finally:
@@ -657,7 +660,7 @@ class LiteLLMModel(BatchedModel):
                 with attempt:
                     tries += 1
                     with provider_call_active():
-                        response = await litellm.acompletion(**kwargs)
+                        response = await getattr(litellm, self.entry_points[1])(**kwargs)
         except Exception as error:
             raise self._failure(error, tries, n, kwargs) from self._cause(error, kwargs)
         finally:

@@ -726,6 +726,19 @@ def _stream_deltas(choice: _Choice) -> list[dict[str, Any]]:
 # Anthropic Messages API
 # ---------------------------------------------------------------------------------------
 #
+def _function_tool(tool: dict[str, Any], schema: str) -> dict[str, Any]:
+    """A chat-completions function tool from another API's tool, whose ``schema`` field
+    holds the parameters (``input_schema`` for Anthropic, ``parameters`` for Responses)."""
+    return {
+        "type": "function",
+        "function": {
+            "name": tool["name"],
+            "description": tool.get("description", ""),
+            "parameters": tool.get(schema) or {},
+        },
+    }
+
+
 # ``POST /v1/messages`` answers what the chat-completions endpoint would answer to the same
 # conversation, in Anthropic's format, so that a non-OpenAI client is tested for real.
 
@@ -772,14 +785,7 @@ def _chat_body(body: dict[str, Any]) -> dict[str, Any]:
         "max_tokens": body.get("max_tokens"),
         "stop": body.get("stop_sequences"),
         "tools": [
-            {
-                "type": "function",
-                "function": {
-                    "name": tool["name"],
-                    "description": tool.get("description", ""),
-                    "parameters": tool.get("input_schema") or {},
-                },
-            }
+            _function_tool(tool, "input_schema")
             for tool in body.get("tools") or []
             if isinstance(tool, dict) and tool.get("name")
         ],
@@ -902,6 +908,12 @@ def _responses_input_messages(items: Any) -> list[dict[str, Any]]:
 
 def _responses_chat_body(body: dict[str, Any]) -> dict[str, Any]:
     """A Responses API request as the chat-completions request the sampler answers."""
+    if body.get("input") in (None, "", []):
+        raise _RequestError(
+            "Missing required parameter: 'input'.",
+            code="missing_required_parameter",
+            param="input",
+        )
     messages = _responses_input_messages(body.get("input"))
     if body.get("instructions"):
         messages.insert(0, {"role": "system", "content": str(body["instructions"])})
@@ -910,14 +922,7 @@ def _responses_chat_body(body: dict[str, Any]) -> dict[str, Any]:
         "messages": messages,
         "max_tokens": body.get("max_output_tokens"),
         "tools": [
-            {
-                "type": "function",
-                "function": {
-                    "name": tool["name"],
-                    "description": tool.get("description", ""),
-                    "parameters": tool.get("parameters") or {},
-                },
-            }
+            _function_tool(tool, "parameters")
             for tool in body.get("tools") or []
             if isinstance(tool, dict) and tool.get("type") == "function" and tool.get("name")
         ],
@@ -1194,46 +1199,46 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _messages(self, entry: LoggedRequest, body: Any) -> None:
         """Anthropic's Messages API: the chat answer to the same conversation, streamed too."""
-        owner = self._http.owner
-        if not self._wait(owner.latency):
-            return
-        try:
-            if not isinstance(body, dict):
-                raise _RequestError("We could not parse the JSON body of your request.")
-            completion = owner._complete({**_chat_body(body), "stream": False})
-        except _RequestError as error:
-            self._send_json(entry, error.status, error.payload())
-            return
-        message = _anthropic_message(cast(dict[str, Any], completion))
-        if body.get("stream") is True:
-            self._send_events(entry, _anthropic_events(message))
-        else:
-            self._send_json(entry, 200, message)
+        self._translated(
+            entry, body, _chat_body, lambda chat, _: _anthropic_message(chat), _anthropic_events
+        )
 
     def _responses(self, entry: LoggedRequest, body: Any) -> None:
         """OpenAI's Responses API: the chat answer to the same conversation, streamed too."""
+        self._translated(entry, body, _responses_chat_body, _responses_object, _responses_events)
+
+    def _translated(
+        self,
+        entry: LoggedRequest,
+        body: Any,
+        to_chat: Callable[[dict[str, Any]], dict[str, Any]],
+        to_answer: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]],
+        to_events: Callable[[dict[str, Any]], list[Any]],
+    ) -> None:
+        """Another API's endpoint: its request as a chat request, the chat answer in its shape.
+
+        Args:
+            entry: The logged request.
+            body: The request's JSON body.
+            to_chat: The body as a chat-completions request (raises ``_RequestError``).
+            to_answer: The chat completion and the body as the API's answer.
+            to_events: The answer as the API's stream events.
+        """
         owner = self._http.owner
         if not self._wait(owner.latency):
             return
         try:
             if not isinstance(body, dict):
                 raise _RequestError("We could not parse the JSON body of your request.")
-            if body.get("input") in (None, "", []):
-                raise _RequestError(
-                    "Missing required parameter: 'input'.",
-                    code="missing_required_parameter",
-                    param="input",
-                )
-            chat = _responses_chat_body(body)
-            completion = owner._complete({**chat, "stream": False})
+            completion = owner._complete({**to_chat(body), "stream": False})
         except _RequestError as error:
             self._send_json(entry, error.status, error.payload())
             return
-        response = _responses_object(cast(dict[str, Any], completion), body)
+        answer = to_answer(cast(dict[str, Any], completion), body)
         if body.get("stream") is True:
-            self._send_events(entry, _responses_events(response))
+            self._send_events(entry, to_events(answer))
         else:
-            self._send_json(entry, 200, response)
+            self._send_json(entry, 200, answer)
 
     def _send_fault(self, entry: LoggedRequest, fault: _Fault, stream: bool) -> None:
         if fault.kind == "status":
