@@ -92,6 +92,11 @@ _OPENAI_TRANSPORT = frozenset(
         "prompt_cache_retention",
     }
 )
+# LiteLLM's per-call loggers (``completion(success_callback=[...])``): where a call is
+# reported, not what it answers; a function in a key could not even be hashed.
+_CALLBACK_PARAMS = frozenset(
+    {"callbacks", "success_callback", "failure_callback", "input_callback", "logger_fn"}
+)
 ParamRole = Literal["drop", "transport", "sampling"]
 
 
@@ -117,6 +122,7 @@ def litellm_param_role(name: str) -> ParamRole:
         name in TRANSPORT_PARAMS
         or name in LITELLM_OPTIONS
         or name in _OPENAI_TRANSPORT
+        or name in _CALLBACK_PARAMS
         or _PRICING.search(name)
         or is_credential(name)
     ):

@@ -50,6 +50,9 @@ def test_param_roles() -> None:
         assert litellm_param_role(name) == "sampling", name
     for name in ("timeout", "api_key", "vertex_credentials", "extra_headers", "service_tier"):
         assert litellm_param_role(name) == "transport", name
+    # Per-call loggers say where a call is reported, not what it answers.
+    for name in ("callbacks", "success_callback", "failure_callback", "input_callback"):
+        assert litellm_param_role(name) == "transport", name
     for name in ("num_retries", "metadata", "_private", "fallbacks"):
         assert litellm_param_role(name) == "drop", name
 
