@@ -1071,9 +1071,11 @@ class MnimiCache(Cache):
         choices = []
         for index, sample in enumerate(samples):
             message = dict(sample.message) or {"role": "assistant", "content": sample.text}
-            if message.get("tool_calls"):
-                # LiteLLM rewrites tool calls in place when it replays a stream.
-                message["tool_calls"] = copy.deepcopy(message["tool_calls"])
+            if any(isinstance(value, dict | list) for value in message.values()):
+                # The stored sample's own lists and dicts (tool calls, provider fields) must
+                # not reach the caller, who may change them, nor LiteLLM, which rewrites
+                # tool calls in place when it replays a stream.
+                message = copy.deepcopy(message)
             choices.append(
                 {
                     "index": index,

@@ -248,6 +248,20 @@ def test_litellms_call_rules_check_a_hit_too(server: SamplingServer, cache: Mnim
     assert sent(server) == 1
 
 
+def test_changing_a_hit_in_place_changes_no_later_hit(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    tools = [{"type": "function", "function": {"name": "pick", "parameters": {"type": "object"}}}]
+    kwargs = {"tools": tools, "tool_choice": "required"}
+    first = call(server, "Call a tool", **kwargs)
+    hit = call(server, "Call a tool", **kwargs)
+    hit.choices[0].message.tool_calls[0].function.arguments = "changed"
+    hit.choices[0].message.tool_calls.append(hit.choices[0].message.tool_calls[0])
+    again = call(server, "Call a tool", **kwargs)
+    assert again.choices[0].message.tool_calls == first.choices[0].message.tool_calls
+    assert sent(server) == 1
+
+
 # -- streaming ----------------------------------------------------------------------
 
 
