@@ -11,8 +11,10 @@ the LiteLLM entries import it when first called.
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -102,6 +104,30 @@ LITELLM_KEYED: Final = frozenset({
     "final_prompt_value", "initial_prompt_value", "roles", "bos_token", "eos_token",
     "mock_response"
 })  # fmt: skip
+
+
+def at_interpreter_exit(hook: Callable[[], None]) -> None:
+    """Run ``hook`` when the interpreter exits, before its thread pools stop taking work.
+
+    Why: at exit CPython first runs ``threading``'s exit hooks, among them the one of
+    ``concurrent.futures`` that makes every thread pool refuse new work, and only then the
+    ``atexit`` handlers. LiteLLM needs a thread pool for every call (an async call runs its
+    set-up in the event loop's default executor), so a provider refill still in flight at
+    exit fails there unless it is waited for first. ``threading._register_atexit`` (private
+    to CPython, there since 3.9) runs its hooks in the reverse order of registration: one
+    registered after ``concurrent.futures.thread`` is imported runs before its hook.
+    Without it (another Python), ``atexit`` is the fallback.
+
+    Args:
+        hook: What to run, once.
+    """
+    import concurrent.futures.thread  # noqa: F401 - registers its hook first, so ours runs before
+
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:
+        atexit.register(hook)
+    else:
+        register(hook)
 
 
 def installed_litellm_params() -> frozenset[str]:
@@ -506,6 +532,7 @@ def private_attributes(model: Any) -> dict[str, Any]:
 
 #: ``(module, attribute)`` of every private symbol used here, for the existence test.
 PRIVATE_SYMBOLS: Final = (
+    ("threading", "_register_atexit"),
     ("litellm.types.utils", "all_litellm_params"),
     ("litellm.caching.caching", "Cache"),
     ("litellm.caching.caching_handler", "_should_defer_streaming_cache_hit_callbacks"),

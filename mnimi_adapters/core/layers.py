@@ -12,7 +12,6 @@ what it paid for is stored whatever happens to the caller, even at exit.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import contextlib
 import contextvars
@@ -27,6 +26,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .._compat import at_interpreter_exit
 from .errors import MnimiError, ProviderError, ReplicationCacheMiss
 from .explain import explain_miss
 from .model import Cursor, Layer, logger
@@ -519,7 +519,6 @@ def wait_for_refills(timeout: float | None = None) -> bool:
     return not pending
 
 
-@atexit.register
 def _store_refills_at_exit() -> None:
     pending = len(_KEEPER.in_flight())
     if pending:
@@ -531,6 +530,9 @@ def _store_refills_at_exit() -> None:
         )
         wait_for_refills(EXIT_WAIT)
     _KEEPER.close_loop()
+
+
+at_interpreter_exit(_store_refills_at_exit)
 
 
 @contextlib.asynccontextmanager

@@ -107,11 +107,11 @@ def test_samples_in_flight_when_the_event_loop_closes_are_stored(tmp_path: Path,
     assert [s.text for s in Persistent(Slow(), tmp_path, replication=True).draw(PROMPT, 3)] == PAID
 
 
-def run_child(script: str, path: Path) -> subprocess.CompletedProcess[str]:
+def run_child(script: str, path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run ``script`` in a fresh interpreter, with ``Slow`` importable and the store at argv[1]."""
     prelude = "import sys\nfrom pathlib import Path\nfrom test_paid_samples import PROMPT, Slow\n"
     return subprocess.run(
-        [sys.executable, "-c", prelude + script, str(path)],
+        [sys.executable, "-c", prelude + script, str(path), *args],
         cwd=TESTS,
         env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
         capture_output=True,
@@ -216,3 +216,34 @@ def test_mnimicache_keeps_what_a_call_cut_short_paid_for(tmp_path: Path) -> None
         assert len({choice.message.content for choice in replay.choices}) == 3
     cache.close()
     assert len(stored(tmp_path)) == 3
+
+
+LITELLM_CALL_THEN_EXIT = """
+import asyncio, contextlib
+import litellm
+from mnimi_adapters.litellm import MnimiCache
+
+call = {"model": "openai/mock-model", "api_key": "sk-test", "api_base": sys.argv[2],
+        "messages": [{"role": "user", "content": PROMPT}]}
+
+async def main():
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(litellm.acompletion(**call), 0.2)
+    print("timed out")
+
+MnimiCache(sys.argv[1]).install()
+asyncio.run(main())
+"""
+
+
+@pytest.mark.integration
+def test_a_litellm_refill_in_flight_at_exit_is_stored(tmp_path: Path) -> None:
+    # The interpreter shuts its thread pools down before atexit handlers run, and LiteLLM
+    # needs one for every call: the wait for refills must come before that.
+    with SamplingServer(seed=3, latency=1.5) as server:
+        child = run_child(LITELLM_CALL_THEN_EXIT, tmp_path, server.url)
+        assert child.returncode == 0, child.stderr
+        assert child.stdout == "timed out\n"
+        (request,) = server.chat_requests()
+        assert request.status == 200
+    assert len(stored(tmp_path)) == 1
