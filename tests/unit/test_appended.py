@@ -77,10 +77,15 @@ def test_positions_still_come_from_the_store_when_it_does_not_say(tmp_path: Path
     assert texts == [s.text for s in Independent(model).draw("Pick", 3)]
 
 
-def test_a_batch_of_appends_fails_only_the_damaged_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("row, value", [("n:bad", "three"), ("m:bad", "{}")])
+def test_a_batch_of_appends_fails_only_the_damaged_one(
+    tmp_path: Path, row: str, value: str
+) -> None:
     store = DiskStore(tmp_path)
     store.append("bad", [Sample(text="x")], {"model": "m"})
-    store._cache.set("n:bad", "three")  # type: ignore[union-attr]
+    store._cache.set(row, value)  # type: ignore[union-attr]
+    with pytest.raises(CorruptStoreError, match=row):
+        store.append("bad", [Sample(text="y")], {"model": "m"})
     good, bad, other = store.append_many(
         [
             ("good", [Sample(text="a")], {"model": "m"}),

@@ -502,7 +502,9 @@ class DiskStore(SequenceStore):
                 connection.execute("SAVEPOINT mnimi_append")
                 try:
                     outcomes.append(self._append_rows(connection, key, samples, record))
-                except CorruptStoreError as error:
+                except sqlite3.Error:
+                    raise  # the database failed, not this sequence: the whole batch did
+                except Exception as error:  # this sequence's damage, for its caller alone
                     connection.execute("ROLLBACK TO mnimi_append")
                     outcomes.append(error)
                 connection.execute("RELEASE mnimi_append")
@@ -527,7 +529,9 @@ class DiskStore(SequenceStore):
         length = self._length(key, self._decoded(names[0], found.get(names[0])))
         raw = self._decoded(names[1], found.get(names[1]))
         meta: dict[str, Any] = (
-            {"request": record, "length": 0, "bytes": 0} if raw is None else decode_record(raw, key)
+            {"request": record, "length": 0, "bytes": 0}
+            if raw is None
+            else self._totals(key, decode_record(raw, key))
         )
         added = Appended(start=length)
         now = time.time()
@@ -566,6 +570,23 @@ class DiskStore(SequenceStore):
                 ],
             )
         return added
+
+    def _totals(self, key: str, meta: dict[str, Any]) -> dict[str, Any]:
+        """``key``'s record, if its totals can be added to.
+
+        Raises:
+            CorruptStoreError: A total is missing (``bytes``) or not a number.
+        """
+        for name, default in (
+            ("bytes", None),
+            ("prompt_tokens", 0),
+            ("completion_tokens", 0),
+            ("cost", 0.0),
+        ):
+            value = meta.get(name, default)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise CorruptStoreError(f"row m:{key} of {self.path}: its {name} is {kind(value)}")
+        return meta
 
     def _beyond(self, key: str, length: int, count: int) -> CorruptStoreError:
         """The error for a sample row an append found beyond the sequence's length."""
