@@ -684,8 +684,11 @@ class MnimiCache(Cache):
         max_batch: int | None = None,
         dspy: bool = False,
     ) -> None:
+        # The Responses API too, only so that a call that skipped the wrapped entry points
+        # reaches this cache, which refuses it under replication (see _refuse_unwrapped).
         init_without_global_callbacks(
-            super().__init__, supported_call_types=["completion", "acompletion"]
+            super().__init__,
+            supported_call_types=["completion", "acompletion", "responses", "aresponses"],
         )
         self.path = path if is_redis_url(path) else Path(path).expanduser()
         self.replication = bool(replication)
@@ -955,6 +958,9 @@ class MnimiCache(Cache):
         """The parsed call, or ``None`` when it must go to the provider as it is."""
         if in_provider_call():  # our own provider layer drawing missing samples
             return None
+        if "messages" not in kwargs and "input" in kwargs:
+            self._refuse_unwrapped(kwargs)
+            return None
         return self._admitted(self._parse(kwargs))
 
     def _admitted(self, call: _Call) -> _Call | None:
@@ -964,6 +970,21 @@ class MnimiCache(Cache):
                 raise MnimiError("no_cache cannot be used with a replication cache")
             return None
         return call
+
+    def _refuse_unwrapped(self, kwargs: Mapping[str, Any]) -> None:
+        """A Responses API call that reached LiteLLM's cache handler, not the wrapped entry
+        point: a reference to ``litellm.responses`` bound before the cache was installed (a
+        Router built before it binds one on LiteLLM 1.105). Sent as it is, never stored;
+        a replication cache refuses it rather than send it.
+        """
+        if self.replication:
+            raise MnimiError(
+                f"a litellm Responses API call for {kwargs.get('model')!r} reached the cache "
+                "without MnimiCache's wrapper (litellm.responses was bound before the cache "
+                "was installed), so it cannot be answered from the sequences; a replication "
+                "cache refuses it rather than send it: install the cache first, or call "
+                "litellm.responses looked up on the module"
+            )
 
     def _parse(self, kwargs: Mapping[str, Any], kind: type[_Call] = _Call) -> _Call:
         model = kwargs.get("model")
@@ -1006,7 +1027,11 @@ class MnimiCache(Cache):
             name = f"{provider}/{model}"
         api_base = kwargs.get("api_base") or kwargs.get("base_url")
         api_base = api_base.rstrip("/") if isinstance(api_base, str) and api_base else None
-        group = metadata.get("model_group")
+        # A Router puts the group in ``metadata`` (chat) or ``litellm_metadata`` (Responses).
+        router_metadata = kwargs.get("litellm_metadata")
+        group = metadata.get("model_group") or (
+            router_metadata.get("model_group") if isinstance(router_metadata, Mapping) else None
+        )
         identity: dict[str, Any] = {"params": {"temperature": 1.0}}
         if isinstance(group, str) and group:
             # A Router call: keyed by its group, whichever deployment serves it.

@@ -20,7 +20,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
 
-from mnimi_adapters import ReplicationCacheMiss, independent, no_cache
+from mnimi_adapters import MnimiError, ReplicationCacheMiss, independent, no_cache
 from mnimi_adapters.litellm import MnimiCache
 from mnimi_adapters.providers import _plain
 from mnimi_adapters.testing import SamplingServer
@@ -225,3 +225,46 @@ def test_a_stream_is_sent_as_it_is(server: SamplingServer, tmp_path: Path) -> No
     assert events[-1].type == "response.completed"
     assert sent(server) == 2  # the stream stored nothing
     assert replayed._hidden_params["mnimi"]["cache_hits"] == [False]
+
+
+def test_a_responses_function_bound_before_the_cache_sends_nothing_under_replication(
+    server: SamplingServer, tmp_path: Path
+) -> None:
+    # What `from litellm import responses` binds before any cache is installed (an earlier
+    # test's cache left the module's entry points wrapped: one level down is LiteLLM's).
+    responses, aresponses = (
+        getattr(f, "__wrapped__", f) if getattr(f, "_mnimi_wrapped", False) else f
+        for f in (litellm.responses, litellm.aresponses)
+    )
+    call = {"model": MODEL, "api_base": server.url, "api_key": "sk-test", "input": "Bound early"}
+    before = len(server.requests)
+    with MnimiCache(str(tmp_path / "store"), replication=True):
+        with pytest.raises(MnimiError, match="without MnimiCache's wrapper"):
+            responses(**call)
+        with pytest.raises(MnimiError, match="without MnimiCache's wrapper"):
+            asyncio.run(aresponses(**call))
+    assert len(server.requests) == before
+
+
+def test_router_responses_are_keyed_by_model_group(tmp_path: Path) -> None:
+    """Two deployments of one group: a replay does not depend on which one the Router picks."""
+    with SamplingServer(seed=5) as one, SamplingServer(seed=6) as two:
+
+        def router() -> litellm.Router:
+            deployments = [
+                {
+                    "model_name": "group",
+                    "litellm_params": {"model": MODEL, "api_base": s.url, "api_key": "sk-test"},
+                }
+                for s in (one, two)
+            ]
+            return litellm.Router(model_list=deployments, cache_responses=True)
+
+        with MnimiCache(str(tmp_path / "store")):
+            first = router().responses(model="group", input="Which deployment?").output_text
+        with MnimiCache(str(tmp_path / "store"), replication=True):
+            replays = {
+                router().responses(model="group", input="Which deployment?").output_text
+                for _ in range(8)
+            }
+    assert replays == {first}
