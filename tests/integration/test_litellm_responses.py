@@ -215,6 +215,33 @@ def test_credentials_never_reach_the_store(server: SamplingServer, tmp_path: Pat
     assert b"output_text" in stored  # the output items are there, as JSON
 
 
+def test_a_tools_credentials_are_sent_but_never_keyed_or_stored(
+    server: SamplingServer, tmp_path: Path
+) -> None:
+    def mcp(token: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "type": "mcp",
+                "server_label": "docs",
+                "server_url": "https://mcp.example/sse",
+                "authorization": f"tok-{token}",
+                "headers": {"Authorization": f"Bearer hdr-{token}"},
+            }
+        ]
+
+    with MnimiCache(str(tmp_path)) as cache:
+        first = litellm.responses(**options(server), tools=mcp("11111111"))
+        again = litellm.responses(**options(server), tools=mcp("22222222"))  # a rotated token
+    cache.close()
+    assert again.output_text == first.output_text and sent(server) == 1
+    (request,) = [r for r in server.requests if r.path.endswith("/responses")]
+    assert request.body["tools"][0]["authorization"] == "tok-11111111"  # sent as given
+    stored = b"".join(path.read_bytes() for path in tmp_path.rglob("*") if path.is_file())
+    for secret in (b"tok-11111111", b"hdr-11111111", b"tok-22222222", b"hdr-22222222"):
+        assert secret not in stored
+    assert b"docs" in stored  # the rest of the tool is keyed and kept
+
+
 # LiteLLM's own stream iterator warns while it serialises its usage: nothing of ours.
 @pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")
 def test_a_stream_is_sent_as_it_is(server: SamplingServer, tmp_path: Path) -> None:
