@@ -103,6 +103,8 @@ class _Landings:
         batch, self._pending = self._pending, []
         try:
             outcomes = self._store.append_many([appended for appended, _ in batch])
+            if len(outcomes) != len(batch):  # a store's bug must not leave callers waiting
+                raise MnimiError(f"{self._store!r} answered {len(batch)} appends with {outcomes}")
         except Exception as error:  # the store failed: every append of the batch did
             outcomes = [error] * len(batch)
         for (_, future), outcome in zip(batch, outcomes, strict=True):
