@@ -38,11 +38,11 @@ class SuccessCounter(CustomLogger):
     ) -> None:
         self._count(kwargs)
 
-    async def reported(self, events: int) -> None:
-        """Wait until ``events`` calls were reported: LiteLLM logs success in the background,
-        for async calls on the caller's event loop."""
+    async def reported(self, events: int = 1, call_id: str | None = None) -> None:
+        """Wait until ``events`` calls were reported, or the call ``call_id`` was: LiteLLM
+        logs success in the background, for async calls on the caller's event loop."""
         for _ in range(500):
-            if len(self.hits) >= events:
+            if (call_id in self.hits) if call_id is not None else len(self.hits) >= events:
                 return
             await asyncio.sleep(0.01)
 
