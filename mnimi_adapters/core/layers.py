@@ -88,11 +88,16 @@ class _Landings:
     def __init__(self, store: SequenceStore) -> None:
         self._store = store
         self._pending: list[tuple[Batched, asyncio.Future[Appended]]] = []
+        #: The loop the pending batch is written on.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def land(self, key: str, samples: list[Sample], record: dict[str, Any]) -> Awaitable[Appended]:
         """Append at the end of this turn of the loop; the outcome when it is written."""
         loop = asyncio.get_running_loop()
-        if not self._pending:
+        # A batch of another loop is one a forked child inherited mid-turn: its loop (and
+        # the refills waiting on it) stayed with the parent, which writes it.
+        if not self._pending or self._loop is not loop:
+            self._pending, self._loop = [], loop
             loop.call_soon(self._write)
         future: asyncio.Future[Appended] = loop.create_future()
         self._pending.append(((key, samples, record), future))

@@ -120,3 +120,24 @@ def test_concurrent_misses_land_together_and_each_gets_its_own_sample(tmp_path: 
     assert sum(batches) == 30  # every refill landed ...
     assert len(batches) < 30  # ... and some of them together
     assert sum(layer.store.length(k.key) for k in layer.store.summaries()) == 30
+
+
+def test_a_batch_left_pending_on_another_loop_does_not_stall_the_next() -> None:
+    """What a forked child inherits mid-turn: a batch whose loop stayed with the parent."""
+    from mnimi_adapters.core.layers import _Landings
+
+    store = MemoryStore()
+    landings = _Landings(store)
+    parents = asyncio.new_event_loop()
+    try:
+        landings._pending = [(("left", [Sample(text="p")], {}), parents.create_future())]
+        landings._loop = parents
+
+        async def land() -> Appended:
+            return await landings.land("child", [Sample(text="c")], {"model": "m"})
+
+        added = asyncio.run(asyncio.wait_for(land(), 5))
+    finally:
+        parents.close()
+    assert [s.text for s in added] == ["c"] and added.start == 0
+    assert store.length("left") == 0  # the parent's batch is the parent's to write
