@@ -406,6 +406,26 @@ def wrap_entry_points(handlers: Mapping[str, EntryHandler]) -> None:
             setattr(litellm, name, _entry(original, handler))
 
 
+def responses_stream_events(response: Any) -> list[Any]:
+    """A ``ResponsesAPIResponse`` as the stream events a streamed call would have received.
+
+    Why: a streamed Responses call answered from the cache must be replayed as the events
+    LiteLLM's own stream yields (``response.created``, the text deltas, ...,
+    ``response.completed``). LiteLLM builds them from a finished response only with
+    ``litellm.responses.streaming_iterator.build_synthetic_response_events`` (its mock and
+    cached-response iterators use it), the same keyword-only function on 1.105.3 and
+    1.110.2. Without a logging object it prices nothing: the response carries its cost.
+
+    Args:
+        response: The response to replay.
+    """
+    from litellm.responses.streaming_iterator import build_synthetic_response_events
+
+    return list(
+        build_synthetic_response_events(transformed=response, logging_obj=None, chunk_size=24)
+    )
+
+
 def close_stream(stream: Any) -> None:
     """Close a ``litellm.completion(stream=True)`` stream, and with it its connection.
 
@@ -550,6 +570,7 @@ PRIVATE_SYMBOLS: Final = (
     ("litellm", "completion"),
     ("litellm", "acompletion"),
     ("litellm", "responses"),
+    ("litellm.responses.streaming_iterator", "build_synthetic_response_events"),
     ("litellm", "aresponses"),
     # Not exported by ``litellm`` itself: the type a Responses API hit is rebuilt as.
     ("litellm.types.llms.openai", "ResponsesAPIResponse"),

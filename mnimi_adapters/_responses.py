@@ -13,7 +13,8 @@ calls of its message, and the output items themselves (``message["output"]``), f
 a hit rebuilds a ``ResponsesAPIResponse``. The Responses API has no ``n``: each call gets
 one sample.
 
-``stream=True`` is not answered from the sequences (see :func:`handle_responses`).
+A streamed call (``stream=True``) is answered from the same sequence: its sample (a miss
+draws it whole, not live) is replayed as the events LiteLLM's own stream yields.
 """
 
 from __future__ import annotations
@@ -22,13 +23,12 @@ import copy
 import dataclasses
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from litellm.types.llms.openai import ResponsesAPIResponse
 
-from ._compat import HIDDEN_PARAMS_FIELD, response_cost
-from .core.errors import MnimiError
+from ._compat import HIDDEN_PARAMS_FIELD, response_cost, responses_stream_events
 from .core.request import Message, Request, canonical
 from .core.sample import Sample
 from .litellm import (
@@ -204,6 +204,35 @@ def _answer(call: _Call, samples: list[Sample]) -> Any:
     return response
 
 
+class _Events:
+    """A stored response replayed as a stream: its events, for ``for`` and ``async for``,
+    as LiteLLM's own Responses streams are iterated."""
+
+    def __init__(self, response: Any) -> None:
+        self.response = response
+        self._events = iter(responses_stream_events(response))
+
+    def __iter__(self) -> _Events:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._events)
+
+    def __aiter__(self) -> _Events:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return next(self._events)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
+def _streamed(response: Any, kwargs: Mapping[str, Any]) -> Any:
+    """``response``, as events when the call asked for a stream."""
+    return _Events(response) if kwargs.get("stream") is True else response
+
+
 # ---------------------------------------------------------------------------------------
 # The entry points
 # ---------------------------------------------------------------------------------------
@@ -229,13 +258,6 @@ def _answerer(
     cache = _answering_cache((), kwargs)
     if cache is None:
         return None
-    if kwargs.get("stream") is True:
-        if cache.replication:
-            raise MnimiError(
-                "a streamed litellm.responses call is not answered from Mnimi sequences, so a "
-                "replication cache refuses it rather than send it: call it without stream=True"
-            )
-        return None
     parsed = {name: value for name, value in kwargs.items() if name != "input"}
     parsed.update(API_MARKER, messages=input_items(kwargs.get("input")))
     call = cache._admitted(cache._parse(parsed, _ResponsesCall))
@@ -247,10 +269,7 @@ def handle_responses(
 ) -> Any:
     """``litellm.responses`` while a MnimiCache is installed.
 
-    A streamed call is sent as it is and stores nothing (a replication cache refuses it):
-    a hit would have to be replayed as Responses stream events, which LiteLLM builds only
-    with private helpers (``build_synthetic_response_events``, or a cached-stream iterator
-    that needs a live LiteLLM logging object).
+    A streamed call gets its sample replayed as stream events (:class:`_Events`).
     """
     answering = _answerer(original, args, kwargs)
     if answering is None:
@@ -259,7 +278,7 @@ def handle_responses(
     layer = cache._layer_for(call)
     with _answering(cache, call), _litellm_errors():
         samples = layer.draw(call.request, 1)
-    return _answer(call, samples)
+    return _streamed(_answer(call, samples), kwargs)
 
 
 async def ahandle_responses(
@@ -273,4 +292,4 @@ async def ahandle_responses(
     layer = cache._layer_for(call)
     with _answering(cache, call), _litellm_errors():
         samples = await layer.adraw(call.request, 1)
-    return _answer(call, samples)
+    return _streamed(_answer(call, samples), kwargs)

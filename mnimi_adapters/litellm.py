@@ -63,8 +63,7 @@ list of items) takes the place of the messages, ``instructions`` is keyed like t
 sampling parameters, and the key carries ``api: "responses"``, so it never collides with
 a chat completion's. A miss returns the provider's response; a hit, a
 ``ResponsesAPIResponse`` rebuilt from the stored output items. A streamed Responses call
-is sent as it is and stores nothing; a replication cache refuses it with a
-``MnimiError``.
+gets the same sample replayed as stream events (a miss is drawn whole first, not live).
 
 Keys: a call's key is the one :class:`~mnimi_adapters.providers.LiteLLMModel` with the
 same model string, ``api_base`` and temperature uses (a call without a temperature samples,

@@ -242,16 +242,34 @@ def test_a_tools_credentials_are_sent_but_never_keyed_or_stored(
     assert b"docs" in stored  # the rest of the tool is keyed and kept
 
 
-# LiteLLM's own stream iterator warns while it serialises its usage: nothing of ours.
-@pytest.mark.filterwarnings("ignore:Pydantic serializer warnings")
-def test_a_stream_is_sent_as_it_is(server: SamplingServer, tmp_path: Path) -> None:
+def _streamed_text(events: list[Any]) -> str:
+    return "".join(e.delta for e in events if e.type == "response.output_text.delta")
+
+
+def test_a_stream_replays_the_sequence_as_events(server: SamplingServer, tmp_path: Path) -> None:
     with MnimiCache(str(tmp_path)) as cache:
-        events = list(litellm.responses(**options(server, model="openai/gpt-4o-mini"), stream=True))
-        replayed = litellm.responses(**options(server, model="openai/gpt-4o-mini"))
+        streamed = list(litellm.responses(**options(server), stream=True))  # a miss
+        plain = litellm.responses(**options(server))  # the same sample, not streamed
+        again = list(litellm.responses(**options(server), stream=True))  # a hit
+
+        async def stream_async() -> list[Any]:
+            return [
+                event async for event in await litellm.aresponses(**options(server), stream=True)
+            ]
+
+        async_events = asyncio.run(stream_async())
     cache.close()
-    assert events[-1].type == "response.completed"
-    assert sent(server) == 2  # the stream stored nothing
-    assert replayed._hidden_params["mnimi"]["cache_hits"] == [False]
+    assert sent(server) == 1
+    assert streamed[0].type == "response.created" and streamed[-1].type == "response.completed"
+    for events in (streamed, again, async_events):
+        assert _streamed_text(events) == plain.output_text
+        assert events[-1].response.output_text == plain.output_text
+    with MnimiCache(str(tmp_path), replication=True) as replica:
+        assert _streamed_text(list(litellm.responses(**options(server), stream=True))) == (
+            plain.output_text
+        )
+    replica.close()
+    assert sent(server) == 1
 
 
 def test_a_responses_function_bound_before_the_cache_sends_nothing_under_replication(
