@@ -160,12 +160,14 @@ _RECORDS = (
     )
     + "){}"
 )
-#: The keys of the ``?`` most recently used records, in :func:`recency`'s order:
-#: a record that is not a JSON object counts as never used, as Python reads it.
+#: The keys of the ``?`` most recently used records, in :func:`recency`'s order: a
+#: record that is not a JSON object counts as never used, as Python reads it (a path
+#: into anything but an object is NULL, so no ``json_type(value)`` parse is needed).
 _RECENT = (
-    "SELECT substr(key, 3) FROM ("
-    + _FIELDS.format(f"CASE WHEN ok THEN {_number('used')} ELSE 0 END AS used", "")
-    + ") ORDER BY -used, substr(key, 3) LIMIT ?"
+    "SELECT substr(key, 3) FROM (SELECT key, "
+    f"CASE WHEN {_TEXT} AND json_valid(value) THEN {_number('used')} ELSE 0 END AS used "
+    f"FROM Cache NOT INDEXED WHERE {_RANGE.format('m')} LIMIT -1) "
+    "ORDER BY -used, substr(key, 3) LIMIT ?"
 )
 
 #: Milliseconds a usage write waits for another process's write: none, it is dropped.
@@ -671,6 +673,14 @@ class DiskStore(SequenceStore):
             connection.close()
         return sound, total or 0, keys.union(alone)
 
+    def _apart(self, query: str) -> list[str]:
+        """The keys ``query`` lists, read on a connection of its own (another thread)."""
+        connection = _connect_readonly(self.path / DBNAME)
+        try:
+            return [key for (key,) in connection.execute(query)]
+        finally:
+            connection.close()
+
     def _records(self, leave: set[str]) -> tuple[list[ModelTotals], set[str]]:
         """The totals of the records SQLite reads as Python does, per model, but ``leave``'s;
         and the keys of the others."""
@@ -693,10 +703,12 @@ class DiskStore(SequenceStore):
         decoded."""
         if limit is None:
             return super().recent(limit)  # every record is decoded anyway
-        with self._sqlite("listing the sequences"):
+        with self._sqlite("listing the sequences"), ThreadPoolExecutor(1) as pool:
+            # The keys without a record meanwhile, on a connection of their own.
+            lonely = pool.submit(self._apart, _ALONE.format("n", "m"))
             (records,) = self._sql(_COUNT).fetchone()
-            alone = [key for (key,) in self._sql(_ALONE.format("n", "m"))]
             top = [key for (key,) in self._sql(_RECENT, (limit,))]
+            alone = lonely.result()
             found = (self.summary(key) for key in {*alone, *top})
             summaries = sorted((s for s in found if s is not None), key=recency)
         return records + len(alone), summaries[:limit]
