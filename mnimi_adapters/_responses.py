@@ -165,7 +165,7 @@ def response_sample(response: Any) -> Sample:
 
 def _rebuilt(call: _Call, sample: Sample) -> ResponsesAPIResponse:
     """The response a stored sample came in, as far as it decides it."""
-    params = call.request.params
+    params = call.request.sampling_params()  # a tool's credentials are not echoed back
     complete = sample.finish_reason in ("stop", "tool_calls")
     reason = _INCOMPLETE.get(str(sample.finish_reason), sample.finish_reason)
     usage = sample.usage

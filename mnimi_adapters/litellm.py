@@ -118,7 +118,6 @@ from .core.layers import CacheLayer, Independent
 from .core.model import Cursor, Layer, Model
 from .core.request import (
     Request,
-    is_credential,
     request_key,
 )
 from .core.sample import Sample
@@ -166,19 +165,6 @@ def _sampling_value(name: str, value: Any) -> Any:
 
         return type_to_response_format_param(value)
     return value
-
-
-def _keyed_tools(tools: Any) -> Any:
-    """``tools`` without the credentials a tool may carry (an MCP tool's ``authorization``
-    and ``headers``): they say who calls the tool's server, not what the model answers."""
-    if not isinstance(tools, list):
-        return tools
-    return [
-        {name: value for name, value in tool.items() if not is_credential(name)}
-        if isinstance(tool, Mapping)
-        else tool
-        for tool in tools
-    ]
 
 
 def _retries(kwargs: Mapping[str, Any]) -> int | None:
@@ -1026,9 +1012,6 @@ class MnimiCache(Cache):
             role = litellm_param_role(name)
             if role == "sampling":
                 sampling[name] = _sampling_value(name, value)
-                if name == "tools" and (keyed := _keyed_tools(value)) != value:
-                    sampling[name] = keyed  # keyed and stored without the credentials ...
-                    transport[name] = value  # ... and sent with them
             elif role == "transport":
                 transport[name] = value
         if metadata:

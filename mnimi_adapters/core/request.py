@@ -141,6 +141,32 @@ def is_sampling_param(name: str) -> bool:
     return name not in TRANSPORT_PARAMS and not is_credential(name)
 
 
+def keyed_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters that belong in a key and a stored record, credentials left out.
+
+    A parameter that lists objects (``tools``, Anthropic's ``mcp_servers``) may carry a
+    credential in each: an MCP server's ``authorization`` or ``headers`` say who calls it,
+    not what the model answers. They are still sent; only the key and the record lose them.
+
+    Example:
+        >>> keyed_params({"api_key": "sk", "tools": [{"type": "mcp", "headers": {}}]})
+        {'tools': [{'type': 'mcp'}]}
+    """
+    keyed = {}
+    for name, value in params.items():
+        if not is_sampling_param(name):
+            continue
+        if type(value) is list and any(isinstance(item, Mapping) for item in value):
+            value = [
+                {k: v for k, v in item.items() if not is_credential(k)}
+                if isinstance(item, Mapping)
+                else item
+                for item in value
+            ]
+        keyed[name] = value
+    return keyed
+
+
 def canonical(value: Any) -> Any:
     """Return a JSON-ready canonical form of ``value``.
 
@@ -263,8 +289,8 @@ class Request:
         return None
 
     def sampling_params(self) -> dict[str, Any]:
-        """The parameters that decide the output distribution."""
-        return {k: v for k, v in self.params.items() if is_sampling_param(k)}
+        """The parameters that decide the output distribution (see :func:`keyed_params`)."""
+        return keyed_params(self.params)
 
     def describe(self, identity: Mapping[str, Any], width: int = 80) -> str:
         """A one-line human summary, for error messages and listings."""
@@ -279,7 +305,7 @@ class Request:
 def request_record(identity: Mapping[str, Any], request: Request) -> dict[str, Any]:
     """The canonical description of a request: what its key is the hash of."""
     # Filtered again: a provider's identity must not smuggle a credential into the key.
-    params = {k: v for k, v in identity.get("params", {}).items() if is_sampling_param(k)}
+    params = keyed_params(identity.get("params", {}))
     params.update(request.sampling_params())
     record: dict[str, Any] = {
         "model": identity.get("model"),
