@@ -27,7 +27,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -660,8 +660,7 @@ class DiskStore(SequenceStore):
 
         On a connection of its own, as it runs on another thread.
         """
-        connection = _connect_readonly(self.path / DBNAME)
-        try:
+        with closing(_connect_readonly(self.path / DBNAME)) as connection:
             sound, total, odd = connection.execute(_LENGTHS).fetchone()
             keys = set(json.loads(odd))
             alone = [key for (key,) in connection.execute(_ALONE.format("n", "m"))]
@@ -669,17 +668,12 @@ class DiskStore(SequenceStore):
             # Every record has a length row unless there are more records than pairs.
             if records > sound + len(keys) - len(alone):
                 keys.update(key for (key,) in connection.execute(_ALONE.format("m", "n")))
-        finally:
-            connection.close()
         return sound, total or 0, keys.union(alone)
 
     def _apart(self, query: str) -> list[str]:
         """The keys ``query`` lists, read on a connection of its own (another thread)."""
-        connection = _connect_readonly(self.path / DBNAME)
-        try:
+        with closing(_connect_readonly(self.path / DBNAME)) as connection:
             return [key for (key,) in connection.execute(query)]
-        finally:
-            connection.close()
 
     def _records(self, leave: set[str]) -> tuple[list[ModelTotals], set[str]]:
         """The totals of the records SQLite reads as Python does, per model, but ``leave``'s;
