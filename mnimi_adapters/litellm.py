@@ -213,17 +213,47 @@ def _cost(samples: list[Sample], facts: Mapping[str, Any]) -> float | None:
     return sum(costs) if costs else (0.0 if not drawn else None)
 
 
+# Provider responses just drawn, by their first sample's draw id, each waiting for the
+# call that gets exactly its samples. Concurrent calls of one request (an independent()
+# scope) share its sequence, and a refill's samples land at the next free positions, not
+# at the one the call that drew them reads (nine misses in ten of a burst of 200): the
+# call that gets a response's samples takes the response, whichever call drew it. A
+# response whose samples nobody takes (its call was cancelled) is dropped after
+# _FRESH_LIMIT newer ones: a call takes its response moments after it lands.
+_FRESH: dict[str, tuple[Any, list[str]]] = {}
+_FRESH_LOCK = threading.Lock()
+_FRESH_LIMIT: Final = 256
+
+
+def _keep_fresh(response: Any, samples: list[Sample]) -> None:
+    """Keep ``response`` for the call that gets exactly ``samples`` (see ``_FRESH``)."""
+    draw_ids = [s.draw_id for s in samples]
+    with _FRESH_LOCK:
+        _FRESH[draw_ids[0]] = (response, draw_ids)
+        if len(_FRESH) > _FRESH_LIMIT:
+            del _FRESH[next(iter(_FRESH))]
+
+
 def _drawn_alone(call: _Call, samples: list[Sample], facts: dict[str, Any]) -> Any:
     """The provider response that holds exactly ``samples``, if one does, told the facts.
 
-    A miss then costs the one LiteLLM call that drew it: that response is the answer.
+    A miss then costs the one LiteLLM call that drew it: that response is the answer. A
+    response is taken once, and never for a hit (a stored sample costs nothing).
     """
-    if len(call.responses) != 1 or call.responses[0][1] != [s.draw_id for s in samples]:
+    if any(facts["cache_hits"]):
         return None
-    response = call.responses[0][0]
+    draw_ids = [s.draw_id for s in samples]
+    with _FRESH_LOCK:
+        kept = _FRESH.get(draw_ids[0])
+        if kept is None or kept[1] != draw_ids:
+            return None
+        del _FRESH[draw_ids[0]]
+    response = kept[0]
     hidden = getattr(response, HIDDEN_PARAMS_FIELD, None)
     if isinstance(hidden, dict):
         hidden["mnimi"] = facts
+        if call.call_id is not None:  # the caller's id, as a built answer keeps it
+            hidden["litellm_call_id"] = call.call_id
     return response
 
 
@@ -280,8 +310,6 @@ class _Call:
     call_id: str | None = field(default=None, init=False)
     #: Which layer serves the call: one per key space (model, endpoint).
     identity_token: tuple[str, str | None] = field(init=False)
-    #: The provider responses drawn for this call, each with its samples' draw ids.
-    responses: list[tuple[Any, list[str]]] = field(default_factory=list, init=False)
     #: Where a live stream's chunks go, until its first refill takes it.
     sink: _Sink | None = field(default=None, init=False)
 
@@ -396,7 +424,7 @@ class _Sink:
 
 
 class _CacheProvider(LiteLLMModel):
-    """The provider layer of a cache: its responses are kept for the call that drew them.
+    """The provider layer of a cache: its responses are kept for the calls they answer.
 
     When one provider response alone answers a call, that response is what the caller
     gets: a miss costs the one LiteLLM call that drew it, not a second one to replay it.
@@ -407,10 +435,8 @@ class _CacheProvider(LiteLLMModel):
 
     @staticmethod
     def _kept(response: Any, samples: list[Sample]) -> list[Sample]:
-        """``samples``, with ``response`` kept for the call that drew them."""
-        current = _current_call.get()
-        if current is not None:
-            current[1].responses.append((response, [s.draw_id for s in samples]))
+        """``samples``, with ``response`` kept for the call that gets them."""
+        _keep_fresh(response, samples)
         return samples
 
     def _stream_kwargs(self, request: Request) -> dict[str, Any]:

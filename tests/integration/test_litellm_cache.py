@@ -325,6 +325,11 @@ async def test_concurrent_calls_in_one_independent_scope_get_distinct_samples(
     assert len(set(answers)) == 6
     drawn = sum(r.body.get("n", 1) for r in server.chat_requests())
     assert drawn == 6
+    # Each call gets a provider response as LiteLLM made it (its HTTP headers), whichever
+    # call's refill drew it, and no response is handed to two calls: a miss costs one
+    # LiteLLM call, not a second one to build the answer.
+    assert all(r._hidden_params["additional_headers"] for r in responses)
+    assert len({id(r) for r in responses}) == 6
     # The sequence holds exactly those six samples.
     assert set(texts(call(server, "Concurrent", n=6))) == set(answers)
     assert sum(r.body.get("n", 1) for r in server.chat_requests()) == drawn
