@@ -1098,7 +1098,12 @@ class MnimiCache(Cache):
             layer = self._layers.get(call.identity_token)
             if layer is None:
                 if self._store is None:
-                    self._store = ReadThroughStore(open_store(self.path))
+                    # Replication only reads (see Persistent): an existing store.
+                    self._store = ReadThroughStore(
+                        open_store(
+                            self.path, create=not self.replication, read_only=self.replication
+                        )
+                    )
                 layer = CacheLayer(_CallModel(call.identity), self._store, self.replication)
                 self._layers[call.identity_token] = layer
             return layer

@@ -681,8 +681,9 @@ class Persistent(CacheLayer):
         record: str | os.PathLike[str] | None = None,
     ) -> None:
         # A replication run only reads: it opens an existing store read-only, so
-        # read-only media and a full disk replay like any other.
-        store = open_store(path, read_only=replication)
+        # read-only media and a full disk replay like any other, and a path that holds
+        # no store (a typo) is an error, not a new empty store that misses every call.
+        store = open_store(path, create=not replication, read_only=replication)
         super().__init__(model, ReadThroughStore(store), replication=replication, record=record)
         self.path = store.path if isinstance(store, DiskStore) else store.location
 

@@ -20,7 +20,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
 
-from mnimi_adapters import ReplicationCacheMiss
+from mnimi_adapters import ReplicationCacheMiss, StoreError
+from mnimi_adapters.core.stores import open_store
 from mnimi_adapters.litellm import MnimiCache
 from mnimi_adapters.testing import SamplingServer
 
@@ -147,10 +148,10 @@ def test_outside_replication_the_switches_keep_their_meaning(
         router(server).completion(GROUP, messages("Uncached"))
         assert sent(server) == len(SWITCHES) + 2
     cache.close()
-    # Nothing was stored: a replica has none of those calls.
+    # Nothing was stored, not even an empty store: a replica has none of those calls.
     with (
         MnimiCache(str(tmp_path), replication=True) as replica,
-        pytest.raises(ReplicationCacheMiss),
+        pytest.raises(StoreError, match="no cache at"),
     ):
         call(server, "Uncached")
     replica.close()
@@ -194,6 +195,7 @@ def test_the_responses_api_is_answered_from_the_store_not_sent(
 ) -> None:
     server.reset()
     options = {"model": MODEL, "input": "Hi", "api_base": server.url, "api_key": API_KEY}
+    open_store(tmp_path).close()  # an empty store: a replica of a run that made no call
     with MnimiCache(str(tmp_path), replication=True) as replica:
         with pytest.raises(ReplicationCacheMiss):
             litellm.responses(**options, caching=False)
@@ -202,4 +204,19 @@ def test_the_responses_api_is_answered_from_the_store_not_sent(
         with pytest.raises(ReplicationCacheMiss):
             litellm.responses(**options, stream=True)
     replica.close()
+    assert server.requests == []
+
+
+def test_a_replica_of_a_path_without_a_cache_says_so_and_creates_nothing(
+    server: SamplingServer, tmp_path: Path
+) -> None:
+    server.reset()
+    typo = tmp_path / "typo"
+    with (
+        MnimiCache(str(typo), replication=True) as replica,
+        pytest.raises(StoreError, match="no cache at"),
+    ):
+        call(server, "Anything")
+    replica.close()
+    assert not typo.exists()
     assert server.requests == []

@@ -281,3 +281,12 @@ def test_one_error_tree_exported_from_one_place() -> None:
 
     assert ProviderRequestError is errors.ProviderRequestError
     assert LLMOutputError is errors.LLMOutputError
+
+
+def test_replication_on_a_path_without_a_cache_says_so_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    typo = tmp_path / "paper-bundel" / "store"
+    with pytest.raises(StoreError, match="no cache at"):
+        Persistent(NumberModel(), typo, replication=True)
+    assert not typo.exists() and not typo.parent.exists()

@@ -124,6 +124,7 @@ def test_no_cache_goes_to_the_provider_and_stores_nothing(tmp_path: Path) -> Non
 
 
 def test_no_cache_refuses_a_replication_cache(tmp_path: Path) -> None:
+    Persistent(FailingModel("gpt-4o", 1.0), tmp_path).close()
     model = Persistent(FailingModel("gpt-4o", 1.0), tmp_path, replication=True)
     with no_cache(), pytest.raises(MnimiError, match="replication"):
         draw(model)
