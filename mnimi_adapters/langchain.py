@@ -56,9 +56,16 @@ from urllib.parse import urlsplit, urlunsplit
 from langchain_core.caches import BaseCache
 from langchain_core.callbacks import (
     AsyncCallbackManagerForLLMRun,
+    BaseCallbackHandler,
     CallbackManagerForLLMRun,
 )
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.globals import get_llm_cache
+from langchain_core.language_models import (
+    BaseChatModel,
+    BaseLanguageModel,
+    BaseLLM,
+    LanguageModelInput,
+)
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.load.serializable import (
     SerializedConstructor,
@@ -93,6 +100,7 @@ from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough
 from langchain_core.runnables.config import get_config_list, get_executor_for_config
 from langchain_core.tools import BaseTool
+from langchain_core.tracers.context import register_configure_hook
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, Secret, SecretStr, model_validator
@@ -1940,9 +1948,11 @@ class MnimiLLMCache(BaseCache):
     appends the model's answer at that position; ``replication=True`` makes a miss raise
     :class:`~mnimi_adapters.ReplicationCacheMiss` before anything is sent.
 
-    What LangChain's cache interface cannot carry: streaming bypasses it (``stream`` and
-    ``astream`` neither read nor write any LangChain cache), and a response of ``n``
-    generations is one cached value. Wrap the model instead (``MnimiChatModel(model=...)``)
+    What LangChain's cache interface cannot carry: streaming bypasses it (``stream``,
+    ``astream`` and ``stream_events(version="v3")`` neither read nor write any LangChain
+    cache; with ``replication=True`` such a call raises :class:`MnimiError` before it
+    sends, see :class:`_ReplicationStreamGuard`), and a response of ``n`` generations is
+    one cached value. Wrap the model instead (``MnimiChatModel(model=...)``)
     for live streaming that is cached, ``n`` samples in one request, and tool calls keyed by
     the model's own format. Two concurrent misses at one position (outside a scope) store
     the first answer to arrive; the other caller keeps its own answer, unstored.
@@ -1960,6 +1970,13 @@ class MnimiLLMCache(BaseCache):
 
     def __init__(self, path: str | os.PathLike[str], replication: bool = False) -> None:
         self._layer = Persistent(_Generations(), path, replication=replication)
+        if replication:
+            _guard_streams()
+
+    @property
+    def replication(self) -> bool:
+        """Whether a miss raises ``ReplicationCacheMiss`` instead of letting a request out."""
+        return self._layer.replication
 
     def __repr__(self) -> str:
         mode = ", replication=True" if self._layer.replication else ""
@@ -2023,3 +2040,107 @@ def _generations_of(sample: Sample) -> list[Generation]:
         message.response_metadata = {**message.response_metadata, **_facts(sample)}
         generations.append(ChatGeneration(message=message, generation_info=entry["info"]))
     return generations
+
+
+# -- streams that would bypass a replication MnimiLLMCache ------------------------------
+
+# The model methods that ask LangChain's cache before a request: a run they start is
+# answered by the cache (or raises ReplicationCacheMiss in its lookup).
+_CACHED_PATHS = frozenset(
+    method.__code__
+    for method in (
+        BaseChatModel.generate,
+        BaseChatModel.agenerate,
+        BaseLLM.generate,
+        BaseLLM.agenerate,
+    )
+)
+# Frames between the guard and the model method that starts the run: the callback
+# manager's dispatch (a few more on the async path and for on_llm_start's fallback).
+_FRAMES_TO_THE_MODEL = 12
+
+
+def _model_starting_a_run() -> tuple[BaseLanguageModel[Any], str] | None:
+    """The model whose run start is being announced, and its method, if no cache answers it.
+
+    The nearest frame up the stack that belongs to a language model (its ``self``, a free
+    variable too in ``stream_events``'s nested starter) is the method that announced the
+    run; ``generate``/``agenerate`` ask the cache, every other (``stream``, ``astream``,
+    ``stream_events``) sends the request without asking.
+    """
+    frame = inspect.currentframe()
+    for _ in range(_FRAMES_TO_THE_MODEL):
+        if frame is None:
+            return None
+        frame = frame.f_back
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, BaseLanguageModel):
+            return None if frame.f_code in _CACHED_PATHS else (owner, frame.f_code.co_name)
+    return None
+
+
+def _refuse_a_bypassing_stream() -> None:
+    """Raise if the run starting now bypasses a replication MnimiLLMCache its model uses."""
+    starting = _model_starting_a_run()
+    if starting is None:
+        return
+    model, method = starting
+    if model.cache is False:
+        return
+    cache = model.cache if isinstance(model.cache, BaseCache) else get_llm_cache()
+    if isinstance(cache, MnimiLLMCache) and cache.replication:
+        raise MnimiError(
+            f"{type(model).__name__}.{method}() would send a request: LangChain's stream(), "
+            "astream() and stream_events() never ask a cache, and this model's MnimiLLMCache "
+            "is in replication mode. Call invoke() instead (answered from the cache), give "
+            "the model disable_streaming=True (stream() then answers from the cache in one "
+            "chunk), or wrap it: MnimiChatModel(model=..., replication=True) streams its "
+            "cached samples"
+        )
+
+
+class _ReplicationStreamGuard(BaseCallbackHandler):
+    """Stops a streamed call that would bypass a replication MnimiLLMCache, before it sends.
+
+    LangChain's ``stream``, ``astream`` and ``stream_events(version="v3")`` never consult a
+    cache, so a replication cache cannot answer them; they announce the run to the
+    callbacks (``on_chat_model_start``, ``on_llm_start``) before the request, and a handler
+    with ``raise_error`` stops it there. It runs inline, so that on the async path too it
+    is called from the model method's own stack, which tells a stream from a ``generate``.
+    """
+
+    raise_error = True
+    run_inline = True
+    # Only run starts matter: chains, tools, retrievers and retries never reach it.
+    ignore_chain = ignore_agent = ignore_retriever = ignore_retry = ignore_custom_event = True
+
+    def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
+        _refuse_a_bypassing_stream()
+
+    def on_llm_start(self, serialized: Any, prompts: Any, **kwargs: Any) -> None:
+        _refuse_a_bypassing_stream()
+
+
+_stream_guard: contextvars.ContextVar[BaseCallbackHandler | None] | None = None
+
+
+def _guard_streams() -> None:
+    """Add the stream guard to every callback manager LangChain configures from now on.
+
+    ``register_configure_hook`` adds a context variable's handler to each new callback
+    manager; the variable's default holds the guard, so it is there in every thread and
+    task. Registered once, when the first replication MnimiLLMCache is made: processes
+    without one never pay for the guard.
+    """
+    global _stream_guard
+    with _SHARED_LOCK:
+        if _stream_guard is None:
+            # The default, not set(): a value set here would be seen in this context only.
+            # The guard holds no state, so one shared instance is safe.
+            _stream_guard = contextvars.ContextVar(
+                "mnimi_replication_stream_guard",
+                default=_ReplicationStreamGuard(),  # noqa: B039
+            )
+            register_configure_hook(_stream_guard, inheritable=False)

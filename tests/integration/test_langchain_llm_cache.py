@@ -4,6 +4,7 @@ ChatAnthropic against the local sampling server (127.0.0.1)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,6 +107,52 @@ def test_replication_miss_raises_and_sends_nothing(server: SamplingServer, cache
         chat.invoke(NUMBER)
         chat.invoke(NUMBER)
     assert server.requests == []
+
+
+# A refused astream_events() leaves LangChain's own non-inline handler coroutines unawaited.
+@pytest.mark.filterwarnings("ignore:coroutine 'ahandle_event' was never awaited")
+@pytest.mark.parametrize("form", ["model", "global"])
+def test_replication_refuses_streams_before_they_send(
+    server: SamplingServer, cache_dir: str, form: str
+) -> None:
+    # Law 5: LangChain's streams never ask a cache, so a replication cache stops them
+    # before the request, cached prompt or not; invoke() is answered from the cache.
+    recorded = openai(server, MnimiLLMCache(cache_dir)).invoke(NUMBER).content
+    server.reset()
+    previous = get_llm_cache()
+    if form == "global":
+        set_llm_cache(MnimiLLMCache(cache_dir, replication=True))
+        chat = openai(server, None)
+    else:
+        chat = openai(server, MnimiLLMCache(cache_dir, replication=True))
+
+    async def astream(prompt: str) -> str:
+        return "".join([str(c.content) async for c in chat.astream(prompt)])
+
+    async def events(prompt: str) -> list[object]:
+        return [event async for event in chat.astream_events(prompt, version="v2")]
+
+    try:
+        for prompt in (NUMBER, "Pick a number between 1 and 10."):
+            with pytest.raises(MnimiError, match=r"ChatOpenAI.stream\(\) would send a request"):
+                list(chat.stream(prompt))
+            with pytest.raises(MnimiError, match="replication mode"):
+                asyncio.run(astream(prompt))
+            with pytest.raises(MnimiError, match="replication mode"):
+                asyncio.run(events(prompt))
+            with pytest.raises(MnimiError, match="replication mode"):
+                list(chat.stream_events(prompt, version="v3"))
+        assert chat.invoke(NUMBER).content == recorded
+        # A model that does not stream falls back to invoke(), which the cache answers.
+        quiet = chat.model_copy(update={"disable_streaming": True})
+        assert "".join(str(c.content) for c in quiet.stream(NUMBER)) == recorded
+    finally:
+        set_llm_cache(previous)
+        gc.collect()  # the unawaited coroutines are reported now, under this test's filter
+    assert server.requests == []
+    # The guard looks at the model's own cache: one that is not in replication streams.
+    assert "".join(str(c.content) for c in openai(server, MnimiLLMCache(cache_dir)).stream(NUMBER))
+    assert len(server.chat_requests()) == 1
 
 
 def test_concurrent_misses_at_one_position_are_not_both_stored_there(
