@@ -406,6 +406,28 @@ def wrap_entry_points(handlers: Mapping[str, EntryHandler]) -> None:
             setattr(litellm, name, _entry(original, handler))
 
 
+def request_entry_points(answered: frozenset[str]) -> list[str]:
+    """The names of LiteLLM's public functions that send a request, except ``answered``.
+
+    Why: a replication cache sends nothing, whatever the caller does, and LiteLLM has
+    some 150 entry points besides ``completion`` (embeddings, images, speech, rerank,
+    batches, files, ...), a list that grows with each release. LiteLLM names each of
+    them in its public ``CallTypes`` enum (what its callbacks receive as ``call_type``);
+    the module-level functions of those names are the ones to refuse.
+
+    Args:
+        answered: The entry points the cache answers itself.
+    """
+    import litellm
+    from litellm.types.utils import CallTypes
+
+    return [
+        call.value
+        for call in CallTypes
+        if call.value not in answered and callable(getattr(litellm, call.value, None))
+    ]
+
+
 def responses_stream_events(response: Any) -> list[Any]:
     """A ``ResponsesAPIResponse`` as the stream events a streamed call would have received.
 

@@ -81,6 +81,7 @@ import asyncio
 import contextlib
 import contextvars
 import copy
+import inspect
 import os
 import queue
 import threading
@@ -108,6 +109,7 @@ from ._compat import (
     init_without_global_callbacks,
     keep_entry_point_signatures,
     patch_stream_hit_check,
+    request_entry_points,
     route_dspy_through_litellm,
     tell_logging_about_hit,
     without_cache_switches,
@@ -625,6 +627,41 @@ async def _ahandle(
     return await cache._aanswer(original, call, kwargs)
 
 
+#: The entry points a MnimiCache answers (text completions reach it through completion).
+_ANSWERED: Final = frozenset(
+    {"completion", "acompletion", "text_completion", "atext_completion"}
+    | {"responses", "aresponses"}
+)
+
+
+def _refuse_under_replication(original: Callable[..., Any]) -> None:
+    """Refuse a call of an entry point no cache answers while a replication cache is newest."""
+    cache = _newest_installed()
+    if cache is not None and cache.replication and not in_provider_call():
+        name = getattr(original, "__name__", "this entry point")
+        raise MnimiError(
+            f"litellm.{name} is not cached by MnimiCache (it answers chat completions and "
+            f"the Responses API), and {cache!r} sends nothing: a replication run cannot "
+            "make this call"
+        )
+
+
+def _handle_uncached(
+    original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``litellm.embedding``, ``image_generation``, ...: sent as they are, unless replicating."""
+    _refuse_under_replication(original)
+    return original(*args, **kwargs)
+
+
+async def _ahandle_uncached(
+    original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Async :func:`_handle_uncached`."""
+    _refuse_under_replication(original)
+    return await original(*args, **kwargs)
+
+
 def _routing_dspy() -> bool:
     """Whether DSPy's native engine is to hand its calls to LiteLLM (and so to the cache)."""
     cache = _newest_installed()
@@ -766,6 +803,16 @@ class MnimiCache(Cache):
                     "aresponses": ahandle_responses,
                 }
             )
+            if self.replication:
+                # Nothing leaves the process: LiteLLM's other entry points are refused.
+                wrap_entry_points(
+                    {
+                        name: _ahandle_uncached
+                        if inspect.iscoroutinefunction(getattr(litellm, name))
+                        else _handle_uncached
+                        for name in request_entry_points(_ANSWERED)
+                    }
+                )
             if self.replication or self.dspy:
                 route_dspy_through_litellm(_routing_dspy)
             self._previous = litellm.cache

@@ -8,6 +8,7 @@ log shows that nothing was sent (law 5).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
 
-from mnimi_adapters import ReplicationCacheMiss, StoreError
+from mnimi_adapters import MnimiError, ReplicationCacheMiss, StoreError
 from mnimi_adapters.core.stores import open_store
 from mnimi_adapters.litellm import MnimiCache
 from mnimi_adapters.testing import SamplingServer
@@ -219,4 +220,29 @@ def test_a_replica_of_a_path_without_a_cache_says_so_and_creates_nothing(
         call(server, "Anything")
     replica.close()
     assert not typo.exists()
+    assert server.requests == []
+
+
+def test_litellm_calls_the_cache_does_not_answer_are_refused_by_a_replica(
+    server: SamplingServer, tmp_path: Path
+) -> None:
+    server.reset()
+    endpoint = {"api_base": server.url, "api_key": API_KEY}
+    # Outside replication they are sent as they are (whatever the local server answers).
+    with MnimiCache(str(tmp_path)) as cache, contextlib.suppress(Exception):
+        litellm.embedding(model="openai/embedder", input=["hi"], **endpoint)
+    cache.close()
+    assert len(server.requests) == 1
+    open_store(tmp_path).close()
+    server.reset()
+    with MnimiCache(str(tmp_path), replication=True) as replica:
+        with pytest.raises(MnimiError, match=r"litellm\.embedding is not cached"):
+            litellm.embedding(model="openai/embedder", input=["hi"], **endpoint)
+        with pytest.raises(MnimiError, match=r"litellm\.aembedding is not cached"):
+            asyncio.run(litellm.aembedding(model="openai/embedder", input=["hi"], **endpoint))
+        with pytest.raises(MnimiError, match="not cached"):
+            litellm.image_generation(model="openai/dall-e-3", prompt="a cat", **endpoint)
+        with pytest.raises(MnimiError, match="not cached"):
+            litellm.moderation(input="hi", **endpoint)
+    replica.close()
     assert server.requests == []

@@ -16,6 +16,7 @@ from mnimi_adapters._compat import (
     hit_needs_litellm,
     installed_litellm_params,
     keep_entry_point_signatures,
+    request_entry_points,
 )
 from mnimi_adapters.core.request import is_credential
 from mnimi_adapters.providers import litellm_param_role
@@ -142,3 +143,10 @@ def test_a_hit_needs_litellm_for_a_callback_a_rule_or_a_budget(
         finally:
             setattr(litellm, name, saved)
     assert not hit_needs_litellm()
+
+
+def test_litellms_request_entry_points_are_found_by_their_call_types() -> None:
+    # What a replication MnimiCache refuses: every sending entry point but those it answers.
+    names = request_entry_points(frozenset({"completion", "acompletion"}))
+    assert {"embedding", "aembedding", "image_generation", "moderation", "rerank"} <= set(names)
+    assert "completion" not in names and "acompletion" not in names
