@@ -772,6 +772,16 @@ def _predrawn(draw: _Draw) -> list[Sample] | None:
     return ahead[1]
 
 
+def _keyed_messages(messages: Sequence[BaseMessage]) -> tuple[dict[str, Any], ...]:
+    """The messages as a key holds them: OpenAI's form, what the model reads and no more.
+
+    A message's id, ``response_metadata`` (the cache facts of a hit) and ``usage_metadata``
+    differ between the run that drew an answer and the runs that replay it; in a
+    conversation's history they must not change the next step's key.
+    """
+    return tuple(convert_to_openai_messages(messages))
+
+
 def _messages_of(value: LanguageModelInput) -> list[BaseMessage]:
     """A chat model's input as messages, as LangChain's own conversion makes them."""
     if isinstance(value, PromptValue):
@@ -1326,7 +1336,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
                 params[key] = value
         if override == self.model:
             override = None
-        chat = tuple(convert_to_openai_messages(messages))
+        chat = _keyed_messages(messages)
         request: Request
         if wrapped is not None:
             limit = self.max_batch
@@ -1917,6 +1927,24 @@ def _llm_params(llm_string: str) -> dict[str, Any]:
     return {"langchain_model": model, "call": params}
 
 
+def _prompt_messages(prompt: str) -> tuple[dict[str, Any], ...]:
+    """LangChain's cache prompt as the messages a key holds (see :func:`_keyed_messages`).
+
+    A chat model's prompt is its messages serialised whole (``dumps``), so an earlier
+    answer in the history carries its ids, usage and cache facts, which a replay changes;
+    keyed as they are, no conversation would replay past its first step. A completion
+    model's prompt is plain text: one user message.
+    """
+    try:
+        serialised = json.loads(prompt)
+        messages = messages_from_dict(
+            [{"type": item["kwargs"]["type"], "data": item["kwargs"]} for item in serialised]
+        )
+    except (ValueError, TypeError, KeyError):  # not LangChain's serialised messages
+        return ({"role": "user", "content": prompt},)
+    return _keyed_messages(messages)
+
+
 class _Generations(BatchedModel):
     """The provider behind :class:`MnimiLLMCache`: what LangChain hands to ``update``.
 
@@ -1946,7 +1974,10 @@ class MnimiLLMCache(BaseCache):
     call replays position 0 of its request's sequence; in ``independent()`` each
     ``lookup`` serves the next position of the scope's cursor and a miss's ``update``
     appends the model's answer at that position; ``replication=True`` makes a miss raise
-    :class:`~mnimi_adapters.ReplicationCacheMiss` before anything is sent.
+    :class:`~mnimi_adapters.ReplicationCacheMiss` before anything is sent. A key holds
+    the prompt's messages in OpenAI's form (as ``MnimiChatModel`` keys them), not
+    LangChain's serialised prompt, so that an answer's ids, usage and cache facts in a
+    conversation's history leave the next step's key alone: agent loops replay.
 
     What LangChain's cache interface cannot carry: streaming bypasses it (``stream``,
     ``astream`` and ``stream_events(version="v3")`` neither read nor write any LangChain
@@ -1984,8 +2015,7 @@ class MnimiLLMCache(BaseCache):
 
     @staticmethod
     def _request(prompt: str, llm_string: str, pending: list[Sample]) -> Request:
-        # The prompt is LangChain's serialised messages: one message holds it all.
-        return Request(({"role": "user", "content": prompt},), _llm_params(llm_string), pending)
+        return Request(_prompt_messages(prompt), _llm_params(llm_string), pending)
 
     def lookup(self, prompt: str, llm_string: str) -> list[Generation] | None:
         """The generations at this call's position of the request's sequence, or None."""

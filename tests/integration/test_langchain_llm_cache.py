@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from langchain_anthropic import ChatAnthropic
 from langchain_core.globals import get_llm_cache, set_llm_cache
-from langchain_core.messages import AIMessage
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration
+from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
+from langgraph.prebuilt import create_react_agent
 
 from mnimi_adapters import MnimiError, ReplicationCacheMiss, independent
 from mnimi_adapters.langchain import MnimiLLMCache
@@ -153,6 +156,67 @@ def test_replication_refuses_streams_before_they_send(
     # The guard looks at the model's own cache: one that is not in replication streams.
     assert "".join(str(c.content) for c in openai(server, MnimiLLMCache(cache_dir)).stream(NUMBER))
     assert len(server.chat_requests()) == 1
+
+
+@tool
+def get_weather(city: str) -> str:
+    """Get the weather for a city."""
+    return f"Sunny in {city}"
+
+
+WEATHER = "What is the weather in 'Paris'?"
+
+
+def tool_loop(chat: BaseChatModel) -> list[BaseMessage]:
+    """A tool-calling conversation: a tool call, its result, then the answer."""
+    model = chat.bind_tools([get_weather])
+    messages: list[BaseMessage] = [HumanMessage(WEATHER)]
+    call = model.invoke(messages)
+    assert isinstance(call, AIMessage) and call.tool_calls
+    messages.append(call)
+    for tool_call in call.tool_calls:
+        result = get_weather.invoke(tool_call["args"])
+        messages.append(ToolMessage(result, tool_call_id=tool_call["id"]))
+    messages.append(model.invoke(messages))
+    return messages
+
+
+def agent(chat: BaseChatModel) -> list[BaseMessage]:
+    """A LangGraph ReAct agent's conversation (LangGraph gives each message a fresh id)."""
+    graph = create_react_agent(chat, [get_weather])
+    return list(graph.invoke({"messages": [HumanMessage(WEATHER)]})["messages"])
+
+
+# The brief's agent: ``langchain.agents.create_agent`` (its successor) is not installed.
+@pytest.mark.filterwarnings("ignore:create_react_agent has been moved")
+@pytest.mark.parametrize(
+    ("conversation", "partner"),
+    [(tool_loop, "openai"), (tool_loop, "anthropic"), (agent, "openai")],
+)
+def test_conversations_replay_with_no_request(
+    server: SamplingServer,
+    cache_dir: str,
+    conversation: Callable[[BaseChatModel], list[BaseMessage]],
+    partner: str,
+) -> None:
+    # A hit's cache facts, usage and ids ride in the history of the next step's prompt:
+    # keyed as they are, step 2 of a re-run would never be found.
+    def chat(cache: MnimiLLMCache) -> BaseChatModel:
+        if partner == "anthropic":
+            return ChatAnthropic(
+                model="mock-claude", base_url=server.root_url, api_key=SECRET, cache=cache
+            )
+        return openai(server, cache)
+
+    first = conversation(chat(MnimiLLMCache(cache_dir)))
+    assert len(first) == 4 and isinstance(first[-1], AIMessage)
+    assert len(server.requests) == 2
+    server.reset()
+    again = conversation(chat(MnimiLLMCache(cache_dir)))
+    replayed = conversation(chat(MnimiLLMCache(cache_dir, replication=True)))
+    assert server.requests == []
+    assert again[-1].content == replayed[-1].content == first[-1].content
+    assert replayed[-1].response_metadata["cache_hit"] is True
 
 
 def test_concurrent_misses_at_one_position_are_not_both_stored_there(
