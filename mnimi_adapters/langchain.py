@@ -576,7 +576,9 @@ class WrappedChatModel(BatchedModel):
             getattr(chat, "_serialized", None)
             chat = chat.model_copy(update={"cache": False})
         kwargs = dict(request.params)
-        if n > 1:
+        # Always given where the model has its own n (ChatOpenAI(n=3)): a refill asks for
+        # the missing samples only.
+        if n > 1 or "n" in type(chat).model_fields:
             kwargs["n"] = n
         return call, chat, kwargs
 
@@ -845,7 +847,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
     completes; an abandoned stream stores nothing and gives its position back.
     ``bind_tools`` and ``with_structured_output`` are the wrapped model's own, their calls
     sent through this model. ``n`` samples come in one request where the model has an ``n``
-    field (``max_batch`` caps it).
+    field (``max_batch`` caps it); the wrapped model's own ``n`` (``ChatOpenAI(n=3)``) is the
+    default, so ``generate`` returns as many generations as the model itself would.
 
     Everything that changes the output distribution is in the cache key: the
     model (or ``alias``), ``temperature``, the generic endpoint ``api_base``
@@ -1319,12 +1322,17 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         override = kwargs.get("model")
         if override is not None and not isinstance(override, str):
             raise TypeError(f"model must be a str, got {type(override).__name__}")
-        n = kwargs.get("n", self.n)
+        wrapped = self.model if isinstance(self.model, BaseChatModel) else None
+        n = kwargs.get("n")
+        if n is None:
+            n = self.n
+            if wrapped is not None and "n" not in self.model_fields_set:
+                # ChatOpenAI(n=3) answers with 3 generations: so does its wrapper.
+                n = getattr(wrapped, "n", None) or n
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
         if sink is not None:
             n = 1  # a stream is one generation
-        wrapped = self.model if isinstance(self.model, BaseChatModel) else None
         params = self._request_defaults()
         if stop is not None:
             if stop:

@@ -117,10 +117,10 @@ def test_the_key_holds_the_models_identity_and_no_credential(
     assert key(openai(base_url=server.url.replace("127.0.0.1", "localhost"))) != base
     assert key(openai(model="mock-model-b")) != base
     assert key(openai(top_p=0.5)) != base
-    assert key(openai(n=3)) == base  # n is how many, not what
+    assert key(openai(n=3)) == base  # n is how many, not what: it asks for positions 1, 2
     anthropic = ChatAnthropic(model="mock-model", base_url=server.root_url, api_key=SECRET)
     assert key(anthropic) != base  # the class is part of the identity
-    assert sent(server) == 5 and len(server.requests) == 6  # one to /v1/messages
+    assert sent(server) == 6 and len(server.requests) == 7  # one to /v1/messages
     identity = wrapped_identity(openai())
     assert SECRET not in json.dumps(identity)
     assert identity["model"] == "openai/mock-model"
@@ -449,6 +449,26 @@ def test_n_fills_several_positions_with_one_request_and_asks_only_for_missing(
     server.reset()
     assert len({g.text for g in no_n.generate([[HumanMessage(NUMBER)]]).generations[0]}) == 2
     assert len(server.requests) == 2
+
+
+def test_the_wrapped_models_own_n_is_the_default(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    # ChatOpenAI(n=3) answers with 3 generations; wrapped, it must too (and keep all 3).
+    chat = MnimiChatModel(model=openai(n=3), cache_dir=cache)
+    texts = [g.text for g in chat.generate([[HumanMessage(NUMBER)]]).generations[0]]
+    assert len(set(texts)) == 3
+    assert [g.text for g in chat.generate([[HumanMessage(NUMBER)]]).generations[0]] == texts
+    more = MnimiChatModel(model=openai(n=5), cache_dir=cache)
+    five = [g.text for g in more.generate([[HumanMessage(NUMBER)]]).generations[0]]
+    assert five[:3] == texts and len(set(five)) == 5
+    assert [r.body.get("n") for r in server.chat_requests()] == [3, 2]
+    # A per-call n, and MnimiChatModel's own n, still decide; a stream asks for one.
+    assert len(chat.generate([[HumanMessage(NUMBER)]], n=1).generations[0]) == 1
+    one = MnimiChatModel(model=openai(n=3), cache_dir=cache, n=1)
+    assert len(one.generate([[HumanMessage(NUMBER)]]).generations[0]) == 1
+    streamed = sum_chunks(list(chat.stream("Pick a number between 1 and 10.")))
+    assert streamed.content and server.chat_requests()[-1].body.get("n") == 1
 
 
 @pytest.mark.parametrize("form", ["wrapped", "string"])
