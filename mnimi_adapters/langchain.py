@@ -757,11 +757,67 @@ class _Draw:
         return not (isinstance(self.layer, CacheLayer) and caching_enabled())
 
 
-#: Samples drawn ahead for one input of a ``batch``: (key, samples or the error drawing
-#: them). Each input's call finds its own here, whatever order the threads run in.
-_PREDRAWN: contextvars.ContextVar[tuple[tuple[int, str], list[Sample] | BaseException] | None] = (
-    contextvars.ContextVar("mnimi_predrawn", default=None)
+#: What one call of a batch gets: its samples, or the error drawing them.
+_Outcome = list[Sample] | BaseException
+
+#: Samples drawn ahead for one input of a ``batch``: (key, its outcome). Each input's call
+#: finds its own here, whatever order the threads run in.
+_PREDRAWN: contextvars.ContextVar[tuple[tuple[int, str], _Outcome] | None] = contextvars.ContextVar(
+    "mnimi_predrawn", default=None
 )
+
+
+def _group_draw(draw: _Draw, size: int) -> _Draw:
+    """One draw for ``size`` identical calls: ``size`` times the samples where each call
+    continues the sequence, once where each replays it."""
+    return replace(draw, n=draw.n * size) if draw.continues() else draw
+
+
+def _split(draw: _Draw, size: int, drawn: list[Sample]) -> list[_Outcome]:
+    """A group's samples, call by call: the i-th call gets the i-th n where calls continue
+    the sequence, and all of them where each replays it."""
+    if not draw.continues():
+        return [drawn] * size
+    return [drawn[k * draw.n : (k + 1) * draw.n] for k in range(size)]
+
+
+def _group_outcomes(draw: _Draw, size: int) -> list[_Outcome]:
+    """The outcomes of ``size`` identical calls of a batch, in input order.
+
+    One draw serves them all. Where it fails and each call continues the sequence, the
+    calls draw again one by one, in input order: those whose positions are there (cached,
+    or paid for before the failure) get them, as they would one call at a time, and the
+    first that fails hands its error to the ones after it, which need later positions
+    still, without asking the provider again.
+    """
+    try:
+        return _split(draw, size, _gated(_group_draw(draw, size)))
+    except Exception as error:
+        if not draw.continues() or size == 1:
+            return [error] * size
+    outcomes: list[_Outcome] = []
+    while len(outcomes) < size:
+        try:
+            outcomes.append(_gated(draw))
+        except Exception as error:
+            outcomes += [error] * (size - len(outcomes))
+    return outcomes
+
+
+async def _agroup_outcomes(draw: _Draw, size: int) -> list[_Outcome]:
+    """Async :func:`_group_outcomes`."""
+    try:
+        return _split(draw, size, await _agated(_group_draw(draw, size)))
+    except Exception as error:
+        if not draw.continues() or size == 1:
+            return [error] * size
+    outcomes: list[_Outcome] = []
+    while len(outcomes) < size:
+        try:
+            outcomes.append(await _agated(draw))
+        except Exception as error:
+            outcomes += [error] * (size - len(outcomes))
+    return outcomes
 
 
 def _predrawn(draw: _Draw) -> list[Sample] | None:
@@ -1631,20 +1687,11 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         return groups
 
     @staticmethod
-    def _group_draw(draw: _Draw, size: int) -> _Draw:
-        """One draw for ``size`` identical calls: ``size`` times the samples where each call
-        continues the sequence, once where each replays it."""
-        return replace(draw, n=draw.n * size) if draw.continues() else draw
-
-    @staticmethod
     def _share(
-        draw: _Draw, members: list[int], drawn: list[Sample] | BaseException
-    ) -> dict[int, tuple[tuple[int, str], list[Sample] | BaseException]]:
-        """Each input of a group with its own samples: the i-th gets the i-th n, in order."""
-        if isinstance(drawn, BaseException) or not draw.continues():
-            return {i: (draw.key, drawn) for i in members}
-        n = draw.n
-        return {i: (draw.key, drawn[k * n : (k + 1) * n]) for k, i in enumerate(members)}
+        draw: _Draw, members: list[int], outcomes: list[_Outcome]
+    ) -> dict[int, tuple[tuple[int, str], _Outcome]]:
+        """Each input of a group with its own outcome, found by its call under the key."""
+        return {i: (draw.key, outcome) for i, outcome in zip(members, outcomes, strict=True)}
 
     def batch(
         self,
@@ -1658,7 +1705,9 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         on every run, whatever order the threads run in.
 
         Identical inputs are drawn together, in input order, in as few provider requests
-        as the provider allows; different requests are drawn concurrently. Then every input
+        as the provider allows; different requests are drawn concurrently. Each input gets
+        its own outcome: if the draw of identical inputs fails part-way (a replication miss,
+        a provider error), the inputs whose positions are there are answered. Then every input
         runs as its own call (callbacks, tracing), answered by the samples drawn for it.
 
         Example:
@@ -1670,13 +1719,10 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         configs = get_config_list(config, len(inputs))
         groups = list(self._plan_batch(inputs, kwargs).values())
 
-        def draw_group(group: tuple[_Draw, list[int]]) -> list[Sample] | BaseException:
-            try:
-                return _gated(self._group_draw(group[0], len(group[1])))
-            except Exception as error:
-                return error
+        def draw_group(group: tuple[_Draw, list[int]]) -> list[_Outcome]:
+            return _group_outcomes(group[0], len(group[1]))
 
-        ahead: dict[int, tuple[tuple[int, str], list[Sample] | BaseException]] = {}
+        ahead: dict[int, tuple[tuple[int, str], _Outcome]] = {}
         with get_executor_for_config(configs[0]) as executor:
             for group, drawn in zip(groups, executor.map(draw_group, groups), strict=True):
                 ahead.update(self._share(*group, drawn))
@@ -1708,14 +1754,10 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         configs = get_config_list(config, len(inputs))
         groups = list(self._plan_batch(inputs, kwargs).values())
 
-        async def draw_group(group: tuple[_Draw, list[int]]) -> list[Sample] | BaseException:
-            try:
-                return await _agated(self._group_draw(group[0], len(group[1])))
-            except Exception as error:
-                return error
-
-        ahead: dict[int, tuple[tuple[int, str], list[Sample] | BaseException]] = {}
-        drawn_groups = await asyncio.gather(*(draw_group(group) for group in groups))
+        ahead: dict[int, tuple[tuple[int, str], _Outcome]] = {}
+        drawn_groups = await asyncio.gather(
+            *(_agroup_outcomes(draw, len(members)) for draw, members in groups)
+        )
         for group, drawn in zip(groups, drawn_groups, strict=True):
             ahead.update(self._share(*group, drawn))
 

@@ -502,6 +502,58 @@ def test_batch_in_an_independent_scope_is_deterministic(
     )
 
 
+@pytest.mark.parametrize("run", ["batch", "abatch"])
+@pytest.mark.parametrize("form", ["wrapped", "string"])
+def test_each_call_of_a_batch_gets_its_own_outcome(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str, form: str, run: str
+) -> None:
+    # Identical inputs are drawn together; when that draw fails, the inputs whose positions
+    # are there still get them, at the positions a batch always gives them.
+    def chat(**options: Any) -> MnimiChatModel:
+        if form == "wrapped":
+            return MnimiChatModel(model=openai(), cache_dir=cache, **options)
+        return MnimiChatModel(
+            model="openai/mock-model",
+            api_base=server.url,
+            api_key=SECRET,
+            max_retries=0,
+            cache_dir=cache,
+            **options,
+        )
+
+    def outcomes(model: MnimiChatModel, size: int = 4) -> list[Any]:
+        with independent():
+            if run == "batch":
+                return model.batch([NUMBER] * size, return_exceptions=True)
+            return asyncio.run(model.abatch([NUMBER] * size, return_exceptions=True))
+
+    recorded = [m.content for m in outcomes(chat(), 2)]
+    server.reset()
+    replayed = outcomes(chat(replication=True))
+    assert [m.content for m in replayed[:2]] == recorded
+    assert [type(e) for e in replayed[2:]] == [ReplicationCacheMiss] * 2
+    assert server.requests == []
+    # A provider that fails: the cached calls are answered, the others get its error.
+    server.fail_next(500, count=20)
+    failed = outcomes(chat())
+    assert [m.content for m in failed[:2]] == recorded
+    assert all(isinstance(e, Exception) for e in failed[2:])
+    # The group's failed draw (one request of n=2, or two of one), then the third call's
+    # own; the fourth call, which needs a later position still, shares its error.
+    assert sent(server) == (2 if form == "wrapped" else 3)
+    server.reset()
+    # Paid samples are kept (law 6): the string form asks for one sample per request, so
+    # one of the two requests for positions 2 and 3 succeeds and its sample answers a call.
+    server.fail_next(500, count=1)
+    answered = outcomes(chat())
+    assert [m.response_metadata["sequence_index"] for m in answered] == [0, 1, 2, 3]
+    assert [m.content for m in answered[:2]] == recorded
+    assert sent(server) == 3
+    server.reset()
+    assert [m.content for m in outcomes(chat(replication=True))] == [m.content for m in answered]
+    assert server.requests == []
+
+
 # -- a non-OpenAI model ---------------------------------------------------------------
 
 
