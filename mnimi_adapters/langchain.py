@@ -886,6 +886,23 @@ def _replay_chunks(message: AIMessage) -> Iterator[ChatGenerationChunk]:
     return _pieces(message.content, calls, last, None)
 
 
+def _check_wrappable(model: Any) -> None:
+    """Refuse a chat model already bound to tools, a schema, arguments or retries.
+
+    Such a runnable is no chat model (pydantic would say only that it fits neither branch
+    of ``str | BaseChatModel``), and its bindings belong on the wrapper, where their calls
+    are cached.
+    """
+    if isinstance(model, Runnable) and not isinstance(model, BaseChatModel):
+        raise TypeError(
+            "MnimiChatModel(model=...) takes a chat model or a LiteLLM model name, not a "
+            f"runnable built from a chat model ({type(model).__name__}, as bind_tools, "
+            "with_structured_output, bind and with_retry return). Wrap the chat model itself "
+            "and call those on the MnimiChatModel: "
+            "MnimiChatModel(model=ChatOpenAI(...)).bind_tools([...])"
+        )
+
+
 class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
     """A LangChain chat model whose answers come from Mnimi sample sequences.
 
@@ -1026,6 +1043,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         """Move unknown constructor keywords into ``model_kwargs`` (``top_p=...``)."""
         if not isinstance(values, dict):
             return values
+        _check_wrappable(values.get("model"))
         known = set()
         for name, info in cls.model_fields.items():
             known.add(name)

@@ -451,6 +451,24 @@ def test_n_fills_several_positions_with_one_request_and_asks_only_for_missing(
     assert len(server.requests) == 2
 
 
+@pytest.mark.parametrize(
+    "bound",
+    [
+        lambda chat: chat.bind_tools([get_weather]),
+        lambda chat: chat.with_structured_output(Joke),
+        lambda chat: chat.bind(stop=["."]),
+        lambda chat: chat.with_retry(),
+    ],
+    ids=["bind_tools", "with_structured_output", "bind", "with_retry"],
+)
+def test_a_bound_chat_model_is_refused_with_what_to_do(
+    openai: Callable[..., ChatOpenAI], cache: str, bound: Callable[[ChatOpenAI], Any]
+) -> None:
+    # Not pydantic's two-branch "should be a valid string / instance of BaseChatModel".
+    with pytest.raises(TypeError, match=r"Wrap the chat model itself .*\.bind_tools\("):
+        MnimiChatModel(model=bound(openai()), cache_dir=cache)
+
+
 def test_the_wrapped_models_own_n_is_the_default(
     server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
 ) -> None:
