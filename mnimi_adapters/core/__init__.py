@@ -21,7 +21,7 @@ from .layers import CacheLayer, Independent, Persistent, Repeatable, Wrapper
 from .model import BatchedModel, Cursor, Layer, Model
 from .request import Request, request_key
 from .sample import Sample
-from .scopes import independent, no_cache, repeatable, scoped
+from .scopes import ScopeWarning, independent, no_cache, repeatable, scoped
 from .stores import DiskStore, MemoryStore, SequenceStore
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "ReplicationCacheMiss",
     "Request",
     "Sample",
+    "ScopeWarning",
     "SequenceStore",
     "StoreError",
     "StoreFull",

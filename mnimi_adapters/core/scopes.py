@@ -10,7 +10,12 @@ the layer wrapped the way the enclosing ``with`` blocks say::
                 chain.invoke(...)
 
 The current scope lives in a ContextVar, so it follows asyncio tasks and
-LangChain's context-copying executors.
+LangChain's context-copying executors. Threads that do not copy their starter's
+context (a plain ``ThreadPoolExecutor``, LiteLLM's ``batch_completion``, DSPy's
+``num_threads``) borrow the scope open on the one thread that has scopes open:
+without it, every call of ``with independent(): pool.map(...)`` would replay the
+same sample. With scopes open on several threads such a call cannot tell which is
+its own: it runs outside any scope, with a :class:`ScopeWarning`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
+import warnings
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Literal, TypeVar
@@ -60,7 +66,61 @@ class _Scope:
         return True
 
 
+class ScopeWarning(UserWarning):
+    """A call on a thread that did not inherit a scope found several open elsewhere.
+
+    Such a thread (a plain ``ThreadPoolExecutor``'s, LiteLLM's ``batch_completion``'s)
+    borrows the scope open on another thread when there is exactly one candidate; with
+    several it cannot tell which is its own, and runs outside any scope.
+    """
+
+
 _current: ContextVar[_Scope | None] = ContextVar("mnimi_scope", default=None)
+
+#: The scopes entered and not yet left, per thread (by ident), in the order entered.
+_open: dict[int, list[_Scope]] = {}
+_open_lock = threading.Lock()
+
+
+def _borrowed() -> _Scope | None:
+    """The scope a thread outside any scope borrows: the innermost one open elsewhere.
+
+    Only when every open scope is on one other thread, nested in each other (so the
+    innermost is not in doubt); else ``None``, with a :class:`ScopeWarning` when some
+    are open.
+    """
+    me = threading.get_ident()
+    with _open_lock:
+        if _open.get(me):  # this thread has its own: a task that was not given them
+            return None
+        holders = [scopes for scopes in _open.values() if scopes]
+    if len(holders) == 1:
+        innermost = holders[0][-1]
+        chain: list[_Scope] = []
+        scope: _Scope | None = innermost
+        while scope is not None:
+            chain.append(scope)
+            scope = scope.parent
+        if all(any(open_scope is link for link in chain) for open_scope in holders[0]):
+            return innermost
+    if holders:
+        warnings.warn(
+            "a call on a thread that did not inherit a scope found scopes open on "
+            f"{'several threads' if len(holders) > 1 else 'another thread, side by side'}, "
+            "and cannot tell which is its own: it runs outside any scope (repeatable). "
+            "Submit the work as contextvars.copy_context().run(fn, ...) to carry the scope.",
+            ScopeWarning,
+            stacklevel=4,
+        )
+    return None
+
+
+def _scope() -> _Scope | None:
+    """The scope of the current call: its context's, else one borrowed (see ``_borrowed``)."""
+    scope = _current.get()
+    if scope is not None or not _open:
+        return scope
+    return _borrowed()
 
 
 def scoped(layer: Layer) -> Layer:
@@ -69,13 +129,13 @@ def scoped(layer: Layer) -> Layer:
     Outside any scope that is ``layer`` itself, which for a cache layer means
     repeatable: identical requests replay samples 0, 1, ... of their sequence.
     """
-    scope = _current.get()
+    scope = _scope()
     return layer if scope is None else scope.wrap(layer)
 
 
 def caching_enabled() -> bool:
     """False inside a :func:`no_cache` block."""
-    scope = _current.get()
+    scope = _scope()
     return scope is None or scope.caching()
 
 
@@ -93,7 +153,10 @@ class ScopeManager:
         return f"{self.kind}()"
 
     def __enter__(self) -> ScopeManager:
-        _current.set(_Scope(self.kind, _current.get()))
+        scope = _Scope(self.kind, _current.get())
+        _current.set(scope)
+        with _open_lock:
+            _open.setdefault(threading.get_ident(), []).append(scope)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -101,6 +164,15 @@ class ScopeManager:
         # manager object can serve many threads and tasks at once.
         scope = _current.get()
         _current.set(scope.parent if scope is not None else None)
+        me = threading.get_ident()
+        with _open_lock:
+            scopes = _open.get(me, [])
+            for index in range(len(scopes) - 1, -1, -1):
+                if scopes[index] is scope:
+                    del scopes[index]
+                    break
+            if not scopes:
+                _open.pop(me, None)
 
     async def __aenter__(self) -> ScopeManager:
         return self.__enter__()

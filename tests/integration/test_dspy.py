@@ -86,6 +86,23 @@ def test_independent_gives_fresh_samples(
     assert sent(server) == 3
 
 
+def test_a_threaded_batch_inside_independent_gives_fresh_samples(
+    server: SamplingServer, engine: str, tmp_path: Path
+) -> None:
+    # DSPy's num_threads (also what Evaluate and Parallel use) runs each example on a
+    # thread that does not inherit the caller's context: the threads borrow its scope.
+    server.reset()
+    predict = dspy.Predict("question -> answer")
+    examples = [dspy.Example(question=QUESTIONS[2]).with_inputs("question")] * 3
+    with MnimiCache(str(tmp_path), dspy=True) as cache:
+        with independent():
+            answers = predict.batch(examples, num_threads=3, disable_progress_bar=True)
+        assert len({str(p.answer) for p in answers}) == 3
+        # Three samples drawn (a thread that claims a later position first may draw two).
+        assert sum(r.body.get("n", 1) for r in server.chat_requests()) == 3
+    cache.close()
+
+
 def test_n_is_served_from_the_sequence(server: SamplingServer, engine: str, tmp_path: Path) -> None:
     server.reset()
     # DSPy samples n > 1 at 0.7 unless told otherwise, and a temperature is part of the key.

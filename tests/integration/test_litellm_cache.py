@@ -350,6 +350,19 @@ def test_threads_sharing_an_independent_scope_get_distinct_samples(
     assert sum(r.body.get("n", 1) for r in server.chat_requests()) == 8
 
 
+def test_batch_completion_inside_an_independent_scope_draws_distinct_samples(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    # batch_completion's threads do not inherit the caller's context: they borrow its scope.
+    prompt = [{"role": "user", "content": "Batch"}]
+    with independent():
+        responses = litellm.batch_completion(
+            model=MODEL, messages=[prompt] * 3, api_base=server.url, api_key=API_KEY
+        )
+    assert len({text(r) for r in responses}) == 3
+    assert sum(r.body.get("n", 1) for r in server.chat_requests()) == 3
+
+
 # -- replication ------------------------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import contextvars
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
@@ -22,6 +23,7 @@ from mnimi_adapters.core import (
     Persistent,
     Repeatable,
     Request,
+    ScopeWarning,
     independent,
     no_cache,
     repeatable,
@@ -95,6 +97,47 @@ def test_threads_with_copied_context_draw_distinct(base: Persistent) -> None:
         futures = [pool.submit(contextvars.copy_context().run, draw, base) for _ in range(12)]
         results = [f.result() for f in futures]
     assert len(set(results)) == 12
+
+
+def test_threads_that_did_not_inherit_the_context_borrow_the_open_scope(
+    base: Persistent,
+) -> None:
+    # A plain executor does not copy the caller's context (nor do LiteLLM's
+    # batch_completion and DSPy's num_threads): its threads borrow the scope open on
+    # the one thread that has scopes open, so they do not all replay sample 0.
+    with independent(), ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: draw(base), range(12)))
+        assert len(set(results)) == 12
+        with repeatable():  # the innermost open scope is the one borrowed
+            again = list(pool.map(lambda _: draw(base), range(3)))
+        assert len(set(again)) == 1 and again[0] not in results
+    # Once the scope is left, the threads are outside any scope again.
+    with ThreadPoolExecutor(2) as pool:
+        assert set(pool.map(lambda _: draw(base), range(4))) == {draw(base)}
+
+
+def test_with_scopes_open_on_two_threads_a_thread_without_one_warns_and_repeats(
+    base: Persistent,
+) -> None:
+    opened, release = threading.Barrier(3), threading.Event()
+
+    def hold_a_scope() -> None:
+        with independent():
+            opened.wait()
+            release.wait()
+
+    holders = [threading.Thread(target=hold_a_scope) for _ in range(2)]
+    for holder in holders:
+        holder.start()
+    opened.wait()
+    try:
+        with ThreadPoolExecutor(1) as pool, pytest.warns(ScopeWarning, match="several threads"):
+            results = list(pool.map(lambda _: draw(base), range(3)))
+        assert len(set(results)) == 1
+    finally:
+        release.set()
+        for holder in holders:
+            holder.join()
 
 
 def test_decorators(base: Persistent) -> None:
