@@ -30,7 +30,7 @@ from .._compat import at_interpreter_exit
 from .errors import MnimiError, ProviderError, ReplicationCacheMiss
 from .explain import explain_miss
 from .model import Cursor, Layer, logger
-from .request import Request, request_record
+from .request import Request
 from .runs import RunRecorder
 from .sample import Sample
 from .scopes import caching_enabled
@@ -203,7 +203,7 @@ class CacheLayer(Wrapper):
         nearest = None
         # A key with samples stored matched its request exactly; it only ran short.
         if stored == 0:
-            nearest = explain_miss(request_record(identity, request), self.store.summaries())
+            nearest = explain_miss(self.record_of(request), self.store.summaries())
         key_near, explanation = nearest or (None, None)
         return ReplicationCacheMiss(
             key, request.describe(identity), stored, index, explanation, key_near
@@ -226,7 +226,7 @@ class CacheLayer(Wrapper):
         # Law 3: a draw already in the sequence (slicing over a partly filled
         # cache re-reads the inner one from 0) is never stored twice; the store's
         # append skips it in the same transaction that reads the draw index.
-        added = self.store.append(key, drawn, request_record(self.identity(), request))
+        added = self.store.append(key, drawn, self.record_of(request))
         return self._landed(key, cursor, added)
 
     async def _aland(
@@ -235,7 +235,7 @@ class CacheLayer(Wrapper):
         """Async :meth:`_land`: a provider's samples land with the others of this loop turn."""
         if cursor.ordered:  # a cache's refills land in order, under its lock (law 4)
             return self._land(request, key, cursor, drawn)
-        record = request_record(self.identity(), request)
+        record = self.record_of(request)
         return self._landed(key, cursor, await self._landings.land(key, drawn, record))
 
     def _landed(self, key: str, cursor: Cursor, added: Appended) -> Appended:

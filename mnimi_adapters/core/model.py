@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .errors import ProviderError
-from .request import Message, Request, request_key
+from .request import Message, Request, record_key, request_record
 from .sample import Sample, new_draw_id, split_evenly
 
 T = TypeVar("T")
@@ -174,9 +174,22 @@ class Layer(ABC):
         known = request.keys.get(id(root))
         if known is not None and known[0] is root:
             return known[1]
-        key = request_key(root.identity(), request)
+        key = record_key(self.record_of(request))
         request.keys[id(root)] = (root, key)
         return key
+
+    def record_of(self, request: Request) -> dict[str, Any]:
+        """The canonical record of ``request`` that :meth:`key_of` hashes, kept on the request.
+
+        A cache layer stores it with the samples, so a miss builds it once.
+        """
+        root = self.root
+        known = request.records.get(id(root))
+        if known is not None and known[0] is root:
+            return known[1]
+        record = request_record(root.identity(), request)
+        request.records[id(root)] = (root, record)
+        return record
 
     @property
     def root(self) -> Model:

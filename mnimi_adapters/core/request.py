@@ -254,6 +254,8 @@ class Request:
     source: Any = None
     #: Keys computed for this request, by model: every layer of a stack asks.
     keys: dict[int, tuple[Any, str]] = field(default_factory=dict, repr=False)
+    #: The records those keys hash, by model: a cache layer stores it with the samples.
+    records: dict[int, tuple[Any, dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, prompt: str | list[Message] | tuple[Message, ...] | Request) -> Request:
@@ -317,8 +319,12 @@ def request_record(identity: Mapping[str, Any], request: Request) -> dict[str, A
     return canonical(record)
 
 
-def request_key(identity: Mapping[str, Any], request: Request) -> str:
-    """The versioned cache key of ``request`` sent to the model ``identity``."""
-    record = request_record(identity, request)  # canonical already
+def record_key(record: Mapping[str, Any]) -> str:
+    """The versioned cache key of a request's canonical ``record`` (see :func:`request_record`)."""
     text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return f"{KEY_VERSION}-{hashlib.sha256(text.encode()).hexdigest()[:40]}"
+
+
+def request_key(identity: Mapping[str, Any], request: Request) -> str:
+    """The versioned cache key of ``request`` sent to the model ``identity``."""
+    return record_key(request_record(identity, request))
