@@ -30,7 +30,6 @@ import importlib
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -46,7 +45,7 @@ from .core.bundle import RUN_RECORD, STORE, Manifest, is_bundle, verify_bundle
 from .core.errors import CorruptStoreError, MnimiError, StoreError
 from .core.explain import explain_miss, requested_record
 from .core.request import content_text
-from .core.runs import compare_runs, read_run
+from .core.runs import compare_runs, read_runs
 from .core.sample import Sample
 from .core.stores import (
     FORMAT_VERSION,
@@ -886,8 +885,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             results = _export_store(source, _selected(source, args), create_target, manifest)
             # Written last: a bundle with a manifest holds everything it lists.
             manifest.write(Path(out))
-            if args.record is not None:
-                shutil.copyfile(Path(args.record).expanduser(), Path(out) / RUN_RECORD)
+            if args.record is not None:  # the last run: the one that made this slice
+                _write_run(Path(out) / RUN_RECORD, _run(args.record)[0])
         else:
             create_target, out = _export_target(args.out, source)
             results = _export_store(source, _selected(source, args), create_target, None)
@@ -971,22 +970,36 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK if key is not None and difference is None else EXIT_FOUND
 
 
-def _run(name: str) -> list[dict[str, Any]]:
+def _run(name: str) -> tuple[list[dict[str, Any]], int]:
+    """The draws of the last run in the record ``name``, and how many runs it holds."""
     try:
-        return read_run(name)
+        runs = read_runs(name)
     except OSError as error:
         raise CommandError(f"cannot read {name}: {error}") from None
     except MnimiError as error:
         raise CommandError(str(error)) from None
+    return (runs[-1] if runs else []), len(runs)
+
+
+def _write_run(path: Path, draws: list[dict[str, Any]]) -> None:
+    """A record of one run: its mark, then its draws."""
+    lines = [json.dumps({"run": 1}), *(json.dumps(draw) for draw in draws)]
+    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
 
 
 def cmd_diff_runs(args: argparse.Namespace) -> int:
-    """Compare two run records: the first draw where they part, if any."""
-    first, second = _run(args.a), _run(args.b)
+    """Compare the last runs of two run records: the first draw where they part, if any."""
+    (first, runs_a), (second, runs_b) = _run(args.a), _run(args.b)
     divergence = compare_runs(first, second)
     if args.json:
-        _emit_json({"draws": [len(first), len(second)], "divergence": divergence})
-    elif divergence is None:
+        _emit_json(
+            {"draws": [len(first), len(second)], "runs": [runs_a, runs_b], "divergence": divergence}
+        )
+        return EXIT_OK if divergence is None else EXIT_FOUND
+    for name, runs in ((args.a, runs_a), (args.b, runs_b)):
+        if runs > 1:  # a re-run of the program appended its own run
+            print(f"{name} holds {runs} runs: comparing its last")
+    if divergence is None:
         print(f"identical: both runs consumed the same {_plural(len(first), 'sample')} in order")
     else:
         print(divergence)
@@ -1138,8 +1151,8 @@ def build_parser() -> argparse.ArgumentParser:
         "diff-runs",
         parents=[common],
         help="Compare two run records (Persistent(..., record=...)). Exit 1 if they differ.",
-        description="Compare two run records: the first draw where they part. "
-        "Exit 0 if identical, 1 if not.",
+        description="Compare two run records: the first draw where their last runs part "
+        "(a re-run appends a run to its record). Exit 0 if identical, 1 if not.",
     )
     diff_runs.set_defaults(handler=cmd_diff_runs)
     diff_runs.add_argument("a", metavar="A", help="a run record (JSON Lines)")

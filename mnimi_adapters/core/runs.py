@@ -3,11 +3,15 @@
 Two runs of one program over one cache give bit-identical results only if every step
 consumed the same sample. Thread scheduling, a changed loop order or a new retry can
 silently shift which sample a step gets; a run record makes that visible. It is a JSON
-Lines file, one line per sample handed to the program::
+Lines file: each run a recorder makes starts with a line that marks it, then one line per
+sample handed to the program, numbered from 0 in each run::
 
+    {"run": 1, "started": 1764172800.0}
     {"draw": 0, "key": "m1-...", "index": 0, "draw_id": "..."}
 
-:func:`compare_runs` reports the first draw where two records part.
+A re-run of the program appends its own run, so a record keeps every run and
+:func:`read_run` reads the last one (a record written before runs were marked is one
+run). :func:`compare_runs` reports the first draw where two runs part.
 
 Example:
     >>> a = [{"key": "k", "index": 0, "draw_id": "x"}, {"key": "k", "index": 1, "draw_id": "y"}]
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -28,19 +33,25 @@ from typing import Any
 
 from .errors import MnimiError
 
-__all__ = ["RunRecorder", "compare_runs", "read_run"]
+__all__ = ["RunRecorder", "compare_runs", "read_run", "read_runs"]
 
 _quoted = json.JSONEncoder(ensure_ascii=True).encode
 
 #: Keys whose line prefix a recorder keeps spelled, at most.
 _PREFIXES = 4096
+#: How a run's first line starts (see :class:`RunRecorder`).
+_RUN_MARK = b'{"run":'
 
 
 class RunRecorder:
-    """Appends one line per consumed sample to a run record (thread-safe).
+    """Appends a run to a run record: one line per consumed sample (thread-safe).
 
     Args:
-        path: The JSON Lines file; created if missing, appended to otherwise.
+        path: The JSON Lines file; created if missing, appended to otherwise (the run
+            starts with a line that marks it, written with its first draw).
+
+    Raises:
+        MnimiError: ``path`` cannot be opened for appending (a directory, say).
 
     Example:
         >>> import tempfile, pathlib
@@ -54,16 +65,21 @@ class RunRecorder:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).expanduser()
         self._lock = threading.Lock()
-        # Buffered: a write(2) per line cost a replay of hits 10% more. The buffer is
-        # flushed when the recorder is closed or collected and at interpreter exit; a
-        # process killed outright (SIGKILL) loses at most its last few kilobytes of lines.
-        self._file = self.path.open("ab")
+        try:
+            # Buffered: a write(2) per line cost a replay of hits 10% more. The buffer is
+            # flushed when the recorder is closed or collected and at interpreter exit; a
+            # process killed outright (SIGKILL) loses at most its last kilobytes of lines.
+            self._file = self.path.open("ab")
+            with self.path.open("rb") as earlier:
+                self._run = 1 + sum(1 for line in earlier if line.startswith(_RUN_MARK))
+        except OSError as error:
+            raise MnimiError(
+                f"cannot record the run in {self.path}: {error.strerror or error}"
+            ) from None
         weakref.finalize(self, self._file.close)
         #: Each key's line prefix, spelled once: a run draws from few keys many times.
         self._prefixes: dict[str, str] = {}
-        # Appending to an earlier record continues its draw numbers.
-        with self.path.open(encoding="utf-8") as earlier:
-            self._draws = sum(1 for _ in earlier)
+        self._draws = 0
 
     def consumed(self, key: str, index: int, draw_id: str) -> None:
         """Record that the run was handed sample ``index`` of ``key``."""
@@ -75,10 +91,10 @@ class RunRecorder:
                 if len(self._prefixes) >= _PREFIXES:  # a run over millions of keys
                     self._prefixes.clear()
                 prefix = self._prefixes[key] = f',"key":{_quoted(key)},"index":'
-            line = (
-                f'{{"draw":{self._draws}{prefix}{index},"draw_id":{_quoted(draw_id)}}}\n'
-            ).encode()
-            self._file.write(line)
+            line = f'{{"draw":{self._draws}{prefix}{index},"draw_id":{_quoted(draw_id)}}}\n'
+            if not self._draws:  # the run's mark goes with its first draw: no empty runs
+                line = f'{{"run":{self._run},"started":{time.time()}}}\n{line}'
+            self._file.write(line.encode())
             self._draws += 1
 
     def flush(self) -> None:
@@ -98,26 +114,41 @@ class RunRecorder:
         self.close()
 
 
-def read_run(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The draws of a run record, in order.
+def read_runs(path: str | os.PathLike[str]) -> list[list[dict[str, Any]]]:
+    """The runs of a run record, oldest first, each its draws in order.
 
     Raises:
-        MnimiError: A line is not a draw written by :class:`RunRecorder`; the error names
-            the file and the line number.
+        MnimiError: A line is neither a run's mark nor a draw written by
+            :class:`RunRecorder`; the error names the file and the line number.
     """
-    draws = []
+    runs: list[list[dict[str, Any]]] = []
     with Path(path).expanduser().open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
             try:
-                draw = json.loads(line)
-                if not isinstance(draw, dict) or not {"key", "index", "draw_id"} <= set(draw):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and "run" in entry and "draw_id" not in entry:
+                    runs.append([])
+                    continue
+                if not isinstance(entry, dict) or not {"key", "index", "draw_id"} <= set(entry):
                     raise ValueError("not a draw")
             except ValueError as error:
                 raise MnimiError(
                     f"{path}, line {number}: not a run record line ({error})"
                 ) from error
-            draws.append(draw)
-    return draws
+            if not runs:  # a record written before runs were marked: one run
+                runs.append([])
+            runs[-1].append(entry)
+    return runs
+
+
+def read_run(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The draws of the last run in a run record, in order (none for an empty record).
+
+    Raises:
+        MnimiError: A line is not a run record line (see :func:`read_runs`).
+    """
+    runs = read_runs(path)
+    return runs[-1] if runs else []
 
 
 def _ordinal(n: int) -> str:

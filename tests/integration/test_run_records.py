@@ -13,7 +13,7 @@ from mnimi_adapters import cli
 from mnimi_adapters.core import Independent, Persistent
 from mnimi_adapters.core.model import BatchedModel
 from mnimi_adapters.core.request import Request
-from mnimi_adapters.core.runs import read_run
+from mnimi_adapters.core.runs import read_run, read_runs
 
 PROMPTS = ["alpha", "beta", "gamma"]
 
@@ -82,6 +82,21 @@ def test_a_changed_retry_loop_names_the_first_divergent_draw(
     assert json.loads(capsys.readouterr().out)["draws"] == [6, 7]
 
 
+def test_a_rerun_into_one_record_appends_a_run_and_the_last_is_compared_and_shipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An author who runs the script twice (re-runs are free) before packaging it.
+    cache, record = tmp_path / "cache", tmp_path / "paper-run.jsonl"
+    program(cache, record)
+    program(cache, record)
+    program(cache, tmp_path / "replay.jsonl")
+    assert cli.main(["diff-runs", str(record), str(tmp_path / "replay.jsonl")]) == 0
+    assert f"{record} holds 2 runs: comparing its last" in capsys.readouterr().out
+    bundle = tmp_path / "bundle"
+    assert cli.main(["export", str(cache), str(bundle), "--bundle", "--record", str(record)]) == 0
+    assert read_runs(bundle / "run.jsonl") == [read_run(record)]
+
+
 def test_diff_runs_names_a_line_that_is_not_a_draw(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -89,7 +104,7 @@ def test_diff_runs_names_a_line_that_is_not_a_draw(
     program(tmp_path / "cache", good)
     bad.write_text(good.read_text() + "not json\n")
     assert cli.main(["diff-runs", str(good), str(bad)]) == 2
-    assert "line 7" in capsys.readouterr().err
+    assert "line 8" in capsys.readouterr().err  # after the run's mark and 6 draws
 
 
 def test_a_record_is_written_out_when_the_program_exits_without_closing(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mnimi_adapters.core.errors import MnimiError
-from mnimi_adapters.core.runs import RunRecorder, compare_runs, read_run
+from mnimi_adapters.core.runs import RunRecorder, compare_runs, read_run, read_runs
 
 
 def write(path: Path, draws: list[tuple[str, int, str]]) -> list[dict[str, object]]:
@@ -42,11 +42,24 @@ def test_a_run_that_stopped_early(tmp_path: Path) -> None:
     assert compare_runs(second, first) == "the first run stopped after 1 draw; the second made 2"
 
 
-def test_appending_continues_the_draw_numbers(tmp_path: Path) -> None:
+def test_a_rerun_appends_a_run_of_its_own_and_the_last_is_read(tmp_path: Path) -> None:
     path = tmp_path / "run.jsonl"
-    write(path, [("k1", 0, "a")])
-    draws = write(path, [("k1", 1, "b")])
-    assert [d["draw"] for d in draws] == [0, 1]
+    first = write(path, [("k1", 0, "a"), ("k1", 1, "b")])
+    again = write(path, [("k1", 0, "a"), ("k1", 1, "b")])
+    # Each run is numbered from 0, so a re-run compares equal to the first run.
+    assert again == first and [d["draw"] for d in again] == [0, 1]
+    assert read_runs(path) == [first, again]
+    # A record written before runs were marked is one run.
+    legacy = tmp_path / "legacy.jsonl"
+    legacy.write_text(
+        "".join(line + "\n" for line in path.read_text().splitlines() if '"run"' not in line)
+    )
+    assert [len(run) for run in read_runs(legacy)] == [4]
+
+
+def test_a_record_that_cannot_be_opened_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(MnimiError, match="cannot record the run"):
+        RunRecorder(tmp_path)  # a directory
 
 
 def test_a_bad_line_is_named(tmp_path: Path) -> None:
@@ -54,5 +67,5 @@ def test_a_bad_line_is_named(tmp_path: Path) -> None:
     write(path, [("k1", 0, "a")])
     with path.open("a") as file:
         file.write("not json\n")
-    with pytest.raises(MnimiError, match="line 2"):
+    with pytest.raises(MnimiError, match="line 3"):  # after the run's mark and a draw
         read_run(path)
