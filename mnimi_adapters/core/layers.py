@@ -185,14 +185,17 @@ class CacheLayer(Wrapper):
             stored = self.store.length(key)
             if stored > index:
                 return None
-            in_flight = self._refills.setdefault(key, [])
+            in_flight = self._refills.get(key, [])
             pending = sum(refill.count for refill in in_flight)
             if stored + pending > index:
                 return in_flight[0], False
             if not self.replication:
+                # Before anything is drawn: samples a store cannot keep would be paid
+                # for and thrown away (law 6), on every retry of the caller.
+                self.store.check_writable(f"store samples of key {key}, so none was requested")
                 count = max(batch, index + 1 - stored - pending)
                 refill = _Refill(Future(), count, threading.get_ident(), is_async)
-                in_flight.append(refill)
+                self._refills.setdefault(key, []).append(refill)
                 return refill, True
         # Raised outside the lock: explaining a miss reads every stored record.
         raise self._miss(request, key, stored, index)

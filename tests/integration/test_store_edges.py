@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from itertools import islice
 from pathlib import Path
@@ -213,6 +214,95 @@ def test_a_store_opened_read_only_never_writes(tmp_path: Path) -> None:
         with pytest.raises(StoreReadOnly, match="read-only"):
             store.append(key, [Sample(text="new")], {"model": "m", "messages": []})
     assert {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()} == before
+
+
+class CountingModel(NumberModel):
+    """A provider that counts the requests it answers: each one would be paid for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests = 0
+
+    def query(self, request: Request, n: int) -> list[str]:
+        self.requests += 1
+        return super().query(request, n)
+
+
+@pytest.fixture
+def read_only_view(tmp_path: Path) -> Iterator[Callable[[Path], Path]]:
+    """Seals a filled directory: its read-only view, which not even this process can write.
+
+    As root (who writes through any mode) a read-only bind mount, else the directory
+    itself with its modes forbidding writes.
+    """
+    sealed: list[Path] = []
+
+    def seal(source: Path) -> Path:
+        if os.geteuid() != 0:
+            subprocess.run(["chmod", "-R", "a-w", str(source)], check=True)
+            sealed.append(source)
+            return source
+        view = tmp_path / "view"
+        view.mkdir()
+        mount("--bind", str(source), str(view))
+        sealed.append(view)
+        mount("-o", "remount,ro,bind", str(view))
+        with pytest.raises(OSError):
+            (view / "probe").write_text("")
+        return view
+
+    yield seal
+    for where in sealed:
+        if os.geteuid() != 0:
+            subprocess.run(["chmod", "-R", "u+w", str(where)], check=True)
+        else:
+            umount(where)
+
+
+def test_a_miss_on_read_only_media_pays_for_nothing(
+    tmp_path: Path, read_only_view: Callable[[Path], Path]
+) -> None:
+    (drawn,) = fill(tmp_path / "source" / "cache")
+    path = read_only_view(tmp_path / "source") / "cache"
+    model = CountingModel()
+    cache = Persistent(model, path)
+    assert [s.draw_id for s in islice(cache.samples(f"{PROMPT} #0"), 3)] == drawn
+    for _ in range(3):  # a retry loop pays for nothing either
+        with pytest.raises(StoreReadOnly) as raised:
+            list(islice(cache.samples("a prompt never stored"), 1))
+    cache.close()
+    assert model.requests == 0
+    assert str(path) in str(raised.value) and "replication=True" in str(raised.value)
+
+
+def test_litellm_on_read_only_media_sends_no_request_for_a_miss(
+    tmp_path: Path, read_only_view: Callable[[Path], Path]
+) -> None:
+    # Real litellm.completion through MnimiCache to the local server, which counts requests.
+    import litellm
+
+    from mnimi_adapters.litellm import MnimiCache
+    from mnimi_adapters.testing import SamplingServer
+
+    def ask(server: SamplingServer, prompt: str) -> str:
+        messages = [{"role": "user", "content": prompt}]
+        response = litellm.completion(
+            model="openai/mock-model", api_base=server.url, api_key="sk-test", messages=messages
+        )
+        return str(response.choices[0].message.content)
+
+    with SamplingServer(seed=5) as server:
+        with MnimiCache(str(tmp_path / "source" / "cache")) as cache:
+            stored = ask(server, PROMPT)
+        cache.close()
+        path = read_only_view(tmp_path / "source") / "cache"
+        with MnimiCache(str(path)) as cache:
+            assert ask(server, PROMPT) == stored
+            for _ in range(2):
+                with pytest.raises(StoreReadOnly, match="replication=True"):
+                    ask(server, "a prompt never stored")
+        cache.close()
+        assert len(server.chat_requests()) == 1  # the fill's request alone
 
 
 # -- recording usage -----------------------------------------------------------------

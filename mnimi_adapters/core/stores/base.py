@@ -297,6 +297,21 @@ class SequenceStore(ABC):
             ],
         )
 
+    def check_writable(self, doing: str) -> None:  # noqa: B027 - optional hook
+        """Raise the error writing would meet, when the store knows it without trying.
+
+        A cache asks before drawing samples for a miss: a provider paid for samples
+        the store then refuses would be thrown away (law 6). A store that learns of a
+        failure only by writing (a Redis replica, a disk filling up) raises nothing here.
+
+        Args:
+            doing: What the write is for, in words (``store samples of key k``).
+
+        Raises:
+            StoreReadOnly: The store was opened read-only, or its media is read-only.
+            StoreFull: The store was opened on a full disk.
+        """
+
     def touch(self, key: str) -> None:  # noqa: B027 - optional hook
         """Note that ``key`` was used now (drives least-recently-used pruning).
 

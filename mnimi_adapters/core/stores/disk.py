@@ -477,7 +477,11 @@ class DiskStore(SequenceStore):
         with self._sqlite(f"reading the draw index of key {key}"):
             return self._sql(_ROW, (f"d:{key}:{draw_id}",)).fetchone() is not None
 
+    def check_writable(self, doing: str) -> None:
+        self._writable(doing)
+
     def _writable(self, doing: str) -> diskcache.Cache:
+        """The cache to write to, or the error that says why there is none (see __init__)."""
         if self._cache is None:
             error = self._unwritable or StoreReadOnly(f"{self.path} is read-only")
             raise type(error)(f"cannot {doing}: {error}")

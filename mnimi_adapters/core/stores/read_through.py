@@ -52,6 +52,9 @@ class ReadThroughStore(SequenceStore):
     def has_draw(self, key: str, draw_id: str) -> bool:
         return self.inner.has_draw(key, draw_id)
 
+    def check_writable(self, doing: str) -> None:
+        self.inner.check_writable(doing)
+
     def append(self, key: str, samples: Sequence[Sample], record: dict[str, Any]) -> Appended:
         return self._kept(key, self.inner.append(key, samples, record))
 

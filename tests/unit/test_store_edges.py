@@ -1,0 +1,96 @@
+"""Stores at their edges, without a server: each failure a StoreError naming the store.
+
+A store that knows it cannot keep samples refuses a miss before anything is drawn
+(law 6: a paid sample is never thrown away); a location that only looks like a cache
+path is refused; a damaged store says it is damaged.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from pathlib import Path
+
+import pytest
+from support import NumberModel
+
+from mnimi_adapters.core import (
+    CacheLayer,
+    DiskStore,
+    Independent,
+    Persistent,
+    ReplicationCacheMiss,
+)
+from mnimi_adapters.core.errors import StoreFull, StoreReadOnly
+from mnimi_adapters.core.stores import MemoryStore, ReadThroughStore
+
+PROMPT = "Choose a number between 1 and 1000."
+
+
+def filled(path: Path) -> list[str]:
+    """A store at ``path`` holding three samples of ``PROMPT``; their draw ids."""
+    model = Persistent(NumberModel(), path)
+    drawn = [s.draw_id for s in islice(model.samples(PROMPT, batch=3), 3)]
+    model.close()
+    return drawn
+
+
+# -- a store that cannot keep samples asks no provider for them ------------------------
+
+
+@pytest.fixture
+def read_only(tmp_path: Path) -> tuple[CacheLayer, NumberModel, list[str]]:
+    """A cache layer (not a replication one) over a store opened read-only."""
+    drawn = filled(tmp_path / "cache")
+    model = NumberModel()
+    store = ReadThroughStore(DiskStore(tmp_path / "cache", read_only=True))
+    return CacheLayer(model, store), model, drawn
+
+
+def test_a_miss_on_a_read_only_store_draws_nothing(
+    read_only: tuple[CacheLayer, NumberModel, list[str]], tmp_path: Path
+) -> None:
+    layer, model, drawn = read_only
+    assert [s.draw_id for s in islice(layer.samples(PROMPT), 3)] == drawn
+    for _ in range(3):  # every retry is refused as the first was, for free
+        with pytest.raises(StoreReadOnly) as raised:
+            list(islice(layer.samples(PROMPT), 4))
+    with pytest.raises(StoreReadOnly):
+        list(islice(Independent(layer).samples("a prompt never stored"), 1))
+    assert model.calls == []
+    assert str(tmp_path / "cache") in str(raised.value)
+    assert "none was requested" in str(raised.value)
+
+
+async def test_an_async_miss_on_a_read_only_store_draws_nothing(
+    read_only: tuple[CacheLayer, NumberModel, list[str]],
+) -> None:
+    layer, model, drawn = read_only
+    assert [s.draw_id for s in await layer.adraw(PROMPT, 3)] == drawn
+    with pytest.raises(StoreReadOnly):
+        await layer.adraw("a prompt never stored", 1)
+    assert model.calls == []
+
+
+class FullStore(MemoryStore):
+    """A store that knows, before any write, that it has no room left."""
+
+    def check_writable(self, doing: str) -> None:
+        raise StoreFull(f"cannot {doing}: no room left")
+
+
+def test_the_layer_asks_the_store_before_drawing() -> None:
+    model = NumberModel()
+    with pytest.raises(StoreFull, match="no room left"):
+        CacheLayer(model, ReadThroughStore(FullStore())).draw(PROMPT, 1)
+    assert model.calls == []
+    # A store that knows nothing against writing is written as before.
+    layer = CacheLayer(model, ReadThroughStore(MemoryStore()))
+    assert len(layer.draw(PROMPT, 2)) == 2 and sum(model.calls) == 2
+
+
+def test_a_replication_miss_is_still_a_replication_miss(tmp_path: Path) -> None:
+    filled(tmp_path / "cache")
+    layer = Persistent(NumberModel(), tmp_path / "cache", replication=True)
+    with pytest.raises(ReplicationCacheMiss):
+        layer.draw(PROMPT, 4)
+    layer.close()
