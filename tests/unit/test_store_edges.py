@@ -7,21 +7,25 @@ path is refused; a damaged store says it is damaged.
 
 from __future__ import annotations
 
+import io
+from contextlib import redirect_stderr, redirect_stdout
 from itertools import islice
 from pathlib import Path
 
 import pytest
 from support import NumberModel
 
+from mnimi_adapters.cli import main
 from mnimi_adapters.core import (
     CacheLayer,
     DiskStore,
     Independent,
     Persistent,
     ReplicationCacheMiss,
+    StoreError,
 )
 from mnimi_adapters.core.errors import StoreFull, StoreReadOnly
-from mnimi_adapters.core.stores import MemoryStore, ReadThroughStore
+from mnimi_adapters.core.stores import MemoryStore, ReadThroughStore, RedisStore
 
 PROMPT = "Choose a number between 1 and 1000."
 
@@ -94,3 +98,28 @@ def test_a_replication_miss_is_still_a_replication_miss(tmp_path: Path) -> None:
     with pytest.raises(ReplicationCacheMiss):
         layer.draw(PROMPT, 4)
     layer.close()
+
+
+# -- locations that are not what they look like -----------------------------------------
+
+
+def run_cli(*argv: str) -> tuple[int, str]:
+    """``mnimi`` in this process: its exit code and what it wrote to stderr."""
+    err = io.StringIO()
+    with redirect_stdout(io.StringIO()), redirect_stderr(err):
+        code = main(list(argv))
+    return code, err.getvalue()
+
+
+def test_an_unknown_redis_url_parameter_is_a_store_error() -> None:
+    pytest.importorskip("redis")
+    # The client refuses the option before it connects: no server is needed (port 9).
+    url = "redis://:s3cret@127.0.0.1:9/0?namespac=project"
+    with pytest.raises(StoreError) as raised:
+        RedisStore(url)
+    message = str(raised.value)
+    assert "'namespac'" in message and "127.0.0.1:9" in message
+    assert "s3cret" not in message
+    code, err = run_cli("stats", url)
+    assert code == 2 and "'namespac'" in err and "s3cret" not in err
+    assert len(err.splitlines()) == 1  # no traceback

@@ -314,9 +314,30 @@ class RedisStore(SequenceStore):
                     self._check_format(create)
                 else:
                     self._client.ping()
-        except BaseException:
+        except BaseException as error:
             self._client.close()
+            if isinstance(error, TypeError):
+                self._refuse_option(error)
             raise
+
+    def _refuse_option(self, error: TypeError) -> None:
+        """Raise the ``StoreError`` for a query parameter the redis client does not know.
+
+        The client takes every query parameter as a connection option, and refuses
+        an unknown one only when it first connects, with a ``TypeError``.
+
+        Raises:
+            StoreError: ``error`` names an unknown option.
+        """
+        unknown = re.search(r"unexpected keyword argument '([^']*)'", str(error))
+        if unknown is None:
+            return
+        name = self._scrub(unknown.group(1))
+        raise StoreError(
+            f"invalid Redis URL {self.location}: unknown query parameter {name!r}; the URL "
+            "takes namespace=NAME and the redis client's connection options "
+            "(socket_timeout, socket_connect_timeout, ...)"
+        ) from None
 
     # -- errors ------------------------------------------------------------
 
