@@ -982,8 +982,8 @@ def _run(name: str) -> tuple[list[dict[str, Any]], int]:
 
 
 def _write_run(path: Path, draws: list[dict[str, Any]]) -> None:
-    """A record of one run: its mark, then its draws."""
-    lines = [json.dumps({"run": 1}), *(json.dumps(draw) for draw in draws)]
+    """A record of one run: its draws, one line each, as the recorder spells them."""
+    lines = (json.dumps(draw, separators=(",", ":")) for draw in draws)
     path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
 
 

@@ -58,12 +58,12 @@ class Cursor(ABC):
         """Take back positions served to a call that failed before it delivered them."""
 
 
-def check_batch(batch: Any) -> int:
-    """Validate a ``batch`` or ``max_batch`` argument."""
+def check_batch(batch: Any, name: str = "batch", least: int = 1) -> int:
+    """Validate a ``batch`` or ``max_batch`` argument (or another count, by ``name``)."""
     if isinstance(batch, bool) or not isinstance(batch, int):
-        raise TypeError(f"batch must be an int, got {type(batch).__name__}")
-    if batch < 1:
-        raise ValueError(f"batch must be at least 1, got {batch}")
+        raise TypeError(f"{name} must be an int, got {type(batch).__name__}")
+    if batch < least:
+        raise ValueError(f"{name} must be at least {least}, got {batch}")
     return batch
 
 
@@ -117,6 +117,9 @@ class Layer(ABC):
         fails part-way, the positions it claimed go back to the cursor, so an
         independent scope hands them to the next call.
         """
+        check_batch(count, "count", least=0)
+        if batch is not None:
+            check_batch(batch)
         request = Request.of(prompt)
         cursor = self.open(request)
         drawn: list[Sample] = []
@@ -130,6 +133,9 @@ class Layer(ABC):
 
     async def adraw(self, prompt: Prompt, count: int, batch: int | None = None) -> list[Sample]:
         """Async :meth:`draw`."""
+        check_batch(count, "count", least=0)
+        if batch is not None:
+            check_batch(batch)
         request = Request.of(prompt)
         cursor = self.open(request)
         drawn: list[Sample] = []
@@ -242,8 +248,8 @@ class Model(Layer):
             raise ValueError(f"model_name must be a non-empty str, got {model_name!r}")
         if isinstance(temperature, bool) or not isinstance(temperature, int | float):
             raise TypeError(f"temperature must be a number, got {temperature!r}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not temperature >= 0 or not math.isfinite(temperature):  # NaN compares False
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
         self.model_name = model_name
         self.temperature = float(temperature)
         self.alias = alias

@@ -74,7 +74,7 @@ def test_replication_miss_counts_like_people(index: int, cached: int, words: str
 def test_bad_model_arguments() -> None:
     with pytest.raises(ValueError, match="model_name"):
         NumberModel("", 1.0)
-    with pytest.raises(ValueError, match="temperature must be >= 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
         NumberModel("m", -1.0)
     with pytest.raises(ValueError, match="batch must be at least 1"):
         NumberModel("m", 1.0, max_batch=0)
@@ -290,3 +290,26 @@ def test_replication_on_a_path_without_a_cache_says_so_and_creates_nothing(
     with pytest.raises(StoreError, match="no cache at"):
         Persistent(NumberModel(), typo, replication=True)
     assert not typo.exists() and not typo.parent.exists()
+
+
+@pytest.mark.parametrize(
+    ("count", "batch", "error", "words"),
+    [
+        (-1, None, ValueError, "count must be at least 0"),
+        ("3", None, TypeError, "count must be an int"),
+        (2, 0, ValueError, "batch must be at least 1"),
+    ],
+)
+def test_draw_refuses_bad_counts(
+    tmp_path: Path, count: object, batch: object, error: type[Exception], words: str
+) -> None:
+    model = Persistent(NumberModel(), tmp_path)
+    with pytest.raises(error, match=words):
+        model.draw(PROMPT, count, batch)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("temperature", [float("nan"), float("inf"), -0.5])
+def test_a_temperature_must_be_a_finite_number(temperature: float) -> None:
+    # NaN would reach the key and the JSON Lines export as a bare NaN, which JSON forbids.
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        NumberModel(temperature=temperature)
