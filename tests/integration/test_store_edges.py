@@ -386,3 +386,12 @@ def test_refused_requests_store_nothing(tmp_path: Path) -> None:
     assert replay(path, replication=True) == drawn
     with pytest.raises(AssertionError, match="provider was called"):
         Persistent(FailingModel("gpt-4o", 1.0), path).draw(Request.of("other"), 1)
+
+
+@pytest.mark.redis
+def test_a_redis_url_with_its_scheme_in_capitals_is_the_same_store(redis_url: str) -> None:
+    scheme, _, rest = redis_url.partition("://")
+    (drawn,) = fill(f"{scheme.upper()}://{rest}")
+    assert replay(redis_url, replication=True) == drawn
+    code, out, _ = run_cli("stats", f"{scheme.capitalize()}://{rest}")
+    assert code == 0 and "samples    3" in out

@@ -45,7 +45,8 @@ def open_store(
     """Open the store at ``location``: a directory path, or a Redis URL.
 
     Args:
-        location: A cache directory, or ``redis://``, ``rediss://`` or ``unix://`` URL.
+        location: A cache directory, or a ``redis://``, ``rediss://`` or ``unix://`` URL
+            (the scheme in any case).
         create: Create a missing store; ``False`` makes it an error.
         read_only: Never write to an existing store (a directory is opened read-only).
         check_format: Check the format marker at open (``mnimi verify`` checks it

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from ..errors import CorruptStoreError
+from ..errors import CorruptStoreError, StoreError
 from ..sample import Sample
 
 FORMAT_VERSION = 1
@@ -387,23 +388,56 @@ def decode_record(raw: Any, key: str) -> dict[str, Any]:
     return meta
 
 
-#: URL schemes that select the Redis store wherever a cache path is accepted.
+#: URL schemes that select the Redis store wherever a cache path is accepted, in any case.
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+#: A location that starts as a URL does: a scheme of two characters or more, then ``:/``
+#: (one letter and a colon is a Windows drive, ``C:/``).
+_URL_LIKE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):/")
 
 
 def is_redis_url(location: object) -> bool:
     """Whether ``location`` names a Redis store rather than a directory."""
-    return isinstance(location, str) and location.startswith(REDIS_SCHEMES)
+    return isinstance(location, str) and location.lower().startswith(REDIS_SCHEMES)
+
+
+def check_directory_location(location: str | os.PathLike[str]) -> None:
+    """Refuse a cache directory path that is a URL, e.g. a Redis URL mistyped.
+
+    ``Path`` would make ``redis:/host`` or ``http://host`` a directory under the
+    current one, and a run would fill it in silence instead of the shared cache.
+
+    Raises:
+        StoreError: ``location`` starts with a URL scheme.
+    """
+    text = str(location)
+    found = _URL_LIKE.match(text)
+    if found is None:
+        return
+    shown = _hide_password(text)
+    if f"{found.group(1).lower()}://" in REDIS_SCHEMES:
+        raise StoreError(
+            f"cache location {shown} is not a Redis URL: write two slashes after "
+            f"the scheme ({found.group(1)}://...)"
+        )
+    raise StoreError(
+        f"cache location {shown} is a URL ({found.group(1)}:), not a directory; a cache is "
+        "a directory or a redis://, rediss:// or unix:// URL (for a directory of that "
+        "name, give its absolute path)"
+    )
 
 
 def printable_location(location: str | os.PathLike[str]) -> str:
     """``location`` with any password in a URL replaced by ``***``."""
     text = str(location)
-    if not is_redis_url(text):
-        return text
-    scheme, _, rest = text.partition("://")
+    return _hide_password(text) if is_redis_url(text) else text
+
+
+def _hide_password(url: str) -> str:
+    """``url`` (``scheme://[user[:password]@]host...``) with its password as ``***``."""
+    scheme, slashes, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")
-    if not at:
-        return text
+    if not (slashes and at):
+        return url
     user = credentials.partition(":")[0]
     return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://***@{host}"

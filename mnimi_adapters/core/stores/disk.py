@@ -53,6 +53,7 @@ from .base import (
     Summary,
     Totals,
     UsageLog,
+    check_directory_location,
     decode_record,
     decode_sample,
     recency,
@@ -302,8 +303,8 @@ class DiskStore(SequenceStore):
             ``False`` and checks the marker itself, to report damage as a problem.
 
     Raises:
-        StoreError: The path is a file, cannot be created, or holds no cache
-            (``create=False``), or the database cannot be opened.
+        StoreError: The path is a file or a URL, cannot be created, or holds no
+            cache (``create=False``), or the database cannot be opened.
         CorruptStoreError: The database is damaged.
         UnsupportedStoreVersion: The store was written by another format version.
     """
@@ -318,6 +319,7 @@ class DiskStore(SequenceStore):
         read_only: bool = False,
         check_format: bool = True,
     ) -> None:
+        check_directory_location(path)
         self.path = Path(path).expanduser()
         self.location = str(self.path)
         self._cache: diskcache.Cache | None = None

@@ -181,7 +181,7 @@ def _split_url(url: str) -> tuple[str, str, list[str]]:
     The query is edited as text: ``urlunsplit`` would turn ``unix:///path`` into
     ``unix:/path``, which the redis client rejects.
     """
-    base, _, query = url.partition("?")
+    base, _, query = _lower_scheme(url).partition("?")
     kept: list[str] = []
     namespaces: list[str] = []
     secrets: list[str] = []
@@ -214,6 +214,12 @@ def _split_url(url: str) -> tuple[str, str, list[str]]:
     return client_url, namespace, sorted(set(secrets), key=len, reverse=True)
 
 
+def _lower_scheme(url: str) -> str:
+    """``url`` with its scheme in lower case, the only case the redis client takes."""
+    scheme, slashes, rest = url.partition("://")
+    return scheme.lower() + slashes + rest
+
+
 def _printable(base: str) -> str:
     """The server part of a URL (no query) with any password hidden."""
     try:
@@ -229,7 +235,7 @@ def redis_location(url: str) -> str:
         StoreError: The namespace is invalid or given twice.
     """
     _, namespace, _ = _split_url(url)
-    return f"{_printable(url.partition('?')[0])}?namespace={namespace}"
+    return f"{_printable(_lower_scheme(url).partition('?')[0])}?namespace={namespace}"
 
 
 def url_has_password(url: str) -> bool:

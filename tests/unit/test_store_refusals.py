@@ -8,6 +8,7 @@ path is refused; a damaged store says it is damaged.
 from __future__ import annotations
 
 import io
+import re
 from contextlib import redirect_stderr, redirect_stdout
 from itertools import islice
 from pathlib import Path
@@ -24,8 +25,15 @@ from mnimi_adapters.core import (
     ReplicationCacheMiss,
     StoreError,
 )
-from mnimi_adapters.core.errors import StoreFull, StoreReadOnly
-from mnimi_adapters.core.stores import MemoryStore, ReadThroughStore, RedisStore
+from mnimi_adapters.core.errors import StoreFull, StoreReadOnly, StoreUnreachable
+from mnimi_adapters.core.stores import (
+    MemoryStore,
+    ReadThroughStore,
+    RedisStore,
+    is_redis_url,
+    open_store,
+    redis_location,
+)
 
 PROMPT = "Choose a number between 1 and 1000."
 
@@ -123,3 +131,53 @@ def test_an_unknown_redis_url_parameter_is_a_store_error() -> None:
     code, err = run_cli("stats", url)
     assert code == 2 and "'namespac'" in err and "s3cret" not in err
     assert len(err.splitlines()) == 1  # no traceback
+
+
+@pytest.mark.parametrize(
+    ("location", "says"),
+    [
+        ("redis:/127.0.0.1:6379/0", "two slashes"),
+        ("Rediss:/cache.internal:6380/0", "two slashes"),
+        ("unix:/run/redis.sock", "two slashes"),
+        ("http://cache-host:6379/0", "is a URL (http:)"),
+        ("s3://bucket/cache", "is a URL (s3:)"),
+    ],
+)
+def test_a_url_is_never_taken_for_a_directory(
+    location: str, says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoreError, match=re.escape(says)) as raised:
+        Persistent(NumberModel(), location)
+    assert location in str(raised.value)
+    code, err = run_cli("stats", location)
+    assert code == 2 and location in err
+    assert list(tmp_path.iterdir()) == []  # no directory was made of it
+
+
+def test_a_url_refused_hides_its_password(tmp_path: Path) -> None:
+    with pytest.raises(StoreError) as raised:
+        DiskStore("https://user:s3cret@cache-host/x")
+    assert "s3cret" not in str(raised.value) and "user:***@cache-host" in str(raised.value)
+
+
+def test_paths_with_colons_that_are_no_urls_stay_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for location in ("C:/cache", "cache:one", tmp_path / "http:" / "cache"):
+        drawn = filled(Path(location))
+        with DiskStore(location) as store:
+            (key,) = store.keys()
+            assert [store.get(key, i).draw_id for i in range(3)] == drawn  # type: ignore[union-attr]
+
+
+def test_a_redis_scheme_is_read_in_any_case() -> None:
+    assert is_redis_url("Redis://127.0.0.1:6379/0") and is_redis_url("UNIX:///run/r.sock")
+    assert redis_location("REDISS://:s3cret@cache.internal:6380/2?namespace=p") == (
+        "rediss://:***@cache.internal:6380/2?namespace=p"
+    )
+    pytest.importorskip("redis")
+    # Taken for Redis (port 9: nothing listens), not for a directory named "Redis:".
+    with pytest.raises(StoreUnreachable, match=re.escape("redis://127.0.0.1:9/0")):
+        open_store("Redis://127.0.0.1:9/0")
