@@ -32,7 +32,12 @@ from mnimi_adapters.core import (
     Sample,
     StoreError,
 )
-from mnimi_adapters.core.errors import StoreFull, StoreReadOnly, StoreUnreachable
+from mnimi_adapters.core.errors import (
+    StoreFull,
+    StoreReadOnly,
+    StoreUnreachable,
+    UnsupportedStoreVersion,
+)
 from mnimi_adapters.core.stores import RedisStore
 
 PROMPT = "Choose a number between 1 and 1000."
@@ -395,3 +400,25 @@ def test_a_redis_url_with_its_scheme_in_capitals_is_the_same_store(redis_url: st
     assert replay(redis_url, replication=True) == drawn
     code, out, _ = run_cli("stats", f"{scheme.capitalize()}://{rest}")
     assert code == 0 and "samples    3" in out
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    ("marker", "error", "says"),
+    [("one", CorruptStoreError, "is damaged"), ("2", UnsupportedStoreVersion, "format '2'")],
+)
+def test_a_redis_format_marker_that_is_no_version_is_damage(
+    redis_url: str, marker: str, error: type[StoreError], says: str
+) -> None:
+    import redis
+
+    fill(redis_url)
+    store = RedisStore(redis_url)
+    client = redis.Redis.from_url(redis_url.partition("?")[0])
+    client.set(f"mnimi:{store.namespace}:format", marker)
+    client.close()
+    store.close()
+    for replication in (True, False):
+        with pytest.raises(error, match=says) as raised:
+            Persistent(FailingModel("gpt-4o", 1.0), redis_url, replication=replication)
+        assert type(raised.value) is error

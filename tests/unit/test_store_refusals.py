@@ -9,24 +9,33 @@ from __future__ import annotations
 
 import io
 import re
-from contextlib import redirect_stderr, redirect_stdout
+import sqlite3
+from contextlib import closing, redirect_stderr, redirect_stdout
 from itertools import islice
 from pathlib import Path
 
 import pytest
-from support import NumberModel
+from diskcache.core import DBNAME
+from support import FailingModel, NumberModel
 
 from mnimi_adapters.cli import main
 from mnimi_adapters.core import (
     CacheLayer,
+    CorruptStoreError,
     DiskStore,
     Independent,
     Persistent,
     ReplicationCacheMiss,
     StoreError,
 )
-from mnimi_adapters.core.errors import StoreFull, StoreReadOnly, StoreUnreachable
+from mnimi_adapters.core.errors import (
+    StoreFull,
+    StoreReadOnly,
+    StoreUnreachable,
+    UnsupportedStoreVersion,
+)
 from mnimi_adapters.core.stores import (
+    FORMAT_KEY,
     MemoryStore,
     ReadThroughStore,
     RedisStore,
@@ -155,7 +164,8 @@ def test_a_url_is_never_taken_for_a_directory(
     assert list(tmp_path.iterdir()) == []  # no directory was made of it
 
 
-def test_a_url_refused_hides_its_password(tmp_path: Path) -> None:
+def test_a_url_refused_hides_its_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(StoreError) as raised:
         DiskStore("https://user:s3cret@cache-host/x")
     assert "s3cret" not in str(raised.value) and "user:***@cache-host" in str(raised.value)
@@ -181,3 +191,54 @@ def test_a_redis_scheme_is_read_in_any_case() -> None:
     # Taken for Redis (port 9: nothing listens), not for a directory named "Redis:".
     with pytest.raises(StoreUnreachable, match=re.escape("redis://127.0.0.1:9/0")):
         open_store("Redis://127.0.0.1:9/0")
+
+
+# -- a damaged or empty store says so ----------------------------------------------------
+
+
+def set_marker(path: Path, value: str | int) -> None:
+    """Overwrite the format marker of the store at ``path``, as a hand edit would."""
+    with closing(sqlite3.connect(path / DBNAME)) as connection, connection:
+        connection.execute("UPDATE Cache SET value = ? WHERE key = ?", (value, FORMAT_KEY))
+
+
+@pytest.mark.parametrize("replication", [True, False])
+def test_a_format_marker_that_is_no_version_is_damage(tmp_path: Path, replication: bool) -> None:
+    path = tmp_path / "cache"
+    filled(path)
+    set_marker(path, "1")
+    with pytest.raises(CorruptStoreError) as raised:
+        Persistent(FailingModel("gpt-4o", 1.0), path, replication=replication)
+    message = str(raised.value)
+    assert "format marker" in message and "damaged" in message and "str value" in message
+    assert str(path) in message and "mnimi verify" in message
+
+
+def test_a_format_marker_of_another_version_is_still_unsupported(tmp_path: Path) -> None:
+    path = tmp_path / "cache"
+    filled(path)
+    set_marker(path, 2)
+    with pytest.raises(UnsupportedStoreVersion, match="format 2"):
+        Persistent(FailingModel("gpt-4o", 1.0), path, replication=True)
+
+
+def test_an_empty_database_is_no_cache(tmp_path: Path) -> None:
+    path = tmp_path / "cache"
+    filled(path)
+    for name in (DBNAME, f"{DBNAME}-wal", f"{DBNAME}-shm"):
+        (path / name).unlink(missing_ok=True)
+    (path / DBNAME).write_bytes(b"")  # a copy cut short
+    for read_only in (True, False):
+        with pytest.raises(StoreError, match=r"no cache at .*is empty") as raised:
+            DiskStore(path, create=False, read_only=read_only)
+        assert str(path) in str(raised.value)
+    with pytest.raises(StoreError, match=r"no cache at .*is empty"):
+        Persistent(FailingModel("gpt-4o", 1.0), path, replication=True)
+    code, err = run_cli("stats", str(path))
+    assert code == 2 and "is empty" in err
+    # A run that may write makes a new store in it, as in a directory without one.
+    model = Persistent(NumberModel(), path)
+    assert len(model.draw(PROMPT, 1)) == 1
+    model.close()
+    with DiskStore(path, read_only=True) as store:
+        assert len(list(store.keys())) == 1

@@ -237,6 +237,25 @@ def is_store_directory(path: Path) -> bool:
     return (path / DBNAME).is_file()
 
 
+def _holds_database(path: Path) -> bool:
+    """Whether the directory ``path`` holds a database with anything in it.
+
+    An empty database file (a copy cut short, a process killed as it made the store)
+    is taken as no file at all: a read says there is no cache, rather than what SQLite
+    says of a missing table, and a write makes a new store in it. Its write-ahead log
+    may hold every page yet, so it counts too.
+    """
+
+    def size(file: Path) -> int:
+        try:
+            return file.stat().st_size if file.is_file() else 0
+        except OSError:
+            return 0
+
+    database = path / DBNAME
+    return size(database) > 0 or (database.is_file() and size(path / f"{DBNAME}-wal") > 0)
+
+
 def _private_directory(path: Path, create: bool) -> bool:
     """Create ``path`` (mode 0700) if asked, check it is a directory; return if it is writable."""
     if path.exists() and not path.is_dir():
@@ -244,8 +263,12 @@ def _private_directory(path: Path, create: bool) -> bool:
             f"cache path {path} exists and is not a directory, so is not a cache directory"
         )
     if not create:
-        if not is_store_directory(path):
-            raise StoreError(f"no cache at {path}")
+        if not _holds_database(path):
+            empty = is_store_directory(path)
+            raise StoreError(
+                f"no cache at {path}"
+                + (f": its {DBNAME} is empty (a copy cut short?); copy it again" if empty else "")
+            )
     elif not path.exists():
         try:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -328,9 +351,9 @@ class DiskStore(SequenceStore):
         self._local = threading.local()
         self._usage = UsageLog()
         writable = _private_directory(self.path, create)
-        database = self.path / DBNAME
-        if (read_only and database.is_file()) or not writable:
-            if not database.is_file():
+        present = _holds_database(self.path)
+        if (read_only and present) or not writable:
+            if not present:
                 raise StoreReadOnly(
                     f"cache directory {self.path} is not writable: make it writable, or "
                     "choose another"
@@ -345,7 +368,7 @@ class DiskStore(SequenceStore):
             try:
                 self._open_writable(check_format)
             except (StoreFull, StoreReadOnly) as error:
-                if not database.is_file():
+                if not present:
                     raise
                 self._close_cache()
                 self._cache = None
@@ -404,6 +427,13 @@ class DiskStore(SequenceStore):
             # A read-only store whose marker is missing: empty, or not ours.
             if self._sql("SELECT 1 FROM Cache LIMIT 1").fetchone() is not None:
                 raise StoreError(f"{self.path} holds a diskcache not written by mnimi_adapters")
+        elif not is_int(version):
+            # Only an int is a version: '1' is not format 1 but a marker someone rewrote.
+            raise CorruptStoreError(
+                f"the format marker of {self.path} is damaged: it is {kind(version)}, not a "
+                f"version; run `mnimi verify {self.path}` for every problem, then restore the "
+                "directory from a copy"
+            )
         elif version != FORMAT_VERSION:
             raise UnsupportedStoreVersion(
                 f"{self.path} was written in store format {version!r}; "

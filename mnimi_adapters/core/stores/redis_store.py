@@ -421,6 +421,16 @@ class RedisStore(SequenceStore):
         self._unsupported(found)
 
     def _unsupported(self, found: Any) -> None:
+        """Raise the error for a format marker that is not this version's."""
+        try:
+            int(found)
+        except (TypeError, ValueError):
+            # Not another version, which would be a number: a marker someone rewrote.
+            raise CorruptStoreError(
+                f"the format marker of {self.location} is damaged: it is {found!r}, not a "
+                f"version; run `mnimi verify` on the cache for every problem (if the marker "
+                f"alone is damaged, SET {self._format_key} {FORMAT_VERSION} restores it)"
+            ) from None
         raise UnsupportedStoreVersion(
             f"{self.location} was written in store format {found!r}; "
             f"this version of mnimi_adapters reads format {FORMAT_VERSION}"
