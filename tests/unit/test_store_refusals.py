@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import sqlite3
 from contextlib import closing, redirect_stderr, redirect_stdout
 from itertools import islice
@@ -242,3 +243,20 @@ def test_an_empty_database_is_no_cache(tmp_path: Path) -> None:
     model.close()
     with DiskStore(path, read_only=True) as store:
         assert len(list(store.keys())) == 1
+
+
+# -- closing ------------------------------------------------------------------------------
+
+
+def test_closing_leaves_every_sample_in_the_database_file(tmp_path: Path) -> None:
+    # The refill threads that stored the samples keep their connections open, so the
+    # write-ahead log outlives close(): a copy of the database file alone must still
+    # hold what was stored.
+    model = Persistent(NumberModel(), tmp_path / "cache")
+    drawn = [s.draw_id for s in model.draw(PROMPT, 5, batch=5)]
+    model.close()
+    (tmp_path / "copy").mkdir()
+    shutil.copy(tmp_path / "cache" / DBNAME, tmp_path / "copy" / DBNAME)
+    with DiskStore(tmp_path / "copy", read_only=True) as store:
+        (key,) = store.keys()
+        assert [store.get(key, i).draw_id for i in range(5)] == drawn  # type: ignore[union-attr]

@@ -27,7 +27,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -821,12 +821,27 @@ class DiskStore(SequenceStore):
         self._check_version(version)
         return version
 
+    def _checkpoint(self) -> None:
+        """Copy what the write-ahead log holds into the database file, as far as it can.
+
+        SQLite does so itself when the process's last connection closes, but refill
+        threads keep theirs open for the process's life: until then a copy of
+        ``cache.db`` alone (a bundle zipped mid-notebook) would hold no new sample.
+        PASSIVE never waits for another connection and leaves a page that one still
+        reads to the log; a failure (a full disk) leaves the log as it was, still sound.
+        """
+        if self._cache is None:
+            return
+        with suppress(sqlite3.Error, OSError, diskcache.Timeout):
+            self._cache._sql("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
     def _close_cache(self) -> None:
         if self._cache is not None:
             self._cache.close()
 
     def close(self) -> None:
         self.flush()
+        self._checkpoint()
         connection = getattr(self._local, "connection", None)
         if connection is not None:
             connection.close()
