@@ -16,6 +16,7 @@ import inspect
 import sys
 import threading
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
 
 from .core.request import is_credential
@@ -510,6 +511,56 @@ def route_dspy_through_litellm(routing: Callable[[], bool]) -> bool:
     return True
 
 
+#: The ``rollout_id`` of the DSPy call being sent through LiteLLM, if it has one.
+dspy_rollout_id: ContextVar[Any] = ContextVar("mnimi_dspy_rollout_id", default=None)
+
+
+def carry_dspy_rollout_ids() -> bool:
+    """Make the ``rollout_id`` of a DSPy call visible to a LiteLLM cache (:data:`dspy_rollout_id`).
+
+    Why: DSPy asks for a new sample by giving a call a new ``rollout_id``
+    (``lm.copy(rollout_id=i)``: ``BestOfN``, ``Refine``, ``BootstrapFewShot`` rounds,
+    SIMBA), which only its own cache keys; its LiteLLM engine drops the id in
+    ``dspy.clients.lm.litellm_completion``/``alitellm_completion``, the functions it
+    looks up on that module for every chat call, before ``litellm.completion`` runs. So
+    each rollout would replay one sample. Those two are wrapped to hold the id in a
+    context variable while they run. Does nothing if DSPy is not installed.
+
+    Returns:
+        Whether DSPy is installed (and so carried).
+    """
+    import functools
+    import importlib.util
+
+    if importlib.util.find_spec("dspy") is None:
+        return False
+    from dspy.clients import lm
+
+    sync, async_ = lm.litellm_completion, lm.alitellm_completion
+    if getattr(sync, "_mnimi_carries", False):
+        return True
+
+    @functools.wraps(sync)
+    def litellm_completion(request: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        token = dspy_rollout_id.set(request.get("rollout_id"))
+        try:
+            return sync(request, *args, **kwargs)
+        finally:
+            dspy_rollout_id.reset(token)
+
+    @functools.wraps(async_)
+    async def alitellm_completion(request: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        token = dspy_rollout_id.set(request.get("rollout_id"))
+        try:
+            return await async_(request, *args, **kwargs)
+        finally:
+            dspy_rollout_id.reset(token)
+
+    litellm_completion._mnimi_carries = True  # type: ignore[attr-defined]
+    lm.litellm_completion, lm.alitellm_completion = litellm_completion, alitellm_completion
+    return True
+
+
 # ---------------------------------------------------------------------------------------
 # LangChain
 # ---------------------------------------------------------------------------------------
@@ -598,6 +649,8 @@ PRIVATE_SYMBOLS: Final = (
     ("litellm.types.llms.openai", "ResponsesAPIResponse"),
     ("dspy.clients.execution", "select_backend"),
     ("dspy.clients.backend_selection", "BackendSelection"),
+    ("dspy.clients.lm", "litellm_completion"),
+    ("dspy.clients.lm", "alitellm_completion"),
     ("langchain_core.runnables.config", "var_child_runnable_config"),
     ("langchain_core.language_models.chat_models", "BaseChatModel"),
     ("pydantic.main", "BaseModel"),  # its __pydantic_private__ slot: private_attributes

@@ -103,7 +103,9 @@ from litellm.caching.caching import Cache
 from ._compat import (
     HIDDEN_PARAMS_FIELD,
     HiddenParams,
+    carry_dspy_rollout_ids,
     close_stream,
+    dspy_rollout_id,
     has_cache_switches,
     hit_needs_litellm,
     init_without_global_callbacks,
@@ -432,6 +434,11 @@ class _CacheProvider(LiteLLMModel):
     gets: a miss costs the one LiteLLM call that drew it, not a second one to replay it.
     """
 
+    def _kwargs(self, request: Request, n: int) -> dict[str, Any]:
+        kwargs = super()._kwargs(request, n)
+        kwargs.pop(DSPY_ROLLOUT, None)  # keyed only (see MnimiCache._parse)
+        return kwargs
+
     def _samples(self, response: Any) -> list[Sample]:
         return self._kept(response, super()._samples(response))
 
@@ -627,6 +634,9 @@ async def _ahandle(
     return await cache._aanswer(original, call, kwargs)
 
 
+#: The sampling parameter a DSPy call's ``rollout_id`` is keyed as (see ``_compat``).
+DSPY_ROLLOUT: Final = "dspy_rollout_id"
+
 #: The entry points a MnimiCache answers (text completions reach it through completion).
 _ANSWERED: Final = frozenset(
     {"completion", "acompletion", "text_completion", "atext_completion"}
@@ -815,6 +825,7 @@ class MnimiCache(Cache):
                 )
             if self.replication or self.dspy:
                 route_dspy_through_litellm(_routing_dspy)
+                carry_dspy_rollout_ids()
             self._previous = litellm.cache
             litellm.cache = self
             self._installed = True
@@ -1114,6 +1125,11 @@ class MnimiCache(Cache):
             identity["model"] = name
             if api_base:
                 identity["endpoint"] = api_base
+        rollout = dspy_rollout_id.get()
+        if rollout is not None:
+            # DSPy's way to ask for a new sample: each rollout keyed apart, as DSPy's own
+            # cache keys it, and never sent (DSPy does not send it either).
+            sampling[DSPY_ROLLOUT] = rollout
         request = Request(tuple(_plain_message(m) for m in messages), sampling)
         call = kind(identity, request, n, model, api_base, _retries(kwargs), transport, mode)
         call_id = kwargs.get("litellm_call_id")

@@ -103,6 +103,37 @@ def test_a_threaded_batch_inside_independent_gives_fresh_samples(
     cache.close()
 
 
+def test_each_rollout_of_a_dspy_retry_module_gets_its_own_sample(
+    server: SamplingServer, engine: str, tmp_path: Path
+) -> None:
+    # BestOfN (as Refine and BootstrapFewShot's rounds) asks for new samples with
+    # lm.copy(rollout_id=i), which DSPy drops before LiteLLM: each rollout is keyed apart.
+    server.reset()
+    seen: list[str] = []
+
+    def never_good_enough(args: Any, prediction: Any) -> float:
+        seen.append(str(prediction.answer))
+        return 0.0
+
+    best = dspy.BestOfN(
+        module=dspy.Predict("question -> answer"), N=3, reward_fn=never_good_enough, threshold=1.0
+    )
+    with MnimiCache(str(tmp_path), dspy=True) as cache:
+        best(question=QUESTIONS[0])
+        assert len(set(seen)) == 3 and sent(server) == 3
+        # The id is keyed, never sent: DSPy does not send it either.
+        assert not any("dspy_rollout_id" in r.body for r in server.chat_requests())
+        first, seen[:] = list(seen), []
+        best(question=QUESTIONS[0])  # a re-run replays every rollout
+        assert seen == first and sent(server) == 3
+    cache.close()
+    seen.clear()
+    with MnimiCache(str(tmp_path), replication=True) as replica:
+        best(question=QUESTIONS[0])
+    replica.close()
+    assert seen == first and sent(server) == 3
+
+
 def test_n_is_served_from_the_sequence(server: SamplingServer, engine: str, tmp_path: Path) -> None:
     server.reset()
     # DSPy samples n > 1 at 0.7 unless told otherwise, and a temperature is part of the key.
