@@ -109,6 +109,8 @@ def test_output_changing_fields_are_in_the_key_and_n_is_not(chat: ChatFactory) -
     assert key(chat(max_tokens=5)) != base
     assert key(chat(stop=["x"])) != base
     assert key(chat(), stop=["x"]) != base
+    # A lone string is one stop sequence, as OpenAI takes it, not one per character.
+    assert key(chat(), stop="xy") == key(chat(), stop=["xy"]) != key(chat(), stop=["x", "y"])
     assert key(chat(), seed=3) != base
     assert key(chat(alias="mock")) != base
     assert key(chat(n=2, max_batch=2)) == base

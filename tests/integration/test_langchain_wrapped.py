@@ -679,3 +679,12 @@ def test_callbacks_see_each_chunk_of_a_wrapped_stream_once(
         spy = TokenSpy()
         chunks = list(chat.stream(NUMBER, config={"callbacks": [spy]}))
         assert len(spy.tokens) == len(chunks)
+
+
+def test_a_lone_stop_string_is_one_stop_sequence(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    wrapped = MnimiChatModel(model=openai(), cache_dir=cache)
+    wrapped.invoke("Stop here", stop="zz")
+    wrapped.bind(stop="zz").invoke("Stop there")
+    assert [r.body["stop"] for r in server.chat_requests()] == [["zz"], ["zz"]]
