@@ -765,6 +765,12 @@ class MnimiCache(Cache):
         self.path = path if is_redis_url(path) else Path(path).expanduser()
         self.replication = bool(replication)
         self.dspy = bool(dspy)
+        if alias is not None and not isinstance(alias, Mapping):
+            # One cache serves many models, so each alias names the model it renames.
+            raise TypeError(
+                "MnimiCache's alias must be a mapping of model (or Router group) to name, "
+                f"such as {{'openai/gpt-4o-mini': 'gpt-4o-mini'}}, got {type(alias).__name__}"
+            )
         self.alias: dict[str, str] = dict(alias or {})
         self.max_batch = _DEFAULT_MAX_BATCH if max_batch is None else int(max_batch)
         if self.max_batch < 1:

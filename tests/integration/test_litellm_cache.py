@@ -614,3 +614,8 @@ def test_a_mocked_answer_is_never_replayed_as_the_models(
 ) -> None:
     assert text(call(server, "Mocked?", mock_response="MOCKED")) == "MOCKED"
     assert text(call(server, "Mocked?")) != "MOCKED"
+
+
+def test_an_alias_that_is_not_a_mapping_is_refused_with_an_example(cache_dir: Path) -> None:
+    with pytest.raises(TypeError, match="alias must be a mapping"):
+        MnimiCache(str(cache_dir), alias="mock")  # type: ignore[arg-type]
