@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import threading
 import warnings
 from collections.abc import Callable
@@ -42,6 +43,18 @@ class _Scope:
         self.parent = parent
         self._wrapped: dict[Layer, Layer] = {}
         self._lock = threading.Lock()
+        #: The process generation it was entered in (see ``_after_fork``).
+        self.generation = _generation
+        self.warned = False
+
+    def continues(self) -> bool:
+        """Whether its calls continue cursors: an ``independent()`` in it or around it."""
+        scope: _Scope | None = self
+        while scope is not None:
+            if scope.kind == "independent":
+                return self.caching()
+            scope = scope.parent
+        return False
 
     def wrap(self, layer: Layer) -> Layer:
         # Imported here because the layers import this module for no_cache().
@@ -67,11 +80,12 @@ class _Scope:
 
 
 class ScopeWarning(UserWarning):
-    """A call on a thread that did not inherit a scope found several open elsewhere.
+    """A call's scope is not what the code around it suggests.
 
-    Such a thread (a plain ``ThreadPoolExecutor``'s, LiteLLM's ``batch_completion``'s)
-    borrows the scope open on another thread when there is exactly one candidate; with
-    several it cannot tell which is its own, and runs outside any scope.
+    Either a thread that did not inherit a scope (a plain ``ThreadPoolExecutor``'s,
+    LiteLLM's ``batch_completion``'s) found scopes open on several threads, and runs
+    outside any (with exactly one candidate it borrows that one); or a process was
+    forked inside an ``independent()`` scope, whose cursors do not cross processes.
     """
 
 
@@ -80,6 +94,41 @@ _current: ContextVar[_Scope | None] = ContextVar("mnimi_scope", default=None)
 #: The scopes entered and not yet left, per thread (by ident), in the order entered.
 _open: dict[int, list[_Scope]] = {}
 _open_lock = threading.Lock()
+#: Which process this is: a forked child counts one more than its parent.
+_generation = 0
+
+
+def _after_fork() -> None:
+    """In a forked child: a new generation, and only the forking thread's open scopes."""
+    global _generation, _open_lock
+    _generation += 1
+    _open_lock = threading.Lock()  # another thread may have held it at the fork
+    mine = _open.get(threading.get_ident())
+    _open.clear()
+    if mine:
+        _open[threading.get_ident()] = mine
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def _warn_if_inherited(scope: _Scope) -> None:
+    """Warn, once, of an ``independent()`` scope a forked worker inherited from its parent.
+
+    Its cursors are copies: every worker continues the sequences from where the parent
+    stood, so the workers hand out the same samples as each other.
+    """
+    if scope.generation == _generation or scope.warned or not scope.continues():
+        return
+    scope.warned = True
+    warnings.warn(
+        "this process was forked inside an independent() scope: scopes do not cross "
+        "processes, so each worker continues the sequences from the same position and "
+        "the workers repeat each other's samples; give each worker its own requests, "
+        "draw n samples in one process, or use threads or asyncio tasks",
+        ScopeWarning,
+        stacklevel=3,
+    )
 
 
 def _borrowed() -> _Scope | None:
@@ -130,7 +179,10 @@ def scoped(layer: Layer) -> Layer:
     repeatable: identical requests replay samples 0, 1, ... of their sequence.
     """
     scope = _scope()
-    return layer if scope is None else scope.wrap(layer)
+    if scope is None:
+        return layer
+    _warn_if_inherited(scope)
+    return scope.wrap(layer)
 
 
 def caching_enabled() -> bool:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import multiprocessing
+import os
 import tempfile
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
@@ -227,3 +230,29 @@ def test_scopes_nest_exactly_like_the_wrappers(program: list[str], base_kind: st
                     wrappers.append(wrapper(wrappers[-1]))
             while len(depth) > 1:
                 depth.pop().close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_worker_forked_inside_independent_warns_that_scopes_do_not_cross_processes(
+    base: Persistent,
+) -> None:
+    _FORKED.append(base)  # the worker has it as the parent had it: a fork copies memory
+    try:
+        with independent(), multiprocessing.get_context("fork").Pool(1) as pool:
+            warned = pool.apply(_draws_warned)
+    finally:
+        _FORKED.clear()
+    assert warned == ["this process was forked inside an independent() scope"]
+
+
+#: The layer a forked worker draws from.
+_FORKED: list[Persistent] = []
+
+
+def _draws_warned() -> list[str]:
+    """In a forked worker: two draws, and the start of each ScopeWarning they gave."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        draw(_FORKED[0])
+        draw(_FORKED[0])  # warned once per scope
+    return [str(w.message).split(":")[0] for w in caught if w.category is ScopeWarning]
