@@ -23,7 +23,7 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .._compat import at_interpreter_exit
@@ -60,7 +60,7 @@ class Wrapper(Layer):
         return f"{type(self).__name__}({self.inner!r})"
 
 
-@dataclass
+@dataclass(eq=False)  # each refill is itself: a key of its key's refills in flight
 class _Refill:
     """One extension in flight: its waiters block on ``done``."""
 
@@ -73,6 +73,18 @@ class _Refill:
     #: The sequence's length once it landed, if the store said: a position below it is
     #: stored, with no need to ask the store again.
     reached: int | None = None
+
+
+@dataclass
+class _InFlight:
+    """A key's refills in flight, oldest first, and how many samples they will add.
+
+    Kept as a running total: concurrent calls of one key (a burst of 200 in an
+    ``independent()`` scope) each plan against all the refills in flight.
+    """
+
+    refills: dict[_Refill, None] = field(default_factory=dict)
+    pending: int = 0
 
 
 class _Landings:
@@ -137,7 +149,7 @@ class CacheLayer(Wrapper):
         #: Where each consumed sample's key and position is written, if anywhere.
         self.recorder = None if record is None else RunRecorder(record)
         self._lock = threading.Lock()
-        self._refills: dict[str, list[_Refill]] = {}
+        self._refills: dict[str, _InFlight] = {}
         self._inner_cursors: dict[str, Cursor] = {}
         self._ordered_locks: dict[str, threading.Lock] = {}
         self._stats: Counter[str] = Counter()
@@ -185,17 +197,19 @@ class CacheLayer(Wrapper):
             stored = self.store.length(key)
             if stored > index:
                 return None
-            in_flight = self._refills.get(key, [])
-            pending = sum(refill.count for refill in in_flight)
-            if stored + pending > index:
-                return in_flight[0], False
+            in_flight = self._refills.get(key)
+            pending = 0 if in_flight is None else in_flight.pending
+            if in_flight is not None and stored + pending > index:
+                return next(iter(in_flight.refills)), False
             if not self.replication:
                 # Before anything is drawn: samples a store cannot keep would be paid
                 # for and thrown away (law 6), on every retry of the caller.
                 self.store.check_writable(f"store samples of key {key}, so none was requested")
                 count = max(batch, index + 1 - stored - pending)
                 refill = _Refill(Future(), count, threading.get_ident(), is_async)
-                self._refills.setdefault(key, []).append(refill)
+                in_flight = self._refills.setdefault(key, _InFlight())
+                in_flight.refills[refill] = None
+                in_flight.pending += count
                 return refill, True
         # Raised outside the lock: explaining a miss reads every stored record.
         raise self._miss(request, key, stored, index)
@@ -263,8 +277,9 @@ class CacheLayer(Wrapper):
         """End a refill, landed or failed, and wake whoever waits for it."""
         with self._lock:
             in_flight = self._refills[key]
-            in_flight.remove(refill)
-            if not in_flight:
+            del in_flight.refills[refill]
+            in_flight.pending -= refill.count
+            if not in_flight.refills:
                 del self._refills[key]
         if not refill.done.done():
             refill.done.set_result(None)
