@@ -45,13 +45,18 @@ from .stores import (
 )
 
 
+def _layer_to_wrap(inner: Any) -> Layer:
+    """``inner``, if it is a model or layer a wrapper can take."""
+    if not isinstance(inner, Layer):
+        raise TypeError(f"expected a model or layer to wrap, got {type(inner).__name__}")
+    return inner
+
+
 class Wrapper(Layer):
     """A layer over another layer."""
 
     def __init__(self, inner: Layer) -> None:
-        if not isinstance(inner, Layer):
-            raise TypeError(f"expected a model or layer to wrap, got {type(inner).__name__}")
-        self.inner = inner
+        self.inner = _layer_to_wrap(inner)
 
     def identity(self) -> dict[str, Any]:
         return self.inner.identity()
@@ -141,13 +146,15 @@ class CacheLayer(Wrapper):
         inner: Layer,
         store: SequenceStore,
         replication: bool = False,
-        record: str | os.PathLike[str] | None = None,
+        record: str | os.PathLike[str] | RunRecorder | None = None,
     ) -> None:
         super().__init__(inner)
         self.store = store
         self.replication = replication
         #: Where each consumed sample's key and position is written, if anywhere.
-        self.recorder = None if record is None else RunRecorder(record)
+        self.recorder = (
+            record if record is None or isinstance(record, RunRecorder) else (RunRecorder(record))
+        )
         self._lock = threading.Lock()
         self._refills: dict[str, _InFlight] = {}
         self._inner_cursors: dict[str, Cursor] = {}
@@ -698,11 +705,15 @@ class Persistent(CacheLayer):
         replication: bool = False,
         record: str | os.PathLike[str] | None = None,
     ) -> None:
+        # Every argument is checked before the store opens: a refused call leaves no
+        # store behind.
+        _layer_to_wrap(model)
+        recorder = None if record is None else RunRecorder(record)
         # A replication run only reads: it opens an existing store read-only, so
         # read-only media and a full disk replay like any other, and a path that holds
         # no store (a typo) is an error, not a new empty store that misses every call.
         store = open_store(path, create=not replication, read_only=replication)
-        super().__init__(model, ReadThroughStore(store), replication=replication, record=record)
+        super().__init__(model, ReadThroughStore(store), replication=replication, record=recorder)
         self.path = store.path if isinstance(store, DiskStore) else store.location
 
     def __repr__(self) -> str:

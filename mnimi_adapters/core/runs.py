@@ -29,7 +29,7 @@ import time
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import MnimiError
 
@@ -51,39 +51,56 @@ class RunRecorder:
             starts with a line that marks it, written with its first draw).
 
     Raises:
-        MnimiError: ``path`` cannot be opened for appending (a directory, say).
+        MnimiError: ``path`` is a directory or its folder does not exist (at once), or
+            it cannot be opened for appending (at the first draw).
 
     Example:
         >>> import tempfile, pathlib
-        >>> path = pathlib.Path(tempfile.mkdtemp()) / "run.jsonl"
-        >>> with RunRecorder(path) as record:
-        ...     record.consumed("m1-abc", 0, "draw-1")
-        >>> read_run(path)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = pathlib.Path(folder) / "run.jsonl"
+        ...     with RunRecorder(path) as record:
+        ...         record.consumed("m1-abc", 0, "draw-1")
+        ...     read_run(path)
         [{'draw': 0, 'key': 'm1-abc', 'index': 0, 'draw_id': 'draw-1'}]
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).expanduser()
+        # Checked now, opened with the run's first draw: a program that fails before it
+        # draws (a store that cannot open) leaves no file behind.
+        if self.path.is_dir() or not self.path.parent.is_dir():
+            problem = "it is a directory" if self.path.is_dir() else "its folder does not exist"
+            raise MnimiError(f"cannot record the run in {self.path}: {problem}")
         self._lock = threading.Lock()
+        self._file: BinaryIO | None = None
+        self._closed = False
+        #: Each key's line prefix, spelled once: a run draws from few keys many times.
+        self._prefixes: dict[str, str] = {}
+        self._draws = 0
+
+    def _open(self) -> BinaryIO:
+        """The record's file, opened for appending at the run's first draw."""
+        if self._closed:
+            raise ValueError(f"the run record {self.path} is closed")
         try:
             # Buffered: a write(2) per line cost a replay of hits 10% more. The buffer is
             # flushed when the recorder is closed or collected and at interpreter exit; a
             # process killed outright (SIGKILL) loses at most its last kilobytes of lines.
-            self._file = self.path.open("ab")
+            file = self.path.open("ab")
             with self.path.open("rb") as earlier:
                 self._run = 1 + sum(1 for line in earlier if line.startswith(_RUN_MARK))
         except OSError as error:
             raise MnimiError(
                 f"cannot record the run in {self.path}: {error.strerror or error}"
             ) from None
-        weakref.finalize(self, self._file.close)
-        #: Each key's line prefix, spelled once: a run draws from few keys many times.
-        self._prefixes: dict[str, str] = {}
-        self._draws = 0
+        weakref.finalize(self, file.close)
+        self._file = file
+        return file
 
     def consumed(self, key: str, index: int, draw_id: str) -> None:
         """Record that the run was handed sample ``index`` of ``key``."""
         with self._lock:
+            file = self._file or self._open()
             # Spelled out rather than json.dumps of a dict: this runs once per sample
             # served, and a replay's hits cost only tens of microseconds.
             prefix = self._prefixes.get(key)
@@ -94,18 +111,21 @@ class RunRecorder:
             line = f'{{"draw":{self._draws}{prefix}{index},"draw_id":{_quoted(draw_id)}}}\n'
             if not self._draws:  # the run's mark goes with its first draw: no empty runs
                 line = f'{{"run":{self._run},"started":{time.time()}}}\n{line}'
-            self._file.write(line.encode())
+            file.write(line.encode())
             self._draws += 1
 
     def flush(self) -> None:
         """Write the lines recorded so far to the file (for a reader while the run goes on)."""
         with self._lock:
-            self._file.flush()
+            if self._file is not None:
+                self._file.flush()
 
     def close(self) -> None:
         """Close the file (recording a further draw raises :class:`ValueError`)."""
         with self._lock:
-            self._file.close()
+            self._closed = True
+            if self._file is not None:
+                self._file.close()
 
     def __enter__(self) -> RunRecorder:
         return self

@@ -15,6 +15,7 @@ from mnimi_adapters.core import (
     BatchedModel,
     CorruptStoreError,
     DiskStore,
+    MnimiError,
     Model,
     Persistent,
     ProviderError,
@@ -71,15 +72,19 @@ def test_replication_miss_counts_like_people(index: int, cached: int, words: str
     assert (miss.key, miss.summary, miss.cached, miss.index) == ("k", summary, cached, index)
 
 
-def test_bad_model_arguments() -> None:
+def test_bad_model_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="model_name"):
         NumberModel("", 1.0)
     with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
         NumberModel("m", -1.0)
     with pytest.raises(ValueError, match="batch must be at least 1"):
         NumberModel("m", 1.0, max_batch=0)
+    # Refused before the store opens: nothing is left behind.
     with pytest.raises(TypeError, match="expected a model or layer"):
-        Persistent("gpt-4o", "/tmp/x")  # type: ignore[arg-type]
+        Persistent("gpt-4o", tmp_path / "cache")  # type: ignore[arg-type]
+    with pytest.raises(MnimiError, match=r"cannot record the run .* it is a directory"):
+        Persistent(NumberModel(), tmp_path / "cache", record=tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cache_path_is_a_file(tmp_path: Path, number_model: NumberModel) -> None:
