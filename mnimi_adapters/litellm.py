@@ -1118,9 +1118,16 @@ class MnimiCache(Cache):
         api_base = api_base.rstrip("/") if isinstance(api_base, str) and api_base else None
         # A Router puts the group in ``metadata`` (chat) or ``litellm_metadata`` (Responses).
         router_metadata = kwargs.get("litellm_metadata")
-        group = metadata.get("model_group") or (
-            router_metadata.get("model_group") if isinstance(router_metadata, Mapping) else None
-        )
+        routed = router_metadata if isinstance(router_metadata, Mapping) else {}
+        group = metadata.get("model_group") or routed.get("model_group")
+        if metadata.get("model_group_alias") or routed.get("model_group_alias"):
+            # Called through a model_group_alias: the group is the one the chosen
+            # deployment belongs to, so the alias and the group share sequences.
+            group = (
+                metadata.get("deployment_model_name")
+                or routed.get("deployment_model_name")
+                or group
+            )
         identity: dict[str, Any] = {"params": {"temperature": 1.0}}
         if isinstance(group, str) and group:
             # A Router call: keyed by its group, whichever deployment serves it.

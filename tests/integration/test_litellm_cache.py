@@ -531,6 +531,23 @@ def test_router_model_group(server: SamplingServer, cache: MnimiCache) -> None:
     assert sent(server) == 2
 
 
+def test_a_router_alias_shares_its_groups_sequences(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    deployment = {"model": MODEL, "api_base": server.url, "api_key": API_KEY}
+    router = litellm.Router(
+        model_list=[{"model_name": "fast", "litellm_params": deployment}],
+        model_group_alias={"quick": "fast"},
+        cache_responses=True,
+    )
+    messages = [{"role": "user", "content": "Through an alias"}]
+    first = router.completion(model="fast", messages=messages)
+    aliased = router.completion(model="quick", messages=messages)
+    assert text(aliased) == text(first) and aliased._hidden_params["cache_hit"] is True
+    assert aliased._hidden_params["mnimi"]["key"] == first._hidden_params["mnimi"]["key"]
+    assert sent(server) == 1
+
+
 # -- errors and installation ------------------------------------------------------------
 
 
