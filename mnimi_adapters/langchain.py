@@ -527,6 +527,80 @@ def _call_of(request: Request) -> _Call:
     return call
 
 
+def _secrets_of(chat: BaseChatModel, params: Mapping[str, Any]) -> list[str]:
+    """The credentials a wrapped model sends, longest first: its secret fields, the values
+    of its credential-named fields (a header mapping's longer values too) and the call's
+    credential-named keywords."""
+    found: set[str] = set()
+
+    def add(value: Any, shortest: int) -> None:
+        value = reveal_secret(value)
+        if isinstance(value, str) and len(value) >= shortest:
+            found.add(value)
+            # The token of "Bearer <token>": only long parts, the scheme is no secret.
+            found.update(part for part in value.split()[1:] if len(part) >= 8)
+
+    named = [(name, getattr(chat, name, None)) for name in type(chat).model_fields]
+    for name, value in [*named, *params.items()]:
+        if isinstance(value, SecretStr | Secret):
+            add(value, 4)
+        elif is_credential(name):
+            if isinstance(value, Mapping):  # headers: short values are ordinary words
+                for item in value.values():
+                    add(item, 8)
+            else:
+                add(value, 4)
+    return sorted(found, key=len, reverse=True)
+
+
+def _scrubbed(value: Any, secrets: Sequence[str]) -> Any:
+    """``value`` with every secret replaced by ``***`` in its strings, or ``value`` itself
+    (the same object) where none occurs."""
+    if isinstance(value, str):
+        text = value
+        for secret in secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return value if text == value else text
+    if isinstance(value, dict):
+        items = {k: _scrubbed(v, secrets) for k, v in value.items()}
+        changed = any(items[k] is not v for k, v in value.items())
+        return items if changed else value
+    if isinstance(value, list | tuple):
+        parts = [_scrubbed(v, secrets) for v in value]
+        if all(p is v for p, v in zip(parts, value, strict=True)):
+            return value
+        return parts if isinstance(value, list) else tuple(parts)
+    return value
+
+
+def _scrub_error(error: BaseException, secrets: Sequence[str]) -> None:
+    """Remove ``secrets`` from ``error`` in place, keeping its type: its ``args``, its
+    string (and dict or list) attributes, and the same for every exception in its
+    ``__cause__`` / ``__context__`` chain. A provider may echo the request's headers in
+    its refusal; users and LangGraph's ``RetryPolicy`` catch the wrapped model's own
+    exception classes, so the error is cleaned rather than replaced."""
+    if not secrets:
+        return
+    seen: set[int] = set()
+    todo: list[BaseException] = [error]
+    while todo:
+        link = todo.pop()
+        if id(link) in seen:
+            continue
+        seen.add(id(link))
+        args = _scrubbed(link.args, secrets)
+        if args is not link.args:
+            link.args = args
+        for name, value in list(getattr(link, "__dict__", {}).items()):
+            clean = _scrubbed(value, secrets)
+            if clean is not value:
+                with contextlib.suppress(AttributeError, TypeError):
+                    setattr(link, name, clean)
+        todo += [e for e in (link.__cause__, link.__context__) if e is not None]
+        todo += [e for e in getattr(link, "exceptions", ()) if isinstance(e, BaseException)]
+
+
 def _forward(sink: _Sink, total: BaseMessage | None, chunk: BaseMessage) -> BaseMessage:
     """Hand one chunk of a live stream to its reader; the sum of the chunks so far."""
     if sink.abandoned.is_set():
@@ -583,6 +657,22 @@ class WrappedChatModel(BatchedModel):
         return call, chat, kwargs
 
     def query(self, request: Request, n: int) -> list[str | Sample]:
+        try:
+            return self._query(request, n)
+        except Exception as error:
+            call = _call_of(request)
+            _scrub_error(error, _secrets_of(call.chat, request.params))
+            raise
+
+    async def aquery(self, request: Request, n: int) -> list[str | Sample]:
+        try:
+            return await self._aquery(request, n)
+        except Exception as error:
+            call = _call_of(request)
+            _scrub_error(error, _secrets_of(call.chat, request.params))
+            raise
+
+    def _query(self, request: Request, n: int) -> list[str | Sample]:
         call, chat, kwargs = self._arguments(request, n)
         stop = kwargs.pop("stop", None)
         if call.sink is not None and n == 1:
@@ -598,7 +688,7 @@ class WrappedChatModel(BatchedModel):
         result = chat.generate([call.messages], stop=stop, **kwargs)
         return list(_samples_of(result.generations[0]))
 
-    async def aquery(self, request: Request, n: int) -> list[str | Sample]:
+    async def _aquery(self, request: Request, n: int) -> list[str | Sample]:
         call, chat, kwargs = self._arguments(request, n)
         stop = kwargs.pop("stop", None)
         if call.sink is not None and n == 1:
