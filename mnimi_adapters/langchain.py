@@ -103,7 +103,16 @@ from langchain_core.tools import BaseTool
 from langchain_core.tracers.context import register_configure_hook
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, Secret, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    Secret,
+    SecretStr,
+    field_serializer,
+    model_validator,
+)
 
 from ._compat import InvocationParamsWithoutCredentials, in_runnable_context, private_attributes
 from .core import (
@@ -1191,6 +1200,14 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             # Wrapped like api_key, so that repr, model_dump and tracebacks never show them.
             self.model_kwargs = {k: _hide(k, v) for k, v in self.model_kwargs.items()}
         return self
+
+    @field_serializer("cache_dir", "slice_of")
+    def _dump_location(self, location: str | None) -> str | None:
+        """A Redis URL's password as ``***`` in ``model_dump`` and ``model_dump_json``, as in
+        the repr; a location without one is dumped as given."""
+        if location is None or not url_has_password(location):
+            return location
+        return shown_location(location)
 
     # -- LangChain plumbing ------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""No credential leaves MnimiChatModel in a wrapped model's provider error, whose type stays
-the wrapped model's own.
+"""No credential leaves MnimiChatModel: not in a wrapped model's provider error (whose type
+stays the wrapped model's own), not in a dump of a Redis cache location with its password.
 
 Real ChatOpenAI against the local sampling server (127.0.0.1), which can echo the request
 headers in a refusal as some gateways do.
@@ -17,9 +17,11 @@ import json
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
+from langchain_core.load import dumps
 from langchain_openai import ChatOpenAI
 
 from mnimi_adapters import independent
@@ -30,6 +32,7 @@ pytestmark = pytest.mark.integration
 
 KEY = "sk-wrapped-key-5c1e9a7d3b"
 HEADER_SECRET = "hdr-token-2f8b6d4a0c"
+PASSWORD = "redis-pw-8e4c2a6f1d"
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +140,26 @@ def test_an_error_without_a_credential_is_left_as_it_was(
     with pytest.raises(openai.AuthenticationError) as caught:
         wrapped().invoke("Pick a number.")
     assert "***" not in str(caught.value) and "Injected fault: HTTP 401" in str(caught.value)
+
+
+# -- a Redis password in the cache location ---------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["cache_dir", "slice_of"])
+def test_dumps_hide_a_redis_password(field: str, tmp_path: Path) -> None:
+    url = f"redis://:{PASSWORD}@127.0.0.1:6399/0"
+    other = str(tmp_path / "slice")
+    places: dict[str, Any] = (
+        {"cache_dir": url} if field == "cache_dir" else {"cache_dir": other, "slice_of": url}
+    )
+    wrapped = ChatOpenAI(model="mock-model", api_key=KEY)
+    for chat in (
+        MnimiChatModel(model="openai/mock-model", api_key=KEY, **places),
+        MnimiChatModel(model=wrapped, **places),
+    ):
+        dumped = chat.model_dump()
+        assert dumped[field].startswith("redis://:***@127.0.0.1:6399/0")
+        for text in (str(dumped), chat.model_dump_json(), repr(chat), dumps(chat)):
+            assert PASSWORD not in text and KEY not in text
+        # The field itself keeps the password: the store needs it.
+        assert getattr(chat, field) == url
