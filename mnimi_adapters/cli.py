@@ -1160,7 +1160,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "demo", help="Run the demo (all further arguments are passed on to it).", add_help=False
     )
+    parser.set_defaults(commands=frozenset(commands.choices))
     return parser
+
+
+def command_names() -> frozenset[str]:
+    """The names of ``mnimi``'s commands (``stats``, ``show``, ..., ``demo``)."""
+    names: frozenset[str] = build_parser().get_default("commands")
+    return names
 
 
 def _demo_argv(argv: Sequence[str]) -> list[str] | None:

@@ -222,3 +222,13 @@ def test_module_entry_point_help() -> None:
     )
     for option in ("--cache-dir", "--provider", "--fresh", CACHE_DIR_ENV):
         assert option in result.stdout
+
+
+def test_the_module_entry_point_runs_mnimi_commands_too(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mnimi_adapters", "stats", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "no cache at" in result.stderr

@@ -270,8 +270,12 @@ def _private_directory(path: Path, create: bool) -> bool:
                 + (f": its {DBNAME} is empty (a copy cut short?); copy it again" if empty else "")
             )
     elif not path.exists():
+        # The folders it makes on the way are private too (``~/.llm_cache`` for
+        # ``~/.llm_cache/project``): mkdir(parents=True) gives them the umask's mode.
+        missing = [path, *(parent for parent in path.parents if not parent.exists())]
         try:
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for folder in reversed(missing):
+                folder.mkdir(mode=0o700, exist_ok=True)
         except OSError as error:
             raise StoreError(f"cannot create cache directory {path}: {error.strerror}") from None
     return os.access(path, os.W_OK | os.X_OK)
