@@ -217,7 +217,7 @@ def _walk(story: _Story, models: _Models, cache_dir: Path) -> None:
         recorded = Independent(recorder)
         n1 = next(recorded.sample(PROMPT))
         n2 = next(recorded.sample(PROMPT))
-        say(f"   next(recorded.sample(prompt)) twice -> {n1!r}, {n2!r} (two fresh draws)")
+        say(f"   next(recorded.sample(prompt)) twice -> {n1!r}, {n2!r} (two distinct draws)")
         say("   Each call draws anew, as the model does; the cache only records the draws,")
         say("   so the next run replays them. Steps 2-3 sample through such a recorder too.")
     recorder.close()
