@@ -497,6 +497,8 @@ class _Sink:
         self.abandoned = threading.Event()
         #: The draw id of the sample streamed live, once it is complete.
         self.draw_id: str | None = None
+        #: Whether the live chunks' content was content blocks (a list), not a string.
+        self.blocks = False
 
     def put(self, item: Any) -> None:
         if self._ready is None or self._loop is None:
@@ -624,6 +626,46 @@ def _forward(sink: _Sink, total: BaseMessage | None, chunk: BaseMessage) -> Base
     return chunk
 
 
+def _as_invoked(message: BaseMessage) -> BaseMessage:
+    """A streamed answer in the shape the wrapped model's ``invoke`` gives it, so that a
+    later ``invoke`` replays what it would have received.
+
+    Only Anthropic's shape differs: its chunks add up to content blocks that keep the
+    stream's ``index`` and a tool call's arguments as ``partial_json`` beside an empty
+    ``input``, and a lone text block stays a list where ``invoke`` gives a string (as
+    ``ChatAnthropic._format_output`` does). Other models' streams are stored as they add
+    up. The OpenAI form of either shape, and so every key, is the same.
+    """
+    content = message.content
+    if not isinstance(content, list) or message.response_metadata.get("model_provider") != (
+        "anthropic"
+    ):
+        return message
+    blocks: list[Any] = []
+    for block in content:
+        if isinstance(block, dict) and ("index" in block or "partial_json" in block):
+            block = {k: v for k, v in block.items() if k != "index"}
+            if "partial_json" in block and not block.get("input"):
+                try:
+                    arguments = json.loads(block["partial_json"] or "{}")
+                except (TypeError, ValueError):  # cut short: left as streamed
+                    arguments = None
+                if isinstance(arguments, dict):
+                    del block["partial_json"]
+                    block["input"] = arguments
+        blocks.append(block)
+    shaped: str | list[Any] = blocks
+    if (
+        len(blocks) == 1
+        and isinstance(blocks[0], dict)
+        and blocks[0].get("type") == "text"
+        and isinstance(blocks[0].get("text"), str)
+        and not blocks[0].get("citations")
+    ):
+        shaped = blocks[0]["text"]
+    return message.model_copy(update={"content": shaped})
+
+
 class WrappedChatModel(BatchedModel):
     """The provider layer of ``MnimiChatModel(model=<a BaseChatModel>)``.
 
@@ -719,7 +761,8 @@ class WrappedChatModel(BatchedModel):
     def _streamed(sink: _Sink, total: BaseMessage | None) -> list[str | Sample]:
         if total is None:
             raise ProviderError("the wrapped model's stream ended without a chunk")
-        sample = _sample_of(total, new_draw_id(), None)
+        sample = _sample_of(_as_invoked(message_chunk_to_message(total)), new_draw_id(), None)
+        sink.blocks = not isinstance(total.content, str)
         sink.draw_id = sample.draw_id
         return [sample]
 
@@ -1737,10 +1780,9 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         if sink.draw_id is None:  # nothing went live: a stored sample
             yield from self._chunks(sample, model)
         elif sink.draw_id == sample.draw_id:
-            stored = _stored_message(sample)
-            content: str | list[Any] = (
-                "" if stored is None or isinstance(stored.content, str) else []
-            )
+            # Of the live chunks' kind: the stored content may be a string where they were
+            # blocks (_as_invoked), and a string would turn their sum into one.
+            content: str | list[Any] = [] if sink.blocks else ""
             facts = AIMessageChunk(
                 content=content, response_metadata=_facts(sample), chunk_position="last"
             )

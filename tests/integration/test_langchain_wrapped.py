@@ -609,6 +609,52 @@ def test_chat_anthropic_through_the_wrapper(server: SamplingServer, cache: str) 
     assert len(server.requests) == 5
 
 
+def without_ids(content: Any) -> Any:
+    if isinstance(content, list):
+        return [{k: v for k, v in block.items() if k != "id"} for block in content]
+    return content
+
+
+def test_an_anthropic_stream_replays_to_invoke_as_invoke_answers(
+    server: SamplingServer, cache: str
+) -> None:
+    server.reset()
+    anthropic = ChatAnthropic(
+        model="mock-claude", base_url=server.root_url, api_key=SECRET, max_retries=0
+    )
+    chat = MnimiChatModel(model=anthropic, cache_dir=cache)
+    bound, bare = chat.bind_tools([get_weather]), anthropic.bind_tools([get_weather])
+    question = "What is the weather in 'Paris'?"
+    own = bare.invoke(question)  # what ChatAnthropic's invoke gives
+    assert own.content[0]["input"] == {"city": "Paris"}
+
+    live = sum_chunks(list(bound.stream(question)))
+    assert live.content[0]["input"] == {}  # the stream's own shape, as ChatAnthropic streams
+    assert live.content[0]["partial_json"]
+    replayed = bound.invoke(question)
+    assert replayed.response_metadata["cache_hit"] is True
+    assert without_ids(replayed.content) == without_ids(own.content)
+    assert replayed.tool_calls == live.tool_calls
+    assert [c["args"] for c in replayed.tool_calls] == [{"city": "Paris"}]
+    again = sum_chunks(list(bound.stream(question)))
+    assert again.tool_calls == live.tool_calls and again.response_metadata["cache_hit"] is True
+
+    # With tools bound, ChatAnthropic streams text as blocks too; its invoke gives a lone
+    # text block as a string, and so does a replay.
+    assert isinstance(bare.invoke("Say hello.").content, str)
+    live = sum_chunks(list(bound.stream("Tell me a story.")))
+    assert isinstance(live.content, list) and live.content[0]["index"] == 0
+    text = "".join(b["text"] for b in live.content if isinstance(b, dict))
+    assert text and bound.invoke("Tell me a story.").content == text
+
+    async def astreamed() -> AIMessageChunk:
+        return sum_chunks([c async for c in bound.astream("What is the weather in 'Oslo'?")])
+
+    asyncio.run(astreamed())
+    assert bound.invoke("What is the weather in 'Oslo'?").content[0]["input"] == {"city": "Oslo"}
+    assert len(server.requests) == 5
+
+
 # -- LangGraph --------------------------------------------------------------------------
 
 
