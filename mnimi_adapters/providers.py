@@ -37,7 +37,7 @@ import tenacity
 from ._compat import LITELLM_DROPPED, LITELLM_KEYED, LITELLM_OPTIONS, response_cost
 from .core.errors import ProviderError, ProviderRequestError
 from .core.model import BatchedModel, afan_out, fan_out
-from .core.request import TRANSPORT_PARAMS, Request, is_credential, reveal_secret
+from .core.request import TRANSPORT_PARAMS, Request, is_credential, keyed_params, reveal_secret
 from .core.sample import Sample, new_draw_id, split_evenly
 
 __all__ = [
@@ -154,7 +154,10 @@ class LiteLLMRequest(Request):
     max_batch: int | None = None
 
     def sampling_params(self) -> dict[str, Any]:
-        return {k: v for k, v in self.params.items() if litellm_param_role(k) == "sampling"}
+        # keyed_params too: the credentials a listed or nested object carries stay out.
+        return keyed_params(
+            {k: v for k, v in self.params.items() if litellm_param_role(k) == "sampling"}
+        )
 
 
 # ---------------------------------------------------------------------------------------

@@ -146,25 +146,37 @@ def keyed_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
     A parameter that lists objects (``tools``, Anthropic's ``mcp_servers``) may carry a
     credential in each: an MCP server's ``authorization`` or ``headers`` say who calls it,
-    not what the model answers. They are still sent; only the key and the record lose them.
+    not what the model answers. So may a parameter that is an object of fields passed on
+    to the provider (``extra_body={"session_token": ...}``). They are still sent; only the
+    key and the record lose them. Only the object's own fields are looked at: deeper
+    down, a name is a tool's argument or a schema's property, which the model does see.
 
     Example:
         >>> keyed_params({"api_key": "sk", "tools": [{"type": "mcp", "headers": {}}]})
         {'tools': [{'type': 'mcp'}]}
+        >>> keyed_params({"extra_body": {"top_k": 5, "session_token": "t"}})
+        {'extra_body': {'top_k': 5}}
     """
     keyed = {}
     for name, value in params.items():
         if not is_sampling_param(name):
             continue
-        if type(value) is list and any(isinstance(item, Mapping) for item in value):
+        if isinstance(value, Mapping):
+            kept = _without_credentials(value)
+            if value and not kept:  # credentials alone: keyed as if not passed
+                continue
+            value = kept
+        elif type(value) is list and any(isinstance(item, Mapping) for item in value):
             value = [
-                {k: v for k, v in item.items() if not is_credential(k)}
-                if isinstance(item, Mapping)
-                else item
-                for item in value
+                _without_credentials(item) if isinstance(item, Mapping) else item for item in value
             ]
         keyed[name] = value
     return keyed
+
+
+def _without_credentials(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``fields`` without the ones named like credentials."""
+    return {k: v for k, v in fields.items() if not is_credential(k)}
 
 
 def canonical(value: Any) -> Any:

@@ -497,6 +497,13 @@ def test_credentials_are_never_stored(server: SamplingServer, cache: MnimiCache)
         n=2,
     )
     call(server, "Also secret")
+    # A credential in an object of provider fields is sent, and keyed as if not passed.
+    nested = call(server, "Nested", extra_body={"session_token": secret})
+    assert server.chat_requests()[-1].body["session_token"] == secret
+    assert (
+        nested._hidden_params["mnimi"]["key"]
+        == call(server, "Nested")._hidden_params["mnimi"]["key"]
+    )
     files = [p for p in Path(cache.path).rglob("*") if p.is_file()]
     assert files
     for path in files:

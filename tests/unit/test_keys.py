@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from mnimi_adapters.core import Request, request_key
-from mnimi_adapters.core.request import is_credential, request_record
+from mnimi_adapters.core.request import is_credential, keyed_params, request_record
+from mnimi_adapters.providers import LiteLLMRequest
 
 IDENTITY = {"model": "gpt-4o", "params": {"temperature": 1.0}}
 MESSAGES = ({"role": "user", "content": "Pick a number"},)
@@ -64,3 +65,17 @@ def test_credentials_of_any_provider_never_reach_a_key_or_record(tmp_path: Path)
     text = repr(record)
     assert not any(value in text for value in secrets.values())
     assert key(dict(secrets), identity) == key({}, {"model": "m", "params": {}})
+
+
+def test_a_credential_in_an_object_of_provider_fields_is_not_keyed() -> None:
+    # extra_body={"session_token": ...} is sent to the provider, never keyed or stored;
+    # deeper names (a tool's argument, a schema's property) are what the model sees.
+    body = {"top_k": 5, "session_token": "secret", "auth": {"key": "secret"}}
+    assert keyed_params({"extra_body": body}) == {"extra_body": {"top_k": 5}}
+    assert keyed_params({"extra_body": {"session_token": "secret"}}) == {}
+    schema = {"type": "object", "properties": {"password": {"type": "string"}}}
+    assert keyed_params({"response_format": {"type": "json_schema", "schema": schema}}) == {
+        "response_format": {"type": "json_schema", "schema": schema}
+    }
+    through_litellm = LiteLLMRequest(({"role": "user", "content": "hi"},), {"extra_body": body})
+    assert through_litellm.sampling_params() == {"extra_body": {"top_k": 5}}
