@@ -1207,15 +1207,16 @@ class MnimiCache(Cache):
                 # not reach the caller, who may change them, nor LiteLLM, which rewrites
                 # tool calls in place when it replays a stream.
                 message = copy.deepcopy(message)
-            choices.append(
-                {
-                    "index": index,
-                    "message": message,
-                    "finish_reason": sample.finish_reason or "stop",
-                    # As LiteLLM's conversion of a cached response adds it.
-                    "provider_specific_fields": {},
-                }
-            )
+            choice = {
+                "index": index,
+                "message": message,
+                "finish_reason": sample.finish_reason or "stop",
+                # As LiteLLM's conversion of a cached response adds it.
+                "provider_specific_fields": {},
+            }
+            if sample.logprobs is not None:
+                choice["logprobs"] = copy.deepcopy(sample.logprobs)
+            choices.append(choice)
         prompt_tokens = sum(s.prompt_tokens for s in samples)
         completion_tokens = sum(s.completion_tokens for s in samples)
         facts = _facts(samples)
@@ -1237,6 +1238,7 @@ class MnimiCache(Cache):
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
             },
+            "system_fingerprint": first.system_fingerprint,
             # Not a response field: LiteLLM copies unknown keys onto the response object.
             HIDDEN_PARAMS_FIELD: hidden,
         }

@@ -722,6 +722,7 @@ class LiteLLMModel(BatchedModel):
         prompt_shares = split_evenly(prompt_tokens, len(choices))
         completion_shares = split_evenly(completion_tokens, len(choices))
         cost = response_cost(response)
+        fingerprint = getattr(response, "system_fingerprint", None)
         samples = []
         for i, choice in enumerate(choices):
             message = getattr(choice, "message", None)
@@ -740,6 +741,8 @@ class LiteLLMModel(BatchedModel):
                     model=getattr(response, "model", None),
                     response_id=response_id,
                     cost=None if cost is None else cost / len(choices),
+                    logprobs=_plain_or_none(getattr(choice, "logprobs", None)),
+                    system_fingerprint=fingerprint if isinstance(fingerprint, str) else None,
                 )
             )
         return samples
@@ -863,6 +866,12 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+def _plain_or_none(value: Any) -> dict[str, Any] | None:
+    """A choice's ``logprobs`` object as a plain dict, or ``None`` when it holds nothing."""
+    plain = _plain(value) if value is not None else None
+    return plain if isinstance(plain, dict) and plain else None
 
 
 # ---------------------------------------------------------------------------------------

@@ -31,6 +31,9 @@ class Sample:
         response_id: Id of the provider response it came from (shared by the
             ``n`` choices of one response).
         cost: This sample's share of the response cost in USD, when known.
+        logprobs: The choice's token log probabilities as the provider gave them (an
+            OpenAI-style dict), when the request asked for them.
+        system_fingerprint: The backend configuration the provider reported, if any.
         origin: Where this draw was served from, set by the cache layers and
             never stored: ``key`` and ``index`` in the innermost cache's
             sequence, and ``cache_hit`` (no provider call was needed for it).
@@ -45,6 +48,8 @@ class Sample:
     created: float = field(default_factory=time.time)
     response_id: str | None = None
     cost: float | None = None
+    logprobs: dict[str, Any] | None = field(default=None, repr=False)
+    system_fingerprint: str | None = None
     origin: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -61,7 +66,7 @@ class Sample:
         changed): written out field by field, since ``dataclasses.asdict`` deep-copies
         every value, which made up half of what storing a sample cost.
         """
-        return {
+        stored = {
             "text": self.text,
             "message": self.message,
             "finish_reason": self.finish_reason,
@@ -72,6 +77,13 @@ class Sample:
             "response_id": self.response_id,
             "cost": self.cost,
         }
+        # Written only when present: a sample without them is stored as before, so an
+        # earlier version of the library still reads it.
+        if self.logprobs is not None:
+            stored["logprobs"] = self.logprobs
+        if self.system_fingerprint is not None:
+            stored["system_fingerprint"] = self.system_fingerprint
+        return stored
 
     @classmethod
     def from_dict(cls, data: Any) -> Sample:

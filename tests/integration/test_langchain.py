@@ -791,3 +791,15 @@ async def test_async_callbacks_see_each_streamed_chunk_once(chat: ChatFactory) -
     spy = TokenSpy()
     chunks = [c async for c in chat().astream("Tell me a story.", config={"callbacks": [spy]})]
     assert len(spy.tokens) == len(chunks)
+
+
+def test_the_system_fingerprint_is_kept_and_replayed(
+    server: SamplingServer, chat: ChatFactory
+) -> None:
+    model = chat()
+    miss, hit = model.invoke("Fingerprint"), model.invoke("Fingerprint")
+    assert hit.response_metadata["cache_hit"] is True
+    assert (
+        hit.response_metadata["system_fingerprint"] == miss.response_metadata["system_fingerprint"]
+    )
+    assert isinstance(miss.response_metadata["system_fingerprint"], str)

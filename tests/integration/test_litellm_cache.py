@@ -643,3 +643,50 @@ def test_a_mocked_answer_is_never_replayed_as_the_models(
 def test_an_alias_that_is_not_a_mapping_is_refused_with_an_example(cache_dir: Path) -> None:
     with pytest.raises(TypeError, match="alias must be a mapping"):
         MnimiCache(str(cache_dir), alias="mock")  # type: ignore[arg-type]
+
+
+class _WithLogprobs(litellm.CustomLLM):
+    """A LiteLLM custom provider (its public extension point) answering as OpenAI does
+    when asked for logprobs: token log probabilities and a system fingerprint."""
+
+    calls = 0
+
+    def completion(self, *args: Any, **kwargs: Any) -> litellm.ModelResponse:
+        type(self).calls += 1
+        token = {"token": "Hi", "logprob": -0.1, "bytes": [72, 105]}
+        return litellm.ModelResponse(
+            id=f"chatcmpl-{self.calls}",
+            model="fake-model",
+            system_fingerprint="fp_abc123",
+            choices=[
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "Hi"},
+                    "logprobs": {"content": [{**token, "top_logprobs": [token]}]},
+                }
+            ],
+            usage={"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+        )
+
+
+def test_a_hit_keeps_logprobs_and_the_system_fingerprint(
+    cache: MnimiCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        litellm,
+        "custom_provider_map",
+        [{"provider": "withlogprobs", "custom_handler": _WithLogprobs()}],
+    )
+    kwargs = {
+        "model": "withlogprobs/fake-model",
+        "messages": [{"role": "user", "content": "Say hi"}],
+        "logprobs": True,
+        "top_logprobs": 1,
+    }
+    miss = litellm.completion(**kwargs)
+    hit = litellm.completion(**kwargs)
+    assert _WithLogprobs.calls == 1 and hit._hidden_params["cache_hit"] is True
+    assert hit.system_fingerprint == miss.system_fingerprint == "fp_abc123"
+    assert hit.choices[0].logprobs.content[0].token == "Hi"
+    assert hit.choices[0].logprobs.content[0].logprob == miss.choices[0].logprobs.content[0].logprob

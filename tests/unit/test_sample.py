@@ -21,10 +21,19 @@ def _sample() -> Sample:
 
 
 def test_the_stored_form_holds_every_field_but_origin() -> None:
-    sample = _sample()
+    sample = dataclasses.replace(
+        _sample(), logprobs={"content": [{"token": "4", "logprob": -0.1}]}, system_fingerprint="fp"
+    )
     names = {f.name for f in dataclasses.fields(Sample)} - {"origin"}
     assert set(sample.to_dict()) == names
     assert sample.to_dict() == {n: v for n, v in dataclasses.asdict(sample).items() if n in names}
+    assert Sample.from_dict(json.loads(json.dumps(sample.to_dict()))) == sample
+
+
+def test_a_sample_without_logprobs_is_stored_as_before() -> None:
+    # An earlier version of the library reads it: no field it does not know.
+    stored = _sample().to_dict()
+    assert "logprobs" not in stored and "system_fingerprint" not in stored
 
 
 def test_the_stored_form_round_trips_through_json() -> None:
