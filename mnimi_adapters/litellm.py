@@ -163,11 +163,14 @@ def _plain_message(message: Any) -> dict[str, Any]:
 
 
 def _sampling_value(name: str, value: Any) -> Any:
-    """``response_format=SomePydanticModel`` becomes the JSON schema LiteLLM sends."""
+    """``response_format=SomePydanticModel`` becomes the JSON schema LiteLLM sends, and a
+    lone stop string the one-item list it means (OpenAI takes both), so both share a key."""
     if name == "response_format" and isinstance(value, type):
         from litellm.utils import type_to_response_format_param
 
         return type_to_response_format_param(value)
+    if name == "stop" and isinstance(value, str):
+        return [value]
     return value
 
 
@@ -256,6 +259,7 @@ def _drawn_alone(call: _Call, samples: list[Sample], facts: dict[str, Any]) -> A
     hidden = getattr(response, HIDDEN_PARAMS_FIELD, None)
     if isinstance(hidden, dict):
         hidden["mnimi"] = facts
+        hidden["cache_hit"] = False  # as a built answer of fresh samples says
         if call.call_id is not None:  # the caller's id, as a built answer keeps it
             hidden["litellm_call_id"] = call.call_id
     return response

@@ -330,6 +330,7 @@ async def test_concurrent_calls_in_one_independent_scope_get_distinct_samples(
     # LiteLLM call, not a second one to build the answer.
     assert all(r._hidden_params["additional_headers"] for r in responses)
     assert len({id(r) for r in responses}) == 6
+    assert all(r._hidden_params["cache_hit"] is False for r in responses)
     # The sequence holds exactly those six samples.
     assert set(texts(call(server, "Concurrent", n=6))) == set(answers)
     assert sum(r.body.get("n", 1) for r in server.chat_requests()) == drawn
@@ -690,3 +691,12 @@ def test_a_hit_keeps_logprobs_and_the_system_fingerprint(
     assert hit.system_fingerprint == miss.system_fingerprint == "fp_abc123"
     assert hit.choices[0].logprobs.content[0].token == "Hi"
     assert hit.choices[0].logprobs.content[0].logprob == miss.choices[0].logprobs.content[0].logprob
+
+
+def test_a_lone_stop_string_shares_the_key_of_its_list(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    first = call(server, "Stop", stop="END")
+    again = call(server, "Stop", stop=["END"])
+    assert again._hidden_params["cache_hit"] is True and text(again) == text(first)
+    assert [r.body["stop"] for r in server.chat_requests()] == [["END"]]
