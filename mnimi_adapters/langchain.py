@@ -1655,18 +1655,13 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         return await _agated(draw), draw.model
 
     def _metadata(self, sample: Sample, model: str) -> dict[str, Any]:
-        metadata = {
+        return {
             "model_name": model,
             "finish_reason": sample.finish_reason,
             **_facts(sample),
             "provider_model_name": sample.model,
+            **sample.provider_extras(),  # where ChatOpenAI puts them
         }
-        # Where ChatOpenAI puts them, when the provider gave them.
-        if sample.logprobs is not None:
-            metadata["logprobs"] = sample.logprobs
-        if sample.system_fingerprint is not None:
-            metadata["system_fingerprint"] = sample.system_fingerprint
-        return metadata
 
     def _generation(self, sample: Sample, model: str) -> ChatGeneration:
         replayed = _stored_message(sample, facts=True)

@@ -79,11 +79,13 @@ class Sample:
         }
         # Written only when present: a sample without them is stored as before, so an
         # earlier version of the library still reads it.
-        if self.logprobs is not None:
-            stored["logprobs"] = self.logprobs
-        if self.system_fingerprint is not None:
-            stored["system_fingerprint"] = self.system_fingerprint
+        stored.update(self.provider_extras())
         return stored
+
+    def provider_extras(self) -> dict[str, Any]:
+        """What only some providers give, when given: ``logprobs``, ``system_fingerprint``."""
+        extras = {"logprobs": self.logprobs, "system_fingerprint": self.system_fingerprint}
+        return {name: value for name, value in extras.items() if value is not None}
 
     @classmethod
     def from_dict(cls, data: Any) -> Sample:
