@@ -25,7 +25,7 @@ import inspect
 import os
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, Literal, TypeVar
 
@@ -47,14 +47,16 @@ class _Scope:
         self.generation = _generation
         self.warned = False
 
-    def continues(self) -> bool:
-        """Whether its calls continue cursors: an ``independent()`` in it or around it."""
+    def chain(self) -> Iterator[_Scope]:
+        """This scope, then the ones around it, innermost first."""
         scope: _Scope | None = self
         while scope is not None:
-            if scope.kind == "independent":
-                return self.caching()
+            yield scope
             scope = scope.parent
-        return False
+
+    def continues(self) -> bool:
+        """Whether its calls continue cursors: an ``independent()`` in it or around it."""
+        return self.caching() and any(scope.kind == "independent" for scope in self.chain())
 
     def wrap(self, layer: Layer) -> Layer:
         # Imported here because the layers import this module for no_cache().
@@ -71,12 +73,7 @@ class _Scope:
             return wrapped
 
     def caching(self) -> bool:
-        scope: _Scope | None = self
-        while scope is not None:
-            if scope.kind == "no_cache":
-                return False
-            scope = scope.parent
-        return True
+        return all(scope.kind != "no_cache" for scope in self.chain())
 
 
 class ScopeWarning(UserWarning):
@@ -145,12 +142,8 @@ def _borrowed() -> _Scope | None:
         holders = [scopes for scopes in _open.values() if scopes]
     if len(holders) == 1:
         innermost = holders[0][-1]
-        chain: list[_Scope] = []
-        scope: _Scope | None = innermost
-        while scope is not None:
-            chain.append(scope)
-            scope = scope.parent
-        if all(any(open_scope is link for link in chain) for open_scope in holders[0]):
+        nested = {id(scope) for scope in innermost.chain()}
+        if all(id(open_scope) in nested for open_scope in holders[0]):
             return innermost
     if holders:
         warnings.warn(
