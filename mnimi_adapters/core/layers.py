@@ -152,9 +152,7 @@ class CacheLayer(Wrapper):
         self.store = store
         self.replication = replication
         #: Where each consumed sample's key and position is written, if anywhere.
-        self.recorder = (
-            record if record is None or isinstance(record, RunRecorder) else (RunRecorder(record))
-        )
+        self.recorder = RunRecorder(record) if isinstance(record, str | os.PathLike) else record
         self._lock = threading.Lock()
         self._refills: dict[str, _InFlight] = {}
         self._inner_cursors: dict[str, Cursor] = {}
