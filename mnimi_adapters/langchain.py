@@ -134,6 +134,7 @@ from .core.request import (
     is_credential,
     is_sampling_param,
     reveal_secret,
+    stop_list,
 )
 from .core.sample import new_draw_id, split_evenly, stream_pieces
 from .core.scopes import caching_enabled
@@ -909,12 +910,6 @@ _PREDRAWN: contextvars.ContextVar[tuple[tuple[int, str], _Outcome] | None] = con
 )
 
 
-def _stop_list(stop: str | Sequence[str]) -> list[str]:
-    """Stop sequences as a list: a lone string is one sequence (as OpenAI takes it), not
-    one per character."""
-    return [stop] if isinstance(stop, str) else list(stop)
-
-
 def _group_draw(draw: _Draw, size: int) -> _Draw:
     """One draw for ``size`` identical calls: ``size`` times the samples where each call
     continues the sequence, once where each replays it."""
@@ -1366,7 +1361,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             params["ls_max_tokens"] = max_tokens
         stop = stop if stop is not None else self.stop
         if stop:
-            params["ls_stop"] = _stop_list(stop)
+            params["ls_stop"] = stop_list(stop)
         return params
 
     # -- layers -------------------------------------------------------------------------
@@ -1566,7 +1561,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         params = self._request_defaults()
         if stop is not None:
             if stop:
-                params["stop"] = _stop_list(stop)
+                params["stop"] = stop_list(stop)
             else:
                 params.pop("stop", None)
         for key, value in kwargs.items():

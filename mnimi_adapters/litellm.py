@@ -123,6 +123,7 @@ from .core.model import Cursor, Layer, Model
 from .core.request import (
     Request,
     request_key,
+    stop_list,
 )
 from .core.sample import Sample
 from .core.scopes import caching_enabled, scoped
@@ -170,7 +171,7 @@ def _sampling_value(name: str, value: Any) -> Any:
 
         return type_to_response_format_param(value)
     if name == "stop" and isinstance(value, str):
-        return [value]
+        return stop_list(value)
     return value
 
 

@@ -14,7 +14,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -177,6 +177,17 @@ def keyed_params(params: Mapping[str, Any]) -> dict[str, Any]:
 def _without_credentials(fields: Mapping[str, Any]) -> dict[str, Any]:
     """``fields`` without the ones named like credentials."""
     return {k: v for k, v in fields.items() if not is_credential(k)}
+
+
+def stop_list(stop: str | Sequence[str]) -> list[str]:
+    """Stop sequences as a list: a lone string is one sequence (as OpenAI takes it), not
+    one per character, and keys as the one-item list it means.
+
+    Example:
+        >>> stop_list("END"), stop_list(("a", "b"))
+        (['END'], ['a', 'b'])
+    """
+    return [stop] if isinstance(stop, str) else list(stop)
 
 
 def canonical(value: Any) -> Any:
