@@ -80,6 +80,13 @@ class _Refill:
     reached: int | None = None
 
 
+#: What a cursor's read of a missing position found: the sequence's length then, and
+#: :attr:`CacheLayer.refills_ended` just before the read.
+_Read = tuple[int, int]
+#: No read to go by: the length is read under the lock.
+_UNREAD: _Read = (0, -1)
+
+
 @dataclass
 class _InFlight:
     """A key's refills in flight, oldest first, and how many samples they will add.
@@ -159,6 +166,8 @@ class CacheLayer(Wrapper):
         self._ordered_locks: dict[str, threading.Lock] = {}
         self._stats: Counter[str] = Counter()
         self._landings = _Landings(store)
+        #: Refills ended so far: a length read before the latest one may be stale.
+        self.refills_ended = 0
 
     def open(self, request: Request) -> Cursor:
         if not caching_enabled():
@@ -191,15 +200,20 @@ class CacheLayer(Wrapper):
     # wanting positions an extension in flight will fill just wait for it.
 
     def _plan(
-        self, request: Request, key: str, index: int, batch: int, is_async: bool
+        self, request: Request, key: str, index: int, batch: int, is_async: bool, read: _Read
     ) -> tuple[_Refill, bool] | None:
         """Decide, atomically, how position ``index`` of ``key`` gets filled.
+
+        ``read`` is the length the caller's read of the position found, if any, and
+        the count of refills ended before it: unless one ended since, this process has
+        not appended to the store since, and the length is not read again.
 
         Returns ``None`` when it is stored, else a refill and whether it is the
         caller's to run (True) or one in flight to wait for (False).
         """
         with self._lock:
-            stored = self.store.length(key)
+            length, ended = read
+            stored = length if ended == self.refills_ended else self.store.length(key)
             if stored > index:
                 return None
             in_flight = self._refills.get(key)
@@ -286,6 +300,7 @@ class CacheLayer(Wrapper):
             in_flight.pending -= refill.count
             if not in_flight.refills:
                 del self._refills[key]
+            self.refills_ended += 1
         if not refill.done.done():
             refill.done.set_result(None)
 
@@ -298,7 +313,7 @@ class CacheLayer(Wrapper):
             raise
 
     def _steps(
-        self, request: Request, key: str, index: int, batch: int, is_async: bool
+        self, request: Request, key: str, index: int, batch: int, is_async: bool, read: _Read
     ) -> Iterator[tuple[_Refill, Cursor | None]]:
         """What to do, in turn, until position ``index`` of ``key`` is stored.
 
@@ -306,7 +321,8 @@ class CacheLayer(Wrapper):
         to run with the inner cursor it draws from. Written once for :meth:`extend` and
         :meth:`aextend`, which only wait and run.
         """
-        while (plan := self._plan(request, key, index, batch, is_async)) is not None:
+        while (plan := self._plan(request, key, index, batch, is_async, read)) is not None:
+            read = _UNREAD
             refill, mine = plan
             if mine:
                 yield refill, self._start(request, key, refill)
@@ -320,9 +336,11 @@ class CacheLayer(Wrapper):
             if refill.reached is not None and refill.reached > index:
                 return  # stored: planning again would only read the length once more
 
-    def extend(self, request: Request, key: str, index: int, batch: int) -> None:
+    def extend(
+        self, request: Request, key: str, index: int, batch: int, read: _Read = _UNREAD
+    ) -> None:
         """Make sure position ``index`` of ``key``'s sequence is stored."""
-        for refill, cursor in self._steps(request, key, index, batch, is_async=False):
+        for refill, cursor in self._steps(request, key, index, batch, False, read):
             if cursor is None:
                 refill.done.result()
             elif cursor.ordered:
@@ -330,11 +348,13 @@ class CacheLayer(Wrapper):
             else:
                 _KEEPER.call(functools.partial(self._fill, request, key, cursor, refill))
 
-    async def aextend(self, request: Request, key: str, index: int, batch: int) -> None:
+    async def aextend(
+        self, request: Request, key: str, index: int, batch: int, read: _Read = _UNREAD
+    ) -> None:
         """Async :meth:`extend`."""
         # Shielded: a caller that times out must neither cancel a refill others
         # wait for nor throw away samples already paid for (law 6).
-        for refill, cursor in self._steps(request, key, index, batch, is_async=True):
+        for refill, cursor in self._steps(request, key, index, batch, True, read):
             if cursor is None:
                 await asyncio.shield(asyncio.wrap_future(refill.done))
             elif cursor.ordered:
@@ -631,21 +651,23 @@ class _ReplayCursor(Cursor):
 
     def take(self, request: Request, batch: int) -> list[Sample]:
         with self._claimed() as index:
-            sample = self._layer.store.get(self._key, index)
-            hit = sample is not None
-            if sample is None:
-                self._layer.extend(request, self._key, index, batch)
-                sample = self._read(index)
-        return [self._serve(sample, index, hit)]
+            ended = self._layer.refills_ended  # before the read: a refill may end during it
+            found = self._layer.store.read(self._key, index)
+            hit = isinstance(found, Sample)
+            if not isinstance(found, Sample):
+                self._layer.extend(request, self._key, index, batch, (found, ended))
+                found = self._read(index)
+        return [self._serve(found, index, hit)]
 
     async def atake(self, request: Request, batch: int) -> list[Sample]:
         with self._claimed() as index:
-            sample = self._layer.store.get(self._key, index)
-            hit = sample is not None
-            if sample is None:
-                await self._layer.aextend(request, self._key, index, batch)
-                sample = self._read(index)
-        return [self._serve(sample, index, hit)]
+            ended = self._layer.refills_ended
+            found = self._layer.store.read(self._key, index)
+            hit = isinstance(found, Sample)
+            if not isinstance(found, Sample):
+                await self._layer.aextend(request, self._key, index, batch, (found, ended))
+                found = self._read(index)
+        return [self._serve(found, index, hit)]
 
     def _serve(self, sample: Sample, index: int, hit: bool) -> Sample:
         self._layer._note(hit=hit)

@@ -109,6 +109,8 @@ def test_append_reads_and_record(store: RedisStore) -> None:
     assert store.length("k") == 5
     assert [store.get("k", i) for i in range(5)] == [*first, *more]
     assert store.get("k", 5) is None and store.get("other", 0) is None
+    assert store.read("k", 4) == more[1]  # a sample, or past the end the length:
+    assert store.read("k", 5) == 5 and store.read("other", 0) == 0
     assert store.has_draw("k", first[1].draw_id) and not store.has_draw("k", "nope")
     info = store.info("k")
     assert info is not None

@@ -13,6 +13,7 @@ from support import NumberModel
 from mnimi_adapters.core import Independent, Persistent
 from mnimi_adapters.core.errors import CorruptStoreError
 from mnimi_adapters.core.layers import CacheLayer
+from mnimi_adapters.core.request import Request
 from mnimi_adapters.core.sample import Sample
 from mnimi_adapters.core.stores import (
     Appended,
@@ -30,7 +31,7 @@ class CountingStore(ReadThroughStore):
     def __init__(self, inner: SequenceStore) -> None:
         super().__init__(inner)
         self.reads: Counter[str] = Counter()
-        inner_get, inner_length = inner.get, inner.length
+        inner_get, inner_length, inner_read = inner.get, inner.length, inner.read
 
         def get(key: str, index: int) -> Sample | None:
             self.reads["get"] += 1
@@ -40,7 +41,11 @@ class CountingStore(ReadThroughStore):
             self.reads["length"] += 1
             return inner_length(key)
 
-        inner.get, inner.length = get, length  # type: ignore[method-assign]
+        def read(key: str, index: int) -> Sample | int:
+            self.reads["read"] += 1
+            return inner_read(key, index)
+
+        inner.get, inner.length, inner.read = get, length, read  # type: ignore[method-assign]
 
 
 @pytest.mark.parametrize("kind", ["memory", "disk"])
@@ -53,17 +58,53 @@ def test_an_append_names_the_position_of_its_first_sample(kind: str, tmp_path: P
     assert store.get("k", 2) == again[0]
 
 
+@pytest.mark.parametrize("kind", ["memory", "disk", "read-through"])
+def test_a_read_gives_the_sample_or_past_the_end_the_length(kind: str, tmp_path: Path) -> None:
+    store: SequenceStore = MemoryStore() if kind == "memory" else DiskStore(tmp_path)
+    if kind == "read-through":
+        store = ReadThroughStore(store)
+    added = store.append("k", [Sample(text="a"), Sample(text="b")], {"model": "m"})
+    assert store.read("k", 1) == added[1] and store.read("k", 0) == added[0]
+    assert store.read("k", 2) == 2 and store.read("k", 9) == 2 and store.read("other", 0) == 0
+
+
+def test_a_read_names_a_damaged_length(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path)
+    store.append("k", [Sample(text="a")], {"model": "m"})
+    store._cache.set("n:k", "three")  # type: ignore[union-attr]
+    with pytest.raises(CorruptStoreError, match="n:k"):
+        store.read("k", 1)
+
+
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
-def test_a_miss_reads_the_position_and_the_length_once_each(tmp_path: Path, is_async: bool) -> None:
+def test_a_miss_reads_the_store_once(tmp_path: Path, is_async: bool) -> None:
     store = CountingStore(DiskStore(tmp_path))
     layer = Independent(CacheLayer(NumberModel(), store))
     if is_async:
         drawn = asyncio.run(layer.adraw("Pick a number", 1))
     else:
         drawn = layer.draw("Pick a number", 1)
-    # The sample drawn is served from the copy the append left, not read back.
-    assert store.reads == Counter(get=1, length=1)
+    # The position and the length in one read; the sample drawn is served from the
+    # copy the append left, not read back.
+    assert store.reads == Counter(read=1)
     assert drawn[0].origin is not None and drawn[0].origin["cache_hit"] is False
+
+
+def test_a_refill_ended_since_the_read_makes_the_plan_read_the_length_again(
+    tmp_path: Path,
+) -> None:
+    store = CountingStore(DiskStore(tmp_path))
+    layer = CacheLayer(NumberModel(), store)
+    request = Request.of("Pick a number")
+    key = layer.key_of(request)
+    ended = layer.refills_ended
+    read = store.read(key, 0)
+    assert read == 0
+    layer.draw(request, 1)  # another caller fills position 0 meanwhile
+    store.reads.clear()
+    layer.extend(request, key, 0, 1, (read, ended))
+    # Planned on the stale length, position 0 would have been drawn a second time.
+    assert store.reads["length"] == 1 and store.length(key) == 1
 
 
 def test_positions_still_come_from_the_store_when_it_does_not_say(tmp_path: Path) -> None:
@@ -98,6 +139,26 @@ def test_a_batch_of_appends_fails_only_the_damaged_one(
     assert (good.start, other.start, other.end) == (0, 1, 3)
     assert [store.get("good", i).text for i in range(3)] == ["a", "c", "d"]  # type: ignore[union-attr]
     assert store.get("bad", 1) is None
+
+
+def test_appends_to_one_key_in_a_batch_each_get_what_they_added(tmp_path: Path) -> None:
+    """Written as one append, they answer as appends one after the other would."""
+    store = DiskStore(tmp_path)
+    record = {"model": "m", "messages": []}
+    store.append("k", [Sample(text="held", draw_id="h")], record)
+    a, b, c = Sample(text="a", draw_id="a"), Sample(text="b", draw_id="b"), Sample(text="c")
+    first, repeated, last = store.append_many(
+        [
+            ("k", [Sample(text="again", draw_id="h"), a, b], record),
+            ("k", [Sample(text="b again", draw_id="b")], record),  # law 3
+            ("k", [c], record),
+        ]
+    )
+    assert (list(first), first.start) == ([a, b], 1)
+    assert (list(repeated), repeated.start) == ([], 3)
+    assert (list(last), last.start) == ([c], 3)
+    assert [store.get("k", i).text for i in range(4)] == ["held", "a", "b", "c"]  # type: ignore[union-attr]
+    assert store.length("k") == 4 and store.check().problems == []
 
 
 def test_concurrent_misses_land_together_and_each_gets_its_own_sample(tmp_path: Path) -> None:

@@ -205,6 +205,15 @@ class SequenceStore(ABC):
     def length(self, key: str) -> int:
         """How many samples ``key``'s sequence holds."""
 
+    def read(self, key: str, index: int) -> Sample | int:
+        """Sample ``index`` of ``key``'s sequence or, past its end, the sequence's length.
+
+        What a cache reads first: a miss then knows how far the sequence reaches. A
+        store that can read both at once (one SQL statement) does.
+        """
+        sample = self.get(key, index)
+        return self.length(key) if sample is None else sample
+
     @abstractmethod
     def has_draw(self, key: str, draw_id: str) -> bool:
         """Whether ``key``'s sequence already holds the draw ``draw_id``."""

@@ -232,6 +232,29 @@ def _inline(value: Any) -> Any:
     return value
 
 
+def _joined(parts: Sequence[Sequence[Sample]]) -> Sequence[Sample]:
+    return parts[0] if len(parts) == 1 else [sample for part in parts for sample in part]
+
+
+def _split(added: Appended, parts: Sequence[Sequence[Sample]]) -> list[Appended]:
+    """What one append of ``parts`` joined added, as the appends of each part would have.
+
+    ``added`` keeps the order of the samples given, minus the draws already held, so
+    each part's share is contiguous and follows the shares before it.
+    """
+    shares: list[Appended] = []
+    taken = 0
+    for part in parts:
+        share: list[Sample] = []
+        for sample in part:
+            if taken < len(added) and added[taken] is sample:
+                share.append(sample)
+                taken += 1
+        start = None if added.start is None else added.start + taken - len(share)
+        shares.append(Appended(share, start))
+    return shares
+
+
 def is_store_directory(path: Path) -> bool:
     """Whether the directory ``path`` holds a store's database."""
     return (path / DBNAME).is_file()
@@ -505,6 +528,14 @@ class DiskStore(SequenceStore):
             raw = self._value(f"s:{key}:{index}")
         return None if raw is None else decode_sample(raw, key, index)
 
+    def read(self, key: str, index: int) -> Sample | int:
+        name, length = f"s:{key}:{index}", f"n:{key}"
+        with self._sqlite(f"reading sample #{index} of key {key}"):
+            found = {row[0]: row[1:] for row in self._sql(_ROWS.format("?, ?"), (name, length))}
+            if name in found:
+                return decode_sample(self._decoded(name, found[name]), key, index)
+            return self._length(key, self._decoded(length, found.get(length)))
+
     def length(self, key: str) -> int:
         with self._sqlite(f"reading the length of key {key}"):
             return self._length(key, self._value(f"n:{key}"))
@@ -531,24 +562,37 @@ class DiskStore(SequenceStore):
             return self._append_rows(cache._con, key, samples, record)
 
     def append_many(self, batch: Sequence[Batched]) -> list[Appended | Exception]:
-        """Several appends in one transaction, each in a savepoint of its own.
+        """Several appends in one transaction, each key's in a savepoint of its own.
 
-        A damaged sequence fails its own append only; a failure of the database
+        The appends to one key (concurrent misses of one request, landing together)
+        are written as one: one read of its length, record and draws, one write of the
+        length and record; each caller still gets its own samples and their positions.
+        A damaged sequence fails the appends to it only; a failure of the database
         (a full disk, say) fails them all, and stores none.
         """
         cache = self._writable(f"store samples of {len(batch)} keys")
-        outcomes: list[Appended | Exception] = []
-        with self._sqlite(f"appending to {len(batch)} keys"), cache.transact():
+        by_key: dict[str, list[int]] = {}
+        for position, (key, _, _) in enumerate(batch):
+            by_key.setdefault(key, []).append(position)
+        outcomes: list[Appended | Exception] = [Appended()] * len(batch)
+        with self._sqlite(f"appending to {len(by_key)} keys"), cache.transact():
             connection = cache._con
-            for key, samples, record in batch:
+            for key, positions in by_key.items():
+                parts = [batch[position][1] for position in positions]
                 connection.execute("SAVEPOINT mnimi_append")
                 try:
-                    outcomes.append(self._append_rows(connection, key, samples, record))
+                    # One key, one request: the records of its appends are the same.
+                    record = batch[positions[0]][2]
+                    added = self._append_rows(connection, key, _joined(parts), record)
                 except sqlite3.Error:
                     raise  # the database failed, not this sequence: the whole batch did
-                except Exception as error:  # this sequence's damage, for its caller alone
+                except Exception as error:  # this sequence's damage, for its callers alone
                     connection.execute("ROLLBACK TO mnimi_append")
-                    outcomes.append(error)
+                    for position in positions:
+                        outcomes[position] = error
+                else:
+                    for position, part in zip(positions, _split(added, parts), strict=True):
+                        outcomes[position] = part
                 connection.execute("RELEASE mnimi_append")
         return outcomes
 

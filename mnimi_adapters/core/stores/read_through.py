@@ -39,6 +39,15 @@ class ReadThroughStore(SequenceStore):
                 self._keep(key, index, sample)
         return sample
 
+    def read(self, key: str, index: int) -> Sample | int:
+        kept = self._samples.get((key, index))
+        if kept is not None:
+            return kept
+        found = self.inner.read(key, index)
+        if isinstance(found, Sample):
+            self._keep(key, index, found)
+        return found
+
     def _keep(self, key: str, index: int, sample: Sample) -> None:
         with self._lock:
             if len(self._samples) >= self._capacity:

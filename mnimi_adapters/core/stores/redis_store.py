@@ -483,9 +483,22 @@ class RedisStore(SequenceStore):
             raw = self._client.hget(self._samples(key), str(index))
         return None if raw is None else decode_sample(raw, key, index)
 
+    def read(self, key: str, index: int) -> Sample | int:
+        # One round trip for both: a miss then needs no second one for the length.
+        with self._talking(f"reading sample #{index} of key {key}"):
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hget(self._samples(key), str(index))
+            pipe.hget(self._record(key), "length")
+            raw, length = pipe.execute()
+        return self._length(key, length) if raw is None else decode_sample(raw, key, index)
+
     def length(self, key: str) -> int:
         with self._talking(f"reading the length of key {key}"):
             raw = self._client.hget(self._record(key), "length")
+        return self._length(key, raw)
+
+    def _length(self, key: str, raw: Any) -> int:
+        """The length in ``key``'s record field ``length`` (``None``: no record, so 0)."""
         if raw is None:
             return 0
         try:
