@@ -40,7 +40,6 @@ import threading
 import weakref
 from collections import Counter
 from collections.abc import (
-    AsyncGenerator,
     AsyncIterator,
     Callable,
     Generator,
@@ -103,6 +102,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.tracers.context import register_configure_hook
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
+from langsmith import tracing_context
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -671,11 +671,22 @@ class WrappedChatModel(BatchedModel):
     """The provider layer of ``MnimiChatModel(model=<a BaseChatModel>)``.
 
     A refill runs the calling ``MnimiChatModel``'s own wrapped model (its client, its
-    credentials, its retries and rate limiter) through LangChain's public ``generate``,
-    ``agenerate``, ``stream`` and ``astream``, with LangChain's own cache switched off for
-    the call, since that cache would answer every refill with one generation. The layer is
-    shared by every wrapped model of one identity (:func:`wrapped_identity`), so copies
-    that differ only in credentials share sequences, and a scope's cursor.
+    credentials, its retries and rate limiter) through LangChain's public ``generate``
+    and ``stream``, with LangChain's own cache switched off for the call, since that
+    cache would answer every refill with one generation. The layer is shared by every
+    wrapped model of one identity (:func:`wrapped_identity`), so copies that differ only
+    in credentials share sequences, and a scope's cursor.
+
+    The wrapped model's run is the wrapper's implementation, not a second model call of
+    the user's: it runs with its own callbacks only, untraced, so that the handlers of
+    the caller's run (LangGraph's ``stream_mode="messages"``, ``astream_events``,
+    tracers) see each token once, from the ``MnimiChatModel`` run.
+
+    An async miss runs the same synchronous path on a refill thread. Async HTTP clients
+    belong to the event loop that first used them (``langchain-openai`` shares one per
+    endpoint between all its models, upstream issue langchain-ai/langchain#35783), while
+    a refill must outlive the caller's loop (law 6): on any other loop it would break the
+    user's own models. LangChain itself runs a model without async code this way.
     """
 
     def __init__(self, identity: dict[str, Any]) -> None:
@@ -717,45 +728,24 @@ class WrappedChatModel(BatchedModel):
             raise
 
     async def aquery(self, request: Request, n: int) -> list[str | Sample]:
-        try:
-            return await self._aquery(request, n)
-        except Exception as error:
-            call = _call_of(request)
-            _scrub_error(error, _secrets_of(call.chat, request.params))
-            raise
+        return await asyncio.wrap_future(start_apart(functools.partial(self.query, request, n)))
 
     def _query(self, request: Request, n: int) -> list[str | Sample]:
         call, chat, kwargs = self._arguments(request, n)
         stop = kwargs.pop("stop", None)
-        if call.sink is not None and n == 1:
-            total: BaseMessage | None = None
-            chunks = cast(
-                Generator[BaseMessage, None, None],
-                chat.stream(call.messages, stop=stop, **kwargs),
-            )
-            with contextlib.closing(chunks):  # an abandoned stream closes the connection
-                for chunk in chunks:
-                    total = _forward(call.sink, total, chunk)
-            return self._streamed(call.sink, total)
-        result = chat.generate([call.messages], stop=stop, **kwargs)
-        return list(_samples_of(result.generations[0]))
-
-    async def _aquery(self, request: Request, n: int) -> list[str | Sample]:
-        call, chat, kwargs = self._arguments(request, n)
-        stop = kwargs.pop("stop", None)
-        if call.sink is not None and n == 1:
-            total: BaseMessage | None = None
-            chunks = cast(
-                AsyncGenerator[BaseMessage, None],
-                chat.astream(call.messages, stop=stop, **kwargs),
-            )
-            try:
-                async for chunk in chunks:
-                    total = _forward(call.sink, total, chunk)
-            finally:
-                await chunks.aclose()
-            return self._streamed(call.sink, total)
-        result = await chat.agenerate([call.messages], stop=stop, **kwargs)
+        # Its own callbacks only: none of the caller's run (see the class docstring).
+        with tracing_context(enabled=False):
+            if call.sink is not None and n == 1:
+                total: BaseMessage | None = None
+                chunks = cast(
+                    Generator[BaseMessage, None, None],
+                    chat.stream(call.messages, {"callbacks": []}, stop=stop, **kwargs),
+                )
+                with contextlib.closing(chunks):  # an abandoned stream closes the connection
+                    for chunk in chunks:
+                        total = _forward(call.sink, total, chunk)
+                return self._streamed(call.sink, total)
+            result = chat.generate([call.messages], stop=stop, callbacks=[], **kwargs)
         return list(_samples_of(result.generations[0]))
 
     @staticmethod

@@ -218,6 +218,43 @@ def test_mnimicache_keeps_what_a_call_cut_short_paid_for(tmp_path: Path) -> None
     assert len(stored(tmp_path)) == 3
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("how", ["ainvoke", "astream"])
+def test_a_wrapped_chat_model_keeps_what_a_call_cut_short_paid_for(
+    tmp_path: Path, how: str
+) -> None:
+    """Its async miss outlives the caller's event loop, as every refill does."""
+    from langchain_openai import ChatOpenAI
+
+    from mnimi_adapters.langchain import MnimiChatModel
+
+    with SamplingServer(seed=3, latency=0.8) as server:
+        chat = ChatOpenAI(model="mock-model", base_url=server.url, api_key="sk-test")
+        wrapped = MnimiChatModel(model=chat, cache_dir=str(tmp_path))
+
+        async def call() -> None:
+            if how == "ainvoke":
+                await wrapped.ainvoke(PROMPT)
+            else:
+                async for _ in wrapped.astream(PROMPT):
+                    pass
+
+        async def main() -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(call(), 0.2)
+
+        asyncio.run(main())
+        assert wait_for_refills(30)
+        server.latency = 0.0
+        if how == "ainvoke":  # a whole answer paid for is kept, and replayed
+            replay = wrapped.invoke(PROMPT)
+            assert len(server.chat_requests()) == 1 and len(stored(tmp_path)) == 1
+            assert replay.response_metadata["cache_hit"] is True
+        else:  # a stream given up half-way stores nothing (issue 11), and no position
+            with DiskStore(tmp_path) as store:
+                assert list(store.keys()) == []
+
+
 LITELLM_CALL_THEN_EXIT = """
 import asyncio, contextlib
 import litellm
