@@ -111,6 +111,7 @@ from pydantic import (
     Secret,
     SecretStr,
     field_serializer,
+    field_validator,
     model_validator,
 )
 
@@ -1105,7 +1106,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             selects another model (with its own sequences). Or a LangChain chat model
             to wrap, e.g. ``ChatOpenAI(model="gpt-4o-mini")``.
         temperature: Sampling temperature.
-        cache_dir: Directory of the persistent sample store.
+        cache_dir: Directory of the persistent sample store (a ``str`` or ``Path``), or
+            a Redis URL.
         slice_of: A bigger cache (directory or Redis URL) that ``cache_dir`` is a slice
             of: calls read through it (drawing into it on a miss), and ``cache_dir``
             receives exactly the prefix of each sequence the run used, as
@@ -1194,6 +1196,17 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         values["model_kwargs"] = model_kwargs
         return values
 
+    @field_validator("cache_dir", "slice_of", mode="before")
+    @classmethod
+    def _location_text(cls, value: Any) -> Any:
+        """A ``pathlib.Path`` is taken as its text, as ``Persistent`` takes it; an empty
+        location (an unset variable) would make the current directory a cache."""
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(f"the cache location {value!r} is empty: give a directory")
+        return value
+
     @model_validator(mode="after")
     def _check_source(self) -> MnimiChatModel:
         if self.layer is None and not self.model:
@@ -1204,11 +1217,20 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         if isinstance(self.model, BaseChatModel):
             if isinstance(self.model, MnimiChatModel):
                 raise TypeError("MnimiChatModel cannot wrap another MnimiChatModel")
-            clash = sorted(f for f in _WRAPPED_MODEL_FIELDS if f in self.model_fields_set)
-            if clash or self.model_kwargs:
-                settings = ", ".join(clash or sorted(self.model_kwargs))
+            # Compared with the defaults, not just given: configurable_fields() and
+            # model_copy() rebuild the wrapper with every field given.
+            fields = type(self).model_fields
+            clash = sorted(
+                name
+                for name in _WRAPPED_MODEL_FIELDS
+                if getattr(self, name) != fields[name].get_default(call_default_factory=True)
+            )
+            if clash:
+                belong = "belongs" if len(clash) == 1 else "belong"
                 raise ValueError(
-                    f"{settings} belong to the wrapped {type(self.model).__name__}; set them there"
+                    f"{', '.join(clash)} {belong} to the wrapped {type(self.model).__name__}; "
+                    "set it there (for a choice at run time, configurable_alternatives() "
+                    "of wrappers)"
                 )
         if self.layer is not None:
             if self.model:

@@ -20,10 +20,11 @@ from langchain_core.caches import InMemoryCache
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.globals import get_llm_cache, set_llm_cache
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
+from langchain_core.runnables import ConfigurableField
 from langchain_openai import ChatOpenAI
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from test_langchain import agent_loop, get_weather
 
 from mnimi_adapters import ReplicationCacheMiss, independent, no_cache, repeatable
@@ -833,3 +834,32 @@ def test_an_async_miss_leaves_the_users_own_models_working(
     assert all(text.split()[0].isdigit() for text in texts)
     assert wrapped.cache_stats()["samples_stored"] == 1  # the miss's answer was kept
     assert sent(server) == 3 if order == "plain first" else 2
+
+
+def test_the_cache_location_may_be_a_path_but_not_empty(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], tmp_path: Path
+) -> None:
+    chat = MnimiChatModel(model=openai(), cache_dir=tmp_path / "cache")  # type: ignore[arg-type]
+    assert chat.invoke(NUMBER).content == chat.invoke(NUMBER).content and sent(server) == 1
+    assert chat.cache_dir == str(tmp_path / "cache")
+    for empty in ("", " "):
+        with pytest.raises(ValidationError, match="is empty"):
+            MnimiChatModel(model=openai(), cache_dir=empty)
+
+
+def test_settings_of_the_wrapped_model_are_refused_on_the_wrapper_and_fields_configurable(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    with pytest.raises(ValidationError, match="temperature belongs to the wrapped ChatOpenAI"):
+        MnimiChatModel(model=openai(), cache_dir=cache, temperature=0.2)
+    chat = MnimiChatModel(model=openai(), cache_dir=cache)
+    # configurable_fields() rebuilds the wrapper with every field given: not a clash.
+    aliased = chat.configurable_fields(alias=ConfigurableField(id="alias"))
+    first = aliased.with_config(configurable={"alias": "mine"}).invoke(NUMBER)
+    again = aliased.with_config(configurable={"alias": "mine"}).invoke(NUMBER)
+    assert first.content == again.content and sent(server) == 1
+    unaliased = chat.invoke(NUMBER).response_metadata["cache_key"]
+    assert first.response_metadata["cache_key"] != unaliased
+    hotter = chat.configurable_fields(temperature=ConfigurableField(id="t"))
+    with pytest.raises(ValidationError, match="configurable_alternatives"):
+        hotter.with_config(configurable={"t": 0.2}).invoke(NUMBER)

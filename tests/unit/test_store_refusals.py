@@ -165,6 +165,19 @@ def test_a_url_is_never_taken_for_a_directory(
     assert list(tmp_path.iterdir()) == []  # no directory was made of it
 
 
+@pytest.mark.parametrize("location", ["", "  "])
+def test_an_empty_location_is_refused(
+    location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unset variable must not make the current directory a cache."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoreError, match="is empty"):
+        Persistent(NumberModel(), location)
+    code, err = run_cli("stats", location)
+    assert code == 2 and "is empty" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_url_refused_hides_its_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(StoreError) as raised:

@@ -411,15 +411,21 @@ def is_redis_url(location: object) -> bool:
 
 
 def check_directory_location(location: str | os.PathLike[str]) -> None:
-    """Refuse a cache directory path that is a URL, e.g. a Redis URL mistyped.
+    """Refuse a cache directory path that is empty, or a URL (a Redis URL mistyped).
 
-    ``Path`` would make ``redis:/host`` or ``http://host`` a directory under the
-    current one, and a run would fill it in silence instead of the shared cache.
+    ``Path`` would make ``""`` the current directory, and ``redis:/host`` or
+    ``http://host`` a directory under it: a run would fill it in silence instead of
+    the cache meant (an unset variable, a typo).
 
     Raises:
-        StoreError: ``location`` starts with a URL scheme.
+        StoreError: ``location`` is empty or blank, or starts with a URL scheme.
     """
     text = str(location)
+    if not text.strip():
+        raise StoreError(
+            f'cache location {text!r} is empty: give a directory ("." for the current '
+            "one) or a Redis URL"
+        )
     found = _URL_LIKE.match(text)
     if found is None:
         return
