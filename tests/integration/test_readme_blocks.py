@@ -123,6 +123,7 @@ def offline(
         "ChatAnthropic(": partner_models,
         "chain.invoke": langchain,
         "StateGraph": langchain,
+        "with_retry(": langchain,
         "MnimiCache(": lambda: {"msgs": [{"role": "user", "content": QUESTION}]},
         "query_retry(": lambda: {
             "model": Persistent(TaggedAnswers("tagged", 1.0), tmp_path / "structured"),
@@ -156,6 +157,9 @@ def test_readme_block_runs_as_written(
     if "answers" in namespace:
         assert len(set(namespace["answers"])) == 3
         assert server.requests and all(r.status == 200 for r in server.requests)
+    if "even" in namespace:  # each attempt drew anew until one was accepted
+        assert namespace["even"] % 2 == 0
+        assert len(server.chat_requests()) > 1  # the first answer was rejected
     if "graph" in namespace:
         # The second run replays every attempt: no request reaches the server.
         before = len(server.chat_requests())
