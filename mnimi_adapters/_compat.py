@@ -407,14 +407,110 @@ def wrap_entry_points(handlers: Mapping[str, EntryHandler]) -> None:
             setattr(litellm, name, _entry(original, handler))
 
 
+#: LiteLLM's public functions that send a request but are neither named in its ``CallTypes``
+#: nor made by its ``client`` decorator, so :func:`request_entry_points` finds them by name:
+#: token counting at the provider (``acount_tokens`` posts to its ``input_tokens``
+#: endpoint) and health checks, whose point is to reach the provider.
+_UNTYPED_SENDERS: Final = ("acount_tokens", "ahealth_check", "realtime_health_check")
+
+#: LiteLLM's public functions that call its ``completion``, ``acompletion``, ``responses`` or
+#: ``aresponses`` as LiteLLM's own modules imported them (not the module attributes
+#: MnimiCache wraps), with the caller's keyword arguments. The cache still answers those
+#: calls, through LiteLLM's cache handler, which the caller's cache switches would skip.
+_ROUTED: Final = (
+    "text_completion",
+    "completion_with_retries",
+    "acompletion_with_retries",
+    "responses_with_retries",
+    "aresponses_with_retries",
+    "adapter_completion",
+    "aadapter_completion",
+    "aresponses_api_with_mcp",
+)
+
+
+def routed_entry_points() -> list[str]:
+    """The names of LiteLLM's functions that reach a cache only through its cache handler.
+
+    Why: LiteLLM decides to skip ``litellm.cache`` for a call with ``caching=False`` or
+    ``cache={"no-cache": True}`` in its ``client`` wrapper. ``text_completion``, the
+    ``*_with_retries`` helpers and the adapters hand the caller's keyword arguments to
+    LiteLLM's own ``completion``/``responses``, not to the wrapped module attributes, so a
+    replication cache must drop the switches on the way in (see :data:`_ROUTED`).
+    """
+    import litellm
+
+    return [name for name in _ROUTED if callable(getattr(litellm, name, None))]
+
+
+def _client_codes() -> frozenset[Any]:
+    """The code objects of the two wrappers LiteLLM's ``client`` decorator makes."""
+    from litellm.utils import client
+
+    def probe() -> None:
+        """Decorated only to read the wrapper's code."""
+
+    async def aprobe() -> None:
+        """Decorated only to read the wrapper's code."""
+
+    return frozenset({client(probe).__code__, client(aprobe).__code__})
+
+
+def _made_by_client(function: Any, codes: frozenset[Any]) -> bool:
+    """Whether ``function``, or one it wraps (``functools.wraps``), is a ``client`` wrapper."""
+    for _ in range(8):  # a few decorators deep at most; never loop on a cycle
+        if function is None:
+            return False
+        if getattr(function, "__code__", None) in codes:
+            return True
+        function = getattr(function, "__wrapped__", None)
+    return False
+
+
+def _module_functions() -> dict[str, Any]:
+    """The public functions of the ``litellm`` module, the lazily exported ones included.
+
+    ``litellm`` imports some attributes on first access (its ``__getattr__``, from the
+    registry ``litellm._lazy_imports_registry.LITELLM_ATTRIBUTES``): ``update_eval`` is
+    one. Those whose module is already imported are read (which imports nothing); the
+    others (LiteLLM's agent harness) are left alone, as importing them has side effects.
+    """
+    import importlib
+    import importlib.util
+
+    import litellm
+
+    found = {
+        name: value
+        for name, value in vars(litellm).items()
+        if not name.startswith("_") and inspect.isfunction(value)
+    }
+    try:
+        from litellm._lazy_imports_registry import LITELLM_ATTRIBUTES
+    except ImportError:  # a LiteLLM without the registry exports everything eagerly
+        return found
+    for name, (module, _attribute) in LITELLM_ATTRIBUTES.items():
+        if name in found or name.startswith("_"):
+            continue
+        if importlib.util.resolve_name(module, "litellm") not in sys.modules:
+            continue
+        value = getattr(litellm, name, None)
+        if inspect.isfunction(value):
+            found[name] = value
+    return found
+
+
 def request_entry_points(answered: frozenset[str]) -> list[str]:
     """The names of LiteLLM's public functions that send a request, except ``answered``.
 
     Why: a replication cache sends nothing, whatever the caller does, and LiteLLM has
     some 150 entry points besides ``completion`` (embeddings, images, speech, rerank,
-    batches, files, ...), a list that grows with each release. LiteLLM names each of
-    them in its public ``CallTypes`` enum (what its callbacks receive as ``call_type``);
-    the module-level functions of those names are the ones to refuse.
+    batches, files, evals, skills, ...), a list that grows with each release. LiteLLM
+    names most of them in its public ``CallTypes`` enum (what its callbacks receive as
+    ``call_type``); the rest (``list_batches``, ``image_variation``, the evals, agents and
+    skills, ``video_status``) are made by its ``client`` decorator (``litellm.utils.client``,
+    not documented), whose wrapper functions all share one code object; a few more send
+    without either (:data:`_UNTYPED_SENDERS`).
 
     Args:
         answered: The entry points the cache answers itself.
@@ -422,11 +518,12 @@ def request_entry_points(answered: frozenset[str]) -> list[str]:
     import litellm
     from litellm.types.utils import CallTypes
 
-    return [
-        call.value
-        for call in CallTypes
-        if call.value not in answered and callable(getattr(litellm, call.value, None))
-    ]
+    codes = _client_codes()
+    names = {call.value for call in CallTypes} | set(_UNTYPED_SENDERS)
+    names |= {name for name, value in _module_functions().items() if _made_by_client(value, codes)}
+    return sorted(
+        name for name in names if name not in answered and callable(getattr(litellm, name, None))
+    )
 
 
 def responses_stream_events(response: Any) -> list[Any]:
@@ -627,6 +724,8 @@ def private_attributes(model: Any) -> dict[str, Any]:
 PRIVATE_SYMBOLS: Final = (
     ("threading", "_register_atexit"),
     ("litellm.types.utils", "all_litellm_params"),
+    ("litellm.utils", "client"),
+    ("litellm._lazy_imports_registry", "LITELLM_ATTRIBUTES"),
     ("litellm.caching.caching", "Cache"),
     ("litellm.caching.caching_handler", "_should_defer_streaming_cache_hit_callbacks"),
     ("litellm.litellm_core_utils.streaming_handler", "CustomStreamWrapper"),

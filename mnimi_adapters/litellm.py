@@ -57,6 +57,13 @@ No caller can skip a replication cache, through three mechanisms (see ``_compat`
 * DSPy sets ``litellm.cache = None`` on its first LiteLLM call; the wrapped entry points
   put the newest installed cache back.
 
+Text completions reach the cache through ``completion``: ``litellm.atext_completion``,
+which LiteLLM sends past every cache, runs the sync ``text_completion`` on a worker thread
+instead, and the helpers that hand the caller's switches to LiteLLM's own ``completion``
+(``text_completion``, the ``*_with_retries`` functions, the adapters) are wrapped to drop
+them too. Every other LiteLLM entry point that sends a request is refused by a replication
+cache before it sends.
+
 ``litellm.responses``/``aresponses`` (the Responses API) are answered from the sequences
 too, by the same laws and switches (see ``_responses``): the ``input`` (a string or a
 list of items) takes the place of the messages, ``instructions`` is keyed like the
@@ -113,6 +120,7 @@ from ._compat import (
     patch_stream_hit_check,
     request_entry_points,
     route_dspy_through_litellm,
+    routed_entry_points,
     tell_logging_about_hit,
     without_cache_switches,
     wrap_entry_points,
@@ -587,14 +595,13 @@ def _newest_installed() -> MnimiCache | None:
         return None
 
 
-def _answering_cache(args: tuple[Any, ...], kwargs: dict[str, Any]) -> MnimiCache | None:
-    """The cache that answers a call of a wrapped entry point, if one does.
+def _steered(kwargs: dict[str, Any]) -> MnimiCache | None:
+    """The newest installed cache, once it has had its say on a call of a wrapped entry point.
 
-    Drops the call's cache switches when the newest installed cache overrides them, and
-    puts that cache back when ``litellm.cache`` was reset to ``None`` behind its back
-    (DSPy does so on its first LiteLLM call in a process). ``None``: LiteLLM handles the
-    call as it is (a positional ``completion`` still reaches the cache through LiteLLM's
-    handler).
+    Drops the call's cache switches when that cache overrides them, and puts it back when
+    ``litellm.cache`` was reset to ``None`` behind its back (DSPy does so on its first
+    LiteLLM call in a process). ``None``: no cache is installed, or the call is our own
+    provider layer's.
     """
     cache = _newest_installed()
     if cache is None or in_provider_call():
@@ -603,7 +610,17 @@ def _answering_cache(args: tuple[Any, ...], kwargs: dict[str, Any]) -> MnimiCach
         litellm.cache = cache
     if cache.replication or cache.dspy:
         without_cache_switches(kwargs)
-    if args or litellm.cache is not cache or has_cache_switches(kwargs):
+    return cache
+
+
+def _answering_cache(args: tuple[Any, ...], kwargs: dict[str, Any]) -> MnimiCache | None:
+    """The cache that answers a call of a wrapped entry point, if one does (see ``_steered``).
+
+    ``None``: LiteLLM handles the call as it is (a positional ``completion`` still reaches
+    the cache through LiteLLM's handler).
+    """
+    cache = _steered(kwargs)
+    if cache is None or args or litellm.cache is not cache or has_cache_switches(kwargs):
         return None
     return cache
 
@@ -642,11 +659,50 @@ async def _ahandle(
 #: The sampling parameter a DSPy call's ``rollout_id`` is keyed as (see ``_compat``).
 DSPY_ROLLOUT: Final = "dspy_rollout_id"
 
-#: The entry points a MnimiCache answers (text completions reach it through completion).
+#: The entry points a MnimiCache answers (text completions reach it through completion,
+#: async ones through the sync one: see ``_ahandle_text_completion``).
 _ANSWERED: Final = frozenset(
     {"completion", "acompletion", "text_completion", "atext_completion"}
     | {"responses", "aresponses"}
 )
+
+
+def _handle_routed(
+    original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``litellm.text_completion``, ``completion_with_retries``, ... (see ``_compat``).
+
+    They call LiteLLM's own ``completion`` (or ``responses``), which reaches the cache
+    through LiteLLM's cache handler: only the cache switches a replication cache overrides
+    need dropping on the way.
+    """
+    _steered(kwargs)
+    return original(*args, **kwargs)
+
+
+async def _ahandle_routed(
+    original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Async :func:`_handle_routed`."""
+    _steered(kwargs)
+    return await original(*args, **kwargs)
+
+
+async def _ahandle_text_completion(
+    original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``litellm.atext_completion``: answered as ``litellm.text_completion`` is.
+
+    LiteLLM runs an async text completion as the sync one on a worker thread, flagged
+    ``acompletion=True``, and its client wrapper skips every cache for a call so flagged:
+    a replication cache never saw it, and the request was sent. While a cache answers, the
+    sync text completion runs on a worker thread without the flag, so it reaches the cache
+    through ``completion`` as a sync call does (a miss drawn there is stored even if the
+    caller stops waiting). Its stream, replayed from the cache, iterates with ``async for``.
+    """
+    if _answering_cache((), kwargs) is None:
+        return await original(*args, **kwargs)
+    return await asyncio.to_thread(litellm.text_completion, *args, **kwargs)
 
 
 def _refuse_under_replication(original: Callable[..., Any]) -> None:
@@ -675,6 +731,11 @@ async def _ahandle_uncached(
     """Async :func:`_handle_uncached`."""
     _refuse_under_replication(original)
     return await original(*args, **kwargs)
+
+
+def _is_async(name: str) -> bool:
+    """Whether LiteLLM's entry point ``name`` is a coroutine function (wrapped or not)."""
+    return inspect.iscoroutinefunction(getattr(litellm, name))
 
 
 def _routing_dspy() -> bool:
@@ -822,16 +883,21 @@ class MnimiCache(Cache):
                     "acompletion": _ahandle,
                     "responses": handle_responses,
                     "aresponses": ahandle_responses,
+                    "atext_completion": _ahandle_text_completion,
+                }
+            )
+            wrap_entry_points(
+                {
+                    name: _ahandle_routed if _is_async(name) else _handle_routed
+                    for name in routed_entry_points()
                 }
             )
             if self.replication:
                 # Nothing leaves the process: LiteLLM's other entry points are refused.
                 wrap_entry_points(
                     {
-                        name: _ahandle_uncached
-                        if inspect.iscoroutinefunction(getattr(litellm, name))
-                        else _handle_uncached
-                        for name in request_entry_points(_ANSWERED)
+                        name: _ahandle_uncached if _is_async(name) else _handle_uncached
+                        for name in request_entry_points(_ANSWERED | set(routed_entry_points()))
                     }
                 )
             if self.replication or self.dspy:

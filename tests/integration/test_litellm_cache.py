@@ -306,6 +306,26 @@ async def test_async_streaming_hit(server: SamplingServer, cache: MnimiCache) ->
     assert sent(server) == 1
 
 
+async def test_async_text_completions_are_cached_as_sync_ones_are(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    # LiteLLM sends a chat model's text completions as chat completions: the same
+    # sequence as the chat call of the prompt. Async ones skipped every cache before.
+    options = {"model": "openai/gpt-4o-mini", "api_base": server.url, "api_key": API_KEY}
+    first = (await litellm.atext_completion(prompt="Text", **options)).choices[0].text
+    again = await litellm.atext_completion(prompt="Text", **options)
+    assert again.choices[0].text == first
+    assert again._hidden_params["cache_hit"] is True
+    assert litellm.text_completion(prompt="Text", **options).choices[0].text == first
+    stream = await litellm.atext_completion(prompt="Text", stream=True, **options)
+    pieces = [chunk.choices[0].text async for chunk in stream if chunk.choices]
+    assert "".join(piece or "" for piece in pieces) == first
+    with independent():
+        fresh = [await litellm.atext_completion(prompt="Text", **options) for _ in range(2)]
+    assert [answer.choices[0].text == first for answer in fresh] == [True, False]
+    assert sent(server) == 2
+
+
 # -- async and concurrency -------------------------------------------------------------
 
 

@@ -1,8 +1,9 @@
 """A replication MnimiCache answers every LiteLLM call, whatever switches the caller passes.
 
-Real ``litellm.completion``, ``acompletion`` and ``Router`` calls against the local sampling
-server: a call is served from the store or raises ``ReplicationCacheMiss``, and the server's
-log shows that nothing was sent (law 5).
+Real ``litellm.completion``, ``acompletion`` and ``Router`` calls, and LiteLLM's other entry
+points, sync and async, against the local sampling server: a call is served from the store
+or raises ``ReplicationCacheMiss`` (or, for what the cache does not answer, ``MnimiError``),
+and the server's log shows that nothing was sent (law 5).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ pytestmark = pytest.mark.integration
 API_KEY = "sk-test"
 MODEL = "openai/mock-model"
 GROUP = "chat"
+#: A model whose text completions LiteLLM sends as chat completions (it sends those of other
+#: ``openai/`` models to ``/v1/completions``, which the local server does not serve).
+TEXT_MODEL = "openai/gpt-4o-mini"
 
 #: The per-call switches that make LiteLLM skip its cache.
 SWITCHES: dict[str, dict[str, Any]] = {
@@ -244,5 +248,144 @@ def test_litellm_calls_the_cache_does_not_answer_are_refused_by_a_replica(
             litellm.image_generation(model="openai/dall-e-3", prompt="a cat", **endpoint)
         with pytest.raises(MnimiError, match="not cached"):
             litellm.moderation(input="hi", **endpoint)
+    replica.close()
+    assert server.requests == []
+
+
+# -- every entry point, async ones especially ---------------------------------------------
+#
+# Each call below reaches the local server when nothing stops it (``api_base``); the ones
+# marked were sent by a replication cache before it stopped them: LiteLLM's async text
+# completion (the sync one flagged ``acompletion=True``, which skips every cache), the
+# ``client``-made entry points LiteLLM's ``CallTypes`` does not name, the untyped senders,
+# and the helpers that hand the caller's cache switches to LiteLLM's own ``completion``.
+
+Endpoint = dict[str, Any]
+
+
+async def _drained(stream: Awaitable[Any]) -> list[Any]:
+    return [chunk async for chunk in await stream]
+
+
+async def _tool(call: Any) -> dict[str, Any]:
+    return {"role": "tool", "tool_call_id": call.id, "content": "1"}
+
+
+_TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+
+ASYNC_CALLS: dict[str, Callable[[Endpoint], Awaitable[Any]]] = {
+    "acompletion": lambda e: litellm.acompletion(model=MODEL, messages=messages("N"), **e),
+    "aresponses": lambda e: litellm.aresponses(model=MODEL, input="N", caching=False, **e),
+    # sent before:
+    "atext_completion": lambda e: litellm.atext_completion(model=TEXT_MODEL, prompt="N", **e),
+    "atext_completion stream": lambda e: _drained(
+        litellm.atext_completion(model=TEXT_MODEL, prompt="N", stream=True, **e)
+    ),
+    "atext_completion caching=False": lambda e: litellm.atext_completion(
+        model=TEXT_MODEL, prompt="N", caching=False, **e
+    ),
+    "aembedding": lambda e: litellm.aembedding(model="openai/embedder", input=["N"], **e),
+    "aimage_generation": lambda e: litellm.aimage_generation(
+        model="openai/dall-e-3", prompt="N", **e
+    ),
+    "amoderation": lambda e: litellm.amoderation(input="N", **e),
+    # sent before:
+    "aimage_variation": lambda e: litellm.aimage_variation(
+        image=b"N", model="openai/dall-e-2", **e
+    ),
+    "alist_batches": lambda e: litellm.alist_batches(custom_llm_provider="openai", **e),
+    "alist_evals": lambda e: litellm.alist_evals(custom_llm_provider="openai", **e),
+    "avideo_status": lambda e: litellm.avideo_status(video_id="v", model="openai/sora-2", **e),
+    "acount_tokens": lambda e: litellm.acount_tokens(model=TEXT_MODEL, messages=messages("N"), **e),
+    "realtime_health_check": lambda e: litellm.realtime_health_check(
+        model="gpt-4o-realtime", custom_llm_provider="openai", **e
+    ),
+    "acompletion_with_retries caching=False": lambda e: litellm.acompletion_with_retries(
+        model=MODEL, messages=messages("N"), caching=False, num_retries=1, **e
+    ),
+    "aresponses_with_retries caching=False": lambda e: litellm.aresponses_with_retries(
+        model=MODEL, input="N", caching=False, num_retries=1, **e
+    ),
+    # through litellm.acompletion, wrapped: answered (a miss) before and after
+    "async_completion_with_fallbacks caching=False": lambda e: (
+        litellm.async_completion_with_fallbacks(
+            model=MODEL, messages=messages("N"), fallbacks=[MODEL], caching=False, **e
+        )
+    ),
+    "arun_tool_loop caching=False": lambda e: litellm.arun_tool_loop(
+        model=MODEL, messages=messages("N"), tools=_TOOLS, execute_tool=_tool, caching=False, **e
+    ),
+}
+
+SYNC_CALLS: dict[str, Callable[[Endpoint], Any]] = {
+    "text_completion": lambda e: litellm.text_completion(model=TEXT_MODEL, prompt="N", **e),
+    # sent before:
+    "text_completion caching=False": lambda e: litellm.text_completion(
+        model=TEXT_MODEL, prompt="N", caching=False, **e
+    ),
+    "text_completion no-cache": lambda e: litellm.text_completion(
+        model=TEXT_MODEL, prompt="N", cache={"no-cache": True}, **e
+    ),
+    "completion_with_retries caching=False": lambda e: litellm.completion_with_retries(
+        model=MODEL, messages=messages("N"), caching=False, num_retries=1, **e
+    ),
+    "responses_with_retries caching=False": lambda e: litellm.responses_with_retries(
+        model=MODEL, input="N", caching=False, num_retries=1, **e
+    ),
+    "image_variation": lambda e: litellm.image_variation(image=b"N", model="openai/dall-e-2", **e),
+    "list_batches": lambda e: litellm.list_batches(custom_llm_provider="openai", **e),
+    "list_evals": lambda e: litellm.list_evals(custom_llm_provider="openai", **e),
+    "video_status": lambda e: litellm.video_status(video_id="v", model="openai/sora-2", **e),
+}
+
+
+@pytest.fixture
+def replica(server: SamplingServer, tmp_path: Path) -> Iterator[MnimiCache]:
+    """A replication cache over an empty store: a replica of a run that made no call."""
+    open_store(tmp_path).close()
+    server.reset()
+    with MnimiCache(str(tmp_path), replication=True) as installed:
+        yield installed
+    installed.close()
+
+
+@pytest.mark.parametrize("name", ASYNC_CALLS)
+def test_no_async_entry_point_sends_under_replication(
+    server: SamplingServer, replica: MnimiCache, name: str
+) -> None:
+    endpoint = {"api_base": server.url, "api_key": API_KEY}
+    # A miss or a refusal, in LiteLLM's wrapping at most (a fallback loop re-raises it).
+    with pytest.raises(Exception) as raised:
+        asyncio.run(ASYNC_CALLS[name](endpoint))
+    assert isinstance(raised.value, MnimiError) or "replication mode" in str(raised.value)
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("name", SYNC_CALLS)
+def test_no_sync_entry_point_sends_under_replication(
+    server: SamplingServer, replica: MnimiCache, name: str
+) -> None:
+    with pytest.raises(MnimiError):
+        SYNC_CALLS[name]({"api_base": server.url, "api_key": API_KEY})
+    assert server.requests == []
+
+
+def test_text_completions_are_answered_from_the_store_sync_and_async(
+    server: SamplingServer, tmp_path: Path
+) -> None:
+    options = {"model": TEXT_MODEL, "prompt": "Recorded", "api_base": server.url}
+    server.reset()
+    with MnimiCache(str(tmp_path)) as recorder:
+        recorded = litellm.text_completion(**options, api_key=API_KEY).choices[0].text
+    recorder.close()
+    assert len(server.requests) == 1
+    server.reset()
+    with MnimiCache(str(tmp_path), replication=True) as replica:
+        for switches in ({}, *SWITCHES.values()):
+            answer = asyncio.run(litellm.atext_completion(**options, api_key=API_KEY, **switches))
+            assert answer.choices[0].text == recorded
+            assert litellm.text_completion(**options, **switches).choices[0].text == recorded
+        chunks = asyncio.run(_drained(litellm.atext_completion(**options, stream=True)))
+        assert "".join(c.choices[0].text or "" for c in chunks if c.choices) == recorded
     replica.close()
     assert server.requests == []
