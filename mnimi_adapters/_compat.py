@@ -377,6 +377,10 @@ def _entry(original: Callable[..., Any], handler: EntryHandler) -> Callable[...,
     return entry
 
 
+#: Per wrapped entry point's name, LiteLLM's function and the wrapper put in its place.
+_WRAPPED: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
+
+
 def wrap_entry_points(handlers: Mapping[str, EntryHandler]) -> None:
     """Route LiteLLM's public entry points (``completion``, ...) through ``handlers``.
 
@@ -392,8 +396,8 @@ def wrap_entry_points(handlers: Mapping[str, EntryHandler]) -> None:
     time (the Router, DSPy's LiteLLM engine, ``litellm.completion(...)``) goes through it;
     one that bound ``from litellm import completion`` before the cache was installed
     reaches the cache through LiteLLM's cache handler instead. The wrappers stay in place
-    for good (a handler with no cache installed calls the original at once), as
-    uninstalling one cache must not unwrap another.
+    while any cache is installed (a handler whose cache is gone calls the original at
+    once), and :func:`unwrap_entry_points` puts LiteLLM's functions back.
 
     Args:
         handlers: Per entry point's name, the handler of its calls (a coroutine function
@@ -404,7 +408,24 @@ def wrap_entry_points(handlers: Mapping[str, EntryHandler]) -> None:
     for name, handler in handlers.items():
         original = getattr(litellm, name)
         if not getattr(original, "_mnimi_wrapped", False):
-            setattr(litellm, name, _entry(original, handler))
+            wrapper = _entry(original, handler)
+            _WRAPPED[name] = (original, wrapper)
+            setattr(litellm, name, wrapper)
+
+
+def unwrap_entry_points() -> None:
+    """Put back the LiteLLM functions :func:`wrap_entry_points` replaced.
+
+    An entry point someone wrapped again since (its module attribute is no longer our
+    wrapper) is left as it is: their wrapper calls ours, which with no cache installed
+    calls LiteLLM's function at once.
+    """
+    import litellm
+
+    for name, (original, wrapper) in _WRAPPED.items():
+        if getattr(litellm, name, None) is wrapper:
+            setattr(litellm, name, original)
+    _WRAPPED.clear()
 
 
 #: LiteLLM's public functions that send a request but are neither named in its ``CallTypes``

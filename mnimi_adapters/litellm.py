@@ -122,6 +122,7 @@ from ._compat import (
     route_dspy_through_litellm,
     routed_entry_points,
     tell_logging_about_hit,
+    unwrap_entry_points,
     without_cache_switches,
     wrap_entry_points,
 )
@@ -872,7 +873,8 @@ class MnimiCache(Cache):
         # Imported here: the Responses API's answers are built on this module.
         from ._responses import ahandle_responses, handle_responses
 
-        with self._lock:
+        # One lock for every cache: installs and uninstalls edit one chain of caches.
+        with _installed_lock:
             if self._installed:
                 return self
             patch_stream_hit_check()
@@ -906,27 +908,35 @@ class MnimiCache(Cache):
             self._previous = litellm.cache
             litellm.cache = self
             self._installed = True
-        with _installed_lock:
             _installed.append(self)
         return self
 
     def uninstall(self) -> None:
         """Restore the ``litellm.cache`` that was set before :meth:`install`.
 
-        If another cache replaced this one in the meantime, it is left in place.
+        If another cache replaced this one in the meantime, it is left in place, and
+        whatever would have put this one back puts this one's previous cache back instead:
+        caches may be uninstalled in any order. Once no MnimiCache is installed, LiteLLM's
+        entry points are its own functions again.
 
         Example:
             >>> cache.uninstall()  # doctest: +SKIP
         """
-        with self._lock:
+        with _installed_lock:
             if not self._installed:
                 return
+            # Out of the chain of previous caches: a cache installed later that would
+            # restore this one on its uninstall restores this one's previous cache.
+            for later in _installed:
+                if later._previous is self:
+                    later._previous = self._previous
             if litellm.cache is self:
                 litellm.cache = self._previous
             self._previous = None
             self._installed = False
-        with _installed_lock:
             _installed.remove(self)
+            if not _installed:
+                unwrap_entry_points()
 
     def __enter__(self) -> MnimiCache:
         return self.install()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import os
 import subprocess
 import sys
@@ -617,6 +618,43 @@ def test_install_and_uninstall_restore_the_previous_cache(cache_dir: Path) -> No
         litellm.cache = saved
         for name, value in callbacks.items():
             getattr(litellm, name)[:] = value
+
+
+def wrapped_entry_points() -> list[str]:
+    """LiteLLM's module functions a MnimiCache has wrapped."""
+    functions = [(name, f) for name, f in list(vars(litellm).items()) if inspect.isfunction(f)]
+    return [name for name, function in functions if getattr(function, "_mnimi_wrapped", False)]
+
+
+def test_caches_uninstalled_in_any_order_leave_litellm_as_it_was(
+    server: SamplingServer, cache_dir: Path
+) -> None:
+    saved = litellm.cache
+    assert wrapped_entry_points() == []
+    replica = MnimiCache(str(cache_dir / "replica"), replication=True)
+    ordinary = MnimiCache(str(cache_dir))
+    try:
+        replica.install()
+        ordinary.install()
+        replica.uninstall()  # not the newest: the newest keeps answering
+        assert litellm.cache is ordinary
+        server.reset()
+        assert text(call(server, "In any order")) == text(call(server, "In any order"))
+        assert sent(server) == 1
+        ordinary.uninstall()  # it had the replica as its previous cache: not any more
+        assert litellm.cache is saved
+        assert wrapped_entry_points() == []
+        replica.install()
+        replica.uninstall()
+        assert litellm.cache is saved
+        assert wrapped_entry_points() == []
+        # A replica left installed would refuse this; LiteLLM sends it.
+        call(server, "In any order")
+        assert sent(server) == 2
+    finally:
+        litellm.cache = saved
+        replica.close()
+        ordinary.close()
 
 
 def test_import_mnimi_adapters_does_not_import_litellm() -> None:
