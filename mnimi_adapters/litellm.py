@@ -121,6 +121,7 @@ from ._compat import (
     request_entry_points,
     route_dspy_through_litellm,
     routed_entry_points,
+    skip_cache_writes_not_to_store,
     tell_logging_about_hit,
     unwrap_entry_points,
     without_cache_switches,
@@ -879,6 +880,7 @@ class MnimiCache(Cache):
                 return self
             patch_stream_hit_check()
             keep_entry_point_signatures()
+            skip_cache_writes_not_to_store()
             wrap_entry_points(
                 {
                     "completion": _handle,

@@ -758,3 +758,29 @@ def test_a_lone_stop_string_shares_the_key_of_its_list(
     again = call(server, "Stop", stop=["END"])
     assert again._hidden_params["cache_hit"] is True and text(again) == text(first)
     assert [r.body["stop"] for r in server.chat_requests()] == [["END"]]
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_litellms_own_cache_stores_as_before_once_mnimi_skips_unstored_writes(
+    server: SamplingServer, cache_dir: Path, is_async: bool
+) -> None:
+    """The patch that lets LiteLLM skip the write of a no-store call changes no outcome."""
+    server.reset()
+    with MnimiCache(str(cache_dir)):  # installs the patch, for good
+        pass
+    saved = litellm.cache
+    litellm.cache = Cache()
+    try:
+
+        def ask(prompt: str, **kwargs: Any) -> str:
+            if is_async:
+                return text(asyncio.run(acall(server, prompt, **kwargs)))
+            return text(call(server, prompt, **kwargs))
+
+        stored = ask("Stored by LiteLLM")
+        assert ask("Stored by LiteLLM") == stored and sent(server) == 1
+        ask("Not stored", cache={"no-store": True})
+        ask("Not stored")
+        assert sent(server) == 3  # the no-store answer was not written: asked again
+    finally:
+        litellm.cache = saved
