@@ -97,6 +97,10 @@ class _InFlight:
 
     refills: dict[_Refill, None] = field(default_factory=dict)
     pending: int = 0
+    #: The sequence's length when last read or landed. While refills are in flight, a
+    #: position at or past it is a miss without asking the store: every call of a burst
+    #: would otherwise read the store (and hand the GIL around) to learn just that.
+    stored: int = 0
 
 
 class _Landings:
@@ -218,15 +222,17 @@ class CacheLayer(Wrapper):
                 return None
             in_flight = self._refills.get(key)
             pending = 0 if in_flight is None else in_flight.pending
-            if in_flight is not None and stored + pending > index:
-                return next(iter(in_flight.refills)), False
+            if in_flight is not None:
+                in_flight.stored = stored
+                if stored + pending > index:
+                    return next(iter(in_flight.refills)), False
             if not self.replication:
                 # Before anything is drawn: samples a store cannot keep would be paid
                 # for and thrown away (law 6), on every retry of the caller.
                 self.store.check_writable(f"store samples of key {key}, so none was requested")
                 count = max(batch, index + 1 - stored - pending)
                 refill = _Refill(Future(), count, threading.get_ident(), is_async)
-                in_flight = self._refills.setdefault(key, _InFlight())
+                in_flight = self._refills.setdefault(key, _InFlight(stored=stored))
                 in_flight.refills[refill] = None
                 in_flight.pending += count
                 return refill, True
@@ -298,6 +304,8 @@ class CacheLayer(Wrapper):
             in_flight = self._refills[key]
             del in_flight.refills[refill]
             in_flight.pending -= refill.count
+            if refill.reached is not None:
+                in_flight.stored = max(in_flight.stored, refill.reached)
             if not in_flight.refills:
                 del self._refills[key]
             self.refills_ended += 1
@@ -390,6 +398,17 @@ class CacheLayer(Wrapper):
                 refill.reached = (await self._aland(request, key, cursor, drawn)).end
         finally:
             self._release(key, refill)
+
+    def read(self, key: str, index: int) -> Sample | int:
+        """Sample ``index`` of ``key`` or, past the sequence's end, its length (see
+        :meth:`SequenceStore.read`); the store is not asked while refills of ``key`` are
+        in flight and ``index`` lies past the length they started from."""
+        in_flight = self._refills.get(key)
+        if in_flight is not None and index >= in_flight.stored:
+            # Another process may have appended meanwhile, as it may while the refills
+            # run: such a sample is found when this position is read after planning.
+            return in_flight.stored
+        return self.store.read(key, index)
 
     def _note(self, hit: bool) -> None:
         with self._lock:
@@ -652,7 +671,7 @@ class _ReplayCursor(Cursor):
     def take(self, request: Request, batch: int) -> list[Sample]:
         with self._claimed() as index:
             ended = self._layer.refills_ended  # before the read: a refill may end during it
-            found = self._layer.store.read(self._key, index)
+            found = self._layer.read(self._key, index)
             hit = isinstance(found, Sample)
             if not isinstance(found, Sample):
                 self._layer.extend(request, self._key, index, batch, (found, ended))
@@ -662,7 +681,7 @@ class _ReplayCursor(Cursor):
     async def atake(self, request: Request, batch: int) -> list[Sample]:
         with self._claimed() as index:
             ended = self._layer.refills_ended
-            found = self._layer.store.read(self._key, index)
+            found = self._layer.read(self._key, index)
             hit = isinstance(found, Sample)
             if not isinstance(found, Sample):
                 await self._layer.aextend(request, self._key, index, batch, (found, ended))

@@ -13,7 +13,7 @@ from support import NumberModel
 from mnimi_adapters.core import Independent, Persistent
 from mnimi_adapters.core.errors import CorruptStoreError
 from mnimi_adapters.core.layers import CacheLayer
-from mnimi_adapters.core.request import Request
+from mnimi_adapters.core.request import Request, request_record
 from mnimi_adapters.core.sample import Sample
 from mnimi_adapters.core.stores import (
     Appended,
@@ -202,3 +202,55 @@ def test_a_batch_left_pending_on_another_loop_does_not_stall_the_next() -> None:
         parents.close()
     assert [s.text for s in added] == ["c"] and added.start == 0
     assert store.length("left") == 0  # the parent's batch is the parent's to write
+
+
+class SlowNumbers(NumberModel):
+    """Answers after a while (async), so that refills stay in flight."""
+
+    async def aquery(self, request: Request, n: int) -> list[str | Sample]:
+        await asyncio.sleep(0.3)
+        return list(self.query(request, n))
+
+
+def test_a_burst_of_misses_reads_the_store_once(tmp_path: Path) -> None:
+    """While refills of a key are in flight, a position past them is a miss without a read."""
+    store = CountingStore(DiskStore(tmp_path))
+    layer = Independent(CacheLayer(SlowNumbers(), store))
+
+    async def burst() -> list[str]:
+        drawn = await asyncio.gather(*(layer.adraw("Pick a number", 1) for _ in range(20)))
+        return [samples[0].draw_id for samples in drawn]
+
+    draw_ids = asyncio.run(burst())
+    assert len(set(draw_ids)) == 20
+    assert store.reads["read"] == 1  # the first call's; the other 19 knew it was a miss
+    assert store.length(CacheLayer(NumberModel(), store).key_of(Request.of("Pick a number"))) == 20
+
+
+def test_a_burst_sees_what_another_process_appends_meanwhile(tmp_path: Path) -> None:
+    """Each call still gets the sample at its own position, and every paid one is kept."""
+    model = SlowNumbers()
+    layer = CacheLayer(model, ReadThroughStore(DiskStore(tmp_path)))
+    request = Request.of("Pick a number")
+    key = layer.key_of(request)
+    scoped = Independent(layer)
+
+    async def burst() -> list[list[Sample]]:
+        calls = [asyncio.ensure_future(scoped.adraw("Pick a number", 1)) for _ in range(3)]
+        await asyncio.sleep(0.1)  # the refills are in flight: another process appends
+        with DiskStore(tmp_path) as other:
+            other.append(key, [Sample(text="theirs")], request_record(layer.identity(), request))
+        await asyncio.sleep(0.05)
+        calls.append(asyncio.ensure_future(scoped.adraw("Pick a number", 1)))  # reads #3
+        return list(await asyncio.gather(*calls))
+
+    drawn = [samples[0] for samples in asyncio.run(burst())]
+    with DiskStore(tmp_path) as store:
+        stored = [store.get(key, i) for i in range(store.length(key))]
+    assert [s.draw_id for s in drawn] == [s.draw_id for s in stored[:4]]  # type: ignore[union-attr]
+    assert len(stored) == sum(model.calls) + 1 and store_check_clean(tmp_path)
+
+
+def store_check_clean(path: Path) -> bool:
+    with DiskStore(path) as store:
+        return store.check().problems == []
