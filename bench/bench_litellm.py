@@ -6,7 +6,9 @@
    ``MnimiCache``; then the same run again, which ``MnimiCache`` answers from its store.
    Rounds alternate the two, each ``MnimiCache`` round with an empty directory; medians of
    the wall time and of this process's CPU time (the server's is not counted) are compared.
-   A miss costs one LiteLLM call: the provider response is returned as it is.
+   A miss costs one LiteLLM call: the provider response is returned as it is. The calls
+   are k samples of one request (pass@k), or with ``--distinct`` one sample each of as
+   many requests.
 
 2. Cache-hit latency, ``MnimiCache`` against LiteLLM's in-memory ``Cache()``. Both caches
 answer the same request in the same process, call by call interleaved (in a
@@ -161,13 +163,17 @@ class _RemoteServer:
         self._process.wait(timeout=10)
 
 
-async def _burst(url: str, prompt: str, concurrent: int) -> None:
-    """``concurrent`` acompletion calls at once, in one independent() scope."""
+async def _burst(url: str, prompt: str, concurrent: int, distinct: bool = False) -> None:
+    """``concurrent`` acompletion calls at once, in one independent() scope: samples of
+    one request (pass@k), or with ``distinct`` one sample each of as many requests."""
     kwargs = {"model": "openai/mock-model", "api_base": url, "api_key": "sk-test"}
-    messages = [{"role": "user", "content": prompt}]
+
+    def messages(i: int) -> list[dict[str, str]]:
+        return [{"role": "user", "content": f"{prompt} ({i})" if distinct else prompt}]
+
     with independent():
         responses = await asyncio.gather(
-            *(litellm.acompletion(messages=messages, **kwargs) for _ in range(concurrent))
+            *(litellm.acompletion(messages=messages(i), **kwargs) for i in range(concurrent))
         )
     assert len({r.choices[0].message.content for r in responses}) == concurrent
 
@@ -179,7 +185,9 @@ def _timed(run: Callable[[], None]) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def _concurrent(concurrent: int, latency: float, rounds: int) -> tuple[list[str], float, float]:
+def _concurrent(
+    concurrent: int, latency: float, rounds: int, distinct: bool
+) -> tuple[list[str], float, float]:
     """Rows of the concurrency table, and the miss ratios (wall, CPU) of the medians."""
     server = _RemoteServer(latency)
     times: dict[str, list[tuple[float, float]]] = {"no cache": [], "miss": [], "hit": []}
@@ -189,7 +197,7 @@ def _concurrent(concurrent: int, latency: float, rounds: int) -> tuple[list[str]
             prompt = f"Round {number}: say something."
 
             def burst(prompt: str = prompt) -> None:
-                asyncio.run(_burst(server.url, prompt, concurrent))
+                asyncio.run(_burst(server.url, prompt, concurrent, distinct))
 
             times["no cache"].append(_timed(burst))
             with tempfile.TemporaryDirectory() as directory, MnimiCache(directory) as cache:
@@ -216,11 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrent", type=int, default=200, help="calls at once")
     parser.add_argument("--latency", type=float, default=0.1, help="server seconds per answer")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of the concurrent run")
+    parser.add_argument(
+        "--distinct", action="store_true", help="a request each (not k samples of one)"
+    )
     args = parser.parse_args(argv)
     # LiteLLM's own cache hits print a "Provider List" banner for unknown models.
     litellm.suppress_debug_info = True
     rng = random.Random(args.seed)
-    burst_rows, miss_wall, miss_cpu = _concurrent(args.concurrent, args.latency, args.rounds)
+    burst_rows, miss_wall, miss_cpu = _concurrent(
+        args.concurrent, args.latency, args.rounds, args.distinct
+    )
 
     with SamplingServer(seed=1) as server, tempfile.TemporaryDirectory() as directory:
         kwargs = {
@@ -256,9 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     sync_rows, sync_ratio = _rows("completion", sync)
     async_rows, async_ratio = _rows("acompletion", asynchronous)
     versions = f"Python {sys.version.split()[0]}, litellm {metadata.version('litellm')}"
+    what = "requests, one sample each" if args.distinct else "samples of one request"
     print(
-        f"{args.concurrent} concurrent acompletion calls in independent(), server latency "
-        f"{args.latency} s, medians of {args.rounds} rounds ({versions})\n"
+        f"{args.concurrent} concurrent acompletion calls in independent() ({what}), server "
+        f"latency {args.latency} s, medians of {args.rounds} rounds ({versions})\n"
     )
     print("| run | wall s | client CPU s | wall / no cache | CPU / no cache |")
     print("|---|---:|---:|---:|---:|")
