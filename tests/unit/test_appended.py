@@ -166,7 +166,9 @@ def test_concurrent_misses_land_together_and_each_gets_its_own_sample(tmp_path: 
 
     class Batching(ReadThroughStore):
         def append_many(self, batch: Sequence[Batched]) -> list[Appended | Exception]:
-            batches.append(len(batch))
+            # Samples, not appends: a call woken by another's refill that has yet to plan
+            # again is not pending, so the next call's refill may draw for both.
+            batches.append(sum(len(samples) for _, samples, _ in batch))
             return super().append_many(batch)
 
     layer = CacheLayer(NumberModel(), Batching(DiskStore(tmp_path)))
