@@ -12,6 +12,7 @@ what it paid for is stored whatever happens to the caller, even at exit.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import contextvars
@@ -21,7 +22,7 @@ import os
 import queue
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -650,6 +651,18 @@ class _ReplayCursor(Cursor):
             self._next += 1
             return index
 
+    def reserve(self, count: int) -> Cursor:
+        """The next ``count`` positions, claimed at once for one call (see :class:`_Reserved`)."""
+        if count <= 1:
+            return self  # a take claims its one position atomically already
+        with self._lock:
+            returned = min(count, len(self._returned))
+            indices = [heapq.heappop(self._returned) for _ in range(returned)]
+            fresh = count - returned
+            indices += range(self._next, self._next + fresh)
+            self._next += fresh
+        return _Reserved(self, indices)
+
     def give_back(self, samples: list[Sample]) -> None:
         with self._lock:
             for sample in samples:
@@ -657,19 +670,24 @@ class _ReplayCursor(Cursor):
                 if index is not None:
                     heapq.heappush(self._returned, index)
 
+    def hand_back(self, indices: Iterable[int]) -> None:
+        """Positions claimed and never served: the next calls get them first (law 2)."""
+        with self._lock:
+            for index in indices:
+                heapq.heappush(self._returned, index)
+
     @contextlib.contextmanager
-    def _claimed(self) -> Iterator[int]:
-        """The next position, handed back if serving it fails."""
-        index = self._claim()
+    def _claimed(self, index: int | None = None) -> Iterator[int]:
+        """The next position (or ``index``, reserved before), handed back if serving it fails."""
+        index = self._claim() if index is None else index
         try:
             yield index
         except BaseException:
-            with self._lock:
-                heapq.heappush(self._returned, index)
+            self.hand_back([index])
             raise
 
-    def take(self, request: Request, batch: int) -> list[Sample]:
-        with self._claimed() as index:
+    def take(self, request: Request, batch: int, index: int | None = None) -> list[Sample]:
+        with self._claimed(index) as index:
             ended = self._layer.refills_ended  # before the read: a refill may end during it
             found = self._layer.read(self._key, index)
             hit = isinstance(found, Sample)
@@ -678,8 +696,8 @@ class _ReplayCursor(Cursor):
                 found = self._read(index)
         return [self._serve(found, index, hit)]
 
-    async def atake(self, request: Request, batch: int) -> list[Sample]:
-        with self._claimed() as index:
+    async def atake(self, request: Request, batch: int, index: int | None = None) -> list[Sample]:
+        with self._claimed(index) as index:
             ended = self._layer.refills_ended
             found = self._layer.read(self._key, index)
             hit = isinstance(found, Sample)
@@ -703,6 +721,37 @@ class _ReplayCursor(Cursor):
         if sample is None:  # the store lost a sample that was just written
             raise MnimiError(f"sample #{index} of key {self._key} vanished from the store")
         return sample
+
+
+class _Reserved(Cursor):
+    """Positions of a cache's cursor that one call of several samples claimed at once.
+
+    Claimed one at a time, concurrent calls of ``n`` samples each would interleave their
+    positions as their refills happen to land (0, 4 and 5 for the first call of two), and a
+    re-run, whose hits land at once, would group them otherwise: each call would get other
+    samples (law 2). Claimed at once, the calls get consecutive positions in the order
+    they were made, on every run.
+    """
+
+    def __init__(self, cursor: _ReplayCursor, indices: list[int]) -> None:
+        self._cursor = cursor
+        self._indices = collections.deque(indices)
+
+    def _next_index(self) -> int:
+        if not self._indices:
+            raise MnimiError("a call took more samples than it reserved")
+        return self._indices.popleft()
+
+    def take(self, request: Request, batch: int) -> list[Sample]:
+        return self._cursor.take(request, batch, self._next_index())
+
+    async def atake(self, request: Request, batch: int) -> list[Sample]:
+        return await self._cursor.atake(request, batch, self._next_index())
+
+    def give_back(self, samples: list[Sample]) -> None:
+        self._cursor.give_back(samples)
+        self._cursor.hand_back(self._indices)
+        self._indices.clear()
 
 
 class Repeatable(CacheLayer):

@@ -57,6 +57,14 @@ class Cursor(ABC):
     def give_back(self, samples: list[Sample]) -> None:  # noqa: B027 - optional hook
         """Take back positions served to a call that failed before it delivered them."""
 
+    def reserve(self, count: int) -> Cursor:
+        """A cursor over the next ``count`` positions, claimed at once for one call.
+
+        A cursor without positions serves as itself; a cache's claims them together, so
+        that concurrent calls of several samples each get the same ones on every run.
+        """
+        return self
+
 
 def check_batch(batch: Any, name: str = "batch", least: int = 1) -> int:
     """Validate a ``batch`` or ``max_batch`` argument (or another count, by ``name``)."""
@@ -121,7 +129,7 @@ class Layer(ABC):
         if batch is not None:
             check_batch(batch)
         request = Request.of(prompt)
-        cursor = self.open(request)
+        cursor = self.open(request).reserve(count)
         drawn: list[Sample] = []
         try:
             while len(drawn) < count:
@@ -137,7 +145,7 @@ class Layer(ABC):
         if batch is not None:
             check_batch(batch)
         request = Request.of(prompt)
-        cursor = self.open(request)
+        cursor = self.open(request).reserve(count)
         drawn: list[Sample] = []
         try:
             while len(drawn) < count:

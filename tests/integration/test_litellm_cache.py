@@ -357,6 +357,27 @@ async def test_concurrent_calls_in_one_independent_scope_get_distinct_samples(
     assert sum(r.body.get("n", 1) for r in server.chat_requests()) == drawn
 
 
+async def test_concurrent_calls_of_n_replay_the_same_samples_on_a_rerun(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    """Each call claims its n positions at once: a re-run, all hits, gives each call the
+    samples it got, whatever order the first run's requests were answered in."""
+
+    async def run() -> list[list[str]]:
+        with independent():
+            responses = await asyncio.gather(*(acall(server, "Pass@3", n=3) for _ in range(3)))
+        return [texts(r) for r in responses]
+
+    server.latency = 0.05
+    try:
+        first = await run()
+    finally:
+        server.latency = 0.0
+    assert await run() == first and sent(server) == 3
+    stored = texts(call(server, "Pass@3", n=9))
+    assert [answer for answers in first for answer in answers] == stored
+
+
 def test_threads_sharing_an_independent_scope_get_distinct_samples(
     server: SamplingServer, cache: MnimiCache
 ) -> None:
