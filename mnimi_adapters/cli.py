@@ -45,7 +45,7 @@ from .core.bundle import RUN_RECORD, STORE, Manifest, is_bundle, verify_bundle
 from .core.errors import CorruptStoreError, MnimiError, StoreError
 from .core.explain import explain_miss, requested_record
 from .core.request import content_text
-from .core.runs import compare_runs, read_runs
+from .core.runs import diff_runs, read_runs
 from .core.sample import Sample
 from .core.stores import (
     FORMAT_VERSION,
@@ -988,22 +988,39 @@ def _write_run(path: Path, draws: list[dict[str, Any]]) -> None:
 
 
 def cmd_diff_runs(args: argparse.Namespace) -> int:
-    """Compare the last runs of two run records: the first draw where they part, if any."""
+    """Compare the last runs of two run records, key by key: where they part, if anywhere."""
     (first, runs_a), (second, runs_b) = _run(args.a), _run(args.b)
-    divergence = compare_runs(first, second)
+    compared = diff_runs(first, second)
+    divergence = compared.text()
     if args.json:
         _emit_json(
-            {"draws": [len(first), len(second)], "runs": [runs_a, runs_b], "divergence": divergence}
+            {
+                "draws": list(compared.draws),
+                "keys": compared.keys,
+                "runs": [runs_a, runs_b],
+                "divergence": divergence,
+                "differences": [asdict(d) for d in compared.differences],
+                "reordered": compared.reordered,
+            }
         )
         return EXIT_OK if divergence is None else EXIT_FOUND
     for name, runs in ((args.a, runs_a), (args.b, runs_b)):
         if runs > 1:  # a re-run of the program appended its own run
             print(f"{name} holds {runs} runs: comparing its last")
-    if divergence is None:
-        print(f"identical: both runs consumed the same {_plural(len(first), 'sample')} in order")
-    else:
+    if divergence is not None:
         print(divergence)
-    return EXIT_OK if divergence is None else EXIT_FOUND
+        return EXIT_FOUND
+    print(
+        f"identical: both runs consumed the same {_plural(len(first), 'sample')} "
+        f"of {_plural(compared.keys, 'key')}"
+    )
+    if compared.reordered:
+        # Not a difference: concurrent draws of one request are recorded as they complete.
+        print(
+            f"(the samples of {_plural(len(compared.reordered), 'key')} in another order: "
+            "concurrent draws are recorded as they complete)"
+        )
+    return EXIT_OK
 
 
 # -- demo -----------------------------------------------------------------
@@ -1151,8 +1168,11 @@ def build_parser() -> argparse.ArgumentParser:
         "diff-runs",
         parents=[common],
         help="Compare two run records (Persistent(..., record=...)). Exit 1 if they differ.",
-        description="Compare two run records: the first draw where their last runs part "
-        "(a re-run appends a run to its record). Exit 0 if identical, 1 if not.",
+        description="Compare the last runs of two run records (a re-run appends a run to "
+        "its record), key by key: whether both consumed the same samples of each request, "
+        "and for each key where they part, the first difference. The order across keys is "
+        "not compared: a concurrent run records its draws as they complete. Exit 0 if "
+        "identical, 1 if not.",
     )
     diff_runs.set_defaults(handler=cmd_diff_runs)
     diff_runs.add_argument("a", metavar="A", help="a run record (JSON Lines)")

@@ -11,13 +11,17 @@ sample handed to the program, numbered from 0 in each run::
 
 A re-run of the program appends its own run, so a record keeps every run and
 :func:`read_run` reads the last one (a record written before runs were marked is one
-run). :func:`compare_runs` reports the first draw where two runs part.
+run). :func:`diff_runs` compares two runs key by key: the lines of a concurrent run are
+in the order its draws completed, which a retry or a slow request changes, so only what
+each run consumed of each key is compared, never the order across keys.
 
 Example:
     >>> a = [{"key": "k", "index": 0, "draw_id": "x"}, {"key": "k", "index": 1, "draw_id": "y"}]
     >>> compare_runs(a, a)
-    >>> compare_runs(a, a[:1])
-    'the second run stopped after 1 draw; the first made 2'
+    >>> compare_runs(a, a[::-1])  # the same samples, completed in another order
+    >>> print(compare_runs(a, [{"key": "k", "index": 0, "draw_id": "z"}, a[1]]))
+    1 of 1 key differs (the first run made 2 draws, the second 2):
+    k: sample 0 differs: the first run consumed draw id x at draw 0, the second draw id z at draw 0
 """
 
 from __future__ import annotations
@@ -27,13 +31,23 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import MnimiError
 
-__all__ = ["RunRecorder", "compare_runs", "read_run", "read_runs"]
+__all__ = [
+    "KeyDifference",
+    "RunComparison",
+    "RunRecorder",
+    "compare_runs",
+    "diff_runs",
+    "read_run",
+    "read_runs",
+]
 
 _quoted = json.JSONEncoder(ensure_ascii=True).encode
 
@@ -134,6 +148,19 @@ class RunRecorder:
         self.close()
 
 
+def _is_draw(entry: Any) -> bool:
+    """Whether ``entry`` is a draw as :class:`RunRecorder` writes it (its fields typed:
+    a comparison sorts and counts them)."""
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("key"), str)
+        and isinstance(entry.get("index"), int)
+        and not isinstance(entry["index"], bool)
+        and entry["index"] >= 0
+        and isinstance(entry.get("draw_id"), str)
+    )
+
+
 def read_runs(path: str | os.PathLike[str]) -> list[list[dict[str, Any]]]:
     """The runs of a run record, oldest first, each its draws in order.
 
@@ -149,7 +176,7 @@ def read_runs(path: str | os.PathLike[str]) -> list[list[dict[str, Any]]]:
                 if isinstance(entry, dict) and "run" in entry and "draw_id" not in entry:
                     runs.append([])
                     continue
-                if not isinstance(entry, dict) or not {"key", "index", "draw_id"} <= set(entry):
+                if not _is_draw(entry):
                     raise ValueError("not a draw")
             except ValueError as error:
                 raise MnimiError(
@@ -171,42 +198,192 @@ def read_run(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return runs[-1] if runs else []
 
 
+def _plural(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
 def _ordinal(n: int) -> str:
     return {1: "first", 2: "second"}.get(n, f"#{n}")
 
 
-def compare_runs(
+def _times(count: int) -> str:
+    return {1: "once", 2: "twice"}.get(count, f"{count:,} times")
+
+
+#: One consumed sample: its index, its draw id, and the draw (of its run) that took it.
+_Draw = tuple[int, str, int]
+
+
+@dataclass(frozen=True)
+class KeyDifference:
+    """The first way two runs part at one key.
+
+    Attributes:
+        key: The request key.
+        difference: A sentence: which sample one run consumed that the other did not
+            (or not as often), or which draw id each consumed at one index.
+    """
+
+    key: str
+    difference: str
+
+
+@dataclass(frozen=True)
+class RunComparison:
+    """Two runs compared key by key (see :func:`diff_runs`).
+
+    Attributes:
+        draws: How many draws the first and the second run made.
+        keys: How many keys either run drew from.
+        differences: One per key whose consumed samples differ, in the order the keys
+            were first drawn (by the first run, then by the second).
+        reordered: Keys of which both runs consumed the same samples, in another order.
+    """
+
+    draws: tuple[int, int]
+    keys: int
+    differences: list[KeyDifference] = field(default_factory=list)
+    reordered: list[str] = field(default_factory=list)
+
+    @property
+    def identical(self) -> bool:
+        """Whether both runs consumed the same samples of the same keys."""
+        return not self.differences
+
+    def text(self, limit: int = 20, missing: Sequence[str | None] = (None, None)) -> str | None:
+        """What differs, in words: ``None`` if identical, else a line per key.
+
+        Args:
+            limit: At most this many keys are named; a last line counts the rest.
+            missing: For each run, the record that does not exist (a run that
+                consumed nothing writes none), named when that run is the empty one.
+        """
+        if self.identical:
+            return None
+        for empty, other in ((1, 0), (0, 1)):
+            if not self.draws[empty]:  # one sentence, not a line for each of its keys
+                absent = missing[empty]
+                note = f" (no record at {absent})" if absent else ""
+                return (
+                    f"the {_ordinal(empty + 1)} run consumed no sample{note}; the "
+                    f"{_ordinal(other + 1)} made {_plural(self.draws[other], 'draw')} "
+                    f"over {_plural(self.keys, 'key')}"
+                )
+        count = len(self.differences)
+        lines = [
+            f"{count:,} of {_plural(self.keys, 'key')} differ{'s' if count == 1 else ''} "
+            f"(the first run made {_plural(self.draws[0], 'draw')}, the second {self.draws[1]:,}):"
+        ]
+        lines += [f"{d.key}: {d.difference}" for d in self.differences[:limit]]
+        if count > limit:
+            lines.append(f"(and {_plural(count - limit, 'more key')})")
+        return "\n".join(lines)
+
+
+def _by_key(draws: Iterable[Mapping[str, Any]]) -> dict[str, list[_Draw]]:
+    """Each key's consumed samples, in the order the run consumed them."""
+    keys: dict[str, list[_Draw]] = {}
+    for number, draw in enumerate(draws):
+        keys.setdefault(draw["key"], []).append((draw["index"], draw["draw_id"], number))
+    return keys
+
+
+def _key_difference(mine: list[_Draw], theirs: list[_Draw]) -> str | None:
+    """How one key's consumed samples differ between two runs, or ``None``."""
+    counts = Counter(d[:2] for d in mine), Counter(d[:2] for d in theirs)
+    if counts[0] == counts[1]:
+        return None
+    for only, other in ((0, 1), (1, 0)):
+        drawn = (mine, theirs)[only]
+        if not (mine, theirs)[other]:
+            return (
+                f"only the {_ordinal(only + 1)} run drew from it "
+                f"({_plural(len(drawn), 'sample')}, from draw {drawn[0][2]:,} on)"
+            )
+    # In index order, whichever way each run interleaved its draws: the first index
+    # where the two runs' samples part is the one to name.
+    a, b = sorted(mine), sorted(theirs)
+    found = ""
+    for position in range(max(len(a), len(b))):
+        x = a[position] if position < len(a) else None
+        y = b[position] if position < len(b) else None
+        if x is not None and y is not None and x[:2] == y[:2]:
+            continue
+        if x is not None and y is not None and x[0] == y[0]:
+            found = (
+                f"sample {x[0]} differs: the first run consumed draw id {x[1]} at draw "
+                f"{x[2]:,}, the second draw id {y[1]} at draw {y[2]:,}"
+            )
+            break
+        # The sample one run consumed more often: x, unless y sorts first.
+        run = 1 if y is None or (x is not None and x[:2] < y[:2]) else 2
+        extra = x if run == 1 else y
+        assert extra is not None  # the longer list has an item at every position
+        index, draw_id, number = extra
+        if counts[2 - run][index, draw_id]:
+            found = (
+                f"the first run consumed sample {index} (draw id {draw_id}) "
+                f"{_times(counts[0][index, draw_id])}, "
+                f"the second {_times(counts[1][index, draw_id])}"
+            )
+        else:
+            found = (
+                f"only the {_ordinal(run)} run consumed sample {index} "
+                f"(draw id {draw_id}, at draw {number:,})"
+            )
+        break
+    if len(a) != len(b):
+        found = (
+            f"the first run consumed {_plural(len(a), 'sample')} of it, "
+            f"the second {len(b):,}; {found}"
+        )
+    return found
+
+
+def diff_runs(
     first: Iterable[Mapping[str, Any]],
     second: Iterable[Mapping[str, Any]],
-) -> str | None:
-    """Where two runs part: ``None`` if they consumed the same samples in the same order.
+) -> RunComparison:
+    """Compare two runs key by key: which samples of each key each run consumed.
+
+    Draws of different keys are compared only as sets: a concurrent program (an
+    ``asyncio.gather``, a thread pool) records its draws as they complete, and a retry
+    or a slow request changes that order without changing what each step consumed. Of
+    one key, each run's samples (index and draw id, each as often as it was consumed)
+    are compared, whatever order concurrent draws of that key completed in.
 
     Args:
         first: The draws of the first run (see :func:`read_run`).
         second: The draws of the second run.
 
     Returns:
-        A sentence naming the first divergent draw (its number, and the key, index and
-        draw id each run consumed there), or which run stopped early.
+        The comparison: for each key where the runs part, the first difference.
     """
     a, b = list(first), list(second)
-    for draw, (mine, theirs) in enumerate(zip(a, b, strict=False)):
-        if (mine["key"], mine["index"], mine["draw_id"]) != (
-            theirs["key"],
-            theirs["index"],
-            theirs["draw_id"],
-        ):
-            return (
-                f"draw {draw} differs: the first run consumed sample {mine['index']} of "
-                f"{mine['key']} (draw id {mine['draw_id']}), the second sample "
-                f"{theirs['index']} of {theirs['key']} (draw id {theirs['draw_id']})"
-            )
-    if len(a) == len(b):
-        return None
-    shorter, longer = (2, 1) if len(b) < len(a) else (1, 2)
-    count = min(len(a), len(b))
-    plural = "draw" if count == 1 else "draws"
-    return (
-        f"the {_ordinal(shorter)} run stopped after {count} {plural}; "
-        f"the {_ordinal(longer)} made {max(len(a), len(b))}"
-    )
+    mine, theirs = _by_key(a), _by_key(b)
+    differences, reordered = [], []
+    for key in {**mine, **theirs}:
+        drawn, other = mine.get(key, []), theirs.get(key, [])
+        difference = _key_difference(drawn, other)
+        if difference is not None:
+            differences.append(KeyDifference(key, difference))
+        elif [d[:2] for d in drawn] != [d[:2] for d in other]:
+            reordered.append(key)
+    return RunComparison((len(a), len(b)), len({**mine, **theirs}), differences, reordered)
+
+
+def compare_runs(
+    first: Iterable[Mapping[str, Any]],
+    second: Iterable[Mapping[str, Any]],
+) -> str | None:
+    """Where two runs part, in words: ``None`` if they consumed the same samples.
+
+    Args:
+        first: The draws of the first run (see :func:`read_run`).
+        second: The draws of the second run.
+
+    Returns:
+        For each key where the runs part, its first difference (see :func:`diff_runs`),
+        or that one run consumed no sample.
+    """
+    return diff_runs(first, second).text()
