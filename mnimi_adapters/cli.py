@@ -981,6 +981,19 @@ def _run(name: str) -> tuple[list[dict[str, Any]], int]:
     return (runs[-1] if runs else []), len(runs)
 
 
+def _compared_run(name: str) -> tuple[list[dict[str, Any]], int, bool]:
+    """Like :func:`_run`, and whether there is no record: a run that consumed nothing.
+
+    A recorder opens its file with the run's first draw, so a run that failed before
+    it (a replay whose first request misses) leaves none. A missing file in an existing
+    folder is such a run; a missing folder is a mistyped path.
+    """
+    path = Path(name).expanduser()
+    if not path.exists() and not path.is_symlink() and path.parent.is_dir():
+        return [], 0, True
+    return (*_run(name), False)
+
+
 def _write_run(path: Path, draws: list[dict[str, Any]]) -> None:
     """A record of one run: its draws, one line each, as the recorder spells them."""
     lines = (json.dumps(draw, separators=(",", ":")) for draw in draws)
@@ -989,15 +1002,23 @@ def _write_run(path: Path, draws: list[dict[str, Any]]) -> None:
 
 def cmd_diff_runs(args: argparse.Namespace) -> int:
     """Compare the last runs of two run records, key by key: where they part, if anywhere."""
-    (first, runs_a), (second, runs_b) = _run(args.a), _run(args.b)
+    (first, runs_a, missing_a), (second, runs_b, missing_b) = (
+        _compared_run(args.a),
+        _compared_run(args.b),
+    )
+    if missing_a and missing_b:  # two runs that drew nothing compare nothing: a typo?
+        raise CommandError(f"no run record at {args.a} nor at {args.b}")
     compared = diff_runs(first, second)
-    divergence = compared.text()
+    divergence = compared.text(
+        missing=(args.a if missing_a else None, args.b if missing_b else None)
+    )
     if args.json:
         _emit_json(
             {
                 "draws": list(compared.draws),
                 "keys": compared.keys,
                 "runs": [runs_a, runs_b],
+                "missing": [missing_a, missing_b],
                 "divergence": divergence,
                 "differences": [asdict(d) for d in compared.differences],
                 "reordered": compared.reordered,
@@ -1171,8 +1192,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare the last runs of two run records (a re-run appends a run to "
         "its record), key by key: whether both consumed the same samples of each request, "
         "and for each key where they part, the first difference. The order across keys is "
-        "not compared: a concurrent run records its draws as they complete. Exit 0 if "
-        "identical, 1 if not.",
+        "not compared: a concurrent run records its draws as they complete. A record that "
+        "does not exist (in a folder that does) is a run that consumed no sample. Exit 0 "
+        "if identical, 1 if not.",
     )
     diff_runs.set_defaults(handler=cmd_diff_runs)
     diff_runs.add_argument("a", metavar="A", help="a run record (JSON Lines)")

@@ -12,6 +12,7 @@ import pytest
 
 from mnimi_adapters import cli
 from mnimi_adapters.core import Independent, Persistent
+from mnimi_adapters.core.errors import ReplicationCacheMiss
 from mnimi_adapters.core.model import BatchedModel
 from mnimi_adapters.core.request import Request
 from mnimi_adapters.core.runs import read_run, read_runs
@@ -184,6 +185,36 @@ def test_a_rerun_into_one_record_appends_a_run_and_the_last_is_compared_and_ship
     bundle = tmp_path / "bundle"
     assert cli.main(["export", str(cache), str(bundle), "--bundle", "--record", str(record)]) == 0
     assert read_runs(bundle / "run.jsonl") == [read_run(record)]
+
+
+def test_a_replay_that_missed_at_its_first_draw_consumed_no_sample(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache, author, replay = tmp_path / "cache", tmp_path / "author.jsonl", tmp_path / "replay.jsonl"
+    program(cache, author)
+    # Another temperature: the replay's first request is not in the cache. The recorder
+    # writes nothing for a run that consumed nothing, so there is no record.
+    model = Persistent(Numbered("m", 0.7), cache, replication=True, record=replay)
+    with pytest.raises(ReplicationCacheMiss):
+        next(Independent(model).samples(PROMPTS[0]))
+    model.close()
+    assert not replay.exists()
+    assert cli.main(["diff-runs", str(author), str(replay)]) == 1
+    assert capsys.readouterr().out == (
+        f"the second run consumed no sample (no record at {replay}); "
+        "the first made 6 draws over 3 keys\n"
+    )
+    assert cli.main(["--json", "diff-runs", str(replay), str(author)]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["missing"] == [True, False] and report["draws"] == [0, 6]
+    assert report["divergence"].startswith(
+        f"the first run consumed no sample (no record at {replay})"
+    )
+    # Two records that do not exist, or one in a folder that does not: a mistyped path.
+    assert cli.main(["diff-runs", str(replay), str(tmp_path / "other.jsonl")]) == 2
+    assert "no run record at" in capsys.readouterr().err
+    assert cli.main(["diff-runs", str(author), str(tmp_path / "nowhere" / "replay.jsonl")]) == 2
+    assert "cannot read" in capsys.readouterr().err
 
 
 def test_diff_runs_names_a_line_that_is_not_a_draw(
