@@ -188,12 +188,13 @@ def _sampling_value(name: str, value: Any) -> Any:
 def _retries(kwargs: Mapping[str, Any]) -> int | None:
     """How often the provider layer may retry one request, or ``None`` for its default.
 
-    A caller's (or a Router's) ``max_retries`` wins. With ``num_retries`` LiteLLM retries
-    the whole call itself, so the provider must not multiply the attempts.
+    A caller's (or a Router's) ``max_retries`` wins, else its ``num_retries``: the cache
+    answers the call before LiteLLM's own retry loop would run, and a provider call is
+    sent with LiteLLM's retries off, so the provider layer retries in its place.
     """
     max_retries = callers_max_retries(kwargs)
-    if max_retries is None and kwargs.get("num_retries") is not None:
-        return 0
+    if max_retries is None:
+        return callers_max_retries({"max_retries": kwargs.get("num_retries")})
     return max_retries
 
 

@@ -805,3 +805,22 @@ def test_litellms_own_cache_stores_as_before_once_mnimi_skips_unstored_writes(
         assert sent(server) == 3  # the no-store answer was not written: asked again
     finally:
         litellm.cache = saved
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_num_retries_retries_a_miss_as_litellm_would(
+    server: SamplingServer, cache: MnimiCache, is_async: bool
+) -> None:
+    """The cache answers before LiteLLM's own retry loop runs: it retries in its place."""
+    server.fail_next(500, count=1)
+    prompt = f"Retried {is_async}"
+    if is_async:
+        answer = text(asyncio.run(acall(server, prompt, num_retries=2)))
+    else:
+        answer = text(call(server, prompt, num_retries=2))
+    assert [r.status for r in server.chat_requests()] == [500, 200]
+    assert text(call(server, prompt)) == answer and sent(server) == 2  # stored, replayed
+    server.fail_next(500, count=1)
+    with pytest.raises(litellm.InternalServerError), independent():
+        call(server, prompt, num_retries=0)  # position 0: the sample stored above
+        call(server, prompt, num_retries=0)  # position 1: a miss, not retried
