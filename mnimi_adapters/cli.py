@@ -41,7 +41,15 @@ from types import TracebackType
 from typing import Any, TextIO
 
 from . import __version__
-from .core.bundle import RUN_RECORD, STORE, Manifest, is_bundle, verify_bundle
+from .core.bundle import (
+    STORE,
+    Manifest,
+    describe_foreign,
+    foreign_draws,
+    is_bundle,
+    verify_bundle,
+    write_run_record,
+)
 from .core.errors import CorruptStoreError, MnimiError, StoreError
 from .core.explain import explain_miss, requested_record
 from .core.request import content_text
@@ -558,15 +566,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     # check_format is the store's own: an unknown version is an error, a damaged
     # marker one problem among the others.
     if not is_redis_url(args.path) and is_bundle(args.path):
+        notes: list[str] = []
         with Progress("verify bundle", None) as progress:
-            return _verify_report(args, args.path, verify_bundle(args.path, progress.advance))
+            check = verify_bundle(args.path, progress.advance, notes.append)
+        return _verify_report(args, args.path, check, notes)
     store = open_store(args.path, create=False, read_only=True, check_format=False)
     with store, Progress("verify", None) as progress:
         result = store.check(progress.advance)
     return _verify_report(args, store.location, result)
 
 
-def _verify_report(args: argparse.Namespace, location: str, check: Check) -> int:
+def _verify_report(
+    args: argparse.Namespace, location: str, check: Check, notes: Sequence[str] = ()
+) -> int:
     result = {
         "path": location,
         "format": check.format,
@@ -575,10 +587,13 @@ def _verify_report(args: argparse.Namespace, location: str, check: Check) -> int
         "samples": check.samples,
         "rows": check.rows,
         "problems": check.problems,
+        "notes": list(notes),
     }
     if args.json:
         _emit_json(result)
     else:
+        for note in notes:
+            print(f"note: {note}")
         for problem in check.problems:
             where = problem["key"] or problem["row"] or location
             print(f"{where}: {problem['problem']}")
@@ -749,8 +764,11 @@ def _write_sequence(
     return len(added), None
 
 
-def _bundle_target(path_text: str, record: str | None) -> tuple[Callable[[], Store], str]:
-    """How to open (creating it) a new bundle's store, and the bundle's name.
+def _bundle_target(
+    path_text: str, record: str | None
+) -> tuple[Callable[[], Store], str, list[dict[str, Any]] | None]:
+    """How to open (creating it) a new bundle's store, the bundle's name, and the draws
+    of the run record's last run (the one that made the slice) if one is to be carried.
 
     Raises:
         CommandError: OUT is a Redis URL or a directory that is not empty, or the run
@@ -761,14 +779,43 @@ def _bundle_target(path_text: str, record: str | None) -> tuple[Callable[[], Sto
     out = Path(path_text).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CommandError(f"{out} exists and is not an empty directory")
-    if record is not None:
-        _run(record)  # a record that is not one fails before anything is written
+    # A record that is not one fails before anything is written.
+    draws = None if record is None else _run(record)[0]
 
     def create() -> Store:
         out.mkdir(mode=0o700, parents=True, exist_ok=True)
         return open_store(out / STORE)
 
-    return create, str(out)
+    return create, str(out), draws
+
+
+def _check_record(
+    record: str, source: Store, entries: list[Entry], draws: list[dict[str, Any]]
+) -> None:
+    """Refuse a run record that names a sample the exported sequences do not hold.
+
+    Raises:
+        CommandError: A draw of the record consumed a sample the export leaves out or
+            ``source`` lacks (a record of another cache, or of another slice).
+    """
+    lengths = {entry.key: entry.length for entry in entries}
+    foreign = foreign_draws(draws, lengths, source)
+    first = next(foreign, None)
+    if first is None:
+        return
+    more = sum(1 for _ in foreign)
+    draw, why = first
+    hint = ""
+    if why == "no key" and _exists(source, draw["key"]):
+        hint = f" ({source.location} holds it: select it too, with --keys or --grep)"
+    elif why == "no key":
+        hint = f" (nor does {source.location}: is it the record of another cache?)"
+    raise CommandError(
+        f"{record} records samples the export does not hold: "
+        f"{describe_foreign(draw, why, lengths)}{hint}"
+        + (f"; and {_plural(more, 'more draw')}" if more else "")
+        + "; nothing written"
+    )
 
 
 def _selected(source: Store, args: argparse.Namespace) -> list[Entry]:
@@ -880,13 +927,16 @@ def cmd_export(args: argparse.Namespace) -> int:
             out = str(Path(args.out).expanduser())
             results = _export_jsonl(source, _selected(source, args), Path(out))
         elif args.bundle:
-            create_target, out = _bundle_target(args.out, args.record)
+            create_target, out, draws = _bundle_target(args.out, args.record)
+            entries = _selected(source, args)
+            if draws is not None:  # before anything is written
+                _check_record(args.record, source, entries, draws)
             manifest = Manifest()
-            results = _export_store(source, _selected(source, args), create_target, manifest)
+            results = _export_store(source, entries, create_target, manifest)
+            if draws is not None:
+                manifest.run_record = write_run_record(Path(out), draws)
             # Written last: a bundle with a manifest holds everything it lists.
             manifest.write(Path(out))
-            if args.record is not None:  # the last run: the one that made this slice
-                _write_run(Path(out) / RUN_RECORD, _run(args.record)[0])
         else:
             create_target, out = _export_target(args.out, source)
             results = _export_store(source, _selected(source, args), create_target, None)
@@ -992,12 +1042,6 @@ def _compared_run(name: str) -> tuple[list[dict[str, Any]], int, bool]:
     if not path.exists() and not path.is_symlink() and path.parent.is_dir():
         return [], 0, True
     return (*_run(name), False)
-
-
-def _write_run(path: Path, draws: list[dict[str, Any]]) -> None:
-    """A record of one run: its draws, one line each, as the recorder spells them."""
-    lines = (json.dumps(draw, separators=(",", ":")) for draw in draws)
-    path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
 
 
 def cmd_diff_runs(args: argparse.Namespace) -> int:
@@ -1119,8 +1163,9 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         cmd_verify,
         "Check the store's integrity (read-only): format, lengths, gaps, samples, draw ids "
-        "and records; on a bundle, also every sample against MANIFEST.json. Exit 1 lists "
-        "each problem.",
+        "and records; on a bundle, also every sample and the run record against "
+        "MANIFEST.json, and that the record names only samples the bundle holds. Exit 1 "
+        "lists each problem.",
     )
     prune = command(
         "prune",
@@ -1150,7 +1195,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--record",
         metavar="RUN.jsonl",
-        help="with --bundle: carry this run record as OUT/run.jsonl",
+        help="with --bundle: carry the last run of this run record as OUT/run.jsonl "
+        "(refused if it names a sample the export does not hold)",
     )
     form.add_argument(
         "--jsonl",

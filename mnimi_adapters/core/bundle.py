@@ -7,8 +7,11 @@ A bundle is a directory::
     run.jsonl       optionally, the record of the run that made it
 
 The manifest ends with a digest over the rest of it, so an edit to the manifest shows
-as well as an edit to a sample. A bundle comes from someone else: :func:`verify_bundle`
-treats the manifest as untrusted input and never takes a path from it.
+as well as an edit to a sample; it lists the run record's SHA-256 too (``run_record``,
+``null`` in a bundle without one; a bundle written before it has no such field). A
+record only names samples of the bundle's store. A bundle comes from someone else:
+:func:`verify_bundle` treats the manifest as untrusted input and never takes a path from
+it.
 """
 
 from __future__ import annotations
@@ -17,14 +20,15 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .errors import CorruptStoreError, StoreError
+from .errors import CorruptStoreError, MnimiError, StoreError
 from .request import Request, canonical_json
+from .runs import read_runs
 from .sample import Sample
 from .stores import SequenceStore, open_store
 from .stores.base import Check, Summary
@@ -35,9 +39,12 @@ __all__ = [
     "RUN_RECORD",
     "STORE",
     "Manifest",
+    "describe_foreign",
+    "foreign_draws",
     "is_bundle",
     "sample_digest",
     "verify_bundle",
+    "write_run_record",
 ]
 
 #: The manifest's format version: a reader refuses any other.
@@ -75,6 +82,8 @@ class Manifest:
     """
 
     sequences: list[dict[str, Any]] = field(default_factory=list)
+    #: The run record the bundle carries (see :func:`write_run_record`), if any.
+    run_record: dict[str, Any] | None = None
 
     def add(self, summary: Summary, samples: Iterable[Sample]) -> None:
         """List one sequence: its key, model, request, and a digest per sample."""
@@ -101,6 +110,8 @@ class Manifest:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "sequences": self.sequences,
             "samples": sum(s["samples"] for s in self.sequences),
+            # Under the digest: an altered or swapped record shows like an altered sample.
+            "run_record": self.run_record,
         }
         manifest["digest"] = _manifest_digest(manifest)
         return manifest
@@ -111,26 +122,98 @@ class Manifest:
         (bundle / MANIFEST).write_text(text + "\n", encoding="utf-8")
 
 
+def write_run_record(bundle: Path, draws: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Write one run's draws as the bundle's ``run.jsonl``; return its manifest entry.
+
+    The lines are spelled as :class:`~mnimi_adapters.core.runs.RunRecorder` spells them.
+    """
+    lines = [json.dumps(dict(draw), separators=(",", ":")) + "\n" for draw in draws]
+    data = "".join(lines).encode()
+    (bundle / RUN_RECORD).write_bytes(data)
+    return {"file": RUN_RECORD, "draws": len(lines), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def foreign_draws(
+    draws: Iterable[Mapping[str, Any]], lengths: Mapping[str, int], store: SequenceStore
+) -> Iterator[tuple[Mapping[str, Any], str]]:
+    """The draws of a run that are not samples of a slice, each with what it lacks.
+
+    Args:
+        draws: The run's draws (see :func:`~mnimi_adapters.core.runs.read_run`).
+        lengths: How many samples the slice holds of each of its keys.
+        store: Where the slice's samples are read, to compare draw ids.
+
+    Yields:
+        Each such draw, and why: ``"no key"`` (the slice lacks the key), ``"past the end"``
+        (its index is past the slice's samples of that key), or ``"draw id D"`` (the slice
+        holds another sample, draw id D, at that index), or ``"damaged"`` (its sample
+        there cannot be read).
+    """
+    held: dict[tuple[str, int], str | None] = {}  # a run may consume a sample many times
+    for draw in draws:
+        key, index = draw["key"], draw["index"]
+        if key not in lengths:
+            yield draw, "no key"
+        elif index >= lengths[key]:
+            yield draw, "past the end"
+        else:
+            if (key, index) not in held:
+                try:
+                    sample = store.get(key, index)
+                except CorruptStoreError:  # the store's own check reports the damage
+                    sample = None
+                held[key, index] = None if sample is None else sample.draw_id
+            if held[key, index] is None:
+                yield draw, "damaged"
+            elif held[key, index] != draw["draw_id"]:
+                yield draw, f"draw id {held[key, index]}"
+
+
+def describe_foreign(draw: Mapping[str, Any], why: str, lengths: Mapping[str, int]) -> str:
+    """A sentence: which sample a draw consumed and what the slice holds instead."""
+    consumed = (
+        f"draw {draw.get('draw', '?')} consumed sample {draw['index']} of {draw['key']} "
+        f"(draw id {draw['draw_id']})"
+    )
+    if why == "no key":
+        return f"{consumed}, a request it does not hold"
+    if why == "past the end":
+        held = lengths[draw["key"]]
+        return f"{consumed}; it holds {held} sample{'' if held == 1 else 's'} of that request"
+    if why == "damaged":
+        return f"{consumed}; its sample there is damaged"
+    return f"{consumed}; it holds {why} there"
+
+
 def _problem(key: str | None, problem: str) -> dict[str, str | None]:
     return {"key": key, "row": None, "problem": problem}
 
 
-def _read_manifest(bundle: Path) -> tuple[list[dict[str, Any]], list[dict[str, str | None]]]:
-    """The manifest's sequences once it is shown sound, else the problem with it."""
+def _read_manifest(
+    bundle: Path,
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, str | None]]]:
+    """The manifest and its sequences once it is shown sound, else the problem with it."""
     try:
         manifest = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        return [], [_problem(None, f"{MANIFEST} cannot be read: {error}")]
+        return {}, [], [_problem(None, f"{MANIFEST} cannot be read: {error}")]
     if not isinstance(manifest, dict):
-        return [], [_problem(None, f"{MANIFEST} is not a JSON object")]
+        return {}, [], [_problem(None, f"{MANIFEST} is not a JSON object")]
     if manifest.get("format") != BUNDLE_FORMAT:
-        return [], [_problem(None, f"{MANIFEST} has format {manifest.get('format')!r}, not 1")]
+        return {}, [], [_problem(None, f"{MANIFEST} has format {manifest.get('format')!r}, not 1")]
     if manifest.get("digest") != _manifest_digest(manifest):
-        return [], [_problem(None, f"{MANIFEST} was altered: its digest does not match")]
+        return {}, [], [_problem(None, f"{MANIFEST} was altered: its digest does not match")]
     sequences = manifest.get("sequences")
     if not isinstance(sequences, list) or not all(_well_formed(s) for s in sequences):
-        return [], [_problem(None, f"{MANIFEST} lists a sequence that is not well formed")]
-    return sequences, []
+        return {}, [], [_problem(None, f"{MANIFEST} lists a sequence that is not well formed")]
+    record = manifest.get("run_record")
+    if record is not None and not (
+        isinstance(record, dict)
+        and isinstance(record.get("sha256"), str)
+        and _SHA256.fullmatch(record["sha256"])
+    ):
+        return {}, [], [_problem(None, f"{MANIFEST} lists a run record that is not well formed")]
+    return manifest, sequences, []
 
 
 def _well_formed(entry: Any) -> bool:
@@ -160,21 +243,82 @@ def _first_difference(store: SequenceStore, entry: Mapping[str, Any]) -> str | N
     return None
 
 
-def verify_bundle(bundle: str | Path, progress: Callable[[int], None] | None = None) -> Check:
-    """Check every sample of a bundle's store against its manifest.
+def _record_problems(
+    directory: Path,
+    manifest: Mapping[str, Any],
+    sequences: list[dict[str, Any]],
+    store: SequenceStore,
+    note: Callable[[str], None] | None,
+) -> list[dict[str, str | None]]:
+    """What is wrong with the bundle's run record: against the manifest, and the store."""
+    path = directory / RUN_RECORD
+    listed = manifest.get("run_record")
+    problems = []
+    if "run_record" not in manifest:
+        # Written before manifests listed the record: its bytes cannot be checked, what
+        # it names still can.
+        if path.exists() and note is not None:
+            note(
+                f"{MANIFEST} predates run record checksums: {RUN_RECORD} is checked "
+                "against the store only"
+            )
+    elif listed is None:
+        if path.exists():
+            problems.append(_problem(None, f"{RUN_RECORD} is not listed in {MANIFEST}"))
+    elif not path.is_file():
+        return [_problem(None, f"{RUN_RECORD} is missing; {MANIFEST} lists it")]
+    else:
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as error:
+            return [_problem(None, f"{RUN_RECORD} cannot be read: {error}")]
+        if digest != listed["sha256"]:
+            problems.append(
+                _problem(None, f"{RUN_RECORD} was altered: its SHA-256 differs from {MANIFEST}")
+            )
+    if not path.exists():
+        return problems
+    try:
+        runs = read_runs(path)
+    except (OSError, MnimiError) as error:
+        return [*problems, _problem(None, f"{RUN_RECORD} cannot be read: {error}")]
+    lengths = {entry["key"]: len(entry["sha256"]) for entry in sequences}
+    foreign = [found for run in runs for found in foreign_draws(run, lengths, store)]
+    if foreign:
+        more = len(foreign) - 1
+        problems.append(
+            _problem(
+                None,
+                f"{RUN_RECORD} names samples the bundle does not hold: "
+                + describe_foreign(*foreign[0], lengths)
+                + (f" (and {more} more draw{'' if more == 1 else 's'})" if more else ""),
+            )
+        )
+    return problems
+
+
+def verify_bundle(
+    bundle: str | Path,
+    progress: Callable[[int], None] | None = None,
+    note: Callable[[str], None] | None = None,
+) -> Check:
+    """Check every sample of a bundle's store, and its run record, against its manifest.
 
     Args:
         bundle: The bundle directory. Its store is opened read-only at ``bundle/store``,
             never at a path read from the manifest.
         progress: Called with a count of sequences as they are checked.
+        note: Called with what is worth knowing but no problem (a bundle written before
+            manifests listed the run record).
 
     Returns:
         The store's own check, plus a problem for each sequence that departs from the
-        manifest (its first differing sample, named by key and index), and for each
-        stored sequence the manifest does not list.
+        manifest (its first differing sample, named by key and index), for each stored
+        sequence the manifest does not list, and for a run record that the manifest does
+        not list as it is, or that names a sample the store does not hold.
     """
     directory = Path(bundle).expanduser()
-    sequences, problems = _read_manifest(directory)
+    manifest, sequences, problems = _read_manifest(directory)
     if problems:
         return Check(problems=problems)
     try:
@@ -196,4 +340,5 @@ def verify_bundle(bundle: str | Path, progress: Callable[[int], None] | None = N
                 check.problems.append(
                     _problem(summary.key, f"is stored but not listed in {MANIFEST}")
                 )
+        check.problems += _record_problems(directory, manifest, sequences, store, note)
     return check

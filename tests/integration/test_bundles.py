@@ -8,6 +8,7 @@ import os
 # LiteLLM downloads its price map at import unless told not to.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+import hashlib
 import io
 import json
 import sqlite3
@@ -20,6 +21,8 @@ import pytest
 import mnimi_adapters
 from mnimi_adapters import cli
 from mnimi_adapters.core.bundle import sample_digest
+from mnimi_adapters.core.request import canonical_json
+from mnimi_adapters.core.runs import RunRecorder, read_run, read_runs
 from mnimi_adapters.core.stores import open_store
 from mnimi_adapters.demo import run_demo
 from mnimi_adapters.testing import SamplingServer
@@ -135,14 +138,152 @@ def test_a_manifest_that_is_not_one_is_reported(
     assert "MANIFEST.json" in printed
 
 
-def test_a_bundle_carries_the_run_record(
+def record_of(cache: Path, path: Path, draws: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """A run record of draws (key number, index) over the cache's samples, as a
+    ``Persistent(..., record=...)`` over it writes one."""
+    with open_store(cache, create=False, read_only=True) as store:
+        keys = sorted(store.keys())
+        with RunRecorder(path) as recorder:
+            for number, index in draws:
+                sample = store.get(keys[number], index)
+                assert sample is not None
+                recorder.consumed(keys[number], index, sample.draw_id)
+    return read_run(path)
+
+
+def test_a_bundle_carries_the_run_record_under_its_digest(
     demo_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     record = tmp_path / "run.jsonl"
-    record.write_text('{"draw":0,"key":"m1-abc","index":0,"draw_id":"d"}\n')
+    draws = record_of(demo_cache, record, [(0, 0), (1, 0), (0, 0)])
     out = bundle(demo_cache, tmp_path, capsys, "--record", str(record))
-    assert (out / "run.jsonl").read_text() == record.read_text()
+    assert read_runs(out / "run.jsonl") == [draws]
+    assert manifest(out)["run_record"] == {
+        "file": "run.jsonl",
+        "draws": 3,
+        "sha256": hashlib.sha256((out / "run.jsonl").read_bytes()).hexdigest(),
+    }
+    code, printed, _ = mnimi(capsys, "verify", str(out))
+    assert code == 0 and printed.startswith("ok: ")
     assert mnimi(capsys, "diff-runs", str(out / "run.jsonl"), str(record))[0] == 0
+    # A bundle without a record says so: a record added later is not the author's.
+    bare = bundle(demo_cache, tmp_path / "bare", capsys)
+    assert manifest(bare)["run_record"] is None
+    (bare / "run.jsonl").write_bytes((out / "run.jsonl").read_bytes())
+    code, printed, _ = mnimi(capsys, "verify", str(bare))
+    assert code == 1 and f"{bare}: run.jsonl is not listed in MANIFEST.json\n" in printed
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("another cache", "a request it does not hold (nor does"),
+        ("left out", "a request it does not hold ("),
+        ("past the end", " of that request"),
+        ("another draw id", "; it holds draw id "),
+    ],
+)
+def test_export_refuses_a_record_of_samples_it_does_not_hold(
+    demo_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str, reason: str
+) -> None:
+    record = tmp_path / "run.jsonl"
+    draws = record_of(demo_cache, record, [(0, 0), (1, 0)])
+    extra = ["--keys", draws[1]["key"]] if how == "left out" else []
+    lines = record.read_text().splitlines()
+    first = json.loads(lines[1])
+    if how == "another cache":
+        first["key"] = "m1-" + "0" * 40
+    elif how == "past the end":
+        with open_store(demo_cache, create=False, read_only=True) as store:
+            first["index"] = store.length(first["key"])
+    elif how == "another draw id":
+        first["draw_id"] = "not-this-one"
+    lines[1] = json.dumps(first)
+    record.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "bundle"
+    code, _, err = mnimi(
+        capsys, "export", str(demo_cache), str(out), "--bundle", "--record", str(record), *extra
+    )
+    assert code == 2, err
+    assert f"{record} records samples the export does not hold: draw 0 consumed sample" in err
+    assert reason in err and err.rstrip().endswith("; nothing written")
+    if how == "left out":
+        assert "select it too, with --keys or --grep" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("how", ["line forged", "line dropped", "record removed"])
+def test_verify_reports_an_altered_record(
+    demo_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    record = tmp_path / "run.jsonl"
+    record_of(demo_cache, record, [(0, 0), (1, 0)])
+    out = bundle(demo_cache, tmp_path, capsys, "--record", str(record))
+    shipped = out / "run.jsonl"
+    lines = shipped.read_text().splitlines()
+    if how == "line forged":
+        forged = {"draw": 2, "key": "m1-0000", "index": 7, "draw_id": "forged"}
+        shipped.write_text("\n".join([*lines, json.dumps(forged)]) + "\n")
+    elif how == "line dropped":
+        shipped.write_text(lines[0] + "\n")
+    else:
+        shipped.unlink()
+    code, printed, _ = mnimi(capsys, "verify", str(out))
+    assert code == 1
+    expected = {
+        "line forged": [
+            f"{out}: run.jsonl was altered: its SHA-256 differs from MANIFEST.json",
+            f"{out}: run.jsonl names samples the bundle does not hold: draw 2 consumed sample 7 "
+            "of m1-0000 (draw id forged), a request it does not hold",
+        ],
+        "line dropped": [f"{out}: run.jsonl was altered: its SHA-256 differs from MANIFEST.json"],
+        "record removed": [f"{out}: run.jsonl is missing; MANIFEST.json lists it"],
+    }[how]
+    assert printed.splitlines()[:-1] == expected
+    code, printed, _ = mnimi(capsys, "--json", "verify", str(out))
+    assert code == 1 and [p["problem"] for p in json.loads(printed)["problems"]] == [
+        line.split(": ", 1)[1] for line in expected
+    ]
+
+
+def as_written_before_run_record_checksums(out: Path) -> None:
+    """Make a bundle's manifest as the version before this field wrote it: no
+    ``run_record``, and a digest over the rest."""
+    listed = manifest(out)
+    del listed["run_record"], listed["digest"]
+    listed["digest"] = hashlib.sha256(canonical_json(listed).encode()).hexdigest()
+    (out / "MANIFEST.json").write_text(json.dumps(listed, indent=1))
+
+
+def test_a_bundle_of_the_previous_version_still_verifies_and_its_record_is_checked(
+    demo_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record = tmp_path / "run.jsonl"
+    record_of(demo_cache, record, [(0, 0), (1, 0)])
+    out = bundle(demo_cache, tmp_path, capsys, "--record", str(record))
+    as_written_before_run_record_checksums(out)
+    code, printed, _ = mnimi(capsys, "verify", str(out))
+    assert code == 0
+    assert printed.startswith(
+        "note: MANIFEST.json predates run record checksums: run.jsonl is checked against "
+        "the store only\nok: "
+    )
+    assert json.loads(mnimi(capsys, "--json", "verify", str(out))[1])["notes"] != []
+    # What its record names is still checked against the store.
+    with (out / "run.jsonl").open("a") as shipped:
+        first = json.loads((out / "run.jsonl").read_text().splitlines()[0])
+        shipped.write(json.dumps({**first, "draw": 2, "draw_id": "forged"}) + "\n")
+    code, printed, _ = mnimi(capsys, "verify", str(out))
+    assert code == 1
+    assert (
+        f"run.jsonl names samples the bundle does not hold: draw 2 consumed sample 0 of "
+        f"{first['key']} (draw id forged); it holds draw id {first['draw_id']} there"
+    ) in printed
+    # One without a record has nothing to note.
+    bare = bundle(demo_cache, tmp_path / "bare", capsys)
+    as_written_before_run_record_checksums(bare)
+    code, printed, _ = mnimi(capsys, "verify", str(bare))
+    assert code == 0 and printed.startswith("ok: ")
 
 
 def test_a_bundle_is_never_written_into_a_directory_in_use(
