@@ -60,6 +60,6 @@ def test_the_walkthrough_runs_offline(
     # The authors drew three samples; the colleague's replay asked the server nothing.
     assert requests_after[0] >= 1
     assert requests_after[0] == requests_after[-1]
-    assert "identical: both runs consumed the same 3 samples in order" in out
+    assert "identical: both runs consumed the same 3 samples of 1 key" in out
     assert (tmp_path / "paper-bundle" / "MANIFEST.json").is_file()
     assert (tmp_path / ".llm_cache").is_dir()
