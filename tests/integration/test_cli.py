@@ -24,6 +24,7 @@ import pytest
 from mnimi_adapters import cli
 from mnimi_adapters.cli import main, parse_size
 from mnimi_adapters.core import BatchedModel, DiskStore, Persistent, Request, Sample
+from mnimi_adapters.core.errors import StoreError
 from mnimi_adapters.core.stores import FORMAT_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -401,6 +402,27 @@ def test_no_cache_at_path_is_not_created(
     missing.mkdir()
     assert run(capsys, *args)[0] == 2
     assert list(missing.iterdir()) == []
+
+
+def test_a_bundle_directory_is_named_with_the_cache_in_it(
+    store_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bundle = tmp_path / "paper-bundle"
+    assert run(capsys, "export", store_path, bundle, "--bundle")[0] == 0
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"model": "gpt-4o", "messages": COLOUR}))
+    said = f"no cache at {bundle}: it is a replication bundle, whose cache is {bundle / 'store'}"
+    for argv in (["stats"], ["show"], ["prune", "--max-size", "1MB"], ["explain", request]):
+        assert run(capsys, argv[0], bundle, *argv[1:]) == (2, "", f"mnimi: {said}\n")
+    # The library says the same to a replay pointed at the bundle, and writes nothing.
+    before = sorted(p.name for p in bundle.iterdir())
+    with pytest.raises(StoreError) as raised:
+        Persistent(Counting(), bundle, replication=True)
+    assert str(raised.value) == said
+    assert sorted(p.name for p in bundle.iterdir()) == before
+    # Its store is the cache, and verify takes either.
+    assert run(capsys, "stats", bundle / "store")[0] == 0
+    assert run(capsys, "verify", bundle)[0] == 0
 
 
 def test_a_file_is_not_a_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

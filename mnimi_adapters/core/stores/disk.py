@@ -287,11 +287,17 @@ def _private_directory(path: Path, create: bool) -> bool:
         )
     if not create:
         if not _holds_database(path):
+            # Imported here: the bundle module builds on the stores.
+            from ..bundle import STORE, is_bundle
+
             empty = is_store_directory(path)
-            raise StoreError(
-                f"no cache at {path}"
-                + (f": its {DBNAME} is empty (a copy cut short?); copy it again" if empty else "")
-            )
+            if is_bundle(path):  # the directory a colleague was sent, not the cache in it
+                why = f": it is a replication bundle, whose cache is {path / STORE}"
+            elif empty:
+                why = f": its {DBNAME} is empty (a copy cut short?); copy it again"
+            else:
+                why = ""
+            raise StoreError(f"no cache at {path}{why}")
     elif not path.exists():
         # The folders it makes on the way are private too (``~/.llm_cache`` for
         # ``~/.llm_cache/project``): mkdir(parents=True) gives them the umask's mode.
