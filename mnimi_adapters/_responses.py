@@ -276,7 +276,7 @@ def handle_responses(
         return original(**kwargs)
     cache, call = answering
     layer = cache._layer_for(call)
-    with _answering(cache, call), _litellm_errors():
+    with _answering(cache, call), _litellm_errors(kwargs):
         samples = layer.draw(call.request, 1)
     return _streamed(_answer(call, samples), kwargs)
 
@@ -290,6 +290,6 @@ async def ahandle_responses(
         return await original(**kwargs)
     cache, call = answering
     layer = cache._layer_for(call)
-    with _answering(cache, call), _litellm_errors():
+    with _answering(cache, call), _litellm_errors(kwargs):
         samples = await layer.adraw(call.request, 1)
     return _streamed(_answer(call, samples), kwargs)

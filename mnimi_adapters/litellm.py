@@ -753,7 +753,7 @@ def _routing_dspy() -> bool:
 
 
 @contextmanager
-def _litellm_errors() -> Iterator[None]:
+def _litellm_errors(call: Mapping[str, Any]) -> Iterator[None]:
     """Let a provider failure surface as the LiteLLM exception it was.
 
     Callers (and a Router's retries, cooldowns and fallbacks) expect
@@ -761,12 +761,19 @@ def _litellm_errors() -> Iterator[None]:
     ``completion``. The provider layer wraps them in a ``ProviderError``; the LiteLLM
     exception is its cause, unless the provider echoed the API key into it, in which case
     the ``ProviderError`` (which has the key scrubbed) is what the caller gets.
+
+    The exception says the retries of ``call`` (the caller's keyword arguments), as LiteLLM
+    sets them, not those of the provider call, which has LiteLLM's retries off: a Router
+    reads ``num_retries`` off the exception, and took that 0 for "retry no more".
     """
     try:
         yield
     except ProviderError as error:
         cause = error.__cause__
         if isinstance(cause, openai.APIError):
+            for name in ("num_retries", "max_retries"):
+                if hasattr(cause, name):
+                    setattr(cause, name, call.get(name))
             raise cause from None
         raise
 
@@ -970,7 +977,7 @@ class MnimiCache(Cache):
         call = self._intercept(kwargs)
         if call is None:
             return None
-        with _answering(self, call), _litellm_errors():
+        with _answering(self, call), _litellm_errors(kwargs):
             samples = self._layer_for(call).draw(call.request, call.n)
         return self._response(call, samples, kwargs.get("litellm_logging_obj"))
 
@@ -984,7 +991,7 @@ class MnimiCache(Cache):
         call = self._intercept(kwargs)
         if call is None:
             return None
-        with _answering(self, call), _litellm_errors():
+        with _answering(self, call), _litellm_errors(kwargs):
             samples = await self._layer_for(call).adraw(call.request, call.n)
         return self._response(call, samples, kwargs.get("litellm_logging_obj"))
 
@@ -1024,7 +1031,7 @@ class MnimiCache(Cache):
         layer = self._layer_for(call)
         if kwargs.get("stream") is True and call.n == 1:
             return self._live(original, layer, call, kwargs)
-        with _answering(self, call), _litellm_errors():
+        with _answering(self, call), _litellm_errors(kwargs):
             samples = layer.draw(call.request, call.n)
         return self._finish(original, call, samples, kwargs)
 
@@ -1034,7 +1041,7 @@ class MnimiCache(Cache):
         layer = self._layer_for(call)
         if kwargs.get("stream") is True and call.n == 1:
             return await self._alive(original, layer, call, kwargs)
-        with _answering(self, call), _litellm_errors():
+        with _answering(self, call), _litellm_errors(kwargs):
             samples = await layer.adraw(call.request, call.n)
         return await self._afinish(original, call, samples, kwargs)
 
@@ -1097,7 +1104,7 @@ class MnimiCache(Cache):
 
         def draw() -> list[Sample]:
             try:
-                with _answering(self, call), _litellm_errors():
+                with _answering(self, call), _litellm_errors(kwargs):
                     return layer.draw(call.request, 1)
             finally:
                 sink.chunks.put(_DONE)
@@ -1116,7 +1123,7 @@ class MnimiCache(Cache):
 
         async def draw() -> list[Sample]:
             try:
-                with _answering(self, call), _litellm_errors():
+                with _answering(self, call), _litellm_errors(kwargs):
                     return await layer.adraw(call.request, 1)
             finally:
                 sink.chunks.put(_DONE)

@@ -824,3 +824,39 @@ def test_num_retries_retries_a_miss_as_litellm_would(
     with pytest.raises(litellm.InternalServerError), independent():
         call(server, prompt, num_retries=0)  # position 0: the sample stored above
         call(server, prompt, num_retries=0)  # position 1: a miss, not retried
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_router_retries_a_miss_as_often_as_without_the_cache(
+    server: SamplingServer, cache: MnimiCache, is_async: bool
+) -> None:
+    """A Router reads num_retries off the failure: it says the caller's, not the
+    provider call's (which has LiteLLM's retries off), or the Router gave up at once."""
+    router = litellm.Router(
+        model_list=[
+            {
+                "model_name": "group",
+                "litellm_params": {"model": MODEL, "api_base": server.url, "api_key": API_KEY},
+            }
+        ],
+        num_retries=2,
+        cache_responses=True,
+        retry_after=0,
+    )
+
+    def ask(prompt: str) -> Any:
+        messages = [{"role": "user", "content": prompt}]
+        if is_async:
+            return asyncio.run(router.acompletion(model="group", messages=messages))
+        return router.completion(model="group", messages=messages)
+
+    server.fail_next(500, count=1)
+    answer = text(ask(f"Router retry {is_async}"))
+    assert [r.status for r in server.chat_requests()] == [500, 200]
+    assert text(ask(f"Router retry {is_async}")) == answer and sent(server) == 2
+    server.reset()
+    server.fail_next(500, count=10)
+    with pytest.raises(litellm.InternalServerError):
+        ask(f"Router gives up {is_async}")
+    assert sent(server) == 3  # as without the cache: the first attempt and two retries
+    server.reset()  # the faults left
