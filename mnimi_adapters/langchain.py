@@ -40,6 +40,7 @@ import threading
 import weakref
 from collections import Counter
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterator,
     Callable,
     Generator,
@@ -729,7 +730,15 @@ class WrappedChatModel(BatchedModel):
             raise
 
     async def aquery(self, request: Request, n: int) -> list[str | Sample]:
-        return await asyncio.wrap_future(start_apart(functools.partial(self.query, request, n)))
+        try:
+            return await asyncio.wrap_future(start_apart(functools.partial(self.query, request, n)))
+        except NotImplementedError:
+            pass  # a model with async code alone: its async path, on the library's loop
+        try:
+            return await self._aquery(request, n)
+        except Exception as error:
+            _scrub_error(error, _secrets_of(_call_of(request).chat, request.params))
+            raise
 
     def _query(self, request: Request, n: int) -> list[str | Sample]:
         call, chat, kwargs = self._arguments(request, n)
@@ -747,6 +756,26 @@ class WrappedChatModel(BatchedModel):
                         total = _forward(call.sink, total, chunk)
                 return self._streamed(call.sink, total)
             result = chat.generate([call.messages], stop=stop, callbacks=[], **kwargs)
+        return list(_samples_of(result.generations[0]))
+
+    async def _aquery(self, request: Request, n: int) -> list[str | Sample]:
+        """Async :meth:`_query`, for a model whose sync path is not implemented."""
+        call, chat, kwargs = self._arguments(request, n)
+        stop = kwargs.pop("stop", None)
+        with tracing_context(enabled=False):
+            if call.sink is not None and n == 1:
+                total: BaseMessage | None = None
+                chunks = cast(
+                    AsyncGenerator[BaseMessage, None],
+                    chat.astream(call.messages, {"callbacks": []}, stop=stop, **kwargs),
+                )
+                try:
+                    async for chunk in chunks:
+                        total = _forward(call.sink, total, chunk)
+                finally:
+                    await chunks.aclose()
+                return self._streamed(call.sink, total)
+            result = await chat.agenerate([call.messages], stop=stop, callbacks=[], **kwargs)
         return list(_samples_of(result.generations[0]))
 
     @staticmethod

@@ -19,12 +19,14 @@ from langchain_anthropic import ChatAnthropic
 from langchain_core.caches import InMemoryCache
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.globals import get_llm_cache, set_llm_cache
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import ConfigurableField
 from langchain_openai import ChatOpenAI
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from test_langchain import agent_loop, get_weather
 
 from mnimi_adapters import ReplicationCacheMiss, independent, no_cache, repeatable
@@ -863,3 +865,41 @@ def test_settings_of_the_wrapped_model_are_refused_on_the_wrapper_and_fields_con
     hotter = chat.configurable_fields(temperature=ConfigurableField(id="t"))
     with pytest.raises(ValidationError, match="configurable_alternatives"):
         hotter.with_config(configurable={"t": 0.2}).invoke(NUMBER)
+
+
+class _AsyncOnly(BaseChatModel):
+    """A chat model with async code alone: its sync path raises."""
+
+    #: Shared by the copies the wrapper makes of it (each without LangChain's cache).
+    calls: list[int] = Field(default_factory=list)
+
+    @property
+    def _llm_type(self) -> str:
+        return "async-only"
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any) -> Any:
+        raise NotImplementedError("use the async API")
+
+    async def _agenerate(
+        self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any
+    ) -> ChatResult:
+        self.calls.append(len(self.calls) + 1)
+        await asyncio.sleep(0.01)
+        answer = AIMessage(f"answer {len(self.calls)}")
+        return ChatResult(generations=[ChatGeneration(message=answer)])
+
+
+def test_a_model_with_async_code_alone_is_drawn_through_it(cache: str) -> None:
+    """An async miss runs the sync path on a refill thread; where it raises
+    NotImplementedError, the model's own async path runs instead."""
+    model = _AsyncOnly()
+    chat = MnimiChatModel(model=model, cache_dir=cache)
+
+    async def both() -> tuple[str, str]:
+        invoked = await chat.ainvoke("Hello")
+        streamed = sum_chunks([chunk async for chunk in chat.astream("Hello there")])
+        return str(invoked.content), str(streamed.content)
+
+    first = asyncio.run(both())
+    assert first == ("answer 1", "answer 2")
+    assert asyncio.run(both()) == first and len(model.calls) == 2  # replayed
