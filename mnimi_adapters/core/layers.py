@@ -101,7 +101,8 @@ class _InFlight:
     #: The sequence's length when last read or landed. While refills are in flight, a
     #: position at or past it is a miss without asking the store: every call of a burst
     #: would otherwise read the store (and hand the GIL around) to learn just that.
-    stored: int = 0
+    #: ``None`` once a refill landed where its store did not say: the store is asked.
+    stored: int | None = 0
 
 
 class _Landings:
@@ -305,7 +306,9 @@ class CacheLayer(Wrapper):
             in_flight = self._refills[key]
             del in_flight.refills[refill]
             in_flight.pending -= refill.count
-            if refill.reached is not None:
+            if refill.reached is None or in_flight.stored is None:
+                in_flight.stored = None
+            else:
                 in_flight.stored = max(in_flight.stored, refill.reached)
             if not in_flight.refills:
                 del self._refills[key]
@@ -405,10 +408,11 @@ class CacheLayer(Wrapper):
         :meth:`SequenceStore.read`); the store is not asked while refills of ``key`` are
         in flight and ``index`` lies past the length they started from."""
         in_flight = self._refills.get(key)
-        if in_flight is not None and index >= in_flight.stored:
+        stored = None if in_flight is None else in_flight.stored
+        if stored is not None and index >= stored:
             # Another process may have appended meanwhile, as it may while the refills
             # run: such a sample is found when this position is read after planning.
-            return in_flight.stored
+            return stored
         return self.store.read(key, index)
 
     def _note(self, hit: bool) -> None:

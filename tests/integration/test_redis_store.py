@@ -7,6 +7,7 @@ The law suites (tests/test_laws.py, tests/test_concurrency.py) also run over Red
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import multiprocessing
@@ -102,10 +103,12 @@ def durable(tmp_path: Path) -> Iterator[RedisServer]:
 
 def test_append_reads_and_record(store: RedisStore) -> None:
     first = samples(3)
-    assert store.append("k", [*first, first[0]], RECORD) == first  # a repeat within one call
+    added = store.append("k", [*first, first[0]], RECORD)
+    assert added == first and added.start == 0  # a repeat within one call
     assert store.append("k", first, {"model": "other"}) == []  # law 3: never twice
     more = samples(2, "more")
-    assert store.append("k", more, RECORD) == more
+    added = store.append("k", more, RECORD)
+    assert added == more and added.start == 3  # where they went: read back from memory
     assert store.length("k") == 5
     assert [store.get("k", i) for i in range(5)] == [*first, *more]
     assert store.get("k", 5) is None and store.get("other", 0) is None
@@ -294,7 +297,8 @@ def test_server_restart_mid_run(durable: RedisServer) -> None:
     for attempt in (
         lambda: store.get(key, 0),
         lambda: store.append(key, samples(1), RECORD),
-        lambda: next(layer.samples(PROMPT)),
+        # A prompt never read: a position a refill drew ahead is served from memory.
+        lambda: next(layer.samples("A prompt never read")),
         lambda: RedisStore(url),
     ):
         with pytest.raises(StoreError) as raised:
@@ -441,6 +445,32 @@ def sampling_server() -> Iterator[Any]:
 
     with SamplingServer(seed=5) as running:
         yield running
+
+
+def test_a_burst_of_misses_pays_for_what_it_asked(sampling_server: Any, redis_url: str) -> None:
+    """An append says where it wrote, so concurrent misses plan from it: a burst with
+    failures paid for up to 47 samples where it asked for 20."""
+    from mnimi_adapters import OpenAICompatible
+
+    sampling_server.reset()
+    sampling_server.latency = 0.03
+    sampling_server.fail_next(500, count=2)
+    model = OpenAICompatible(
+        "mock-model", 1.0, api_base=sampling_server.url, api_key="k", max_batch=2
+    )
+    scoped = Independent(Persistent(model, redis_url))
+
+    async def burst() -> list[list[Any]]:
+        counts = (3, 1, 2, 5, 1, 3, 1, 4)
+        calls = [scoped.adraw(f"{PROMPT} ({i % 2})", n) for i, n in enumerate(counts)]
+        return await asyncio.gather(*calls)
+
+    try:
+        drawn = [s.draw_id for samples in asyncio.run(burst()) for s in samples]
+    finally:
+        sampling_server.latency = 0.0
+    paid = sum(r.body.get("n", 1) for r in sampling_server.chat_requests() if r.status == 200)
+    assert len(set(drawn)) == len(drawn) == 20 and paid == 20
 
 
 def test_chat_model_with_a_redis_cache_dir(sampling_server: Any, redis_url: str) -> None:

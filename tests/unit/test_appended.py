@@ -256,3 +256,24 @@ def test_a_burst_sees_what_another_process_appends_meanwhile(tmp_path: Path) -> 
 def store_check_clean(path: Path) -> bool:
     with DiskStore(path) as store:
         return store.check().problems == []
+
+
+def test_a_burst_over_a_store_that_does_not_say_where_it_wrote_pays_no_more(
+    tmp_path: Path,
+) -> None:
+    """Without positions from its appends the layer asks the store, rather than plan from
+    a length its refills have moved past (Redis did that, and paid up to twice over)."""
+
+    class Silent(MemoryStore):
+        def append(self, *args: object, **kwargs: object) -> Appended:
+            return Appended(super().append(*args, **kwargs))  # type: ignore[arg-type]
+
+    model = SlowNumbers(max_batch=2)
+    scoped = Independent(CacheLayer(model, Silent()))
+
+    async def burst() -> list[list[Sample]]:
+        counts = (3, 1, 2, 5, 1, 3, 1, 4)
+        return list(await asyncio.gather(*(scoped.adraw("Pick", n) for n in counts)))
+
+    drawn = [s.draw_id for samples in asyncio.run(burst()) for s in samples]
+    assert len(set(drawn)) == len(drawn) == 20 and sum(model.calls) == 20

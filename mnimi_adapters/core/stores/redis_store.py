@@ -91,7 +91,8 @@ redis.call('SISMEMBER', KEYS[2], ARGV[2])
 redis.call('HLEN', KEYS[3])
 redis.call('HLEN', KEYS[4])
 local length = tonumber(redis.call('HGET', KEYS[5], 'length') or '0')
-local added = {}
+-- The position of the first sample added, then the argument indices of those added.
+local added = {length}
 local chars, prompt, completion, cost = 0, 0, 0, 0
 for i = 5, #ARGV, 6 do
   -- HSETNX also de-duplicates draws repeated within this one call.
@@ -105,7 +106,7 @@ for i = 5, #ARGV, 6 do
     added[#added + 1] = (i - 5) / 6
   end
 end
-if #added > 0 then
+if #added > 1 then
   redis.call('HSETNX', KEYS[5], 'request', ARGV[4])
   redis.call('HSET', KEYS[5], 'length', length, 'stored', ARGV[3], 'used', ARGV[3])
   redis.call('HINCRBY', KEYS[5], 'bytes', chars)
@@ -538,8 +539,10 @@ class RedisStore(SequenceStore):
             self._record(key),
         ]
         with self._talking(f"appending to key {key}"):
-            positions = self._append(keys=keys, args=args)
-        return Appended(samples[int(position)] for position in positions)
+            start, *positions = self._append(keys=keys, args=args)
+        # Where they went: the caller reads them back from memory, not from the server,
+        # and plans its next refill from there (without it, concurrent misses overdrew).
+        return Appended((samples[int(position)] for position in positions), int(start))
 
     def touch(self, key: str) -> None:
         batch = self._usage.note(key)
