@@ -420,6 +420,10 @@ def test_a_bundle_directory_is_named_with_the_cache_in_it(
         Persistent(Counting(), bundle, replication=True)
     assert str(raised.value) == said
     assert sorted(p.name for p in bundle.iterdir()) == before
+    # A run that would draw into it is refused too: its cache would sit beside the manifest.
+    with pytest.raises(StoreError, match="is a replication bundle, not a cache"):
+        Persistent(Counting(), bundle)
+    assert sorted(p.name for p in bundle.iterdir()) == before
     # Its store is the cache, and verify takes either.
     assert run(capsys, "stats", bundle / "store")[0] == 0
     assert run(capsys, "verify", bundle)[0] == 0

@@ -285,18 +285,23 @@ def _private_directory(path: Path, create: bool) -> bool:
         raise StoreError(
             f"cache path {path} exists and is not a directory, so is not a cache directory"
         )
+    if path.exists() and not _holds_database(path):
+        # Imported here: the bundle module builds on the stores.
+        from ..bundle import STORE, is_bundle
+
+        if is_bundle(path):  # the directory a colleague was sent, not the cache in it
+            if create:  # a cache made inside it would leave its manifest behind
+                raise StoreError(
+                    f"{path} is a replication bundle, not a cache: its cache is "
+                    f"{path / STORE} (replay it with replication=True; copy it to extend it)"
+                )
+            raise StoreError(
+                f"no cache at {path}: it is a replication bundle, whose cache is {path / STORE}"
+            )
     if not create:
         if not _holds_database(path):
-            # Imported here: the bundle module builds on the stores.
-            from ..bundle import STORE, is_bundle
-
             empty = is_store_directory(path)
-            if is_bundle(path):  # the directory a colleague was sent, not the cache in it
-                why = f": it is a replication bundle, whose cache is {path / STORE}"
-            elif empty:
-                why = f": its {DBNAME} is empty (a copy cut short?); copy it again"
-            else:
-                why = ""
+            why = f": its {DBNAME} is empty (a copy cut short?); copy it again" if empty else ""
             raise StoreError(f"no cache at {path}{why}")
     elif not path.exists():
         # The folders it makes on the way are private too (``~/.llm_cache`` for
