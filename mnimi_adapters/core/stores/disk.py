@@ -285,7 +285,8 @@ def _private_directory(path: Path, create: bool) -> bool:
         raise StoreError(
             f"cache path {path} exists and is not a directory, so is not a cache directory"
         )
-    if path.exists() and not _holds_database(path):
+    holds = path.exists() and _holds_database(path)
+    if path.exists() and not holds:
         # Imported here: the bundle module builds on the stores.
         from ..bundle import STORE, is_bundle
 
@@ -299,7 +300,7 @@ def _private_directory(path: Path, create: bool) -> bool:
                 f"no cache at {path}: it is a replication bundle, whose cache is {path / STORE}"
             )
     if not create:
-        if not _holds_database(path):
+        if not holds:
             empty = is_store_directory(path)
             why = f": its {DBNAME} is empty (a copy cut short?); copy it again" if empty else ""
             raise StoreError(f"no cache at {path}{why}")
