@@ -144,6 +144,7 @@ from .providers import (
     in_provider_call,
     litellm_param_role,
     provider_call_active,
+    retry_count,
 )
 
 __all__ = ["MnimiCache"]
@@ -194,7 +195,7 @@ def _retries(kwargs: Mapping[str, Any]) -> int | None:
     """
     max_retries = callers_max_retries(kwargs)
     if max_retries is None:
-        return callers_max_retries({"max_retries": kwargs.get("num_retries")})
+        return retry_count(kwargs.get("num_retries"))
     return max_retries
 
 

@@ -230,9 +230,13 @@ def _sent_secrets(kwargs: Mapping[str, Any]) -> Iterator[str]:
 
 def callers_max_retries(params: Mapping[str, Any]) -> int | None:
     """The ``max_retries`` a call asked for, if it is a valid count, else ``None``."""
-    retries = params.get("max_retries")
-    if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0:
-        return retries
+    return retry_count(params.get("max_retries"))
+
+
+def retry_count(value: Any) -> int | None:
+    """``value`` if it is a valid count of retries (an int >= 0, not a bool), else ``None``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
     return None
 
 
