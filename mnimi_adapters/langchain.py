@@ -721,24 +721,27 @@ class WrappedChatModel(BatchedModel):
             kwargs["n"] = n
         return call, chat, kwargs
 
-    def query(self, request: Request, n: int) -> list[str | Sample]:
+    @staticmethod
+    @contextlib.contextmanager
+    def _scrubbing(request: Request) -> Iterator[None]:
+        """The wrapped model's errors, with any of its credentials they echo as ``***``."""
         try:
-            return self._query(request, n)
+            yield
         except Exception as error:
-            call = _call_of(request)
-            _scrub_error(error, _secrets_of(call.chat, request.params))
+            _scrub_error(error, _secrets_of(_call_of(request).chat, request.params))
             raise
+
+    def query(self, request: Request, n: int) -> list[str | Sample]:
+        with self._scrubbing(request):
+            return self._query(request, n)
 
     async def aquery(self, request: Request, n: int) -> list[str | Sample]:
         try:
             return await asyncio.wrap_future(start_apart(functools.partial(self.query, request, n)))
         except NotImplementedError:
             pass  # a model with async code alone: its async path, on the library's loop
-        try:
+        with self._scrubbing(request):
             return await self._aquery(request, n)
-        except Exception as error:
-            _scrub_error(error, _secrets_of(_call_of(request).chat, request.params))
-            raise
 
     def _query(self, request: Request, n: int) -> list[str | Sample]:
         call, chat, kwargs = self._arguments(request, n)
