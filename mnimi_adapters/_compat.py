@@ -428,11 +428,12 @@ def _entry(original: Callable[..., Any], handler: EntryHandler) -> Callable[...,
     return entry
 
 
-#: Per wrapped entry point's name, LiteLLM's function and the wrapper put in its place.
-_WRAPPED: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {}
+#: Per wrapped entry point (its owner, a module or class, and its name), LiteLLM's function
+#: and the wrapper put in its place.
+_WRAPPED: dict[tuple[Any, str], tuple[Callable[..., Any], Callable[..., Any]]] = {}
 
 
-def wrap_entry_points(handlers: Mapping[str, EntryHandler]) -> None:
+def wrap_entry_points(handlers: Mapping[str, EntryHandler], owner: Any = None) -> None:
     """Route LiteLLM's public entry points (``completion``, ...) through ``handlers``.
 
     Why: LiteLLM skips ``litellm.cache`` for a call with ``caching=False`` or
@@ -453,15 +454,18 @@ def wrap_entry_points(handlers: Mapping[str, EntryHandler]) -> None:
     Args:
         handlers: Per entry point's name, the handler of its calls (a coroutine function
             for an async entry point such as ``acompletion``).
+        owner: What holds the entry points: the ``litellm`` module unless given (a class
+            of :func:`client_class_methods`, whose methods are wrapped in place).
     """
     import litellm
 
+    owner = litellm if owner is None else owner
     for name, handler in handlers.items():
-        original = getattr(litellm, name)
+        original = getattr(owner, name)
         if not getattr(original, "_mnimi_wrapped", False):
             wrapper = _entry(original, handler)
-            _WRAPPED[name] = (original, wrapper)
-            setattr(litellm, name, wrapper)
+            _WRAPPED[owner, name] = (original, wrapper)
+            setattr(owner, name, wrapper)
 
 
 def unwrap_entry_points() -> None:
@@ -471,12 +475,34 @@ def unwrap_entry_points() -> None:
     wrapper) is left as it is: their wrapper calls ours, which with no cache installed
     calls LiteLLM's function at once.
     """
-    import litellm
-
-    for name, (original, wrapper) in _WRAPPED.items():
-        if getattr(litellm, name, None) is wrapper:
-            setattr(litellm, name, original)
+    for (owner, name), (original, wrapper) in _WRAPPED.items():
+        if getattr(owner, name, None) is wrapper:
+            setattr(owner, name, original)
     _WRAPPED.clear()
+
+
+def client_class_methods() -> list[Any]:
+    """The classes whose ``create`` LiteLLM's OpenAI-style client ``litellm.LiteLLM`` calls.
+
+    Why: ``LiteLLM().chat.completions.create(...)`` is a method of ``litellm.main``'s
+    ``Completions`` (``AsyncCompletions`` for a client made with ``acompletion=True``),
+    neither of them public. It calls LiteLLM's ``completion`` as ``litellm.main`` imported
+    it, not the module attribute a cache wraps, with the client's parameters merged into
+    the call's and kept for its later calls. Those parameters are the ``locals()`` of the
+    client's constructor, ``self`` included, so every call passes ``self=<client>``, and
+    any cache's ``get_cache(self, **kwargs)`` then fails after the request was sent (a
+    replication cache's too). So their ``create`` is wrapped, to set the parameters right
+    before LiteLLM's method runs.
+    """
+    import litellm.main
+
+    return [
+        owner
+        for owner in (
+            getattr(litellm.main, name, None) for name in ("Completions", "AsyncCompletions")
+        )
+        if isinstance(owner, type) and callable(getattr(owner, "create", None))
+    ]
 
 
 #: LiteLLM's public functions that send a request but are neither named in its ``CallTypes``
@@ -818,6 +844,9 @@ PRIVATE_SYMBOLS: Final = (
     ("litellm", "responses"),
     ("litellm.responses.streaming_iterator", "build_synthetic_response_events"),
     ("litellm", "aresponses"),
+    # LiteLLM's OpenAI-style client's completions (client_class_methods).
+    ("litellm.main", "Completions"),
+    ("litellm.main", "AsyncCompletions"),
     # Not exported by ``litellm`` itself: the type a Responses API hit is rebuilt as.
     ("litellm.types.llms.openai", "ResponsesAPIResponse"),
     ("dspy.clients.execution", "select_backend"),

@@ -111,6 +111,7 @@ from ._compat import (
     HIDDEN_PARAMS_FIELD,
     HiddenParams,
     carry_dspy_rollout_ids,
+    client_class_methods,
     close_stream,
     dspy_rollout_id,
     has_cache_switches,
@@ -692,6 +693,34 @@ async def _ahandle_routed(
     return await original(*args, **kwargs)
 
 
+def _set_client_params(args: tuple[Any, ...]) -> None:
+    """Set right the kept parameters of the ``litellm.LiteLLM`` client a ``create`` is called on.
+
+    See ``_compat.client_class_methods``: its ``self`` is no parameter of a completion, and
+    a cache that overrides a call's cache switches drops the kept ones too.
+    """
+    params = getattr(args[0], "params", None) if args else None
+    if isinstance(params, dict):
+        params.pop("self", None)
+        _steered(params)
+
+
+def _handle_client_create(
+    original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``litellm.LiteLLM().chat.completions.create``: LiteLLM's, with its parameters set right."""
+    _set_client_params(args)
+    return _handle_routed(original, args, kwargs)
+
+
+async def _ahandle_client_create(
+    original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Async :func:`_handle_client_create`."""
+    _set_client_params(args)
+    return await _ahandle_routed(original, args, kwargs)
+
+
 async def _ahandle_text_completion(
     original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
@@ -735,6 +764,20 @@ async def _ahandle_uncached(
     """Async :func:`_handle_uncached`."""
     _refuse_under_replication(original)
     return await original(*args, **kwargs)
+
+
+def _handle_model_listing(
+    original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``litellm.get_valid_models``: asks the provider only with ``check_provider_endpoint``.
+
+    Without it, it reads LiteLLM's own model list and the environment, which a replication
+    run may do. With it, it sends ``GET /models`` and returns ``[]`` on any failure, so the
+    refusal comes before it.
+    """
+    if kwargs.get("check_provider_endpoint", args[0] if args else None):
+        _refuse_under_replication(original)
+    return original(*args, **kwargs)
 
 
 def _is_async(name: str) -> bool:
@@ -905,6 +948,12 @@ class MnimiCache(Cache):
                     for name in routed_entry_points()
                 }
             )
+            for owner in client_class_methods():
+                asynchronous = inspect.iscoroutinefunction(owner.create)
+                wrap_entry_points(
+                    {"create": _ahandle_client_create if asynchronous else _handle_client_create},
+                    owner,
+                )
             if self.replication:
                 # Nothing leaves the process: LiteLLM's other entry points are refused.
                 wrap_entry_points(
@@ -913,6 +962,8 @@ class MnimiCache(Cache):
                         for name in request_entry_points(_ANSWERED | set(routed_entry_points()))
                     }
                 )
+                if callable(getattr(litellm, "get_valid_models", None)):
+                    wrap_entry_points({"get_valid_models": _handle_model_listing})
             if self.replication or self.dspy:
                 route_dspy_through_litellm(_routing_dspy)
                 carry_dspy_rollout_ids()

@@ -23,7 +23,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
 
-from mnimi_adapters import MnimiError, ReplicationCacheMiss, StoreError
+from mnimi_adapters import MnimiError, ReplicationCacheMiss, StoreError, independent
 from mnimi_adapters.core.stores import open_store
 from mnimi_adapters.litellm import MnimiCache
 from mnimi_adapters.testing import SamplingServer
@@ -250,6 +250,72 @@ def test_litellm_calls_the_cache_does_not_answer_are_refused_by_a_replica(
         with pytest.raises(MnimiError, match="not cached"):
             litellm.moderation(input="hi", **endpoint)
     replica.close()
+    assert server.requests == []
+
+
+def client_create(server: SamplingServer, prompt: str, **kwargs: Any) -> Any:
+    """A chat completion through LiteLLM's OpenAI-style client, ``litellm.LiteLLM``."""
+    client = litellm.LiteLLM(api_key=API_KEY)
+    return client.chat.completions.create(
+        model=MODEL, messages=messages(prompt), api_base=server.url, **kwargs
+    )
+
+
+async def aclient_create(server: SamplingServer, prompt: str, **kwargs: Any) -> Any:
+    """The same through the client's async completions (made with ``acompletion=True``)."""
+    chat = litellm.main.Chat({"api_key": API_KEY, "acompletion": True}, router_obj=None)
+    return await chat.completions.create(
+        model=MODEL, messages=messages(prompt), api_base=server.url, **kwargs
+    )
+
+
+@pytest.mark.parametrize("switches", [{}, *SWITCHES.values()], ids=["plain", *SWITCHES])
+def test_litellms_client_class_is_answered_from_the_store_and_sends_nothing(
+    server: SamplingServer, tmp_path: Path, switches: dict[str, Any]
+) -> None:
+    # Its ``create`` calls LiteLLM's ``completion`` as ``litellm.main`` imported it, with the
+    # constructor's ``locals()`` (``self`` too): any cache failed after the request was sent.
+    recorded = record(server, tmp_path, "Recorded")
+    server.reset()
+    with MnimiCache(str(tmp_path), replication=True):
+        assert text(client_create(server, "Recorded", **switches)) == recorded
+        assert text(asyncio.run(aclient_create(server, "Recorded", **switches))) == recorded
+        with pytest.raises(ReplicationCacheMiss):
+            client_create(server, "Never recorded", **switches)
+        with pytest.raises(ReplicationCacheMiss):
+            asyncio.run(aclient_create(server, "Never recorded", **switches))
+    assert sent(server) == 0
+
+
+def test_litellms_client_class_is_cached_outside_replication(
+    server: SamplingServer, tmp_path: Path
+) -> None:
+    server.reset()
+    with MnimiCache(str(tmp_path)), independent():
+        first = [text(client_create(server, "Client")) for _ in range(2)]
+        first.append(text(asyncio.run(aclient_create(server, "Client"))))
+    assert sent(server) == 3
+    assert len(set(first)) == 3
+    with MnimiCache(str(tmp_path)), independent():
+        again = [text(client_create(server, "Client")) for _ in range(2)]
+        again.append(text(asyncio.run(aclient_create(server, "Client"))))
+        # The caller's switch keeps its meaning outside replication: sent, not stored.
+        client_create(server, "Client", caching=False)
+    assert again == first
+    assert sent(server) == 4
+
+
+def test_listing_models_at_the_provider_is_refused_by_a_replica(
+    server: SamplingServer, tmp_path: Path
+) -> None:
+    open_store(tmp_path).close()
+    server.reset()
+    endpoint = {"custom_llm_provider": "openai", "api_base": server.url, "api_key": API_KEY}
+    with MnimiCache(str(tmp_path), replication=True):
+        # LiteLLM's own list (no request) stays available.
+        assert isinstance(litellm.get_valid_models(), list)
+        with pytest.raises(MnimiError, match=r"litellm\.get_valid_models is not cached"):
+            litellm.get_valid_models(check_provider_endpoint=True, **endpoint)
     assert server.requests == []
 
 

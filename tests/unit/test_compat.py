@@ -14,6 +14,7 @@ from mnimi_adapters._compat import (
     LITELLM_OPTIONS,
     PRIVATE_SYMBOLS,
     _module_functions,
+    client_class_methods,
     hit_needs_litellm,
     installed_litellm_params,
     keep_entry_point_signatures,
@@ -188,6 +189,16 @@ def test_entry_points_outside_litellms_call_types_are_found_too() -> None:
 def test_the_routed_helpers_still_exist() -> None:
     # Each hands the caller's cache switches to LiteLLM's own completion or responses.
     assert len(routed_entry_points()) == 8
+
+
+def test_the_client_class_methods_still_exist() -> None:
+    # ``litellm.LiteLLM().chat.completions`` is one of them, with a ``create``.
+    import litellm
+
+    classes = client_class_methods()
+    assert [owner.__name__ for owner in classes] == ["Completions", "AsyncCompletions"]
+    client = litellm.LiteLLM(api_key="sk-test")
+    assert type(client.chat.completions) in classes
 
 
 #: LiteLLM's public coroutine functions that a replication cache neither answers nor
