@@ -199,6 +199,10 @@ def _over_litellm(layer: Layer) -> bool:
     return isinstance(layer, LiteLLMModel)
 
 
+#: Keyword arguments LangChain's ``invoke``, ``stream`` and ``generate`` take out of a call
+#: before ``_generate`` or ``_stream`` sees it: they name the structured output for traces.
+_TRACE_LABELS = ("ls_structured_output_format", "structured_output_format")
+
 _get_runtime: Callable[[], Any] | None = None
 _langgraph_checked = False
 
@@ -450,10 +454,36 @@ def _sample_of(message: BaseMessage, response_id: str, usage: UsageMetadata | No
     )
 
 
+def _parsed_everywhere(messages: list[BaseMessage]) -> list[BaseMessage]:
+    """``messages``, each parsed as the first one is, when it is a structured answer.
+
+    langchain-openai parses the first choice of a structured-output response only (it
+    sets ``additional_kwargs["parsed"]`` on generation 0 alone), and its parser refuses a
+    message without one. Here a response of ``n`` choices answers ``n`` calls, and each
+    of them parses: the others get the JSON object of their own text.
+    """
+    if len(messages) < 2 or messages[0].additional_kwargs.get("parsed") is None:
+        return messages
+    filled = messages[:1]
+    for message in messages[1:]:
+        extra = message.additional_kwargs
+        if "parsed" not in extra and isinstance(message.content, str):
+            try:
+                parsed = json.loads(message.content)
+            except ValueError:  # not JSON (a refusal, a cut answer): the parser says so
+                parsed = None
+            if isinstance(parsed, dict):
+                message = message.model_copy(
+                    update={"additional_kwargs": {**extra, "parsed": parsed}}
+                )
+        filled.append(message)
+    return filled
+
+
 def _samples_of(generations: Sequence[Any]) -> list[Sample]:
     """The samples of one response; each of ``n`` generations gets its share of the usage."""
     response_id = new_draw_id()
-    messages = [g.message for g in generations]
+    messages = _parsed_everywhere([g.message for g in generations])
     usage = getattr(messages[0], "usage_metadata", None) if messages else None
     if len(messages) < 2 or not usage:
         return [_sample_of(m, response_id, None) for m in messages]
@@ -1893,6 +1923,11 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         """The inputs of a batch grouped by request, in input order: one draw per group."""
         options = dict(kwargs)
         stop = options.pop("stop", None)
+        # Only labels for LangChain's traces (``with_structured_output`` binds them): its
+        # ``invoke`` drops them before ``_generate``, so each input's own call is keyed
+        # without them, and a draw keyed with them would be paid for and never read.
+        for label in _TRACE_LABELS:
+            options.pop(label, None)
         groups: dict[tuple[int, str], tuple[_Draw, list[int]]] = {}
         for index, value in enumerate(inputs):
             draw = self._prepare(_messages_of(value), stop, options)
