@@ -774,6 +774,77 @@ def in_runnable_context() -> bool:
     return var_child_runnable_config.get() is not None
 
 
+#: The LangGraph node attempts around the graph run in progress, outermost first.
+_ENCLOSING_ATTEMPTS: ContextVar[tuple[int, ...]] = ContextVar(
+    "mnimi_enclosing_node_attempts", default=()
+)
+
+
+def enclosing_node_attempts() -> tuple[int, ...]:
+    """The attempts of the LangGraph nodes that run the current graph, outermost first.
+
+    Empty until :func:`carry_node_attempts_into_graphs` has run, and outside any graph
+    run inside a node.
+    """
+    return _ENCLOSING_ATTEMPTS.get()
+
+
+def _attempts_around(config: Any) -> tuple[int, ...]:
+    """The node attempts around a graph run about to start with ``config``."""
+    from langchain_core.runnables.config import ensure_config
+    from langgraph._internal._constants import CONFIG_KEY_RUNTIME
+
+    try:
+        runtime: Any = ensure_config(config).get("configurable", {}).get(CONFIG_KEY_RUNTIME)
+        attempt = runtime.execution_info.node_attempt
+    except Exception:  # no node runs this graph, or a LangGraph without execution info
+        attempt = 1
+    if not isinstance(attempt, int) or attempt < 1:
+        attempt = 1
+    return (*_ENCLOSING_ATTEMPTS.get(), attempt)
+
+
+def carry_node_attempts_into_graphs() -> None:
+    """Let a graph run inside a LangGraph node know that node's attempt.
+
+    Why: a ``RetryPolicy`` re-runs a failed node, and records the attempt in the node's
+    runtime (``execution_info.node_attempt``). A graph the node runs (a subgraph added as
+    the node, a compiled graph or an agent it invokes) starts a runtime of its own whose
+    nodes are at attempt 1, so calls made there cannot tell a retry from the first run,
+    and a repeatable cache would replay the rejected answer on every attempt. LangGraph
+    keeps the node's runtime in the run's configuration under a private key; the graph's
+    public ``invoke``/``ainvoke`` are wrapped to note the node's attempt, in a ContextVar
+    the graph's own nodes inherit. Kept for good once made, like the other patches.
+    """
+    import functools
+
+    from langgraph.pregel import Pregel
+
+    if getattr(Pregel.invoke, "_mnimi_wrapped", False):
+        return
+    invoke, ainvoke = Pregel.invoke, Pregel.ainvoke
+
+    @functools.wraps(invoke)
+    def noting_invoke(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        token = _ENCLOSING_ATTEMPTS.set(_attempts_around(config))
+        try:
+            return invoke(self, input, config, **kwargs)
+        finally:
+            _ENCLOSING_ATTEMPTS.reset(token)
+
+    @functools.wraps(ainvoke)
+    async def noting_ainvoke(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        token = _ENCLOSING_ATTEMPTS.set(_attempts_around(config))
+        try:
+            return await ainvoke(self, input, config, **kwargs)
+        finally:
+            _ENCLOSING_ATTEMPTS.reset(token)
+
+    noting_invoke._mnimi_wrapped = True  # type: ignore[attr-defined]
+    Pregel.invoke = noting_invoke  # type: ignore[method-assign]
+    Pregel.ainvoke = noting_ainvoke  # type: ignore[method-assign]
+
+
 class InvocationParamsWithoutCredentials:
     """A mixin for a ``BaseChatModel`` whose invocation params carry no credential.
 
@@ -854,6 +925,8 @@ PRIVATE_SYMBOLS: Final = (
     ("dspy.clients.lm", "litellm_completion"),
     ("dspy.clients.lm", "alitellm_completion"),
     ("langchain_core.runnables.config", "var_child_runnable_config"),
+    # The key of a node's runtime in a LangGraph run's configuration.
+    ("langgraph._internal._constants", "CONFIG_KEY_RUNTIME"),
     ("langchain_core.language_models.chat_models", "BaseChatModel"),
     ("pydantic.main", "BaseModel"),  # its __pydantic_private__ slot: private_attributes
 )

@@ -116,7 +116,13 @@ from pydantic import (
     model_validator,
 )
 
-from ._compat import InvocationParamsWithoutCredentials, in_runnable_context, private_attributes
+from ._compat import (
+    InvocationParamsWithoutCredentials,
+    carry_node_attempts_into_graphs,
+    enclosing_node_attempts,
+    in_runnable_context,
+    private_attributes,
+)
 from .core import (
     BatchedModel,
     CacheLayer,
@@ -207,23 +213,33 @@ _get_runtime: Callable[[], Any] | None = None
 _langgraph_checked = False
 
 
+def _watch_langgraph() -> None:
+    """Find LangGraph's runtime once, and let graphs run in a node know its attempt."""
+    global _get_runtime, _langgraph_checked
+    if _langgraph_checked:
+        return
+    # Imported once, lazily: LangGraph is optional and its import is not free.
+    try:
+        from langgraph.runtime import get_runtime
+    except ImportError:
+        _get_runtime = None
+    else:
+        _get_runtime = get_runtime
+        carry_node_attempts_into_graphs()
+    _langgraph_checked = True
+
+
 def _node_attempt() -> int:
     """The LangGraph node attempt (1, 2, ...) this call runs in; 1 outside LangGraph.
 
     LangGraph's ``RetryPolicy`` re-runs a failed node with identical input and
     records the attempt in ``get_runtime().execution_info.node_attempt``
     (checked in langgraph 1.2: ``langgraph/runtime.py`` and ``pregel/_retry.py``).
+    A graph run inside a node (a subgraph, an agent) counts from attempt 1 again, so
+    the retries of the nodes around it count too: each retry anywhere on the way is
+    one more attempt, and the sum of them all picks the position.
     """
-    global _get_runtime, _langgraph_checked
-    if not _langgraph_checked:
-        # Imported once, lazily: LangGraph is optional and its import is not free.
-        try:
-            from langgraph.runtime import get_runtime
-        except ImportError:
-            _get_runtime = None
-        else:
-            _get_runtime = get_runtime
-        _langgraph_checked = True
+    _watch_langgraph()
     # LangGraph's get_runtime() raises outside a runnable context; checking first keeps
     # plain calls (the common case) free of a raised exception.
     if _get_runtime is None or not in_runnable_context():
@@ -233,8 +249,9 @@ def _node_attempt() -> int:
         # runtime is missing, and older LangGraph versions lack execution_info.
         attempt = _get_runtime().execution_info.node_attempt
     except Exception:
-        return 1
-    return attempt if isinstance(attempt, int) and attempt > 1 else 1
+        attempt = 1
+    retries = sum(around - 1 for around in enclosing_node_attempts())
+    return retries + (attempt if isinstance(attempt, int) and attempt > 1 else 1)
 
 
 def _is_pydantic_class(schema: Any) -> bool:

@@ -726,6 +726,73 @@ def test_langgraph_retry_attempts_draw_fresh_and_a_rerun_replays(
     assert sent(server) == 3
 
 
+@pytest.mark.parametrize("shape", ["subgraph as the node", "graph invoked in the node"])
+@pytest.mark.parametrize("run_async", [False, True], ids=["invoke", "ainvoke"])
+def test_a_retried_node_that_runs_a_graph_draws_fresh_and_a_rerun_replays(
+    server: SamplingServer,
+    openai: Callable[..., ChatOpenAI],
+    cache: str,
+    shape: str,
+    run_async: bool,
+) -> None:
+    # The graph the node runs starts its own nodes at attempt 1: every retry of the node
+    # around it replayed the answer it had just rejected.
+    def run() -> list[str]:
+        chat = MnimiChatModel(model=openai(), cache_dir=cache)
+        seen: list[str] = []
+
+        def check(state: State) -> State:
+            if len(seen) < 3:
+                raise ValueError(state["answer"])
+            return state
+
+        def propose(state: State) -> State:
+            seen.append(str(chat.invoke(NUMBER).content))
+            return {"answer": seen[-1]}
+
+        async def apropose(state: State) -> State:
+            seen.append(str((await chat.ainvoke(NUMBER)).content))
+            return {"answer": seen[-1]}
+
+        inner = StateGraph(State)
+        inner.add_node("propose", apropose if run_async else propose)
+        inner.add_edge(START, "propose")
+        if shape == "subgraph as the node":
+            inner.add_node("check", check)
+            inner.add_edge("propose", "check")
+            inner.add_edge("check", END)
+            node: Any = inner.compile()
+        else:
+            inner.add_edge("propose", END)
+            compiled = inner.compile()
+
+            def node(state: State) -> State:
+                return check(compiled.invoke(state))
+
+            async def anode(state: State) -> State:
+                return check(await compiled.ainvoke(state))
+
+            node = anode if run_async else node
+        outer = StateGraph(State)
+        policy = RetryPolicy(
+            max_attempts=4, initial_interval=0.0, jitter=False, retry_on=ValueError
+        )
+        outer.add_node("node", node, retry_policy=policy)
+        outer.add_edge(START, "node")
+        outer.add_edge("node", END)
+        graph = outer.compile()
+        if run_async:
+            asyncio.run(graph.ainvoke({"answer": ""}))
+        else:
+            graph.invoke({"answer": ""})
+        return seen
+
+    first = run()
+    assert len(set(first)) == 3
+    assert run() == first
+    assert sent(server) == 3
+
+
 async def test_an_abandoned_astream_stores_nothing_and_gives_its_position_back(
     server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
 ) -> None:
