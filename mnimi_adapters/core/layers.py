@@ -171,6 +171,11 @@ class CacheLayer(Wrapper):
         self._inner_cursors: dict[str, Cursor] = {}
         self._ordered_locks: dict[str, threading.Lock] = {}
         self._stats: Counter[str] = Counter()
+        #: Positions this layer's refills stored and nobody was served yet: a batch's
+        #: extra samples, paid in this run, are misses when served (at most
+        #: _FRESH_MEMORY of them are remembered; older ones then count as hits).
+        self._fresh: collections.OrderedDict[str, set[int]] = collections.OrderedDict()
+        self._fresh_count = 0
         self._landings = _Landings(store)
         #: Refills ended so far: a length read before the latest one may be stale.
         self.refills_ended = 0
@@ -187,7 +192,8 @@ class CacheLayer(Wrapper):
 
     def stats(self) -> dict[str, int | float]:
         """What this layer did: ``hits`` (samples replayed from the store),
-        ``misses`` (samples that had to be drawn), ``requests`` (provider
+        ``misses`` (samples served that it drew, a refill's extra ones included, whoever
+        asked first), ``requests`` (provider
         responses behind the stored samples), ``samples_stored``,
         ``prompt_tokens``, ``completion_tokens`` and ``cost`` of stored samples."""
         with self._lock:
@@ -285,6 +291,8 @@ class CacheLayer(Wrapper):
     def _landed(self, key: str, cursor: Cursor, added: Appended) -> Appended:
         if added:
             self._count_stored(added)
+            if added.start is not None:
+                self._remember_fresh(key, range(added.start, added.start + len(added)))
         elif not cursor.ordered:
             # A cache's cursor moves on by itself; a provider that only repeats
             # draw ids would have this loop pay for refills forever.
@@ -415,10 +423,33 @@ class CacheLayer(Wrapper):
             return stored
         return self.store.read(key, index)
 
-    def _note(self, hit: bool) -> None:
+    def _remember_fresh(self, key: str, positions: range) -> None:
         with self._lock:
+            fresh = self._fresh.setdefault(key, set())
+            before = len(fresh)
+            fresh.update(positions)
+            self._fresh_count += len(fresh) - before
+            self._fresh.move_to_end(key)
+            while self._fresh_count > _FRESH_MEMORY:
+                _, dropped = self._fresh.popitem(last=False)
+                self._fresh_count -= len(dropped)
+
+    def _note(self, key: str, index: int, hit: bool) -> None:
+        """Count a served sample: a hit unless this layer's refills drew it in this run."""
+        with self._lock:
+            fresh = self._fresh.get(key)
+            if fresh is not None and index in fresh:
+                hit = False
+                fresh.discard(index)
+                self._fresh_count -= 1
+                if not fresh:
+                    del self._fresh[key]
             self._stats["hits" if hit else "misses"] += 1
 
+
+#: How many positions a cache layer's refills stored and nobody was served yet it keeps
+#: telling apart from hits (a batch's extra samples), over all keys.
+_FRESH_MEMORY = 4096
 
 #: How many recent draws a cursor can take back: more than one call's ``n``.
 _SERVED_MEMORY = 1024
@@ -711,7 +742,7 @@ class _ReplayCursor(Cursor):
         return [self._serve(found, index, hit)]
 
     def _serve(self, sample: Sample, index: int, hit: bool) -> Sample:
-        self._layer._note(hit=hit)
+        self._layer._note(self._key, index, hit)
         if self._layer.recorder is not None:
             self._layer.recorder.consumed(self._key, index, sample.draw_id)
         with self._lock:

@@ -182,7 +182,14 @@ def test_stats(tmp_path: Path) -> None:
     stats = model.stats()
     assert stats["samples_stored"] == 20
     assert stats["requests"] == 4
-    assert stats["misses"] == 2 and stats["hits"] == 10
+    # A refill's extra samples were paid in this run: served, they are misses, not hits.
+    assert stats["misses"] == 12 and stats["hits"] == 0
+    list(islice(model.sample(PROMPT), 14))  # replayed from 0, then two drawn earlier
+    assert model.stats()["hits"] == 12 and model.stats()["misses"] == 14
+    model.close()
+    again = Persistent(NumberModel(max_batch=5), tmp_path)
+    list(islice(again.sample(PROMPT), 20))  # another run: all 20 stored ones are hits
+    assert again.stats()["hits"] == 20 and again.stats()["misses"] == 0
 
 
 class Counting(BatchedModel):
