@@ -51,7 +51,6 @@ from collections.abc import (
 from dataclasses import dataclass, replace
 from operator import itemgetter
 from typing import Any, Literal, cast
-from urllib.parse import urlsplit, urlunsplit
 
 from langchain_core.caches import BaseCache
 from langchain_core.callbacks import (
@@ -147,7 +146,7 @@ from .core.request import (
 from .core.sample import new_draw_id, split_evenly, stream_pieces
 from .core.scopes import caching_enabled
 from .core.stores import shown_location, url_has_password
-from .providers import LiteLLMModel, LiteLLMRequest
+from .providers import LiteLLMModel, LiteLLMRequest, keyed_endpoint
 
 __all__ = ["MnimiChatModel", "MnimiLLMCache", "WrappedChatModel", "wrapped_identity"]
 
@@ -324,13 +323,6 @@ def _jsonable(value: Any) -> Any:
         return f"<{type(value).__qualname__}>"
 
 
-def _without_userinfo(url: str) -> str:
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
-
-
 def wrapped_identity(
     chat: BaseChatModel, alias: str | None = None, ls_params: LangSmithParams | None = None
 ) -> dict[str, Any]:
@@ -371,7 +363,7 @@ def wrapped_identity(
     }
     if alias is None:
         endpoint = {
-            name: _without_userinfo(value)
+            name: keyed_endpoint(value)
             for field, name in _endpoint_fields(cls)
             if isinstance(value := getattr(chat, field, None), str) and value
         }

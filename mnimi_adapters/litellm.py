@@ -143,6 +143,7 @@ from .providers import (
     LiteLLMModel,
     callers_max_retries,
     in_provider_call,
+    keyed_endpoint,
     litellm_param_role,
     provider_call_active,
     retry_count,
@@ -1280,7 +1281,7 @@ class MnimiCache(Cache):
         else:
             identity["model"] = name
             if api_base:
-                identity["endpoint"] = api_base
+                identity["endpoint"] = keyed_endpoint(api_base)
         rollout = dspy_rollout_id.get()
         if rollout is not None:
             # DSPy's way to ask for a new sample: each rollout keyed apart, as DSPy's own

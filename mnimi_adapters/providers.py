@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from types import ModuleType
 from typing import Any, ClassVar, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import tenacity
 
@@ -408,6 +409,28 @@ async def _acarry_out(
 # ---------------------------------------------------------------------------------------
 
 
+def keyed_endpoint(url: str) -> str:
+    """``url`` as a cache key and a stored record name it: without its credentials.
+
+    A base URL may carry a password (``https://user:secret@host/v1``) or a key in its
+    query (``?api-key=...``). Credentials never reach a key or a stored value, and two
+    addresses that differ only in them are one endpoint, as two API keys are one model.
+
+    Example:
+        >>> keyed_endpoint("https://user:secret@host/v1?api-key=k&deployment=d")
+        'https://host/v1?deployment=d'
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    query = parts.query
+    if query:
+        kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if not is_credential(k)]
+        query = urlencode(kept)
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
 class LiteLLMModel(BatchedModel):
     """Any model LiteLLM can route to, sampled through ``litellm.completion``.
 
@@ -492,7 +515,8 @@ class LiteLLMModel(BatchedModel):
         self._n_supported = supports_n
 
     def __repr__(self) -> str:
-        base = f", api_base={self.api_base!r}" if self.api_base and self._keyed_by_endpoint else ""
+        shown = self.api_base and keyed_endpoint(self.api_base)
+        base = f", api_base={shown!r}" if shown and self._keyed_by_endpoint else ""
         return f"{type(self).__name__}({self.model_name!r}, {self.temperature}{base})"
 
     def identity(self) -> dict[str, Any]:
@@ -504,7 +528,7 @@ class LiteLLMModel(BatchedModel):
         )
         identity: dict[str, Any] = {"model": self.alias or self.model_name, "params": params}
         if self.alias is None and self.api_base and self._keyed_by_endpoint:
-            identity["endpoint"] = self.api_base
+            identity["endpoint"] = keyed_endpoint(self.api_base)
         return identity
 
     # -- sending --------------------------------------------------------------------

@@ -150,3 +150,48 @@ def test_mnimi_chat_model(server: SamplingServer, tmp_path: Path, logs: Any) -> 
         logs.text,
         stored_bytes(tmp_path / "chat"),
     )
+
+
+PASSWORD = "pw-in-url-3c9e1a7b5d"
+
+
+def with_password(url: str, password: str = PASSWORD) -> str:
+    """``url`` with ``user:password@`` in front of its host, as some gateways want."""
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://user:{password}@{rest}"
+
+
+def test_a_password_in_the_base_url_is_neither_keyed_nor_stored(
+    server: SamplingServer, tmp_path: Path, logs: Any
+) -> None:
+    # A gateway's base URL may carry a password: it was the key's endpoint and the stored
+    # record's, so it reached `mnimi show`, exports and shared slices, and rotating the
+    # password made every request miss.
+    server.reset()
+    prompt = [{"role": "user", "content": "Pick a number."}]
+    with MnimiCache(str(tmp_path / "litellm")) as cache:
+        first = litellm.completion(
+            model=MODEL, messages=prompt, api_base=with_password(server.url), api_key="sk-x"
+        )
+        rotated = litellm.completion(
+            model=MODEL,
+            messages=prompt,
+            api_base=with_password(server.url, "rotated"),
+            api_key="sk-x",
+        )
+        assert rotated.choices[0].message.content == first.choices[0].message.content
+    cache.close()
+    model = LiteLLMModel(MODEL, 1.0, api_base=with_password(server.url), api_key="sk-x")
+    assert PASSWORD not in repr(model) and PASSWORD not in str(model.identity())
+    next(Persistent(model, tmp_path / "core").sample("Pick a number."))
+    chat = MnimiChatModel(
+        model=MODEL,
+        api_base=with_password(server.url),
+        api_key="sk-x",
+        cache_dir=str(tmp_path / "chat"),
+    )
+    chat.invoke("Pick a number.")
+    assert len(server.chat_requests()) == 3
+    for name in ("litellm", "core", "chat"):
+        assert PASSWORD.encode() not in stored_bytes(tmp_path / name)
+    assert PASSWORD not in logs.text
