@@ -595,10 +595,76 @@ _installed_lock = threading.Lock()
 
 
 def _newest_installed() -> MnimiCache | None:
+    """The installed cache that has the say on a call, if any.
+
+    A cache the user assigned (``litellm.cache = MnimiCache(...)``, LiteLLM's own way to
+    set a cache) is installed here, at the first call, and uninstalled once
+    ``litellm.cache`` no longer holds it; one installed with :meth:`MnimiCache.install`
+    stays until uninstalled (DSPy sets ``litellm.cache = None`` behind its back).
+    """
     try:  # read without the lock: it runs on every call, and an uninstall may empty it
-        return _installed[-1]
+        newest: MnimiCache | None = _installed[-1]
     except IndexError:
-        return None
+        newest = None
+    current = litellm.cache
+    if current is newest:
+        return newest
+    if newest is not None and newest._assigned:
+        newest.uninstall()  # replaced or removed by the user, as LiteLLM's caches are
+        return _newest_installed()
+    if isinstance(current, MnimiCache) and not current._installed:
+        current._assigned = True
+        return current.install()
+    return newest
+
+
+def _arm(replication: bool, dspy: bool) -> None:
+    """Patch LiteLLM and wrap its entry points for a cache (done once; each is idempotent).
+
+    Made when a cache is made, not only when it is installed: ``litellm.cache =
+    MnimiCache(...)`` (LiteLLM's own way to set a cache) installs it at the first call,
+    and a replication cache must stop that call too (see :func:`_newest_installed`).
+    """
+    # Imported here: the Responses API's answers are built on this module.
+    from ._responses import ahandle_responses, handle_responses
+
+    patch_stream_hit_check()
+    keep_entry_point_signatures()
+    skip_cache_writes_not_to_store()
+    wrap_entry_points(
+        {
+            "completion": _handle,
+            "acompletion": _ahandle,
+            "responses": handle_responses,
+            "aresponses": ahandle_responses,
+            "atext_completion": _ahandle_text_completion,
+        }
+    )
+    wrap_entry_points(
+        {
+            name: _ahandle_routed if _is_async(name) else _handle_routed
+            for name in routed_entry_points()
+        }
+    )
+    for owner in client_class_methods():
+        asynchronous = inspect.iscoroutinefunction(owner.create)
+        wrap_entry_points(
+            {"create": _ahandle_client_create if asynchronous else _handle_client_create},
+            owner,
+        )
+    if replication:
+        # Nothing leaves the process: LiteLLM's other entry points are refused.
+        wrap_entry_points(
+            {
+                name: _ahandle_uncached if _is_async(name) else _handle_uncached
+                for name in request_entry_points(_ANSWERED | set(routed_entry_points()))
+            }
+        )
+        if callable(getattr(litellm, "get_valid_models", None)):
+            wrap_entry_points({"get_valid_models": _handle_model_listing})
+    if replication or dspy:
+        route_dspy_through_litellm(_routing_dspy)
+        carry_dspy_rollout_ids()
 
 
 def _steered(kwargs: dict[str, Any]) -> MnimiCache | None:
@@ -902,6 +968,10 @@ class MnimiCache(Cache):
         self._providers: dict[tuple[Any, ...], _CacheProvider] = {}
         self._previous: Any = None
         self._installed = False
+        #: Installed because the user assigned it to ``litellm.cache``.
+        self._assigned = False
+        with _installed_lock:
+            _arm(self.replication, self.dspy)
         # For repr(), which LiteLLM formats on every call: shown_location also hides a
         # password given as a query parameter.
         self._shown_path = shown_location(str(self.path))
@@ -924,51 +994,13 @@ class MnimiCache(Cache):
             >>> litellm.cache is cache  # doctest: +SKIP
             True
         """
-        # Imported here: the Responses API's answers are built on this module.
-        from ._responses import ahandle_responses, handle_responses
-
         # One lock for every cache: installs and uninstalls edit one chain of caches.
         with _installed_lock:
             if self._installed:
                 return self
-            patch_stream_hit_check()
-            keep_entry_point_signatures()
-            skip_cache_writes_not_to_store()
-            wrap_entry_points(
-                {
-                    "completion": _handle,
-                    "acompletion": _ahandle,
-                    "responses": handle_responses,
-                    "aresponses": ahandle_responses,
-                    "atext_completion": _ahandle_text_completion,
-                }
-            )
-            wrap_entry_points(
-                {
-                    name: _ahandle_routed if _is_async(name) else _handle_routed
-                    for name in routed_entry_points()
-                }
-            )
-            for owner in client_class_methods():
-                asynchronous = inspect.iscoroutinefunction(owner.create)
-                wrap_entry_points(
-                    {"create": _ahandle_client_create if asynchronous else _handle_client_create},
-                    owner,
-                )
-            if self.replication:
-                # Nothing leaves the process: LiteLLM's other entry points are refused.
-                wrap_entry_points(
-                    {
-                        name: _ahandle_uncached if _is_async(name) else _handle_uncached
-                        for name in request_entry_points(_ANSWERED | set(routed_entry_points()))
-                    }
-                )
-                if callable(getattr(litellm, "get_valid_models", None)):
-                    wrap_entry_points({"get_valid_models": _handle_model_listing})
-            if self.replication or self.dspy:
-                route_dspy_through_litellm(_routing_dspy)
-                carry_dspy_rollout_ids()
-            self._previous = litellm.cache
+            _arm(self.replication, self.dspy)
+            # A cache assigned to litellm.cache is installed over whatever was there before.
+            self._previous = None if litellm.cache is self else litellm.cache
             litellm.cache = self
             self._installed = True
             _installed.append(self)
@@ -996,7 +1028,7 @@ class MnimiCache(Cache):
             if litellm.cache is self:
                 litellm.cache = self._previous
             self._previous = None
-            self._installed = False
+            self._installed = self._assigned = False
             _installed.remove(self)
             if not _installed:
                 unwrap_entry_points()
@@ -1024,6 +1056,8 @@ class MnimiCache(Cache):
         Overridden here rather than in a backend: ``Cache.get_cache`` swallows every
         exception, and a ``ReplicationCacheMiss`` must reach the caller.
         """
+        if not self._installed:  # assigned to litellm.cache, reached without a wrapper
+            _newest_installed()
         replay = _replaying.get()
         if replay is not None:
             return self._response(*replay, kwargs.get("litellm_logging_obj"))
@@ -1038,6 +1072,8 @@ class MnimiCache(Cache):
         self, dynamic_cache_object: Any = None, **kwargs: Any
     ) -> dict[str, Any] | None:
         """Async :meth:`get_cache`, for ``acompletion``."""
+        if not self._installed:  # assigned to litellm.cache, reached without a wrapper
+            _newest_installed()
         replay = _replaying.get()
         if replay is not None:
             return self._response(*replay, kwargs.get("litellm_logging_obj"))

@@ -96,6 +96,27 @@ def test_identical_calls_replay_the_first_sample(server: SamplingServer, cache: 
     assert sent(server) == 1
 
 
+def test_a_cache_assigned_to_litellm_cache_serves_as_an_installed_one(
+    server: SamplingServer, cache_dir: Path
+) -> None:
+    # ``litellm.cache = MnimiCache(...)``, as LiteLLM's docs set a cache: a hit went through
+    # LiteLLM's own cache handler, which imports the proxy's fastapi on some versions.
+    server.reset()
+    litellm.cache = MnimiCache(str(cache_dir))
+    try:
+        first = text(call(server, "Assigned"))
+        assert text(call(server, "Assigned")) == first
+        assert text(asyncio.run(acall(server, "Assigned"))) == first
+        with independent():
+            assert text(call(server, "Assigned")) == first
+            assert text(call(server, "Assigned")) != first
+    finally:
+        litellm.cache = None
+    assert len(server.chat_requests()) == 2
+    call(server, "Assigned")  # no longer litellm.cache: LiteLLM's own call, sent
+    assert len(server.chat_requests()) == 3
+
+
 def test_independent_scope_continues_the_sequence(
     server: SamplingServer, cache: MnimiCache
 ) -> None:

@@ -253,6 +253,32 @@ def test_litellm_calls_the_cache_does_not_answer_are_refused_by_a_replica(
     assert server.requests == []
 
 
+def test_a_cache_assigned_to_litellm_cache_refuses_as_an_installed_one(
+    server: SamplingServer, tmp_path: Path
+) -> None:
+    # LiteLLM's own way to set a cache. Only install() wrapped LiteLLM's entry points, so
+    # an assigned replica let caching=False, a default Router and embeddings send.
+    recorded = record(server, tmp_path, "Recorded")
+    server.reset()
+    litellm.cache = MnimiCache(str(tmp_path), replication=True)
+    try:
+        with pytest.raises(ReplicationCacheMiss):
+            call(server, "Never recorded", caching=False)
+        with pytest.raises(ReplicationCacheMiss):
+            router(server).completion(GROUP, messages("Never recorded"))
+        with pytest.raises(MnimiError, match="not cached"):
+            litellm.embedding(model="openai/e", input=["hi"], api_base=server.url, api_key=API_KEY)
+        assert text(call(server, "Recorded")) == recorded
+        assert text(asyncio.run(acall(server, "Recorded", caching=False))) == recorded
+    finally:
+        litellm.cache = None
+    assert sent(server) == 0
+    assert not server.requests
+    # Removed from litellm.cache, it has no say any more: calls are LiteLLM's own again.
+    call(server, "Never recorded", caching=False)
+    assert sent(server) == 1
+
+
 def client_create(server: SamplingServer, prompt: str, **kwargs: Any) -> Any:
     """A chat completion through LiteLLM's OpenAI-style client, ``litellm.LiteLLM``."""
     client = litellm.LiteLLM(api_key=API_KEY)
