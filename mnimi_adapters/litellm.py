@@ -142,6 +142,7 @@ from .core.stores import ReadThroughStore, is_redis_url, open_store, shown_locat
 from .providers import (
     LiteLLMModel,
     callers_max_retries,
+    configured_api_base,
     in_provider_call,
     keyed_endpoint,
     litellm_param_role,
@@ -1316,8 +1317,11 @@ class MnimiCache(Cache):
             identity["model"] = self.alias[name]
         else:
             identity["model"] = name
-            if api_base:
-                identity["endpoint"] = keyed_endpoint(api_base)
+            keyed = api_base or configured_api_base(
+                model, provider if isinstance(provider, str) else None
+            )
+            if keyed:
+                identity["endpoint"] = keyed_endpoint(keyed).rstrip("/")
         rollout = dspy_rollout_id.get()
         if rollout is not None:
             # DSPy's way to ask for a new sample: each rollout keyed apart, as DSPy's own

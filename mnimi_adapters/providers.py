@@ -409,6 +409,44 @@ async def _acarry_out(
 # ---------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=1024)
+def _provider_of(model: str) -> str | None:
+    """The LiteLLM provider a model name routes to (``gpt-4o``: ``openai``), if known."""
+    prefix, slash, _ = model.partition("/")
+    if slash and prefix in _litellm().provider_list:
+        return prefix
+    try:
+        return str(_litellm().get_llm_provider(model)[1])
+    except Exception:  # LiteLLM cannot route it: the call itself will say so
+        return None
+
+
+def configured_api_base(model: str, provider: str | None = None) -> str | None:
+    """The base URL a call of ``model`` without ``api_base`` goes to, if the user set one.
+
+    LiteLLM sends such a call to ``litellm.api_base`` or, for most providers, to the
+    ``<PROVIDER>_API_BASE`` environment variable (for OpenAI ``OPENAI_BASE_URL``, then
+    ``OPENAI_API_BASE``), before its default. Two servers reached that way are two
+    endpoints, as two given ``api_base`` are: the key must tell them apart.
+
+    Args:
+        model: The model name as passed to LiteLLM.
+        provider: Its ``custom_llm_provider``, if the call names one.
+    """
+    configured = _litellm().api_base
+    if isinstance(configured, str) and configured:
+        return configured
+    provider = provider or _provider_of(model)
+    if not provider:
+        return None
+    names = ("OPENAI_BASE_URL", "OPENAI_API_BASE") if provider == "openai" else ()
+    for name in (*names, f"{provider.upper()}_API_BASE"):
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
 def keyed_endpoint(url: str) -> str:
     """``url`` as a cache key and a stored record name it: without its credentials.
 
@@ -527,8 +565,11 @@ class LiteLLMModel(BatchedModel):
             (k, v) for k, v in self.litellm_kwargs.items() if litellm_param_role(k) == "sampling"
         )
         identity: dict[str, Any] = {"model": self.alias or self.model_name, "params": params}
-        if self.alias is None and self.api_base and self._keyed_by_endpoint:
-            identity["endpoint"] = keyed_endpoint(self.api_base)
+        if self.alias is None and self._keyed_by_endpoint:
+            # Given (stripped of a final "/" when the model was made) or configured.
+            api_base = self.api_base or configured_api_base(self.model_name)
+            if api_base:
+                identity["endpoint"] = keyed_endpoint(api_base.rstrip("/"))
         return identity
 
     # -- sending --------------------------------------------------------------------

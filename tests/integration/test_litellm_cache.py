@@ -117,6 +117,29 @@ def test_a_cache_assigned_to_litellm_cache_serves_as_an_installed_one(
     assert len(server.chat_requests()) == 3
 
 
+@pytest.mark.parametrize("setting", ["OPENAI_BASE_URL", "OPENAI_API_BASE", "litellm.api_base"])
+def test_a_base_url_set_outside_the_call_is_keyed_as_a_given_one(
+    cache_dir: Path, monkeypatch: pytest.MonkeyPatch, setting: str
+) -> None:
+    # LiteLLM sends a call without api_base to litellm.api_base or the provider's variable:
+    # two servers reached that way shared one sequence, so one answered for the other.
+    prompt = [{"role": "user", "content": "Pick a number between 1 and 1000."}]
+    answers, keys = [], []
+    with SamplingServer(seed=1) as first, SamplingServer(seed=2) as second:
+        for server in (first, second, first):
+            if setting == "litellm.api_base":
+                monkeypatch.setattr(litellm, "api_base", server.url)
+            else:
+                monkeypatch.setenv(setting, server.url)
+            with MnimiCache(str(cache_dir)) as cache:
+                response = litellm.completion(model=MODEL, messages=prompt, api_key="sk-test")
+                answers.append(text(response))
+                keys.append(cache.get_cache_key(model=MODEL, messages=prompt))
+        assert len(first.chat_requests()) == 1 and len(second.chat_requests()) == 1
+    assert answers[0] != answers[1] and answers[2] == answers[0]
+    assert keys[0] != keys[1] and keys[2] == keys[0]
+
+
 def test_independent_scope_continues_the_sequence(
     server: SamplingServer, cache: MnimiCache
 ) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from mnimi_adapters.core import Request, request_key
 from mnimi_adapters.core.request import is_credential, keyed_params, request_record
 from mnimi_adapters.providers import LiteLLMRequest
@@ -79,3 +81,24 @@ def test_a_credential_in_an_object_of_provider_fields_is_not_keyed() -> None:
     }
     through_litellm = LiteLLMRequest(({"role": "user", "content": "hi"},), {"extra_body": body})
     assert through_litellm.sampling_params() == {"extra_body": {"top_k": 5}}
+
+
+def test_a_base_url_from_the_environment_or_litellm_is_a_models_endpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import litellm
+
+    from mnimi_adapters import LiteLLMModel, OpenAICompatible
+
+    assert "endpoint" not in LiteLLMModel("openai/llama3").identity()
+    monkeypatch.setenv("OPENAI_API_BASE", "http://127.0.0.1:8000/v1/")
+    assert LiteLLMModel("openai/llama3").identity()["endpoint"] == "http://127.0.0.1:8000/v1"
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://user:pw@127.0.0.1:9000/v1")
+    assert LiteLLMModel("gpt-4o").identity()["endpoint"] == "http://127.0.0.1:9000/v1"
+    monkeypatch.setattr(litellm, "api_base", "http://127.0.0.1:7000")
+    assert LiteLLMModel("openai/llama3").identity()["endpoint"] == "http://127.0.0.1:7000"
+    # A given one, or an alias, decides as before.
+    given = LiteLLMModel("openai/llama3", api_base="http://h/v1")
+    assert given.identity()["endpoint"] == "http://h/v1"
+    assert "endpoint" not in LiteLLMModel("openai/llama3", alias="llama3").identity()
+    assert OpenAICompatible("llama3", 1.0, "http://h/v1").identity()["endpoint"] == "http://h/v1"
