@@ -65,6 +65,7 @@ from .core.stores import (
     redis_location,
 )
 from .core.stores.base import recency
+from .core.stores.check import keyed_by
 from .core.stores.check import plural as _plural
 from .core.stores.disk import is_store_directory
 from .core.stores.jsonl import jsonl_lines, read_jsonl
@@ -965,6 +966,15 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot read {args.file}: {error}") from None
     except MnimiError as error:
         raise CommandError(f"{error}; nothing imported", EXIT_FOUND) from None
+    # The key of each line is the hash of its request in canonical form; stored as
+    # written, a request otherwise spelled would be reported altered by verify.
+    respelled = next((s.key for s in sequences if not keyed_by(s.key, s.request)), None)
+    if respelled is not None:
+        raise CommandError(
+            f"{args.file}: the request of key {respelled} is not written in the canonical "
+            "form its key is the hash of (as export --jsonl writes it); nothing imported",
+            EXIT_FOUND,
+        )
     with open_store(args.path) as store:
         clash = next((s.key for s in sequences if _holds_another(store, s.key, s.samples)), None)
         if clash is not None:
@@ -1163,9 +1173,9 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         cmd_verify,
         "Check the store's integrity (read-only): format, lengths, gaps, samples, draw ids "
-        "and records; on a bundle, also every sample and the run record against "
-        "MANIFEST.json, and that the record names only samples the bundle holds. Exit 1 "
-        "lists each problem.",
+        "and records (each request against its key); on a bundle, also every sample and "
+        "the run record against MANIFEST.json, and that the record names only samples the "
+        "bundle holds. Exit 1 lists each problem.",
     )
     prune = command(
         "prune",

@@ -9,7 +9,10 @@ A bundle is a directory::
 The manifest ends with a digest over the rest of it, so an edit to the manifest shows
 as well as an edit to a sample; it lists the run record's SHA-256 too (``run_record``,
 ``null`` in a bundle without one; a bundle written before it has no such field). A
-record only names samples of the bundle's store. A bundle comes from someone else:
+record only names samples of the bundle's store. The requests need no digest of their
+own: each key the manifest lists is the hash of its request, which the store's check
+holds it to, so an edited request (a prompt ``show`` would present) shows as well, in
+bundles of every age. A bundle comes from someone else:
 :func:`verify_bundle` treats the manifest as untrusted input and never takes a path from
 it.
 """
@@ -312,7 +315,8 @@ def verify_bundle(
             manifests listed the run record).
 
     Returns:
-        The store's own check, plus a problem for each sequence that departs from the
+        The store's own check (which reports a request that is not the one its key is
+        the hash of), plus a problem for each sequence that departs from the
         manifest (its first differing sample, named by key and index), for each stored
         sequence the manifest does not list, and for a run record that the manifest does
         not list as it is, or that names a sample the store does not hold.

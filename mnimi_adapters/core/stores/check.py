@@ -3,19 +3,22 @@
 A store feeds every entry it holds to a :class:`Verifier` as the rows of the disk
 layout (``s:<key>:<i>``, ``n:<key>``, ``d:<key>:<draw id>``, ``m:<key>``), each
 value decoded but never unpickled, never read from a file; the verifier then
-cross-checks each key's rows: lengths, gaps, samples, draw ids and records.
+cross-checks each key's rows: lengths, gaps, samples, draw ids and records, and that a
+key a model layer computed is the hash of the request its record holds.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from diskcache.core import MODE_BINARY, MODE_PICKLE
 
 from ..errors import CorruptStoreError
+from ..request import KEY_VERSION, record_key
 from ..sample import Sample
 from .base import FORMAT_KEY, Check
 
@@ -85,6 +88,33 @@ def _unexpected(value: Any) -> str:
     """The problem of a row that mnimi_adapters never writes."""
     problem = "unexpected row (not written by mnimi_adapters)"
     return f"{problem}; its value is {kind(value)}" if isinstance(value, _InFile) else problem
+
+
+#: A key as a model layer computes it: the hash of its request (see ``record_key``).
+_REQUEST_KEY = re.compile(rf"{re.escape(KEY_VERSION)}-[0-9a-f]{{40}}")
+
+#: The problem of a record whose request is not the one its key is the hash of.
+ALTERED_REQUEST = (
+    "the recorded request is not the one the key is the hash of: it was altered "
+    "(show, explain and export would present a request that was never sampled)"
+)
+
+
+def keyed_by(key: str, request: Mapping[str, Any]) -> bool:
+    """Whether ``key`` is the hash of ``request`` as written.
+
+    A cache stores the very record it hashed, so any edit of it (a prompt, an added
+    parameter) shows. Stricter than an import's check of a line, which hashes the line's
+    request in canonical form: there an added credential, or ``1.0`` for ``1``, hashes
+    alike, yet would be stored (and shown) as written.
+    """
+    return record_key(request) == key
+
+
+def is_request_key(key: str) -> bool:
+    """Whether ``key`` has the form a model layer computes, so promises to be the hash of
+    its request: the store itself takes any key, and a program may use one directly."""
+    return _REQUEST_KEY.fullmatch(key) is not None
 
 
 def is_int(value: Any) -> bool:
@@ -192,6 +222,8 @@ class Verifier:
         if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
             self.report(key, name, "the record holds no request")
             return
+        if is_request_key(key) and not keyed_by(key, request):
+            self.report(key, name, ALTERED_REQUEST)
         sequence.record = record
 
     def _draw_key(self, rest: str) -> str | None:

@@ -1,0 +1,164 @@
+"""The ``mnimi`` command on stores and files it did not write: a request edited in a
+store or a bundle is reported by ``verify``, and ``import`` refuses a request it would
+store otherwise written than its key hashes it."""
+
+from __future__ import annotations
+
+import os
+
+# LiteLLM downloads its price map at import unless told not to.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+
+import pytest
+from support import Locations
+
+from mnimi_adapters import cli
+from mnimi_adapters.core import BatchedModel, DiskStore, Persistent, Request, Sample
+from mnimi_adapters.core.request import record_key
+from mnimi_adapters.core.stores import open_store
+
+PROMPT = "Choose a number between 1 and 1000."
+#: The same length, so the edit keeps every byte count of the record.
+EDITED = "Choose a number between 1 and 9999."
+ALTERED_REQUEST = (
+    "the recorded request is not the one the key is the hash of: it was altered "
+    "(show, explain and export would present a request that was never sampled)"
+)
+
+
+class Numbers(BatchedModel):
+    """Answers 0, 1, 2, ... with no provider."""
+
+    def __init__(self) -> None:
+        super().__init__("numbers", 1.0)
+        self.count = 0
+
+    def query(self, request: Request, n: int) -> list[str | Sample]:
+        self.count += n
+        return [str(i) for i in range(self.count - n, self.count)]
+
+
+def fill(location: str | Path, count: int = 3) -> str:
+    """Draw ``count`` samples of :data:`PROMPT` into the cache at ``location``; its key."""
+    layer = Persistent(Numbers(), location)
+    try:
+        list(islice(layer.sample(PROMPT, batch=count), count))
+    finally:
+        layer.close()
+    with open_store(location, create=False, read_only=True) as store:
+        (key,) = store.keys()
+    return key
+
+
+def mnimi(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "cache"
+    fill(path)
+    yield path
+
+
+def edit_request_on_disk(directory: Path, key: str) -> None:
+    """Change the prompt in a sequence's record, straight in the database."""
+    with sqlite3.connect(directory / "cache.db") as db:
+        (value,) = db.execute("SELECT value FROM Cache WHERE key = ?", (f"m:{key}",)).fetchone()
+        assert value.count(PROMPT) == 1
+        db.execute(
+            "UPDATE Cache SET value = ? WHERE key = ?",
+            (value.replace(PROMPT, EDITED), f"m:{key}"),
+        )
+
+
+def test_verify_of_a_bundle_reports_an_edited_request(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bundle"
+    assert mnimi(capsys, "export", str(cache), str(out), "--bundle")[0] == 0
+    key = json.loads((out / "MANIFEST.json").read_text())["sequences"][0]["key"]
+    edit_request_on_disk(out / "store", key)
+    code, printed, _ = mnimi(capsys, "verify", str(out))
+    assert code == 1
+    assert f"{key}: {ALTERED_REQUEST}\n" in printed
+    code, printed, _ = mnimi(capsys, "--json", "verify", str(out))
+    problems = json.loads(printed)["problems"]
+    assert code == 1 and problems == [{"key": key, "row": f"m:{key}", "problem": ALTERED_REQUEST}]
+
+
+def test_verify_of_a_store_reports_an_edited_request(
+    locations: Locations, capsys: pytest.CaptureFixture[str]
+) -> None:
+    location = locations.new()
+    key = fill(location)
+    assert mnimi(capsys, "verify", location)[0] == 0
+    if locations.backend == "disk":
+        edit_request_on_disk(Path(location), key)
+    else:
+        import redis
+
+        namespace = location.rpartition("namespace=")[2]
+        client = redis.Redis.from_url(location.partition("?")[0], socket_timeout=5)
+        try:
+            name = f"mnimi:{namespace}:m:{key}"
+            request = client.hget(name, "request")
+            assert isinstance(request, bytes) and request.count(PROMPT.encode()) == 1
+            client.hset(name, "request", request.replace(PROMPT.encode(), EDITED.encode()))
+        finally:
+            client.close()
+    code, printed, _ = mnimi(capsys, "verify", location)
+    assert code == 1 and printed.startswith(f"{key}: {ALTERED_REQUEST}\n")
+
+
+def test_a_key_a_program_chose_is_not_held_to_a_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The store takes any key; only one a model layer computed is a request's hash."""
+    store = DiskStore(tmp_path / "direct")
+    store.append("k", [Sample(text="held", draw_id="h")], {"model": "m", "messages": []})
+    lookalike = record_key({"model": "m", "messages": []})
+    store.append(lookalike, [Sample(text="a", draw_id="a")], {"model": "n", "messages": []})
+    store.close()
+    code, printed, _ = mnimi(capsys, "verify", str(tmp_path / "direct"))
+    assert code == 1
+    assert printed.splitlines()[:-1] == [f"{lookalike}: {ALTERED_REQUEST}"]
+
+
+def jsonl_with(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    out = tmp_path / "export.jsonl"
+    assert mnimi(capsys, "export", str(cache), str(out), "--jsonl")[0] == 0
+    return out
+
+
+@pytest.mark.parametrize(("param", "value"), [("temperature", 1.0), ("api_key", "sk-no-key")])
+def test_import_refuses_a_request_not_written_as_its_key_hashes_it(
+    cache: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    param: str,
+    value: float | str,
+) -> None:
+    """A line's key is checked against its request in canonical form, where a
+    temperature of 1.0 is 1 and a credential is left out; stored as written, that
+    request would make verify report the new store as altered."""
+    exported = jsonl_with(tmp_path, cache, capsys)
+    lines = [json.loads(line) for line in exported.read_text().splitlines()]
+    for line in lines:
+        line["request"]["params"][param] = value
+    exported.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    target = tmp_path / "imported"
+    code, _, err = mnimi(capsys, "import", str(exported), str(target))
+    assert code == 1 and not target.exists()
+    assert err == (
+        f"mnimi: {exported}: the request of key {lines[0]['key']} is not written in the "
+        "canonical form its key is the hash of (as export --jsonl writes it); nothing imported\n"
+    )
