@@ -867,15 +867,28 @@ def _copy(source: Store, entries: list[Entry], write: Writer) -> list[dict[str, 
 
 @contextmanager
 def _whole_file(path: Path) -> Iterator[TextIO]:
-    """``path`` opened for writing, named so only once written whole."""
+    """``path`` opened for writing, named so only once written whole.
+
+    Raises:
+        CommandError: ``path`` exists, its folder does not (a mistyped path: made, it
+            would hide the typo), or it cannot be written (a full disk, no permission).
+    """
     if path.exists():
         raise CommandError(f"{path} exists")
+    if not path.parent.is_dir():
+        raise CommandError(f"cannot write {path}: its folder does not exist (create it first)")
     # A reader never sees half a file, nor a failed export one at all.
     partial = path.with_name(path.name + ".part")
     try:
-        with partial.open("w", encoding="utf-8") as lines:
+        lines = partial.open("w", encoding="utf-8")
+    except OSError as error:  # nothing made: what is there (a folder?) is not ours
+        raise CommandError(f"cannot write {path}: {error.strerror or error}") from None
+    try:
+        with lines:
             yield lines
         partial.replace(path)
+    except OSError as error:
+        raise CommandError(f"cannot write {path}: {error.strerror or error}") from None
     finally:
         partial.unlink(missing_ok=True)
 
@@ -1011,7 +1024,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Name the stored request nearest to a request, and the first field that differs."""
     try:
         requested = requested_record(json.loads(_read_input(args.request)))
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:  # RecursionError: json's on deep nesting
         raise CommandError(f"{args.request} is not JSON: {error}") from None
     except MnimiError as error:
         raise CommandError(f"{args.request}: {error}") from None

@@ -198,7 +198,7 @@ def _read_manifest(
     """The manifest and its sequences once it is shown sound, else the problem with it."""
     try:
         manifest = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # json's on deep nesting
         return {}, [], [_problem(None, f"{MANIFEST} cannot be read: {error}")]
     if not isinstance(manifest, dict):
         return {}, [], [_problem(None, f"{MANIFEST} is not a JSON object")]

@@ -166,19 +166,24 @@ def read_runs(path: str | os.PathLike[str]) -> list[list[dict[str, Any]]]:
 
     Raises:
         MnimiError: A line is neither a run's mark nor a draw written by
-            :class:`RunRecorder`; the error names the file and the line number.
+            :class:`RunRecorder` (text that is not UTF-8 included: the wrong file given,
+            or a record altered); the error names the file and the line number.
+        OSError: The file cannot be read.
     """
     runs: list[list[dict[str, Any]]] = []
-    with Path(path).expanduser().open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
+    # Bytes, decoded line by line: a byte that is not UTF-8 is named by its line, like any
+    # other line that is not the record's.
+    with Path(path).expanduser().open("rb") as lines:
+        for number, raw in enumerate(lines, 1):
             try:
-                entry = json.loads(line)
+                entry = json.loads(raw.decode("utf-8"))
                 if isinstance(entry, dict) and "run" in entry and "draw_id" not in entry:
                     runs.append([])
                     continue
                 if not _is_draw(entry):
                     raise ValueError("not a draw")
-            except ValueError as error:
+            # UnicodeDecodeError is a ValueError; RecursionError is json's on deep nesting.
+            except (ValueError, RecursionError) as error:
                 raise MnimiError(
                     f"{path}, line {number}: not a run record line ({error})"
                 ) from error

@@ -1,6 +1,7 @@
-"""The ``mnimi`` command on stores and files it did not write: a request edited in a
-store or a bundle is reported by ``verify``, and ``import`` refuses a request it would
-store otherwise written than its key hashes it."""
+"""The ``mnimi`` command on input it did not write: a request edited in a store or a
+bundle, files that are not UTF-8 or nest too deeply, paths that do not exist. Each ends
+in a one-line message and an exit code, never a traceback, and an edited request is
+reported by ``verify``."""
 
 from __future__ import annotations
 
@@ -162,3 +163,98 @@ def test_import_refuses_a_request_not_written_as_its_key_hashes_it(
         f"mnimi: {exported}: the request of key {lines[0]['key']} is not written in the "
         "canonical form its key is the hash of (as export --jsonl writes it); nothing imported\n"
     )
+
+
+def test_jsonl_export_into_a_missing_folder_is_refused(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "no" / "such" / "out.jsonl"
+    code, _, err = mnimi(capsys, "export", str(cache), str(out), "--jsonl")
+    assert code == 2 and not (tmp_path / "no").exists()
+    assert err == f"mnimi: cannot write {out}: its folder does not exist (create it first)\n"
+
+
+def test_jsonl_export_that_cannot_write_says_so(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.jsonl"
+    (tmp_path / "out.jsonl.part").mkdir()  # not ours to remove
+    code, _, err = mnimi(capsys, "export", str(cache), str(out), "--jsonl")
+    assert code == 2 and not out.exists() and (tmp_path / "out.jsonl.part").is_dir()
+    assert err == f"mnimi: cannot write {out}: Is a directory\n"
+
+
+NOT_UTF8 = b'{"run":1,"started":0}\n\xff\xfe\n'
+
+
+def test_diff_runs_of_a_file_that_is_not_utf8_names_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wrong = tmp_path / "cache.db"
+    wrong.write_bytes(NOT_UTF8)
+    code, _, err = mnimi(capsys, "diff-runs", str(wrong), str(wrong))
+    assert code == 2
+    assert err.startswith(f"mnimi: {wrong}, line 2: not a run record line ('utf-8' codec")
+    assert len(err.splitlines()) == 1
+
+
+def test_export_of_a_record_that_is_not_utf8_writes_nothing(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record = tmp_path / "run.jsonl"
+    record.write_bytes(NOT_UTF8)
+    out = tmp_path / "bundle"
+    code, _, err = mnimi(
+        capsys, "export", str(cache), str(out), "--bundle", "--record", str(record)
+    )
+    assert code == 2 and not out.exists()
+    assert err.startswith(f"mnimi: {record}, line 2: not a run record line")
+
+
+def test_verify_reports_a_bundle_record_with_a_byte_that_is_not_utf8(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache, record = tmp_path / "cache", tmp_path / "run.jsonl"
+    layer = Persistent(Numbers(), cache, record=record)
+    list(islice(layer.sample(PROMPT), 2))
+    layer.close()
+    out = tmp_path / "bundle"
+    assert (
+        mnimi(capsys, "export", str(cache), str(out), "--bundle", "--record", str(record))[0] == 0
+    )
+    shipped = bytearray((out / "run.jsonl").read_bytes())
+    shipped[10] = 0xFF
+    (out / "run.jsonl").write_bytes(bytes(shipped))
+    code, printed, _ = mnimi(capsys, "verify", str(out))
+    assert code == 1
+    lines = printed.splitlines()
+    assert lines[0] == f"{out}: run.jsonl was altered: its SHA-256 differs from MANIFEST.json"
+    assert lines[1].startswith(f"{out}: run.jsonl cannot be read: {out / 'run.jsonl'}, line 1:")
+
+
+DEEP = "[" * 100_000
+
+
+def test_verify_reports_rows_nested_too_deeply_to_read(
+    cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with sqlite3.connect(cache / "cache.db") as db:
+        db.execute("UPDATE Cache SET value = ? WHERE key LIKE 'm:%' OR key LIKE 's:%:0'", (DEEP,))
+    code, printed, _ = mnimi(capsys, "verify", str(cache))
+    assert code == 1
+    assert "sample #0 is not valid JSON (maximum recursion depth exceeded" in printed
+    assert "the record is not valid JSON (maximum recursion depth exceeded" in printed
+
+
+def test_a_manifest_or_request_nested_too_deeply_is_reported(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bundle"
+    assert mnimi(capsys, "export", str(cache), str(out), "--bundle")[0] == 0
+    (out / "MANIFEST.json").write_text(DEEP)
+    code, printed, _ = mnimi(capsys, "verify", str(out))
+    assert code == 1 and f"{out}: MANIFEST.json cannot be read: maximum recursion" in printed
+    request = tmp_path / "request.json"
+    request.write_text(DEEP)
+    code, _, err = mnimi(capsys, "explain", str(cache), str(request))
+    assert code == 2 and err.startswith(f"mnimi: {request} is not JSON: maximum recursion")

@@ -194,7 +194,7 @@ class Verifier:
             return
         try:
             data = json.loads(value)
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:  # json's on deep nesting
             self.report(key, name, f"sample #{index} is not valid JSON ({error})")
             return
         try:
@@ -215,7 +215,7 @@ class Verifier:
             return
         try:
             record = json.loads(value)
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:
             self.report(key, name, f"the record is not valid JSON ({error})")
             return
         request = record.get("request") if isinstance(record, dict) else None
