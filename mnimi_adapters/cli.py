@@ -42,8 +42,8 @@ from typing import Any, TextIO
 
 from . import __version__
 from .core.bundle import (
-    STORE,
     Manifest,
+    create_bundle_store,
     describe_foreign,
     foreign_draws,
     is_bundle,
@@ -782,12 +782,7 @@ def _bundle_target(
         raise CommandError(f"{out} exists and is not an empty directory")
     # A record that is not one fails before anything is written.
     draws = None if record is None else _run(record)[0]
-
-    def create() -> Store:
-        out.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return open_store(out / STORE)
-
-    return create, str(out), draws
+    return lambda: create_bundle_store(out), str(out), draws
 
 
 def _check_record(

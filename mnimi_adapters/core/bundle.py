@@ -35,6 +35,7 @@ from .runs import read_runs
 from .sample import Sample
 from .stores import SequenceStore, open_store
 from .stores.base import Check, Summary
+from .stores.disk import _private_directory
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -42,6 +43,7 @@ __all__ = [
     "RUN_RECORD",
     "STORE",
     "Manifest",
+    "create_bundle_store",
     "describe_foreign",
     "foreign_draws",
     "is_bundle",
@@ -123,6 +125,19 @@ class Manifest:
         """Write ``MANIFEST.json`` into the bundle directory."""
         text = json.dumps(self.to_dict(), indent=1, ensure_ascii=False)
         (bundle / MANIFEST).write_text(text + "\n", encoding="utf-8")
+
+
+def create_bundle_store(bundle: Path) -> SequenceStore:
+    """Make the bundle directory and open the new store in it.
+
+    The directory, and each folder missing on the way, is made mode 0700 by the helper
+    that makes a cache's own: a bundle holds a cache's samples, private until shared.
+
+    Raises:
+        StoreError: A folder or the store cannot be made.
+    """
+    _private_directory(bundle, create=True)
+    return open_store(bundle / STORE)
 
 
 def write_run_record(bundle: Path, draws: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

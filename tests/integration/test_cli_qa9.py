@@ -1,7 +1,7 @@
 """The ``mnimi`` command on input it did not write: a request edited in a store or a
 bundle, files that are not UTF-8 or nest too deeply, paths that do not exist. Each ends
 in a one-line message and an exit code, never a traceback, and an edited request is
-reported by ``verify``."""
+reported by ``verify``. A bundle's folders are as private as a cache's."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import json
 import sqlite3
+import stat
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
@@ -230,6 +231,19 @@ def test_verify_reports_a_bundle_record_with_a_byte_that_is_not_utf8(
     lines = printed.splitlines()
     assert lines[0] == f"{out}: run.jsonl was altered: its SHA-256 differs from MANIFEST.json"
     assert lines[1].startswith(f"{out}: run.jsonl cannot be read: {out / 'run.jsonl'}, line 1:")
+
+
+def test_bundle_export_makes_every_missing_folder_private(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "shared" / "papers" / "bundle"
+    previous = os.umask(0o022)
+    try:
+        assert mnimi(capsys, "export", str(cache), str(out), "--bundle")[0] == 0
+    finally:
+        os.umask(previous)
+    made = [tmp_path / "shared", tmp_path / "shared" / "papers", out, out / "store"]
+    assert [stat.S_IMODE(folder.stat().st_mode) for folder in made] == [0o700] * 4
 
 
 DEEP = "[" * 100_000
