@@ -101,11 +101,14 @@ _SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", re.IGNORECASE)
 _UNITS = {
     "": 1,
     "b": 1,
-    **{prefix: 1000**power for power, prefix in enumerate("kmgtp", 1)},
-    **{f"{prefix}b": 1000**power for power, prefix in enumerate("kmgtp", 1)},
-    **{f"{prefix}i": 1024**power for power, prefix in enumerate("kmgtp", 1)},
-    **{f"{prefix}ib": 1024**power for power, prefix in enumerate("kmgtp", 1)},
+    **{prefix: 1000**power for power, prefix in enumerate("kmgtpe", 1)},
+    **{f"{prefix}b": 1000**power for power, prefix in enumerate("kmgtpe", 1)},
+    **{f"{prefix}i": 1024**power for power, prefix in enumerate("kmgtpe", 1)},
+    **{f"{prefix}ib": 1024**power for power, prefix in enumerate("kmgtpe", 1)},
 }
+#: The largest size taken: 8 EiB (2**63 bytes, all a file offset can address), far above
+#: any store; a limit beyond it would only be printed as an absurd number of EiB.
+_MAX_SIZE = 8 * 1024**6
 
 
 def parse_size(text: str) -> int:
@@ -115,14 +118,17 @@ def parse_size(text: str) -> int:
     ...) powers of 1024, case-insensitively.
 
     Raises:
-        argparse.ArgumentTypeError: ``text`` is not a size.
+        argparse.ArgumentTypeError: ``text`` is not a size, or one above 8 EiB.
     """
     match = _SIZE.fullmatch(text)
     unit = match.group(2).lower() if match else ""
     if match is None or unit not in _UNITS:
         raise argparse.ArgumentTypeError(f"invalid size {text!r} (use e.g. 500MB, 2GiB, 100k)")
     # Decimal, so that "0.1GB" is exactly 100000000 and not one byte short.
-    return int(Decimal(match.group(1)) * _UNITS[unit])
+    size = int(Decimal(match.group(1)) * _UNITS[unit])
+    if size > _MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (at most 8EiB)")
+    return size
 
 
 def _limit(text: str) -> int:
@@ -138,7 +144,7 @@ def _limit(text: str) -> int:
 
 def format_size(size: float) -> str:
     """``1536`` -> ``1.5 KiB``."""
-    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
     power = 0
     while size >= 1024 and power < len(units) - 1:
         size /= 1024
@@ -974,6 +980,11 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise CommandError(f"cannot read {args.file}: {error}") from None
     except MnimiError as error:
         raise CommandError(f"{error}; nothing imported", EXIT_FOUND) from None
+    if not sequences:  # a failed export or redirect, or the wrong file: no empty store
+        raise CommandError(
+            f"{args.file} holds no sample (is it the file export --jsonl wrote?); nothing imported",
+            EXIT_FOUND,
+        )
     # The key of each line is the hash of its request in canonical form; stored as
     # written, a request otherwise spelled would be reported altered by verify.
     respelled = next((s.key for s in sequences if not keyed_by(s.key, s.request)), None)
@@ -1135,7 +1146,7 @@ _EPILOG = """\
 exit codes: 0 ok; 1 damage found, or a key or match missing;
             2 usage error, no cache at PATH, or a store that cannot be opened
 
-sizes: 500MB, 1.5G, 100k (powers of 1000); 2GiB, 64Ki (powers of 1024)
+sizes: 500MB, 1.5G, 100k (powers of 1000); 2GiB, 64Ki (powers of 1024); at most 8EiB
 """
 
 
@@ -1244,7 +1255,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Build (or extend) the store at PATH from a JSON Lines export.",
         description="Build (or extend) the store at PATH from a JSON Lines export. Every "
         "line is checked first: a line that is not well formed is named, and nothing "
-        "from the file is stored.",
+        "from the file is stored. A file that holds no sample is refused.",
     )
     import_.set_defaults(handler=cmd_import)
     import_.add_argument("file", metavar="FILE.jsonl", help="a file written by export --jsonl")

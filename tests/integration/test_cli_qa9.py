@@ -1,7 +1,7 @@
 """The ``mnimi`` command on input it did not write: a request edited in a store or a
-bundle, files that are not UTF-8 or nest too deeply, paths that do not exist. Each ends
-in a one-line message and an exit code, never a traceback, and an edited request is
-reported by ``verify``. A bundle's folders are as private as a cache's."""
+bundle, files that are not UTF-8 or nest too deeply, paths that do not exist, sizes no
+store reaches, and an empty import. Each ends in a one-line message and an exit code,
+never a traceback, and an edited request is reported by ``verify``."""
 
 from __future__ import annotations
 
@@ -166,6 +166,19 @@ def test_import_refuses_a_request_not_written_as_its_key_hashes_it(
     )
 
 
+@pytest.mark.parametrize("text", ["", "\n\n"])
+def test_import_of_an_empty_file_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(text)
+    code, _, err = mnimi(capsys, "import", str(empty), str(tmp_path / "store"))
+    assert code == 1 and not (tmp_path / "store").exists()
+    assert err == (
+        f"mnimi: {empty} holds no sample (is it the file export --jsonl wrote?); nothing imported\n"
+    )
+
+
 def test_jsonl_export_into_a_missing_folder_is_refused(
     cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -244,6 +257,17 @@ def test_bundle_export_makes_every_missing_folder_private(
         os.umask(previous)
     made = [tmp_path / "shared", tmp_path / "shared" / "papers", out, out / "store"]
     assert [stat.S_IMODE(folder.stat().st_mode) for folder in made] == [0o700] * 4
+
+
+def test_a_size_beyond_any_store_is_refused(
+    cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    huge = "99999999999999999999999999999999999999"
+    code, _, err = mnimi(capsys, "prune", str(cache), "--max-size", huge, "--dry-run")
+    assert code == 2 and f"invalid size '{huge}' (at most 8EiB)" in err
+    code, printed, _ = mnimi(capsys, "prune", str(cache), "--max-size", "8EiB", "--dry-run")
+    assert code == 0 and "fit in 8.0 EiB" in printed
+    assert cli.format_size(3 * 1024**5) == "3.0 PiB"
 
 
 DEEP = "[" * 100_000
