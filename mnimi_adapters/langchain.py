@@ -38,7 +38,6 @@ import queue
 import re
 import threading
 import weakref
-from collections import Counter
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -133,6 +132,7 @@ from .core import (
     Sample,
     scoped,
 )
+from .core.gates import GATES
 from .core.layers import start_apart
 from .core.model import usable
 from .core.request import (
@@ -830,59 +830,6 @@ class WrappedChatModel(BatchedModel):
         return [sample]
 
 
-class _Gates:
-    """Per request key, a live stream drawing it alone, so its sample lands where it reads.
-
-    A cache layer stores concurrent refills of one key in the order they complete. A live
-    stream has shown its chunks before its sample lands, so it must be the key's only
-    draw in flight: it starts only when no other draw of the key is running here, and
-    the key's other draws wait until it is done (stored or failed).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._drawing: Counter[tuple[int, str]] = Counter()
-        self._live: dict[tuple[int, str], threading.Event] = {}
-
-    def _enter(self, key: tuple[int, str]) -> threading.Event | None:
-        with self._lock:
-            live = self._live.get(key)
-            if live is None:
-                self._drawing[key] += 1
-            return live
-
-    def leave(self, key: tuple[int, str]) -> None:
-        with self._lock:
-            self._drawing[key] -= 1
-            if not self._drawing[key]:
-                del self._drawing[key]
-
-    def enter(self, key: tuple[int, str]) -> None:
-        """Start an ordinary draw of ``key`` (waiting for a live stream of it to end)."""
-        while (live := self._enter(key)) is not None:
-            live.wait()
-
-    async def aenter(self, key: tuple[int, str]) -> None:
-        """Async :meth:`enter`: waits without blocking the event loop."""
-        while self._enter(key) is not None:
-            await asyncio.sleep(0.002)
-
-    def start_live(self, key: tuple[int, str]) -> bool:
-        """Whether a live stream of ``key`` may start now (then :meth:`end_live` follows)."""
-        with self._lock:
-            if key in self._drawing or key in self._live:
-                return False
-            self._live[key] = threading.Event()
-            return True
-
-    def end_live(self, key: tuple[int, str]) -> None:
-        with self._lock:
-            self._live.pop(key).set()
-
-
-_GATES = _Gates()
-
-
 def _gated(draw: _Draw) -> list[Sample]:
     """Draw past the gate of a wrapped model's request (waiting while it streams live)."""
     ahead = _predrawn(draw)
@@ -890,11 +837,7 @@ def _gated(draw: _Draw) -> list[Sample]:
         return ahead
     if draw.gate is None:
         return draw.samples()
-    _GATES.enter(draw.gate)
-    try:
-        return draw.samples()
-    finally:
-        _GATES.leave(draw.gate)
+    return GATES.through(draw.gate, draw.samples)
 
 
 async def _agated(draw: _Draw) -> list[Sample]:
@@ -904,11 +847,7 @@ async def _agated(draw: _Draw) -> list[Sample]:
         return ahead
     if draw.gate is None:
         return await draw.asamples()
-    await _GATES.aenter(draw.gate)
-    try:
-        return await draw.asamples()
-    finally:
-        _GATES.leave(draw.gate)
+    return await GATES.athrough(draw.gate, draw.asamples)
 
 
 def _live_draw(draw: _Draw, sink: _Sink) -> list[Sample]:
@@ -917,7 +856,7 @@ def _live_draw(draw: _Draw, sink: _Sink) -> list[Sample]:
         return draw.samples()
     finally:
         assert draw.gate is not None
-        _GATES.end_live(draw.gate)
+        GATES.end_live(draw.gate)
         sink.put(_DONE)
 
 
@@ -927,7 +866,7 @@ async def _alive_draw(draw: _Draw, sink: _Sink) -> list[Sample]:
         return await draw.asamples()
     finally:
         assert draw.gate is not None
-        _GATES.end_live(draw.gate)
+        GATES.end_live(draw.gate)
         sink.put(_DONE)
 
 
@@ -1836,7 +1775,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         sink = _Sink()
         draw = self._prepare(messages, stop, kwargs, sink)
         assert draw.gate is not None
-        if not _GATES.start_live(draw.gate):  # another draw of this request is running
+        if not GATES.start_live(draw.gate):  # another draw of this request is running
             _call_of(draw.request).sink = None
             yield from self._chunks(_gated(draw)[0], draw.model)
             return
@@ -1904,7 +1843,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         sink = _Sink(asyncio.get_running_loop())
         draw = self._prepare(messages, stop, kwargs, sink)
         assert draw.gate is not None
-        if not _GATES.start_live(draw.gate):
+        if not GATES.start_live(draw.gate):
             _call_of(draw.request).sink = None
             for chunk in self._chunks((await _agated(draw))[0], draw.model):
                 yield chunk

@@ -129,6 +129,7 @@ from ._compat import (
     wrap_entry_points,
 )
 from .core.errors import MnimiError, ProviderError
+from .core.gates import GATES
 from .core.layers import CacheLayer, Independent
 from .core.model import Cursor, Layer, Model
 from .core.request import (
@@ -1065,8 +1066,7 @@ class MnimiCache(Cache):
         call = self._intercept(kwargs)
         if call is None:
             return None
-        with _answering(self, call), _litellm_errors(kwargs):
-            samples = self._layer_for(call).draw(call.request, call.n)
+        samples = self._drawn(call, kwargs)
         return self._response(call, samples, kwargs.get("litellm_logging_obj"))
 
     async def async_get_cache(
@@ -1081,8 +1081,7 @@ class MnimiCache(Cache):
         call = self._intercept(kwargs)
         if call is None:
             return None
-        with _answering(self, call), _litellm_errors(kwargs):
-            samples = await self._layer_for(call).adraw(call.request, call.n)
+        samples = await self._adrawn(call, kwargs)
         return self._response(call, samples, kwargs.get("litellm_logging_obj"))
 
     def get_cache_key(self, **kwargs: Any) -> str:
@@ -1118,22 +1117,33 @@ class MnimiCache(Cache):
     # (``_replaying``), so that LiteLLM itself logs and shapes them.
 
     def _answer(self, original: Callable[..., Any], call: _Call, kwargs: dict[str, Any]) -> Any:
-        layer = self._layer_for(call)
         if kwargs.get("stream") is True and call.n == 1:
-            return self._live(original, layer, call, kwargs)
-        with _answering(self, call), _litellm_errors(kwargs):
-            samples = layer.draw(call.request, call.n)
-        return self._finish(original, call, samples, kwargs)
+            return self._live(original, call, kwargs)
+        return self._finish(original, call, self._drawn(call, kwargs), kwargs)
 
     async def _aanswer(
         self, original: Callable[..., Any], call: _Call, kwargs: dict[str, Any]
     ) -> Any:
-        layer = self._layer_for(call)
         if kwargs.get("stream") is True and call.n == 1:
-            return await self._alive(original, layer, call, kwargs)
+            return await self._alive(original, call, kwargs)
+        return await self._afinish(original, call, await self._adrawn(call, kwargs), kwargs)
+
+    def _gate(self, call: _Call) -> tuple[int, str]:
+        """Where ``call``'s draws meet a live stream of its request (see ``core.gates``)."""
+        base = self._layer(call)
+        return id(base), base.key_of(call.request)
+
+    def _drawn(self, call: _Call, kwargs: Mapping[str, Any]) -> list[Sample]:
+        """The samples of ``call``, drawn whole (after a live stream of it, if one runs)."""
+        layer = self._layer_for(call)
         with _answering(self, call), _litellm_errors(kwargs):
-            samples = await layer.adraw(call.request, call.n)
-        return await self._afinish(original, call, samples, kwargs)
+            return GATES.through(self._gate(call), lambda: layer.draw(call.request, call.n))
+
+    async def _adrawn(self, call: _Call, kwargs: Mapping[str, Any]) -> list[Sample]:
+        """Async :meth:`_drawn`."""
+        layer = self._layer_for(call)
+        with _answering(self, call), _litellm_errors(kwargs):
+            return await GATES.athrough(self._gate(call), lambda: layer.adraw(call.request, call.n))
 
     def _finish(
         self,
@@ -1186,10 +1196,16 @@ class MnimiCache(Cache):
         setattr(response, _RESPONSE_MS, hidden[_RESPONSE_MS])
         return response
 
-    def _live(
-        self, original: Callable[..., Any], layer: Layer, call: _Call, kwargs: dict[str, Any]
-    ) -> Any:
-        """A stream: live from the provider on a miss, replayed by LiteLLM on a hit."""
+    def _live(self, original: Callable[..., Any], call: _Call, kwargs: dict[str, Any]) -> Any:
+        """A stream: live from the provider on a miss, replayed by LiteLLM on a hit.
+
+        Live only while no other draw of its request runs here (see ``core.gates``): then
+        it is drawn whole once it may, and replayed.
+        """
+        gate = self._gate(call)
+        if not GATES.start_live(gate):
+            return self._finish(original, call, self._drawn(call, kwargs), kwargs)
+        layer = self._layer_for(call)
         sink = call.sink = _Sink(_wants_usage(kwargs))
 
         def draw() -> list[Sample]:
@@ -1197,6 +1213,7 @@ class MnimiCache(Cache):
                 with _answering(self, call), _litellm_errors(kwargs):
                     return layer.draw(call.request, 1)
             finally:
+                GATES.end_live(gate)
                 sink.chunks.put(_DONE)
 
         drawing = _LIVE_DRAWS.submit(contextvars.copy_context().run, draw)
@@ -1206,9 +1223,13 @@ class MnimiCache(Cache):
         return _relay(first, sink, drawing)
 
     async def _alive(
-        self, original: Callable[..., Any], layer: Layer, call: _Call, kwargs: dict[str, Any]
+        self, original: Callable[..., Any], call: _Call, kwargs: dict[str, Any]
     ) -> Any:
         """Async :meth:`_live`."""
+        gate = self._gate(call)
+        if not GATES.start_live(gate):
+            return await self._afinish(original, call, await self._adrawn(call, kwargs), kwargs)
+        layer = self._layer_for(call)
         sink = call.sink = _Sink(_wants_usage(kwargs))
 
         async def draw() -> list[Sample]:
@@ -1216,6 +1237,7 @@ class MnimiCache(Cache):
                 with _answering(self, call), _litellm_errors(kwargs):
                     return await layer.adraw(call.request, 1)
             finally:
+                GATES.end_live(gate)
                 sink.chunks.put(_DONE)
 
         drawing = asyncio.ensure_future(draw())

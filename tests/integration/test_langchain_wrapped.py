@@ -1001,3 +1001,33 @@ def test_a_model_with_async_code_alone_is_drawn_through_it(cache: str) -> None:
     first = asyncio.run(both())
     assert first == ("answer 1", "answer 2")
     assert asyncio.run(both()) == first and len(model.calls) == 2  # replayed
+
+
+def test_calls_waiting_behind_a_live_stream_keep_their_order_on_every_run(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    # Whole-answer calls of a request wait while a stream of it is live; woken together,
+    # they claimed their positions in the order their waits happened to end.
+    server.chunk_delay = 0.01
+
+    async def streamed(chat: MnimiChatModel, delay: float = 0.0) -> str:
+        await asyncio.sleep(delay)
+        return "".join([str(chunk.content) async for chunk in chat.astream(NUMBER)])
+
+    async def whole(chat: MnimiChatModel, delay: float) -> str:
+        await asyncio.sleep(delay)
+        return str((await chat.ainvoke(NUMBER)).content)
+
+    async def run() -> list[str]:
+        chat = MnimiChatModel(model=openai(), cache_dir=cache)
+        with independent():
+            # Made one after another while the first stream is live (on a re-run, a hit).
+            later = [whole(chat, 0.01 * i) for i in range(1, 5)]
+            calls = [streamed(chat), *later, streamed(chat, 0.05)]
+            return list(await asyncio.gather(*calls))
+
+    first = asyncio.run(run())
+    assert len(set(first)) == 6
+    for _ in range(3):
+        assert asyncio.run(run()) == first
+    assert sent(server) == 6

@@ -150,3 +150,41 @@ def test_a_miss_is_one_litellm_call(server: SamplingServer, cache: MnimiCache) -
     assert amiss.choices[0].message.content
     assert sorted(counter.hits.values()) == [False, False, True]
     assert sent(server) == 2
+
+
+def test_calls_made_while_a_stream_is_live_get_their_own_samples_and_a_rerun_replays(
+    server: SamplingServer, tmp_path: Path
+) -> None:
+    # A live stream's sample lands when it ends, wherever the sequence then ends: a call of
+    # the same request drawing meanwhile read the stream's sample as its own (two calls of
+    # one independent() scope showed one answer), and the re-run gave the stream another.
+    prompt = "Tell me something."
+
+    async def streamed() -> str:
+        text = ""
+        async for chunk in await litellm.acompletion(**kwargs(server, prompt, stream=True)):
+            text += chunk.choices[0].delta.content or "" if chunk.choices else ""
+        return text
+
+    async def plain() -> str:
+        await asyncio.sleep(0.05)  # while the stream is arriving
+        return str((await litellm.acompletion(**kwargs(server, prompt))).choices[0].message.content)
+
+    async def run() -> list[str]:
+        with independent():
+            return list(await asyncio.gather(streamed(), plain(), streamed()))
+
+    server.reset()
+    runs = []
+    for _ in range(3):
+        with MnimiCache(str(tmp_path)) as cache:
+            runs.append(asyncio.run(run()))
+            with independent():  # the sync calls too: the stream is read after the call
+                stream = litellm.completion(**kwargs(server, prompt, stream=True))
+                first = next(iter(stream))
+                whole = litellm.completion(**kwargs(server, prompt)).choices[0].message.content
+                runs[-1] += [joined([first, *stream]), str(whole)]
+        cache.close()
+    assert len(set(runs[0][:3])) == 3 and len(set(runs[0][3:])) == 2
+    assert runs[1] == runs[0] and runs[2] == runs[0]
+    assert sent(server) == 3

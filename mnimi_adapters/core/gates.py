@@ -1,0 +1,135 @@
+"""Per request key, a live stream draws alone, so its sample lands where it reads.
+
+A cache layer stores the concurrent refills of one key in the order they complete. A live
+stream has shown its chunks before its sample lands: were another draw of the key in
+flight, the stream's sample could land at the position that other call reads, and two
+calls would show one sample. So a live stream starts only when no other draw of its key
+is running in this process, and the key's other draws wait until it is done (stored or
+failed). Both adapters gate their draws here, under ``(id(layer), key)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+_T = TypeVar("_T")
+
+
+@dataclass
+class _Key:
+    """One key's gate: its ordinary draws in flight, its live stream, and who waits."""
+
+    drawing: int = 0
+    live: bool = False
+    #: Draws that came while a stream was live, in the order they came: let in one at a
+    #: time, each after the one before it is done, so they claim positions in that order
+    #: on every run (woken all at once, they would claim them as the threads ran).
+    waiting: deque[threading.Event] = field(default_factory=deque)
+
+
+class Gates:
+    """The draws in flight per key, and the live stream, if any, of each."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: dict[Hashable, _Key] = {}
+
+    def _admit(self, key: Hashable, state: _Key) -> None:
+        """Under the lock: let the next waiter in once nothing of ``key`` is running."""
+        if not state.live and not state.drawing and state.waiting:
+            state.drawing += 1
+            state.waiting.popleft().set()
+        elif not state.live and not state.drawing:
+            del self._keys[key]
+
+    def _enter(self, key: Hashable) -> threading.Event | None:
+        """Start an ordinary draw of ``key`` at once, or queue it (its ticket returned)."""
+        with self._lock:
+            state = self._keys.setdefault(key, _Key())
+            if not state.live and not state.waiting:
+                state.drawing += 1
+                return None
+            ticket = threading.Event()
+            state.waiting.append(ticket)
+            return ticket
+
+    def _give_up(self, key: Hashable, ticket: threading.Event) -> None:
+        """A waiter stopped waiting (an interrupt, a cancelled task): out of the queue."""
+        with self._lock:
+            state = self._keys[key]
+            if ticket.is_set():  # let in meanwhile: its turn ends unused
+                state.drawing -= 1
+            else:
+                state.waiting.remove(ticket)
+            self._admit(key, state)
+
+    def leave(self, key: Hashable) -> None:
+        """End an ordinary draw of ``key`` started with :meth:`enter`."""
+        with self._lock:
+            state = self._keys[key]
+            state.drawing -= 1
+            self._admit(key, state)
+
+    def enter(self, key: Hashable) -> None:
+        """Start an ordinary draw of ``key`` (waiting for a live stream of it to end)."""
+        ticket = self._enter(key)
+        if ticket is None:
+            return
+        try:
+            ticket.wait()
+        except BaseException:
+            self._give_up(key, ticket)
+            raise
+
+    async def aenter(self, key: Hashable) -> None:
+        """Async :meth:`enter`: waits without blocking the event loop."""
+        ticket = self._enter(key)
+        if ticket is None:
+            return
+        try:
+            while not ticket.is_set():
+                await asyncio.sleep(0.002)
+        except BaseException:
+            self._give_up(key, ticket)
+            raise
+
+    def start_live(self, key: Hashable) -> bool:
+        """Whether a live stream of ``key`` may start now (then :meth:`end_live` follows)."""
+        with self._lock:
+            state = self._keys.setdefault(key, _Key())
+            if state.drawing or state.live or state.waiting:
+                return False
+            state.live = True
+            return True
+
+    def end_live(self, key: Hashable) -> None:
+        """End the live stream of ``key``: its other draws go on, in the order they came."""
+        with self._lock:
+            state = self._keys[key]
+            state.live = False
+            self._admit(key, state)
+
+    def through(self, key: Hashable, draw: Callable[[], _T]) -> _T:
+        """``draw()`` as an ordinary draw of ``key``."""
+        self.enter(key)
+        try:
+            return draw()
+        finally:
+            self.leave(key)
+
+    async def athrough(self, key: Hashable, draw: Callable[[], Awaitable[_T]]) -> _T:
+        """Async :meth:`through`."""
+        await self.aenter(key)
+        try:
+            return await draw()
+        finally:
+            self.leave(key)
+
+
+#: The gates of every adapter in the process: a key's draws meet here whichever made them.
+GATES = Gates()

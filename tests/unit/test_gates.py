@@ -1,0 +1,88 @@
+"""Per key, a live stream draws alone and the draws that wait for it go in arrival order."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from mnimi_adapters.core.gates import Gates
+
+
+def test_ordinary_draws_run_together_and_keep_a_stream_from_going_live() -> None:
+    gates = Gates()
+    gates.enter("k")
+    gates.enter("k")
+    assert not gates.start_live("k")
+    assert gates.start_live("other")
+    gates.leave("k")
+    gates.leave("k")
+    assert gates.start_live("k")
+    assert not gates.start_live("k")  # one live stream at a time
+    gates.end_live("k")
+    gates.end_live("other")
+    assert not gates._keys  # nothing kept per key once idle
+
+
+def test_draws_that_wait_for_a_live_stream_go_one_at_a_time_in_arrival_order() -> None:
+    gates = Gates()
+    assert gates.start_live("k")
+    order: list[int] = []
+    running: list[int] = []
+    overlaps: list[list[int]] = []
+
+    def draw(i: int) -> None:
+        def work() -> None:
+            running.append(i)
+            if running != [i]:
+                overlaps.append(list(running))
+            time.sleep(0.01)
+            order.append(i)
+            running.remove(i)
+
+        gates.through("k", work)
+
+    threads = []
+    for i in range(5):
+        threads.append(threading.Thread(target=draw, args=(i,)))
+        threads[-1].start()
+        time.sleep(0.02)  # each queued before the next comes
+    assert order == []
+    # A draw that comes while others wait queues behind them, live stream or not.
+    assert not gates.start_live("k")
+    gates.end_live("k")
+    for thread in threads:
+        thread.join()
+    assert order == [0, 1, 2, 3, 4] and not overlaps
+    assert not gates._keys
+
+
+def test_a_waiter_that_gives_up_leaves_the_queue_and_the_rest_go_on() -> None:
+    gates = Gates()
+    assert gates.start_live("k")
+
+    async def main() -> list[str]:
+        done: list[str] = []
+
+        async def draw(name: str) -> None:
+            async def work() -> None:
+                done.append(name)
+
+            await gates.athrough("k", work)
+
+        first = asyncio.ensure_future(draw("first"))
+        quitter = asyncio.ensure_future(draw("quitter"))
+        last = asyncio.ensure_future(draw("last"))
+        await asyncio.sleep(0.01)
+        quitter.cancel()
+        await asyncio.sleep(0.01)
+        gates.end_live("k")
+        await asyncio.gather(first, last)
+        with pytest.raises(asyncio.CancelledError):
+            await quitter
+        return done
+
+    assert asyncio.run(main()) == ["first", "last"]
+    assert not gates._keys
