@@ -65,7 +65,7 @@ from .core.stores import (
     redis_location,
 )
 from .core.stores.base import recency
-from .core.stores.check import keyed_by
+from .core.stores.check import keyed_by, request_altered
 from .core.stores.check import plural as _plural
 from .core.stores.disk import is_store_directory
 from .core.stores.jsonl import jsonl_lines, read_jsonl
@@ -738,6 +738,8 @@ def _export_target(path_text: str, source: Store) -> tuple[Callable[[], Store], 
 
 def _read_sequence(source: Store, entry: Entry) -> tuple[list[Sample], str | None]:
     """Every sample of one sequence, or the reason it cannot be exported whole."""
+    if request_altered(entry.key, entry.request):  # copied, it would pass for the sampled one
+        return [], "its recorded request is not the one its key is the hash of; not exported"
     samples: list[Sample] = []
     try:
         for index in range(entry.length):

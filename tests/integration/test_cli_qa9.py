@@ -296,3 +296,23 @@ def test_a_manifest_or_request_nested_too_deeply_is_reported(
     request.write_text(DEEP)
     code, _, err = mnimi(capsys, "explain", str(cache), str(request))
     assert code == 2 and err.startswith(f"mnimi: {request} is not JSON: maximum recursion")
+
+
+@pytest.mark.parametrize("form", ["--jsonl", "--bundle", "--grep"])
+def test_export_leaves_out_a_sequence_whose_request_was_edited(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], form: str
+) -> None:
+    """Copied, the edited request would pass for the one sampled (and a bundle made of
+    it would fail verify); it is reported like any other damaged sequence."""
+    with open_store(cache, create=False, read_only=True) as store:
+        (key,) = store.keys()
+    edit_request_on_disk(cache, key)
+    out = tmp_path / ("out.jsonl" if form == "--jsonl" else "out")
+    extra = ["--grep", "Choose"] if form == "--grep" else [form]
+    code, _, err = mnimi(capsys, "export", str(cache), str(out), *extra)
+    assert code == 1
+    assert err == (
+        f"mnimi: {key}: its recorded request is not the one its key is the hash of; not exported\n"
+    )
+    if form == "--bundle":
+        assert mnimi(capsys, "verify", str(out))[0] == 0

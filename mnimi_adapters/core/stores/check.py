@@ -111,10 +111,11 @@ def keyed_by(key: str, request: Mapping[str, Any]) -> bool:
     return record_key(request) == key
 
 
-def is_request_key(key: str) -> bool:
-    """Whether ``key`` has the form a model layer computes, so promises to be the hash of
-    its request: the store itself takes any key, and a program may use one directly."""
-    return _REQUEST_KEY.fullmatch(key) is not None
+def request_altered(key: str, request: Mapping[str, Any]) -> bool:
+    """Whether ``key`` has the form a model layer computes, yet is not the hash of
+    ``request``: the store itself takes any key, and a program may use one directly,
+    but a key of that form promises to be its request's hash."""
+    return _REQUEST_KEY.fullmatch(key) is not None and not keyed_by(key, request)
 
 
 def is_int(value: Any) -> bool:
@@ -222,7 +223,7 @@ class Verifier:
         if not isinstance(request, dict) or not isinstance(request.get("messages"), list):
             self.report(key, name, "the record holds no request")
             return
-        if is_request_key(key) and not keyed_by(key, request):
+        if request_altered(key, request):
             self.report(key, name, ALTERED_REQUEST)
         sequence.record = record
 
