@@ -1190,6 +1190,11 @@ class MnimiCache(Cache):
         built = self._response(call, samples, None)
         del built[HIDDEN_PARAMS_FIELD]
         response = litellm.ModelResponse(**built)
+        for choice in response.choices:
+            # LiteLLM's Choices drops a logprobs of None, which a provider's response
+            # (what a miss returns) has: `if choice.logprobs:` must work on a hit too.
+            if not hasattr(choice, "logprobs"):
+                choice.logprobs = None
         hidden = _built_hidden(call, samples, facts, built["model"])
         setattr(response, HIDDEN_PARAMS_FIELD, hidden)
         # LiteLLM's own responses carry it as an attribute too (its pricing reads it there).

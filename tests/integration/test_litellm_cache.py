@@ -816,6 +816,17 @@ def test_a_hit_keeps_logprobs_and_the_system_fingerprint(
     assert hit.choices[0].logprobs.content[0].logprob == miss.choices[0].logprobs.content[0].logprob
 
 
+def test_a_hit_without_logprobs_has_them_none_as_its_miss_has(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    # LiteLLM's Choices drops a logprobs of None: `if r.choices[0].logprobs:` raised
+    # AttributeError on the replay of an answer whose miss had it None.
+    miss = call(server, "No logprobs")
+    hit = call(server, "No logprobs")
+    assert hit._hidden_params["cache_hit"] is True
+    assert miss.choices[0].logprobs is None and hit.choices[0].logprobs is None
+
+
 def test_a_lone_stop_string_shares_the_key_of_its_list(
     server: SamplingServer, cache: MnimiCache
 ) -> None:
