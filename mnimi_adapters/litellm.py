@@ -492,6 +492,7 @@ class _CacheProvider(LiteLLMModel):
         """
         kwargs = self._stream_kwargs(request)
         chunks: list[Any] = []
+        failed = None
         try:
             with provider_call_active():
                 stream = litellm.completion(**kwargs)
@@ -504,13 +505,16 @@ class _CacheProvider(LiteLLMModel):
         except _Abandoned:
             raise
         except Exception as error:
-            raise self._failure(error, 1, 1, kwargs) from self._cause(error, kwargs)
+            failed = self._failed(error, 1, 1, kwargs)
+        if failed is not None:  # out of the except block (see LiteLLMModel._failed)
+            raise failed[0] from failed[1]
         return self._streamed(stream, chunks, kwargs)
 
     async def astream(self, request: Request, sink: _Sink) -> list[Sample]:
         """Async :meth:`stream`."""
         kwargs = self._stream_kwargs(request)
         chunks: list[Any] = []
+        failed = None
         try:
             with provider_call_active():
                 stream = await litellm.acompletion(**kwargs)
@@ -523,7 +527,9 @@ class _CacheProvider(LiteLLMModel):
         except _Abandoned:
             raise
         except Exception as error:
-            raise self._failure(error, 1, 1, kwargs) from self._cause(error, kwargs)
+            failed = self._failed(error, 1, 1, kwargs)
+        if failed is not None:
+            raise failed[0] from failed[1]
         return self._streamed(stream, chunks, kwargs)
 
 

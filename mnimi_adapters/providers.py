@@ -685,6 +685,17 @@ class LiteLLMModel(BatchedModel):
         text = " ".join(str(link) for link in _chain(error))
         return None if self._scrub(text, kwargs) != text else error
 
+    def _failed(
+        self, error: BaseException, attempts: int, n: int, kwargs: Mapping[str, Any]
+    ) -> tuple[ProviderRequestError, BaseException | None]:
+        """The error to raise for ``error``, and its cause (``None`` if the key was echoed).
+
+        Raise it out of the ``except`` block that caught ``error``: raised in it, Python
+        attaches ``error`` as its context, and an echoed key would reach whatever walks
+        the chain (error reporters do), hidden from the traceback only.
+        """
+        return self._failure(error, attempts, n, kwargs), self._cause(error, kwargs)
+
     def _failure(
         self, error: BaseException, attempts: int, n: int, kwargs: Mapping[str, Any]
     ) -> ProviderRequestError:
@@ -721,6 +732,7 @@ class LiteLLMModel(BatchedModel):
         retries = self._retries(request)
         tries = 1
         first: list[Exception] = []
+        failed: tuple[ProviderRequestError, BaseException | None] | None = None
         try:
             try:
                 with provider_call_active():
@@ -736,9 +748,11 @@ class LiteLLMModel(BatchedModel):
                         with provider_call_active():
                             response = send(**kwargs)
         except Exception as error:
-            raise self._failure(error, tries, n, kwargs) from self._cause(error, kwargs)
+            failed = self._failed(error, tries, n, kwargs)
         finally:
             attempts.append(tries)
+        if failed is not None:  # raised here, out of the except block: see _failed
+            raise failed[0] from failed[1]
         return self._samples(response)
 
     async def _asend(self, request: Request, n: int, attempts: list[int]) -> list[Sample]:
@@ -747,6 +761,7 @@ class LiteLLMModel(BatchedModel):
         retries = self._retries(request)
         tries = 1
         first: list[Exception] = []
+        failed: tuple[ProviderRequestError, BaseException | None] | None = None
         try:
             try:
                 with provider_call_active():
@@ -762,9 +777,11 @@ class LiteLLMModel(BatchedModel):
                         with provider_call_active():
                             response = await send(**kwargs)
         except Exception as error:
-            raise self._failure(error, tries, n, kwargs) from self._cause(error, kwargs)
+            failed = self._failed(error, tries, n, kwargs)
         finally:
             attempts.append(tries)
+        if failed is not None:  # raised here, out of the except block: see _failed
+            raise failed[0] from failed[1]
         return self._samples(response)
 
     @staticmethod

@@ -62,8 +62,16 @@ def assert_nowhere(*texts: str | bytes) -> None:
 
 
 def error_text(error: BaseException) -> str:
-    """An exception as a user would see it: message, repr and the whole traceback chain."""
-    return "".join(traceback.format_exception(error)) + repr(error)
+    """An exception as a user would see it: message, repr and the whole traceback chain,
+    and every exception chained to it, shown or not (error reporters walk them all)."""
+    chained: list[BaseException] = []
+    link: BaseException | None = error
+    while link is not None and link not in chained:
+        chained.append(link)
+        link = link.__cause__ or link.__context__
+    return "".join(traceback.format_exception(error)) + "".join(
+        f"{link!r} {link}" for link in chained
+    )
 
 
 def test_litellm_model(server: SamplingServer, tmp_path: Path, logs: Any) -> None:
