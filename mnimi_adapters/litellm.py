@@ -575,6 +575,20 @@ async def _arelay(
                 await drawing
 
 
+def _with_logprobs(response: Any) -> Any:
+    """``response``, each choice with a ``logprobs`` (``None`` if it has none).
+
+    LiteLLM's ``Choices`` deletes a ``logprobs`` of ``None``, which a provider's response
+    (what a miss returns) keeps: ``if choice.logprobs:`` worked on the first run and raised
+    ``AttributeError`` on the replay.
+    """
+    if isinstance(response, litellm.ModelResponse):
+        for choice in response.choices:
+            if not hasattr(choice, "logprobs"):
+                choice.logprobs = None
+    return response
+
+
 # A response answers with the samples drawn for it and replays them through LiteLLM: the
 # call being replayed, and its samples.
 _replaying: ContextVar[tuple[_Call, list[Sample]] | None] = ContextVar(
@@ -1162,7 +1176,7 @@ class MnimiCache(Cache):
         if response is not None:
             return response
         with _replayed(call, samples):
-            return original(**kwargs)
+            return _with_logprobs(original(**kwargs))
 
     async def _afinish(
         self,
@@ -1175,7 +1189,7 @@ class MnimiCache(Cache):
         if response is not None:
             return response
         with _replayed(call, samples):
-            return await original(**kwargs)
+            return _with_logprobs(await original(**kwargs))
 
     def _drawn_response(self, call: _Call, samples: list[Sample], kwargs: Mapping[str, Any]) -> Any:
         """The answer to a call, made without LiteLLM: ``None`` when LiteLLM must replay it.
@@ -1195,12 +1209,7 @@ class MnimiCache(Cache):
             return drawn
         built = self._response(call, samples, None)
         del built[HIDDEN_PARAMS_FIELD]
-        response = litellm.ModelResponse(**built)
-        for choice in response.choices:
-            # LiteLLM's Choices drops a logprobs of None, which a provider's response
-            # (what a miss returns) has: `if choice.logprobs:` must work on a hit too.
-            if not hasattr(choice, "logprobs"):
-                choice.logprobs = None
+        response = _with_logprobs(litellm.ModelResponse(**built))
         hidden = _built_hidden(call, samples, facts, built["model"])
         setattr(response, HIDDEN_PARAMS_FIELD, hidden)
         # LiteLLM's own responses carry it as an attribute too (its pricing reads it there).
