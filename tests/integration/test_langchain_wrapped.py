@@ -697,6 +697,16 @@ class State(TypedDict):
     answer: str
 
 
+def one_retried_node(node: Any) -> Any:
+    """A graph of ``node`` alone, run again at once on a ValueError, 4 attempts at most."""
+    graph = StateGraph(State)
+    policy = RetryPolicy(max_attempts=4, initial_interval=0.0, jitter=False, retry_on=ValueError)
+    graph.add_node("node", node, retry_policy=policy)
+    graph.add_edge(START, "node")
+    graph.add_edge("node", END)
+    return graph.compile()
+
+
 def test_langgraph_retry_attempts_draw_fresh_and_a_rerun_replays(
     server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
 ) -> None:
@@ -710,14 +720,7 @@ def test_langgraph_retry_attempts_draw_fresh_and_a_rerun_replays(
                 raise ValueError(seen[-1])
             return {"answer": seen[-1]}
 
-        graph = StateGraph(State)
-        policy = RetryPolicy(
-            max_attempts=4, initial_interval=0.0, jitter=False, retry_on=ValueError
-        )
-        graph.add_node("propose", propose, retry_policy=policy)
-        graph.add_edge(START, "propose")
-        graph.add_edge("propose", END)
-        graph.compile().invoke({"answer": ""})
+        one_retried_node(propose).invoke({"answer": ""})
         return seen
 
     first = run()
@@ -773,14 +776,7 @@ def test_a_retried_node_that_runs_a_graph_draws_fresh_and_a_rerun_replays(
                 return check(await compiled.ainvoke(state))
 
             node = anode if run_async else node
-        outer = StateGraph(State)
-        policy = RetryPolicy(
-            max_attempts=4, initial_interval=0.0, jitter=False, retry_on=ValueError
-        )
-        outer.add_node("node", node, retry_policy=policy)
-        outer.add_edge(START, "node")
-        outer.add_edge("node", END)
-        graph = outer.compile()
+        graph = one_retried_node(node)
         if run_async:
             asyncio.run(graph.ainvoke({"answer": ""}))
         else:
