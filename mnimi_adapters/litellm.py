@@ -621,8 +621,10 @@ def _newest_installed() -> MnimiCache | None:
 
     A cache the user assigned (``litellm.cache = MnimiCache(...)``, LiteLLM's own way to
     set a cache) is installed here, at the first call, and uninstalled once
-    ``litellm.cache`` no longer holds it; one installed with :meth:`MnimiCache.install`
-    stays until uninstalled (DSPy sets ``litellm.cache = None`` behind its back).
+    ``litellm.cache`` no longer holds it. One installed with :meth:`MnimiCache.install`
+    stays until uninstalled, and so does a replication or DSPy cache however it came:
+    DSPy sets ``litellm.cache = None`` behind its back, and a replica must not let the
+    calls that follow reach a provider.
     """
     try:  # read without the lock: it runs on every call, and an uninstall may empty it
         newest: MnimiCache | None = _installed[-1]
@@ -631,7 +633,7 @@ def _newest_installed() -> MnimiCache | None:
     current = litellm.cache
     if current is newest:
         return newest
-    if newest is not None and newest._assigned:
+    if newest is not None and newest._assigned and not (newest.replication or newest.dspy):
         newest.uninstall()  # replaced or removed by the user, as LiteLLM's caches are
         return _newest_installed()
     if isinstance(current, MnimiCache) and not current._installed:

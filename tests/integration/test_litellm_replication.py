@@ -260,7 +260,7 @@ def test_a_cache_assigned_to_litellm_cache_refuses_as_an_installed_one(
     # an assigned replica let caching=False, a default Router and embeddings send.
     recorded = record(server, tmp_path, "Recorded")
     server.reset()
-    litellm.cache = MnimiCache(str(tmp_path), replication=True)
+    replica = litellm.cache = MnimiCache(str(tmp_path), replication=True)
     try:
         with pytest.raises(ReplicationCacheMiss):
             call(server, "Never recorded", caching=False)
@@ -270,13 +270,17 @@ def test_a_cache_assigned_to_litellm_cache_refuses_as_an_installed_one(
             litellm.embedding(model="openai/e", input=["hi"], api_base=server.url, api_key=API_KEY)
         assert text(call(server, "Recorded")) == recorded
         assert text(asyncio.run(acall(server, "Recorded", caching=False))) == recorded
-    finally:
+        # Set to None behind its back (DSPy does, at its first call), a replica stays: the
+        # calls that follow must not reach a provider.
         litellm.cache = None
+        with pytest.raises(ReplicationCacheMiss):
+            call(server, "Never recorded")
+        assert litellm.cache is replica
+    finally:
+        replica.uninstall()
     assert sent(server) == 0
     assert not server.requests
-    # Removed from litellm.cache, it has no say any more: calls are LiteLLM's own again.
-    call(server, "Never recorded", caching=False)
-    assert sent(server) == 1
+    assert litellm.cache is None
 
 
 def client_create(server: SamplingServer, prompt: str, **kwargs: Any) -> Any:
