@@ -343,9 +343,16 @@ def request_record(identity: Mapping[str, Any], request: Request) -> dict[str, A
 
 
 def record_key(record: Mapping[str, Any]) -> str:
-    """The versioned cache key of a request's canonical ``record`` (see :func:`request_record`)."""
+    """The versioned cache key of a request's canonical ``record`` (see :func:`request_record`).
+
+    The JSON is hashed as UTF-8. A lone surrogate (half of a pair, which valid JSON and
+    Python strs may hold) has no UTF-8 form: ``surrogatepass`` gives it its own three
+    bytes, so such a prompt has a key of its own, while any other text hashes exactly
+    as it always did (the keys of existing caches never change).
+    """
     text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return f"{KEY_VERSION}-{hashlib.sha256(text.encode()).hexdigest()[:40]}"
+    data = text.encode("utf-8", "surrogatepass")
+    return f"{KEY_VERSION}-{hashlib.sha256(data).hexdigest()[:40]}"
 
 
 def request_key(identity: Mapping[str, Any], request: Request) -> str:
