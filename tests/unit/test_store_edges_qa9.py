@@ -9,13 +9,47 @@ replay notes must all be written, whatever the number of batches in flight.
 
 from __future__ import annotations
 
+import json
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+from diskcache.core import DBNAME
+from support import FailingModel
+
 from mnimi_adapters.core import (
+    BatchedModel,
+    DiskStore,
+    Persistent,
     Request,
+    Sample,
     request_key,
 )
 from mnimi_adapters.core.request import record_key
+from mnimi_adapters.core.stores import base
 
 LONE = "caf\udcff"  # what json.loads makes of the valid JSON "caf\udcff"
+
+
+RECORD = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "params": {}}
+
+
+class EchoModel(BatchedModel):
+    """A provider stand-in whose answers hold a lone surrogate; counts its requests."""
+
+    def __init__(self) -> None:
+        super().__init__("m", 1.0)
+        self.calls = 0
+
+    def query(self, request: Request, n: int) -> list[str]:
+        self.calls += 1
+        return [f"{LONE} {self.calls}.{i}" for i in range(n)]
+
+
+def raw_row(path: Path, name: str) -> str:
+    with closing(sqlite3.connect(path / DBNAME)) as connection:
+        (value,) = connection.execute("SELECT value FROM Cache WHERE key = ?", (name,)).fetchone()
+    return str(value)
 
 
 # -- keys -----------------------------------------------------------------------
@@ -51,3 +85,62 @@ def test_a_prompt_with_a_lone_surrogate_has_a_key_of_its_own() -> None:
         identity, Request.of("\U0001f600")
     )
     assert record_key({"text": LONE}) == record_key({"text": LONE})
+
+
+# -- lone surrogates in stored values -------------------------------------------
+
+
+def test_a_paid_answer_with_a_lone_surrogate_is_stored_and_replayed(tmp_path: Path) -> None:
+    model = EchoModel()
+    first = Persistent(model, tmp_path / "cache")
+    drawn = next(first.samples("hello"))
+    first.close()
+    assert drawn.text == f"{LONE} 1.0"
+    replay = Persistent(FailingModel("m", 1.0), tmp_path / "cache", replication=True)
+    again = next(replay.samples("hello"))
+    replay.close()
+    assert (again.text, again.draw_id) == (drawn.text, drawn.draw_id)
+    assert model.calls == 1
+
+
+def test_a_prompt_with_a_lone_surrogate_is_cached(tmp_path: Path) -> None:
+    first = Persistent(EchoModel(), tmp_path / "cache")
+    drawn = next(first.samples(f"say {LONE}"))
+    first.close()
+    replay = Persistent(FailingModel("m", 1.0), tmp_path / "cache", replication=True)
+    assert next(replay.samples(f"say {LONE}")).draw_id == drawn.draw_id
+    replay.close()
+    with DiskStore(tmp_path / "cache", create=False) as store:
+        (summary,) = store.summaries()
+        assert summary.messages == [{"role": "user", "content": f"say {LONE}"}]
+        assert store.check().ok
+
+
+def test_unencodable_values_read_back_identical_and_others_stay_compact(tmp_path: Path) -> None:
+    sample = Sample(text=LONE, message={"role": "assistant", "content": "\ud800 ☕"})
+    plain = Sample.of_text("café ☕")
+    record = {"model": "m\udcff", "messages": [{"role": "user", "content": "é \udfff"}]}
+    with DiskStore(tmp_path / "cache") as store:
+        added = store.append("k", [sample, plain], {**record, "params": {}})
+        assert len(added) == 2
+        assert store.get("k", 0) == sample
+        assert store.get("k", 1) == plain
+        assert store.info("k")["request"] == {**record, "params": {}}  # type: ignore[index]
+        # Noting a use edits the record in SQL: the escapes survive it.
+        store.touch("k")
+        store.flush()
+        assert store.info("k")["request"]["messages"] == record["messages"]  # type: ignore[index]
+        # Listings summed by SQLite read the escaped model name as Python does.
+        totals = store.totals()
+        assert [(row.model, row.samples) for row in totals.models] == [("m\udcff", 2)]
+        assert store.check().ok
+    # Ordinary text keeps its UTF-8 form; only the unencodable value is escaped.
+    assert "café ☕" in raw_row(tmp_path / "cache", "s:k:1")
+    assert "\\udcff" in raw_row(tmp_path / "cache", "s:k:0")
+    assert json.loads(raw_row(tmp_path / "cache", "s:k:0"))["text"] == LONE
+
+
+def test_dump_json_escapes_only_what_has_no_utf8_form() -> None:
+    assert base.dump_json({"t": "é"}) == '{"t": "é"}'
+    assert base.dump_json({"t": LONE}) == '{"t": "caf\\udcff"}'
+    assert json.loads(base.dump_json({"t": LONE, "u": "é"})) == {"t": LONE, "u": "é"}

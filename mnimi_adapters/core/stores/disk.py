@@ -56,6 +56,7 @@ from .base import (
     check_directory_location,
     decode_record,
     decode_sample,
+    dump_json,
     recency,
 )
 from .check import PICKLED, Verifier, decode_row, is_int, kind
@@ -138,9 +139,11 @@ _FIELDS = (
 )
 #: Records SQLite reads as Python does (an int length, a text or no model): their
 #: totals summed, per model if several (``{}``: GROUP BY model, or nothing), the
-#: others' keys as a JSON list; without the keys in ``?`` (a JSON list).
+#: others' keys as a JSON list; without the keys in ``?`` (a JSON list). The model
+#: comes as bytes (see :func:`_model_name`).
 _RECORDS = (
-    "SELECT count(DISTINCT model) FILTER (WHERE sure), min(model) FILTER (WHERE sure), "
+    "SELECT count(DISTINCT model) FILTER (WHERE sure), "
+    "CAST(min(model) FILTER (WHERE sure) AS BLOB), "
     "count(*) FILTER (WHERE sure), sum(length) FILTER (WHERE sure), "
     "sum(bytes) FILTER (WHERE sure), sum(prompt_tokens) FILTER (WHERE sure), "
     "sum(completion_tokens) FILTER (WHERE sure), total(cost) FILTER (WHERE sure), "
@@ -642,7 +645,7 @@ class DiskStore(SequenceStore):
                 continue
             seen.add(draw_key)
             index = length + len(added)
-            value = json.dumps(sample.to_dict(), ensure_ascii=False)
+            value = dump_json(sample.to_dict())
             rows.append((f"s:{key}:{index}", now, now, value))
             rows.append((draw_key, now, now, index))
             meta["bytes"] += len(value)
@@ -664,7 +667,7 @@ class DiskStore(SequenceStore):
                 _UPSERT,
                 [
                     (names[0], now, now, meta["length"]),
-                    (names[1], now, now, json.dumps(meta, ensure_ascii=False)),
+                    (names[1], now, now, dump_json(meta)),
                 ],
             )
         return added
@@ -785,7 +788,7 @@ class DiskStore(SequenceStore):
         for _, model, keys, *totals, others in found:
             odd.update(json.loads(others))
             if keys:
-                models.append(ModelTotals(model, keys, *totals))
+                models.append(ModelTotals(_model_name(model), keys, *totals))
         return models, odd
 
     def recent(self, limit: int | None) -> tuple[int, list[Summary]]:
@@ -931,6 +934,20 @@ def _summary(key: str, length: Any, record: Any) -> Summary:
         except CorruptStoreError as error:
             summary.error = summary.error or str(error)
     return summary
+
+
+def _model_name(raw: bytes) -> str:
+    """A model name as SQLite's ``json_extract`` gave it, read as Python's ``json`` would.
+
+    SQLite turns an escaped lone surrogate (``"m\\udcff"``, a name stored escaped, see
+    :func:`dump_json`) into the three bytes that ``surrogatepass`` reads back, which
+    plain UTF-8 text refuses. Bytes that are not even that (a damaged row) are shown
+    with replacement characters: it is only a listing's name.
+    """
+    try:
+        return raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace")
 
 
 def _connect_readonly(database: Path) -> sqlite3.Connection:

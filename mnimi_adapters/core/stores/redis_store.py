@@ -56,6 +56,7 @@ from .base import (
     Summary,
     UsageLog,
     decode_sample,
+    dump_json,
     is_redis_url,
     printable_location,
 )
@@ -518,10 +519,10 @@ class RedisStore(SequenceStore):
             FORMAT_VERSION,
             key,
             repr(time.time()),
-            json.dumps(record, ensure_ascii=False),
+            dump_json(record),
         ]
         for sample in samples:
-            value = json.dumps(sample.to_dict(), ensure_ascii=False)
+            value = dump_json(sample.to_dict())
             # Characters, not bytes, like the disk store's record counts them.
             args += [
                 sample.draw_id,
