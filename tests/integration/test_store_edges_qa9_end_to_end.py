@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import NumberModel
 
 from mnimi_adapters import OpenAICompatible
 from mnimi_adapters.cli import main
-from mnimi_adapters.core import Persistent, Sample
+from mnimi_adapters.core import DiskStore, Persistent, Sample
 from mnimi_adapters.core.stores import RedisStore
 
 LONE = "caf\udcff"
@@ -88,6 +89,22 @@ def run_cli(*argv: object) -> tuple[int, str, str]:
     with redirect_stdout(out), redirect_stderr(err):
         code = main([str(a) for a in argv])
     return code, out.getvalue(), err.getvalue()
+
+
+def test_prune_refuses_a_directory_whose_database_is_a_link(tmp_path: Path) -> None:
+    mine = tmp_path / "my_real_cache"
+    model = Persistent(NumberModel(), mine)
+    for prompt in range(5):
+        next(model.sample(f"q{prompt}"))
+    model.close()
+    received = tmp_path / "received_dir"
+    received.mkdir(mode=0o700)
+    (received / "cache.db").symlink_to(mine / "cache.db")
+    code, out, err = run_cli("prune", received, "--max-size", "0")
+    assert code != 0, out
+    assert f"{received / 'cache.db'} is a symbolic link" in err
+    with DiskStore(mine, create=False) as store:
+        assert sum(summary.length for summary in store.summaries()) == 5
 
 
 # -- Redis ------------------------------------------------------------------------

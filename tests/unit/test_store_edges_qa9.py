@@ -14,6 +14,7 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+import pytest
 from diskcache.core import DBNAME
 from support import FailingModel
 
@@ -23,6 +24,7 @@ from mnimi_adapters.core import (
     Persistent,
     Request,
     Sample,
+    StoreError,
     request_key,
 )
 from mnimi_adapters.core.request import record_key
@@ -144,3 +146,53 @@ def test_dump_json_escapes_only_what_has_no_utf8_form() -> None:
     assert base.dump_json({"t": "é"}) == '{"t": "é"}'
     assert base.dump_json({"t": LONE}) == '{"t": "caf\\udcff"}'
     assert json.loads(base.dump_json({"t": LONE, "u": "é"})) == {"t": LONE, "u": "é"}
+
+
+# -- database files that are links ----------------------------------------------
+
+
+def filled(path: Path) -> None:
+    with DiskStore(path) as store:
+        store.append("k", [Sample.of_text("kept")], RECORD)
+
+
+@pytest.mark.parametrize("name", [DBNAME, f"{DBNAME}-wal", f"{DBNAME}-shm"])
+def test_a_database_file_that_is_a_link_is_refused(tmp_path: Path, name: str) -> None:
+    other = tmp_path / "other"
+    filled(other)
+    target = other / name
+    if not target.exists():
+        target.write_bytes(b"")
+    before = target.read_bytes()
+    received = tmp_path / "received"
+    received.mkdir(mode=0o700)
+    if name != DBNAME:  # the database itself is a copy; only its log or index is a link
+        (received / DBNAME).write_bytes((other / DBNAME).read_bytes())
+    (received / name).symlink_to(target)
+    for create, read_only in [(True, False), (False, False), (False, True)]:
+        with pytest.raises(StoreError) as refused:
+            DiskStore(received, create=create, read_only=read_only)
+        message = str(refused.value)
+        assert str(received / name) in message
+        assert "symbolic link" in message
+        assert str(target) in message
+    assert target.read_bytes() == before
+    # The cache itself opens, also through a linked directory or a linked parent folder.
+    (tmp_path / "link").symlink_to(other, target_is_directory=True)
+    (tmp_path / "parent").symlink_to(tmp_path, target_is_directory=True)
+    for path in (other, tmp_path / "link", tmp_path / "parent" / "other"):
+        with DiskStore(path, create=False) as store:
+            assert store.length("k") == 1
+        with DiskStore(path, read_only=True) as store:
+            assert store.length("k") == 1
+
+
+def test_a_dangling_database_link_is_refused_and_nothing_is_created(tmp_path: Path) -> None:
+    received = tmp_path / "received"
+    received.mkdir(mode=0o700)
+    outside = tmp_path / "elsewhere" / "made.db"
+    outside.parent.mkdir()
+    (received / DBNAME).symlink_to(outside)
+    with pytest.raises(StoreError, match="symbolic link"):
+        DiskStore(received)
+    assert not outside.exists()

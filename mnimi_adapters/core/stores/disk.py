@@ -282,12 +282,53 @@ def _holds_database(path: Path) -> bool:
     return size(database) > 0 or (database.is_file() and size(path / f"{DBNAME}-wal") > 0)
 
 
+#: The files SQLite opens in a cache directory: the database, its write-ahead log and
+#: the log's shared-memory index.
+_DATABASE_FILES = (DBNAME, f"{DBNAME}-wal", f"{DBNAME}-shm")
+
+
+def _refuse_links(path: Path) -> None:
+    """Refuse a cache directory whose database files are symbolic links.
+
+    SQLite follows them: a ``cache.db`` linked to another cache's would read that
+    cache, and ``mnimi prune`` would delete its samples; a link named ``cache.db-wal``
+    would have SQLite write into (and truncate) whatever file it names. The store reads,
+    writes and deletes only files inside its directory; the directory itself, and the
+    folders on the way to it, may be links.
+
+    Raises:
+        StoreError: One of the files is a symbolic link (dangling or not).
+    """
+    for name in _DATABASE_FILES:
+        file = path / name
+        if not file.is_symlink():
+            continue
+        if name == DBNAME:
+            fix = (
+                "open the cache directory it points into instead, or replace the link "
+                "with a copy of the file"
+            )
+        else:
+            fix = "delete the link (SQLite makes its own file) while no process uses the cache"
+        raise StoreError(
+            f"{file} is a symbolic link (to {os.readlink(file)}), and a cache never reads "
+            f"or changes a file outside its directory: {fix}"
+        )
+
+
 def _private_directory(path: Path, create: bool) -> bool:
-    """Create ``path`` (mode 0700) if asked, check it is a directory; return if it is writable."""
+    """Create ``path`` (mode 0700) if asked, check it is a directory; return if it is writable.
+
+    Raises:
+        StoreError: ``path`` is not a directory, its database files are links (see
+            :func:`_refuse_links`), it is a replication bundle, it holds no cache (and
+            ``create`` is false), or it cannot be created.
+    """
     if path.exists() and not path.is_dir():
         raise StoreError(
             f"cache path {path} exists and is not a directory, so is not a cache directory"
         )
+    _refuse_links(path)
     holds = path.exists() and _holds_database(path)
     if path.exists() and not holds:
         # Imported here: the bundle module builds on the stores.
