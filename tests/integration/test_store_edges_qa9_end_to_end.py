@@ -14,13 +14,14 @@ from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from support import NumberModel
+from support import NumberModel, drop_namespace
 
 from mnimi_adapters import OpenAICompatible
 from mnimi_adapters.cli import main
-from mnimi_adapters.core import DiskStore, Persistent, Sample
+from mnimi_adapters.core import DiskStore, Persistent, Sample, StoreError
 from mnimi_adapters.core.stores import RedisStore
 
 LONE = "caf\udcff"
@@ -129,3 +130,35 @@ def test_redis_keeps_lone_surrogates_losslessly(redis_url: str) -> None:
         stored = client.hget(f"mnimi:{store.namespace}:s:k", "1")
         client.close()
         assert stored is not None and "café ☕" in stored.decode()  # ordinary text stays UTF-8
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("path", ["/abc", "/0/my-project", "/-1", "/1x"])
+def test_a_redis_path_that_is_no_database_number_is_refused(redis_url: str, path: str) -> None:
+    parts = urlsplit(redis_url)
+    url = urlunsplit(parts._replace(path=path))
+    with pytest.raises(StoreError) as refused:
+        RedisStore(url)
+    message = str(refused.value)
+    assert message.startswith("invalid Redis URL")
+    assert repr(path) in message
+    # Nothing was written to database 0 in its place.
+    with RedisStore(urlunsplit(parts._replace(path="/0")), create=False, check_format=False) as db0:
+        assert list(db0.names()) == []
+
+
+@pytest.mark.redis
+def test_a_redis_database_number_in_the_path_still_selects_it(redis_url: str) -> None:
+    parts = urlsplit(redis_url)
+    in_db1 = urlunsplit(parts._replace(path="/1"))
+    try:
+        for path in ("/1", "/1/", "/%31"):
+            with RedisStore(urlunsplit(parts._replace(path=path))) as store:
+                store.append(path, [Sample.of_text("x")], {"model": "m", "messages": []})
+        with RedisStore(in_db1, create=False) as store:
+            assert sorted(store.keys()) == ["/%31", "/1", "/1/"]
+    finally:
+        drop_namespace(in_db1)
+    code, _, err = run_cli("stats", urlunsplit(parts._replace(path="/abc")))
+    assert code != 0
+    assert "invalid Redis URL" in err

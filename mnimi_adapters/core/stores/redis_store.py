@@ -71,6 +71,9 @@ DEFAULT_NAMESPACE = "default"
 #: MATCH) and no colons (they separate the parts of a Redis key name).
 _NAMESPACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 
+#: The path of a ``redis://`` URL the redis client reads as a database: none, or a number.
+_DATABASE_PATH = re.compile(r"/?(?:[0-9]+/?)?")
+
 #: Seconds; a dead or unreachable server must fail a run quickly, not hang it.
 #: The URL's own ``socket_timeout`` / ``socket_connect_timeout`` win.
 CONNECT_TIMEOUT = 2.0
@@ -287,6 +290,7 @@ class RedisStore(SequenceStore):
         client_url, self.namespace, self._secrets = _split_url(url)
         #: The URL without its password or client options, namespace included.
         self.location = redis_location(url)
+        self._check_database(client_url)
         self._prefix = f"mnimi:{self.namespace}:"
         self._format_key = self._prefix + "format"
         self._index_key = self._prefix + "keys"
@@ -327,6 +331,29 @@ class RedisStore(SequenceStore):
             if isinstance(error, TypeError):
                 self._refuse_option(error)
             raise
+
+    def _check_database(self, client_url: str) -> None:
+        """Refuse a ``redis://`` path that is not a database number.
+
+        The redis client takes ``/abc`` (or ``/0/ns``, a namespace meant as a path) as
+        no database at all, so the samples would go to database 0 in silence.
+
+        Raises:
+            StoreError: The path is neither empty nor ``/N``.
+        """
+        try:
+            parts = urlsplit(client_url)
+        except ValueError:
+            return  # unparsable: the redis client says why, as for any invalid URL
+        if parts.scheme == "unix":  # the path is the socket's; the database is ?db=N
+            return
+        if _DATABASE_PATH.fullmatch(unquote(parts.path)) is None:
+            path = self._scrub(parts.path)
+            raise StoreError(
+                f"invalid Redis URL {self.location}: its path {path!r} is not a database "
+                "number; write redis://host:port/N with N the database (0 if left out), and "
+                "the namespace as ?namespace=NAME"
+            )
 
     def _refuse_option(self, error: TypeError) -> None:
         """Raise the ``StoreError`` for a query parameter the redis client does not know.
