@@ -900,6 +900,11 @@ class _Draw:
         """Whether successive calls draw fresh samples (``independent()``, ``no_cache()``)."""
         return not (isinstance(self.layer, CacheLayer) and caching_enabled())
 
+    def give_back(self, samples: list[Sample]) -> None:
+        """Hand the positions of ``samples`` to the next call of the scope that served them."""
+        if self.continues():  # from position 0 each time otherwise: nothing to hand on
+            self.layer.open(self.request).give_back(samples)
+
 
 #: What one call of a batch gets: its samples, or the error drawing them.
 _Outcome = list[Sample] | BaseException
@@ -1777,7 +1782,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         assert draw.gate is not None
         if not GATES.start_live(draw.gate):  # another draw of this request is running
             _call_of(draw.request).sink = None
-            yield from self._chunks(_gated(draw)[0], draw.model)
+            yield from self._replayed(draw, _gated(draw))
             return
         # Drawn on a refill thread, which also runs the refill itself: one hand-off, and
         # a sample paid for is stored whatever the reader does (law 6).
@@ -1791,12 +1796,30 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         finally:
             if not complete:  # abandoned, or failed: a partial answer is no sample
                 sink.abandoned.set()
-        yield from self._stream_end(samples[0], sink, draw.model)
+        yield from self._stream_end(draw, samples, sink)
 
-    def _stream_end(self, sample: Sample, sink: _Sink, model: str) -> Iterator[ChatGenerationChunk]:
+    def _replayed(self, draw: _Draw, samples: list[Sample]) -> Iterator[ChatGenerationChunk]:
+        """A stored sample as a stream: abandoned before its end, it gives its position back.
+
+        As a live stream does: a run that abandons it and calls again is answered the
+        same way on a re-run, where the stream is a hit (else the call after it would
+        skip a position, and pay for it).
+        """
+        complete = False
+        try:
+            yield from self._chunks(samples[0], draw.model)
+            complete = True
+        finally:
+            if not complete:
+                draw.give_back(samples)
+
+    def _stream_end(
+        self, draw: _Draw, samples: list[Sample], sink: _Sink
+    ) -> Iterator[ChatGenerationChunk]:
         """What follows a stream's live chunks: the cache facts, or the whole replayed sample."""
+        sample = samples[0]
         if sink.draw_id is None:  # nothing went live: a stored sample
-            yield from self._chunks(sample, model)
+            yield from self._replayed(draw, samples)
         elif sink.draw_id == sample.draw_id:
             # Of the live chunks' kind: the stored content may be a string where they were
             # blocks (_as_invoked), and a string would turn their sum into one.
@@ -1845,7 +1868,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         assert draw.gate is not None
         if not GATES.start_live(draw.gate):
             _call_of(draw.request).sink = None
-            for chunk in self._chunks((await _agated(draw))[0], draw.model):
+            for chunk in self._replayed(draw, await _agated(draw)):
                 yield chunk
             return
         drawing = asyncio.ensure_future(_alive_draw(draw, sink))
@@ -1860,7 +1883,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         finally:
             if not complete:
                 sink.abandoned.set()
-        for chunk in self._stream_end(samples[0], sink, draw.model):
+        for chunk in self._stream_end(draw, samples, sink):
             yield chunk
 
     # -- batches ------------------------------------------------------------------------

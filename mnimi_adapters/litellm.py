@@ -556,6 +556,29 @@ def _relay(first: Any, sink: _Sink, drawing: Future[list[Sample]]) -> Iterator[A
                 drawing.result()
 
 
+def _replay_relay(stream: Any, on_abandon: Callable[[], None]) -> Iterator[Any]:
+    """A replayed stream for its caller; abandoned before its end, ``on_abandon`` runs."""
+    complete = False
+    try:
+        yield from stream
+        complete = True
+    finally:
+        if not complete:
+            on_abandon()
+
+
+async def _areplay_relay(stream: Any, on_abandon: Callable[[], None]) -> AsyncIterator[Any]:
+    """Async :func:`_replay_relay`."""
+    complete = False
+    try:
+        async for chunk in stream:
+            yield chunk
+        complete = True
+    finally:
+        if not complete:
+            on_abandon()
+
+
 async def _arelay(
     first: Any, sink: _Sink, drawing: asyncio.Future[list[Sample]]
 ) -> AsyncIterator[Any]:
@@ -1226,7 +1249,7 @@ class MnimiCache(Cache):
         """
         gate = self._gate(call)
         if not GATES.start_live(gate):
-            return self._finish(original, call, self._drawn(call, kwargs), kwargs)
+            return self._replaying(original, call, self._drawn(call, kwargs), kwargs)
         layer = self._layer_for(call)
         sink = call.sink = _Sink(_wants_usage(kwargs))
 
@@ -1241,8 +1264,44 @@ class MnimiCache(Cache):
         drawing = _LIVE_DRAWS.submit(contextvars.copy_context().run, draw)
         first = sink.chunks.get()
         if first is _DONE:  # nothing went live: the sample was stored
-            return self._finish(original, call, drawing.result(), kwargs)
+            return self._replaying(original, call, drawing.result(), kwargs)
         return _relay(first, sink, drawing)
+
+    def _replaying(
+        self,
+        original: Callable[..., Any],
+        call: _Call,
+        samples: list[Sample],
+        kwargs: dict[str, Any],
+    ) -> Iterator[Any]:
+        """Stored samples as LiteLLM replays a stream: abandoned, it gives its position back.
+
+        As a live stream does: a run that abandons it and calls again is answered the same
+        way on a re-run, where the stream is a hit (else the call after it would skip a
+        position, and pay for it). A generator, as a live stream is, on every run.
+        """
+        return _replay_relay(
+            self._finish(original, call, samples, kwargs), self._giver(call, samples)
+        )
+
+    async def _areplaying(
+        self,
+        original: Callable[..., Any],
+        call: _Call,
+        samples: list[Sample],
+        kwargs: dict[str, Any],
+    ) -> AsyncIterator[Any]:
+        """Async :meth:`_replaying`."""
+        stream = await self._afinish(original, call, samples, kwargs)
+        return _areplay_relay(stream, self._giver(call, samples))
+
+    def _giver(self, call: _Call, samples: list[Sample]) -> Callable[[], None]:
+        """What hands the positions of ``samples`` back to the scope that served them."""
+        layer = self._layer_for(call)
+        if isinstance(layer, CacheLayer) or not caching_enabled():
+            return lambda: None  # each call starts from position 0 again anyway
+        cursor = layer.open(call.request)  # a scope's own cursor: the one that served them
+        return lambda: cursor.give_back(samples)
 
     async def _alive(
         self, original: Callable[..., Any], call: _Call, kwargs: dict[str, Any]
@@ -1250,7 +1309,7 @@ class MnimiCache(Cache):
         """Async :meth:`_live`."""
         gate = self._gate(call)
         if not GATES.start_live(gate):
-            return await self._afinish(original, call, await self._adrawn(call, kwargs), kwargs)
+            return await self._areplaying(original, call, await self._adrawn(call, kwargs), kwargs)
         layer = self._layer_for(call)
         sink = call.sink = _Sink(_wants_usage(kwargs))
 
@@ -1265,7 +1324,7 @@ class MnimiCache(Cache):
         drawing = asyncio.ensure_future(draw())
         first = await asyncio.to_thread(sink.chunks.get)
         if first is _DONE:
-            return await self._afinish(original, call, await drawing, kwargs)
+            return await self._areplaying(original, call, await drawing, kwargs)
         return _arelay(first, sink, drawing)
 
     def _intercept(self, kwargs: Mapping[str, Any]) -> _Call | None:

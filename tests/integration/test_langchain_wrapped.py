@@ -1027,3 +1027,29 @@ def test_calls_waiting_behind_a_live_stream_keep_their_order_on_every_run(
     for _ in range(3):
         assert asyncio.run(run()) == first
     assert sent(server) == 6
+
+
+def test_a_run_that_abandons_a_stream_then_calls_again_replays_as_it_ran(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    # On a re-run the abandoned stream is a hit: it kept its position, and the call after
+    # it skipped to one never drawn (a paid request, another answer; a replica failed).
+    server.chunk_delay = 0.01
+
+    async def run(replication: bool) -> tuple[str, str]:
+        chat = MnimiChatModel(model=openai(), cache_dir=cache, replication=replication)
+        with independent():
+            for _ in chat.stream(NUMBER):
+                break
+            after = str(chat.invoke(NUMBER).content)
+            chunks = chat.astream(NUMBER)
+            await anext(chunks)
+            await chunks.aclose()
+            aafter = str((await chat.ainvoke(NUMBER)).content)
+        return after, aafter
+
+    first = asyncio.run(run(replication=False))
+    assert sent(server) == 4 and first[0] != first[1]
+    assert asyncio.run(run(replication=False)) == first
+    assert asyncio.run(run(replication=True)) == first
+    assert sent(server) == 4

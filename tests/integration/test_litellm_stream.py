@@ -121,6 +121,39 @@ def test_an_abandoned_stream_stores_nothing_and_gives_its_position_back(
     replica.close()
 
 
+def test_a_run_that_abandons_a_stream_then_calls_again_replays_as_it_ran(
+    server: SamplingServer, tmp_path: Path
+) -> None:
+    # Abandoned live, the stream gives its position back and the next call draws it; on a
+    # re-run the stream is a hit there, and it kept the position: the next call skipped
+    # to one that was never drawn (a paid request, another answer; a replica failed).
+    prompt = "Abandon me, then ask again"
+
+    def answer(response: Any) -> str:
+        return str(response.choices[0].message.content)
+
+    async def run(replication: bool) -> tuple[str, str]:
+        with MnimiCache(str(tmp_path), replication=replication) as cache, independent():
+            stream = litellm.completion(**kwargs(server, prompt, stream=True))
+            next(stream)
+            stream.close()
+            after = answer(litellm.completion(**kwargs(server, prompt)))
+            astream = await litellm.acompletion(**kwargs(server, prompt, stream=True))
+            await anext(astream)
+            await astream.aclose()
+            aafter = answer(await litellm.acompletion(**kwargs(server, prompt)))
+        cache.close()
+        return after, aafter
+
+    server.reset()
+    first = asyncio.run(run(replication=False))
+    assert sent(server) == 4 and first[0] != first[1]
+    server.reset()
+    assert asyncio.run(run(replication=False)) == first
+    assert asyncio.run(run(replication=True)) == first
+    assert sent(server) == 0
+
+
 def test_a_streamed_miss_of_several_choices(server: SamplingServer, cache: MnimiCache) -> None:
     streamed: dict[int, str] = {}
     for chunk in litellm.completion(**kwargs(server, "Stream two", n=2, stream=True)):
