@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from contextlib import closing
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,11 +31,9 @@ from mnimi_adapters.core import (
     request_key,
 )
 from mnimi_adapters.core.request import record_key
-from mnimi_adapters.core.stores import base
+from mnimi_adapters.core.stores import base, disk
 
 LONE = "caf\udcff"  # what json.loads makes of the valid JSON "caf\udcff"
-
-
 RECORD = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "params": {}}
 
 
@@ -196,3 +197,104 @@ def test_a_dangling_database_link_is_refused_and_nothing_is_created(tmp_path: Pa
     with pytest.raises(StoreError, match="symbolic link"):
         DiskStore(received)
     assert not outside.exists()
+
+
+# -- times of use ----------------------------------------------------------------
+
+
+def used_times(path: Path) -> dict[str, float]:
+    with DiskStore(path, create=False) as store:
+        return {summary.key: summary.number("used") for summary in store.summaries()}
+
+
+def many_keys(path: Path, count: int) -> list[str]:
+    keys = [f"key-{i}" for i in range(count)]
+    with DiskStore(path) as store:
+        store.append_many([(key, [Sample.of_text(key)], RECORD) for key in keys])
+    return keys
+
+
+@pytest.mark.parametrize("ending", ["closed", "collected"])
+@pytest.mark.parametrize("one_statement", [True, False], ids=["sqlite>=3.33", "older sqlite"])
+def test_no_batch_of_uses_is_lost_to_the_librarys_own_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ending: str, one_statement: bool
+) -> None:
+    """Hundreds of batches in flight at once, as a fast replay makes: every use is written,
+    whether the store is closed or collected unclosed with batches still in flight."""
+    keys = many_keys(tmp_path / "cache", 3000)
+    monkeypatch.setattr(base, "USAGE_BATCH", 4)
+    monkeypatch.setattr(disk, "_BATCH_UPDATES", one_statement)
+    time.sleep(0.01)
+    start = time.time()
+    store = DiskStore(tmp_path / "cache")
+    for key in keys:
+        store.touch(key)
+    if ending == "closed":
+        store.close()
+    del store
+    stale = [key for key, used in used_times(tmp_path / "cache").items() if used < start]
+    assert stale == []
+
+
+@contextmanager
+def held_write_lock(path: Path, seconds: float) -> Iterator[threading.Event]:
+    """Another connection holding the write lock for ``seconds`` (an append, say)."""
+    taken = threading.Event()
+
+    def hold() -> None:
+        with closing(sqlite3.connect(path / DBNAME, isolation_level=None)) as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            taken.set()
+            time.sleep(seconds)
+            connection.execute("COMMIT")
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        yield taken
+    finally:
+        holder.join()
+
+
+def test_uses_wait_out_a_short_write_and_drop_only_a_long_one(tmp_path: Path) -> None:
+    path = tmp_path / "cache"
+    keys = many_keys(path, 2)
+    time.sleep(0.01)
+    start = time.time()
+    with DiskStore(path) as store:
+        # A write as short as an append: the uses wait for it.
+        with held_write_lock(path, 0.03) as taken:
+            assert taken.wait(5)
+            store.touch(keys[0])
+            store.flush()
+        assert used_times(path)[keys[0]] >= start
+        # A write that holds the store far longer (another process's): the uses are
+        # dropped, and neither a read nor the flush waits for it.
+        with held_write_lock(path, 3.0) as taken:
+            assert taken.wait(5)
+            began = time.monotonic()
+            store.touch(keys[1])
+            assert store.length(keys[1]) == 1
+            store.flush()
+            assert time.monotonic() - began < 1.5
+    assert used_times(path)[keys[1]] < start
+
+
+def test_uses_waiting_for_a_busy_store_are_bounded_newest_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However many uses pile up behind a store that cannot take them yet, memory stays
+    bounded: the oldest batches beyond the bound are dropped, the newest written."""
+    path = tmp_path / "cache"
+    keys = many_keys(path, 400)
+    monkeypatch.setattr(base, "USAGE_BATCH", 4)
+    monkeypatch.setattr(disk, "_USAGE_BACKLOG", 40)
+    time.sleep(0.01)
+    start = time.time()
+    with DiskStore(path) as store, held_write_lock(path, 0.05) as taken:
+        assert taken.wait(5)
+        for key in keys:
+            store.touch(key)
+    written = {key for key, used in used_times(path).items() if used >= start}
+    assert set(keys[-40:]) <= written
+    assert len(written) <= 40 + 2 * 4  # and the batch or two taken before the line filled

@@ -18,6 +18,7 @@ replication run still reads it.
 
 from __future__ import annotations
 
+import collections
 import errno
 import json
 import os
@@ -87,6 +88,18 @@ _TOUCH = (
     f"WHERE key = ? AND raw = 1 AND filename IS NULL AND mode = {MODE_RAW} AND "
     "CASE WHEN json_valid(value) THEN json_extract(value, '$.used') END < ?"
 )
+# The same for a whole batch, given as one JSON object (key -> time), in one statement:
+# sqlite3 lets go of the GIL for each statement it runs, and a batch written row by row
+# then waits for the reading thread at every row, falling behind a fast replay.
+# UPDATE ... FROM needs SQLite 3.33; an older one writes row by row.
+_TOUCH_BATCH = (
+    "UPDATE Cache SET value = json_set(Cache.value, '$.used', uses.value) "
+    "FROM json_each(?) AS uses "
+    "WHERE Cache.key = 'm:' || uses.key AND Cache.raw = 1 AND Cache.filename IS NULL "
+    f"AND Cache.mode = {MODE_RAW} AND CASE WHEN json_valid(Cache.value) "
+    "THEN json_extract(Cache.value, '$.used') END < uses.value"
+)
+_BATCH_UPDATES = sqlite3.sqlite_version_info >= (3, 33)
 
 # -- listings in SQL ----------------------------------------------------------
 # A listing of a million keys cannot decode a million records in Python (about
@@ -174,8 +187,15 @@ _RECENT = (
     "ORDER BY -used, substr(key, 3) LIMIT ?"
 )
 
-#: Milliseconds a usage write waits for another process's write: none, it is dropped.
-_USAGE_WAIT_MS = 0
+#: Milliseconds a usage write waits for another connection's write (an append, another
+#: process's anything) before the batch is dropped. It waits on the writer's own thread,
+#: never on a read's; only :meth:`DiskStore.close` may wait for it.
+_USAGE_WAIT_MS = 100
+#: Uses (keys) waiting for the writer, at most: if it cannot keep up at all (a starved
+#: CPU), the oldest batches are dropped, so memory stays bounded (a few MB).
+_USAGE_BACKLOG = 32 * 1024
+#: Seconds ``close`` waits for the usage writer to finish the batches waiting, with room.
+_USAGE_JOIN_SECONDS = 5.0
 #: diskcache's own wait for a busy database, restored after a usage write.
 _BUSY_WAIT_MS = 60_000
 
@@ -459,9 +479,11 @@ class DiskStore(SequenceStore):
         if self._unwritable is not None and check_format:
             with self._sqlite("opening the store"):
                 self._check_version(self._value(FORMAT_KEY))
+        #: Writes the uses reads note; none for a store that cannot be written.
+        self._writer = None if self._cache is None else _UsageWriter(self._cache)
         # Uses noted but not written yet are written when the store is collected
         # or the interpreter exits: a run that never closes its store loses none.
-        self._finalizer = weakref.finalize(self, _write_usage, self._cache, self._usage, None)
+        self._finalizer = weakref.finalize(self, _finish_usage, self._writer, self._usage)
 
     # -- opening -----------------------------------------------------------
 
@@ -739,20 +761,18 @@ class DiskStore(SequenceStore):
         )
 
     def touch(self, key: str) -> None:
+        if self._writer is None:
+            return  # a store that cannot be written keeps no time of use
         batch = self._usage.note(key)
-        if batch and self._cache is not None:
-            # Written on a thread of its own: the read that filled the batch never
-            # pays for the write (a daemon thread: the batch is dropped at exit).
-            threading.Thread(
-                target=_write_usage_apart,
-                args=(self._cache, batch),
-                name="mnimi-usage",
-                daemon=True,
-            ).start()
+        if batch:
+            # Written on the writer's thread: the read that filled the batch never
+            # pays for the write.
+            self._writer.submit(batch)
 
     def flush(self) -> None:
-        """Write the uses noted so far (best effort: a busy or full store drops them)."""
-        _write_usage(self._cache, self._usage, None)
+        """Write the uses noted so far and wait for the writer (best effort: a store busy
+        for longer than its wait, or full, drops them)."""
+        _finish_usage(self._writer, self._usage)
 
     # -- the admin side ------------------------------------------------------
 
@@ -1006,39 +1026,119 @@ def _connect_readonly(database: Path) -> sqlite3.Connection:
     return connection
 
 
-def _write_usage_apart(cache: diskcache.Cache, batch: dict[str, float]) -> None:
-    """:func:`_write_usage` on a thread of its own, whose connection it then closes.
+class _UsageWriter:
+    """Writes a store's uses of keys on one thread at a time, whatever the readers.
 
-    diskcache opens a connection per thread; one left to the garbage collector
-    keeps its page cache, so a replay of a million keys would hold hundreds.
+    Each full batch used to get a thread of its own, which waited for no other
+    writer: under a fast replay the batches overlapped and dropped one another,
+    most uses of a run going unwritten. Here batches handed over while a write runs
+    wait in line (a thread runs while there is something to write, and ends when
+    there is not), each written in a short transaction of its own, as before. A
+    write waits a little for another connection, off every read's path, so only a
+    store busy for longer (another process's long transaction), full or damaged
+    drops a batch; and a line longer than ``_USAGE_BACKLOG`` uses loses its oldest.
     """
-    try:
-        _write_usage(cache, None, batch)
-    finally:
-        cache.close()  # this thread's connection only
+
+    def __init__(self, cache: diskcache.Cache) -> None:
+        self._cache = cache
+        self._batches: collections.deque[dict[str, float]] = collections.deque()
+        #: The uses in those batches.
+        self._waiting = 0
+        # Reentrant: the store's finalizer calls finish(), and the garbage collector
+        # may run it on any thread, this lock held (an allocation under it).
+        self._lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, batch: dict[str, float]) -> None:
+        """Hand ``batch`` over, to be written on the writer's thread (started if none runs)."""
+        with self._lock:
+            self._line_up(batch)
+            if self._thread is not None:
+                return  # the running writer takes it in turn
+            # A daemon thread: exit never waits for it; the finalizer does, briefly.
+            thread = threading.Thread(target=self._run, name="mnimi-usage", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had (exiting): flush or finalizer writes it
+                return
+            self._thread = thread
+
+    def finish(self, batch: dict[str, float]) -> None:
+        """Write ``batch`` and everything handed over before returning (best effort).
+
+        Waits for a running writer, which takes ``batch`` too; without one, it writes on
+        the calling thread: at interpreter exit no new thread may start.
+        """
+        with self._lock:
+            self._line_up(batch)
+            thread = self._thread
+        if thread is threading.current_thread():
+            return  # collected on the writer's thread: its loop takes the batch
+        if thread is not None:
+            thread.join(_USAGE_JOIN_SECONDS)
+        while self._write_next():
+            pass
+
+    def _line_up(self, batch: dict[str, float]) -> None:
+        """Put ``batch`` in line, dropping the oldest batches beyond ``_USAGE_BACKLOG`` uses."""
+        if batch:
+            self._batches.append(batch)
+            self._waiting += len(batch)
+        while self._waiting > _USAGE_BACKLOG:
+            self._waiting -= len(self._batches.popleft())
+
+    def _run(self) -> None:
+        try:
+            while self._write_next(last=True):
+                pass
+        finally:
+            # diskcache opens a connection per thread; one left to the garbage
+            # collector keeps its page cache, so a replay of a million keys would hold
+            # hundreds.
+            self._cache.close()  # this thread's connection only
+
+    def _write_next(self, last: bool = False) -> bool:
+        """Write the first batch in line; return whether there was one.
+
+        ``last``: on the writer's thread, which ends (under the lock, so that no batch
+        is handed to a thread that has ended) when there is nothing left.
+        """
+        with self._lock:
+            batch = self._batches.popleft() if self._batches else None
+            if batch is not None:
+                self._waiting -= len(batch)
+            elif last:
+                self._thread = None
+        if batch is None:
+            return False
+        _write_usage(self._cache, batch)
+        return True
 
 
-def _write_usage(
-    cache: diskcache.Cache | None, usage: UsageLog | None, batch: dict[str, float] | None
-) -> None:
-    """Record when keys were last used, in one write that never waits for another writer.
+def _finish_usage(writer: _UsageWriter | None, usage: UsageLog) -> None:
+    """Write the uses ``usage`` holds and those handed to ``writer``, if the store is writable."""
+    batch = usage.take()
+    if writer is not None:
+        writer.finish(batch)
 
-    Best effort: a busy, full, read-only or damaged store drops the batch, as a
-    use not recorded only makes pruning a little less exact.
+
+def _write_usage(cache: diskcache.Cache, batch: dict[str, float]) -> None:
+    """Record when keys were last used, in one write that waits briefly for other writers.
+
+    Best effort: a store busy beyond that wait, full, read-only or damaged drops the
+    batch, as a use not recorded only makes pruning a little less exact.
     """
-    if usage is not None:
-        batch = usage.take()
-    if not batch or cache is None:
-        return
     try:
         cache._sql(f"PRAGMA busy_timeout = {_USAGE_WAIT_MS}")
         try:
             with cache.transact(retry=False):
                 # SQLite edits the record's JSON itself: no row crosses into Python.
-                cache._con.executemany(
-                    _TOUCH,
-                    [(used, f"m:{key}", used) for key, used in batch.items()],
-                )
+                if _BATCH_UPDATES:
+                    cache._con.execute(_TOUCH_BATCH, (json.dumps(batch),))
+                else:
+                    cache._con.executemany(
+                        _TOUCH, [(used, f"m:{key}", used) for key, used in batch.items()]
+                    )
         finally:
             cache._sql(f"PRAGMA busy_timeout = {_BUSY_WAIT_MS}")
     except (sqlite3.Error, OSError, diskcache.Timeout):
