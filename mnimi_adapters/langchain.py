@@ -132,7 +132,7 @@ from .core import (
     Sample,
     scoped,
 )
-from .core.gates import GATES
+from .core.gates import GATES, Abandonment
 from .core.layers import start_apart
 from .core.model import usable
 from .core.request import (
@@ -536,7 +536,7 @@ class _Sink:
         self._loop = loop
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._ready: asyncio.Queue[Any] | None = asyncio.Queue() if loop is not None else None
-        self.abandoned = threading.Event()
+        self.abandoned = Abandonment()
         #: The draw id of the sample streamed live, once it is complete.
         self.draw_id: str | None = None
         #: Whether the live chunks' content was content blocks (a list), not a string.
@@ -655,15 +655,20 @@ def _scrub_error(error: BaseException, secrets: Sequence[str]) -> None:
 
 
 def _forward(sink: _Sink, total: BaseMessage | None, chunk: BaseMessage) -> BaseMessage:
-    """Hand one chunk of a live stream to its reader; the sum of the chunks so far."""
-    if sink.abandoned.is_set():
+    """Hand one chunk of a live stream to its reader; the sum of the chunks so far.
+
+    Once the reader left, chunks are summed unforwarded for a moment: the answer may be
+    whole already (see ``core.gates.Abandonment``).
+    """
+    if sink.abandoned.expired():
         raise _Abandoned
+    forward = not sink.abandoned.is_set()
     if isinstance(chunk, AIMessageChunk):
-        # The stream's end is this call's to mark, after the cache facts.
-        sink.put(chunk.model_copy(update={"chunk_position": None}))
+        if forward:  # the stream's end is this call's to mark, after the cache facts
+            sink.put(chunk.model_copy(update={"chunk_position": None}))
         return chunk if total is None else cast(BaseMessage, total + chunk)
     # A model that cannot stream answers whole (LangChain's stream() falls back to invoke).
-    for piece in _replay_chunks(cast(AIMessage, chunk)):
+    for piece in _replay_chunks(cast(AIMessage, chunk)) if forward else ():
         sink.put(piece.message.model_copy(update={"chunk_position": None}))
     return chunk
 
@@ -850,10 +855,21 @@ async def _agated(draw: _Draw) -> list[Sample]:
     return await GATES.athrough(draw.gate, draw.asamples)
 
 
+def _kept(draw: _Draw, sink: _Sink, samples: list[Sample]) -> list[Sample]:
+    """A live stream's samples; if its reader left, their positions go to the next call.
+
+    The provider had finished it, so it is stored (law 6), but an abandoned stream gives
+    its position on, whether it ended live or replayed (see ``_replayed``).
+    """
+    if sink.abandoned.is_set():
+        draw.give_back(samples)
+    return samples
+
+
 def _live_draw(draw: _Draw, sink: _Sink) -> list[Sample]:
     """Draw for a live stream; the gate opens and the reader wakes however it ends."""
     try:
-        return draw.samples()
+        return _kept(draw, sink, draw.samples())
     finally:
         assert draw.gate is not None
         GATES.end_live(draw.gate)
@@ -863,7 +879,7 @@ def _live_draw(draw: _Draw, sink: _Sink) -> list[Sample]:
 async def _alive_draw(draw: _Draw, sink: _Sink) -> list[Sample]:
     """Async :func:`_live_draw`."""
     try:
-        return await draw.asamples()
+        return _kept(draw, sink, await draw.asamples())
     finally:
         assert draw.gate is not None
         GATES.end_live(draw.gate)

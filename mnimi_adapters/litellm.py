@@ -88,6 +88,7 @@ import asyncio
 import contextlib
 import contextvars
 import copy
+import functools
 import inspect
 import os
 import queue
@@ -129,7 +130,7 @@ from ._compat import (
     wrap_entry_points,
 )
 from .core.errors import MnimiError, ProviderError
-from .core.gates import GATES
+from .core.gates import GATES, Abandonment
 from .core.layers import CacheLayer, Independent
 from .core.model import Cursor, Layer, Model
 from .core.request import (
@@ -439,11 +440,13 @@ class _Sink:
 
     include_usage: bool
     chunks: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
-    abandoned: threading.Event = field(default_factory=threading.Event)
+    abandoned: Abandonment = field(default_factory=Abandonment)
 
     def forward(self, chunk: Any) -> None:
-        if self.abandoned.is_set():
+        if self.abandoned.expired():
             raise _Abandoned
+        if self.abandoned.is_set():
+            return  # read on, briefly: it may be whole already (see Abandonment)
         if getattr(chunk, "choices", None) or self.include_usage:
             self.chunks.put(chunk)
 
@@ -537,7 +540,12 @@ class _CacheProvider(LiteLLMModel):
 _LIVE_DRAWS = ThreadPoolExecutor(thread_name_prefix="mnimi-litellm-stream")
 
 
-def _relay(first: Any, sink: _Sink, drawing: Future[list[Sample]]) -> Iterator[Any]:
+def _relay(
+    first: Any,
+    sink: _Sink,
+    drawing: Future[list[Sample]],
+    give_back: Callable[[list[Sample]], None],
+) -> Iterator[Any]:
     """A live stream for its caller: the chunks as the provider sends them."""
     complete = False
     try:
@@ -550,10 +558,11 @@ def _relay(first: Any, sink: _Sink, drawing: Future[list[Sample]]) -> Iterator[A
     finally:
         if not complete:
             sink.abandoned.set()
-            # The draw gives its position back when it stops: wait for that, so that
-            # the caller's next call is served that position.
+            # A draw stopped part-way gives its position back; one the provider had
+            # finished is stored, and this hands its position on as well. Waited for, so
+            # that the caller's next call is served that position.
             with contextlib.suppress(Exception):
-                drawing.result()
+                give_back(drawing.result())
 
 
 def _replay_relay(stream: Any, on_abandon: Callable[[], None]) -> Iterator[Any]:
@@ -580,7 +589,10 @@ async def _areplay_relay(stream: Any, on_abandon: Callable[[], None]) -> AsyncIt
 
 
 async def _arelay(
-    first: Any, sink: _Sink, drawing: asyncio.Future[list[Sample]]
+    first: Any,
+    sink: _Sink,
+    drawing: asyncio.Future[list[Sample]],
+    give_back: Callable[[list[Sample]], None],
 ) -> AsyncIterator[Any]:
     """Async :func:`_relay`."""
     complete = False
@@ -595,7 +607,7 @@ async def _arelay(
         if not complete:
             sink.abandoned.set()
             with contextlib.suppress(Exception):
-                await drawing
+                give_back(await drawing)
 
 
 def _with_logprobs(response: Any) -> Any:
@@ -1265,7 +1277,7 @@ class MnimiCache(Cache):
         first = sink.chunks.get()
         if first is _DONE:  # nothing went live: the sample was stored
             return self._replaying(original, call, drawing.result(), kwargs)
-        return _relay(first, sink, drawing)
+        return _relay(first, sink, drawing, self._giver(call))
 
     def _replaying(
         self,
@@ -1280,9 +1292,8 @@ class MnimiCache(Cache):
         way on a re-run, where the stream is a hit (else the call after it would skip a
         position, and pay for it). A generator, as a live stream is, on every run.
         """
-        return _replay_relay(
-            self._finish(original, call, samples, kwargs), self._giver(call, samples)
-        )
+        stream = self._finish(original, call, samples, kwargs)
+        return _replay_relay(stream, functools.partial(self._giver(call), samples))
 
     async def _areplaying(
         self,
@@ -1293,15 +1304,14 @@ class MnimiCache(Cache):
     ) -> AsyncIterator[Any]:
         """Async :meth:`_replaying`."""
         stream = await self._afinish(original, call, samples, kwargs)
-        return _areplay_relay(stream, self._giver(call, samples))
+        return _areplay_relay(stream, functools.partial(self._giver(call), samples))
 
-    def _giver(self, call: _Call, samples: list[Sample]) -> Callable[[], None]:
-        """What hands the positions of ``samples`` back to the scope that served them."""
+    def _giver(self, call: _Call) -> Callable[[list[Sample]], None]:
+        """What hands positions back to the scope serving ``call`` (an abandoned stream's)."""
         layer = self._layer_for(call)
         if isinstance(layer, CacheLayer) or not caching_enabled():
-            return lambda: None  # each call starts from position 0 again anyway
-        cursor = layer.open(call.request)  # a scope's own cursor: the one that served them
-        return lambda: cursor.give_back(samples)
+            return lambda samples: None  # each call starts from position 0 again anyway
+        return layer.open(call.request).give_back  # a scope's own cursor: the one serving it
 
     async def _alive(
         self, original: Callable[..., Any], call: _Call, kwargs: dict[str, Any]
@@ -1325,7 +1335,7 @@ class MnimiCache(Cache):
         first = await asyncio.to_thread(sink.chunks.get)
         if first is _DONE:
             return await self._areplaying(original, call, await drawing, kwargs)
-        return _arelay(first, sink, drawing)
+        return _arelay(first, sink, drawing, self._giver(call))
 
     def _intercept(self, kwargs: Mapping[str, Any]) -> _Call | None:
         """The parsed call, or ``None`` when it must go to the provider as it is."""

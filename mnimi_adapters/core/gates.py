@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
@@ -129,6 +130,38 @@ class Gates:
             return await draw()
         finally:
             self.leave(key)
+
+
+#: Seconds a live stream is read on after its reader left: enough to take in what has
+#: arrived already, far less than a model takes to produce more.
+FINISHING = 0.02
+
+
+class Abandonment:
+    """A live stream's reader's word that nobody reads any more, and when it came.
+
+    The stream is then read on, unforwarded, for :data:`FINISHING` seconds: one the
+    provider had already sent whole (its chunks received, not yet all parsed) ends in
+    that time and is a paid sample, stored (law 6); one still being produced is stopped.
+    """
+
+    def __init__(self) -> None:
+        self._said = threading.Event()
+        self._at = 0.0
+
+    def set(self) -> None:
+        """Say that nobody reads the stream any more."""
+        if not self._said.is_set():
+            self._at = time.monotonic()
+            self._said.set()
+
+    def is_set(self) -> bool:
+        """Whether the reader left."""
+        return self._said.is_set()
+
+    def expired(self) -> bool:
+        """Whether the reader left more than :data:`FINISHING` seconds ago: stop reading."""
+        return self._said.is_set() and time.monotonic() - self._at > FINISHING
 
 
 #: The gates of every adapter in the process: a key's draws meet here whichever made them.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -221,3 +222,27 @@ def test_calls_made_while_a_stream_is_live_get_their_own_samples_and_a_rerun_rep
     assert len(set(runs[0][:3])) == 3 and len(set(runs[0][3:])) == 2
     assert runs[1] == runs[0] and runs[2] == runs[0]
     assert sent(server) == 3
+
+
+def test_a_stream_the_provider_had_finished_is_stored_though_its_reader_left(
+    tmp_path: Path,
+) -> None:
+    # The reader left after one chunk while the rest was already received: the draw
+    # stopped at its next chunk and threw a paid sample away (law 6). It is stored, and
+    # its position goes to the next call, as any abandoned stream's does.
+    with SamplingServer(seed=3) as fast:  # the whole answer in one go
+        prompt = kwargs(fast, "Finished already")
+        with MnimiCache(str(tmp_path)) as cache, independent():
+            stream = litellm.completion(**{**prompt, "stream": True})
+            first = next(stream)
+            deadline = time.monotonic() + 5
+            while not fast.chat_requests()[0].finished and time.monotonic() < deadline:
+                time.sleep(0.001)
+            assert fast.chat_requests()[0].finished  # sent whole before the reader left
+            stream.close()
+            after = litellm.completion(**prompt)
+        cache.close()
+        assert len(fast.chat_requests()) == 1
+        text = str(after.choices[0].message.content)
+        assert after._hidden_params["cache_hit"] is True
+        assert text.startswith(str(first.choices[0].delta.content))
