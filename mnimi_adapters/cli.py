@@ -1302,6 +1302,12 @@ def _demo_argv(argv: Sequence[str]) -> list[str] | None:
 def main(argv: list[str] | None = None) -> int:
     """Run ``mnimi`` with ``argv`` (default: the command line); return the exit code."""
     arguments = sys.argv[1:] if argv is None else argv
+    for stream in (sys.stdout, sys.stderr):
+        # A stored prompt or answer may hold a lone surrogate (see stores.base.dump_json),
+        # which has no UTF-8 form: shown escaped rather than ending the command.
+        reconfigure = getattr(stream, "reconfigure", None)
+        if callable(reconfigure):
+            reconfigure(errors="backslashreplace")
     try:
         demo_argv = _demo_argv(arguments)
         if demo_argv is not None:

@@ -34,7 +34,7 @@ from .request import Request, canonical_json
 from .runs import read_runs
 from .sample import Sample
 from .stores import SequenceStore, open_store
-from .stores.base import Check, Summary
+from .stores.base import Check, Summary, dump_json
 from .stores.disk import _private_directory
 
 __all__ = [
@@ -63,12 +63,14 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 def sample_digest(sample: Sample) -> str:
     """The SHA-256 (hex) of a stored sample's canonical JSON."""
-    return hashlib.sha256(canonical_json(sample.to_dict()).encode()).hexdigest()
+    # surrogatepass: a lone surrogate (see dump_json) gets its own bytes, other text as ever.
+    data = canonical_json(sample.to_dict()).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()
 
 
 def _manifest_digest(manifest: Mapping[str, Any]) -> str:
     body = {name: value for name, value in manifest.items() if name != "digest"}
-    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+    return hashlib.sha256(canonical_json(body).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def is_bundle(path: str | Path) -> bool:
@@ -123,7 +125,7 @@ class Manifest:
 
     def write(self, bundle: Path) -> None:
         """Write ``MANIFEST.json`` into the bundle directory."""
-        text = json.dumps(self.to_dict(), indent=1, ensure_ascii=False)
+        text = dump_json(self.to_dict(), indent=1)
         (bundle / MANIFEST).write_text(text + "\n", encoding="utf-8")
 
 

@@ -316,3 +316,36 @@ def test_export_leaves_out_a_sequence_whose_request_was_edited(
     )
     if form == "--bundle":
         assert mnimi(capsys, "verify", str(out))[0] == 0
+
+
+LONE = "caf\udcff"  # what json.loads makes of the valid JSON "caf\udcff"
+
+
+class LoneSurrogates(BatchedModel):
+    """Answers text holding a lone surrogate, as a provider's valid JSON may."""
+
+    def __init__(self) -> None:
+        super().__init__("lone", 1.0)
+
+    def query(self, request: Request, n: int) -> list[str | Sample]:
+        return [f"{LONE} {i}" for i in range(n)]
+
+
+def test_a_cache_with_lone_surrogates_shows_exports_imports_and_bundles(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Stored losslessly, such a sample then broke the exports: the JSON Lines file and the
+    # manifest were written as UTF-8 text it has none of, and the bundle's digest too.
+    cache = tmp_path / "cache"
+    layer = Persistent(LoneSurrogates(), cache)
+    drawn = list(islice(layer.sample(f"say {LONE}", batch=2), 2))
+    layer.close()
+    assert mnimi(capsys, "show", str(cache))[0] == 0
+    assert mnimi(capsys, "export", str(cache), str(tmp_path / "out.jsonl"), "--jsonl")[0] == 0
+    assert mnimi(capsys, "import", str(tmp_path / "out.jsonl"), str(tmp_path / "copy"))[0] == 0
+    assert mnimi(capsys, "export", str(cache), str(tmp_path / "bundle"), "--bundle")[0] == 0
+    assert mnimi(capsys, "verify", str(tmp_path / "bundle"))[0] == 0
+    for copy in (tmp_path / "copy", tmp_path / "bundle" / "store"):
+        replay = Persistent(LoneSurrogates(), copy, replication=True)
+        assert list(islice(replay.sample(f"say {LONE}"), 2)) == drawn
+        replay.close()

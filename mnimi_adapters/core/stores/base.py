@@ -369,21 +369,22 @@ class UsageLog:
         return batch
 
 
-def dump_json(value: Any) -> str:
+def dump_json(value: Any, **options: Any) -> str:
     """``value`` as the JSON text a store keeps: UTF-8 text as it is, a lone surrogate escaped.
 
     Valid JSON may escape half of a surrogate pair alone (a provider's ``"caf\\udcff"``),
     which ``json.loads`` turns into a str that has no UTF-8 form: neither SQLite nor
     Redis could take it, and the paid sample would be lost. Such a value alone is
     written with every non-ASCII character escaped, which reads back as the very same
-    str; any other text keeps its compact form.
+    str; any other text keeps its compact form. ``options`` go to :func:`json.dumps`
+    (``sort_keys``, ``indent``), for the files an export writes.
     """
-    text = json.dumps(value, ensure_ascii=False)
+    text = json.dumps(value, ensure_ascii=False, **options)
     if not text.isascii():  # O(1): CPython knows whether a str is ASCII
         try:
             text.encode()
         except UnicodeEncodeError:
-            return json.dumps(value)
+            return json.dumps(value, **options)
     return text
 
 

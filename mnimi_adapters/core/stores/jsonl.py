@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import CorruptStoreError, MnimiError
 from ..request import Request, request_key
 from ..sample import Sample
+from .base import dump_json
 
 __all__ = ["JsonlSequence", "jsonl_lines", "read_jsonl"]
 
@@ -55,7 +56,7 @@ def jsonl_lines(key: str, request: dict[str, Any], samples: Sequence[Sample]) ->
     """
     for index, sample in enumerate(samples):
         line = {"key": key, "index": index, "request": request, "sample": sample.to_dict()}
-        yield json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n"
+        yield dump_json(line, sort_keys=True) + "\n"
 
 
 def _key_of(record: Any) -> str:
