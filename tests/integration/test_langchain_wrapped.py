@@ -32,6 +32,7 @@ from test_langchain import agent_loop, get_weather
 from mnimi_adapters import ReplicationCacheMiss, independent, no_cache, repeatable
 from mnimi_adapters.cli import main
 from mnimi_adapters.core import Persistent
+from mnimi_adapters.core.gates import FINISHING
 from mnimi_adapters.langchain import MnimiChatModel, wrapped_identity
 from mnimi_adapters.testing import SamplingServer
 
@@ -340,12 +341,11 @@ def test_an_abandoned_stream_stores_nothing_and_gives_its_position_back(
     server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
 ) -> None:
     chat = MnimiChatModel(model=openai(), cache_dir=cache)
-    server.chunk_delay = 0.05
+    server.chunk_delay = 5 * FINISHING
     with independent():
         stream = chat.stream("Tell me a story.")
         next(stream)
-        stream.close()  # abandoned half-way
-        server.chunk_delay = 0.0
+        stream.close()  # abandoned half-way (the rest arrives slowly: not yet paid for)
         after = chat.invoke("Tell me a story.")
     # The next call of the scope gets position 0: the abandoned stream kept none.
     assert after.response_metadata["sequence_index"] == 0
@@ -793,12 +793,11 @@ async def test_an_abandoned_astream_stores_nothing_and_gives_its_position_back(
     server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
 ) -> None:
     chat = MnimiChatModel(model=openai(), cache_dir=cache)
-    server.chunk_delay = 0.05
+    server.chunk_delay = 5 * FINISHING
     with independent():
         stream = chat.astream("Tell me a poem.")
         await anext(stream)
-        await stream.aclose()  # abandoned half-way
-        server.chunk_delay = 0.0
+        await stream.aclose()  # abandoned half-way (the rest arrives slowly: not yet paid for)
         after = await chat.ainvoke("Tell me a poem.")
     assert after.response_metadata["sequence_index"] == 0
     assert after.response_metadata["cache_hit"] is False
@@ -1034,7 +1033,7 @@ def test_a_run_that_abandons_a_stream_then_calls_again_replays_as_it_ran(
 ) -> None:
     # On a re-run the abandoned stream is a hit: it kept its position, and the call after
     # it skipped to one never drawn (a paid request, another answer; a replica failed).
-    server.chunk_delay = 0.01
+    server.chunk_delay = 5 * FINISHING  # still being produced when the reader leaves
 
     async def run(replication: bool) -> tuple[str, str]:
         chat = MnimiChatModel(model=openai(), cache_dir=cache, replication=replication)

@@ -23,6 +23,7 @@ import litellm
 from litellm_support import SuccessCounter, listening
 
 from mnimi_adapters import ReplicationCacheMiss, independent
+from mnimi_adapters.core.gates import FINISHING
 from mnimi_adapters.litellm import MnimiCache
 from mnimi_adapters.testing import SamplingServer
 
@@ -100,9 +101,19 @@ async def test_an_async_streamed_miss_is_live(server: SamplingServer, cache: Mni
     assert sent(server) == 1
 
 
+@pytest.fixture
+def slow(server: SamplingServer) -> Iterator[SamplingServer]:
+    """The server sending a stream's events far apart: one abandoned after its first chunk
+    is still being produced when its reader leaves (see ``core.gates.FINISHING``)."""
+    server.chunk_delay = 5 * FINISHING
+    yield server
+    server.chunk_delay = 0.02
+
+
 def test_an_abandoned_stream_stores_nothing_and_gives_its_position_back(
-    server: SamplingServer, cache: MnimiCache, tmp_path: Path
+    slow: SamplingServer, cache: MnimiCache, tmp_path: Path
 ) -> None:
+    server = slow
     with independent():
         stream = litellm.completion(**kwargs(server, "Abandon me", stream=True))
         next(stream)
@@ -123,8 +134,9 @@ def test_an_abandoned_stream_stores_nothing_and_gives_its_position_back(
 
 
 def test_a_run_that_abandons_a_stream_then_calls_again_replays_as_it_ran(
-    server: SamplingServer, tmp_path: Path
+    slow: SamplingServer, tmp_path: Path
 ) -> None:
+    server = slow
     # Abandoned live, the stream gives its position back and the next call draws it; on a
     # re-run the stream is a hit there, and it kept the position: the next call skipped
     # to one that was never drawn (a paid request, another answer; a replica failed).
