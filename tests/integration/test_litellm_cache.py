@@ -824,7 +824,9 @@ def test_a_hit_without_logprobs_has_them_none_as_its_miss_has(
     miss = call(server, "No logprobs")
     hit = call(server, "No logprobs")
     assert hit._hidden_params["cache_hit"] is True
-    assert miss.choices[0].logprobs is None and hit.choices[0].logprobs is None
+    # LiteLLM 1.110 keeps a provider response's logprobs of None; 1.105 drops it there too.
+    assert getattr(miss.choices[0], "logprobs", None) is None
+    assert hit.choices[0].logprobs is None
 
 
 def test_a_lone_stop_string_shares_the_key_of_its_list(
