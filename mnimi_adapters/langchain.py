@@ -1882,7 +1882,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         sink = _Sink(asyncio.get_running_loop())
         draw = self._prepare(messages, stop, kwargs, sink)
         assert draw.gate is not None
-        if not GATES.start_live(draw.gate):
+        if not GATES.start_live(draw.gate, on_loop=True):
             _call_of(draw.request).sink = None
             for chunk in self._replayed(draw, await _agated(draw)):
                 yield chunk

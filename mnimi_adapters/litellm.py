@@ -1318,7 +1318,7 @@ class MnimiCache(Cache):
     ) -> Any:
         """Async :meth:`_live`."""
         gate = self._gate(call)
-        if not GATES.start_live(gate):
+        if not GATES.start_live(gate, on_loop=True):
             return await self._areplaying(original, call, await self._adrawn(call, kwargs), kwargs)
         layer = self._layer_for(call)
         sink = call.sink = _Sink(_wants_usage(kwargs))

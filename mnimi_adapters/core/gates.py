@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from .errors import MnimiError
+
 _T = TypeVar("_T")
 
 
@@ -27,6 +29,8 @@ class _Key:
 
     drawing: int = 0
     live: bool = False
+    #: The thread whose event loop runs the live stream, if it is an async one.
+    live_owner: int | None = None
     #: Draws that came while a stream was live, in the order they came: let in one at a
     #: time, each after the one before it is done, so they claim positions in that order
     #: on every run (woken all at once, they would claim them as the threads ran).
@@ -77,10 +81,24 @@ class Gates:
             self._admit(key, state)
 
     def enter(self, key: Hashable) -> None:
-        """Start an ordinary draw of ``key`` (waiting for a live stream of it to end)."""
+        """Start an ordinary draw of ``key`` (waiting for a live stream of it to end).
+
+        Raises:
+            MnimiError: The live stream is an async one on this thread's event loop,
+                which this wait would block for good.
+        """
         ticket = self._enter(key)
         if ticket is None:
             return
+        with self._lock:
+            state = self._keys[key]
+            blocked = state.live and state.live_owner == threading.get_ident()
+        if blocked:
+            self._give_up(key, ticket)
+            raise MnimiError(
+                "a synchronous call waits for an async call on the same event loop "
+                "to draw this request's samples; use the async API in async code"
+            )
         try:
             ticket.wait()
         except BaseException:
@@ -99,13 +117,19 @@ class Gates:
             self._give_up(key, ticket)
             raise
 
-    def start_live(self, key: Hashable) -> bool:
-        """Whether a live stream of ``key`` may start now (then :meth:`end_live` follows)."""
+    def start_live(self, key: Hashable, on_loop: bool = False) -> bool:
+        """Whether a live stream of ``key`` may start now (then :meth:`end_live` follows).
+
+        Args:
+            key: The request's key.
+            on_loop: The stream is drawn on this thread's event loop (an async stream).
+        """
         with self._lock:
             state = self._keys.setdefault(key, _Key())
             if state.drawing or state.live or state.waiting:
                 return False
             state.live = True
+            state.live_owner = threading.get_ident() if on_loop else None
             return True
 
     def end_live(self, key: Hashable) -> None:

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from mnimi_adapters.core.errors import MnimiError
 from mnimi_adapters.core.gates import Gates
 
 
@@ -86,3 +87,23 @@ def test_a_waiter_that_gives_up_leaves_the_queue_and_the_rest_go_on() -> None:
 
     assert asyncio.run(main()) == ["first", "last"]
     assert not gates._keys
+
+
+def test_a_sync_wait_behind_an_async_stream_of_its_own_loop_is_refused() -> None:
+    # The stream's draw runs on this thread's event loop, which the wait would block for
+    # good: async code that calls the sync API gets the error, not a hang.
+    gates = Gates()
+    assert gates.start_live("k", on_loop=True)
+    with pytest.raises(MnimiError, match="use the async API in async code"):
+        gates.enter("k")
+    gates.end_live("k")
+    assert not gates._keys
+    # Behind a stream drawn elsewhere (a thread), a sync call waits its turn.
+    assert gates.start_live("k")
+    waiter = threading.Thread(target=gates.through, args=("k", lambda: None))
+    waiter.start()
+    time.sleep(0.02)
+    assert waiter.is_alive()
+    gates.end_live("k")
+    waiter.join(1)
+    assert not waiter.is_alive() and not gates._keys
