@@ -855,6 +855,19 @@ async def _agated(draw: _Draw) -> list[Sample]:
     return await GATES.athrough(draw.gate, draw.asamples)
 
 
+def _ends_answer(chunk: ChatGenerationChunk) -> bool:
+    """Whether ``chunk`` closes the answer (it has a finish or stop reason).
+
+    A reader that stops right after it has read the whole answer: its stream is not
+    abandoned, though the chunk with the cache facts may follow.
+    """
+    metadata = chunk.message.response_metadata
+    info = chunk.generation_info or {}
+    return bool(
+        metadata.get("finish_reason") or metadata.get("stop_reason") or info.get("finish_reason")
+    )
+
+
 def _kept(draw: _Draw, sink: _Sink, samples: list[Sample]) -> list[Sample]:
     """A live stream's samples; if its reader left, their positions go to the next call.
 
@@ -1806,7 +1819,9 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         complete = False
         try:
             while (item := sink.get()) is not _DONE:
-                yield ChatGenerationChunk(message=item)
+                chunk = ChatGenerationChunk(message=item)
+                complete = complete or _ends_answer(chunk)
+                yield chunk
             samples = drawing.result()
             complete = True
         finally:
@@ -1823,7 +1838,9 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         """
         complete = False
         try:
-            yield from self._chunks(samples[0], draw.model)
+            for chunk in self._chunks(samples[0], draw.model):
+                complete = complete or _ends_answer(chunk)
+                yield chunk
             complete = True
         finally:
             if not complete:
@@ -1893,7 +1910,9 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         complete = False
         try:
             while (item := await sink.aget()) is not _DONE:
-                yield ChatGenerationChunk(message=item)
+                chunk = ChatGenerationChunk(message=item)
+                complete = complete or _ends_answer(chunk)
+                yield chunk
             samples = await drawing
             complete = True
         finally:

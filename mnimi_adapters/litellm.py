@@ -540,6 +540,15 @@ class _CacheProvider(LiteLLMModel):
 _LIVE_DRAWS = ThreadPoolExecutor(thread_name_prefix="mnimi-litellm-stream")
 
 
+def _ends_answer(chunk: Any) -> bool:
+    """Whether ``chunk`` closes the answer (it has a finish reason).
+
+    A reader that stops right after it has read the whole answer: its stream is not
+    abandoned, though a usage chunk may follow that it never asked for.
+    """
+    return any(getattr(choice, "finish_reason", None) for choice in getattr(chunk, "choices", ()))
+
+
 def _relay(
     first: Any,
     sink: _Sink,
@@ -551,6 +560,7 @@ def _relay(
     try:
         item = first
         while item is not _DONE:
+            complete = complete or _ends_answer(item)
             yield item
             item = sink.chunks.get()
         drawing.result()
@@ -569,7 +579,9 @@ def _replay_relay(stream: Any, on_abandon: Callable[[], None]) -> Iterator[Any]:
     """A replayed stream for its caller; abandoned before its end, ``on_abandon`` runs."""
     complete = False
     try:
-        yield from stream
+        for chunk in stream:
+            complete = complete or _ends_answer(chunk)
+            yield chunk
         complete = True
     finally:
         if not complete:
@@ -581,6 +593,7 @@ async def _areplay_relay(stream: Any, on_abandon: Callable[[], None]) -> AsyncIt
     complete = False
     try:
         async for chunk in stream:
+            complete = complete or _ends_answer(chunk)
             yield chunk
         complete = True
     finally:
@@ -599,6 +612,7 @@ async def _arelay(
     try:
         item = first
         while item is not _DONE:
+            complete = complete or _ends_answer(item)
             yield item
             item = await asyncio.to_thread(sink.chunks.get)
         await drawing

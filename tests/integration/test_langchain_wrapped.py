@@ -1052,3 +1052,23 @@ def test_a_run_that_abandons_a_stream_then_calls_again_replays_as_it_ran(
     assert asyncio.run(run(replication=False)) == first
     assert asyncio.run(run(replication=True)) == first
     assert sent(server) == 4
+
+
+def test_a_stream_read_to_its_finish_reason_is_read_whole(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    # Stopping at the chunk with the finish reason is reading the whole answer: counted
+    # as abandoned, its position went to the next call, which showed the same sample.
+    def run() -> tuple[str, str]:
+        chat = MnimiChatModel(model=openai(), cache_dir=cache)
+        with independent():
+            text = ""
+            for chunk in chat.stream(NUMBER):
+                text += str(chunk.content)
+                if chunk.response_metadata.get("finish_reason"):
+                    break
+            return text, str(chat.invoke(NUMBER).content)
+
+    first = run()
+    assert first[0] != first[1] and sent(server) == 2
+    assert run() == first and sent(server) == 2

@@ -258,3 +258,28 @@ def test_a_stream_the_provider_had_finished_is_stored_though_its_reader_left(
         text = str(after.choices[0].message.content)
         assert after._hidden_params["cache_hit"] is True
         assert text.startswith(str(first.choices[0].delta.content))
+
+
+def test_a_stream_read_to_its_finish_reason_is_read_whole(
+    server: SamplingServer, tmp_path: Path
+) -> None:
+    # A reader that stops at the chunk with the finish reason has the whole answer; the
+    # usage chunk after it made the stream count as abandoned: its position went to the
+    # next call, which showed the same sample again.
+    prompt = "Read me to the end"
+
+    def run() -> tuple[str, str]:
+        with MnimiCache(str(tmp_path)) as cache, independent():
+            text = ""
+            for chunk in litellm.completion(**kwargs(server, prompt, stream=True)):
+                text += chunk.choices[0].delta.content or "" if chunk.choices else ""
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    break
+            after = str(litellm.completion(**kwargs(server, prompt)).choices[0].message.content)
+        cache.close()
+        return text, after
+
+    server.reset()
+    first = run()
+    assert first[0] != first[1] and sent(server) == 2
+    assert run() == first and sent(server) == 2
