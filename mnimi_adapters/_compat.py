@@ -809,40 +809,60 @@ def carry_node_attempts_into_graphs() -> None:
 
     Why: a ``RetryPolicy`` re-runs a failed node, and records the attempt in the node's
     runtime (``execution_info.node_attempt``). A graph the node runs (a subgraph added as
-    the node, a compiled graph or an agent it invokes) starts a runtime of its own whose
-    nodes are at attempt 1, so calls made there cannot tell a retry from the first run,
-    and a repeatable cache would replay the rejected answer on every attempt. LangGraph
-    keeps the node's runtime in the run's configuration under a private key; the graph's
-    public ``invoke``/``ainvoke`` are wrapped to note the node's attempt, in a ContextVar
-    the graph's own nodes inherit. Kept for good once made, like the other patches.
+    the node, a compiled graph or an agent it invokes or streams) starts a runtime of its
+    own whose nodes are at attempt 1, so calls made there cannot tell a retry from the
+    first run, and a repeatable cache would replay the rejected answer on every attempt.
+    LangGraph keeps the node's runtime in the run's configuration under a private key;
+    the graph's public ``stream``/``astream`` (which ``invoke``/``ainvoke`` run) are
+    wrapped to note the node's attempt, in a ContextVar set while each step runs, so the
+    graph's own nodes inherit it and the caller's code between steps does not. Kept for
+    good once made, like the other patches.
     """
     import functools
 
     from langgraph.pregel import Pregel
 
-    if getattr(Pregel.invoke, "_mnimi_wrapped", False):
+    if getattr(Pregel.stream, "_mnimi_wrapped", False):
         return
-    invoke, ainvoke = Pregel.invoke, Pregel.ainvoke
+    stream, astream = Pregel.stream, Pregel.astream
 
-    @functools.wraps(invoke)
-    def noting_invoke(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Any:
-        token = _ENCLOSING_ATTEMPTS.set(_attempts_around(config))
+    @functools.wraps(stream)
+    def noting_stream(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        attempts = _attempts_around(config)
+        steps: Any = stream(self, input, config, **kwargs)
         try:
-            return invoke(self, input, config, **kwargs)
+            while True:
+                token = _ENCLOSING_ATTEMPTS.set(attempts)
+                try:
+                    step = next(steps)
+                except StopIteration:
+                    return
+                finally:
+                    _ENCLOSING_ATTEMPTS.reset(token)
+                yield step
         finally:
-            _ENCLOSING_ATTEMPTS.reset(token)
+            steps.close()
 
-    @functools.wraps(ainvoke)
-    async def noting_ainvoke(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Any:
-        token = _ENCLOSING_ATTEMPTS.set(_attempts_around(config))
+    @functools.wraps(astream)
+    async def noting_astream(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        attempts = _attempts_around(config)
+        steps: Any = astream(self, input, config, **kwargs)
         try:
-            return await ainvoke(self, input, config, **kwargs)
+            while True:
+                token = _ENCLOSING_ATTEMPTS.set(attempts)
+                try:
+                    step = await steps.__anext__()
+                except StopAsyncIteration:
+                    return
+                finally:
+                    _ENCLOSING_ATTEMPTS.reset(token)
+                yield step
         finally:
-            _ENCLOSING_ATTEMPTS.reset(token)
+            await steps.aclose()
 
-    noting_invoke._mnimi_wrapped = True  # type: ignore[attr-defined]
-    Pregel.invoke = noting_invoke  # type: ignore[method-assign]
-    Pregel.ainvoke = noting_ainvoke  # type: ignore[method-assign]
+    noting_stream._mnimi_wrapped = True  # type: ignore[attr-defined]
+    Pregel.stream = noting_stream  # type: ignore[method-assign]
+    Pregel.astream = noting_astream  # type: ignore[method-assign]
 
 
 class InvocationParamsWithoutCredentials:

@@ -36,6 +36,7 @@ import json
 import os
 import queue
 import re
+import sys
 import threading
 import weakref
 from collections.abc import (
@@ -1253,6 +1254,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
 
     @model_validator(mode="after")
     def _check_source(self) -> MnimiChatModel:
+        if "langgraph" in sys.modules:  # before any graph is built or bound (no import)
+            _watch_langgraph()
         if self.layer is None and not self.model:
             raise ValueError(
                 "MnimiChatModel needs model=... (a LiteLLM model name or a LangChain chat "

@@ -729,7 +729,9 @@ def test_langgraph_retry_attempts_draw_fresh_and_a_rerun_replays(
     assert sent(server) == 3
 
 
-@pytest.mark.parametrize("shape", ["subgraph as the node", "graph invoked in the node"])
+@pytest.mark.parametrize(
+    "shape", ["subgraph as the node", "graph invoked in the node", "graph streamed in the node"]
+)
 @pytest.mark.parametrize("run_async", [False, True], ids=["invoke", "ainvoke"])
 def test_a_retried_node_that_runs_a_graph_draws_fresh_and_a_rerun_replays(
     server: SamplingServer,
@@ -770,10 +772,16 @@ def test_a_retried_node_that_runs_a_graph_draws_fresh_and_a_rerun_replays(
             compiled = inner.compile()
 
             def node(state: State) -> State:
-                return check(compiled.invoke(state))
+                if shape == "graph invoked in the node":
+                    return check(compiled.invoke(state))
+                *_, last = compiled.stream(state, stream_mode="values")
+                return check(last)
 
             async def anode(state: State) -> State:
-                return check(await compiled.ainvoke(state))
+                if shape == "graph invoked in the node":
+                    return check(await compiled.ainvoke(state))
+                steps = [step async for step in compiled.astream(state, stream_mode="values")]
+                return check(steps[-1])
 
             node = anode if run_async else node
         graph = one_retried_node(node)
