@@ -96,7 +96,15 @@ from langchain_core.output_parsers.openai_tools import (
 )
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult, Generation
 from langchain_core.prompt_values import PromptValue
-from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, RunnablePassthrough
+from langchain_core.runnables import (
+    Runnable,
+    RunnableConfig,
+    RunnableLambda,
+    RunnableMap,
+    RunnableParallel,
+    RunnablePassthrough,
+    RunnableSequence,
+)
 from langchain_core.runnables.config import get_config_list, get_executor_for_config
 from langchain_core.tools import BaseTool
 from langchain_core.tracers.context import register_configure_hook
@@ -854,6 +862,29 @@ async def _agated(draw: _Draw) -> list[Sample]:
     if draw.gate is None:
         return await draw.asamples()
     return await GATES.athrough(draw.gate, draw.asamples)
+
+
+def _as_raw(message: Any) -> dict[str, Any]:
+    """A model's answer as ``include_raw``'s ``{"raw": ...}``."""
+    return {"raw": message}
+
+
+def _model_first(runnable: Any) -> Any:
+    """``{"raw": model} | parse`` (``include_raw``) as ``model | {"raw": ...} | parse``.
+
+    The same outputs and stream; but a ``batch`` of it is now the model's own,
+    whose draws are grouped by request in input order (deterministic, one request per
+    group), not a map's call per input on a thread pool.
+    """
+    if not isinstance(runnable, RunnableSequence):
+        return runnable
+    first = runnable.first
+    if not isinstance(first, RunnableParallel) or list(first.steps__) != ["raw"]:
+        return runnable
+    chain: Runnable[Any, Any] = first.steps__["raw"] | RunnableLambda(_as_raw)
+    for step in runnable.steps[1:]:
+        chain = chain | step
+    return chain
 
 
 def _ends_answer(chunk: ChatGenerationChunk) -> bool:
@@ -2148,7 +2179,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             structured = self.model.with_structured_output(
                 schema, method=method, include_raw=include_raw, **options, **kwargs
             )
-            return self._rebind(structured)
+            return _model_first(self._rebind(structured))
         if kwargs:
             raise ValueError(f"unsupported arguments {sorted(kwargs)}")
         pydantic = _is_pydantic_class(schema)

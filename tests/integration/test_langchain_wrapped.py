@@ -1080,3 +1080,35 @@ def test_a_stream_read_to_its_finish_reason_is_read_whole(
     first = run()
     assert first[0] != first[1] and sent(server) == 2
     assert run() == first and sent(server) == 2
+
+
+def test_an_include_raw_structured_batch_is_the_models_own_batch(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    # include_raw builds {"raw": model} | parse, whose batch was a call per input on a
+    # thread pool: positions in thread order, and no request shared by identical inputs.
+    chat = MnimiChatModel(model=openai(), cache_dir=cache)
+    structured = chat.with_structured_output(Joke, method="function_calling", include_raw=True)
+    prompt = "Tell me a joke."
+
+    def answers() -> list[tuple[Any, str]]:
+        with independent():
+            outputs = structured.batch([prompt] * 3)
+        assert all(isinstance(out["parsed"], Joke) for out in outputs)
+        return [(out["parsed"], out["raw"].response_metadata["draw_id"]) for out in outputs]
+
+    first = answers()
+    assert [r.body.get("n") for r in server.chat_requests()] == [3]
+    assert len({draw for _, draw in first}) == 3
+    for _ in range(3):
+        assert answers() == first
+    # It streams as the map did (both replay the one stored sample here).
+    wrapped = chat.model
+    assert isinstance(wrapped, ChatOpenAI)
+    built = wrapped.with_structured_output(Joke, method="function_calling", include_raw=True)
+    as_built = chat._rebind(built)
+    # (The assigned keys come in the order their branches finish.)
+    assert sorted(sorted(part) for part in structured.stream(prompt)) == sorted(
+        sorted(part) for part in as_built.stream(prompt)
+    )
+    assert sent(server) == 1
