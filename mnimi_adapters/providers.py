@@ -461,7 +461,7 @@ def keyed_endpoint(url: str) -> str:
     parts = urlsplit(url)
     netloc = parts.netloc.rsplit("@", 1)[-1]
     query = parts.query
-    if query:
+    if query:  # always spelled one way: the same parameters are the same endpoint
         kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if not is_credential(k)]
         query = urlencode(kept)
     if netloc == parts.netloc and query == parts.query:
