@@ -349,3 +349,20 @@ def test_a_cache_with_lone_surrogates_shows_exports_imports_and_bundles(
         replay = Persistent(LoneSurrogates(), copy, replication=True)
         assert list(islice(replay.sample(f"say {LONE}"), 2)) == drawn
         replay.close()
+
+
+def test_a_record_or_line_nested_too_deep_is_reported_as_damage(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # json raises RecursionError on deep nesting, which show, stats and import let out as
+    # a traceback: a shared cache or file could end the command.
+    deep = "[" * 100_000 + "]" * 100_000
+    with sqlite3.connect(cache / "cache.db") as db:
+        db.execute("UPDATE Cache SET value = ? WHERE key LIKE 'm:%'", (f'{{"request": {deep}}}',))
+    for command in ("show", "stats", "verify"):
+        code, out, err = mnimi(capsys, command, str(cache))
+        assert code == 1 and "damaged" in out + err
+    line = tmp_path / "deep.jsonl"
+    line.write_text(f'{{"key": "k", "index": 0, "request": {deep}, "sample": {{}}}}\n')
+    code, _, err = mnimi(capsys, "import", str(line), str(tmp_path / "imported"))
+    assert code == 1 and "line 1" in err and "nothing imported" in err

@@ -396,7 +396,7 @@ def decode_sample(raw: str | bytes, key: str, index: int) -> Sample:
     """
     try:
         return Sample.from_dict(json.loads(raw))
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RecursionError) as error:  # json's on deep nesting
         # CorruptStoreError is a ValueError: from_dict's own message is kept.
         raise CorruptStoreError(f"sample #{index} of key {key} is damaged: {error}") from None
 
@@ -409,7 +409,7 @@ def decode_record(raw: Any, key: str) -> dict[str, Any]:
     """
     try:
         meta = json.loads(raw)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RecursionError) as error:  # json's on deep nesting
         raise CorruptStoreError(f"the record of key {key} is damaged: {error}") from None
     if not isinstance(meta, dict):
         raise CorruptStoreError(f"the record of key {key} is damaged")

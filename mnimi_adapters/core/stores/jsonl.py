@@ -141,6 +141,6 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[JsonlSequence]:
                 continue
             try:
                 _line(raw, sequences)
-            except (ValueError, UnicodeDecodeError) as error:
+            except (ValueError, RecursionError) as error:  # json's on deep nesting
                 raise MnimiError(f"{path}, line {number}: {error}") from None
     return list(sequences.values())
