@@ -403,6 +403,8 @@ def has_cache_switches(kwargs: Mapping[str, Any]) -> bool:
 
 
 #: A handler of one call: the original entry point, its positional and keyword arguments.
+#: For an async entry point it returns an awaitable: a coroutine function's result, or (a
+#: handler that only checks the call) the original's own coroutine.
 EntryHandler = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
 
 
@@ -452,8 +454,9 @@ def wrap_entry_points(handlers: Mapping[str, EntryHandler], owner: Any = None) -
     once), and :func:`unwrap_entry_points` puts LiteLLM's functions back.
 
     Args:
-        handlers: Per entry point's name, the handler of its calls (a coroutine function
-            for an async entry point such as ``acompletion``).
+        handlers: Per entry point's name, the handler of its calls (for an async entry
+            point such as ``acompletion``, one whose result is awaited: see
+            :data:`EntryHandler`).
         owner: What holds the entry points: the ``litellm`` module unless given (a class
             of :func:`client_class_methods`, whose methods are wrapped in place).
     """

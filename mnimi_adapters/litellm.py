@@ -89,7 +89,6 @@ import contextlib
 import contextvars
 import copy
 import functools
-import inspect
 import os
 import queue
 import threading
@@ -713,26 +712,13 @@ def _arm(replication: bool, dspy: bool) -> None:
             "atext_completion": _ahandle_text_completion,
         }
     )
-    wrap_entry_points(
-        {
-            name: _ahandle_routed if _is_async(name) else _handle_routed
-            for name in routed_entry_points()
-        }
-    )
+    wrap_entry_points(dict.fromkeys(routed_entry_points(), _handle_routed))
     for owner in client_class_methods():
-        asynchronous = inspect.iscoroutinefunction(owner.create)
-        wrap_entry_points(
-            {"create": _ahandle_client_create if asynchronous else _handle_client_create},
-            owner,
-        )
+        wrap_entry_points({"create": _handle_client_create}, owner)
     if replication:
         # Nothing leaves the process: LiteLLM's other entry points are refused.
-        wrap_entry_points(
-            {
-                name: _ahandle_uncached if _is_async(name) else _handle_uncached
-                for name in request_entry_points(_ANSWERED | set(routed_entry_points()))
-            }
-        )
+        uncached = request_entry_points(_ANSWERED | set(routed_entry_points()))
+        wrap_entry_points(dict.fromkeys(uncached, _handle_uncached))
         if callable(getattr(litellm, "get_valid_models", None)):
             wrap_entry_points({"get_valid_models": _handle_model_listing})
     if replication or dspy:
@@ -819,18 +805,11 @@ def _handle_routed(
 
     They call LiteLLM's own ``completion`` (or ``responses``), which reaches the cache
     through LiteLLM's cache handler: only the cache switches a replication cache overrides
-    need dropping on the way.
+    need dropping on the way. Async ones too: for them ``original(...)`` is the coroutine
+    that the entry point's wrapper awaits (as for the other handlers that only check).
     """
     _steered(kwargs)
     return original(*args, **kwargs)
-
-
-async def _ahandle_routed(
-    original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Async :func:`_handle_routed`."""
-    _steered(kwargs)
-    return await original(*args, **kwargs)
 
 
 def _set_client_params(args: tuple[Any, ...]) -> None:
@@ -851,14 +830,6 @@ def _handle_client_create(
     """``litellm.LiteLLM().chat.completions.create``: LiteLLM's, with its parameters set right."""
     _set_client_params(args)
     return _handle_routed(original, args, kwargs)
-
-
-async def _ahandle_client_create(
-    original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Async :func:`_handle_client_create`."""
-    _set_client_params(args)
-    return await _ahandle_routed(original, args, kwargs)
 
 
 async def _ahandle_text_completion(
@@ -898,14 +869,6 @@ def _handle_uncached(
     return original(*args, **kwargs)
 
 
-async def _ahandle_uncached(
-    original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Async :func:`_handle_uncached`."""
-    _refuse_under_replication(original)
-    return await original(*args, **kwargs)
-
-
 def _handle_model_listing(
     original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
@@ -918,11 +881,6 @@ def _handle_model_listing(
     if kwargs.get("check_provider_endpoint", args[0] if args else None):
         _refuse_under_replication(original)
     return original(*args, **kwargs)
-
-
-def _is_async(name: str) -> bool:
-    """Whether LiteLLM's entry point ``name`` is a coroutine function (wrapped or not)."""
-    return inspect.iscoroutinefunction(getattr(litellm, name))
 
 
 def _routing_dspy() -> bool:
