@@ -1157,22 +1157,24 @@ class MnimiCache(Cache):
             return await self._alive(original, call, kwargs)
         return await self._afinish(original, call, await self._adrawn(call, kwargs), kwargs)
 
-    def _gate(self, call: _Call) -> tuple[int, str]:
-        """Where ``call``'s draws meet a live stream of its request (see ``core.gates``)."""
-        base = self._layer(call)
-        return id(base), base.key_of(call.request)
+    def _gate(self, call: _Call, layer: Layer) -> tuple[int, tuple[str, str | None], str]:
+        """Where ``call``'s draws meet a live stream of its request (see ``core.gates``):
+        its key space (one layer of this cache's), and its key, which every layer over it
+        computes alike (and keeps on the request)."""
+        return id(self), call.identity_token, layer.key_of(call.request)
 
     def _drawn(self, call: _Call, kwargs: Mapping[str, Any]) -> list[Sample]:
         """The samples of ``call``, drawn whole (after a live stream of it, if one runs)."""
         layer = self._layer_for(call)
         with _answering(self, call), _litellm_errors(kwargs):
-            return GATES.through(self._gate(call), lambda: layer.draw(call.request, call.n))
+            return GATES.through(self._gate(call, layer), lambda: layer.draw(call.request, call.n))
 
     async def _adrawn(self, call: _Call, kwargs: Mapping[str, Any]) -> list[Sample]:
         """Async :meth:`_drawn`."""
         layer = self._layer_for(call)
+        draw = functools.partial(layer.adraw, call.request, call.n)
         with _answering(self, call), _litellm_errors(kwargs):
-            return await GATES.athrough(self._gate(call), lambda: layer.adraw(call.request, call.n))
+            return await GATES.athrough(self._gate(call, layer), draw)
 
     def _finish(
         self,
@@ -1231,10 +1233,10 @@ class MnimiCache(Cache):
         Live only while no other draw of its request runs here (see ``core.gates``): then
         it is drawn whole once it may, and replayed.
         """
-        gate = self._gate(call)
+        layer = self._layer_for(call)
+        gate = self._gate(call, layer)
         if not GATES.start_live(gate):
             return self._replaying(original, call, self._drawn(call, kwargs), kwargs)
-        layer = self._layer_for(call)
         sink = call.sink = _Sink(_wants_usage(kwargs))
 
         def draw() -> list[Sample]:
@@ -1289,10 +1291,10 @@ class MnimiCache(Cache):
         self, original: Callable[..., Any], call: _Call, kwargs: dict[str, Any]
     ) -> Any:
         """Async :meth:`_live`."""
-        gate = self._gate(call)
+        layer = self._layer_for(call)
+        gate = self._gate(call, layer)
         if not GATES.start_live(gate, on_loop=True):
             return await self._areplaying(original, call, await self._adrawn(call, kwargs), kwargs)
-        layer = self._layer_for(call)
         sink = call.sink = _Sink(_wants_usage(kwargs))
 
         async def draw() -> list[Sample]:
