@@ -24,6 +24,15 @@ from .errors import MnimiError
 _T = TypeVar("_T")
 
 
+class _Ticket(threading.Event):
+    """A queued draw's word that its turn came, and the thread whose event loop waits for
+    it if the draw is an async one (that loop must run for the draw to go on)."""
+
+    def __init__(self, loop_thread: int | None) -> None:
+        super().__init__()
+        self.loop_thread = loop_thread
+
+
 @dataclass
 class _Key:
     """One key's gate: its ordinary draws in flight, its live stream, and who waits."""
@@ -35,7 +44,7 @@ class _Key:
     #: Draws that came while a stream was live, in the order they came: let in one at a
     #: time, each after the one before it is done, so they claim positions in that order
     #: on every run (woken all at once, they would claim them as the threads ran).
-    waiting: deque[threading.Event] = field(default_factory=deque)
+    waiting: deque[_Ticket] = field(default_factory=deque)
 
 
 class Gates:
@@ -53,18 +62,31 @@ class Gates:
         elif not state.live and not state.drawing:
             del self._keys[key]
 
-    def _enter(self, key: Hashable) -> threading.Event | None:
-        """Start an ordinary draw of ``key`` at once, or queue it (its ticket returned)."""
+    def _enter(self, key: Hashable, on_loop: bool) -> _Ticket | None:
+        """Start an ordinary draw of ``key`` at once, or queue it (its ticket returned).
+
+        A sync draw is refused, instead of queued, when what it would wait for needs this
+        thread's event loop to run: the async live stream or an async waiter of the loop.
+        """
+        me = threading.get_ident()
         with self._lock:
             state = self._keys.setdefault(key, _Key())
             if not state.live and not state.waiting:
                 state.drawing += 1
                 return None
-            ticket = threading.Event()
+            if not on_loop and (
+                (state.live and state.live_owner == me)
+                or any(ahead.loop_thread == me for ahead in state.waiting)
+            ):
+                raise MnimiError(
+                    "a synchronous call waits for an async call on the same event loop "
+                    "to draw this request's samples; use the async API in async code"
+                )
+            ticket = _Ticket(me if on_loop else None)
             state.waiting.append(ticket)
             return ticket
 
-    def _give_up(self, key: Hashable, ticket: threading.Event) -> None:
+    def _give_up(self, key: Hashable, ticket: _Ticket) -> None:
         """A waiter stopped waiting (an interrupt, a cancelled task): out of the queue."""
         with self._lock:
             state = self._keys[key]
@@ -85,21 +107,12 @@ class Gates:
         """Start an ordinary draw of ``key`` (waiting for a live stream of it to end).
 
         Raises:
-            MnimiError: The live stream is an async one on this thread's event loop,
-                which this wait would block for good.
+            MnimiError: The wait is for the async live stream, or an async waiter, of
+                this thread's event loop, which the wait would block for good.
         """
-        ticket = self._enter(key)
+        ticket = self._enter(key, on_loop=False)
         if ticket is None:
             return
-        with self._lock:
-            state = self._keys[key]
-            blocked = state.live and state.live_owner == threading.get_ident()
-        if blocked:
-            self._give_up(key, ticket)
-            raise MnimiError(
-                "a synchronous call waits for an async call on the same event loop "
-                "to draw this request's samples; use the async API in async code"
-            )
         try:
             ticket.wait()
         except BaseException:
@@ -108,7 +121,7 @@ class Gates:
 
     async def aenter(self, key: Hashable) -> None:
         """Async :meth:`enter`: waits without blocking the event loop."""
-        ticket = self._enter(key)
+        ticket = self._enter(key, on_loop=True)
         if ticket is None:
             return
         try:

@@ -22,7 +22,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import litellm
 from litellm_support import SuccessCounter, listening
 
-from mnimi_adapters import ReplicationCacheMiss, independent
+from mnimi_adapters import MnimiError, ReplicationCacheMiss, independent
 from mnimi_adapters.core.gates import FINISHING
 from mnimi_adapters.litellm import MnimiCache
 from mnimi_adapters.testing import SamplingServer
@@ -69,6 +69,9 @@ def joined(chunks: list[Any]) -> str:
 def test_a_streamed_miss_is_live_and_its_hit_replays_it(
     server: SamplingServer, cache: MnimiCache
 ) -> None:
+    # LiteLLM imports its stream handling at the first stream: not while this one is timed.
+    list(litellm.completion(**kwargs(server, "Warm up", stream=True)))
+    server.reset()
     chunks, unfinished = [], []
     for chunk in litellm.completion(**kwargs(server, "Stream me", stream=True)):
         chunks.append(chunk)
@@ -234,6 +237,30 @@ def test_calls_made_while_a_stream_is_live_get_their_own_samples_and_a_rerun_rep
     assert len(set(runs[0][:3])) == 3 and len(set(runs[0][3:])) == 2
     assert runs[1] == runs[0] and runs[2] == runs[0]
     assert sent(server) == 3
+
+
+def test_a_sync_call_queued_behind_an_async_call_of_its_loop_raises_instead_of_hanging(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    # Async code: a live stream is open, an async call of the same request waits for it,
+    # and a sync call comes from the loop's own thread. Waiting behind that async call
+    # would block the loop it needs, for good.
+    prompt = "Tell me something."
+
+    async def main() -> tuple[str, str]:
+        with independent():
+            stream = await litellm.acompletion(**kwargs(server, prompt, stream=True))
+            chunks = aiter(stream)
+            first = await anext(chunks)
+            queued = asyncio.ensure_future(litellm.acompletion(**kwargs(server, prompt)))
+            await asyncio.sleep(0.05)
+            with pytest.raises(MnimiError, match="use the async API in async code"):
+                litellm.completion(**kwargs(server, prompt))
+            text = joined([first] + [chunk async for chunk in chunks])
+            return text, str((await queued).choices[0].message.content)
+
+    streamed, plain = asyncio.run(main())
+    assert streamed and plain and streamed != plain
 
 
 def test_a_stream_the_provider_had_finished_is_stored_though_its_reader_left(

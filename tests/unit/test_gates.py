@@ -107,3 +107,27 @@ def test_a_sync_wait_behind_an_async_stream_of_its_own_loop_is_refused() -> None
     gates.end_live("k")
     waiter.join(1)
     assert not waiter.is_alive() and not gates._keys
+
+
+def test_a_sync_wait_behind_an_async_waiter_of_its_own_loop_is_refused() -> None:
+    # Queued behind an async call of this loop (itself waiting for a stream drawn
+    # elsewhere), a sync wait would keep that call, and so itself, from ever going on.
+    gates = Gates()
+    assert gates.start_live("k")
+
+    async def main() -> list[str]:
+        done: list[str] = []
+
+        async def work() -> None:
+            done.append("async")
+
+        queued = asyncio.ensure_future(gates.athrough("k", work))
+        await asyncio.sleep(0.01)
+        with pytest.raises(MnimiError, match="use the async API in async code"):
+            gates.through("k", lambda: done.append("sync"))
+        gates.end_live("k")
+        await queued
+        return done
+
+    assert asyncio.run(main()) == ["async"]
+    assert not gates._keys
