@@ -149,6 +149,7 @@ from .core.request import (
     canonical_json,
     is_credential,
     is_sampling_param,
+    keyed_params,
     reveal_secret,
     stop_list,
 )
@@ -2245,23 +2246,59 @@ class _Miss(Exception):
     """A lookup found no sample at its position: LangChain calls the model, then update()."""
 
 
-def _llm_params(llm_string: str) -> dict[str, Any]:
-    """The request parameters of LangChain's ``llm_string``, credentials left out.
+# Words of a model setting that say how it is called, not what it answers: headers and
+# query parameters (where gateways take their keys), HTTP clients and proxies.
+_CALL_WORDS = frozenset({"headers", "query", "client", "proxy", "proxies"})
 
-    LangChain builds it as the model's serialised JSON (secrets only as references), then
-    ``---`` and the repr of the call's parameters, where a per-call credential would
-    stand in plain text: parsed back, those are dropped.
+
+def _keyed_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A chat model's settings as :class:`MnimiLLMCache` keys them, as a wrapped model is.
+
+    What decides the answer stays (the sampling settings of :func:`wrapped_identity`, the
+    endpoint without its userinfo), and ``n``: a cached value is one response of ``n``
+    generations. Credentials, headers, query parameters, clients, timeouts, retries and
+    streaming never do: a key, a stored record and a replication miss's message show them.
+    """
+    keyed: dict[str, Any] = {}
+    for name, value in settings.items():
+        words = _words(name)
+        if is_credential(name) or words & _CALL_WORDS:
+            continue
+        if words & _ENDPOINT_WORDS:
+            if isinstance(value, str) and value:
+                keyed[name] = keyed_endpoint(value)
+        elif name == "n":
+            if value != 1:  # one generation, set or not, is the default
+                keyed[name] = value
+        elif _keyed_setting(name):
+            keyed.update(keyed_params({name: _jsonable(value)}))
+    return keyed
+
+
+def _llm_params(llm_string: str) -> dict[str, Any]:
+    """The request parameters of LangChain's ``llm_string``, as :func:`_keyed_settings`.
+
+    LangChain builds it as the model's serialised JSON (its constructor's arguments, a
+    secret field only as a reference, but headers, ``extra_body`` and the base URL as
+    given), then ``---`` and the repr of the call's parameters (a per-call credential in
+    plain text); a model LangChain cannot serialise gives the repr of its parameters alone.
     """
     serialised, _, call = llm_string.partition("---")
     try:
         model: Any = json.loads(serialised)
     except ValueError:
         model, call = None, llm_string
+    if isinstance(model, dict):
+        settings = model.get("kwargs")
+        model = {
+            "id": model.get("id"),
+            "kwargs": _keyed_settings(settings) if isinstance(settings, dict) else None,
+        }
     try:
         pairs = ast.literal_eval(call) if call else []
-        params: Any = {str(k): _jsonable(v) for k, v in pairs if not is_credential(str(k))}
+        params: Any = _keyed_settings({str(k): v for k, v in pairs})
     except (ValueError, SyntaxError, TypeError):
-        params = call  # not a repr of plain values: kept as LangChain wrote it
+        params = None  # not a repr of plain values: what it holds cannot be told apart
     return {"langchain_model": model, "call": params}
 
 
@@ -2275,12 +2312,22 @@ def _prompt_messages(prompt: str) -> tuple[dict[str, Any], ...]:
     """
     try:
         serialised = json.loads(prompt)
+        # What a reply got back besides its message (usage, response facts) is not what the
+        # model reads, and a replayed one's differs: LangChain gives a cache hit the usage
+        # {"total_cost": 0}, which no message even accepts.
         messages = messages_from_dict(
-            [{"type": item["kwargs"]["type"], "data": item["kwargs"]} for item in serialised]
+            [
+                {"type": item["kwargs"]["type"], "data": _without_reply_facts(item["kwargs"])}
+                for item in serialised
+            ]
         )
     except (ValueError, TypeError, KeyError):  # not LangChain's serialised messages
         return ({"role": "user", "content": prompt},)
     return _keyed_messages(messages)
+
+
+def _without_reply_facts(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if k not in ("usage_metadata", "response_metadata")}
 
 
 class _Generations(BatchedModel):
@@ -2315,7 +2362,10 @@ class MnimiLLMCache(BaseCache):
     :class:`~mnimi_adapters.ReplicationCacheMiss` before anything is sent. A key holds
     the prompt's messages in OpenAI's form (as ``MnimiChatModel`` keys them), not
     LangChain's serialised prompt, so that an answer's ids, usage and cache facts in a
-    conversation's history leave the next step's key alone: agent loops replay.
+    conversation's history leave the next step's key alone: agent loops replay. Of the
+    model it holds what :func:`_keyed_settings` keeps, never a credential, header or
+    retry setting. A LangGraph ``RetryPolicy`` attempt outside any scope reads its own
+    position, so a retry is not answered with the answer it rejected.
 
     What LangChain's cache interface cannot carry: streaming bypasses it (``stream``,
     ``astream`` and ``stream_events(version="v3")`` neither read nor write any LangChain
@@ -2355,10 +2405,25 @@ class MnimiLLMCache(BaseCache):
     def _request(prompt: str, llm_string: str, pending: list[Sample]) -> Request:
         return Request(_prompt_messages(prompt), _llm_params(llm_string), pending)
 
+    def _draw(self, request: Request) -> Sample:
+        """This call's sample: the scope's next position, or, in a LangGraph node retried
+        outside a scope, the position of its attempt, so a retry is no replay of the
+        answer it rejected (as for ``MnimiChatModel``)."""
+        layer = scoped(self._layer)
+        offset = 0
+        if isinstance(layer, CacheLayer) and caching_enabled():
+            offset = _node_attempt() - 1
+            if offset:
+                # A retry after a failed attempt (an error, not a rejected answer) finds
+                # positions before its own missing; its answer goes to the first of them,
+                # where the re-run's first attempt then finds it.
+                offset = min(offset, layer.store.length(layer.key_of(request)))
+        return layer.draw(request, offset + 1)[offset]
+
     def lookup(self, prompt: str, llm_string: str) -> list[Generation] | None:
         """The generations at this call's position of the request's sequence, or None."""
         try:
-            (sample,) = scoped(self._layer).draw(self._request(prompt, llm_string, []), 1)
+            sample = self._draw(self._request(prompt, llm_string, []))
         except _Miss:
             return None
         return _generations_of(sample)
@@ -2368,7 +2433,7 @@ class MnimiLLMCache(BaseCache):
         stored = _generations_sample(return_val)
         if stored is None:  # an empty answer is no sample (law 8)
             return
-        scoped(self._layer).draw(self._request(prompt, llm_string, [stored]), 1)
+        self._draw(self._request(prompt, llm_string, [stored]))
 
     def clear(self, **kwargs: Any) -> None:
         """Not supported: sequences are append-only; ``mnimi prune`` evicts whole ones."""

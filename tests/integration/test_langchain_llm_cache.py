@@ -257,3 +257,101 @@ def test_concurrent_misses_at_one_position_are_not_both_stored_there(
 def test_clear_is_refused(cache_dir: str) -> None:
     with pytest.raises(MnimiError, match="append-only"):
         MnimiLLMCache(cache_dir).clear()
+
+
+def test_headers_query_body_credentials_and_call_settings_are_neither_keyed_nor_stored(
+    server: SamplingServer, cache_dir: str
+) -> None:
+    # LangChain's llm_string holds the model's constructor arguments as given: a gateway key
+    # in a header, a query parameter or extra_body, a password in the base URL, and how the
+    # model is called (retries, timeout, streaming), none of which is the request.
+    port = server.url.split(":")[2].split("/")[0]
+    secrets = ["Bearer sk-header-7", "query-secret-7", "sk-body-7", "pw-in-url-7"]
+
+    def chat(cache: MnimiLLMCache, secret: str = "", **settings: object) -> ChatOpenAI:
+        return openai(
+            server,
+            cache,
+            base_url=f"http://user:pw-in-url-7{secret}@127.0.0.1:{port}/v1",
+            default_headers={"Authorization": f"Bearer sk-header-7{secret}"},
+            default_query={"key": f"query-secret-7{secret}"},
+            extra_body={"api_key": f"sk-body-7{secret}", "top_k": 3},
+            **settings,
+        )
+
+    first = chat(MnimiLLMCache(cache_dir)).invoke(NUMBER)
+    replica = MnimiLLMCache(cache_dir, replication=True)
+    rotated = chat(replica, "-rotated", max_retries=7, timeout=30, streaming=True, n=1)
+    assert rotated.invoke(NUMBER).content == first.content
+    assert len(server.chat_requests()) == 1
+    # What the model answers from stays keyed: another top_k is another request.
+    other = openai(server, replica, extra_body={"top_k": 4})
+    with pytest.raises(ReplicationCacheMiss) as missed:
+        other.invoke(NUMBER)
+    for path in Path(cache_dir).rglob("*"):
+        if path.is_file():
+            assert not [s for s in secrets if s.encode() in path.read_bytes()], path
+    assert not [s for s in secrets if s in str(missed.value)]
+
+
+def test_a_conversation_whose_answers_report_no_usage_replays(
+    server: SamplingServer, cache_dir: str
+) -> None:
+    # LangChain marks a hit with the usage {"total_cost": 0}, which no message accepts: the
+    # history holding a replayed answer was keyed otherwise than the one holding the live
+    # answer, so a re-run paid again from the second turn on, and a replica failed there.
+    def conversation(cache: MnimiLLMCache) -> list[str]:
+        chat = openai(server, cache, streaming=True)  # a streamed answer reports no usage
+        history: list[BaseMessage] = []
+        for turn in ("Say something.", "Say more.", "And more."):
+            history += [HumanMessage(turn), chat.invoke([*history, HumanMessage(turn)])]
+        return [str(message.content) for message in history[1::2]]
+
+    first = conversation(MnimiLLMCache(cache_dir))
+    assert len(server.chat_requests()) == 3
+    assert conversation(MnimiLLMCache(cache_dir)) == first
+    assert conversation(MnimiLLMCache(cache_dir, replication=True)) == first
+    assert len(server.chat_requests()) == 3
+
+
+def test_a_langgraph_retry_outside_scopes_draws_a_new_answer_and_a_rerun_replays(
+    server: SamplingServer, cache_dir: str
+) -> None:
+    from langgraph.graph import END, START, StateGraph
+    from langgraph.types import RetryPolicy
+
+    def run(cache: MnimiLLMCache, rejected: set[str]) -> tuple[list[str], str]:
+        chat = openai(server, cache, max_retries=0)
+        seen: list[str] = []
+
+        def propose(state: dict[str, str]) -> dict[str, str]:
+            try:
+                answer = str(chat.invoke(NUMBER).content)
+            except Exception as error:  # the server's fault: a failed attempt
+                seen.append("failed")
+                raise ValueError("no answer") from error
+            seen.append(answer)
+            if answer in rejected or (not cache.replication and len(seen) < 4):
+                rejected.add(answer)
+                raise ValueError(f"{answer} rejected")
+            return {"answer": answer}
+
+        graph = StateGraph(dict)
+        policy = RetryPolicy(
+            max_attempts=4, initial_interval=0.0, jitter=False, retry_on=ValueError
+        )
+        graph.add_node("propose", propose, retry_policy=policy)
+        graph.add_edge(START, "propose")
+        graph.add_edge("propose", END)
+        return seen, graph.compile().invoke({"answer": ""})["answer"]
+
+    server.fail_next(500)  # the first attempt gets no answer at all
+    rejected: set[str] = set()
+    seen, accepted = run(MnimiLLMCache(cache_dir), rejected)
+    assert seen[0] == "failed" and len(set(seen[1:])) == 3 and accepted == seen[3]
+    assert len(server.chat_requests()) == 4
+    # The re-run's first attempt finds the answer the second attempt got: none is lost,
+    # and the same answers are rejected and accepted at no cost.
+    again, replayed = run(MnimiLLMCache(cache_dir, replication=True), set(rejected))
+    assert again == seen[1:] and replayed == accepted
+    assert len(server.chat_requests()) == 4
