@@ -912,6 +912,21 @@ def private_attributes(model: Any) -> dict[str, Any]:
     return private
 
 
+def uses_responses_api(chat: Any, params: Mapping[str, Any]) -> bool:
+    """Whether a LangChain chat model sends a call with these parameters to OpenAI's
+    Responses API, which takes no ``n``: one request answers one sample.
+
+    Why: ``ChatOpenAI`` decides it in its private ``_use_responses_api(payload)``, from
+    ``use_responses_api`` and, when that is unset, from settings (``reasoning``,
+    ``output_version="responses/v1"``, the model's name) and from the request (built-in
+    tools, Responses-only parameters); there is no public way to ask. The call's
+    parameters stand in for the payload: the request keys the method reads are among them.
+    A model without the method (any other class) sends no Responses API request.
+    """
+    decide = getattr(chat, "_use_responses_api", None)
+    return callable(decide) and bool(decide(dict(params)))
+
+
 #: ``(module, attribute)`` of every private symbol used here, for the existence test.
 PRIVATE_SYMBOLS: Final = (
     ("threading", "_register_atexit"),
@@ -951,5 +966,7 @@ PRIVATE_SYMBOLS: Final = (
     # The key of a node's runtime in a LangGraph run's configuration.
     ("langgraph._internal._constants", "CONFIG_KEY_RUNTIME"),
     ("langchain_core.language_models.chat_models", "BaseChatModel"),
+    # uses_responses_api: how ChatOpenAI picks the Responses API.
+    ("langchain_openai.chat_models.base", "ChatOpenAI._use_responses_api"),
     ("pydantic.main", "BaseModel"),  # its __pydantic_private__ slot: private_attributes
 )

@@ -129,6 +129,7 @@ from ._compat import (
     enclosing_node_attempts,
     in_runnable_context,
     private_attributes,
+    uses_responses_api,
 )
 from .core import (
     BatchedModel,
@@ -318,6 +319,11 @@ _WRAPPED_MAX_N = 16
 _DONE = object()
 
 
+# Settings that shape the answer but are not in a model's ``_identifying_params``: a
+# Responses API answer (content blocks) is no Chat Completions one, nor is a "v1" message.
+_SHAPE_SETTINGS = ("use_responses_api", "output_version")
+
+
 def _words(name: str) -> set[str]:
     return set(re.split(r"[^a-z0-9]+", name.lower()))
 
@@ -340,7 +346,8 @@ def wrapped_identity(
 
     Its class, its model name (``ls_provider/ls_model_name`` of ``_get_ls_params``, or
     ``alias``), the sampling settings of ``_identifying_params`` (the identity LangChain's
-    own caches key on) without ``n``, streaming, timeouts, retries or credentials, and,
+    own caches key on) without ``n``, streaming, timeouts, retries or credentials, what shapes
+    the answer besides (``use_responses_api``, ``output_version``, where set), and,
     without an alias, the endpoint it talks to (``base_url``, userinfo removed).
 
     Args:
@@ -364,6 +371,10 @@ def wrapped_identity(
         if isinstance(value, Mapping):  # model_kwargs: its credentials stay out too
             value = {k: v for k, v in value.items() if _keyed_setting(str(k))}
         params[name] = _jsonable(value)
+    for name in _SHAPE_SETTINGS:
+        value = getattr(chat, name, None)
+        if value is not None:
+            params.setdefault(name, _jsonable(value))
     if ls_params is None:
         ls_params = chat._get_ls_params()
     named = [ls_params.get("ls_provider"), ls_params.get("ls_model_name")]
@@ -756,7 +767,10 @@ class WrappedChatModel(BatchedModel):
         return self._identity
 
     def batch_limit(self, request: Request) -> int:
-        return _call_of(request).max_batch
+        call = _call_of(request)
+        if call.max_batch > 1 and uses_responses_api(call.chat, request.params):
+            return 1  # OpenAI's Responses API answers one sample a request
+        return call.max_batch
 
     @staticmethod
     def _arguments(request: Request, n: int) -> tuple[_Call, BaseChatModel, dict[str, Any]]:
@@ -770,8 +784,9 @@ class WrappedChatModel(BatchedModel):
             chat = chat.model_copy(update={"cache": False})
         kwargs = dict(request.params)
         # Always given where the model has its own n (ChatOpenAI(n=3)): a refill asks for
-        # the missing samples only.
-        if n > 1 or "n" in type(chat).model_fields:
+        # the missing samples only. Never to OpenAI's Responses API, which has no n (the
+        # batch limit keeps its refills to one sample a request).
+        if (n > 1 or "n" in type(chat).model_fields) and not uses_responses_api(chat, kwargs):
             kwargs["n"] = n
         return call, chat, kwargs
 
@@ -1550,6 +1565,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         seen = (
             chat,
             chat._identifying_params,
+            [getattr(chat, name, None) for name in _SHAPE_SETTINGS],
             self.alias,
             [getattr(chat, field, None) for field, _ in _endpoint_fields(type(chat))],
         )

@@ -1011,7 +1011,9 @@ def test_calls_waiting_behind_a_live_stream_keep_their_order_on_every_run(
 ) -> None:
     # Whole-answer calls of a request wait while a stream of it is live; woken together,
     # they claimed their positions in the order their waits happened to end.
-    server.chunk_delay = 0.01
+    # Spaced widely enough that a loaded machine still makes them in this order, each
+    # while the first stream is live.
+    server.chunk_delay = 0.05
 
     async def streamed(chat: MnimiChatModel, delay: float = 0.0) -> str:
         await asyncio.sleep(delay)
@@ -1025,8 +1027,8 @@ def test_calls_waiting_behind_a_live_stream_keep_their_order_on_every_run(
         chat = MnimiChatModel(model=openai(), cache_dir=cache)
         with independent():
             # Made one after another while the first stream is live (on a re-run, a hit).
-            later = [whole(chat, 0.01 * i) for i in range(1, 5)]
-            calls = [streamed(chat), *later, streamed(chat, 0.05)]
+            later = [whole(chat, 0.04 * i) for i in range(1, 5)]
+            calls = [streamed(chat), *later, streamed(chat, 0.2)]
             return list(await asyncio.gather(*calls))
 
     first = asyncio.run(run())
@@ -1112,3 +1114,35 @@ def test_an_include_raw_structured_batch_is_the_models_own_batch(
         sorted(part) for part in as_built.stream(prompt)
     )
     assert sent(server) == 1
+
+
+def test_a_model_on_openais_responses_api_is_wrapped_and_keyed_apart(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    # The Responses API takes no n: every miss of the wrapper failed with a TypeError from
+    # the OpenAI client. And its answers (content blocks) must not replay for a model on
+    # Chat Completions, or the other way round.
+    def responses() -> int:
+        return sum(request.path.endswith("/responses") for request in server.requests)
+
+    def run(replication: bool = False) -> list[Any]:
+        chat = openai(use_responses_api=True)
+        wrapped = MnimiChatModel(model=chat, cache_dir=cache, replication=replication)
+        with independent():
+            texts: list[Any] = [wrapped.invoke(NUMBER).text for _ in range(2)]
+            texts.append("".join(chunk.text for chunk in wrapped.stream(NUMBER)))
+            several = MnimiChatModel(model=chat, cache_dir=cache, n=3, replication=replication)
+            texts.append(
+                [g.text for g in several.generate([[HumanMessage(NUMBER)]]).generations[0]]
+            )
+        return texts
+
+    first = run()
+    assert len(set(first[:3] + first[3])) == 6  # a stream and 3 samples: one request each
+    assert responses() == 6 and sent(server) == 0
+    assert run(replication=True) == first
+    assert responses() == 6
+    on_chat_completions = MnimiChatModel(model=openai(), cache_dir=cache, replication=True)
+    with pytest.raises(ReplicationCacheMiss):
+        on_chat_completions.invoke(NUMBER)
+    assert wrapped_identity(openai(output_version="v1")) != wrapped_identity(openai())
