@@ -48,9 +48,7 @@ def _text_difference(path: str, stored: str, requested: str) -> str:
         tail = "..." if len(text) > at + _CONTEXT else ""
         return json.dumps(lead + text[start : at + _CONTEXT] + tail, ensure_ascii=False)
 
-    return (
-        f"{path} differs at character {at}: stored {around(stored)}, requested {around(requested)}"
-    )
+    return f"{path} at character {at}: stored {around(stored)}, requested {around(requested)}"
 
 
 def _difference(path: str, stored: Any, requested: Any) -> str | None:

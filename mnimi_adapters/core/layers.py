@@ -831,6 +831,9 @@ class Persistent(CacheLayer):
         # Every argument is checked before the store opens: a refused call leaves no
         # store behind.
         _layer_to_wrap(model)
+        if not isinstance(replication, bool):
+            # "no" or "false" is truthy: it would silently make a replication cache.
+            raise TypeError(f"replication must be True or False, got {replication!r}")
         recorder = None if record is None else RunRecorder(record)
         # A replication run only reads: it opens an existing store read-only, so
         # read-only media and a full disk replay like any other, and a path that holds

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -147,15 +148,19 @@ def keyed_params(params: Mapping[str, Any]) -> dict[str, Any]:
     A parameter that lists objects (``tools``, Anthropic's ``mcp_servers``) may carry a
     credential in each: an MCP server's ``authorization`` or ``headers`` say who calls it,
     not what the model answers. So may a parameter that is an object of fields passed on
-    to the provider (``extra_body={"session_token": ...}``). They are still sent; only the
-    key and the record lose them. Only the object's own fields are looked at: deeper
-    down, a name is a tool's argument or a schema's property, which the model does see.
+    to the provider (``extra_body={"session_token": ...}``), and its plumbing, such as
+    the ``metadata`` where LiteLLM takes a tracer's keys, as at the top level. They are
+    still sent; only the key and the record lose them. Only the object's own fields are
+    looked at: deeper down, a name is a tool's argument or a schema's property, which the
+    model does see.
 
     Example:
         >>> keyed_params({"api_key": "sk", "tools": [{"type": "mcp", "headers": {}}]})
         {'tools': [{'type': 'mcp'}]}
-        >>> keyed_params({"extra_body": {"top_k": 5, "session_token": "t"}})
+        >>> keyed_params({"extra_body": {"top_k": 5, "session_token": "t", "metadata": {}}})
         {'extra_body': {'top_k': 5}}
+        >>> keyed_params({"logit_bias": {50256: -100}})
+        {'logit_bias': {50256: -100}}
     """
     keyed = {}
     for name, value in params.items():
@@ -174,9 +179,10 @@ def keyed_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return keyed
 
 
-def _without_credentials(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """``fields`` without the ones named like credentials."""
-    return {k: v for k, v in fields.items() if not is_credential(k)}
+def _without_credentials(fields: Mapping[Any, Any]) -> dict[Any, Any]:
+    """``fields`` without the ones named like credentials or plumbing (a token id of
+    ``logit_bias`` is a number, never either)."""
+    return {k: v for k, v in fields.items() if not isinstance(k, str) or is_sampling_param(k)}
 
 
 def stop_list(stop: str | Sequence[str]) -> list[str]:
@@ -205,6 +211,9 @@ def canonical(value: Any) -> Any:
     if kind is list or kind is tuple:
         return [canonical(v) for v in value]
     if kind is float or isinstance(value, float):
+        if not math.isfinite(value):
+            # JSON has no NaN or Infinity: sent, stored or exported, it would be invalid.
+            raise ValueError(f"cannot use {value!r} in a request: JSON numbers are finite")
         return int(value) if value.is_integer() else float(value)
     if isinstance(value, Enum):
         return canonical(value.value)

@@ -76,7 +76,7 @@ CHANGES = {
     "system prompt": (
         0.7,
         request(system=EDITED_SYSTEM),
-        f"messages[0].content differs at character {SYSTEM.index('number only') + 6}: ",
+        f"messages[0].content at character {SYSTEM.index('number only') + 6}: ",
     ),
     "tool schema": (
         0.7,

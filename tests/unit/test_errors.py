@@ -84,6 +84,9 @@ def test_bad_model_arguments(tmp_path: Path) -> None:
         Persistent("gpt-4o", tmp_path / "cache")  # type: ignore[arg-type]
     with pytest.raises(MnimiError, match=r"cannot record the run .* it is a directory"):
         Persistent(NumberModel(), tmp_path / "cache", record=tmp_path)
+    # "no" is truthy: taken as it is, it would make a replication cache.
+    with pytest.raises(TypeError, match="replication must be True or False, got 'no'"):
+        Persistent(NumberModel(), tmp_path / "cache", replication="no")  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
 
 

@@ -53,7 +53,7 @@ def test_one_character_of_the_system_prompt_is_located() -> None:
     found = first_difference(record(), record(system=edited))
     at = SYSTEM.index("number only") + len("number")
     assert found is not None
-    assert found.startswith(f"messages[0].content differs at character {at}: ")
+    assert found.startswith(f"messages[0].content at character {at}: ")
     assert '"...' in found and "number only" in found and "numbers only" in found
 
 

@@ -83,6 +83,34 @@ def test_a_credential_in_an_object_of_provider_fields_is_not_keyed() -> None:
     assert through_litellm.sampling_params() == {"extra_body": {"top_k": 5}}
 
 
+def test_plumbing_inside_an_object_of_provider_fields_is_not_keyed() -> None:
+    # LiteLLM takes a tracer's keys in metadata, and a client (agno) may pass its metadata
+    # on in extra_body: there it was keyed, stored, and shown by a replication miss, and a
+    # rotated key missed every request.
+    def body_key(secret: str) -> str:
+        metadata = {"langfuse_secret_key": secret, "trace_name": "run"}
+        return key({"extra_body": {"top_k": 5, "metadata": metadata, "user": "u1"}})
+
+    assert body_key("sk-lf-1") == body_key("sk-lf-2") == key({"extra_body": {"top_k": 5}})
+    assert key({"extra_body": {"metadata": {"langfuse_secret_key": "sk"}}}) == key({})
+
+
+def test_token_ids_of_logit_bias_are_keyed_as_given() -> None:
+    # Its keys are numbers (token ids): no name to tell a credential by, and no TypeError.
+    assert key({"logit_bias": {50256: -100}}) == key({"logit_bias": {"50256": -100}})
+    assert key({"logit_bias": {50256: -100}}) != key({})
+
+
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), -float("inf")])
+def test_a_number_json_cannot_hold_is_refused_before_anything_is_sent(number: float) -> None:
+    # NaN went into the key, the stored record and the JSON Lines export as a bare token
+    # no JSON reader takes (and into a request body the server could not parse).
+    with pytest.raises(ValueError, match="JSON numbers are finite"):
+        key({"top_p": number})
+    with pytest.raises(ValueError, match="JSON numbers are finite"):
+        key({"extra_body": {"min_p": number}})
+
+
 def test_a_base_url_from_the_environment_or_litellm_is_a_models_endpoint(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
