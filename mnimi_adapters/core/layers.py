@@ -434,8 +434,10 @@ class CacheLayer(Wrapper):
                 _, dropped = self._fresh.popitem(last=False)
                 self._fresh_count -= len(dropped)
 
-    def _note(self, key: str, index: int, hit: bool) -> None:
-        """Count a served sample: a hit unless this layer's refills drew it in this run."""
+    def _note(self, key: str, index: int, hit: bool) -> bool:
+        """Count a served sample, and say whether it is a hit: a sample found stored is
+        one unless this layer's refills drew it in this run and it was not served since
+        (the other samples of a call's own refill of several, a batch's extra samples)."""
         with self._lock:
             fresh = self._fresh.get(key)
             if fresh is not None and index in fresh:
@@ -445,6 +447,7 @@ class CacheLayer(Wrapper):
                 if not fresh:
                     del self._fresh[key]
             self._stats["hits" if hit else "misses"] += 1
+        return hit
 
 
 #: How many positions a cache layer's refills stored and nobody was served yet it keeps
@@ -742,7 +745,7 @@ class _ReplayCursor(Cursor):
         return [self._serve(found, index, hit)]
 
     def _serve(self, sample: Sample, index: int, hit: bool) -> Sample:
-        self._layer._note(self._key, index, hit)
+        hit = self._layer._note(self._key, index, hit)
         if self._layer.recorder is not None:
             self._layer.recorder.consumed(self._key, index, sample.draw_id)
         with self._lock:

@@ -198,3 +198,19 @@ def test_custom_models_failures_are_not_samples(tmp_path: Path) -> None:
 
     with pytest.raises(TypeError, match="must return a list"):
         next(Repeatable(Bare("bare", 1.0)).sample(PROMPT))
+
+
+def test_the_samples_a_call_drew_are_misses_and_only_those(tmp_path: Path) -> None:
+    # A call of 3 samples drawn in one request was reported as one miss and two hits (its
+    # own refill had stored the others before they were read): LiteLLM then priced one of
+    # the three and logged a cached answer besides the real one.
+    def hits(samples: list[Sample]) -> list[bool]:
+        return [bool(sample.origin and sample.origin["cache_hit"]) for sample in samples]
+
+    provider = Slow()
+    model = Persistent(provider, tmp_path)
+    assert hits(model.draw(PROMPT, 3, batch=3)) == [False, False, False]
+    assert hits(model.draw(PROMPT, 5)) == [True, True, True, False, False]
+    assert hits(model.draw(PROMPT, 5)) == [True] * 5
+    assert provider.calls == 5  # one request a sample: Slow answers one at a time
+    assert (model.stats()["misses"], model.stats()["hits"]) == (5, 8)
