@@ -12,6 +12,7 @@ what a live stream's reader leaving means (:class:`Abandonment`).
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections import deque
@@ -169,6 +170,12 @@ class Gates:
         finally:
             self.leave(key)
 
+    def forget_after_fork(self) -> None:
+        """In a forked child: the draws and streams in flight are the parent's threads',
+        which alone end them; waited for here, they never would."""
+        self._lock = threading.Lock()
+        self._keys = {}
+
 
 #: Seconds a live stream is read on after its reader left: enough to take in what has
 #: arrived already, far less than a model takes to produce more.
@@ -204,3 +211,4 @@ class Abandonment:
 
 #: The gates of every adapter in the process: a key's draws meet here whichever made them.
 GATES = Gates()
+os.register_at_fork(after_in_child=GATES.forget_after_fork)

@@ -21,6 +21,7 @@ import heapq
 import os
 import queue
 import threading
+import weakref
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import Future
@@ -34,7 +35,7 @@ from .model import Cursor, Layer, logger
 from .request import Request
 from .runs import RunRecorder
 from .sample import Sample
-from .scopes import caching_enabled
+from .scopes import caching_enabled, process_generation, warn_forked
 from .stores import (
     Appended,
     Batched,
@@ -179,6 +180,15 @@ class CacheLayer(Wrapper):
         self._landings = _Landings(store)
         #: Refills ended so far: a length read before the latest one may be stale.
         self.refills_ended = 0
+        _CACHE_LAYERS.add(self)
+
+    def _forget_the_parents_refills(self) -> None:
+        """In a forked child: the refills in flight at the fork belong to the parent's
+        threads, which alone end them (and store what they paid for); waited for here,
+        they would never end. A lock such a thread held stays held for good: new ones."""
+        self._lock = threading.Lock()
+        self._refills = {}
+        self._ordered_locks = {key: threading.Lock() for key in self._ordered_locks}
 
     def open(self, request: Request) -> Cursor:
         if not caching_enabled():
@@ -593,6 +603,17 @@ def _new_keeper() -> None:
 
 os.register_at_fork(after_in_child=_new_keeper)
 
+#: Every cache layer of the process, for a forked child to reset.
+_CACHE_LAYERS: weakref.WeakSet[CacheLayer] = weakref.WeakSet()
+
+
+def _forget_refills_after_fork() -> None:
+    for layer in list(_CACHE_LAYERS):
+        layer._forget_the_parents_refills()
+
+
+os.register_at_fork(after_in_child=_forget_refills_after_fork)
+
 
 def start_apart(work: Callable[[], T]) -> Future[T]:
     """Start ``work`` on a refill thread and return its future at once.
@@ -871,11 +892,16 @@ class Independent(Wrapper):
         super().__init__(model)
         self._cursors: dict[str, Cursor] = {}
         self._lock = threading.Lock()
+        self._generation = process_generation()
 
     def open(self, request: Request) -> Cursor:
         if not caching_enabled():
             return self.inner.open(request)
         key = self.key_of(request)
+        if self._generation != process_generation():
+            self._generation = process_generation()
+            if self._cursors:
+                warn_forked("after an Independent layer had served samples", 3)
         with self._lock:
             cursor = self._cursors.get(key)
             if cursor is None:

@@ -118,13 +118,23 @@ def _warn_if_inherited(scope: _Scope) -> None:
     if scope.generation == _generation or scope.warned or not scope.continues():
         return
     scope.warned = True
+    warn_forked("inside an independent() scope", 3)
+
+
+def process_generation() -> int:
+    """Which process this is: a forked child counts one more than its parent."""
+    return _generation
+
+
+def warn_forked(when: str, stacklevel: int) -> None:
+    """Warn that this process was forked ``when`` it copied cursors in use."""
     warnings.warn(
-        "this process was forked inside an independent() scope: scopes do not cross "
-        "processes, so each worker continues the sequences from the same position and "
-        "the workers repeat each other's samples; give each worker its own requests, "
-        "draw n samples in one process, or use threads or asyncio tasks",
+        f"this process was forked {when}: cursors do not cross processes, so "
+        "each worker continues the sequences from the same position and the workers "
+        "repeat each other's samples; give each worker its own requests, draw n samples "
+        "in one process, or use threads or asyncio tasks",
         ScopeWarning,
-        stacklevel=3,
+        stacklevel=stacklevel + 1,
     )
 
 

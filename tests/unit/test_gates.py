@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import threading
 import time
 
 import pytest
 
 from mnimi_adapters.core.errors import MnimiError
-from mnimi_adapters.core.gates import Gates
+from mnimi_adapters.core.gates import GATES, Gates
 
 
 def test_ordinary_draws_run_together_and_keep_a_stream_from_going_live() -> None:
@@ -131,3 +133,18 @@ def test_a_sync_wait_behind_an_async_waiter_of_its_own_loop_is_refused() -> None
 
     assert asyncio.run(main()) == ["async"]
     assert not gates._keys
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_wait_for_a_stream_of_its_parent() -> None:
+    # The stream is drawn by a thread of the parent, which alone would end it.
+    assert GATES.start_live("k")
+    try:
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            assert pool.apply_async(_draw_k).get(timeout=10) == "drawn"
+    finally:
+        GATES.end_live("k")
+
+
+def _draw_k() -> str:
+    return GATES.through("k", lambda: "drawn")

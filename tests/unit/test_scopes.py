@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import tempfile
 import threading
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
@@ -252,8 +253,51 @@ def test_a_worker_forked_inside_independent_warns_that_scopes_do_not_cross_proce
     assert warned == ["this process was forked inside an independent() scope"]
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_worker_forked_with_an_independent_layer_in_use_warns_too(base: Persistent) -> None:
+    # An Independent wrapper's cursors are copied by a fork as a scope's are: four
+    # workers of a pass@k each drew the same first sample, and nothing said so.
+    model = Independent(base)
+    draw(model)
+    _FORKED.append(model)
+    try:
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            warned = pool.apply(_draws_warned)
+    finally:
+        _FORKED.clear()
+    assert warned == ["this process was forked after an Independent layer had served samples"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_a_refill_is_in_flight_draws_on_its_own(tmp_path: Path) -> None:
+    # The refill belongs to a thread of the parent, which alone ends it: the child waited
+    # for it for good.
+    layer = Persistent(SlowNumbers(), tmp_path)
+    filling = threading.Thread(target=draw, args=(layer,))
+    filling.start()
+    time.sleep(0.1)  # the thread's refill is in flight
+    _FORKED.append(layer)
+    try:
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            child = pool.apply_async(_draw_forked).get(timeout=20)
+    finally:
+        _FORKED.clear()
+        filling.join()
+    assert child == draw(layer)  # position 0, whichever process stored it first
+
+
 #: The layer a forked worker draws from.
-_FORKED: list[Persistent] = []
+_FORKED: list[Layer] = []
+
+
+class SlowNumbers(NumberModel):
+    def query(self, request: Request, n: int) -> list[str]:
+        time.sleep(0.5)
+        return super().query(request, n)
+
+
+def _draw_forked() -> str:
+    return draw(_FORKED[0])
 
 
 def _draws_warned() -> list[str]:
