@@ -711,6 +711,26 @@ def cmd_prune(args: argparse.Namespace) -> int:
 # -- export ---------------------------------------------------------------
 
 
+@contextmanager
+def _writing_to(out: Path) -> Iterator[None]:
+    """Checks of an export's OUT: a file-system refusal is an error that names OUT.
+
+    Python 3.11's ``exists()`` and ``is_dir()`` raise where this user may not look
+    (a folder of mode 000), rather than answer.
+
+    Raises:
+        CommandError: OUT, or a folder on the way to it, cannot be looked into.
+    """
+    try:
+        yield
+    except OSError as error:
+        at = f" at {error.filename}" if error.filename not in (None, str(out)) else ""
+        raise CommandError(
+            f"cannot write {out}: {error.strerror or error}{at}; give this user access to "
+            "its folder, or choose another OUT"
+        ) from None
+
+
 def _export_target(path_text: str, source: Store) -> tuple[Callable[[], Store], str]:
     """How to open (creating it) the store at OUT, and how to name it in messages.
 
@@ -724,15 +744,16 @@ def _export_target(path_text: str, source: Store) -> tuple[Callable[[], Store], 
             raise CommandError("OUT must differ from PATH")
         return lambda: open_store(path_text), location
     out = Path(path_text).expanduser()
-    if (
-        not is_redis_url(source.location)
-        and out.exists()
-        and out.resolve() == Path(source.location).resolve()
-    ):
-        raise CommandError("OUT must differ from PATH")
-    if out.is_dir() and not is_store_directory(out) and any(out.iterdir()):
-        # Never drop a cache into a directory that holds other things.
-        raise CommandError(f"{out} exists and is not a cache directory")
+    with _writing_to(out):
+        if (
+            not is_redis_url(source.location)
+            and out.exists()
+            and out.resolve() == Path(source.location).resolve()
+        ):
+            raise CommandError("OUT must differ from PATH")
+        if out.is_dir() and not is_store_directory(out) and any(out.iterdir()):
+            # Never drop a cache into a directory that holds other things.
+            raise CommandError(f"{out} exists and is not a cache directory")
     return lambda: open_store(out), str(out)
 
 
@@ -786,8 +807,9 @@ def _bundle_target(
     if is_redis_url(path_text):
         raise CommandError("a bundle is a directory, not a Redis store")
     out = Path(path_text).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise CommandError(f"{out} exists and is not an empty directory")
+    with _writing_to(out):
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise CommandError(f"{out} exists and is not an empty directory")
     # A record that is not one fails before anything is written.
     draws = None if record is None else _run(record)[0]
     return lambda: create_bundle_store(out), str(out), draws
@@ -876,10 +898,11 @@ def _whole_file(path: Path) -> Iterator[TextIO]:
         CommandError: ``path`` exists, its folder does not (a mistyped path: made, it
             would hide the typo), or it cannot be written (a full disk, no permission).
     """
-    if path.exists():
-        raise CommandError(f"{path} exists")
-    if not path.parent.is_dir():
-        raise CommandError(f"cannot write {path}: its folder does not exist (create it first)")
+    with _writing_to(path):
+        if path.exists():
+            raise CommandError(f"{path} exists")
+        if not path.parent.is_dir():
+            raise CommandError(f"cannot write {path}: its folder does not exist (create it first)")
     # A reader never sees half a file, nor a failed export one at all.
     partial = path.with_name(path.name + ".part")
     try:
@@ -1070,7 +1093,11 @@ def _compared_run(name: str) -> tuple[list[dict[str, Any]], int, bool]:
     folder is such a run; a missing folder is a mistyped path.
     """
     path = Path(name).expanduser()
-    if not path.exists() and not path.is_symlink() and path.parent.is_dir():
+    try:
+        absent = not path.exists() and not path.is_symlink() and path.parent.is_dir()
+    except OSError:  # a folder this user may not enter: reading the record says so
+        absent = False
+    if absent:
         return [], 0, True
     return (*_run(name), False)
 
@@ -1342,6 +1369,13 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
         return EXIT_FOUND
+    except OSError as error:
+        # A file-system refusal no check above names (a folder made unreachable as the
+        # command ran): a message and the exit code of an unusable store, never a
+        # traceback and exit 1, which says the store is damaged.
+        where = f" ({error.filename})" if error.filename else ""
+        _warn(f"{error.strerror or error}{where}: check the path and its permissions")
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from .runs import read_runs
 from .sample import Sample
 from .stores import SequenceStore, open_store
 from .stores.base import Check, Summary, dump_json
-from .stores.disk import _private_directory
+from .stores.disk import _private_directory, check_reachable
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -74,8 +74,15 @@ def _manifest_digest(manifest: Mapping[str, Any]) -> str:
 
 
 def is_bundle(path: str | Path) -> bool:
-    """Whether ``path`` is a directory holding a bundle's manifest."""
-    return (Path(path).expanduser() / MANIFEST).is_file()
+    """Whether ``path`` is a directory holding a bundle's manifest.
+
+    ``False`` for a path this user may not look into (Python 3.11's ``is_file`` raises
+    there): opening it as a cache then says which folder to open up.
+    """
+    try:
+        return (Path(path).expanduser() / MANIFEST).is_file()
+    except OSError:
+        return False
 
 
 @dataclass
@@ -205,6 +212,14 @@ def describe_foreign(draw: Mapping[str, Any], why: str, lengths: Mapping[str, in
     return f"{consumed}; it holds {why} there"
 
 
+def _unreadable(file: Path, error: OSError) -> StoreError:
+    """The error for a file of a bundle this user may not read (``verify`` exits 2)."""
+    return StoreError(
+        f"{file} cannot be read ({error.strerror or error}): give this user read access "
+        f"(`chmod u+r {file}` if it is yours, or ask its owner), then verify again"
+    )
+
+
 def _problem(key: str | None, problem: str) -> dict[str, str | None]:
     return {"key": key, "row": None, "problem": problem}
 
@@ -215,6 +230,8 @@ def _read_manifest(
     """The manifest and its sequences once it is shown sound, else the problem with it."""
     try:
         manifest = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))
+    except PermissionError as error:  # not damage: the bundle is whole, only out of reach
+        raise _unreadable(bundle / MANIFEST, error) from None
     except (OSError, ValueError, RecursionError) as error:  # json's on deep nesting
         return {}, [], [_problem(None, f"{MANIFEST} cannot be read: {error}")]
     if not isinstance(manifest, dict):
@@ -290,6 +307,8 @@ def _record_problems(
     else:
         try:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except PermissionError as error:
+            raise _unreadable(path, error) from None
         except OSError as error:
             return [_problem(None, f"{RUN_RECORD} cannot be read: {error}")]
         if digest != listed["sha256"]:
@@ -300,6 +319,8 @@ def _record_problems(
         return problems
     try:
         runs = read_runs(path)
+    except PermissionError as error:
+        raise _unreadable(path, error) from None
     except (OSError, MnimiError) as error:
         return [*problems, _problem(None, f"{RUN_RECORD} cannot be read: {error}")]
     lengths = {entry["key"]: len(entry["sha256"]) for entry in sequences}
@@ -331,6 +352,9 @@ def verify_bundle(
         note: Called with what is worth knowing but no problem (a bundle written before
             manifests listed the run record).
 
+    Raises:
+        StoreError: This user may not read the manifest, the record or the store.
+
     Returns:
         The store's own check (which reports a request that is not the one its key is
         the hash of), plus a problem for each sequence that departs from the
@@ -342,6 +366,9 @@ def verify_bundle(
     manifest, sequences, problems = _read_manifest(directory)
     if problems:
         return Check(problems=problems)
+    # A store this user may not look into is out of reach, not missing: an error, where
+    # a store that cannot be opened (gone, not a cache) is the bundle's damage.
+    check_reachable(directory / STORE)
     try:
         store = open_store(directory / STORE, create=False, read_only=True)
     except StoreError as error:

@@ -82,8 +82,18 @@ class RunRecorder:
         self.path = Path(path).expanduser()
         # Checked now, opened with the run's first draw: a program that fails before it
         # draws (a store that cannot open) leaves no file behind.
-        if self.path.is_dir() or not self.path.parent.is_dir():
-            problem = "it is a directory" if self.path.is_dir() else "its folder does not exist"
+        problem: str | None = None
+        try:
+            if self.path.is_dir():
+                problem = "it is a directory"
+            elif not self.path.parent.is_dir():
+                problem = "its folder does not exist"
+        except OSError as error:  # a folder on the way this user may not enter
+            problem = (
+                f"{error.strerror or error} (give this user access to its folder, or record "
+                "elsewhere)"
+            )
+        if problem is not None:
             raise MnimiError(f"cannot record the run in {self.path}: {problem}")
         self._lock = threading.Lock()
         self._file: BinaryIO | None = None

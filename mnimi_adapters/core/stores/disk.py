@@ -299,7 +299,15 @@ def _holds_database(path: Path) -> bool:
             return 0
 
     database = path / DBNAME
-    return size(database) > 0 or (database.is_file() and size(path / f"{DBNAME}-wal") > 0)
+    return size(database) > 0 or (_is_file(database) and size(path / f"{DBNAME}-wal") > 0)
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, ``False`` where it may not be looked at (Python 3.11 raises)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 #: The files SQLite opens in a cache directory: the database, its write-ahead log and
@@ -336,14 +344,80 @@ def _refuse_links(path: Path) -> None:
         )
 
 
+def _blocking_folder(path: Path) -> Path:
+    """The first folder on the way to ``path`` (or ``path`` itself) this user may not enter."""
+    for folder in [*reversed(path.parents), path]:
+        if not os.access(folder, os.X_OK):
+            return folder
+    return path
+
+
+def _unreachable(path: Path, error: OSError) -> StoreError:
+    """The error for a cache directory the file system refuses to look into.
+
+    A folder without search permission (mode 000, another user's) makes every ``stat``
+    below it fail with EACCES, which Python 3.11's ``Path.exists()`` and ``is_file()``
+    raise rather than answer: such a failure names the folder to open up.
+    """
+    reason = error.strerror or str(error)
+    if error.errno in (errno.EACCES, errno.EPERM):
+        blocked = _blocking_folder(path)
+        return StoreError(
+            f"cache directory {path} cannot be opened: this user may not enter {blocked} "
+            f"({reason}); give it access (`chmod u+rwx {blocked}` if it is yours, or ask "
+            "its owner), or choose another directory"
+        )
+    where = f" at {error.filename}" if error.filename else ""
+    return StoreError(
+        f"cache directory {path} cannot be opened ({reason}{where}): check the path, or "
+        "choose another directory"
+    )
+
+
+def check_reachable(path: Path) -> None:
+    """Refuse a cache directory this user may not look into, or whose database it may
+    not read, with a message that names what to open up.
+
+    A missing ``path`` passes: whether that is an error is the caller's to say.
+
+    Raises:
+        StoreError: ``path`` (or a folder on the way) cannot be entered, or its database
+            cannot be read.
+    """
+    database = path / DBNAME
+    try:
+        database.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as error:
+        raise _unreachable(path, error) from None
+    if not database.is_symlink() and not os.access(database, os.R_OK):
+        # SQLite would say only "unable to open database file".
+        raise StoreError(
+            f"cache directory {path} cannot be opened: this user may not read {database}; "
+            f"give it access (`chmod u+rw {database}` if it is yours, or ask its owner), or "
+            "choose another directory"
+        )
+
+
 def _private_directory(path: Path, create: bool) -> bool:
     """Create ``path`` (mode 0700) if asked, check it is a directory; return if it is writable.
 
     Raises:
         StoreError: ``path`` is not a directory, its database files are links (see
             :func:`_refuse_links`), it is a replication bundle, it holds no cache (and
-            ``create`` is false), or it cannot be created.
+            ``create`` is false), it cannot be created, or this user may not look into it
+            (see :func:`check_reachable`).
     """
+    check_reachable(path)
+    try:
+        return _checked_directory(path, create)
+    except OSError as error:  # a folder made unreachable since: a StoreError all the same
+        raise _unreachable(path, error) from None
+
+
+def _checked_directory(path: Path, create: bool) -> bool:
+    """:func:`_private_directory`'s checks, on a path it may look into."""
     if path.exists() and not path.is_dir():
         raise StoreError(
             f"cache path {path} exists and is not a directory, so is not a cache directory"
@@ -376,7 +450,10 @@ def _private_directory(path: Path, create: bool) -> bool:
             for folder in reversed(missing):
                 folder.mkdir(mode=0o700, exist_ok=True)
         except OSError as error:
-            raise StoreError(f"cannot create cache directory {path}: {error.strerror}") from None
+            raise StoreError(
+                f"cannot create cache directory {path}: {error.strerror} (at {error.filename}); "
+                "choose a directory this user may write to"
+            ) from None
     return os.access(path, os.W_OK | os.X_OK)
 
 
