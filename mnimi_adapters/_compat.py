@@ -45,8 +45,9 @@ LITELLM_DROPPED: Final = frozenset({
     "proxy_server_request", "stream_response", "secret_fields", "id", "self"
 })  # fmt: skip
 #: LiteLLM's own options: how a call is routed, authenticated, logged, billed, limited or
-#: timed; never keyed. (Pricing options, ``input_cost_per_token`` and the like, are
-#: matched by name in ``providers.litellm_param_role``.)
+#: timed; never keyed. (Pricing options, ``input_cost_per_token`` and the like, and a
+#: provider's settings, ``vertex_location`` and the like, are matched by name in
+#: ``providers.litellm_param_role``.)
 LITELLM_OPTIONS: Final = frozenset({
     "adaptive_router_config", "adaptive_router_default_model", "allm_passthrough_route",
     "allow_client_keepalive_override", "allowed_model_region", "allowed_openai_params",
@@ -627,6 +628,83 @@ def request_entry_points(answered: frozenset[str]) -> list[str]:
     )
 
 
+# ---------------------------------------------------------------------------------------
+# LiteLLM: what a Router's caller passed
+# ---------------------------------------------------------------------------------------
+
+#: The names of the keyword arguments the caller of the Router call in progress passed,
+#: while one is in progress (see :func:`note_router_call_params`).
+router_call_params: ContextVar[frozenset[str] | None] = ContextVar(
+    "mnimi_router_call_params", default=None
+)
+
+#: A Router's entry points that reach MnimiCache (chat, text and Responses calls).
+_ROUTER_CALLS: Final = (
+    "completion",
+    "acompletion",
+    "text_completion",
+    "atext_completion",
+    "responses",
+    "aresponses",
+)
+
+
+def note_router_call_params() -> None:
+    """Note, while a Router call runs, which keyword arguments its caller passed.
+
+    Why: a ``litellm.Router`` calls LiteLLM with the picked deployment's ``litellm_params``
+    (its region, project, ``drop_params``, a ``max_tokens`` it sets, ...) merged into the
+    caller's arguments, and nothing in that call says which came from where: the
+    deployment travels in the call's metadata by its model and id only. A key that held
+    the deployment's settings would split one model group into a sequence per deployment,
+    and a replay would depend on which one the Router picked. So the Router's public entry
+    points are wrapped to note the names of their caller's keyword arguments in
+    :data:`router_call_params`, which the LiteLLM call inherits (the Router makes it in
+    the caller's context, sync and async). LiteLLM 1.110 serves a Router's methods from
+    its core class and forwards an assignment to the ``Router`` class there (what
+    ``unittest.mock.patch.object(Router, ...)`` relies on); before, they were plain
+    methods. The outermost Router call is the caller's: one the Router makes itself
+    (a fallback) keeps its note. Kept for good, like the other patches.
+    """
+    import litellm
+
+    router = litellm.Router
+    for name in _ROUTER_CALLS:
+        original = getattr(router, name, None)
+        if callable(original) and not getattr(original, "_mnimi_notes", False):
+            setattr(router, name, _noting_params(original))
+
+
+def _noting_params(original: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.iscoroutinefunction(original):
+
+        @functools.wraps(original)
+        async def anoting(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if router_call_params.get() is not None:
+                return await original(self, *args, **kwargs)
+            token = router_call_params.set(frozenset(kwargs))
+            try:
+                return await original(self, *args, **kwargs)
+            finally:
+                router_call_params.reset(token)
+
+        anoting._mnimi_notes = True  # type: ignore[attr-defined]
+        return anoting
+
+    @functools.wraps(original)
+    def noting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if router_call_params.get() is not None:
+            return original(self, *args, **kwargs)
+        token = router_call_params.set(frozenset(kwargs))
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            router_call_params.reset(token)
+
+    noting._mnimi_notes = True  # type: ignore[attr-defined]
+    return noting
+
+
 def responses_stream_events(response: Any) -> list[Any]:
     """A ``ResponsesAPIResponse`` as the stream events a streamed call would have received.
 
@@ -953,6 +1031,8 @@ PRIVATE_SYMBOLS: Final = (
     ("litellm", "responses"),
     ("litellm.responses.streaming_iterator", "build_synthetic_response_events"),
     ("litellm", "aresponses"),
+    # A Router's entry points, wrapped at the class (note_router_call_params).
+    *(("litellm", f"Router.{name}") for name in _ROUTER_CALLS),
     # LiteLLM's OpenAI-style client's completions (client_class_methods).
     ("litellm.main", "Completions"),
     ("litellm.main", "AsyncCompletions"),

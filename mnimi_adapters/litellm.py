@@ -77,7 +77,10 @@ same model string, ``api_base`` and temperature uses (a call without a temperatu
 and is keyed, at 1.0), so ``Persistent(LiteLLMModel(...), path)`` and this cache share
 sequences in one directory. ``alias={"openai/llama3": "llama3"}`` renames a model (or a
 Router model group) in keys and drops ``api_base`` from them. Router calls are keyed by
-their model group, so a replay does not depend on which deployment the Router picks.
+their model group, so a replay does not depend on which deployment the Router picks: what
+the picked deployment's ``litellm_params`` set (its model, endpoint, region, project, a
+``max_tokens``, ...) is sent but not keyed, and the sampling parameters the Router's
+caller passed are keyed.
 
 Importing this module imports LiteLLM (``import mnimi_adapters`` alone does not).
 """
@@ -118,10 +121,12 @@ from ._compat import (
     hit_needs_litellm,
     init_without_global_callbacks,
     keep_entry_point_signatures,
+    note_router_call_params,
     patch_stream_hit_check,
     request_entry_points,
     route_dspy_through_litellm,
     routed_entry_points,
+    router_call_params,
     skip_cache_writes_not_to_store,
     tell_logging_about_hit,
     unwrap_entry_points,
@@ -304,6 +309,15 @@ def _built_hidden(
     if any(facts["cache_hits"]):
         hidden["cache_key"] = facts["key"]
     return hidden
+
+
+@functools.cache
+def _call_markers() -> frozenset[str]:
+    """The parameters the cache itself adds to a call it parses (``api`` of a Responses
+    call): keyed, though no caller passed them."""
+    from ._responses import API_MARKER  # imported late: that module imports this one
+
+    return frozenset(API_MARKER)
 
 
 def _wants_usage(kwargs: Mapping[str, Any]) -> bool:
@@ -702,6 +716,7 @@ def _arm(replication: bool, dspy: bool) -> None:
 
     patch_stream_hit_check()
     keep_entry_point_signatures()
+    note_router_call_params()
     skip_cache_writes_not_to_store()
     wrap_entry_points(
         {
@@ -1362,6 +1377,24 @@ class MnimiCache(Cache):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive int, got {n!r}")
 
+        # A Router puts the group in ``metadata`` (chat) or ``litellm_metadata`` (Responses).
+        router_metadata = kwargs.get("litellm_metadata")
+        routed = router_metadata if isinstance(router_metadata, Mapping) else {}
+        group = metadata.get("model_group") or routed.get("model_group")
+        if metadata.get("model_group_alias") or routed.get("model_group_alias"):
+            # Called through a model_group_alias: the group is the one the chosen
+            # deployment belongs to, so the alias and the group share sequences.
+            group = (
+                metadata.get("deployment_model_name")
+                or routed.get("deployment_model_name")
+                or group
+            )
+        # The parameters the Router's caller passed: the others came from the deployment
+        # the Router picked (or the Router's defaults), and a group's key must not depend
+        # on which deployment serves it. ``None``: not a Router call, or one whose caller
+        # is unknown (every sampling parameter is keyed then).
+        passed = router_call_params.get() if isinstance(group, str) and group else None
+
         sampling: dict[str, Any] = {}
         transport: dict[str, Any] = {}
         for name, value in kwargs.items():
@@ -1369,7 +1402,10 @@ class MnimiCache(Cache):
                 continue
             role = litellm_param_role(name)
             if role == "sampling":
-                sampling[name] = _sampling_value(name, value)
+                if passed is None or name in passed or name in _call_markers():
+                    sampling[name] = _sampling_value(name, value)
+                else:  # the deployment's setting: sent as it says, never keyed
+                    transport[name] = value
             elif role == "transport":
                 transport[name] = value
         if metadata:
@@ -1384,18 +1420,6 @@ class MnimiCache(Cache):
             name = f"{provider}/{model}"
         api_base = kwargs.get("api_base") or kwargs.get("base_url")
         api_base = api_base.rstrip("/") if isinstance(api_base, str) and api_base else None
-        # A Router puts the group in ``metadata`` (chat) or ``litellm_metadata`` (Responses).
-        router_metadata = kwargs.get("litellm_metadata")
-        routed = router_metadata if isinstance(router_metadata, Mapping) else {}
-        group = metadata.get("model_group") or routed.get("model_group")
-        if metadata.get("model_group_alias") or routed.get("model_group_alias"):
-            # Called through a model_group_alias: the group is the one the chosen
-            # deployment belongs to, so the alias and the group share sequences.
-            group = (
-                metadata.get("deployment_model_name")
-                or routed.get("deployment_model_name")
-                or group
-            )
         identity: dict[str, Any] = {"params": {"temperature": 1.0}}
         if isinstance(group, str) and group:
             # A Router call: keyed by its group, whichever deployment serves it.

@@ -78,6 +78,19 @@ _HEADER_PARAMS = frozenset({"headers", "extra_headers"})
 # credentials are decided by their names' shape, whatever LiteLLM adds.
 
 _PRICING = re.compile(r"(?:^|_)cost(?:_|$)")
+# Words of a provider's own configuration: where a deployment serves a model (its region,
+# location, zone, cloud project or endpoint; AWS's parameters all say which account, role or
+# endpoint), as whom (a profile or role), which parameters LiteLLM drops for it, and the
+# tracing span a call reports to. They pick a deployment of a model, not what the model
+# answers: one a provider adds tomorrow is an option on the day it appears, as a credential
+# is. LiteLLM's own parameters (``litellm_...``) and an API's flavour and version
+# (``api_type``, ``api_version``) are options by their prefix.
+_CONFIG_WORDS = frozenset(
+    {"aws", "region", "location", "zone", "project", "endpoint", "profile", "role", "drop"}
+    | {"otel", "span"}
+)
+_CONFIG_PREFIXES = ("litellm_", "api_")
+_WORD = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|[^A-Za-z0-9]+")
 # OpenAI request fields that change how a request is handled or billed, not its answer.
 _OPENAI_TRANSPORT = frozenset(
     {
@@ -126,9 +139,24 @@ def litellm_param_role(name: str) -> ParamRole:
         or name in _CALLBACK_PARAMS
         or _PRICING.search(name)
         or is_credential(name)
+        or _is_provider_config(name)
     ):
         return "transport"
     return "sampling"
+
+
+def _is_provider_config(name: str) -> bool:
+    """Whether ``name`` is a provider's configuration by its shape (see ``_CONFIG_WORDS``).
+
+    Example:
+        >>> [_is_provider_config(n) for n in ("vertex_location", "additional_drop_params")]
+        [True, True]
+        >>> _is_provider_config("top_k"), _is_provider_config("api")
+        (False, False)
+    """
+    if name.startswith(_CONFIG_PREFIXES):
+        return True
+    return any(word.lower() in _CONFIG_WORDS for word in _WORD.split(name))
 
 
 @dataclass(frozen=True, eq=False)

@@ -642,6 +642,49 @@ def test_a_router_alias_shares_its_groups_sequences(
     assert sent(server) == 1
 
 
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_groups_key_does_not_depend_on_the_deployments_settings(
+    server: SamplingServer, cache: MnimiCache, is_async: bool
+) -> None:
+    """Deployments of one group that differ in provider settings (region, location,
+    project, drop_params) or in a sampling parameter they set themselves share one
+    sequence: whichever deployment the Router picks, the call replays the group's sample.
+    What the caller passes is keyed."""
+    settings = [
+        {"aws_region_name": "us-east-1", "vertex_location": "us-central1", "drop_params": True},
+        {"aws_region_name": "us-west-2", "vertex_project": "p2", "additional_drop_params": ["x"]},
+    ]
+    routers = []
+    for index, extra in enumerate(settings):
+        deployment = {"model": MODEL, "api_base": server.url, "api_key": API_KEY}
+        deployment.update(extra, max_tokens=50 + index, api_type="open_ai")
+        routers.append(
+            litellm.Router(
+                model_list=[{"model_name": "regions", "litellm_params": deployment}],
+                cache_responses=True,
+                num_retries=0,
+            )
+        )
+    messages = [{"role": "user", "content": f"Which region? {is_async}"}]
+
+    def ask(router: litellm.Router, **kwargs: Any) -> Any:
+        if is_async:
+            return asyncio.run(router.acompletion(model="regions", messages=messages, **kwargs))
+        return router.completion(model="regions", messages=messages, **kwargs)
+
+    first = ask(routers[0])
+    assert server.chat_requests()[-1].body["max_tokens"] == 50  # the deployment's, sent
+    other = ask(routers[1])
+    assert text(other) == text(first) and other._hidden_params["cache_hit"] is True
+    assert other._hidden_params["mnimi"]["key"] == first._hidden_params["mnimi"]["key"]
+    assert sent(server) == 1
+    # A sampling parameter the caller passes is keyed, over the deployment's.
+    passed = ask(routers[1], max_tokens=7)
+    assert passed._hidden_params["mnimi"]["key"] != first._hidden_params["mnimi"]["key"]
+    assert server.chat_requests()[-1].body["max_tokens"] == 7 and sent(server) == 2
+    assert text(ask(routers[0], max_tokens=7)) == text(passed) and sent(server) == 2
+
+
 # -- errors and installation ------------------------------------------------------------
 
 

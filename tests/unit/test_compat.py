@@ -69,6 +69,36 @@ def test_param_roles() -> None:
 @pytest.mark.parametrize(
     "name",
     [
+        "drop_params",
+        "additional_drop_params",
+        "aws_region_name",
+        "vertex_project",
+        "vertex_location",
+        "watsonx_region_name",
+        "api_type",
+        "litellm_parent_otel_span",
+        # Made up: a provider's setting nobody has listed yet is an option all the same.
+        "zorblax_cluster_region",
+        "quux_serving_zone",
+        "acmeProjectId",
+        "litellm_frobnicator",
+    ],
+)
+def test_provider_settings_are_options_by_the_shape_of_their_name(name: str) -> None:
+    # A Router merges its picked deployment's settings into the call: keyed, they split
+    # one model group into a sequence per deployment.
+    assert litellm_param_role(name) == "transport"
+
+
+def test_names_near_provider_settings_stay_sampling_parameters() -> None:
+    # "api" alone is the marker that keeps a Responses call's key apart.
+    for name in ("api", "top_k", "roles", "litellm_system_prompt", "reasoning_effort"):
+        assert litellm_param_role(name) == "sampling", name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
         "zorblax_session_token",
         "acme_user_session",
         "x-api-key",
