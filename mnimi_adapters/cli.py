@@ -26,6 +26,7 @@ error, not a new empty store.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import os
@@ -68,6 +69,7 @@ from .core.stores.base import recency
 from .core.stores.check import keyed_by, request_altered
 from .core.stores.check import plural as _plural
 from .core.stores.disk import is_store_directory
+from .core.stores.files import create_private
 from .core.stores.jsonl import jsonl_lines, read_jsonl
 
 #: The stores the command works on: a cache directory or a Redis namespace.
@@ -906,9 +908,18 @@ def _whole_file(path: Path) -> Iterator[TextIO]:
     # A reader never sees half a file, nor a failed export one at all.
     partial = path.with_name(path.name + ".part")
     try:
-        lines = partial.open("w", encoding="utf-8")
-    except OSError as error:  # nothing made: what is there (a folder?) is not ours
-        raise CommandError(f"cannot write {path}: {error.strerror or error}") from None
+        # Created anew, 0600 whatever the umask (under umask 000 a plain open made the
+        # export world-writable): a leftover of an export that was killed goes first.
+        if partial.is_file() and not partial.is_symlink():
+            partial.unlink()
+        lines = os.fdopen(create_private(partial), "w", encoding="utf-8")
+    except OSError as error:  # nothing made: what is there (a folder, a link) is not ours
+        reason = error.strerror or str(error)
+        if partial.is_symlink():
+            reason = f"{partial} is a link in its way (not ours to follow or remove)"
+        elif partial.is_dir():
+            reason = os.strerror(errno.EISDIR)
+        raise CommandError(f"cannot write {path}: {reason}") from None
     try:
         with lines:
             yield lines

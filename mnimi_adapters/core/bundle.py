@@ -36,6 +36,7 @@ from .sample import Sample
 from .stores import SequenceStore, open_store
 from .stores.base import Check, Summary, dump_json
 from .stores.disk import _private_directory, check_reachable
+from .stores.files import write_private
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -131,9 +132,31 @@ class Manifest:
         return manifest
 
     def write(self, bundle: Path) -> None:
-        """Write ``MANIFEST.json`` into the bundle directory."""
-        text = dump_json(self.to_dict(), indent=1)
-        (bundle / MANIFEST).write_text(text + "\n", encoding="utf-8")
+        """Write ``MANIFEST.json`` into the bundle directory (mode 0600, a new file).
+
+        Raises:
+            StoreError: The file cannot be written, or something is there already.
+        """
+        text = dump_json(self.to_dict(), indent=1) + "\n"
+        _write_new(bundle / MANIFEST, text.encode("utf-8"))  # dump_json's text always encodes
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Write a new file of a bundle, private (0600) whatever the umask.
+
+    A bundle is a copy of a cache's samples: under umask 000 a plain write made its
+    files world-writable, so any local user could alter a paper's record unseen.
+
+    Raises:
+        StoreError: It cannot be written, or something is at ``path`` already.
+    """
+    try:
+        write_private(path, data)
+    except OSError as error:
+        raise StoreError(
+            f"cannot write {path}: {error.strerror or error}; export the bundle again into "
+            "a new directory"
+        ) from None
 
 
 def create_bundle_store(bundle: Path) -> SequenceStore:
@@ -153,10 +176,13 @@ def write_run_record(bundle: Path, draws: Iterable[Mapping[str, Any]]) -> dict[s
     """Write one run's draws as the bundle's ``run.jsonl``; return its manifest entry.
 
     The lines are spelled as :class:`~mnimi_adapters.core.runs.RunRecorder` spells them.
+
+    Raises:
+        StoreError: The file cannot be written, or something is there already.
     """
     lines = [json.dumps(dict(draw), separators=(",", ":")) + "\n" for draw in draws]
     data = "".join(lines).encode()
-    (bundle / RUN_RECORD).write_bytes(data)
+    _write_new(bundle / RUN_RECORD, data)
     return {"file": RUN_RECORD, "draws": len(lines), "sha256": hashlib.sha256(data).hexdigest()}
 
 

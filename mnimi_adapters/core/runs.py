@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import MnimiError
+from .stores.files import open_private
 
 __all__ = [
     "KeyDifference",
@@ -110,7 +111,9 @@ class RunRecorder:
             # Buffered: a write(2) per line cost a replay of hits 10% more. The buffer is
             # flushed when the recorder is closed or collected and at interpreter exit; a
             # process killed outright (SIGKILL) loses at most its last kilobytes of lines.
-            file = self.path.open("ab")
+            # Created 0600 whatever the umask: a record stands for a run, and under umask
+            # 000 a plain open made it world-writable. One already there keeps its mode.
+            file = os.fdopen(open_private(self.path, os.O_WRONLY | os.O_APPEND), "ab")
             with self.path.open("rb") as earlier:
                 self._run = 1 + sum(1 for line in earlier if line.startswith(_RUN_MARK))
         except OSError as error:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -148,3 +149,87 @@ def test_verify_of_a_bundle_it_may_not_read_exits_2_not_1(
         (bundle / part).chmod(0o700 if part == "store" else 0o600)
     assert str(bundle / part) in one_refusal(done)
     assert cli.main(["verify", str(bundle)]) == cli.EXIT_OK  # whole once it can be read
+
+
+# -- what the command writes is private -------------------------------------------
+
+
+@pytest.fixture(params=[0o000, 0o277], ids=["umask 000", "umask 277"])
+def umask(request: pytest.FixtureRequest) -> Iterator[int]:
+    """The process's umask for the test: none at all, or one that takes owner bits."""
+    mask: int = request.param
+    previous = os.umask(mask)
+    try:
+        yield mask
+    finally:
+        os.umask(previous)
+
+
+def modes(root: Path) -> dict[str, str]:
+    """The mode of each file and folder under ``root``, by path relative to it."""
+    return {
+        str(path.relative_to(root)): oct(stat.S_IMODE(path.stat().st_mode))
+        for path in sorted(root.rglob("*"))
+    }
+
+
+def test_every_file_an_export_or_import_writes_is_private(tmp_path: Path, umask: int) -> None:
+    # Under umask 000 the JSON Lines export, the bundle's MANIFEST.json and run.jsonl were
+    # 0666 (any local user could alter a paper's bundle unseen), and each cache.db 0644.
+    fill(tmp_path / "cache")
+    record = str(tmp_path / "run.jsonl")
+    out = tmp_path / "out"
+    out.mkdir(mode=0o755)
+    out.chmod(0o755)  # the user's own folder keeps its mode: only what is made in it
+    source = str(tmp_path / "cache")
+    commands = [
+        ["export", source, str(out / "nested" / "bundle"), "--bundle", "--record", record],
+        ["export", source, str(out / "all.jsonl"), "--jsonl"],
+        ["export", source, str(out / "slice"), "--grep", "number"],
+        ["import", str(out / "all.jsonl"), str(out / "imported")],
+    ]
+    for command in commands:
+        assert cli.main(command) == cli.EXIT_OK, command
+    found = modes(out)
+    assert found == {name: "0o700" if (out / name).is_dir() else "0o600" for name in found}, found
+    assert {
+        "nested/bundle/MANIFEST.json",
+        "nested/bundle/run.jsonl",
+        "nested/bundle/store/cache.db",
+        "all.jsonl",
+        "slice/cache.db",
+        "imported/cache.db",
+    } <= set(found)
+    assert oct(stat.S_IMODE(out.stat().st_mode)) == "0o755"
+    assert cli.main(["verify", str(out / "nested" / "bundle")]) == cli.EXIT_OK
+
+
+def test_a_leftover_partial_export_that_is_a_link_is_not_followed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The partial file is made anew, never opened through what is there: a link planted
+    # in its place would have had the export written into (and truncating) its target.
+    fill(tmp_path / "cache")
+    target = tmp_path / "someone-elses-file"
+    target.write_text("keep me\n")
+    (tmp_path / "all.jsonl.part").symlink_to(target)
+    code = cli.main(["export", str(tmp_path / "cache"), str(tmp_path / "all.jsonl"), "--jsonl"])
+    assert code == cli.EXIT_ERROR
+    assert capsys.readouterr().err == (
+        f"mnimi: cannot write {tmp_path / 'all.jsonl'}: {tmp_path / 'all.jsonl.part'} is a "
+        "link in its way (not ours to follow or remove)\n"
+    )
+    assert target.read_text() == "keep me\n" and not (tmp_path / "all.jsonl").exists()
+
+
+def test_a_leftover_partial_export_is_replaced_by_a_private_file(tmp_path: Path) -> None:
+    # An export killed before the fix left a world-writable .part: reusing it, as a plain
+    # open("w") did, would keep that mode for the finished file.
+    fill(tmp_path / "cache")
+    leftover = tmp_path / "all.jsonl.part"
+    leftover.write_text("half a line")
+    leftover.chmod(0o666)
+    code = cli.main(["export", str(tmp_path / "cache"), str(tmp_path / "all.jsonl"), "--jsonl"])
+    assert code == cli.EXIT_OK and not leftover.exists()
+    assert oct(stat.S_IMODE((tmp_path / "all.jsonl").stat().st_mode)) == "0o600"
+    assert cli.main(["import", str(tmp_path / "all.jsonl"), str(tmp_path / "again")]) == 0

@@ -7,10 +7,12 @@
 ``redis_store``    :class:`RedisStore`: a Redis namespace shared by many machines
 ``read_through``   :class:`ReadThroughStore`: a bounded in-memory copy of what was read
 ``check``          the integrity check both persistent stores share
+``files``          files and folders made private (0600, 0700) whatever the umask
 =================  ==========================================================
 
 :func:`open_store` picks the store a location names. The modules import only
-``base`` and ``check`` (and this package only them), so there is no import circle.
+``base``, ``check`` and ``files`` (and this package only them), so there is no import
+circle.
 """
 
 from __future__ import annotations

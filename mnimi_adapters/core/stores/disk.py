@@ -61,6 +61,7 @@ from .base import (
     recency,
 )
 from .check import PICKLED, Verifier, decode_row, is_int, kind
+from .files import create_private, make_private_folder
 
 _ROW = "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
 # Several rows by name, in one statement (``{}``: a placeholder per name).
@@ -448,7 +449,7 @@ def _checked_directory(path: Path, create: bool) -> bool:
         missing = [path, *(parent for parent in path.parents if not parent.exists())]
         try:
             for folder in reversed(missing):
-                folder.mkdir(mode=0o700, exist_ok=True)
+                make_private_folder(folder)
         except OSError as error:
             raise StoreError(
                 f"cannot create cache directory {path}: {error.strerror} (at {error.filename}); "
@@ -566,6 +567,12 @@ class DiskStore(SequenceStore):
 
     def _open_writable(self, check_format: bool) -> None:
         with self._sqlite("opening the store"):
+            # SQLite creates its database 0644 less the umask (under umask 000, readable by
+            # every local user) and gives the write-ahead log and its index the database's
+            # mode: a database created 0600 first keeps all three private. One already
+            # there (another process's, an older store) keeps its mode.
+            with suppress(FileExistsError):
+                os.close(create_private(self.path / DBNAME))
             self._cache = diskcache.Cache(
                 str(self.path),
                 disk=_JSONOnlyDisk,
