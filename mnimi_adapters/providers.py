@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import email.utils
 import json
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from types import ModuleType
 from typing import Any, ClassVar, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import tenacity
 
@@ -254,7 +255,38 @@ def _sent_secrets(kwargs: Mapping[str, Any]) -> Iterator[str]:
                 add(header, 8)
         elif is_credential(name):
             add(value, 4)
+        elif isinstance(value, str):
+            for secret in _url_secrets(value):
+                add(secret, 4)
     return iter(sorted(secrets, key=len, reverse=True))
+
+
+def _url_secrets(value: str) -> list[str]:
+    """The password of a URL's ``user:password@``, as written and decoded, and the Basic
+    credentials the HTTP client sends for it (``Authorization: Basic <base64>``), which a
+    provider may echo back.
+
+    Example:
+        >>> _url_secrets("http://user:pw%21@host/v1")
+        ['pw%21', 'pw!', 'dXNlcjpwdyUyMQ==', 'dXNlcjpwdyE=']
+        >>> _url_secrets("http://host/v1"), _url_secrets("not a url")
+        ([], [])
+    """
+    if "@" not in value or "://" not in value:
+        return []
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return []
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if not (at and colon and password):
+        return []
+    written = (user, password)
+    decoded = (unquote(user), unquote(password))
+    passwords = list(dict.fromkeys((password, decoded[1])))
+    basics = [base64.b64encode(f"{u}:{p}".encode()).decode() for u, p in (written, decoded)]
+    return passwords + list(dict.fromkeys(basics))
 
 
 def callers_max_retries(params: Mapping[str, Any]) -> int | None:
@@ -709,9 +741,24 @@ class LiteLLMModel(BatchedModel):
         return text
 
     def _cause(self, error: BaseException, kwargs: Mapping[str, Any]) -> BaseException | None:
-        """``error``, unless a provider echoed the key into it: then no traceback shows it."""
-        text = " ".join(str(link) for link in _chain(error))
-        return None if self._scrub(text, kwargs) != text else error
+        """``error``, unless a provider echoed a secret into it: then no traceback shows it.
+
+        A secret deeper in its chain is cut off with the rest of the chain: httpx's error
+        names the URL, password and all, and the LiteLLM exception above it is still the
+        one a caller (and a Router) knows how to handle.
+        """
+        secrets = list(_sent_secrets(kwargs))
+        above: BaseException | None = None
+        for link in _chain(error):
+            text = str(link)
+            if any(secret in text for secret in secrets):
+                if above is None:
+                    return None
+                above.__cause__ = above.__context__ = None
+                above.__suppress_context__ = True
+                break
+            above = link
+        return error
 
     def _failed(
         self, error: BaseException, attempts: int, n: int, kwargs: Mapping[str, Any]
@@ -734,7 +781,9 @@ class LiteLLMModel(BatchedModel):
             detail = detail[:1000] + "..."
         name = repr(self)
         base = kwargs.get("api_base")
-        where = f" at {base}" if base and str(base) not in name else ""
+        # As the key names it: a password in the URL is no part of an error.
+        shown = keyed_endpoint(str(base)) if base else ""
+        where = f" at {shown}" if shown and shown not in name else ""
         tries = f" after {attempts} attempts" if attempts > 1 else ""
         if _is_malformed(error):
             decode = next(e for e in _chain(error) if isinstance(e, json.JSONDecodeError))

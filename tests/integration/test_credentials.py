@@ -6,6 +6,7 @@ names LiteLLM (or any provider) uses today.
 
 from __future__ import annotations
 
+import base64
 import logging
 import traceback
 from collections.abc import Iterator
@@ -203,3 +204,42 @@ def test_a_password_in_the_base_url_is_neither_keyed_nor_stored(
     for name in ("litellm", "core", "chat"):
         assert PASSWORD.encode() not in stored_bytes(tmp_path / name)
     assert PASSWORD not in logs.text
+
+
+@pytest.mark.parametrize("echo", [False, True], ids=["500", "echoed-401"])
+def test_a_password_in_the_base_url_reaches_no_error(
+    server: SamplingServer, tmp_path: Path, logs: Any, echo: bool
+) -> None:
+    # The provider layer's error named the endpoint as given, password and all, and
+    # MnimiCache raised LiteLLM's exception with that error in its context. The HTTP
+    # client sends the URL's user and password as Basic credentials, which a gateway
+    # that echoes its request headers repeats.
+    server.reset()
+    status = 401 if echo else 500
+    basic = base64.b64encode(f"user:{PASSWORD}".encode()).decode()
+    api_base = with_password(server.url)
+    model = LiteLLMModel(MODEL, 1.0, api_base=api_base, api_key="sk-x", max_retries=0)
+    server.fail_next(status, echo=echo)
+    with pytest.raises(MnimiError) as core:
+        next(Persistent(model, tmp_path / "core").sample("Fail, please."))
+    assert f"HTTP {status}" in str(core.value)
+    with MnimiCache(str(tmp_path / "litellm")) as cache:
+        server.fail_next(status, echo=echo)
+        with pytest.raises(Exception) as cached:
+            litellm.completion(
+                model=MODEL,
+                messages=[{"role": "user", "content": "Fail, please."}],
+                api_base=api_base,
+                api_key="sk-x",
+                num_retries=0,
+            )
+    cache.close()
+    if not echo:  # only an echoed secret keeps LiteLLM's own exception from the caller
+        assert isinstance(cached.value, litellm.InternalServerError)
+    assert len(server.chat_requests()) == 2
+    if echo:
+        assert "Basic ***" in str(core.value)
+    for error in (core.value, cached.value):
+        shown = error_text(error)
+        assert PASSWORD not in shown and basic not in shown
+    assert PASSWORD not in logs.text and basic not in logs.text
