@@ -396,10 +396,17 @@ def without_cache_switches(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def has_cache_switches(kwargs: Mapping[str, Any]) -> bool:
-    """Whether LiteLLM's client wrapper would skip ``litellm.cache`` for this call."""
+    """Whether a call switches the cache off: ``caching=False``, ``cache={"no-cache": True}``
+    or ``cache={"no-store": True}``.
+
+    LiteLLM's client wrapper skips reading ``litellm.cache`` for the first two, and
+    writing it for the third; a MnimiCache stores what a call reads, so it does neither
+    for any of them.
+    """
     switches = kwargs.get("cache")
     return kwargs.get("caching") is False or (
-        isinstance(switches, Mapping) and switches.get("no-cache") is True
+        isinstance(switches, Mapping)
+        and (switches.get("no-cache") is True or switches.get("no-store") is True)
     )
 
 

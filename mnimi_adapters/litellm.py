@@ -956,12 +956,17 @@ class MnimiCache(Cache):
         dspy: Serve DSPy programs: their calls get the laws although DSPy switches
             LiteLLM's cache off on every call, and DSPy's native engine hands its calls
             to LiteLLM. With this, LiteLLM's per-call switches ``caching=False`` and
-            ``cache={"no-cache": True}`` are ignored for every caller (use
-            ``metadata={"mnimi": "no_cache"}`` or :func:`~mnimi_adapters.no_cache`).
+            ``cache={"no-cache": True}`` or ``{"no-store": True}`` are ignored for every
+            caller (use ``metadata={"mnimi": "no_cache"}`` or
+            :func:`~mnimi_adapters.no_cache`).
 
     Outside replication mode (and without ``dspy=True``) LiteLLM's per-call switches
-    ``caching=False`` and ``cache={"no-cache": True}`` skip this cache: the call is sent,
-    nothing is stored. A ``litellm.Router`` built without ``cache_responses=True`` sends
+    ``caching=False``, ``cache={"no-cache": True}`` and ``cache={"no-store": True}`` skip
+    this cache: the call is sent, nothing is read or stored, and (as under ``no_cache()``)
+    it takes no position of an ``independent()`` scope. A ``no-store`` call is not
+    answered from the cache either: whether it were would depend on whether its sample
+    happened to be stored already, and so would the positions of the calls after it.
+    A ``litellm.Router`` built without ``cache_responses=True`` sends
     ``caching=False``. In replication mode nothing can skip the cache: those switches are
     ignored, and DSPy's LMs, on either engine, are answered by it too.
 
@@ -1329,6 +1334,10 @@ class MnimiCache(Cache):
     def _intercept(self, kwargs: Mapping[str, Any]) -> _Call | None:
         """The parsed call, or ``None`` when it must go to the provider as it is."""
         if in_provider_call():  # our own provider layer drawing missing samples
+            return None
+        if not (self.replication or self.dspy) and has_cache_switches(kwargs):
+            # Reached through LiteLLM's cache handler, which reads the cache for a call
+            # that says only ``no-store`` (see MnimiCache): sent as it is.
             return None
         if "messages" not in kwargs and "input" in kwargs:
             self._refuse_unwrapped(kwargs)

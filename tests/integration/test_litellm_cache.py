@@ -907,6 +907,44 @@ def test_litellms_own_cache_stores_as_before_once_mnimi_skips_unstored_writes(
         litellm.cache = saved
 
 
+@pytest.mark.parametrize("entry", ["wrapped", "async", "litellms-handler"])
+def test_a_no_store_call_is_sent_stores_nothing_and_takes_no_position(
+    server: SamplingServer, cache: MnimiCache, entry: str
+) -> None:
+    """``cache={"no-store": True}`` alone: the call is sent and nothing is stored, so it
+    is sent again on a re-run, and the calls around it in ``independent()`` get the same
+    samples with or without it. ``litellms-handler``: a ``completion`` bound before the
+    cache was installed reaches it through LiteLLM's cache handler, which reads the cache
+    for a no-store call."""
+    no_store = {"cache": {"no-store": True}}
+
+    def ask(prompt: str, **kwargs: Any) -> str:
+        kwargs.update(messages=[{"role": "user", "content": prompt}])
+        kwargs.update(model=MODEL, api_base=server.url, api_key=API_KEY)
+        if entry == "async":
+            return text(asyncio.run(litellm.acompletion(**kwargs)))
+        if entry == "litellms-handler":
+            return text(litellm.main.completion(**kwargs))
+        return text(litellm.completion(**kwargs))
+
+    prompt = f"No store {entry}"
+    with independent():
+        first = ask(prompt)
+        ask(prompt, **no_store)
+        second = ask(prompt)
+    assert sent(server) == 3
+    with independent():  # a re-run: the same samples around a call sent again
+        assert ask(prompt) == first
+        ask(prompt, **no_store)
+        assert ask(prompt) == second
+    assert sent(server) == 4 and first != second
+    ask(f"Never stored {entry}", **no_store)
+    ask(f"Never stored {entry}", **no_store)
+    assert sent(server) == 6
+    ask(f"Never stored {entry}")  # a miss: nothing was stored for it
+    assert sent(server) == 7
+
+
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
 def test_num_retries_retries_a_miss_as_litellm_would(
     server: SamplingServer, cache: MnimiCache, is_async: bool

@@ -41,6 +41,7 @@ TEXT_MODEL = "openai/gpt-4o-mini"
 SWITCHES: dict[str, dict[str, Any]] = {
     "caching=False": {"caching": False},
     "no-cache": {"cache": {"no-cache": True}},
+    "no-store": {"cache": {"no-store": True}},
     "no-cache, no-store": {"cache": {"no-cache": True, "no-store": True}},
 }
 
