@@ -80,6 +80,13 @@ class _Refill:
     #: The sequence's length once it landed, if the store said: a position below it is
     #: stored, with no need to ask the store again.
     reached: int | None = None
+    #: The positions it stored, if the store said.
+    landed: range = range(0)
+
+    def land(self, added: Appended) -> None:
+        self.reached = added.end
+        if added.start is not None:
+            self.landed = range(added.start, added.start + len(added))
 
 
 #: What a cursor's read of a missing position found: the sequence's length then, and
@@ -368,32 +375,41 @@ class CacheLayer(Wrapper):
 
     def extend(
         self, request: Request, key: str, index: int, batch: int, read: _Read = _UNREAD
-    ) -> None:
-        """Make sure position ``index`` of ``key``'s sequence is stored."""
+    ) -> list[range]:
+        """Make sure position ``index`` of ``key``'s sequence is stored; the positions
+        the refills this call ran (not those it waited for) stored."""
+        own = []
         for refill, cursor in self._steps(request, key, index, batch, False, read):
             if cursor is None:
                 refill.done.result()
-            elif cursor.ordered:
+                continue
+            if cursor.ordered:
                 self._fill(request, key, cursor, refill)
             else:
                 _KEEPER.call(functools.partial(self._fill, request, key, cursor, refill))
+            own.append(refill.landed)
+        return own
 
     async def aextend(
         self, request: Request, key: str, index: int, batch: int, read: _Read = _UNREAD
-    ) -> None:
+    ) -> list[range]:
         """Async :meth:`extend`."""
         # Shielded: a caller that times out must neither cancel a refill others
         # wait for nor throw away samples already paid for (law 6).
+        own = []
         for refill, cursor in self._steps(request, key, index, batch, True, read):
             if cursor is None:
                 await asyncio.shield(asyncio.wrap_future(refill.done))
-            elif cursor.ordered:
+                continue
+            if cursor.ordered:
                 task = asyncio.ensure_future(self._afill(request, key, cursor, refill))
                 task.add_done_callback(_retrieve)
                 await asyncio.shield(task)
             else:
                 fill = self._afill(request, key, cursor, refill)
                 await asyncio.shield(asyncio.wrap_future(_KEEPER.submit(fill)))
+            own.append(refill.landed)
+        return own
 
     def _order_lock(self, key: str, cursor: Cursor) -> threading.Lock | None:
         """The lock a refill from ``cursor`` lands under, if any.
@@ -408,7 +424,7 @@ class CacheLayer(Wrapper):
         try:
             with self._order_lock(key, cursor) or contextlib.nullcontext():
                 drawn = cursor.take(request, refill.count)
-                refill.reached = self._land(request, key, cursor, drawn).end
+                refill.land(self._land(request, key, cursor, drawn))
         finally:
             self._release(key, refill)
 
@@ -417,7 +433,7 @@ class CacheLayer(Wrapper):
         try:
             async with _polled(self._order_lock(key, cursor)):
                 drawn = await cursor.atake(request, refill.count)
-                refill.reached = (await self._aland(request, key, cursor, drawn)).end
+                refill.land(await self._aland(request, key, cursor, drawn))
         finally:
             self._release(key, refill)
 
@@ -444,10 +460,8 @@ class CacheLayer(Wrapper):
                 _, dropped = self._fresh.popitem(last=False)
                 self._fresh_count -= len(dropped)
 
-    def _note(self, key: str, index: int, hit: bool) -> bool:
-        """Count a served sample, and say whether it is a hit: a sample found stored is
-        one unless this layer's refills drew it in this run and it was not served since
-        (the other samples of a call's own refill of several, a batch's extra samples)."""
+    def _note(self, key: str, index: int, hit: bool) -> None:
+        """Count a served sample: a hit unless this layer's refills drew it in this run."""
         with self._lock:
             fresh = self._fresh.get(key)
             if fresh is not None and index in fresh:
@@ -457,7 +471,6 @@ class CacheLayer(Wrapper):
                 if not fresh:
                     del self._fresh[key]
             self._stats["hits" if hit else "misses"] += 1
-        return hit
 
 
 #: How many positions a cache layer's refills stored and nobody was served yet it keeps
@@ -745,28 +758,39 @@ class _ReplayCursor(Cursor):
             self.hand_back([index])
             raise
 
-    def take(self, request: Request, batch: int, index: int | None = None) -> list[Sample]:
+    def take(
+        self, request: Request, batch: int, index: int | None = None, own: list[range] | None = None
+    ) -> list[Sample]:
+        """Serve the next position (or ``index``); ``own`` gathers the positions a call of
+        several samples had its refills store, which are no hits when it reads them."""
         with self._claimed(index) as index:
             ended = self._layer.refills_ended  # before the read: a refill may end during it
             found = self._layer.read(self._key, index)
-            hit = isinstance(found, Sample)
+            hit = isinstance(found, Sample) and not _among(index, own)
             if not isinstance(found, Sample):
-                self._layer.extend(request, self._key, index, batch, (found, ended))
+                landed = self._layer.extend(request, self._key, index, batch, (found, ended))
+                if own is not None:
+                    own += landed
                 found = self._read(index)
         return [self._serve(found, index, hit)]
 
-    async def atake(self, request: Request, batch: int, index: int | None = None) -> list[Sample]:
+    async def atake(
+        self, request: Request, batch: int, index: int | None = None, own: list[range] | None = None
+    ) -> list[Sample]:
         with self._claimed(index) as index:
             ended = self._layer.refills_ended
             found = self._layer.read(self._key, index)
-            hit = isinstance(found, Sample)
+            hit = isinstance(found, Sample) and not _among(index, own)
             if not isinstance(found, Sample):
-                await self._layer.aextend(request, self._key, index, batch, (found, ended))
+                read = (found, ended)
+                landed = await self._layer.aextend(request, self._key, index, batch, read)
+                if own is not None:
+                    own += landed
                 found = self._read(index)
         return [self._serve(found, index, hit)]
 
     def _serve(self, sample: Sample, index: int, hit: bool) -> Sample:
-        hit = self._layer._note(self._key, index, hit)
+        self._layer._note(self._key, index, hit)
         if self._layer.recorder is not None:
             self._layer.recorder.consumed(self._key, index, sample.draw_id)
         with self._lock:
@@ -782,6 +806,10 @@ class _ReplayCursor(Cursor):
         return sample
 
 
+def _among(index: int, ranges: list[range] | None) -> bool:
+    return ranges is not None and any(index in positions for positions in ranges)
+
+
 class _Reserved(Cursor):
     """Positions of a cache's cursor that one call of several samples claimed at once.
 
@@ -795,6 +823,8 @@ class _Reserved(Cursor):
     def __init__(self, cursor: _ReplayCursor, indices: list[int]) -> None:
         self._cursor = cursor
         self._indices = collections.deque(indices)
+        #: What this call's own refills stored: drawn for it, so misses when served.
+        self._own: list[range] = []
 
     def _next_index(self) -> int:
         if not self._indices:
@@ -802,10 +832,10 @@ class _Reserved(Cursor):
         return self._indices.popleft()
 
     def take(self, request: Request, batch: int) -> list[Sample]:
-        return self._cursor.take(request, batch, self._next_index())
+        return self._cursor.take(request, batch, self._next_index(), self._own)
 
     async def atake(self, request: Request, batch: int) -> list[Sample]:
-        return await self._cursor.atake(request, batch, self._next_index())
+        return await self._cursor.atake(request, batch, self._next_index(), self._own)
 
     def give_back(self, samples: list[Sample]) -> None:
         self._cursor.give_back(samples)
