@@ -311,6 +311,24 @@ def _built_hidden(
     return hidden
 
 
+#: LiteLLM's mock parameters (``mock_response``, ``mock_tool_calls``, ``mock_delay``, ...).
+_MOCK_PREFIX: Final = "mock_"
+
+
+def _mocked(kwargs: Mapping[str, Any], chat: bool) -> bool:
+    """Whether LiteLLM answers a call with its mock, sending nothing.
+
+    ``completion`` does for any ``mock_response`` (a text, a response, or an exception it
+    raises), ``mock_tool_calls`` or ``mock_timeout``; ``responses`` for a text
+    ``mock_response`` only. A mocked answer is not the model's: never stored, never
+    replayed, so the call goes to LiteLLM as it is, in replication too.
+    """
+    mock = kwargs.get("mock_response")
+    if not chat:
+        return isinstance(mock, str) and bool(mock)
+    return mock is not None or bool(kwargs.get("mock_tool_calls") or kwargs.get("mock_timeout"))
+
+
 @functools.cache
 def _call_markers() -> frozenset[str]:
     """The parameters the cache itself adds to a call it parses (``api`` of a Responses
@@ -351,6 +369,8 @@ class _Call:
     identity_token: tuple[str, str | None] = field(init=False)
     #: Where a live stream's chunks go, until its first refill takes it.
     sink: _Sink | None = field(default=None, init=False)
+    #: LiteLLM answers the call with its mock (see ``_mocked``): no sample to read or store.
+    mocked: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.identity_token = (self.identity["model"], self.identity.get("endpoint"))
@@ -1345,7 +1365,10 @@ class MnimiCache(Cache):
         return self._admitted(self._parse(kwargs))
 
     def _admitted(self, call: _Call) -> _Call | None:
-        """``call``, or ``None`` when ``no_cache`` sends it to the provider as it is."""
+        """``call``, or ``None`` when ``no_cache`` sends it to the provider as it is, or
+        LiteLLM answers it with its mock (which sends nothing, in replication too)."""
+        if call.mocked:
+            return None
         if call.mode == "no_cache" or not caching_enabled():
             if self.replication:
                 raise MnimiError("no_cache cannot be used with a replication cache")
@@ -1404,13 +1427,17 @@ class MnimiCache(Cache):
         # is unknown (every sampling parameter is keyed then).
         passed = router_call_params.get() if isinstance(group, str) and group else None
 
+        # A mock is no sample, and may be no value a key can hold (an exception to raise).
+        mocked = _mocked(kwargs, chat=kind is _Call)
         sampling: dict[str, Any] = {}
         transport: dict[str, Any] = {}
         for name, value in kwargs.items():
             if value is None:
                 continue
             role = litellm_param_role(name)
-            if role == "sampling":
+            if mocked and name.startswith(_MOCK_PREFIX):
+                transport[name] = value
+            elif role == "sampling":
                 if passed is None or name in passed or name in _call_markers():
                     sampling[name] = _sampling_value(name, value)
                 else:  # the deployment's setting: sent as it says, never keyed
@@ -1451,6 +1478,7 @@ class MnimiCache(Cache):
         call = kind(identity, request, n, model, api_base, _retries(kwargs), transport, mode)
         call_id = kwargs.get("litellm_call_id")
         call.call_id = call_id if isinstance(call_id, str) else None
+        call.mocked = mocked
         return call
 
     def _layer_for(self, call: _Call) -> Layer:

@@ -35,6 +35,7 @@ from mnimi_adapters import (
     no_cache,
     repeatable,
 )
+from mnimi_adapters.core.stores import open_store
 from mnimi_adapters.litellm import MnimiCache
 from mnimi_adapters.testing import SamplingServer
 
@@ -943,6 +944,69 @@ def test_a_no_store_call_is_sent_stores_nothing_and_takes_no_position(
     assert sent(server) == 6
     ask(f"Never stored {entry}")  # a miss: nothing was stored for it
     assert sent(server) == 7
+
+
+def mocked_ask(server: SamplingServer, prompt: str, is_async: bool) -> Any:
+    """A call of ``prompt`` to the local server, sync or async, returning its text."""
+
+    def ask(**kwargs: Any) -> str:
+        if is_async:
+            return text(asyncio.run(acall(server, prompt, **kwargs)))
+        return text(call(server, prompt, **kwargs))
+
+    return ask
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_mocked_exception_is_raised_as_litellm_raises_it(
+    server: SamplingServer, cache: MnimiCache, cache_dir: Path, is_async: bool
+) -> None:
+    """``mock_response=<exception>`` is LiteLLM's way to test a failure: it was a
+    TypeError with a cache installed (an exception is no value a key holds)."""
+    ask = mocked_ask(server, f"Mocked failure {is_async}", is_async)
+
+    def mocks() -> None:
+        error = litellm.RateLimitError("mocked limit", llm_provider="openai", model="m")
+        with pytest.raises(litellm.RateLimitError, match="mocked limit"):
+            ask(mock_response=error, num_retries=0)
+        with pytest.raises(litellm.RateLimitError):
+            ask(mock_response="litellm.RateLimitError", num_retries=0)
+
+    mocks()
+    with MnimiCache(str(cache_dir), replication=True) as replica:
+        mocks()
+    replica.close()
+    assert sent(server) == 0
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_mocked_answer_is_no_sample_stored_or_replayed(
+    server: SamplingServer, cache: MnimiCache, cache_dir: Path, is_async: bool
+) -> None:
+    """A mocked answer is LiteLLM's, not the model's: it was stored as a sample, to be
+    replayed, sliced and exported, and took a position in ``independent()``."""
+    ask = mocked_ask(server, f"Mocked {is_async}", is_async)
+    tool_call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+
+    def mocks() -> None:
+        assert [ask(mock_response="MOCK") for _ in range(2)] == ["MOCK", "MOCK"]
+        assert ask(mock_response="MOCK", n=2) == "MOCK"
+        assert ask(mock_tool_calls=[tool_call]) != "MOCK"
+
+    with independent():
+        mocks()
+        real = ask()  # position 0: the mocks took none
+    assert sent(server) == 1 and ask() == real
+    store = open_store(cache_dir, create=False)
+    try:
+        assert [summary.length for summary in store.summaries()] == [1]
+    finally:
+        store.close()
+    with MnimiCache(str(cache_dir), replication=True) as replica:
+        mocks()  # answered by LiteLLM's mock, which sends nothing
+        assert ask() == real
+    replica.close()
+    assert sent(server) == 1
 
 
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
