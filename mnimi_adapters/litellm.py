@@ -986,9 +986,11 @@ class MnimiCache(Cache):
     it takes no position of an ``independent()`` scope. A ``no-store`` call is not
     answered from the cache either: whether it were would depend on whether its sample
     happened to be stored already, and so would the positions of the calls after it.
-    A ``litellm.Router`` built without ``cache_responses=True`` sends
-    ``caching=False``. In replication mode nothing can skip the cache: those switches are
-    ignored, and DSPy's LMs, on either engine, are answered by it too.
+    ``cache={"ttl": N}``, ``{"s-maxage": N}`` and ``{"namespace": ...}`` have no effect:
+    sequences are append-only, so that a re-run gets the answers of the first run.
+    A ``litellm.Router`` built without ``cache_responses=True`` sends ``caching=False``.
+    In replication mode nothing can skip the cache: those switches are ignored, and
+    DSPy's LMs, on either engine, are answered by it too.
 
     A streaming call with ``n=1`` whose sample is missing streams live from the provider
     (without retries); its sample is stored when the stream ends. Other streaming calls

@@ -12,6 +12,7 @@ import inspect
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -1006,6 +1007,24 @@ def test_a_mocked_answer_is_no_sample_stored_or_replayed(
         mocks()  # answered by LiteLLM's mock, which sends nothing
         assert ask() == real
     replica.close()
+    assert sent(server) == 1
+
+
+def test_ttl_and_s_maxage_have_no_effect_as_the_readme_says(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    """LiteLLM's cache controls that expire an entry are ignored (an expired sample would be
+    drawn again, and a re-run would differ from the first run); the README says so, as a
+    switch silently ignored surprised its users."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    litellm_section = readme.split("\n## LiteLLM\n", 1)[1].split("\n## ", 1)[0]
+    for control in ('{"ttl": N}', '{"s-maxage": N}', "have no effect on a MnimiCache"):
+        assert control in litellm_section
+    first = call(server, "Expiring")
+    time.sleep(1.1)
+    for controls in ({"ttl": 1}, {"s-maxage": 1}, {"s-max-age": 0}, {"namespace": "other"}):
+        again = call(server, "Expiring", cache=controls)
+        assert text(again) == text(first) and again._hidden_params["cache_hit"] is True
     assert sent(server) == 1
 
 
