@@ -50,7 +50,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass, replace
 from operator import itemgetter
-from typing import Any, Literal, cast
+from typing import Any, Literal, Self, cast
 
 from langchain_core.caches import BaseCache
 from langchain_core.callbacks import (
@@ -319,6 +319,12 @@ _WRAPPED_MAX_N = 16
 _DONE = object()
 
 
+# Words of a model setting that say how it is called, not what it answers: headers and
+# query parameters (where gateways take their keys), HTTP clients, proxies, and the
+# account billed.
+_CALL_WORDS = frozenset(
+    {"headers", "query", "client", "proxy", "proxies", "organization", "project"}
+)
 # Settings that shape the answer but are not in a model's ``_identifying_params``: a
 # Responses API answer (content blocks) is no Chat Completions one, nor is a "v1" message.
 _SHAPE_SETTINGS = ("use_responses_api", "output_version")
@@ -375,6 +381,7 @@ def wrapped_identity(
         value = getattr(chat, name, None)
         if value is not None:
             params.setdefault(name, _jsonable(value))
+    params.update(_settings_beyond(chat, params))
     if ls_params is None:
         ls_params = chat._get_ls_params()
     named = [ls_params.get("ls_provider"), ls_params.get("ls_model_name")]
@@ -391,6 +398,45 @@ def wrapped_identity(
         if endpoint:
             identity["endpoint"] = endpoint
     return identity
+
+
+def _settings_beyond(chat: BaseChatModel, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings the user gave a model that its ``_identifying_params`` leave out, though
+    they reach the request (``ChatAnthropic``'s ``stop_sequences``, ``betas``,
+    ``mcp_servers``): keyed as :func:`_keyed_settings` keys a setting, unless the
+    identifying params hold the value already under another name (``ChatOpenAI``'s
+    ``max_tokens`` as ``max_completion_tokens``, its ``model_kwargs`` merged in)."""
+    beyond: dict[str, Any] = {}
+    for name in _own_settings(chat):
+        value = getattr(chat, name, None)
+        if value is None or name in params:
+            continue
+        keyed = keyed_params({name: _jsonable(value)}).get(name)
+        if keyed in (None, {}, []) or _held(keyed, params):
+            continue
+        beyond[name] = keyed
+    return beyond
+
+
+def _own_settings(chat: BaseChatModel) -> list[str]:
+    """The fields the user set on a chat model that may decide its answer: not LangChain's
+    own (cache, callbacks, tags, rate limiter), nor credentials, clients, headers, the
+    endpoint, timeouts, retries or streaming, nor those :data:`_SHAPE_SETTINGS` key."""
+    return sorted(
+        name
+        for name in chat.model_fields_set
+        if name not in BaseChatModel.model_fields
+        and name not in _SHAPE_SETTINGS
+        and _keyed_setting(name)
+        and not _words(name) & (_CALL_WORDS | _ENDPOINT_WORDS)
+    )
+
+
+def _held(value: Any, params: Mapping[str, Any]) -> bool:
+    """Whether ``params`` hold ``value``, or each item of a mapping ``value``."""
+    if isinstance(value, dict) and value:
+        return all(k in params and params[k] == v for k, v in value.items())
+    return any(held == value and type(held) is type(value) for held in params.values())
 
 
 @functools.lru_cache(maxsize=256)
@@ -1129,6 +1175,65 @@ def _check_wrappable(model: Any) -> None:
         )
 
 
+#: MnimiChatModel's private memos, as a model has them before its first call.
+_NO_MEMOS: dict[str, None] = {"_built": None, "_last_key": None, "_identity_memo": None}
+
+
+@dataclass
+class _IdentityMemo:
+    """A wrapped model's identity, and copies of what it was derived from.
+
+    Copies, not the model's own objects: a setting changed in place (``extra_body["top_k"]
+    = 9``) must show, or the old sequences would go on answering it.
+    """
+
+    chat: BaseChatModel
+    alias: str | None
+    identifying: Any
+    #: How many fields the user has set: one set since is a setting to look at.
+    fields_set: int
+    #: The other settings the identity reads, by name, as copied.
+    settings: tuple[tuple[str, Any], ...]
+    identity: dict[str, Any]
+    ls_params: LangSmithParams
+
+    @classmethod
+    def of(
+        cls, chat: BaseChatModel, alias: str | None, identity: dict[str, Any], ls: LangSmithParams
+    ) -> _IdentityMemo:
+        # What the identifying params (compared whole) do not show already.
+        names = [*_SHAPE_SETTINGS, *(f for f, _ in _endpoint_fields(type(chat)))]
+        names += [name for name in _own_settings(chat) if name in identity["params"]]
+        identifying = chat._identifying_params
+        names = [name for name in names if name not in identifying]
+        settings = tuple((name, _plain_copy(getattr(chat, name, None))) for name in names)
+        return cls(
+            chat,
+            alias,
+            _plain_copy(identifying),
+            len(chat.model_fields_set),
+            settings,
+            identity,
+            ls,
+        )
+
+    def holds(self, chat: BaseChatModel, alias: str | None) -> bool:
+        """Whether the identity is still ``chat``'s: nothing it was derived from changed."""
+        # A value that is not plain JSON cannot be told unchanged: derived anew each call.
+        if (
+            chat is not self.chat
+            or alias != self.alias
+            or len(chat.model_fields_set) != self.fields_set
+            or self.identifying is _NOT_PLAIN
+            or not _same(self.identifying, chat._identifying_params)
+        ):
+            return False
+        for name, copied in self.settings:
+            if copied is _NOT_PLAIN or not _same(copied, getattr(chat, name, None)):
+                return False
+        return True
+
+
 class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
     """A LangChain chat model whose answers come from Mnimi sample sequences.
 
@@ -1231,7 +1336,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         ...     answers = chain.batch([{"topic": "cats"}] * 5)  # five independent samples
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    # A refused argument's error must not show the others, an api_key among them.
+    model_config = ConfigDict(arbitrary_types_allowed=True, hide_input_in_errors=True)
 
     model: str | BaseChatModel | None = None
     temperature: float = 1.0
@@ -1260,9 +1366,23 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
     # A wrapped model's last request and its key (see _key_of).
     _last_key: tuple[Layer, Any, Any, str] | None = PrivateAttr(default=None)
     # The wrapped model's identity and what it was derived from (see _wrapped_identity).
-    _identity_memo: tuple[tuple[Any, ...], dict[str, Any], LangSmithParams] | None = PrivateAttr(
-        default=None
-    )
+    _identity_memo: _IdentityMemo | None = PrivateAttr(default=None)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        # The memos hold the shared cache layer (locks, a store's connection): a model
+        # unpickled, like one made anew, derives its own at its first call.
+        state = super().__getstate__()
+        state["__pydantic_private__"] = {**state["__pydantic_private__"], **_NO_MEMOS}
+        return state
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        private = private_attributes(self)
+        kept = {name: private[name] for name in _NO_MEMOS}
+        private.update(_NO_MEMOS)  # a deep copy of the shared layer would be no cache
+        try:
+            return super().__deepcopy__(memo)
+        finally:
+            private.update(kept)
 
     @model_validator(mode="before")
     @classmethod
@@ -1453,7 +1573,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             if memo is None:
                 self._wrapped_identity(self.model)
                 memo = private_attributes(self)["_identity_memo"]
-            return LangSmithParams(**memo[2])
+            return LangSmithParams(**memo.ls_params)
         params = LangSmithParams(
             ls_provider="mnimi",
             ls_model_name=str(kwargs.get("model") or self._model_name(None)),
@@ -1562,22 +1682,15 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         and its endpoint are compared on each call, which costs a few microseconds where
         deriving the identity costs tens.
         """
-        seen = (
-            chat,
-            chat._identifying_params,
-            [getattr(chat, name, None) for name in _SHAPE_SETTINGS],
-            self.alias,
-            [getattr(chat, field, None) for field, _ in _endpoint_fields(type(chat))],
-        )
         # The memos are read through the private attributes' dict: pydantic's own way
         # costs more than the whole check.
         private = private_attributes(self)
-        memo = private["_identity_memo"]
-        if memo is not None and memo[0] == seen:
-            return memo[1]
+        memo: _IdentityMemo | None = private["_identity_memo"]
+        if memo is not None and memo.holds(chat, self.alias):
+            return memo.identity
         ls_params = chat._get_ls_params()
         identity = wrapped_identity(chat, self.alias, ls_params)
-        private["_identity_memo"] = (seen, identity, ls_params)
+        private["_identity_memo"] = _IdentityMemo.of(chat, self.alias, identity, ls_params)
         return identity
 
     def _wrapped_layer(self, chat: BaseChatModel) -> Layer:
@@ -2155,7 +2268,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         self,
         schema: dict[str, Any] | type,
         *,
-        method: Literal["function_calling", "json_mode", "json_schema"] = "function_calling",
+        method: Literal["function_calling", "json_mode", "json_schema"] | None = None,
         include_raw: bool = False,
         strict: bool | None = None,
         **kwargs: Any,
@@ -2168,9 +2281,11 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         Args:
             schema: A pydantic class, a ``TypedDict``, a JSON schema or an OpenAI
                 tool schema.
-            method: ``"function_calling"`` (a forced tool call), ``"json_mode"``
-                (``response_format={"type": "json_object"}``; the prompt must ask
-                for the keys) or ``"json_schema"`` (the provider's structured outputs).
+            method: ``"function_calling"`` (a forced tool call, the default of the string
+                form), ``"json_mode"`` (``response_format={"type": "json_object"}``; the
+                prompt must ask for the keys) or ``"json_schema"`` (the provider's
+                structured outputs). A wrapped model's own default when not given: the
+                wrapper sends what the model alone would.
             include_raw: Return ``{"raw", "parsed", "parsing_error"}`` instead of
                 raising on a parsing error.
             strict: Ask the provider to follow the schema exactly.
@@ -2192,13 +2307,16 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         """
         if isinstance(self.model, BaseChatModel):
             # The wrapped model's own methods and parsers, its calls sent through this one.
-            options = {"strict": strict} if strict is not None else {}
+            options: dict[str, Any] = {"strict": strict} if strict is not None else {}
+            if method is not None:
+                options["method"] = method
             structured = self.model.with_structured_output(
-                schema, method=method, include_raw=include_raw, **options, **kwargs
+                schema, include_raw=include_raw, **options, **kwargs
             )
             return _model_first(self._rebind(structured))
         if kwargs:
             raise ValueError(f"unsupported arguments {sorted(kwargs)}")
+        method = method or "function_calling"
         pydantic = _is_pydantic_class(schema)
         trace = {"kwargs": {"method": method, "strict": strict}, "schema": schema}
         parser: OutputParserLike[Any]
@@ -2260,11 +2378,6 @@ MnimiChatModel._agenerate.__signature__ = inspect.signature(  # type: ignore[att
 
 class _Miss(Exception):
     """A lookup found no sample at its position: LangChain calls the model, then update()."""
-
-
-# Words of a model setting that say how it is called, not what it answers: headers and
-# query parameters (where gateways take their keys), HTTP clients and proxies.
-_CALL_WORDS = frozenset({"headers", "query", "client", "proxy", "proxies"})
 
 
 def _keyed_settings(settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,8 +8,10 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import asyncio
+import copy
 import json
 import logging
+import pickle
 import subprocess
 import sys
 import time
@@ -803,3 +805,16 @@ def test_the_system_fingerprint_is_kept_and_replayed(
         hit.response_metadata["system_fingerprint"] == miss.response_metadata["system_fingerprint"]
     )
     assert isinstance(miss.response_metadata["system_fingerprint"], str)
+
+
+def test_a_model_is_copied_and_pickled_after_its_first_call_as_before_it(
+    server: SamplingServer, chat: ChatFactory
+) -> None:
+    # After the first call its memos held the shared cache layer (locks): deepcopy and
+    # pickle raised "cannot pickle '_thread.lock' object".
+    model = chat()
+    first = model.invoke(NUMBER).content
+    for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert copied.invoke(NUMBER).content == first  # the same cache, replayed
+    assert model.invoke(NUMBER).content == first
+    assert requests(server) == 1

@@ -1146,3 +1146,65 @@ def test_a_model_on_openais_responses_api_is_wrapped_and_keyed_apart(
     with pytest.raises(ReplicationCacheMiss):
         on_chat_completions.invoke(NUMBER)
     assert wrapped_identity(openai(output_version="v1")) != wrapped_identity(openai())
+
+
+def test_settings_a_model_leaves_out_of_its_identifying_params_are_keyed(
+    server: SamplingServer, cache: str
+) -> None:
+    # ChatAnthropic's _identifying_params leave out stop_sequences (and betas,
+    # mcp_servers, ...), which reach the request: a model stopping at " " was answered
+    # with the whole sentence another model's call had stored.
+    def claude(**settings: Any) -> MnimiChatModel:
+        chat = ChatAnthropic(
+            model="mock-claude", base_url=server.root_url, api_key=SECRET, **settings
+        )
+        return MnimiChatModel(model=chat, cache_dir=cache)
+
+    server.reset()
+    whole = claude().invoke("Say something.").text
+    cut = claude(stop_sequences=[" "]).invoke("Say something.").text
+    assert " " in whole and " " not in cut
+    assert len(server.requests) == 2
+    assert claude(stop_sequences=[" "], max_retries=5).invoke("Say something.").text == cut
+    assert len(server.requests) == 2
+
+
+def test_a_setting_changed_in_place_is_seen_at_the_next_call(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    chat = openai(extra_body={"top_k": 3})
+    wrapped = MnimiChatModel(model=chat, cache_dir=cache)
+    before = wrapped.invoke(NUMBER)
+    assert chat.extra_body is not None
+    chat.extra_body["top_k"] = 9  # another request: the stored sample must not answer it
+    after = wrapped.invoke(NUMBER)
+    assert after.response_metadata["cache_hit"] is False
+    assert after.response_metadata["cache_key"] != before.response_metadata["cache_key"]
+    fresh = MnimiChatModel(model=openai(extra_body={"top_k": 9}), cache_dir=cache)
+    assert (
+        fresh.invoke(NUMBER).response_metadata["cache_key"] == after.response_metadata["cache_key"]
+    )
+
+
+def test_structured_output_sends_what_the_wrapped_model_alone_sends(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    # ChatOpenAI's default is json_schema (response_format): the wrapper sent a forced
+    # tool call instead, another request with other answers.
+    class Person(BaseModel):
+        name: str
+        age: int
+
+    wrapped = MnimiChatModel(model=openai(), cache_dir=cache)
+    server.reset()
+    person = wrapped.with_structured_output(Person).invoke("Create 'Ada', age 36.")
+    assert isinstance(person, Person)
+    body = server.chat_requests()[-1].body
+    assert body["response_format"]["type"] == "json_schema" and "tools" not in body
+
+
+def test_an_argument_error_shows_no_other_argument(openai: Callable[..., ChatOpenAI]) -> None:
+    # pydantic shows the input of a failed validation: the api_key's tail was in it.
+    with pytest.raises(ValidationError) as refused:  # api_key belongs to the wrapped model
+        MnimiChatModel(model=openai(), api_key="sk-wrapped-TAIL-1234")
+    assert "api_key" in str(refused.value) and "TAIL-1234" not in str(refused.value)
