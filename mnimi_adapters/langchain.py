@@ -44,6 +44,7 @@ from collections.abc import (
     AsyncIterator,
     Callable,
     Generator,
+    Hashable,
     Iterator,
     Mapping,
     Sequence,
@@ -907,7 +908,7 @@ class WrappedChatModel(BatchedModel):
 
 
 def _gated(draw: _Draw) -> list[Sample]:
-    """Draw past the gate of a wrapped model's request (waiting while it streams live)."""
+    """Draw past the gate of the request's sequence (waiting while it streams live)."""
     ahead = _predrawn(draw)
     if ahead is not None:
         return ahead
@@ -1002,14 +1003,11 @@ class _Draw:
     n: int
     offset: int
     model: str
-    #: The request's key in the adapter's own layer, and the gate a wrapped model's draw
-    #: passes (so that a live stream draws its key alone).
+    #: The request's key in the adapter's own layer.
     key: tuple[int, str]
-    wrapped: bool
-
-    @property
-    def gate(self) -> tuple[int, str] | None:
-        return self.key if self.wrapped else None
+    #: The gate a wrapped model's draw passes (so that a live stream draws its key alone):
+    #: the stored sequence, which every adapter over one cache draws into under one gate.
+    gate: tuple[Hashable, str] | None
 
     def samples(self) -> list[Sample]:
         # Without a batch a refill asks for just the missing samples, in one request where
@@ -1822,8 +1820,11 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
                 offset = (attempt - 1) * n
         key = self._key_of(base, request) if wrapped is not None else base.key_of(request)
         sequence = (id(base), key)
+        # Gated wherever a live stream may draw the same stored sequence: this adapter's
+        # wrapped models, or MnimiCache over the same cache.
+        gate = (base.sequences(), key) if isinstance(base, CacheLayer) else None
         model = str(base.identity()["model"]) if wrapped is not None else self._model_name(override)
-        return _Draw(layer, request, n, offset, model, sequence, wrapped is not None)
+        return _Draw(layer, request, n, offset, model, sequence, gate)
 
     def _key_of(self, base: Layer, request: Request) -> str:
         """``base.key_of(request)`` for a wrapped model, reused when the previous call asked

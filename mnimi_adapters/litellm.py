@@ -97,7 +97,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -1199,11 +1199,13 @@ class MnimiCache(Cache):
             return await self._alive(original, call, kwargs)
         return await self._afinish(original, call, await self._adrawn(call, kwargs), kwargs)
 
-    def _gate(self, call: _Call, layer: Layer) -> tuple[int, tuple[str, str | None], str]:
+    def _gate(self, call: _Call, layer: Layer) -> tuple[Hashable, str]:
         """Where ``call``'s draws meet a live stream of its request (see ``core.gates``):
-        its key space (one layer of this cache's), and its key, which every layer over it
-        computes alike (and keeps on the request)."""
-        return id(self), call.identity_token, layer.key_of(call.request)
+        the stored sequence, which any adapter over this cache (a ``MnimiChatModel`` too)
+        draws into under the same gate, and its key, which every layer over it computes
+        alike (and keeps on the request)."""
+        assert self._store is not None  # opened with the call's layer
+        return self._store.location, layer.key_of(call.request)
 
     def _drawn(self, call: _Call, kwargs: Mapping[str, Any]) -> list[Sample]:
         """The samples of ``call``, drawn whole (after a live stream of it, if one runs)."""

@@ -23,7 +23,15 @@ import queue
 import threading
 import weakref
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Hashable,
+    Iterable,
+    Iterator,
+)
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -188,6 +196,12 @@ class CacheLayer(Wrapper):
         #: Refills ended so far: a length read before the latest one may be stale.
         self.refills_ended = 0
         _CACHE_LAYERS.add(self)
+
+    def sequences(self) -> Hashable:
+        """What names the stored sequences this layer reads: the same for every layer
+        over one cache directory or Redis namespace, this layer's own in memory."""
+        location = getattr(self.store, "location", None)
+        return location if isinstance(location, str) else id(self.store)
 
     def _forget_the_parents_refills(self) -> None:
         """In a forked child: the refills in flight at the fork belong to the parent's
@@ -701,52 +715,86 @@ def _retrieve(task: asyncio.Future[None]) -> None:
         task.exception()
 
 
+@dataclass
+class _Positions:
+    """Where a cursor stands in a sequence, and what it handed out."""
+
+    next: int = 0
+    #: Positions handed back by failed calls, served again first (law 2: a failure must
+    #: not make the rest of a run skip a sample).
+    returned: list[int] = field(default_factory=list)
+    #: Where recently served draws sit, so a failed call can give them back.
+    served: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class PositionBook:
+    """The positions of one scope's cursors, per stored sequence, whichever layer reads it.
+
+    Two layers may read one stored sequence: ``MnimiCache`` and a ``MnimiChatModel`` over
+    one cache directory. Each has its own cursors; in one ``independent()`` scope, they
+    claim their positions here, so a request made through both is handed a new sample
+    each time, as through one (law 2).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._positions: dict[tuple[Hashable, str], _Positions] = {}
+
+    def of(self, sequences: Hashable, key: str, mine: _Positions) -> _Positions:
+        """The positions of ``key`` in ``sequences``, ``mine`` if none were claimed yet."""
+        with self._lock:
+            return self._positions.setdefault((sequences, key), mine)
+
+
 class _ReplayCursor(Cursor):
     """Reads a cache layer's sequence from position 0, extending it when needed."""
 
     def __init__(self, layer: CacheLayer, key: str) -> None:
         self._layer = layer
         self._key = key
-        self._next = 0
-        #: Positions handed back by failed calls, served again first (law 2:
-        #: a failure must not make the rest of a run skip a sample).
-        self._returned: list[int] = []
-        #: Where recently served draws sit, so a failed call can give them back.
-        self._served: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self._at = _Positions()
+
+    def share(self, book: PositionBook) -> None:
+        """Claim positions from ``book``, with every cursor of its scope over this sequence."""
+        self._at = book.of(self._layer.sequences(), self._key, self._at)
 
     def _claim(self) -> int:
-        with self._lock:
-            if self._returned:
-                return heapq.heappop(self._returned)
-            index = self._next
-            self._next += 1
+        at = self._at
+        with at.lock:
+            if at.returned:
+                return heapq.heappop(at.returned)
+            index = at.next
+            at.next += 1
             return index
 
     def reserve(self, count: int) -> Cursor:
         """The next ``count`` positions, claimed at once for one call (see :class:`_Reserved`)."""
         if count <= 1:
             return self  # a take claims its one position atomically already
-        with self._lock:
-            returned = min(count, len(self._returned))
-            indices = [heapq.heappop(self._returned) for _ in range(returned)]
+        at = self._at
+        with at.lock:
+            returned = min(count, len(at.returned))
+            indices = [heapq.heappop(at.returned) for _ in range(returned)]
             fresh = count - returned
-            indices += range(self._next, self._next + fresh)
-            self._next += fresh
+            indices += range(at.next, at.next + fresh)
+            at.next += fresh
         return _Reserved(self, indices)
 
     def give_back(self, samples: list[Sample]) -> None:
-        with self._lock:
+        at = self._at
+        with at.lock:
             for sample in samples:
-                index = self._served.pop(sample.draw_id, None)
+                index = at.served.pop(sample.draw_id, None)
                 if index is not None:
-                    heapq.heappush(self._returned, index)
+                    heapq.heappush(at.returned, index)
 
     def hand_back(self, indices: Iterable[int]) -> None:
         """Positions claimed and never served: the next calls get them first (law 2)."""
-        with self._lock:
+        at = self._at
+        with at.lock:
             for index in indices:
-                heapq.heappush(self._returned, index)
+                heapq.heappush(at.returned, index)
 
     @contextlib.contextmanager
     def _claimed(self, index: int | None = None) -> Iterator[int]:
@@ -793,10 +841,11 @@ class _ReplayCursor(Cursor):
         self._layer._note(self._key, index, hit)
         if self._layer.recorder is not None:
             self._layer.recorder.consumed(self._key, index, sample.draw_id)
-        with self._lock:
-            self._served[sample.draw_id] = index
-            if len(self._served) > _SERVED_MEMORY:
-                del self._served[next(iter(self._served))]
+        at = self._at
+        with at.lock:
+            at.served[sample.draw_id] = index
+            if len(at.served) > _SERVED_MEMORY:
+                del at.served[next(iter(at.served))]
         return sample.served(self._key, index, hit)
 
     def _read(self, index: int) -> Sample:
@@ -918,11 +967,13 @@ class Independent(Wrapper):
     whole run replays identically across runs.
     """
 
-    def __init__(self, model: Layer) -> None:
+    def __init__(self, model: Layer, book: PositionBook | None = None) -> None:
         super().__init__(model)
         self._cursors: dict[str, Cursor] = {}
         self._lock = threading.Lock()
         self._generation = process_generation()
+        #: Where a scope's cursors over one stored sequence claim their positions.
+        self._book = book
 
     def open(self, request: Request) -> Cursor:
         if not caching_enabled():
@@ -937,4 +988,6 @@ class Independent(Wrapper):
             if cursor is None:
                 # Cursors claim positions atomically, so one serves every consumer.
                 cursor = self._cursors[key] = self.inner.open(request)
+                if self._book is not None and isinstance(cursor, _ReplayCursor):
+                    cursor.share(self._book)
             return cursor

@@ -27,9 +27,12 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .model import Layer
+
+if TYPE_CHECKING:  # the layers import this module
+    from .layers import PositionBook
 
 Kind = Literal["independent", "repeatable", "no_cache"]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -43,6 +46,7 @@ class _Scope:
         self.parent = parent
         self._wrapped: dict[Layer, Layer] = {}
         self._lock = threading.Lock()
+        self._book: PositionBook | None = None
         #: The process generation it was entered in (see ``_after_fork``).
         self.generation = _generation
         self.warned = False
@@ -60,7 +64,7 @@ class _Scope:
 
     def wrap(self, layer: Layer) -> Layer:
         # Imported here because the layers import this module for no_cache().
-        from .layers import Independent, Repeatable
+        from .layers import Independent, PositionBook, Repeatable
 
         base = self.parent.wrap(layer) if self.parent else layer
         if self.kind == "no_cache":
@@ -68,7 +72,12 @@ class _Scope:
         with self._lock:
             wrapped = self._wrapped.get(layer)
             if wrapped is None:
-                wrapped = Independent(base) if self.kind == "independent" else Repeatable(base)
+                if self.kind == "independent":
+                    # One book for the scope: its layers over one cache share positions.
+                    self._book = self._book or PositionBook()
+                    wrapped = Independent(base, self._book)
+                else:
+                    wrapped = Repeatable(base)
                 self._wrapped[layer] = wrapped
             return wrapped
 
