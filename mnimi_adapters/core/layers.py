@@ -413,7 +413,7 @@ class CacheLayer(Wrapper):
         own = []
         for refill, cursor in self._steps(request, key, index, batch, True, read):
             if cursor is None:
-                await asyncio.shield(asyncio.wrap_future(refill.done))
+                await asyncio.shield(_seen(refill.done))
                 continue
             if cursor.ordered:
                 task = asyncio.ensure_future(self._afill(request, key, cursor, refill))
@@ -421,7 +421,7 @@ class CacheLayer(Wrapper):
                 await asyncio.shield(task)
             else:
                 fill = self._afill(request, key, cursor, refill)
-                await asyncio.shield(asyncio.wrap_future(_KEEPER.submit(fill)))
+                await asyncio.shield(_seen(_KEEPER.submit(fill)))
             own.append(refill.landed)
         return own
 
@@ -713,6 +713,14 @@ def _retrieve(task: asyncio.Future[None]) -> None:
     """Mark a shielded refill's outcome as seen; its caller may be gone."""
     if not task.cancelled():
         task.exception()
+
+
+def _seen(future: Future[None]) -> asyncio.Future[None]:
+    """``future`` on this loop, its outcome marked seen: a caller that timed out leaves a
+    failed refill behind, which asyncio would report as "never retrieved"."""
+    wrapped = asyncio.wrap_future(future)
+    wrapped.add_done_callback(_retrieve)
+    return wrapped
 
 
 @dataclass

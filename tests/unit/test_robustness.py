@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -214,3 +215,25 @@ def test_the_samples_a_call_drew_are_misses_and_only_those(tmp_path: Path) -> No
     assert hits(model.draw(PROMPT, 5)) == [True] * 5
     assert provider.calls == 5  # one request a sample: Slow answers one at a time
     assert (model.stats()["misses"], model.stats()["hits"]) == (5, 8)
+
+
+def test_a_refill_failing_after_its_caller_timed_out_is_not_reported_unretrieved(
+    tmp_path: Path,
+) -> None:
+    # The caller is gone and a failure is no sample: asyncio printed "Future exception was
+    # never retrieved" with the provider's traceback.
+    reported: list[str] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _, context: reported.append(str(context.get("message")))
+        )
+        model = Persistent(Slow(delay=0.2, fail_on=(1,)), tmp_path)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(model.adraw(PROMPT, 1), 0.05)
+        await asyncio.sleep(0.4)  # the refill fails meanwhile
+        gc.collect()
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert reported == []
