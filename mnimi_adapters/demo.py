@@ -5,9 +5,11 @@ independent, repeatable and persistent sampling, the retry loop, batch splitting
 slicing and replication, printing for each step what was cached, how many provider
 requests were made and how many tokens were spent.
 
-Without a provider key in the environment it starts the built-in
+Unless the key of a provider it picks on its own is set (``AI302_API_KEY``,
+``FIREWORKS_API_KEY``, ``CLOSEAI_API_KEY`` or ``XMCP_API_KEY``), it starts the built-in
 :class:`~mnimi_adapters.testing.SamplingServer` on 127.0.0.1 and samples from it, so the
-demo runs offline and costs nothing. Every step keeps its samples in one cache directory
+demo runs offline and costs nothing. ``OPENAI_API_KEY`` counts only with
+``--provider openai``. Every step keeps its samples in one cache directory
 (``--cache-dir``, else ``$MNIMI_DEMO_CACHE_DIR``, else ``~/.llm_cache/mnimi-demo``), under
 its own alias of the model: a second run replays the whole tour with 0 requests,
 ``mnimi stats`` and ``mnimi show`` on that directory list every step, and ``--fresh``
@@ -66,9 +68,14 @@ class _Provider:
     class_name: str
     key_env: str
     default_model: str
+    #: Whether ``--provider auto`` may pick it when its key is set. A key many users export
+    #: for other tools (``OPENAI_API_KEY``) must not turn the offline demo into paid
+    #: requests: such a provider is used only when named.
+    auto: bool = True
 
 
-#: Providers the demo can use, in the order ``--provider auto`` looks for their keys.
+#: Providers the demo can use; ``--provider auto`` looks for the keys of those with
+#: ``auto`` set, in this order.
 PROVIDERS: dict[str, _Provider] = {
     "ai302": _Provider("AI302", "AI302_API_KEY", "gpt-4o"),
     "fireworks": _Provider(
@@ -76,7 +83,7 @@ PROVIDERS: dict[str, _Provider] = {
     ),
     "closeai": _Provider("CloseAI", "CLOSEAI_API_KEY", "gpt-4o"),
     "xmcp": _Provider("XMCP", "XMCP_API_KEY", "ali/qwen2.5-7b-instruct"),
-    "openai": _Provider("LiteLLMModel", "OPENAI_API_KEY", "openai/gpt-4o-mini"),
+    "openai": _Provider("LiteLLMModel", "OPENAI_API_KEY", "openai/gpt-4o-mini", auto=False),
 }
 
 #: The local mock's name in cache keys: stable across runs, although its port is not.
@@ -87,9 +94,30 @@ def _choose_provider(provider: str) -> str:
     if provider != "auto":
         return provider
     for name, spec in PROVIDERS.items():
-        if os.environ.get(spec.key_env):
+        if spec.auto and os.environ.get(spec.key_env):
             return name
     return "local"
+
+
+def _auto_help() -> str:
+    """What ``--provider auto`` does, in the words of ``--help``."""
+    picked = [f"{name} ({spec.key_env})" for name, spec in PROVIDERS.items() if spec.auto]
+    named = [
+        f"--provider {name} ({spec.key_env})" for name, spec in PROVIDERS.items() if not spec.auto
+    ]
+    return (
+        f"auto (the default): the first of {', '.join(picked)} whose key is set, "
+        f"else the local mock server (offline, free); {', '.join(named)} only when asked"
+    )
+
+
+def _unpicked_keys() -> dict[str, str]:
+    """The providers ``auto`` leaves alone whose key is set, by name: their key variables."""
+    return {
+        name: spec.key_env
+        for name, spec in PROVIDERS.items()
+        if not spec.auto and os.environ.get(spec.key_env)
+    }
 
 
 @dataclass
@@ -414,8 +442,9 @@ def run_demo(
             ``$MNIMI_DEMO_CACHE_DIR``, else ``~/.llm_cache/mnimi-demo``; created private).
         out: Where to print the story (default: ``sys.stdout`` at call time, so that
             ``contextlib.redirect_stdout`` works).
-        provider: ``"auto"`` (a provider whose key is set, else the local mock),
-            ``"local"``, or one of :data:`PROVIDERS`.
+        provider: ``"auto"`` (the first provider whose key is set, of those that
+            :data:`PROVIDERS` lets ``auto`` pick, else the local mock), ``"local"``, or
+            one of :data:`PROVIDERS` (``"openai"`` is used only when named).
         model: A model name for the provider (each has a default).
         fresh: Forget what an earlier run of the demo cached, and draw it anew.
         server: A running local server to sample from with the local provider (default:
@@ -444,10 +473,17 @@ def run_demo(
 
                 server = stack.enter_context(SamplingServer(seed=0))
             server_url = server.url
+            why = "No demo provider key set" if provider == "auto" else "--provider local"
             story.say(
-                "No provider key set: sampling from the built-in mock server at "
+                f"{why}: sampling from the built-in mock server at "
                 f"{server_url} (random numbers, free, offline)."
             )
+            if provider == "auto":
+                for name, key_env in _unpicked_keys().items():
+                    story.say(
+                        f"({key_env} is set, but the demo uses it only with --provider {name}, "
+                        "which makes paid requests.)"
+                    )
         else:
             spec = PROVIDERS[chosen]
             story.say(
@@ -491,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         "--provider",
         default="auto",
         choices=["auto", "local", *PROVIDERS],
-        help="auto: the first provider whose key is set, else the local mock server",
+        help=_auto_help(),
     )
     parser.add_argument("--model", default=None, help="model name for the provider")
     parser.add_argument(

@@ -22,8 +22,18 @@ from support import NumberModel
 
 from mnimi_adapters import cli
 from mnimi_adapters.core import Persistent
-from mnimi_adapters.demo import CACHE_DIR_ENV, LOCAL_ALIAS, PROMPT, PROVIDERS, main, run_demo
+from mnimi_adapters.demo import (
+    CACHE_DIR_ENV,
+    LOCAL_ALIAS,
+    PROMPT,
+    PROVIDERS,
+    _choose_provider,
+    main,
+    run_demo,
+)
 from mnimi_adapters.testing import SamplingServer
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 #: The steps that draw samples, by the alias they draw under.
 DRAWING_STEPS = ["independent", "repeatable", "persistent", "retry", "batching"]
@@ -219,9 +229,47 @@ def test_module_entry_point_help() -> None:
         text=True,
         check=True,
         timeout=60,
+        # Wide enough that no option is wrapped at its hyphens.
+        env={**os.environ, "COLUMNS": "400"},
     )
     for option in ("--cache-dir", "--provider", "--fresh", CACHE_DIR_ENV):
         assert option in result.stdout
+    for spec in PROVIDERS.values():
+        assert spec.key_env in result.stdout
+    assert "--provider openai (OPENAI_API_KEY) only when asked" in result.stdout
+
+
+def test_an_openai_key_alone_leaves_the_demo_offline(
+    tmp_path: Path, server: SamplingServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Many users export OPENAI_API_KEY for other tools: the demo must not bill it unasked.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-never-to-be-sent")
+    out = io.StringIO()
+    assert run_demo(str(tmp_path / "cache"), out=out, server=server) == 0
+    printed = out.getvalue()
+    assert "No demo provider key set: sampling from the built-in mock server" in printed
+    assert "(OPENAI_API_KEY is set, but the demo uses it only with --provider openai" in printed
+    assert totals(printed)[0] == len(server.chat_requests()) > 0
+    assert _choose_provider("openai") == "openai"  # asked for by name, it is used
+
+
+def test_auto_picks_exactly_the_providers_the_readme_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    quickstart = " ".join(README.read_text().split("\n## Why\n")[0].split())  # one line
+    listed = re.search(r"with (`\w+`(?:, `\w+`)* or `\w+`) set it uses that provider", quickstart)
+    assert listed, "the Quickstart names the keys that switch the demo to a provider"
+    keys = re.findall(r"`(\w+)`", listed[1])
+    picked = {spec.key_env: name for name, spec in PROVIDERS.items() if spec.auto}
+    assert keys == list(picked)  # the same keys, in the order auto looks for them
+    assert _choose_provider("auto") == "local"
+    for key, name in picked.items():
+        monkeypatch.setenv(key, "set")
+        assert _choose_provider("auto") == name
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("OPENAI_API_KEY", "set")
+    assert _choose_provider("auto") == "local"
+    assert "`mnimi demo --provider openai`" in quickstart
 
 
 def test_the_module_entry_point_runs_mnimi_commands_too(tmp_path: Path) -> None:
