@@ -13,7 +13,8 @@ demo runs offline and costs nothing. ``OPENAI_API_KEY`` counts only with
 (``--cache-dir``, else ``$MNIMI_DEMO_CACHE_DIR``, else ``~/.llm_cache/mnimi-demo``), under
 its own alias of the model: a second run replays the whole tour with 0 requests,
 ``mnimi stats`` and ``mnimi show`` on that directory list every step, and ``--fresh``
-starts over.
+starts over. The local server draws new numbers in every run, as a model would: only the
+cache makes a run repeat.
 
 Example:
     >>> from mnimi_adapters.demo import run_demo
@@ -27,6 +28,7 @@ import argparse
 import contextlib
 import os
 import re
+import secrets
 import shlex
 import sys
 from collections.abc import Callable, Iterator
@@ -471,7 +473,10 @@ def run_demo(
             if server is None:
                 from .testing import SamplingServer
 
-                server = stack.enter_context(SamplingServer(seed=0))
+                # A new seed each run: the server stands in for a model, which draws anew
+                # every time, so that only the cache makes a re-run repeat and --fresh
+                # draws new numbers (a fixed seed drew the first run's again).
+                server = stack.enter_context(SamplingServer(seed=secrets.randbits(64)))
             server_url = server.url
             why = "No demo provider key set" if provider == "auto" else "--provider local"
             story.say(

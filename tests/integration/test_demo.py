@@ -206,6 +206,28 @@ def test_fresh_draws_anew_and_leaves_other_work_alone(
     assert totals(demo(cache, server))[0] == 0
 
 
+def test_fresh_draws_new_numbers_from_the_demos_own_server(tmp_path: Path) -> None:
+    # No server given: each run starts its own, as `mnimi demo` does. Its draws must be
+    # new after --fresh, while a plain re-run still replays with 0 requests.
+    cache = tmp_path / "cache"
+
+    def run(fresh: bool = False) -> str:
+        out = io.StringIO()
+        assert run_demo(str(cache), out=out, provider="local", fresh=fresh) == 0
+        return out.getvalue()
+
+    first = run()
+    replay = run()
+    assert totals(first)[0] > 0 and totals(replay)[0] == 0
+    assert drawn(steps(replay)) == drawn(steps(first))
+    again = run(fresh=True)
+    assert totals(again)[0] > 0
+    assert step(steps(again), "Batching") != step(steps(first), "Batching")  # 40 new numbers
+    assert drawn(steps(again)) != drawn(steps(first))
+    after = run()
+    assert totals(after)[0] == 0 and drawn(steps(after)) == drawn(steps(again))
+
+
 def test_main_takes_the_cache_from_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
