@@ -1012,6 +1012,38 @@ def uses_responses_api(chat: Any, params: Mapping[str, Any]) -> bool:
     return callable(decide) and bool(decide(dict(params)))
 
 
+#: What a forked child took from LiteLLM's client cache, kept referenced for good: a
+#: client finalized in the child would close connections its parent still uses.
+_PARENTS_CLIENTS: list[Any] = []
+#: The module attributes where LiteLLM keeps HTTP clients it made (lazily, on first use).
+LITELLM_CLIENT_ATTRIBUTES: Final = (
+    "in_memory_llm_clients_cache",
+    "module_level_client",
+    "module_level_aclient",
+)
+
+
+def litellm_clients_of_the_child() -> None:
+    """In a forked child, let LiteLLM make its HTTP clients anew.
+
+    Why: LiteLLM keeps the clients it made (OpenAI SDK and httpx clients, with their open
+    keep-alive connections) in ``litellm.in_memory_llm_clients_cache`` and in its
+    ``module_level_client``/``module_level_aclient``, module attributes it creates on first
+    use (``litellm._lazy_imports``), none of them a documented API. A fork copies the
+    connections: parent and workers of a ``multiprocessing`` pool then write their
+    requests into one socket and read each other's answers, which a cache stores for
+    good under the wrong request. Dropped here, each attribute is made anew at its next
+    use, with the child's own connections.
+    """
+    litellm = sys.modules.get("litellm")
+    if litellm is None:
+        return
+    for name in LITELLM_CLIENT_ATTRIBUTES:
+        made = vars(litellm).pop(name, None)
+        if made is not None:
+            _PARENTS_CLIENTS.append(made)
+
+
 #: ``(module, attribute)`` of every private symbol used here, for the existence test.
 PRIVATE_SYMBOLS: Final = (
     ("threading", "_register_atexit"),
@@ -1035,6 +1067,8 @@ PRIVATE_SYMBOLS: Final = (
     ("litellm", "max_budget"),
     ("litellm", "completion"),
     ("litellm", "acompletion"),
+    # litellm_clients_of_the_child: where LiteLLM keeps the HTTP clients it made.
+    *(("litellm", name) for name in LITELLM_CLIENT_ATTRIBUTES),
     ("litellm", "responses"),
     ("litellm.responses.streaming_iterator", "build_synthetic_response_events"),
     ("litellm", "aresponses"),

@@ -36,7 +36,13 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import tenacity
 
-from ._compat import LITELLM_DROPPED, LITELLM_KEYED, LITELLM_OPTIONS, response_cost
+from ._compat import (
+    LITELLM_DROPPED,
+    LITELLM_KEYED,
+    LITELLM_OPTIONS,
+    litellm_clients_of_the_child,
+    response_cost,
+)
 from .core.errors import ProviderError, ProviderRequestError
 from .core.model import BatchedModel, afan_out, fan_out
 from .core.request import TRANSPORT_PARAMS, Request, is_credential, keyed_params, reveal_secret
@@ -54,6 +60,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("mnimi_adapters.providers")
+
+# A forked worker must not share its parent's HTTP connections (see _compat).
+os.register_at_fork(after_in_child=litellm_clients_of_the_child)
 
 # Statuses worth another attempt: throttling, server trouble and "try again later" answers.
 _RETRY_STATUSES = frozenset({408, 409, 425, 429})
