@@ -79,7 +79,10 @@ _DATABASE_PATH = re.compile(r"/?(?:[0-9]+/?)?")
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
 
-_INSTALL_HINT = 'the Redis store needs the redis client: pip install "mnimi-adapters[redis]"'
+_INSTALL_HINT = (
+    'the Redis store needs the redis client: pip install "redis>=5" '
+    '(in a checkout of mnimi-adapters: pip install -e ".[redis]")'
+)
 
 # Redis does not roll back a script that fails halfway, so every command that can
 # fail on a damaged namespace (a key of the wrong type) runs before the first write.
