@@ -298,7 +298,8 @@ def _built_hidden(
         "response_cost": _cost(samples, facts),
         "mnimi": facts,
         "cache_hit": all(facts["cache_hits"]),
-        "api_base": call.api_base,
+        # Never a password the base URL holds: a built answer is the library's own value.
+        "api_base": call.api_base and keyed_endpoint(call.api_base),
         "litellm_model_name": call.route,
         "litellm_call_id": call.call_id or str(uuid.uuid4()),
         "model_id": None,

@@ -189,6 +189,8 @@ def test_a_password_in_the_base_url_is_neither_keyed_nor_stored(
             api_key="sk-x",
         )
         assert rotated.choices[0].message.content == first.choices[0].message.content
+        # The hit is the library's own answer: no password in what it carries.
+        assert "user:rotated" not in str(rotated._hidden_params)
     cache.close()
     model = LiteLLMModel(MODEL, 1.0, api_base=with_password(server.url), api_key="sk-x")
     assert PASSWORD not in repr(model) and PASSWORD not in str(model.identity())
