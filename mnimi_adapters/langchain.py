@@ -1163,6 +1163,18 @@ def _check_wrappable(model: Any) -> None:
     of ``str | BaseChatModel``), and its bindings belong on the wrapper, where their calls
     are cached.
     """
+    if isinstance(model, BaseLanguageModel) and not isinstance(model, BaseChatModel):
+        raise TypeError(
+            f"MnimiChatModel(model=...) takes a chat model or a LiteLLM model name, not a "
+            f"completion model ({type(model).__name__}, a BaseLLM): wrap its chat "
+            "counterpart (ChatOpenAI for OpenAI), or cache it with "
+            "set_llm_cache(MnimiLLMCache(...))"
+        )
+    if model is not None and not isinstance(model, str | Runnable):
+        raise TypeError(
+            "MnimiChatModel(model=...) takes a chat model or a LiteLLM model name "
+            f'("openai/gpt-4o"), got {type(model).__name__}'
+        )
     if isinstance(model, Runnable) and not isinstance(model, BaseChatModel):
         raise TypeError(
             "MnimiChatModel(model=...) takes a chat model or a LiteLLM model name, not a "

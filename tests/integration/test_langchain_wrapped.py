@@ -473,6 +473,17 @@ def test_a_bound_chat_model_is_refused_with_what_to_do(
         MnimiChatModel(model=bound(openai()), cache_dir=cache)
 
 
+def test_a_completion_model_or_another_value_is_refused_with_what_to_do(cache: str) -> None:
+    # A completion model was told it was "a runnable built from a chat model", and 123 got
+    # pydantic's union error naming its internal validators.
+    from langchain_openai import OpenAI
+
+    with pytest.raises(TypeError, match=r"not a completion model \(OpenAI.*MnimiLLMCache"):
+        MnimiChatModel(model=OpenAI(api_key="sk-x"), cache_dir=cache)
+    with pytest.raises(TypeError, match=r"a LiteLLM model name .*, got int$"):
+        MnimiChatModel(model=123, cache_dir=cache)  # type: ignore[arg-type]
+
+
 def test_the_wrapped_models_own_n_is_the_default(
     server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
 ) -> None:
