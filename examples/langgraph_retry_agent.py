@@ -10,6 +10,10 @@ running the whole graph again replays the same attempts from the cache.
 
 With ``FIREWORKS_API_KEY`` set it samples from Fireworks; without it, it starts the
 built-in local sampling server and runs offline.
+
+It needs LangGraph, which ``pip install -e .`` does not install: in a checkout,
+``pip install -e ".[test]"`` brings it (with the test suite's other tools), or
+``pip install "langgraph>=1.0"`` alone.
 """
 
 from __future__ import annotations
@@ -21,8 +25,16 @@ from typing import TypedDict
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from _local_model import example_chat_model
-from langgraph.graph import END, START, StateGraph
-from langgraph.types import RetryPolicy
+
+try:
+    from langgraph.graph import END, START, StateGraph
+    from langgraph.types import RetryPolicy
+except ModuleNotFoundError as missing:
+    # LangGraph is no dependency of the library: say how to get it, not just its name.
+    raise SystemExit(
+        f"this example needs LangGraph ({missing.name} is missing): "
+        'pip install -e ".[test]" in a checkout, or pip install "langgraph>=1.0"'
+    ) from None
 
 from mnimi_adapters.langchain import MnimiChatModel
 
