@@ -27,6 +27,7 @@ from support import (
     NumberModel,
     RedisServer,
     drop_namespace,
+    kept_out_by_modes,
     redis_unavailable,
     with_namespace,
 )
@@ -93,3 +94,30 @@ def locations(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Locati
     made = Locations(request.param, tmp_path, url)
     yield made
     made.cleanup()
+
+
+@pytest.fixture(params=[0o000, 0o277], ids=["umask 000", "umask 277"])
+def umask(request: pytest.FixtureRequest) -> Iterator[int]:
+    """The process's umask for the test: none at all, or one that takes owner bits."""
+    mask: int = request.param
+    previous = os.umask(mask)
+    try:
+        yield mask
+    finally:
+        os.umask(previous)
+
+
+@pytest.fixture
+def modes_bind(tmp_path: Path) -> None:
+    """Skip unless an unprivileged subprocess is kept out of a folder of mode 000."""
+    folder = tmp_path / "probe"
+    folder.mkdir(mode=0)
+    try:
+        why_not = kept_out_by_modes(folder)
+    finally:
+        folder.chmod(0o700)
+    if why_not is not None:
+        pytest.skip(
+            "file modes do not bind a subprocess here (the capabilities that let root "
+            f"ignore them cannot be dropped): {why_not}"
+        )

@@ -12,6 +12,7 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -219,3 +220,34 @@ class Locations:
     def cleanup(self) -> None:
         for url in self._made:
             drop_namespace(url)
+
+
+# -- file modes -------------------------------------------------------------------------
+
+#: The capabilities with which root reads, enters and changes what modes forbid.
+_OVERRIDES = "-dac_override,-dac_read_search,-fowner"
+
+
+def run_unprivileged(arguments: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``arguments`` as this user, bound by file modes even if it is root."""
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip(
+                "root ignores file modes, and setpriv (util-linux), to drop that, is missing"
+            )
+        prefix = [setpriv, "--bounding-set", _OVERRIDES, "--inh-caps", _OVERRIDES]
+    return subprocess.run(
+        [*prefix, *arguments], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def kept_out_by_modes(folder: Path) -> str | None:
+    """Why an unprivileged subprocess is not kept out of ``folder`` (of mode 000), if not."""
+    probe = run_unprivileged(
+        [sys.executable, "-c", "import os, sys; os.stat(sys.argv[1] + '/x')", str(folder)]
+    )
+    if "PermissionError" in probe.stderr:
+        return None
+    return probe.stderr.strip()[-200:]

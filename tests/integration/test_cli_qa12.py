@@ -12,8 +12,6 @@ skip, never passing with the modes ignored.
 
 from __future__ import annotations
 
-import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -22,50 +20,21 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
-from support import NumberModel
+from support import NumberModel, run_unprivileged
 
 from mnimi_adapters import cli
 from mnimi_adapters.core import Persistent
 
-#: The capabilities with which root reads, enters and changes what modes forbid.
-_OVERRIDES = "-dac_override,-dac_read_search,-fowner"
-
 
 def mnimi_unprivileged(*arguments: str) -> subprocess.CompletedProcess[str]:
     """Run ``mnimi`` as this user, bound by file modes even if it is root."""
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip(
-                "root ignores file modes, and setpriv (util-linux), to drop that, is missing"
-            )
-        prefix = [setpriv, "--bounding-set", _OVERRIDES, "--inh-caps", _OVERRIDES]
-    command = [*prefix, sys.executable, "-m", "mnimi_adapters.cli", *arguments]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    return run_unprivileged([sys.executable, "-m", "mnimi_adapters.cli", *arguments])
 
 
 def fill(location: Path) -> None:
     cache = Persistent(NumberModel(), location, record=location.parent / "run.jsonl")
     list(islice(cache.sample("Choose a number.", batch=2), 2))
     cache.close()
-
-
-@pytest.fixture
-def modes_bind(tmp_path: Path) -> None:
-    """Skip unless a folder of mode 000 keeps the unprivileged ``mnimi`` out."""
-    folder = tmp_path / "probe"
-    folder.mkdir(mode=0)
-    try:
-        # A path under it: a PermissionError traceback before the fix, a refusal after.
-        probe = mnimi_unprivileged("stats", str(folder / "x"))
-    finally:
-        folder.chmod(0o700)
-    if "Permission" not in probe.stderr:  # "no cache at": it went in
-        pytest.skip(
-            "file modes do not bind a subprocess here (the capabilities that let root "
-            f"ignore them cannot be dropped): {probe.stderr.strip()[-200:]}"
-        )
 
 
 @pytest.fixture
@@ -152,17 +121,6 @@ def test_verify_of_a_bundle_it_may_not_read_exits_2_not_1(
 
 
 # -- what the command writes is private -------------------------------------------
-
-
-@pytest.fixture(params=[0o000, 0o277], ids=["umask 000", "umask 277"])
-def umask(request: pytest.FixtureRequest) -> Iterator[int]:
-    """The process's umask for the test: none at all, or one that takes owner bits."""
-    mask: int = request.param
-    previous = os.umask(mask)
-    try:
-        yield mask
-    finally:
-        os.umask(previous)
 
 
 def modes(root: Path) -> dict[str, str]:

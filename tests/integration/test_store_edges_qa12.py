@@ -13,54 +13,15 @@ the tests skip, never passing with the modes ignored.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 
 import pytest
-from support import NumberModel
+from support import NumberModel, run_unprivileged
 
 from mnimi_adapters.core import Persistent
-
-#: The capabilities with which root reads, enters and changes what modes forbid.
-_OVERRIDES = "-dac_override,-dac_read_search,-fowner"
-
-
-def run_unprivileged(arguments: list[str]) -> subprocess.CompletedProcess[str]:
-    """Run ``arguments`` as this user, bound by file modes even if it is root."""
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip(
-                "root ignores file modes, and setpriv (util-linux), to drop that, is missing"
-            )
-        prefix = [setpriv, "--bounding-set", _OVERRIDES, "--inh-caps", _OVERRIDES]
-    return subprocess.run(
-        [*prefix, *arguments], capture_output=True, text=True, timeout=120, check=False
-    )
-
-
-@pytest.fixture
-def modes_bind(tmp_path: Path) -> None:
-    """Skip unless the unprivileged subprocess is kept out of a folder of mode 000."""
-    folder = tmp_path / "probe"
-    folder.mkdir(mode=0)
-    try:
-        probe = run_unprivileged(
-            [sys.executable, "-c", "import os, sys; os.stat(sys.argv[1] + '/x')", str(folder)]
-        )
-    finally:
-        folder.chmod(0o700)
-    if "PermissionError" not in probe.stderr:
-        pytest.skip(
-            "file modes do not bind a subprocess here (the capabilities that let root "
-            f"ignore them cannot be dropped): {probe.stderr.strip()[-200:]}"
-        )
 
 
 @pytest.fixture

@@ -4,25 +4,10 @@ alter which samples the run consumed. A record the user made keeps its mode."""
 
 from __future__ import annotations
 
-import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from mnimi_adapters.core.runs import RunRecorder, read_runs
-
-
-@pytest.fixture(params=[0o000, 0o277], ids=["umask 000", "umask 277"])
-def umask(request: pytest.FixtureRequest) -> Iterator[int]:
-    """The process's umask for the test: none at all, or one that takes owner bits."""
-    mask: int = request.param
-    previous = os.umask(mask)
-    try:
-        yield mask
-    finally:
-        os.umask(previous)
 
 
 def record_a_run(path: Path) -> None:

@@ -7,28 +7,14 @@ Folders the store makes are 0700, its files 0600; a folder the user made keeps i
 
 from __future__ import annotations
 
-import os
 import stat
-from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 
-import pytest
 from support import NumberModel
 
 from mnimi_adapters.core import Persistent
 from mnimi_adapters.core.stores import DiskStore
-
-
-@pytest.fixture(params=[0o000, 0o277], ids=["umask 000", "umask 277"])
-def umask(request: pytest.FixtureRequest) -> Iterator[int]:
-    """The process's umask for the test: none at all, or one that takes owner bits."""
-    mask: int = request.param
-    previous = os.umask(mask)
-    try:
-        yield mask
-    finally:
-        os.umask(previous)
 
 
 def mode(path: Path) -> int:
