@@ -30,7 +30,21 @@ def _ordinal(number: int) -> str:
 
 
 class MnimiError(Exception):
-    """Base class of every exception this library raises on purpose."""
+    """Base class of every exception this library raises on purpose.
+
+    Example:
+        >>> import tempfile
+        >>> from mnimi_adapters import BatchedModel, MnimiError, Persistent
+        >>> class Echo(BatchedModel):
+        ...     def query(self, request, n):
+        ...         return ["hi"] * n
+        >>> with tempfile.TemporaryDirectory() as empty:
+        ...     try:  # a replication run over a folder that holds no cache
+        ...         Persistent(Echo("echo", 1.0), empty, replication=True)
+        ...     except MnimiError as error:  # catches every error below it
+        ...         print(type(error).__name__)
+        StoreError
+    """
 
 
 class ReplicationCacheMiss(MnimiError):
@@ -45,6 +59,25 @@ class ReplicationCacheMiss(MnimiError):
             same model nearest to it (``None`` if there is none).
         explanation: The first field in which that request differs, in words, e.g.
             ``temperature: stored 0.7, requested 0.8``.
+
+    Example:
+        >>> import tempfile
+        >>> from itertools import islice
+        >>> from mnimi_adapters import BatchedModel, Persistent
+        >>> class Echo(BatchedModel):
+        ...     def query(self, request, n):
+        ...         return ["hi"] * n
+        >>> with tempfile.TemporaryDirectory() as cache:
+        ...     recorded = Persistent(Echo("echo", 1.0), cache)
+        ...     first = next(recorded.sample("Say hi"))  # one sample drawn and stored
+        ...     recorded.close()
+        ...     replay = Persistent(Echo("echo", 1.0), cache, replication=True)
+        ...     try:
+        ...         texts = list(islice(replay.sample("Say hi"), 2))  # asks for a 2nd
+        ...     except ReplicationCacheMiss as miss:
+        ...         print(f"index {miss.index}, {miss.cached} cached")
+        ...     replay.close()
+        index 1, 1 cached
     """
 
     def __init__(
@@ -75,31 +108,105 @@ class ReplicationCacheMiss(MnimiError):
 
 
 class StoreError(MnimiError):
-    """The cache store cannot be opened, read or written."""
+    """The cache store cannot be opened, read or written.
+
+    The message names the store and says what to do; the subclasses below say why.
+
+    Example:
+        >>> import tempfile
+        >>> from mnimi_adapters import BatchedModel, Persistent
+        >>> class Echo(BatchedModel):
+        ...     def query(self, request, n):
+        ...         return ["hi"] * n
+        >>> with tempfile.TemporaryDirectory() as empty:
+        ...     try:  # nothing to replay there: no store is created for it
+        ...         Persistent(Echo("echo", 1.0), empty, replication=True)
+        ...     except StoreError as error:
+        ...         print(str(error).startswith("no cache at"))
+        True
+    """
 
 
 class UnsupportedStoreVersion(StoreError):
-    """The store was written by a format version this library does not read."""
+    """The store was written by a format version this library does not read.
+
+    Example:
+        >>> try:  # doctest: +SKIP
+        ...     model = Persistent(provider, "cache-from-a-newer-release")
+        ... except UnsupportedStoreVersion:
+        ...     model = Persistent(provider, "another-directory")  # or upgrade the library
+    """
 
 
 class CorruptStoreError(StoreError):
-    """A stored value is damaged or is not JSON written by this library."""
+    """A stored value is damaged or is not JSON written by this library.
+
+    ``mnimi verify PATH`` lists every damaged sequence of a store.
+
+    Example:
+        >>> from mnimi_adapters import Sample
+        >>> try:
+        ...     Sample.from_dict({"not": "a sample"})
+        ... except CorruptStoreError as error:
+        ...     print(error)
+        not a stored sample: "{'not': 'a sample'}"
+    """
 
 
 class StoreFull(StoreError):
-    """The store has no room for a write: its disk is full, or Redis is at maxmemory."""
+    """The store has no room for a write: its disk is full, or Redis is at maxmemory.
+
+    Replays still read from it; only storing a new sample fails, before it is paid for.
+
+    Example:
+        >>> try:  # doctest: +SKIP
+        ...     answer = next(model.sample("A prompt not cached yet"))
+        ... except StoreFull:
+        ...     ...  # free some space (mnimi prune PATH --max-size 1GB), then run again
+    """
 
 
 class StoreReadOnly(StoreError):
-    """The store cannot be written: read-only media, or it was opened read-only."""
+    """The store cannot be written: read-only media, or it was opened read-only.
+
+    Replays still read from it; a miss raises this before any request is sent.
+
+    Example:
+        >>> model = Persistent(provider, "/mnt/read-only/cache")  # doctest: +SKIP
+        >>> next(model.sample("A prompt not cached yet"))  # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        mnimi_adapters.core.errors.StoreReadOnly: ...
+    """
 
 
 class StoreUnreachable(StoreError):
-    """The store's server cannot be reached, or went away while in use."""
+    """The store's server cannot be reached, or went away while in use.
+
+    Example:
+        >>> try:  # doctest: +SKIP
+        ...     model = Persistent(provider, "redis://cache-host:6379/0")
+        ... except StoreUnreachable as error:  # a password in the URL is never shown
+        ...     print(error)
+    """
 
 
 class ProviderError(MnimiError):
-    """A provider call failed or returned a response that holds no usable sample."""
+    """A provider call failed or returned a response that holds no usable sample.
+
+    Nothing of a failed call is stored: the next call asks the provider again.
+
+    Example:
+        >>> from mnimi_adapters import BatchedModel
+        >>> class Silent(BatchedModel):
+        ...     def query(self, request, n):
+        ...         return [""] * n  # empty answers are no samples
+        >>> try:
+        ...     next(Silent("silent", 1.0).sample("Say something"))
+        ... except ProviderError as error:
+        ...     print(error)
+        Silent('silent', 1.0) returned no usable sample (empty or filtered answers)
+    """
 
 
 class ProviderRequestError(ProviderError):
@@ -145,6 +252,14 @@ class LLMOutputError(MnimiError, ValueError):
         expected: What was expected, e.g. ``"<algorithm>...</algorithm>"``.
         position: Character offset in the output where the mismatch was found
             (0 when a validator rejected the output as a whole).
+
+    Example:
+        >>> from mnimi_adapters.structured_output import Tag, parse
+        >>> try:
+        ...     parse(Tag("answer"), "I think it is 42.")
+        ... except ValueError as error:  # an LLMOutputError is a ValueError too
+        ...     print(type(error).__name__, error.expected, error.position)
+        LLMOutputError <answer>...</answer> 0
     """
 
     def __init__(self, message: str, *, expected: str, position: int) -> None:

@@ -973,6 +973,20 @@ class Independent(Wrapper):
     ``Independent(Independent(m))`` shares the inner cursor; a new
     ``Independent`` over a persistent layer starts at position 0 again, so a
     whole run replays identically across runs.
+
+    Example:
+        >>> from itertools import count
+        >>> from mnimi_adapters import BatchedModel, Repeatable
+        >>> class Counter(BatchedModel):  # a stand-in provider: its k-th answer is "k"
+        ...     drawn = count()
+        ...     def query(self, request, n):
+        ...         return [str(next(self.drawn)) for _ in range(n)]
+        >>> cache = Repeatable(Counter("counter", 1.0))
+        >>> retries = Independent(cache)
+        >>> next(retries.sample("Pick a number")), next(retries.sample("Pick a number"))
+        ('0', '1')
+        >>> next(Independent(cache).sample("Pick a number"))  # a new one starts over
+        '0'
     """
 
     def __init__(self, model: Layer, book: PositionBook | None = None) -> None:

@@ -76,7 +76,22 @@ def check_batch(batch: Any, name: str = "batch", least: int = 1) -> int:
 
 
 class Layer(ABC):
-    """Anything with ``sample``: a provider model or a wrapper over another layer."""
+    """Anything with ``sample``: a provider model or a wrapper over another layer.
+
+    Example:
+        >>> from itertools import islice
+        >>> from mnimi_adapters import BatchedModel, Layer, Repeatable
+        >>> class Echo(BatchedModel):  # a provider: the layer at the bottom of a stack
+        ...     def query(self, request, n):
+        ...         return [f"{request.prompt} #{i}" for i in range(n)]
+        >>> stack = Repeatable(Echo("echo", 1.0, max_batch=2))  # a layer over a layer
+        >>> isinstance(stack, Layer), stack.root.model_name
+        (True, 'echo')
+        >>> list(islice(stack.sample("hi", batch=2), 2))  # texts, drawn in one request
+        ['hi #0', 'hi #1']
+        >>> [sample.text for sample in stack.draw("hi", 2)]  # whole samples, replayed
+        ['hi #0', 'hi #1']
+    """
 
     @abstractmethod
     def open(self, request: Request) -> Cursor:
@@ -243,6 +258,20 @@ class Model(Layer):
         alias: The model's name in cache keys, so one model served by two
             providers shares a cache.
         max_batch: The most samples one provider request may return.
+
+    Example:
+        >>> from itertools import count, islice
+        >>> from mnimi_adapters import Repeatable
+        >>> class Counter(Model):  # a provider of your own: its k-th draw answers "k"
+        ...     def sample(self, prompt, batch=1):
+        ...         for k in count():
+        ...             yield str(k)
+        >>> model = Counter("counter", 1.0)
+        >>> cached = Repeatable(model)
+        >>> list(islice(cached.sample("Pick a number"), 3))
+        ['0', '1', '2']
+        >>> next(cached.sample("Pick a number")), model.total_requests()  # replayed
+        ('0', 3)
     """
 
     def __init__(

@@ -37,6 +37,21 @@ class Sample:
         origin: Where this draw was served from, set by the cache layers and
             never stored: ``key`` and ``index`` in the innermost cache's
             sequence, and ``cache_hit`` (no provider call was needed for it).
+
+    Example:
+        >>> sample = Sample.of_text("42")  # what a custom model's plain str becomes
+        >>> sample.text, sample.message
+        ('42', {'role': 'assistant', 'content': '42'})
+        >>> Sample.from_dict(sample.to_dict()) == sample  # stored as JSON, read back whole
+        True
+        >>> from mnimi_adapters import BatchedModel, Repeatable
+        >>> class Echo(BatchedModel):
+        ...     def query(self, request, n):
+        ...         return ["hi"] * n
+        >>> cache = Repeatable(Echo("echo", 1.0))
+        >>> first, again = (cache.draw("Say hi", 1)[0] for _ in range(2))
+        >>> first.draw_id == again.draw_id, first.origin["cache_hit"], again.origin["cache_hit"]
+        (True, False, True)
     """
 
     text: str

@@ -92,6 +92,10 @@ class ScopeWarning(UserWarning):
     LiteLLM's ``batch_completion``'s) found scopes open on several threads, and runs
     outside any (with exactly one candidate it borrows that one); or a process was
     forked inside an ``independent()`` scope, whose cursors do not cross processes.
+
+    Example:
+        >>> import warnings
+        >>> warnings.filterwarnings("error", category=ScopeWarning)  # doctest: +SKIP
     """
 
 
@@ -285,6 +289,25 @@ def repeatable() -> ScopeManager:
 
     Nested in :func:`independent`, every ``repeatable()`` block gets fresh samples
     that then repeat within the block: the retry pattern.
+
+    Example:
+        >>> from itertools import count
+        >>> from mnimi_adapters import BatchedModel, Repeatable
+        >>> class Counter(BatchedModel):  # a stand-in provider: its k-th answer is "k"
+        ...     drawn = count()
+        ...     def query(self, request, n):
+        ...         return [str(next(self.drawn)) for _ in range(n)]
+        >>> cache = Repeatable(Counter("counter", 1.0))
+        >>> def ask():  # what an adapter does per call: draw from the scoped layer
+        ...     return next(scoped(cache).sample("Pick a number"))
+        >>> with independent():
+        ...     for attempt in range(2):
+        ...         with repeatable():  # a fresh sample per attempt, the same within one
+        ...             print(f"attempt {attempt}: {ask()} {ask()}")
+        attempt 0: 0 0
+        attempt 1: 1 1
+        >>> ask()  # outside any scope: repeatable, from the start of the sequence
+        '0'
     """
     return ScopeManager("repeatable")
 
@@ -294,5 +317,21 @@ def no_cache() -> ScopeManager:
 
     A replication cache refuses to work inside this scope, since it may never
     call the provider.
+
+    Example:
+        >>> from itertools import count
+        >>> from mnimi_adapters import BatchedModel, Repeatable
+        >>> class Counter(BatchedModel):  # a stand-in provider: its k-th answer is "k"
+        ...     drawn = count()
+        ...     def query(self, request, n):
+        ...         return [str(next(self.drawn)) for _ in range(n)]
+        >>> cache = Repeatable(Counter("counter", 1.0))
+        >>> next(cache.sample("Pick a number"))
+        '0'
+        >>> with no_cache():  # sent to the provider, and not stored
+        ...     next(cache.sample("Pick a number"))
+        '1'
+        >>> next(cache.sample("Pick a number"))  # the cache still holds only the first
+        '0'
     """
     return ScopeManager("no_cache")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import inspect
 import pkgutil
 
 import pytest
@@ -22,3 +23,10 @@ def test_docstring_examples_run(name: str) -> None:
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0, f"{result.failed} docstring example(s) of {name} failed"
+
+
+@pytest.mark.parametrize("name", mnimi_adapters.__all__)
+def test_every_public_name_shows_an_example(name: str) -> None:
+    # A user's help() on any exported name should show how it is used, not only what it is.
+    doc = inspect.getdoc(getattr(mnimi_adapters, name)) or ""
+    assert ">>>" in doc, f"mnimi_adapters.{name} has no docstring example"
