@@ -10,6 +10,7 @@ side by side in the same run.
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 import statistics
@@ -133,7 +134,11 @@ def appends_per_second(location: str, processes: int, seconds: float = 3.0) -> f
     return total / seconds
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    # No options yet: the parser makes --help describe the run instead of starting it.
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args(argv)
     package, bare, loaded = import_time()
     print("## Import time\n")
     print("| command | median wall time |")

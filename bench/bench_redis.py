@@ -14,6 +14,7 @@ for bench/RESULTS.md.
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import socket
 import statistics
@@ -106,7 +107,12 @@ def _us(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} µs"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    # No options yet: the parser makes --help describe the run instead of starting it, and
+    # it comes first so that --help works without redis-server.
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args(argv)
     if shutil.which("redis-server") is None:
         sys.exit("bench_redis: redis-server is not on PATH")
     with tempfile.TemporaryDirectory() as tmp:
