@@ -88,13 +88,6 @@ class _Refill:
     #: The sequence's length once it landed, if the store said: a position below it is
     #: stored, with no need to ask the store again.
     reached: int | None = None
-    #: The positions it stored, if the store said.
-    landed: range = range(0)
-
-    def land(self, added: Appended) -> None:
-        self.reached = added.end
-        if added.start is not None:
-            self.landed = range(added.start, added.start + len(added))
 
 
 #: What a cursor's read of a missing position found: the sequence's length then, and
@@ -389,41 +382,32 @@ class CacheLayer(Wrapper):
 
     def extend(
         self, request: Request, key: str, index: int, batch: int, read: _Read = _UNREAD
-    ) -> list[range]:
-        """Make sure position ``index`` of ``key``'s sequence is stored; the positions
-        the refills this call ran (not those it waited for) stored."""
-        own = []
+    ) -> None:
+        """Make sure position ``index`` of ``key``'s sequence is stored."""
         for refill, cursor in self._steps(request, key, index, batch, False, read):
             if cursor is None:
                 refill.done.result()
-                continue
-            if cursor.ordered:
+            elif cursor.ordered:
                 self._fill(request, key, cursor, refill)
             else:
                 _KEEPER.call(functools.partial(self._fill, request, key, cursor, refill))
-            own.append(refill.landed)
-        return own
 
     async def aextend(
         self, request: Request, key: str, index: int, batch: int, read: _Read = _UNREAD
-    ) -> list[range]:
+    ) -> None:
         """Async :meth:`extend`."""
         # Shielded: a caller that times out must neither cancel a refill others
         # wait for nor throw away samples already paid for (law 6).
-        own = []
         for refill, cursor in self._steps(request, key, index, batch, True, read):
             if cursor is None:
                 await asyncio.shield(_seen(refill.done))
-                continue
-            if cursor.ordered:
+            elif cursor.ordered:
                 task = asyncio.ensure_future(self._afill(request, key, cursor, refill))
                 task.add_done_callback(_retrieve)
                 await asyncio.shield(task)
             else:
                 fill = self._afill(request, key, cursor, refill)
                 await asyncio.shield(_seen(_KEEPER.submit(fill)))
-            own.append(refill.landed)
-        return own
 
     def _order_lock(self, key: str, cursor: Cursor) -> threading.Lock | None:
         """The lock a refill from ``cursor`` lands under, if any.
@@ -438,7 +422,7 @@ class CacheLayer(Wrapper):
         try:
             with self._order_lock(key, cursor) or contextlib.nullcontext():
                 drawn = cursor.take(request, refill.count)
-                refill.land(self._land(request, key, cursor, drawn))
+                refill.reached = self._land(request, key, cursor, drawn).end
         finally:
             self._release(key, refill)
 
@@ -447,7 +431,7 @@ class CacheLayer(Wrapper):
         try:
             async with _polled(self._order_lock(key, cursor)):
                 drawn = await cursor.atake(request, refill.count)
-                refill.land(await self._aland(request, key, cursor, drawn))
+                refill.reached = (await self._aland(request, key, cursor, drawn)).end
         finally:
             self._release(key, refill)
 
@@ -474,8 +458,15 @@ class CacheLayer(Wrapper):
                 _, dropped = self._fresh.popitem(last=False)
                 self._fresh_count -= len(dropped)
 
-    def _note(self, key: str, index: int, hit: bool) -> None:
-        """Count a served sample: a hit unless this layer's refills drew it in this run."""
+    def _note(self, key: str, index: int, hit: bool) -> bool:
+        """Count a served sample, and say whether it is a hit: a sample found stored is
+        one unless this layer's refills drew it in this run and it was not served since.
+
+        Whichever call's refill drew it (this call's own of several samples, a concurrent
+        call's, a batch's extras, a call cut short before it read its answer), the call
+        served it first reports it as the miss it was: the costs a run's calls report add
+        up to what it paid, and agree with :meth:`stats`.
+        """
         with self._lock:
             fresh = self._fresh.get(key)
             if fresh is not None and index in fresh:
@@ -485,6 +476,7 @@ class CacheLayer(Wrapper):
                 if not fresh:
                     del self._fresh[key]
             self._stats["hits" if hit else "misses"] += 1
+        return hit
 
 
 #: How many positions a cache layer's refills stored and nobody was served yet it keeps
@@ -814,39 +806,28 @@ class _ReplayCursor(Cursor):
             self.hand_back([index])
             raise
 
-    def take(
-        self, request: Request, batch: int, index: int | None = None, own: list[range] | None = None
-    ) -> list[Sample]:
-        """Serve the next position (or ``index``); ``own`` gathers the positions a call of
-        several samples had its refills store, which are no hits when it reads them."""
+    def take(self, request: Request, batch: int, index: int | None = None) -> list[Sample]:
         with self._claimed(index) as index:
             ended = self._layer.refills_ended  # before the read: a refill may end during it
             found = self._layer.read(self._key, index)
-            hit = isinstance(found, Sample) and not _among(index, own)
+            hit = isinstance(found, Sample)
             if not isinstance(found, Sample):
-                landed = self._layer.extend(request, self._key, index, batch, (found, ended))
-                if own is not None:
-                    own += landed
+                self._layer.extend(request, self._key, index, batch, (found, ended))
                 found = self._read(index)
         return [self._serve(found, index, hit)]
 
-    async def atake(
-        self, request: Request, batch: int, index: int | None = None, own: list[range] | None = None
-    ) -> list[Sample]:
+    async def atake(self, request: Request, batch: int, index: int | None = None) -> list[Sample]:
         with self._claimed(index) as index:
             ended = self._layer.refills_ended
             found = self._layer.read(self._key, index)
-            hit = isinstance(found, Sample) and not _among(index, own)
+            hit = isinstance(found, Sample)
             if not isinstance(found, Sample):
-                read = (found, ended)
-                landed = await self._layer.aextend(request, self._key, index, batch, read)
-                if own is not None:
-                    own += landed
+                await self._layer.aextend(request, self._key, index, batch, (found, ended))
                 found = self._read(index)
         return [self._serve(found, index, hit)]
 
     def _serve(self, sample: Sample, index: int, hit: bool) -> Sample:
-        self._layer._note(self._key, index, hit)
+        hit = self._layer._note(self._key, index, hit)
         if self._layer.recorder is not None:
             self._layer.recorder.consumed(self._key, index, sample.draw_id)
         at = self._at
@@ -863,10 +844,6 @@ class _ReplayCursor(Cursor):
         return sample
 
 
-def _among(index: int, ranges: list[range] | None) -> bool:
-    return ranges is not None and any(index in positions for positions in ranges)
-
-
 class _Reserved(Cursor):
     """Positions of a cache's cursor that one call of several samples claimed at once.
 
@@ -880,8 +857,6 @@ class _Reserved(Cursor):
     def __init__(self, cursor: _ReplayCursor, indices: list[int]) -> None:
         self._cursor = cursor
         self._indices = collections.deque(indices)
-        #: What this call's own refills stored: drawn for it, so misses when served.
-        self._own: list[range] = []
 
     def _next_index(self) -> int:
         if not self._indices:
@@ -889,10 +864,10 @@ class _Reserved(Cursor):
         return self._indices.popleft()
 
     def take(self, request: Request, batch: int) -> list[Sample]:
-        return self._cursor.take(request, batch, self._next_index(), self._own)
+        return self._cursor.take(request, batch, self._next_index())
 
     async def atake(self, request: Request, batch: int) -> list[Sample]:
-        return await self._cursor.atake(request, batch, self._next_index(), self._own)
+        return await self._cursor.atake(request, batch, self._next_index())
 
     def give_back(self, samples: list[Sample]) -> None:
         self._cursor.give_back(samples)

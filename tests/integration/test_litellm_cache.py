@@ -1081,3 +1081,37 @@ def test_a_router_retries_a_miss_as_often_as_without_the_cache(
         ask(f"Router gives up {is_async}")
     assert sent(server) == 3  # as without the cache: the first attempt and two retries
     server.reset()  # the faults left
+
+
+def test_concurrent_misses_report_every_sample_they_paid_for(
+    server: SamplingServer, cache_dir: Path
+) -> None:
+    # Four concurrent calls of 3 samples each: their refills landed in the order they
+    # ended, so a call read samples another call's refill had stored, and reported them as
+    # free hits; the run's reported cost fell short of what it paid.
+    async def run() -> list[Any]:
+        messages = [{"role": "user", "content": "Say something"}]
+        with independent():
+            calls = (
+                litellm.acompletion(
+                    model="openai/gpt-4o-mini",
+                    messages=messages,
+                    n=3,
+                    api_base=server.url,
+                    api_key=API_KEY,
+                )
+                for _ in range(4)
+            )
+            return list(await asyncio.gather(*calls))
+
+    server.reset()
+    with MnimiCache(str(cache_dir)):
+        first = asyncio.run(run())
+        assert sent(server) == 4
+        assert [r._hidden_params["mnimi"]["cache_hits"] for r in first] == [[False] * 3] * 4
+        assert all(r._hidden_params["response_cost"] > 0 for r in first)
+        again = asyncio.run(run())
+    assert sent(server) == 4
+    assert [r._hidden_params["mnimi"]["cache_hits"] for r in again] == [[True] * 3] * 4
+    assert [r._hidden_params["response_cost"] for r in again] == [0.0] * 4
+    assert [texts(r) for r in again] == [texts(r) for r in first]
