@@ -30,6 +30,7 @@ import ast
 import asyncio
 import contextlib
 import contextvars
+import difflib
 import functools
 import inspect
 import json
@@ -1185,6 +1186,31 @@ def _check_wrappable(model: Any) -> None:
         )
 
 
+#: Options of the library's other entry points a user may try on MnimiChatModel: sent to
+#: the provider as model keywords, they would do nothing the user meant, silently.
+_OPTIONS_ELSEWHERE = {
+    "record": "a run record is made by Persistent(..., record=...)",
+    "path": "the cache directory is cache_dir=",
+    "dspy": "dspy=True is MnimiCache's",
+}
+
+
+def _refuse_own_option(name: str, fields: set[str]) -> None:
+    """Refuse a keyword that is no model keyword but a slip for one of the library's own:
+    a misspelt field (``slice_off``) or another entry point's option (``record``)."""
+    if name in _OPTIONS_ELSEWHERE:
+        raise TypeError(
+            f"MnimiChatModel takes no {name}= ({_OPTIONS_ELSEWHERE[name]}); other keywords "
+            "are passed to the model as model_kwargs"
+        )
+    near = difflib.get_close_matches(name, sorted(fields), n=1, cutoff=0.85)
+    if near:
+        raise TypeError(
+            f"MnimiChatModel got {name}=, did you mean {near[0]}=? (other keywords are "
+            "passed to the model as model_kwargs)"
+        )
+
+
 #: MnimiChatModel's private memos, as a model has them before its first call.
 _NO_MEMOS: dict[str, None] = {"_built": None, "_last_key": None, "_identity_memo": None}
 
@@ -1409,6 +1435,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         extra = {k: values[k] for k in list(values) if k not in known}
         if not extra:
             return values
+        for name in extra:
+            _refuse_own_option(name, known)
         values = {k: v for k, v in values.items() if k not in extra}
         model_kwargs = dict(values.get("model_kwargs") or {})
         for key, value in extra.items():

@@ -818,3 +818,20 @@ def test_a_model_is_copied_and_pickled_after_its_first_call_as_before_it(
         assert copied.invoke(NUMBER).content == first  # the same cache, replayed
     assert model.invoke(NUMBER).content == first
     assert requests(server) == 1
+
+
+@pytest.mark.parametrize(
+    ("keyword", "says"),
+    [
+        ("record", r"takes no record= \(a run record is made by Persistent"),
+        ("slice_off", "did you mean slice_of="),
+    ],
+)
+def test_a_slip_for_the_librarys_own_option_is_refused(
+    chat: ChatFactory, keyword: str, says: str
+) -> None:
+    # Moved into model_kwargs like any provider keyword, record= and slice_off= were sent
+    # to the provider and keyed, and no record or slice was made.
+    with pytest.raises(TypeError, match=says):
+        chat(**{keyword: "run.jsonl"})
+    assert chat(top_k=5).model_kwargs == {"top_k": 5}  # a provider keyword still passes
