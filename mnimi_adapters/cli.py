@@ -71,6 +71,7 @@ from .core.stores.check import plural as _plural
 from .core.stores.disk import is_store_directory
 from .core.stores.files import create_private
 from .core.stores.jsonl import jsonl_lines, read_jsonl
+from .providers import keyed_endpoint
 
 #: The stores the command works on: a cache directory or a Redis namespace.
 Store = SequenceStore
@@ -1062,10 +1063,22 @@ def _read_input(name: str) -> str:
         raise CommandError(f"cannot read {name}: {error}") from None
 
 
+def _with_endpoint(body: Any) -> Any:
+    """A body written as it was passed to ``litellm.completion``: its ``api_base`` (or
+    ``base_url``) is the endpoint a key holds, keyed as MnimiCache keys it."""
+    if not isinstance(body, dict) or "endpoint" in body:
+        return body
+    base = body.get("api_base") or body.get("base_url")
+    if not isinstance(base, str) or not base:
+        return body
+    rest = {k: v for k, v in body.items() if k not in ("api_base", "base_url")}
+    return {**rest, "endpoint": keyed_endpoint(base).rstrip("/")}
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     """Name the stored request nearest to a request, and the first field that differs."""
     try:
-        requested = requested_record(json.loads(_read_input(args.request)))
+        requested = requested_record(_with_endpoint(json.loads(_read_input(args.request))))
     except (ValueError, RecursionError) as error:  # RecursionError: json's on deep nesting
         raise CommandError(f"{args.request} is not JSON: {error}") from None
     except MnimiError as error:

@@ -168,3 +168,30 @@ def test_mnimi_explain_rejects_what_is_not_a_request(
     code, _ = explain(cache, tmp_path, {"messages": []})
     assert code == 2
     assert '"model"' in capsys.readouterr().err
+
+
+def test_mnimi_explain_takes_a_body_as_it_was_passed_to_litellm(tmp_path: Path) -> None:
+    # Its api_base was taken for a parameter, and every such request's first difference
+    # was "endpoint: stored ..., not requested", which hid the real one.
+    import litellm
+
+    from mnimi_adapters.litellm import MnimiCache
+    from mnimi_adapters.testing import SamplingServer
+
+    messages = [{"role": "user", "content": "Pick a number between 1 and 100."}]
+    with SamplingServer(seed=3) as server, MnimiCache(str(tmp_path / "cache")) as cache:
+        litellm.completion(
+            model="openai/mock-model",
+            messages=messages,
+            temperature=0.8,
+            api_base=server.url,
+            api_key="sk-x",
+        )
+        api_base = server.url.replace("://", "://user:secret@")  # as a gateway may want
+    cache.close()
+    sent = {"model": "openai/mock-model", "messages": messages, "api_base": api_base}
+    code, out = explain(tmp_path / "cache", tmp_path, {**sent, "temperature": 0.8})
+    assert code == 0 and out.startswith("stored: the request is key m1-")
+    code, out = explain(tmp_path / "cache", tmp_path, {**sent, "temperature": 0.9})
+    assert code == 1
+    assert out.splitlines()[1] == "first difference: temperature: stored 0.8, requested 0.9"
