@@ -29,7 +29,8 @@ below), before LiteLLM's own client wrapper runs, so a miss costs one LiteLLM ca
 one provider response holds exactly the samples a call gets, that response is returned
 as it is. Any other answer (a hit, or samples from several requests) is built from the
 samples; while a LiteLLM callback is installed, a hit is replayed through LiteLLM's cache
-handler instead, which logs it as a hit, and a stream always is (LiteLLM shapes it). A
+handler instead, which logs it as a hit, and a stream always is (LiteLLM shapes it; its
+replay is logged only for a hit: fresh samples were logged by the call that drew them). A
 streaming call with ``n=1`` whose sample is missing streams live: each chunk reaches the
 caller as the provider sends it, the sample is stored when the stream ends, and a stream
 its caller abandons stores nothing and gives its position back (an ``independent()``
@@ -285,6 +286,23 @@ def _drawn_alone(call: _Call, samples: list[Sample], facts: dict[str, Any]) -> A
         if call.call_id is not None:  # the caller's id, as a built answer keeps it
             hidden["litellm_call_id"] = call.call_id
     return response
+
+
+#: LiteLLM's public per-call switch that keeps a call from its callbacks.
+_NO_LOG: Final = "no-log"
+
+
+def _replay_kwargs(samples: list[Sample], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What LiteLLM's replay of ``samples`` is called with: unlogged unless all are hits.
+
+    A fresh sample was logged already, with its cost, by the provider call that drew it
+    (it carries the caller's ``litellm_call_id``); LiteLLM's replay would log the call a
+    second time, as a free cache hit. LiteLLM's own cache logs such a call once, as a
+    miss with its cost. A call of hits only is logged by its replay, as a hit.
+    """
+    if all(bool((s.origin or {}).get("cache_hit")) for s in samples):
+        return kwargs
+    return {**kwargs, _NO_LOG: True}
 
 
 def _built_hidden(
@@ -1232,7 +1250,7 @@ class MnimiCache(Cache):
         if response is not None:
             return response
         with _replayed(call, samples):
-            return _with_logprobs(original(**kwargs))
+            return _with_logprobs(original(**_replay_kwargs(samples, kwargs)))
 
     async def _afinish(
         self,
@@ -1245,20 +1263,22 @@ class MnimiCache(Cache):
         if response is not None:
             return response
         with _replayed(call, samples):
-            return _with_logprobs(await original(**kwargs))
+            return _with_logprobs(await original(**_replay_kwargs(samples, kwargs)))
 
     def _drawn_response(self, call: _Call, samples: list[Sample], kwargs: Mapping[str, Any]) -> Any:
         """The answer to a call, made without LiteLLM: ``None`` when LiteLLM must replay it.
 
         The provider response itself when it alone holds the samples; else one built from
         them. Drawn samples were sent, and logged, by the LiteLLM calls of the refills that
-        drew them (concurrent calls of one request share refills). A hit is built here only
-        while no LiteLLM callback, call rule or budget is set; else LiteLLM's cache handler
-        replays it, so that rules and budget check it and callbacks log it as a hit. A
-        stream is always replayed by LiteLLM.
+        drew them (concurrent calls of one request share refills), so an answer with a
+        fresh sample is built here, never logged again. A call of hits only is built here
+        only while no LiteLLM callback, call rule or budget is set; else LiteLLM's cache
+        handler replays it, so that rules and budget check it and callbacks log it as a
+        hit. A stream is always replayed by LiteLLM, unlogged unless all its samples are
+        hits (see ``_replay_kwargs``).
         """
         facts = _facts(samples)
-        if kwargs.get("stream") or (any(facts["cache_hits"]) and hit_needs_litellm()):
+        if kwargs.get("stream") or (all(facts["cache_hits"]) and hit_needs_litellm()):
             return None
         drawn = _drawn_alone(call, samples, facts)
         if drawn is not None:

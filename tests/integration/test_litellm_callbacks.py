@@ -1,0 +1,190 @@
+"""What LiteLLM's callbacks see of calls a MnimiCache answers, against the real LiteLLM.
+
+A user call is logged once, as LiteLLM's own cache logs it: as a hit only when all its
+samples are hits, with the cost of its fresh samples, under the caller's
+``litellm_call_id``; a provider retry that ends in a success logs no failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("litellm")
+
+import litellm
+from litellm.integrations.custom_logger import CustomLogger
+from litellm_support import listening
+
+from mnimi_adapters.litellm import MnimiCache
+from mnimi_adapters.testing import SamplingServer
+
+pytestmark = pytest.mark.integration
+
+API_KEY = "sk-test"
+MODEL = "openai/gpt-4o-mini"
+
+
+class Events(CustomLogger):
+    """Every success and failure LiteLLM reports for calls whose last message is ``prompt``."""
+
+    def __init__(self, prompt: str) -> None:
+        super().__init__()
+        self.prompt = prompt
+        self.successes: list[dict[str, Any]] = []
+        self.failures: list[dict[str, Any]] = []
+
+    def _note(self, into: list[dict[str, Any]], kwargs: Any) -> None:
+        messages = kwargs.get("messages") or [{}]
+        if messages[-1].get("content") != self.prompt:
+            return
+        logged = kwargs.get("standard_logging_object") or {}
+        into.append(
+            {
+                "call_id": kwargs.get("litellm_call_id"),
+                "cache_hit": logged.get("cache_hit"),
+                "cost": logged.get("response_cost"),
+            }
+        )
+
+    def log_success_event(
+        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        self._note(self.successes, kwargs)
+
+    async def async_log_success_event(
+        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        self._note(self.successes, kwargs)
+
+    def log_failure_event(
+        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        self._note(self.failures, kwargs)
+
+    async def async_log_failure_event(
+        self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any
+    ) -> None:
+        self._note(self.failures, kwargs)
+
+    def calls(self) -> dict[str, dict[str, Any]]:
+        """The logged successes by call id (LiteLLM may report one call to both hooks)."""
+        return {event["call_id"]: event for event in self.successes}
+
+    def settle(self, calls: int) -> dict[str, dict[str, Any]]:
+        """The logged calls, once ``calls`` of them were and LiteLLM had time for more:
+        it logs in the background."""
+        deadline = time.monotonic() + 10
+        while len(self.calls()) < calls and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)
+        return self.calls()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SamplingServer]:
+    with SamplingServer(seed=14) as running:
+        yield running
+
+
+@pytest.fixture
+def cache(server: SamplingServer, tmp_path: Path) -> Iterator[MnimiCache]:
+    server.reset()
+    with MnimiCache(str(tmp_path / "llm_cache")) as installed:
+        yield installed
+    installed.close()
+
+
+def call(server: SamplingServer, prompt: str, **kwargs: Any) -> Any:
+    messages = [{"role": "user", "content": prompt}]
+    return litellm.completion(
+        model=MODEL, api_base=server.url, api_key=API_KEY, messages=messages, **kwargs
+    )
+
+
+async def acall(server: SamplingServer, prompt: str, **kwargs: Any) -> Any:
+    messages = [{"role": "user", "content": prompt}]
+    return await litellm.acompletion(
+        model=MODEL, api_base=server.url, api_key=API_KEY, messages=messages, **kwargs
+    )
+
+
+# -- defect: a call logged twice, the second time as a free hit -----------------------
+
+
+def test_a_streamed_miss_of_several_samples_is_logged_once_as_a_miss(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    events = Events("stream three")
+    with listening(events):
+        chunks = list(call(server, "stream three", n=3, stream=True, temperature=1.0))
+        logged = events.settle(1)
+    assert chunks
+    assert len(logged) == 1, logged  # not also as LiteLLM's replay of a hit
+    (event,) = logged.values()
+    assert not event["cache_hit"]
+    assert event["cost"] and event["cost"] > 0
+
+
+def test_an_async_streamed_miss_of_several_samples_is_logged_once_as_a_miss(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    events = Events("astream three")
+
+    async def run() -> None:
+        stream = await acall(server, "astream three", n=3, stream=True, temperature=1.0)
+        async for _ in stream:
+            pass
+        for _ in range(100):  # LiteLLM logs an async call on its caller's loop
+            if events.successes:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)
+
+    with listening(events):
+        asyncio.run(run())
+        logged = events.settle(1)
+    assert len(logged) == 1, logged
+    (event,) = logged.values()
+    assert not event["cache_hit"]
+    assert event["cost"] and event["cost"] > 0
+
+
+def test_a_partly_stored_call_is_logged_once_with_the_cost_of_its_fresh_samples(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    events = Events("partly stored")
+    with listening(events):
+        first = call(server, "partly stored", n=1, temperature=1.0)
+        second = call(server, "partly stored", n=3, temperature=1.0)
+        logged = events.settle(2)
+    assert [r.body.get("n") or 1 for r in server.chat_requests()] == [1, 2]
+    assert second._hidden_params["mnimi"]["cache_hits"] == [True, False, False]
+    assert second._hidden_params["cache_hit"] is False
+    assert len(logged) == 2, logged  # one event per user call
+    assert all(not event["cache_hit"] for event in logged.values())
+    costs = sorted(event["cost"] for event in logged.values())
+    assert costs == pytest.approx(
+        sorted([first._hidden_params["response_cost"], second._hidden_params["response_cost"]])
+    )
+    assert second._hidden_params["response_cost"] > 0
+
+
+def test_a_call_of_hits_only_is_still_logged_as_a_hit(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    events = Events("all hits")
+    call(server, "all hits", n=2, temperature=1.0)
+    with listening(events):
+        again = call(server, "all hits", n=2, temperature=1.0)
+        streamed = list(call(server, "all hits", n=2, stream=True, temperature=1.0))
+        logged = events.settle(2)
+    assert streamed and again._hidden_params["cache_hit"] is True
+    assert len(logged) == 2, logged
+    assert all(event["cache_hit"] for event in logged.values())
+    assert all(not event["cost"] for event in logged.values())
