@@ -977,9 +977,10 @@ class Independent(Wrapper):
             return self.inner.open(request)
         key = self.key_of(request)
         if self._generation != process_generation():
+            # Each worker continues from where the layer stood at the fork, position 0
+            # or further on: all of them the same, as an independent() scope's would.
             self._generation = process_generation()
-            if self._cursors:
-                warn_forked("after an Independent layer had served samples", 3)
+            warn_forked("with an Independent layer made before the fork", 3)
         with self._lock:
             cursor = self._cursors.get(key)
             if cursor is None:
