@@ -34,7 +34,9 @@ from .core.request import is_credential
 # key must not change because LiteLLM grew its list. Credentials do not depend on these
 # lists: ``core.request.is_credential`` decides them by the shape of the name.
 
-#: LiteLLM's plumbing: never keyed, and never passed on when MnimiCache re-sends a call.
+#: LiteLLM's plumbing: never keyed, and never passed on when MnimiCache re-sends a call
+#: (but for ``litellm_call_id``, which MnimiCache sets on the provider call itself, so
+#: that callbacks log a miss under the caller's id).
 LITELLM_DROPPED: Final = frozenset({
     "model", "messages", "n", "stream", "stream_options", "metadata", "litellm_metadata",
     "litellm_logging_obj", "litellm_call_id", "parent_otel_span", "cache", "caching", "cache_key",

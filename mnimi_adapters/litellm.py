@@ -284,10 +284,12 @@ def _drawn_alone(call: _Call, samples: list[Sample], facts: dict[str, Any]) -> A
         hidden["mnimi"] = facts
         hidden["cache_hit"] = False  # as a built answer of fresh samples says
         if call.call_id is not None:  # the caller's id, as a built answer keeps it
-            hidden["litellm_call_id"] = call.call_id
+            hidden[_CALL_ID] = call.call_id
     return response
 
 
+#: LiteLLM's id of one call: what its callbacks' events and its response carry.
+_CALL_ID: Final = "litellm_call_id"
 #: LiteLLM's public per-call switch that keeps a call from its callbacks.
 _NO_LOG: Final = "no-log"
 
@@ -395,8 +397,17 @@ class _Call:
         self.identity_token = (self.identity["model"], self.identity.get("endpoint"))
 
     def send_request(self) -> Request:
-        """The request as sent: sampling plus transport parameters (never stored)."""
-        return Request(self.request.messages, {**self.request.params, **self.transport})
+        """The request as sent: sampling plus transport parameters (never stored).
+
+        The provider call carries the caller's ``litellm_call_id``: it is what LiteLLM's
+        callbacks log for a miss, so their events join with the response. A refill that
+        serves other calls too (concurrent calls of one request) carries the id of the
+        call that drew it.
+        """
+        params = {**self.request.params, **self.transport}
+        if self.call_id is not None:
+            params[_CALL_ID] = self.call_id
+        return Request(self.request.messages, params)
 
     def new_provider(self, max_batch: int, **options: Any) -> _CacheProvider:
         """The provider layer that draws this kind of call's samples (``litellm.completion``)."""
@@ -1501,8 +1512,10 @@ class MnimiCache(Cache):
             sampling[DSPY_ROLLOUT] = rollout
         request = Request(tuple(_plain_message(m) for m in messages), sampling)
         call = kind(identity, request, n, model, api_base, _retries(kwargs), transport, mode)
-        call_id = kwargs.get("litellm_call_id")
-        call.call_id = call_id if isinstance(call_id, str) else None
+        call_id = kwargs.get(_CALL_ID)
+        # Made here when the caller gave none (LiteLLM would make one for the provider
+        # call): the answer and the callbacks' event of its provider call share it.
+        call.call_id = call_id if isinstance(call_id, str) and call_id else str(uuid.uuid4())
         call.mocked = mocked
         return call
 

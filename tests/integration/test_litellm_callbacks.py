@@ -21,6 +21,7 @@ import litellm
 from litellm.integrations.custom_logger import CustomLogger
 from litellm_support import listening
 
+from mnimi_adapters import independent
 from mnimi_adapters.litellm import MnimiCache
 from mnimi_adapters.testing import SamplingServer
 
@@ -188,3 +189,63 @@ def test_a_call_of_hits_only_is_still_logged_as_a_hit(
     assert len(logged) == 2, logged
     assert all(event["cache_hit"] for event in logged.values())
     assert all(not event["cost"] for event in logged.values())
+
+
+# -- defect: a miss logged under an id the caller never sees --------------------------
+
+
+def test_a_miss_is_logged_under_the_callers_call_id(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    events = Events("whose id")
+    with listening(events):
+        miss = call(server, "whose id", temperature=1.0, litellm_call_id="caller-1")
+        hit = call(server, "whose id", temperature=1.0, litellm_call_id="caller-2")
+        streamed = list(
+            call(server, "whose id", temperature=0.5, stream=True, litellm_call_id="caller-3")
+        )
+        logged = events.settle(3)
+    assert streamed
+    assert miss._hidden_params["litellm_call_id"] == "caller-1"
+    assert hit._hidden_params["litellm_call_id"] == "caller-2"
+    assert set(logged) == {"caller-1", "caller-2", "caller-3"}
+    assert not logged["caller-1"]["cache_hit"] and logged["caller-2"]["cache_hit"]
+    assert not logged["caller-3"]["cache_hit"]  # a live stream: the provider's own
+
+
+def test_a_miss_without_an_id_is_logged_under_the_id_its_answer_carries(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    events = Events("no id given")
+    with listening(events):
+        first = call(server, "no id given", n=1, temperature=1.0)
+        partly = call(server, "no id given", n=2, temperature=1.0)  # a built answer
+        logged = events.settle(2)
+    assert set(logged) == {
+        first._hidden_params["litellm_call_id"],
+        partly._hidden_params["litellm_call_id"],
+    }
+
+
+async def test_a_refill_serving_several_calls_carries_the_id_of_the_call_that_drew_it(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    # Concurrent calls of one request share the refills of its sequence: each refill is
+    # sent under the id of the call that drew it, which may be served to another call.
+    # Still one event per call, and every event under the id of one of the calls.
+    events = Events("drawn together")
+    with listening(events):
+        with independent():
+            answers = await asyncio.gather(
+                *(
+                    acall(server, "drawn together", temperature=1.0, litellm_call_id=f"c{i}")
+                    for i in range(4)
+                )
+            )
+        for _ in range(200):
+            if len(events.calls()) >= 4:
+                break
+            await asyncio.sleep(0.02)
+    assert len({a.choices[0].message.content for a in answers}) == 4
+    assert set(events.calls()) == {"c0", "c1", "c2", "c3"}
+    assert {a._hidden_params["litellm_call_id"] for a in answers} == {"c0", "c1", "c2", "c3"}
