@@ -12,6 +12,7 @@ the LiteLLM entries import it when first called.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import inspect
 import sys
@@ -197,6 +198,26 @@ def tell_logging_about_hit(logging_obj: Any, hit: bool, provider: Callable[[], A
         details["cache_hit"] = hit
         if not hit and "custom_llm_provider" not in details:
             details["custom_llm_provider"] = provider()
+
+
+def attempt_sent_again_on(
+    retried: Callable[[Exception], bool],
+) -> contextlib.AbstractContextManager[None]:
+    """Around one attempt of a request: a failure ``retried`` says is retried is not logged.
+
+    Why: the provider layer retries a request itself (with backoff and ``Retry-After``),
+    each attempt a LiteLLM call of its own, and LiteLLM logged every failed attempt to the
+    failure callbacks: a call that finally succeeded logged failures, where LiteLLM's own
+    ``num_retries`` logs none. LiteLLM marks such an attempt with the context manager
+    ``litellm._internal_context.resent_on`` (its Anthropic adapter re-sends that way):
+    its failure is then neither logged nor retried by LiteLLM. Without it (another
+    LiteLLM version), every failed attempt is logged, as before.
+    """
+    try:
+        from litellm._internal_context import resent_on
+    except ImportError:
+        return contextlib.nullcontext()
+    return resent_on(retried)
 
 
 #: LiteLLM's global callback lists: what a call's logging reaches (``"cache"`` is the
@@ -1051,6 +1072,7 @@ PRIVATE_SYMBOLS: Final = (
     ("threading", "_register_atexit"),
     ("litellm.types.utils", "all_litellm_params"),
     ("litellm.utils", "client"),
+    ("litellm._internal_context", "resent_on"),  # attempt_sent_again_on
     # litellm._lazy_imports_registry.LITELLM_ATTRIBUTES: on LiteLLM 1.110 only (see
     # _module_functions); tests/unit/test_compat.py::_lazy_registry checks it there.
     ("litellm.caching.caching", "Cache"),

@@ -40,6 +40,7 @@ from ._compat import (
     LITELLM_DROPPED,
     LITELLM_KEYED,
     LITELLM_OPTIONS,
+    attempt_sent_again_on,
     litellm_clients_of_the_child,
     response_cost,
 )
@@ -386,6 +387,12 @@ def _is_retryable(error: BaseException) -> bool:
         | litellm.BadGatewayError
         | litellm.Timeout,
     )
+
+
+def _retried(attempt: int, retries: int) -> Callable[[Exception], bool]:
+    """Whether a failure of attempt ``attempt`` (from 1) is retried: then it is not the
+    request's outcome, and LiteLLM does not log it as a failure (see ``_compat``)."""
+    return lambda error: attempt <= retries and _is_retryable(error)
 
 
 def _headers(error: BaseException) -> dict[str, str]:
@@ -821,7 +828,7 @@ class LiteLLMModel(BatchedModel):
         failed: tuple[ProviderRequestError, BaseException | None] | None = None
         try:
             try:
-                with provider_call_active():
+                with provider_call_active(), attempt_sent_again_on(_retried(tries, retries)):
                     response = send(**kwargs)
             except Exception as error:
                 first = self._first_failure(error, retries)
@@ -831,7 +838,8 @@ class LiteLLMModel(BatchedModel):
                         if first:
                             raise first.pop()
                         tries += 1
-                        with provider_call_active():
+                        retried = _retried(tries, retries)
+                        with provider_call_active(), attempt_sent_again_on(retried):
                             response = send(**kwargs)
         except Exception as error:
             failed = self._failed(error, tries, n, kwargs)
@@ -850,7 +858,7 @@ class LiteLLMModel(BatchedModel):
         failed: tuple[ProviderRequestError, BaseException | None] | None = None
         try:
             try:
-                with provider_call_active():
+                with provider_call_active(), attempt_sent_again_on(_retried(tries, retries)):
                     response = await send(**kwargs)
             except Exception as error:
                 first = self._first_failure(error, retries)
@@ -860,7 +868,8 @@ class LiteLLMModel(BatchedModel):
                         if first:
                             raise first.pop()
                         tries += 1
-                        with provider_call_active():
+                        retried = _retried(tries, retries)
+                        with provider_call_active(), attempt_sent_again_on(retried):
                             response = await send(**kwargs)
         except Exception as error:
             failed = self._failed(error, tries, n, kwargs)

@@ -249,3 +249,45 @@ async def test_a_refill_serving_several_calls_carries_the_id_of_the_call_that_dr
     assert len({a.choices[0].message.content for a in answers}) == 4
     assert set(events.calls()) == {"c0", "c1", "c2", "c3"}
     assert {a._hidden_params["litellm_call_id"] for a in answers} == {"c0", "c1", "c2", "c3"}
+
+
+# -- defect: a failure logged for each provider retry ---------------------------------
+
+
+@pytest.mark.parametrize("run", [call, acall], ids=["sync", "async"])
+def test_a_call_that_succeeds_after_retries_logs_no_failure(
+    server: SamplingServer, cache: MnimiCache, run: Any
+) -> None:
+    # As LiteLLM's own num_retries (measured without a cache: one success, no failure).
+    prompt = f"retried {run.__name__}"
+    events = Events(prompt)
+
+    async def called() -> Any:
+        answer = await run(server, prompt, temperature=1.0, num_retries=3, litellm_call_id="r")
+        await asyncio.sleep(0.5)  # LiteLLM logs an async call on its caller's loop
+        return answer
+
+    server.fail_next(429, count=2, retry_after=0.05)
+    with listening(events):
+        answer = (
+            asyncio.run(called())
+            if run is acall
+            else run(server, prompt, temperature=1.0, num_retries=3, litellm_call_id="r")
+        )
+        logged = events.settle(1)
+    assert answer.choices[0].message.content
+    assert len(server.chat_requests()) == 3
+    assert events.failures == []
+    assert set(logged) == {"r"}
+
+
+def test_a_call_that_fails_after_its_retries_logs_one_failure(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    events = Events("failing")
+    server.fail_next(500, count=5)
+    with listening(events), pytest.raises(litellm.InternalServerError):
+        call(server, "failing", temperature=1.0, num_retries=1, litellm_call_id="f")
+    time.sleep(0.5)
+    assert len(server.chat_requests()) == 2
+    assert [event["call_id"] for event in events.failures] == ["f"]
