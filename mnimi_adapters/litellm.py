@@ -166,6 +166,8 @@ _PER_CALL_INDEPENDENT = "_mnimi_per_call_independent"
 _RESPONSE_MS: Final = "_response_ms"
 #: ``metadata`` key of the per-call override.
 METADATA_KEY: Final = "mnimi"
+# Marks, in a replication run, a call whose cache switches were dropped (see _steered).
+_SWITCHED_OFF: Final = "mnimi_switched_off"
 _MODES: Final = frozenset({"independent", "repeatable", "no_cache"})
 #: The most choices one provider request asks for when ``max_batch`` is not given
 #: (OpenAI's limit on ``n``).
@@ -221,6 +223,13 @@ def _provider_name(route: str, transport: Mapping[str, Any]) -> str | None:
         )
     except Exception:  # an unknown route: LiteLLM's own call will say so
         return None
+
+
+def _given_back(call: _Call, layer: Layer, samples: list[Sample]) -> list[Sample]:
+    """``samples``, their positions given back to the scope if ``call`` takes none."""
+    if call.gives_back:
+        layer.open(call.request).give_back(samples)
+    return samples
 
 
 def _facts(samples: list[Sample]) -> dict[str, Any]:
@@ -392,6 +401,9 @@ class _Call:
     sink: _Sink | None = field(default=None, init=False)
     #: LiteLLM answers the call with its mock (see ``_mocked``): no sample to read or store.
     mocked: bool = field(default=False, init=False)
+    #: Switched off when recorded (``no-cache``, ``no-store``, ``caching=False``): its
+    #: position goes back to the scope once it is answered (see ``_steered``).
+    gives_back: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.identity_token = (self.identity["model"], self.identity.get("endpoint"))
@@ -805,6 +817,12 @@ def _steered(kwargs: dict[str, Any]) -> MnimiCache | None:
     if litellm.cache is None:
         litellm.cache = cache
     if cache.replication or cache.dspy:
+        if cache.replication and has_cache_switches(kwargs):
+            # Recorded, such a call was sent and took no position: here it must take
+            # none either, or each later call of its request would read the one before's.
+            metadata = kwargs.get("metadata")
+            metadata = metadata if isinstance(metadata, Mapping) else {}
+            kwargs["metadata"] = {**metadata, _SWITCHED_OFF: True}
         without_cache_switches(kwargs)
     return cache
 
@@ -1241,14 +1259,16 @@ class MnimiCache(Cache):
         """The samples of ``call``, drawn whole (after a live stream of it, if one runs)."""
         layer = self._layer_for(call)
         with _answering(self, call), _litellm_errors(kwargs):
-            return GATES.through(self._gate(call, layer), lambda: layer.draw(call.request, call.n))
+            drawn = GATES.through(self._gate(call, layer), lambda: layer.draw(call.request, call.n))
+        return _given_back(call, layer, drawn)
 
     async def _adrawn(self, call: _Call, kwargs: Mapping[str, Any]) -> list[Sample]:
         """Async :meth:`_drawn`."""
         layer = self._layer_for(call)
         draw = functools.partial(layer.adraw, call.request, call.n)
         with _answering(self, call), _litellm_errors(kwargs):
-            return await GATES.athrough(self._gate(call, layer), draw)
+            drawn = await GATES.athrough(self._gate(call, layer), draw)
+        return _given_back(call, layer, drawn)
 
     def _finish(
         self,
@@ -1482,7 +1502,9 @@ class MnimiCache(Cache):
                 transport[name] = value
         if metadata:
             # Observability (tags, trace ids) follows the call to the provider.
-            forwarded = {k: v for k, v in metadata.items() if k != METADATA_KEY}
+            forwarded = {
+                k: v for k, v in metadata.items() if k not in (METADATA_KEY, _SWITCHED_OFF)
+            }
             if forwarded:
                 transport["metadata"] = forwarded
 
@@ -1517,6 +1539,7 @@ class MnimiCache(Cache):
         # call): the answer and the callbacks' event of its provider call share it.
         call.call_id = call_id if isinstance(call_id, str) and call_id else str(uuid.uuid4())
         call.mocked = mocked
+        call.gives_back = metadata.get(_SWITCHED_OFF) is True
         return call
 
     def _layer_for(self, call: _Call) -> Layer:

@@ -117,6 +117,29 @@ def test_switched_off_calls_are_answered_from_the_store(
     assert sent(server) == 0
 
 
+@pytest.mark.parametrize("switches", SWITCHES.values(), ids=SWITCHES.keys())
+def test_a_switched_off_call_takes_no_position_in_a_replica_either(
+    server: SamplingServer, tmp_path: Path, switches: dict[str, Any]
+) -> None:
+    # Recorded in independent(), a switched-off call was sent and took no position; the
+    # replica answered it from the store at the next position, so each later call read
+    # the sample of the one before it, and the last missed.
+    def run(replication: bool) -> list[str]:
+        with MnimiCache(str(tmp_path), replication=replication) as cache, independent():
+            answers = [text(call(server, "Pick", **extra)) for extra in ({}, switches, {}, {})]
+            answers.append(text(asyncio.run(acall(server, "Pick", **switches))))
+            answers.append(text(call(server, "Pick")))
+        cache.close()
+        return answers
+
+    server.reset()
+    recorded = run(replication=False)
+    replayed = run(replication=True)
+    unswitched = [0, 2, 3, 5]
+    assert [replayed[i] for i in unswitched] == [recorded[i] for i in unswitched]
+    assert sent(server) == 6  # the replica sent nothing
+
+
 @pytest.mark.parametrize("cache_responses", [False, True])
 def test_a_router_sends_nothing_whatever_its_settings(
     server: SamplingServer, tmp_path: Path, cache_responses: bool
