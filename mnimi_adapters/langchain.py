@@ -1256,16 +1256,18 @@ class _IdentityMemo:
     def holds(self, chat: BaseChatModel, alias: str | None) -> bool:
         """Whether the identity is still ``chat``'s: nothing it was derived from changed."""
         # A value that is not plain JSON cannot be told unchanged: derived anew each call.
+        # Compared with ==, against copies: it runs twice a hit, and a setting that turns
+        # from 1 into True in place is the one change it misses.
         if (
             chat is not self.chat
             or alias != self.alias
             or len(chat.model_fields_set) != self.fields_set
             or self.identifying is _NOT_PLAIN
-            or not _same(self.identifying, chat._identifying_params)
+            or self.identifying != chat._identifying_params
         ):
             return False
         for name, copied in self.settings:
-            if copied is _NOT_PLAIN or not _same(copied, getattr(chat, name, None)):
+            if copied is _NOT_PLAIN or copied != getattr(chat, name, None):
                 return False
         return True
 
