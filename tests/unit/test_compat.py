@@ -13,6 +13,7 @@ from mnimi_adapters._compat import (
     LITELLM_KEYED,
     LITELLM_OPTIONS,
     PRIVATE_SYMBOLS,
+    PRIVATE_SYMBOLS_SINCE,
     _module_functions,
     client_class_methods,
     hit_needs_litellm,
@@ -26,12 +27,34 @@ from mnimi_adapters.core.request import is_credential
 from mnimi_adapters.providers import litellm_param_role
 
 
+def _found(module: str, name: str) -> bool:
+    try:
+        found: object = importlib.import_module(module)
+    except ImportError:
+        return False
+    for part in name.split("."):  # a class's attribute is named after the class
+        if not hasattr(found, part):
+            return False
+        found = getattr(found, part)
+    return True
+
+
 @pytest.mark.parametrize(("module", "name"), PRIVATE_SYMBOLS, ids=lambda v: str(v))
 def test_private_symbol_still_exists(module: str, name: str) -> None:
-    found: object = importlib.import_module(module)
-    for part in name.split("."):  # a class's attribute is named after the class
-        assert hasattr(found, part), f"{module}.{name} is gone"
-        found = getattr(found, part)
+    assert _found(module, name), f"{module}.{name} is gone"
+
+
+@pytest.mark.parametrize(("module", "name", "since"), PRIVATE_SYMBOLS_SINCE, ids=lambda v: str(v))
+def test_a_newer_litellms_private_symbol_exists_from_its_version_on(
+    module: str, name: str, since: str
+) -> None:
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    if Version(version("litellm")) < Version(since):
+        pytest.skip(f"litellm {version('litellm')} predates {module}.{name} (used if present)")
+    assert _found(module, name), f"{module}.{name} is gone"
 
 
 def test_parameter_snapshot_covers_the_installed_litellm() -> None:
