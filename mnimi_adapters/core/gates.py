@@ -5,8 +5,10 @@ stream has shown its chunks before its sample lands: were another draw of the ke
 flight, the stream's sample could land at the position that other call reads, and two
 calls would show one sample. So a live stream starts only when no other draw of its key
 is running in this process, and the key's other draws wait until it is done (stored or
-failed). Both adapters gate their draws here, under ``(id(layer), key)``. Here too is
-what a live stream's reader leaving means (:class:`Abandonment`).
+failed). Both adapters gate their draws here, under ``(stored sequence, key)``: the
+cache's location (``CacheLayer.sequences``), so that the draws of two adapters over one
+cache meet too. Here too is what a live stream's reader leaving means
+(:class:`Abandonment`).
 """
 
 from __future__ import annotations
