@@ -146,6 +146,7 @@ from .core.request import (
 from .core.sample import Sample
 from .core.scopes import caching_enabled, scoped
 from .core.stores import ReadThroughStore, is_redis_url, open_store, shown_location
+from .core.stores.base import check_directory_location
 from .providers import (
     LiteLLMModel,
     callers_max_retries,
@@ -1008,6 +1009,36 @@ def _litellm_errors(call: Mapping[str, Any]) -> Iterator[None]:
 # ---------------------------------------------------------------------------------------
 
 
+def _location(location: str | os.PathLike[str], name: str) -> str | Path:
+    """A cache location as given: a Redis URL, or a directory (``~`` expanded).
+
+    Raises:
+        TypeError: ``location`` is not a ``str`` or a path.
+        StoreError: It is empty (``Path("")`` would be the current directory) or a
+            URL that names no store.
+    """
+    if not isinstance(location, str | os.PathLike):
+        raise TypeError(
+            f"MnimiCache's {name} must be a directory or a Redis URL, got {type(location).__name__}"
+        )
+    if is_redis_url(location):
+        return str(location)
+    check_directory_location(location)
+    return Path(location).expanduser()
+
+
+def _same_location(one: str | Path, other: str | Path) -> bool:
+    """Whether two locations name one cache (a directory, however it is spelt)."""
+    if isinstance(one, Path) and isinstance(other, Path):
+        return one.resolve() == other.resolve()
+    return one == other
+
+
+def _open(location: str | Path, replication: bool) -> ReadThroughStore:
+    """The store at ``location``; in replication mode an existing one, opened to read."""
+    return ReadThroughStore(open_store(location, create=not replication, read_only=replication))
+
+
 class MnimiCache(Cache):
     """A ``litellm.cache`` that answers completions from Mnimi sample sequences.
 
@@ -1021,6 +1052,13 @@ class MnimiCache(Cache):
             aliased model is keyed without its ``api_base``.
         max_batch: The most choices one provider request may ask for; a call with a
             larger ``n`` draws the missing samples with several concurrent requests.
+        slice_of: A bigger cache (directory or Redis URL) that ``path`` is a slice of:
+            calls read through it (drawing into it on a miss), and ``path`` receives
+            exactly the prefix of each sequence the run used, as
+            ``Persistent(Persistent(model, slice_of), path)`` does (law 4). Share ``path``
+            for others to replay the run with ``replication=True``. With ``replication``,
+            the bigger cache is the one read in replication mode, and the slice still
+            receives what the run used.
         dspy: Serve DSPy programs: their calls get the laws although DSPy switches
             LiteLLM's cache off on every call, and DSPy's native engine hands its calls
             to LiteLLM. With this, LiteLLM's per-call switches ``caching=False`` and
@@ -1063,6 +1101,7 @@ class MnimiCache(Cache):
         alias: Mapping[str, str] | None = None,
         max_batch: int | None = None,
         dspy: bool = False,
+        slice_of: str | os.PathLike[str] | None = None,
     ) -> None:
         # The Responses API too, only so that a call that skipped the wrapped entry points
         # reaches this cache, which refuses it under replication (see _refuse_unwrapped).
@@ -1070,7 +1109,14 @@ class MnimiCache(Cache):
             super().__init__,
             supported_call_types=["completion", "acompletion", "responses", "aresponses"],
         )
-        self.path = path if is_redis_url(path) else Path(path).expanduser()
+        self.path = _location(path, "path")
+        self.slice_of = None if slice_of is None else _location(slice_of, "slice_of")
+        if self.slice_of is not None and _same_location(self.path, self.slice_of):
+            raise ValueError(
+                "slice_of names the cache the slice is kept in "
+                f"({shown_location(str(self.path))}): give the bigger cache as slice_of and "
+                "a new directory as path"
+            )
         self.replication = bool(replication)
         self.dspy = bool(dspy)
         if alias is not None and not isinstance(alias, Mapping):
@@ -1084,6 +1130,8 @@ class MnimiCache(Cache):
         if self.max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self._store: ReadThroughStore | None = None
+        #: The bigger cache read through, with ``slice_of``.
+        self._source: ReadThroughStore | None = None
         self._lock = threading.Lock()
         self._layers: dict[tuple[str, str | None], CacheLayer] = {}
         self._providers: dict[tuple[Any, ...], _CacheProvider] = {}
@@ -1096,10 +1144,12 @@ class MnimiCache(Cache):
         # For repr(), which LiteLLM formats on every call: shown_location also hides a
         # password given as a query parameter.
         self._shown_path = shown_location(str(self.path))
+        self._shown_source = None if self.slice_of is None else shown_location(str(self.slice_of))
 
     def __repr__(self) -> str:
         mode = ", replication=True" if self.replication else ""
         mode += ", dspy=True" if self.dspy else ""
+        mode += "" if self._shown_source is None else f", slice_of={self._shown_source!r}"
         return f"MnimiCache({self._shown_path!r}{mode})"
 
     # -- installing ---------------------------------------------------------------------
@@ -1164,10 +1214,12 @@ class MnimiCache(Cache):
         """Uninstall and close the store (it reopens if the cache is used again)."""
         self.uninstall()
         with self._lock:
-            store, self._store = self._store, None
+            stores = (self._store, self._source)
+            self._store = self._source = None
             self._layers.clear()
-        if store is not None:
-            store.close()
+        for store in stores:
+            if store is not None:
+                store.close()
 
     # -- LiteLLM's Cache interface ------------------------------------------------------
 
@@ -1566,16 +1618,23 @@ class MnimiCache(Cache):
         with self._lock:
             layer = self._layers.get(call.identity_token)
             if layer is None:
-                if self._store is None:
-                    # Replication only reads (see Persistent): an existing store.
-                    self._store = ReadThroughStore(
-                        open_store(
-                            self.path, create=not self.replication, read_only=self.replication
-                        )
-                    )
-                layer = CacheLayer(_CallModel(call.identity), self._store, self.replication)
+                model = _CallModel(call.identity)
+                if self.slice_of is None:
+                    layer = CacheLayer(model, self._opened(), self.replication)
+                else:
+                    if self._source is None:
+                        self._source = _open(self.slice_of, self.replication)
+                    # The slice takes what the run used, in replication mode too.
+                    source = CacheLayer(model, self._source, self.replication)
+                    layer = CacheLayer(source, self._opened(replication=False), False)
                 self._layers[call.identity_token] = layer
             return layer
+
+    def _opened(self, replication: bool | None = None) -> ReadThroughStore:
+        """The store at ``path``, opened on first use (the caller holds the lock)."""
+        if self._store is None:
+            self._store = _open(self.path, self.replication if replication is None else replication)
+        return self._store
 
     def _provider(self, call: _Call) -> _CacheProvider:
         """The provider model that draws for ``call`` (its credentials travel per call)."""

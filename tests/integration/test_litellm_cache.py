@@ -1118,3 +1118,94 @@ def test_concurrent_misses_report_every_sample_they_paid_for(
     assert [r._hidden_params["mnimi"]["cache_hits"] for r in again] == [[True] * 3] * 4
     assert [r._hidden_params["response_cost"] for r in again] == [0.0] * 4
     assert [texts(r) for r in again] == [texts(r) for r in first]
+
+
+def lengths(location: Path) -> dict[str, int]:
+    """Each stored sequence's length, by the request's last message."""
+    store = open_store(location, create=False)
+    try:
+        return {summary.messages[-1]["content"]: summary.length for summary in store.summaries()}
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_slice_receives_what_the_run_used_and_replays_alone(
+    server: SamplingServer, tmp_path: Path, is_async: bool
+) -> None:
+    """``slice_of=`` gives LiteLLM code what ``Persistent(Persistent(model, big), slice)``
+    gives the core API (law 4): calls read through the big cache, drawing into it on a
+    miss, and the slice receives the prefix of each sequence the run used, which a
+    colleague replays with ``replication=True`` and no request."""
+    server.reset()
+    big, small = tmp_path / "big", tmp_path / "slice"
+
+    def ask(prompt: str, **kwargs: Any) -> tuple[list[str], bool]:
+        if is_async:
+            answer = asyncio.run(acall(server, prompt, **kwargs))
+        else:
+            answer = call(server, prompt, **kwargs)
+        return texts(answer), answer._hidden_params["cache_hit"]
+
+    with MnimiCache(big) as full, independent():
+        paper = [ask("Sliced A")[0][0] for _ in range(4)]
+    full.close()
+    assert sent(server) == 4
+    with MnimiCache(small, slice_of=big) as sliced, independent():
+        used = [ask("Sliced A") for _ in range(2)]
+        fresh, fresh_hit = ask("Sliced B", n=2)  # drawn into the big cache and the slice
+    sliced.close()
+    # Served by the big cache: hits, though the slice stored them in this run.
+    assert used == [([paper[0]], True), ([paper[1]], True)]
+    assert len(set(fresh)) == 2 and fresh_hit is False and sent(server) == 5
+    assert lengths(big) == {"Sliced A": 4, "Sliced B": 2}
+    assert lengths(small) == {"Sliced A": 2, "Sliced B": 2}
+    with MnimiCache(small, replication=True) as replica, independent():
+        assert [ask("Sliced A")[0][0] for _ in range(2)] == paper[:2]
+        assert ask("Sliced B", n=2) == (fresh, True)
+        with pytest.raises(ReplicationCacheMiss):
+            ask("Sliced A")  # the big cache's third sample was not used: not in the slice
+    replica.close()
+    assert sent(server) == 5
+
+
+def test_a_slice_of_a_replicated_cache_sends_nothing_and_streams_into_the_slice(
+    server: SamplingServer, tmp_path: Path
+) -> None:
+    """With ``replication=True`` the big cache is read in replication mode (a miss raises
+    before any request) and the slice still receives what the run used; a live stream
+    through a slice is stored in both caches."""
+    server.reset()
+    big, small, copy = tmp_path / "big", tmp_path / "slice", tmp_path / "copy"
+    with MnimiCache(small, slice_of=big) as sliced:
+        streamed = "".join(
+            chunk.choices[0].delta.content or ""
+            for chunk in call(server, "Streamed into a slice", stream=True)
+        )
+    sliced.close()
+    assert sent(server) == 1 and streamed
+    assert lengths(big) == lengths(small) == {"Streamed into a slice": 1}
+    with MnimiCache(copy, slice_of=big, replication=True) as replica:
+        assert text(call(server, "Streamed into a slice")) == streamed
+        with pytest.raises(ReplicationCacheMiss), independent():
+            call(server, "Streamed into a slice")
+            call(server, "Streamed into a slice")
+    replica.close()
+    assert sent(server) == 1 and lengths(copy) == {"Streamed into a slice": 1}
+
+
+def test_slice_of_and_path_are_checked_when_made(tmp_path: Path) -> None:
+    """A slice kept in the cache it slices, an empty location (``Path("")`` is the current
+    directory) and a location of another type are refused at once, and ``repr`` names
+    the bigger cache without a Redis password."""
+    with pytest.raises(ValueError, match="slice_of names the cache the slice is kept in"):
+        MnimiCache(tmp_path / "big", slice_of=f"{tmp_path}/./big")
+    for empty in ("", "  "):
+        with pytest.raises(MnimiError, match="is empty"):
+            MnimiCache(empty)
+        with pytest.raises(MnimiError, match="is empty"):
+            MnimiCache(tmp_path / "slice", slice_of=empty)
+    with pytest.raises(TypeError, match="slice_of must be a directory or a Redis URL"):
+        MnimiCache(tmp_path / "slice", slice_of=1)  # type: ignore[arg-type]
+    shown = repr(MnimiCache(tmp_path / "slice", slice_of="redis://user:secret@127.0.0.1:1/0"))
+    assert "slice_of='redis://user:***@127.0.0.1:1/0" in shown and "secret" not in shown

@@ -151,6 +151,8 @@ def test_readme_block_runs_as_written(
         assert namespace["chain"].invoke(namespace["inputs"]) == namespace["chain"].invoke(
             namespace["inputs"]
         )
+    if "five_votes" in namespace:  # five distinct samples, paid once, by the authors
+        assert len(set(namespace["paper"])) == 5 and len(server.chat_requests()) == 5
     if "result" in namespace and "spec" in namespace:
         assert namespace["result"][0] == "Sort a list."
         assert len(namespace["result"][1]) == 2
