@@ -819,6 +819,8 @@ def route_dspy_through_litellm(routing: Callable[[], bool]) -> bool:
 
 #: The ``rollout_id`` of the DSPy call being sent through LiteLLM, if it has one.
 dspy_rollout_id: ContextVar[Any] = ContextVar("mnimi_dspy_rollout_id", default=None)
+#: Whether the running LiteLLM call is a DSPy LM's (set with :data:`dspy_rollout_id`).
+in_dspy_call: ContextVar[bool] = ContextVar("mnimi_in_dspy_call", default=False)
 
 
 def carry_dspy_rollout_ids() -> bool:
@@ -830,7 +832,9 @@ def carry_dspy_rollout_ids() -> bool:
     ``dspy.clients.lm.litellm_completion``/``alitellm_completion``, the functions it
     looks up on that module for every chat call, before ``litellm.completion`` runs. So
     each rollout would replay one sample. Those two are wrapped to hold the id in a
-    context variable while they run. Does nothing if DSPy is not installed.
+    context variable while they run, and to mark the call as DSPy's (:data:`in_dspy_call`:
+    DSPy switches LiteLLM's cache off on every call, which a cache serving DSPy ignores).
+    Does nothing if DSPy is not installed.
 
     Returns:
         Whether DSPy is installed (and so carried).
@@ -849,17 +853,21 @@ def carry_dspy_rollout_ids() -> bool:
     @functools.wraps(sync)
     def litellm_completion(request: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         token = dspy_rollout_id.set(request.get("rollout_id"))
+        marked = in_dspy_call.set(True)
         try:
             return sync(request, *args, **kwargs)
         finally:
+            in_dspy_call.reset(marked)
             dspy_rollout_id.reset(token)
 
     @functools.wraps(async_)
     async def alitellm_completion(request: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
         token = dspy_rollout_id.set(request.get("rollout_id"))
+        marked = in_dspy_call.set(True)
         try:
             return await async_(request, *args, **kwargs)
         finally:
+            in_dspy_call.reset(marked)
             dspy_rollout_id.reset(token)
 
     litellm_completion._mnimi_carries = True  # type: ignore[attr-defined]

@@ -120,6 +120,7 @@ from ._compat import (
     dspy_rollout_id,
     has_cache_switches,
     hit_needs_litellm,
+    in_dspy_call,
     init_without_global_callbacks,
     keep_entry_point_signatures,
     note_router_call_params,
@@ -818,9 +819,13 @@ def _steered(kwargs: dict[str, Any]) -> MnimiCache | None:
     if litellm.cache is None:
         litellm.cache = cache
     if cache.replication or cache.dspy:
-        if cache.replication and has_cache_switches(kwargs):
-            # Recorded, such a call was sent and took no position: here it must take
-            # none either, or each later call of its request would read the one before's.
+        # DSPy switches the cache off on every call: recorded (by a cache with dspy=True,
+        # the only way they were), its calls took positions, as other calls did under such
+        # a cache. Any other call with switches was sent and took no position: here it
+        # must take none either, or each later call of its request would read the one
+        # before's.
+        recorded_as_switched_off = not (cache.dspy or in_dspy_call.get())
+        if cache.replication and recorded_as_switched_off and has_cache_switches(kwargs):
             metadata = kwargs.get("metadata")
             metadata = metadata if isinstance(metadata, Mapping) else {}
             kwargs["metadata"] = {**metadata, _SWITCHED_OFF: True}

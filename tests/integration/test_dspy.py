@@ -176,6 +176,26 @@ def test_replication_replays_and_raises_without_a_request(
     assert sent(server) == 0
 
 
+@pytest.mark.parametrize("replica_dspy", [False, True], ids=["replica", "replica-dspy"])
+def test_a_replica_replays_a_retry_loop_attempt_by_attempt(
+    server: SamplingServer, engine: str, tmp_path: Path, replica_dspy: bool
+) -> None:
+    """DSPy switches LiteLLM's cache off on every call: recorded with ``dspy=True`` its
+    calls took positions, so a replica must not give them back as it does for a call that
+    switched the cache off (each attempt then read sample 0, silently)."""
+    predict = dspy.Predict("question -> answer")
+    with MnimiCache(str(tmp_path), dspy=True) as recorder, independent():
+        attempts = [str(predict(question=QUESTIONS[1]).answer) for _ in range(3)]
+    recorder.close()
+    assert len(set(attempts)) == 3
+    server.reset()
+    with MnimiCache(str(tmp_path), replication=True, dspy=replica_dspy) as replica:
+        with independent():
+            assert [str(predict(question=QUESTIONS[1]).answer) for _ in range(3)] == attempts
+    replica.close()
+    assert sent(server) == 0
+
+
 def test_dspy_resetting_litellm_cache_leaves_the_cache_installed(
     server: SamplingServer, tmp_path: Path
 ) -> None:
