@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Iterable, Mapping
 from difflib import SequenceMatcher
 from typing import Any
@@ -36,11 +37,16 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _text_difference(path: str, stored: str, requested: str) -> str:
-    at = next(
+def _first_unequal(stored: str, requested: str) -> int:
+    """The index of the first character in which two strings differ."""
+    return next(
         (i for i, (a, b) in enumerate(zip(stored, requested, strict=False)) if a != b),
         min(len(stored), len(requested)),
     )
+
+
+def _text_difference(path: str, stored: str, requested: str) -> str:
+    at = _first_unequal(stored, requested)
     start = max(0, at - _CONTEXT)
     lead = "..." if start else ""
 
@@ -49,6 +55,95 @@ def _text_difference(path: str, stored: str, requested: str) -> str:
         return json.dumps(lead + text[start : at + _CONTEXT] + tail, ensure_ascii=False)
 
     return f"{path} at character {at}: stored {around(stored)}, requested {around(requested)}"
+
+
+#: Characters compared past the first difference to find where two strings agree again.
+_WINDOW = 64
+
+
+def _glyphs(text: str) -> str:
+    """``text`` as it looks printed: composed, format characters (zero-width, direction
+    marks) dropped and every kind of whitespace a space, runs of it one space."""
+    shown = (
+        " " if ch.isspace() else ch
+        for ch in unicodedata.normalize("NFC", text)
+        if unicodedata.category(ch) != "Cf"
+    )
+    return " ".join("".join(shown).split())
+
+
+#: Names of the control characters that are whitespace; Unicode names none of them.
+_CONTROLS = {"\t": "TAB", "\n": "LINE FEED", "\r": "CARRIAGE RETURN", "\v": "LINE TABULATION"}
+
+
+def _code_points(text: str) -> str:
+    """``text`` spelled as code points, invisible ones named: ``U+0065 U+0301``."""
+    if not text:
+        return "nothing"
+
+    def point(ch: str) -> str:
+        visible = not (ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf", "Mn", "Me"))
+        name = "" if visible else unicodedata.name(ch, _CONTROLS.get(ch, ""))
+        return f"U+{ord(ch):04X}" + (f" ({name})" if name else "")
+
+    return " ".join(point(ch) for ch in text)
+
+
+def _form(text: str) -> str:
+    for form in ("NFC", "NFD"):
+        if unicodedata.is_normalized(form, text):
+            return form
+    return "mixed"
+
+
+def _invisible_difference(stored: str, requested: str) -> str | None:
+    """The first difference spelled in code points when printing the strings hides it.
+
+    ``None`` when the first differing characters look different printed, as most edits
+    do: the quoted strings already show the difference.
+    """
+    at = _first_unequal(stored, requested)
+    # The first run of differing characters: from the first difference to where the
+    # strings agree again, looked for in a window so a long prompt is not compared whole.
+    # Both windows start with differing characters, so the first opcode is not "equal".
+    window = SequenceMatcher(
+        None, stored[at : at + _WINDOW], requested[at : at + _WINDOW], autojunk=False
+    )
+    opcodes = window.get_opcodes()
+    _, _, i2, _, j2 = opcodes[0]
+    # A combining mark is shown with the character it sits on: "e" + U+0301 against "é".
+    begin = at
+    while begin > 0 and any(
+        begin < len(text) and unicodedata.combining(text[begin]) for text in (stored, requested)
+    ):
+        begin -= 1
+    ours, theirs = stored[begin : at + i2], requested[begin : at + j2]
+    # Printed, with the text around it, which both share: differing whitespace shows
+    # between words, not trailing at the end, nor doubled, nor as a no-break space.
+    lead = stored[max(0, begin - _CONTEXT) : begin]
+    tail = ""
+    if len(opcodes) > 1 and opcodes[1][0] == "equal":
+        tail = stored[at + i2 : at + min(opcodes[1][2], i2 + _CONTEXT)]
+    if _glyphs(lead + ours + tail) != _glyphs(lead + theirs + tail):
+        return None
+    spelled = (
+        f"the difference does not show in print: at character {begin} stored has "
+        f"{_code_points(ours)}, requested has {_code_points(theirs)}"
+    )
+    if unicodedata.normalize("NFC", stored) == unicodedata.normalize("NFC", requested):
+        form = _form(stored)
+        how = f' (unicodedata.normalize("{form}", prompt))' if form != "mixed" else ""
+        return (
+            f"{spelled}. They differ only in Unicode normalisation (stored {form}, "
+            f"requested {_form(requested)}), and keys compare text exactly: normalise "
+            f"the prompt the same way as the recording did{how}"
+        )
+    if stored.replace("\r\n", "\n") == requested.replace("\r\n", "\n"):
+        return (
+            f"{spelled}. They differ only in line endings (CRLF against LF), and keys "
+            "compare text exactly: end lines the same way as the recording did"
+        )
+    return f"{spelled}, and keys compare text exactly"
 
 
 def _difference(path: str, stored: Any, requested: Any) -> str | None:
@@ -79,8 +174,14 @@ def _difference(path: str, stored: Any, requested: Any) -> str | None:
     if stored == requested and type(stored) is type(requested):
         return None
     long_text = max(len(str(stored)), len(str(requested))) > 2 * _CONTEXT
-    if isinstance(stored, str) and isinstance(requested, str) and long_text:
-        return _text_difference(path, stored, requested)
+    if isinstance(stored, str) and isinstance(requested, str):
+        shown = (
+            _text_difference(path, stored, requested)
+            if long_text
+            else f"{path}: stored {_shown(stored)}, requested {_shown(requested)}"
+        )
+        hidden = _invisible_difference(stored, requested)
+        return f"{shown}; {hidden}" if hidden else shown
     return f"{path}: stored {_shown(stored)}, requested {_shown(requested)}"
 
 
