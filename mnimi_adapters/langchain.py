@@ -2423,6 +2423,10 @@ class _Miss(Exception):
     """A lookup found no sample at its position: LangChain calls the model, then update()."""
 
 
+#: Locks that keep the lookups and updates of one key in order (see MnimiLLMCache).
+_KEY_LOCKS = 64
+
+
 def _keyed_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """A chat model's settings as :class:`MnimiLLMCache` keys them, as a wrapped model is.
 
@@ -2546,7 +2550,10 @@ class MnimiLLMCache(BaseCache):
     one cached value. Wrap the model instead (``MnimiChatModel(model=...)``)
     for live streaming that is cached, ``n`` samples in one request, and tool calls keyed by
     the model's own format. Two concurrent misses at one position (outside a scope) store
-    the first answer to arrive; the other caller keeps its own answer, unstored.
+    the first answer to arrive; the other caller keeps its own answer, unstored. In
+    ``independent()``, concurrent identical calls each store their answer, at the first
+    position not yet stored: a re-run replays the same samples, not always to the same
+    call (LangChain's lookups race to the cache; the wrapper reserves input order).
 
     Args:
         path: The cache directory (or a Redis URL), as for ``Persistent``.
@@ -2561,6 +2568,13 @@ class MnimiLLMCache(BaseCache):
 
     def __init__(self, path: str | os.PathLike[str], replication: bool = False) -> None:
         self._layer = Persistent(_Generations(), path, replication=replication)
+        # Lookups and updates of one key, one at a time (the model calls between them run
+        # concurrently): a lookup's miss hands its position back before an update claims
+        # one, so an update always claims the first position not stored, and its answer
+        # lands there. Without, concurrent identical calls in independent() let an update
+        # claim a position past an unstored one, whose refill LangChain's answer could
+        # not fill: _Miss escaped update() and the paid answer was lost.
+        self._key_locks = tuple(threading.Lock() for _ in range(_KEY_LOCKS))
         if replication:
             _guard_streams()
 
@@ -2582,15 +2596,17 @@ class MnimiLLMCache(BaseCache):
         outside a scope, the position of its attempt, so a retry is no replay of the
         answer it rejected (as for ``MnimiChatModel``)."""
         layer = scoped(self._layer)
-        offset = 0
-        if isinstance(layer, CacheLayer) and caching_enabled():
-            offset = _node_attempt() - 1
-            if offset:
-                # A retry after a failed attempt (an error, not a rejected answer) finds
-                # positions before its own missing; its answer goes to the first of them,
-                # where the re-run's first attempt then finds it.
-                offset = min(offset, layer.store.length(layer.key_of(request)))
-        return layer.draw(request, offset + 1)[offset]
+        key = self._layer.key_of(request)
+        with self._key_locks[hash(key) % _KEY_LOCKS]:
+            offset = 0
+            if isinstance(layer, CacheLayer) and caching_enabled():
+                offset = _node_attempt() - 1
+                if offset:
+                    # A retry after a failed attempt (an error, not a rejected answer) finds
+                    # positions before its own missing; its answer goes to the first of
+                    # them, where the re-run's first attempt then finds it.
+                    offset = min(offset, layer.store.length(key))
+            return layer.draw(request, offset + 1)[offset]
 
     def lookup(self, prompt: str, llm_string: str) -> list[Generation] | None:
         """The generations at this call's position of the request's sequence, or None."""
@@ -2605,7 +2621,10 @@ class MnimiLLMCache(BaseCache):
         stored = _generations_sample(return_val)
         if stored is None:  # an empty answer is no sample (law 8)
             return
-        self._draw(self._request(prompt, llm_string, [stored]))
+        # _Miss: the answer is stored, but the position it meant to fill was behind a draw
+        # of another adapter or process still in flight; the caller has its answer.
+        with contextlib.suppress(_Miss):
+            self._draw(self._request(prompt, llm_string, [stored]))
 
     def clear(self, **kwargs: Any) -> None:
         """Not supported: sequences are append-only; ``mnimi prune`` evicts whole ones."""

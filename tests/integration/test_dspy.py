@@ -189,9 +189,9 @@ def test_a_replica_replays_a_retry_loop_attempt_by_attempt(
     recorder.close()
     assert len(set(attempts)) == 3
     server.reset()
-    with MnimiCache(str(tmp_path), replication=True, dspy=replica_dspy) as replica:
-        with independent():
-            assert [str(predict(question=QUESTIONS[1]).answer) for _ in range(3)] == attempts
+    replica = MnimiCache(str(tmp_path), replication=True, dspy=replica_dspy)
+    with replica, independent():
+        assert [str(predict(question=QUESTIONS[1]).answer) for _ in range(3)] == attempts
     replica.close()
     assert sent(server) == 0
 

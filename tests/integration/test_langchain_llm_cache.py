@@ -254,6 +254,36 @@ def test_concurrent_misses_at_one_position_are_not_both_stored_there(
     assert [r[0].text for r in replayed if r] == ["x", "y"]
 
 
+@pytest.mark.parametrize("is_async", [False, True], ids=["batch", "abatch"])
+def test_concurrent_identical_calls_in_independent_each_store_their_answer(
+    server: SamplingServer, cache_dir: str, is_async: bool
+) -> None:
+    """pass@k through LangChain's cache: eight identical calls at once in ``independent()``.
+    An update could claim a position past one still being asked for, whose refill the
+    single answer LangChain hands to ``update`` could not fill: a private ``_Miss`` escaped
+    ``batch`` and paid answers were lost (the re-run paid for them again)."""
+    chat = openai(server, MnimiLLMCache(cache_dir))
+    prompts = [NUMBER] * 8
+
+    def run() -> list[str]:
+        with independent():
+            if is_async:
+                answers = asyncio.run(chat.abatch(prompts))
+            else:
+                answers = chat.batch(prompts, config={"max_concurrency": 8})
+        return [str(answer.content) for answer in answers]
+
+    first = run()
+    assert len(set(first)) == 8 and len(server.requests) == 8
+    assert chat.cache.stats()["samples_stored"] == 8  # type: ignore[union-attr]
+    # A new process replays the eight samples (which call gets which can differ: the
+    # threads race to LangChain's lookups) and pays for nothing.
+    again = openai(server, MnimiLLMCache(cache_dir, replication=True))
+    with independent():
+        replayed = [str(again.invoke(NUMBER).content) for _ in range(8)]
+    assert sorted(replayed) == sorted(first) and len(server.requests) == 8
+
+
 def test_clear_is_refused(cache_dir: str) -> None:
     with pytest.raises(MnimiError, match="append-only"):
         MnimiLLMCache(cache_dir).clear()
