@@ -93,6 +93,7 @@ import contextlib
 import contextvars
 import copy
 import functools
+import logging
 import os
 import queue
 import threading
@@ -160,6 +161,8 @@ from .providers import (
 )
 
 __all__ = ["MnimiCache"]
+
+logger = logging.getLogger("mnimi_adapters.litellm")
 
 #: The attribute that holds a layer's wrapper for ``metadata={"mnimi": "independent"}``.
 _PER_CALL_INDEPENDENT = "_mnimi_per_call_independent"
@@ -816,7 +819,18 @@ def _steered(kwargs: dict[str, Any]) -> MnimiCache | None:
     cache = _newest_installed()
     if cache is None or in_provider_call():
         return None
-    if litellm.cache is None:
+    current = litellm.cache
+    if current is None:
+        litellm.cache = cache
+    elif current is not cache and cache.replication:
+        # litellm.enable_cache() or `litellm.cache = Cache()` would have LiteLLM's own
+        # cache answer, and send what it lacks: a replica stays until uninstalled.
+        logger.warning(
+            "%r is installed, so litellm.cache goes back to it (it was set to %s): a "
+            "replication run sends nothing; uninstall the replica to use another cache",
+            cache,
+            type(current).__name__,
+        )
         litellm.cache = cache
     if cache.replication or cache.dspy:
         # DSPy switches the cache off on every call: recorded (by a cache with dspy=True,

@@ -205,6 +205,46 @@ def test_the_cache_survives_litellm_cache_being_reset(
     assert sent(server) == 0
 
 
+def _assign_litellm_cache() -> None:
+    litellm.cache = litellm.Cache()
+
+
+def _enable_litellm_cache() -> None:
+    litellm.disable_cache()
+    litellm.enable_cache()
+
+
+@pytest.mark.parametrize(
+    "replace",
+    [_assign_litellm_cache, _enable_litellm_cache],
+    ids=["litellm.cache = Cache()", "disable_cache(); enable_cache()"],
+)
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_replica_replaced_by_litellm_s_own_cache_still_answers(
+    server: SamplingServer, tmp_path: Path, replace: Callable[[], None], is_async: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """Code that sets up LiteLLM's own cache (a library's init, a notebook cell) replaced
+    a replica in silence: LiteLLM's cache answered, and sent every call it lacked."""
+    recorded = record(server, tmp_path, "Recorded")
+    server.reset()
+    saved = litellm.cache
+    ask = (lambda p: asyncio.run(acall(server, p))) if is_async else (lambda p: call(server, p))
+    try:
+        with MnimiCache(str(tmp_path), replication=True) as replica:
+            replace()
+            assert text(ask("Recorded")) == recorded
+            assert litellm.cache is replica
+            replace()
+            with pytest.raises(ReplicationCacheMiss):
+                ask("Never recorded")
+        replica.close()
+    finally:
+        litellm.cache = saved
+    assert sent(server) == 0
+    assert "litellm.cache goes back to it" in caplog.text
+
+
 def test_the_newest_installed_cache_decides(server: SamplingServer, tmp_path: Path) -> None:
     recorded = record(server, tmp_path, "Recorded")
     server.reset()
