@@ -14,8 +14,10 @@ LangChain's context-copying executors. Threads that do not copy their starter's
 context (a plain ``ThreadPoolExecutor``, LiteLLM's ``batch_completion``, DSPy's
 ``num_threads``) borrow the scope open on the one thread that has scopes open:
 without it, every call of ``with independent(): pool.map(...)`` would replay the
-same sample. With scopes open on several threads such a call cannot tell which is
-its own: it runs outside any scope, with a :class:`ScopeWarning`.
+same sample. A ``with`` block such a thread opens nests in the scope it borrows, as
+it would in one it inherited (a worker's ``repeatable()`` retry then draws afresh per
+attempt). With scopes open on several threads such a call cannot tell which is its
+own: it runs outside any scope, with a :class:`ScopeWarning`.
 """
 
 from __future__ import annotations
@@ -41,9 +43,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 class _Scope:
     """One entered ``with`` block: the wrappers it put around each layer."""
 
-    def __init__(self, kind: Kind, parent: _Scope | None) -> None:
+    def __init__(self, kind: Kind, parent: _Scope | None, borrowed: bool = False) -> None:
         self.kind = kind
         self.parent = parent
+        #: Whether ``parent`` was borrowed from another thread (see ``_borrowed``), not
+        #: found in the context: leaving it restores an empty context, not the parent.
+        self.borrowed = borrowed
+        #: Whether it nests in a borrowed scope: it is its thread's business, so the
+        #: threads that borrow still borrow the scope it nests in, never this one.
+        self.lent: bool = borrowed or (parent is not None and parent.lent)
         self._wrapped: dict[Layer, Layer] = {}
         self._lock = threading.Lock()
         self._book: PositionBook | None = None
@@ -151,18 +159,23 @@ def warn_forked(when: str, stacklevel: int) -> None:
     )
 
 
-def _borrowed() -> _Scope | None:
+def _borrowed(stacklevel: int) -> _Scope | None:
     """The scope a thread outside any scope borrows: the innermost one open elsewhere.
 
     Only when every open scope is on one other thread, nested in each other (so the
     innermost is not in doubt); else ``None``, with a :class:`ScopeWarning` when some
-    are open.
+    are open. Scopes opened in a borrowed one do not count: a thread borrows what its
+    starter has open, not what another borrower opened in it.
     """
     me = threading.get_ident()
     with _open_lock:
         if _open.get(me):  # this thread has its own: a task that was not given them
             return None
-        holders = [scopes for scopes in _open.values() if scopes]
+        holders = [
+            owned
+            for scopes in _open.values()
+            if (owned := [scope for scope in scopes if not scope.lent])
+        ]
     if len(holders) == 1:
         innermost = holders[0][-1]
         nested = {id(scope) for scope in innermost.chain()}
@@ -175,7 +188,7 @@ def _borrowed() -> _Scope | None:
             "and cannot tell which is its own: it runs outside any scope (repeatable). "
             "Submit the work as contextvars.copy_context().run(fn, ...) to carry the scope.",
             ScopeWarning,
-            stacklevel=4,
+            stacklevel=stacklevel + 1,
         )
     return None
 
@@ -185,7 +198,7 @@ def _scope() -> _Scope | None:
     scope = _current.get()
     if scope is not None or not _open:
         return scope
-    return _borrowed()
+    return _borrowed(3)
 
 
 def scoped(layer: Layer) -> Layer:
@@ -221,7 +234,15 @@ class ScopeManager:
         return f"{self.kind}()"
 
     def __enter__(self) -> ScopeManager:
-        scope = _Scope(self.kind, _current.get())
+        parent = _current.get()
+        borrowed = False
+        if parent is None and _open:
+            # A thread that did not inherit its starter's context nests the block in the
+            # scope its calls borrow, as it would in the scope it inherited: a
+            # repeatable() retry in an independent() then draws afresh per attempt.
+            parent = _borrowed(2)
+            borrowed = parent is not None
+        scope = _Scope(self.kind, parent, borrowed)
         _current.set(scope)
         with _open_lock:
             _open.setdefault(threading.get_ident(), []).append(scope)
@@ -231,7 +252,8 @@ class ScopeManager:
         # The block being left is the current scope of *this* context, so one
         # manager object can serve many threads and tasks at once.
         scope = _current.get()
-        _current.set(scope.parent if scope is not None else None)
+        # A borrowed parent is not put in the context: the thread borrows afresh.
+        _current.set(scope.parent if scope is not None and not scope.borrowed else None)
         me = threading.get_ident()
         with _open_lock:
             scopes = _open.get(me, [])

@@ -11,9 +11,11 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from hypothesis import given, settings
@@ -36,6 +38,7 @@ from mnimi_adapters.core import (
 from mnimi_adapters.core.model import Layer
 
 PROMPT = "Choose a number between 1 and 1000."
+T = TypeVar("T")
 
 
 def draw(layer: Layer) -> str:
@@ -120,9 +123,130 @@ def test_threads_that_did_not_inherit_the_context_borrow_the_open_scope(
         assert set(pool.map(lambda _: draw(base), range(4))) == {draw(base)}
 
 
-def test_with_scopes_open_on_two_threads_a_thread_without_one_warns_and_repeats(
+def _retries(layer: Layer, attempts: int = 3) -> list[tuple[str, str]]:
+    """The retry pattern: two calls per attempt, each attempt in its own repeatable()."""
+    tried = []
+    for _ in range(attempts):
+        with repeatable():
+            tried.append((draw(layer), draw(layer)))
+    return tried
+
+
+def _on_a_plain_thread(work: Callable[[], T]) -> T:
+    """``work``'s result, run on a threading.Thread, which copies no context."""
+    result: list[T] = []
+    thread = threading.Thread(target=lambda: result.append(work()))
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+@pytest.mark.parametrize("thread", ["executor", "threading.Thread"])
+def test_a_scope_opened_on_a_thread_that_did_not_inherit_the_context_nests_in_the_borrowed_one(
+    base: Persistent, thread: str
+) -> None:
+    # A worker retrying with `with repeatable():` replayed sample 0 on every attempt: its
+    # block did not nest in the independent() its calls borrow. It nests now, exactly as
+    # on the thread that opened the independent(), or in a copied context.
+    def run(work: Callable[[], T]) -> T:
+        if thread == "executor":
+            with ThreadPoolExecutor(1) as pool:
+                return pool.submit(work).result()
+        return _on_a_plain_thread(work)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScopeWarning)
+        with independent():
+            tried = run(lambda: _retries(base))
+            after = draw(base)  # the worker's attempts moved the scope's cursor
+    assert all(a == b for a, b in tried)
+    # The wrappers' answer: Repeatable(Independent(base)) per attempt, positions 0, 1, 2.
+    assert [a for a, _ in tried] == list(islice(base.sample(PROMPT), 3))
+    assert after == list(islice(base.sample(PROMPT), 4))[3]
+
+
+def test_borrowers_retrying_side_by_side_each_get_fresh_attempts(base: Persistent) -> None:
+    # Every worker's repeatable() nests in the main thread's independent(): a scope one
+    # worker opened is no second holder for the others, so none of them warns.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScopeWarning)
+        with independent(), ThreadPoolExecutor(4) as pool:
+            tried = [
+                pair for pairs in pool.map(lambda _: _retries(base), range(4)) for pair in pairs
+            ]
+    assert all(a == b for a, b in tried)
+    assert sorted(a for a, _ in tried) == sorted(islice(base.sample(PROMPT), 12))
+
+
+def test_leaving_a_scope_opened_on_a_borrowing_thread_borrows_afresh(base: Persistent) -> None:
+    # Leaving the block must not leave the borrowed independent() in the worker's
+    # context: the worker's later tasks borrow whatever is open then, or nothing.
+    with ThreadPoolExecutor(1) as pool:  # one worker, so each task runs on the same thread
+        with independent():
+            with repeatable():
+                in_repeatable = draw(base)  # position 0, for the main thread's attempt
+            tried = pool.submit(_retries, base, 1).result()  # position 1
+            assert pool.submit(lambda: scoped(base)).result() is not base
+            next_one = pool.submit(draw, base).result()  # borrowed: position 2
+        assert pool.submit(lambda: scoped(base)).result() is base
+        outside = pool.submit(draw, base).result()
+    first_four = list(islice(base.sample(PROMPT), 3))
+    assert [in_repeatable, tried[0][0], next_one] == first_four
+    assert outside == draw(base) == first_four[0]  # outside any scope: position 0
+
+
+def test_a_scope_opened_on_a_borrowing_thread_does_not_leak_to_other_threads(
     base: Persistent,
 ) -> None:
+    inside, release = threading.Event(), threading.Event()
+
+    def retry_and_hold() -> tuple[str, str]:
+        with repeatable():
+            first = draw(base)
+            inside.set()
+            release.wait(10)
+            return first, draw(base)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScopeWarning)
+        with independent(), ThreadPoolExecutor(2) as pool:
+            held = pool.submit(retry_and_hold)
+            assert inside.wait(10)
+            # Another borrower, a new thread and the main thread still see the
+            # independent(), not the worker's repeatable(): each gets a fresh sample.
+            others = [
+                pool.submit(draw, base).result(),
+                _on_a_plain_thread(lambda: draw(base)),
+                draw(base),
+                draw(base),
+            ]
+            release.set()
+            first, again = held.result()
+    assert first == again
+    assert len({first, *others}) == 5
+
+
+def test_a_scope_opened_on_a_thread_that_cannot_tell_which_to_borrow_warns(
+    base: Persistent,
+) -> None:
+    with (
+        _scopes_open_on_three_threads(),
+        ThreadPoolExecutor(1) as pool,
+        pytest.warns(ScopeWarning, match="several threads"),
+    ):
+        tried = pool.submit(_retries, base).result()
+    # Outside any scope, as the warning says: every attempt replays position 0.
+    assert len(set(tried)) == 1
+
+
+@contextlib.contextmanager
+def _scopes_open_on_three_threads() -> Iterator[None]:
+    """An independent() here and one on each of two threads that carry this context (as a
+    LangChain executor's do): a thread that inherited none cannot tell which is its own.
+
+    (A thread that carries no scope and opens one while another thread has one open nests
+    it in that one, as it borrows it for its calls: its scope makes no second holder.)
+    """
     opened, release = threading.Barrier(3), threading.Event()
 
     def hold_a_scope() -> None:
@@ -130,18 +254,32 @@ def test_with_scopes_open_on_two_threads_a_thread_without_one_warns_and_repeats(
             opened.wait()
             release.wait()
 
-    holders = [threading.Thread(target=hold_a_scope) for _ in range(2)]
-    for holder in holders:
-        holder.start()
-    opened.wait()
-    try:
-        with ThreadPoolExecutor(1) as pool, pytest.warns(ScopeWarning, match="several threads"):
-            results = list(pool.map(lambda _: draw(base), range(3)))
-        assert len(set(results)) == 1
-    finally:
-        release.set()
+    with independent():
+        holders = [
+            threading.Thread(target=contextvars.copy_context().run, args=(hold_a_scope,))
+            for _ in range(2)
+        ]
         for holder in holders:
-            holder.join()
+            holder.start()
+        opened.wait()
+        try:
+            yield
+        finally:
+            release.set()
+            for holder in holders:
+                holder.join()
+
+
+def test_with_scopes_open_on_several_threads_a_thread_without_one_warns_and_repeats(
+    base: Persistent,
+) -> None:
+    with (
+        _scopes_open_on_three_threads(),
+        ThreadPoolExecutor(1) as pool,
+        pytest.warns(ScopeWarning, match="several threads"),
+    ):
+        results = list(pool.map(lambda _: draw(base), range(3)))
+    assert len(set(results)) == 1
 
 
 def test_decorators(base: Persistent) -> None:
