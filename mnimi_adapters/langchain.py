@@ -46,10 +46,12 @@ from collections.abc import (
     Callable,
     Generator,
     Hashable,
+    Iterable,
     Iterator,
     Mapping,
     Sequence,
 )
+from concurrent.futures import Executor, as_completed
 from dataclasses import dataclass, replace
 from operator import itemgetter
 from typing import Any, Literal, Self, cast
@@ -1073,6 +1075,17 @@ def _group_outcomes(draw: _Draw, size: int) -> list[_Outcome]:
         except Exception as error:
             outcomes += [error] * (size - len(outcomes))
     return outcomes
+
+
+def _shared(
+    groups: list[tuple[_Draw, list[int]]], drawn: Iterable[list[_Outcome]]
+) -> dict[int, tuple[tuple[int, str], _Outcome]]:
+    """Each input of a batch with its own outcome, found by its call under its group's key."""
+    return {
+        i: (draw.key, outcome)
+        for (draw, members), outcomes in zip(groups, drawn, strict=True)
+        for i, outcome in zip(members, outcomes, strict=True)
+    }
 
 
 async def _agroup_outcomes(draw: _Draw, size: int) -> list[_Outcome]:
@@ -2147,12 +2160,58 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             groups.setdefault(draw.key, (draw, []))[1].append(index)
         return groups
 
-    @staticmethod
-    def _share(
-        draw: _Draw, members: list[int], outcomes: list[_Outcome]
+    def _ahead(
+        self, inputs: list[LanguageModelInput], kwargs: dict[str, Any], executor: Executor
     ) -> dict[int, tuple[tuple[int, str], _Outcome]]:
-        """Each input of a group with its own outcome, found by its call under the key."""
-        return {i: (draw.key, outcome) for i, outcome in zip(members, outcomes, strict=True)}
+        """Each input's outcome, drawn before any input runs: identical inputs together, in
+        input order (their positions), different requests concurrently on ``executor``."""
+        groups = list(self._plan_batch(inputs, kwargs).values())
+        drawn = executor.map(lambda group: _group_outcomes(group[0], len(group[1])), groups)
+        return _shared(groups, drawn)
+
+    async def _aahead(
+        self, inputs: list[LanguageModelInput], kwargs: dict[str, Any]
+    ) -> dict[int, tuple[tuple[int, str], _Outcome]]:
+        """Async :meth:`_ahead`."""
+        groups = list(self._plan_batch(inputs, kwargs).values())
+        drawn = await asyncio.gather(
+            *(_agroup_outcomes(draw, len(members)) for draw, members in groups)
+        )
+        return _shared(groups, drawn)
+
+    def _run_drawn(
+        self,
+        drawn: tuple[tuple[int, str], _Outcome],
+        value: LanguageModelInput,
+        config: RunnableConfig,
+        return_exceptions: bool,
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """One input of a batch as its own call (callbacks, tracing), answered by ``drawn``."""
+        _PREDRAWN.set(drawn)
+        try:
+            return self.invoke(value, config, **kwargs)
+        except Exception as error:
+            if return_exceptions:
+                return error
+            raise
+
+    async def _arun_drawn(
+        self,
+        drawn: tuple[tuple[int, str], _Outcome],
+        value: LanguageModelInput,
+        config: RunnableConfig,
+        return_exceptions: bool,
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Async :meth:`_run_drawn` (in the input's own task)."""
+        _PREDRAWN.set(drawn)
+        try:
+            return await self.ainvoke(value, config, **kwargs)
+        except Exception as error:
+            if return_exceptions:
+                return error
+            raise
 
     def batch(
         self,
@@ -2178,26 +2237,41 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         if len(inputs) < 2:
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         configs = get_config_list(config, len(inputs))
-        groups = list(self._plan_batch(inputs, kwargs).values())
-
-        def draw_group(group: tuple[_Draw, list[int]]) -> list[_Outcome]:
-            return _group_outcomes(group[0], len(group[1]))
-
-        ahead: dict[int, tuple[tuple[int, str], _Outcome]] = {}
         with get_executor_for_config(configs[0]) as executor:
-            for group, drawn in zip(groups, executor.map(draw_group, groups), strict=True):
-                ahead.update(self._share(*group, drawn))
+            ahead = self._ahead(inputs, kwargs, executor)
+            return list(
+                executor.map(
+                    lambda i: self._run_drawn(
+                        ahead[i], inputs[i], configs[i], return_exceptions, kwargs
+                    ),
+                    range(len(inputs)),
+                )
+            )
 
-            def run(index: int) -> Any:
-                _PREDRAWN.set(ahead[index])
-                try:
-                    return self.invoke(inputs[index], configs[index], **kwargs)
-                except Exception as error:
-                    if return_exceptions:
-                        return error
-                    raise
-
-            return list(executor.map(run, range(len(inputs))))
+    def batch_as_completed(  # type: ignore[override]
+        self,
+        inputs: Sequence[LanguageModelInput],
+        config: RunnableConfig | Sequence[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> Iterator[tuple[int, AIMessage | Exception]]:
+        """:meth:`batch`'s answers as each input's call ends, with its index; as
+        deterministic: input ``i`` gets the same position on every run."""
+        inputs = list(inputs)
+        if not inputs:
+            return
+        configs = get_config_list(config, len(inputs))
+        with get_executor_for_config(configs[0]) as executor:
+            ahead = self._ahead(inputs, kwargs, executor)
+            running = {
+                executor.submit(
+                    self._run_drawn, ahead[i], inputs[i], configs[i], return_exceptions, kwargs
+                ): i
+                for i in range(len(inputs))
+            }
+            for done in as_completed(running):
+                yield running[done], done.result()
 
     async def abatch(
         self,
@@ -2213,25 +2287,37 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
                 inputs, config, return_exceptions=return_exceptions, **kwargs
             )
         configs = get_config_list(config, len(inputs))
-        groups = list(self._plan_batch(inputs, kwargs).values())
-
-        ahead: dict[int, tuple[tuple[int, str], _Outcome]] = {}
-        drawn_groups = await asyncio.gather(
-            *(_agroup_outcomes(draw, len(members)) for draw, members in groups)
+        ahead = await self._aahead(inputs, kwargs)
+        return list(
+            await asyncio.gather(
+                *(
+                    self._arun_drawn(ahead[i], inputs[i], configs[i], return_exceptions, kwargs)
+                    for i in range(len(inputs))
+                )
+            )
         )
-        for group, drawn in zip(groups, drawn_groups, strict=True):
-            ahead.update(self._share(*group, drawn))
 
-        async def run(index: int) -> Any:
-            _PREDRAWN.set(ahead[index])  # in this input's own task
-            try:
-                return await self.ainvoke(inputs[index], configs[index], **kwargs)
-            except Exception as error:
-                if return_exceptions:
-                    return error
-                raise
+    async def abatch_as_completed(  # type: ignore[override]
+        self,
+        inputs: Sequence[LanguageModelInput],
+        config: RunnableConfig | Sequence[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> AsyncIterator[tuple[int, AIMessage | Exception]]:
+        """Async :meth:`batch_as_completed`, as deterministic."""
+        inputs = list(inputs)
+        if not inputs:
+            return
+        configs = get_config_list(config, len(inputs))
+        ahead = await self._aahead(inputs, kwargs)
 
-        return list(await asyncio.gather(*(run(index) for index in range(len(inputs)))))
+        async def indexed(i: int) -> tuple[int, Any]:
+            drawn = self._arun_drawn(ahead[i], inputs[i], configs[i], return_exceptions, kwargs)
+            return i, await drawn
+
+        for done in asyncio.as_completed([indexed(i) for i in range(len(inputs))]):
+            yield await done
 
     # -- tools and structured output ---------------------------------------------------
 

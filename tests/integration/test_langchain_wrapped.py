@@ -535,6 +535,34 @@ def test_batch_in_an_independent_scope_is_deterministic(
     )
 
 
+def test_batch_as_completed_in_an_independent_scope_is_deterministic(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    """``batch_as_completed``/``abatch_as_completed`` (progress bars over an evaluation) are
+    as deterministic as ``batch``: run again in one process after an ``abatch`` (a notebook
+    cell re-run), LangChain's own versions gave the inputs the same samples, but shuffled."""
+    chat = MnimiChatModel(model=openai(), cache_dir=cache)
+    inputs = [NUMBER] * 4
+
+    async def run() -> tuple[list[str], list[tuple[int, str]], list[tuple[int, str]]]:
+        with independent():
+            before = [str(m.content) for m in await chat.abatch([NUMBER])]
+            done = [(i, str(m.content)) async for i, m in chat.abatch_as_completed(inputs)]
+            synced = [(i, str(m.content)) for i, m in chat.batch_as_completed(inputs)]
+        return before, sorted(done), sorted(synced)
+
+    first = asyncio.run(run())
+    assert [i for i, _ in first[1]] == [0, 1, 2, 3] and len(
+        {*first[0], *dict(first[1]).values()}
+    ) == 5
+    assert len({*dict(first[1]).values(), *dict(first[2]).values()}) == 8
+    paid = len(server.chat_requests())
+    for _ in range(3):
+        assert asyncio.run(run()) == first
+    assert len(server.chat_requests()) == paid
+    assert list(chat.batch_as_completed([])) == []
+
+
 @pytest.mark.parametrize("method", ["function_calling", "json_schema", "json_mode"])
 def test_a_structured_output_batch_pays_once_and_every_answer_parses(
     server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str, method: str
