@@ -43,7 +43,7 @@ from .model import Cursor, Layer, logger
 from .request import Request
 from .runs import RunRecorder
 from .sample import Sample
-from .scopes import caching_enabled, process_generation, warn_forked
+from .scopes import caching_enabled, process_generation, served_first, warn_forked
 from .stores import (
     Appended,
     Batched,
@@ -835,6 +835,8 @@ class _ReplayCursor(Cursor):
             at.served[sample.draw_id] = index
             if len(at.served) > _SERVED_MEMORY:
                 del at.served[next(iter(at.served))]
+        if index == 0:  # a worker process warns if it replays a request (scopes.py)
+            served_first(self._layer, self._key)
         return sample.served(self._key, index, hit)
 
     def _read(self, index: int) -> Sample:

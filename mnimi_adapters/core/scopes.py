@@ -25,16 +25,18 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import sys
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Hashable, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .model import Layer
 
 if TYPE_CHECKING:  # the layers import this module
-    from .layers import PositionBook
+    from .layers import CacheLayer, PositionBook
 
 Kind = Literal["independent", "repeatable", "no_cache"]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -99,7 +101,9 @@ class ScopeWarning(UserWarning):
     Either a thread that did not inherit a scope (a plain ``ThreadPoolExecutor``'s,
     LiteLLM's ``batch_completion``'s) found scopes open on several threads, and runs
     outside any (with exactly one candidate it borrows that one); or a process was
-    forked inside an ``independent()`` scope, whose cursors do not cross processes.
+    forked inside an ``independent()`` scope, whose cursors do not cross processes;
+    or a ``multiprocessing`` worker outside any scope (a spawned one starts outside
+    any) was served a request's first sample twice: identical calls there repeat.
 
     Example:
         >>> import warnings
@@ -116,11 +120,29 @@ _open_lock = threading.Lock()
 _generation = 0
 
 
+#: Whether this process watches for a request served its first sample twice outside
+#: any scope: only a ``multiprocessing`` worker does, until it has warned once (``None``:
+#: not known yet). Elsewhere, the watch costs one comparison per call.
+_watching: bool | None = None
+#: The layers adapters drew from outside any scope in this worker (the wrappers a
+#: program uses itself replay on purpose, law 1).
+_unscoped: weakref.WeakSet[Layer] = weakref.WeakSet()
+#: Which requests (stored sequence, key) had their first sample served outside any
+#: scope, the most recent :data:`_SERVED_FIRST_MEMORY` of them.
+_served_first: dict[tuple[Hashable, str], None] = {}
+_SERVED_FIRST_MEMORY = 1024
+_watch_lock = threading.Lock()
+
+
 def _after_fork() -> None:
     """In a forked child: a new generation, and only the forking thread's open scopes."""
-    global _generation, _open_lock
+    global _generation, _open_lock, _watching, _watch_lock
     _generation += 1
     _open_lock = threading.Lock()  # another thread may have held it at the fork
+    _watching = None  # a worker of a pool is told so only once it runs
+    _watch_lock = threading.Lock()
+    _unscoped.clear()
+    _served_first.clear()
     mine = _open.get(threading.get_ident())
     _open.clear()
     if mine:
@@ -201,6 +223,75 @@ def _scope() -> _Scope | None:
     return _borrowed(3)
 
 
+def _is_worker() -> bool:
+    """Whether this process is a ``multiprocessing`` child (spawned, forked or forkserver's)."""
+    # Not imported here: a process that never imported it is nobody's worker.
+    process = sys.modules.get("multiprocessing.process")
+    return process is not None and process.parent_process() is not None
+
+
+def _watch(layer: Layer) -> None:
+    """In a worker process, note that an adapter draws from ``layer`` outside any scope."""
+    global _watching
+    if _watching is None:
+        _watching = _is_worker()
+    if _watching:
+        with _watch_lock:
+            _unscoped.add(layer)
+
+
+def served_first(layer: CacheLayer, key: str) -> None:
+    """Note that ``layer`` served position 0 of ``key``: in a ``multiprocessing`` worker,
+    outside any scope, the second time for one request warns (once per process).
+
+    A pass@k over a process pool, ``with independent():`` open in the parent, otherwise
+    hands out one sample k times and says nothing: scopes do not cross processes, and a
+    spawned worker starts outside any.
+    """
+    global _watching
+    if not _watching or layer not in _unscoped or _current.get() is not None or _open:
+        return
+    served = (layer.sequences(), key)
+    with _watch_lock:
+        if not _watching:
+            return
+        if served not in _served_first:
+            _served_first[served] = None
+            if len(_served_first) > _SERVED_FIRST_MEMORY:
+                del _served_first[next(iter(_served_first))]
+            return
+        _watching = False  # once per process: the rest would say the same
+        _served_first.clear()
+    warnings.warn(
+        "this multiprocessing worker was served the same request's first sample again: "
+        "outside any scope identical calls replay a request's sequence from its start, and "
+        "scopes do not cross process boundaries (an independent() open in the parent does "
+        "not reach its workers). For distinct samples, open independent() inside the "
+        "worker function, around all the calls that should differ; each worker's cursors "
+        "start at position 0, so give each worker its own requests, or draw n samples "
+        "in one call",
+        ScopeWarning,
+        stacklevel=_callers_level(),
+    )
+
+
+#: The packages between a program and :func:`served_first`: a warning names the
+#: program's line that made the call, not one of theirs.
+_CALLED_THROUGH = ("mnimi_adapters", "litellm", "langchain", "langgraph", "dspy")
+
+
+def _callers_level() -> int:
+    """The ``stacklevel`` of the first frame, above the warning's, outside those packages."""
+    frame = sys._getframe(2)  # the caller of the function that warns
+    level = 2
+    while frame.f_back is not None and str(frame.f_globals.get("__name__", "")).startswith(
+        _CALLED_THROUGH
+    ):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
 def scoped(layer: Layer) -> Layer:
     """The layer an adapter should draw from now: ``layer`` wrapped by the open scopes.
 
@@ -209,6 +300,8 @@ def scoped(layer: Layer) -> Layer:
     """
     scope = _scope()
     if scope is None:
+        if _watching is not False:
+            _watch(layer)
         return layer
     _warn_if_inherited(scope)
     return scope.wrap(layer)

@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
@@ -34,6 +35,7 @@ from mnimi_adapters.core import (
     no_cache,
     repeatable,
     scoped,
+    scopes,
 )
 from mnimi_adapters.core.model import Layer
 
@@ -376,6 +378,61 @@ def test_scopes_nest_exactly_like_the_wrappers(program: list[str], base_kind: st
                     wrappers.append(wrapper(wrappers[-1]))
             while len(depth) > 1:
                 depth.pop().close()
+
+
+def test_a_process_that_is_no_worker_replays_without_a_word_and_stops_watching(
+    base: Persistent,
+) -> None:
+    # Outside any scope identical calls replay by design; only a multiprocessing worker,
+    # whose parent's scope did not reach it, is told. Elsewhere the watch ends at once.
+    assert multiprocessing.parent_process() is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScopeWarning)
+        assert draw(base) == draw(base) == draw(base)
+    assert scopes._watching is False
+
+
+@pytest.fixture
+def as_a_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process as a multiprocessing worker would see itself (the real ones are
+    tested in tests/integration/test_scopes_processes.py)."""
+    monkeypatch.setattr(multiprocessing.process, "parent_process", lambda: object())
+    monkeypatch.setattr(scopes, "_watching", None)
+    monkeypatch.setattr(scopes, "_unscoped", weakref.WeakSet())
+    monkeypatch.setattr(scopes, "_served_first", {})
+
+
+@pytest.mark.usefixtures("as_a_worker")
+def test_a_worker_warns_once_when_it_replays_a_request_outside_any_scope(
+    base: Persistent, tmp_path: Path
+) -> None:
+    own = Persistent(NumberModel(), tmp_path / "own")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScopeWarning)
+        first = draw(base)
+        with independent():  # its own scope: fresh samples, as asked
+            assert len({draw(base), draw(base), draw(base)}) == 3
+        # A program's own wrappers replay on purpose (law 1), and are not watched.
+        assert next(own.sample(PROMPT)) == next(own.sample(PROMPT))
+    with pytest.warns(ScopeWarning, match="scopes do not cross process boundaries"):
+        assert draw(base) == first
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScopeWarning)
+        assert draw(base) == first  # once per process
+    assert scopes._watching is False and not scopes._served_first
+
+
+@pytest.mark.usefixtures("as_a_worker")
+def test_a_worker_remembers_a_bounded_number_of_requests(tmp_path: Path) -> None:
+    layer = Repeatable(Counting())
+    requests = scopes._SERVED_FIRST_MEMORY + 50
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScopeWarning)
+        for i in range(requests):
+            next(scoped(layer).sample(f"{PROMPT} ({i})"))
+    assert len(scopes._served_first) == scopes._SERVED_FIRST_MEMORY
+    with pytest.warns(ScopeWarning):  # the most recent ones are remembered
+        next(scoped(layer).sample(f"{PROMPT} ({requests - 1})"))
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
