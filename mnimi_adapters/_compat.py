@@ -17,7 +17,7 @@ import functools
 import inspect
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
 
@@ -1043,6 +1043,29 @@ def uses_responses_api(chat: Any, params: Mapping[str, Any]) -> bool:
     return callable(decide) and bool(decide(dict(params)))
 
 
+@contextlib.contextmanager
+def without_hooked_handlers() -> Iterator[None]:
+    """Run the enclosed code without the callback handlers LangChain adds from context
+    variables (``register_configure_hook``).
+
+    Why: ``get_openai_callback()``, ``get_usage_metadata_callback()`` and
+    ``collect_runs()`` put their handler in a context variable, which LangChain adds to
+    every run started while it is set, whatever callbacks the run was given. A wrapped
+    model's own run, inside the wrapper's run, then reported every paid call twice (its
+    tokens and cost counted twice). The variables are listed only in
+    ``langchain_core.tracers.context._configure_hooks``; each set one is unset here.
+    """
+    from langchain_core.tracers import context
+
+    hooks = getattr(context, "_configure_hooks", ())
+    unset = [(hook[0], hook[0].set(None)) for hook in hooks if hook[0].get() is not None]
+    try:
+        yield
+    finally:
+        for variable, token in reversed(unset):
+            variable.reset(token)
+
+
 #: What a forked child took from LiteLLM's client cache, kept referenced for good: a
 #: client finalized in the child would close connections its parent still uses.
 _PARENTS_CLIENTS: list[Any] = []
@@ -1115,6 +1138,7 @@ PRIVATE_SYMBOLS: Final = (
     ("dspy.clients.lm", "litellm_completion"),
     ("dspy.clients.lm", "alitellm_completion"),
     ("langchain_core.runnables.config", "var_child_runnable_config"),
+    ("langchain_core.tracers.context", "_configure_hooks"),
     # The key of a node's runtime in a LangGraph run's configuration.
     ("langgraph._internal._constants", "CONFIG_KEY_RUNTIME"),
     ("langchain_core.language_models.chat_models", "BaseChatModel"),

@@ -134,6 +134,7 @@ from ._compat import (
     in_runnable_context,
     private_attributes,
     uses_responses_api,
+    without_hooked_handlers,
 )
 from .core import (
     BatchedModel,
@@ -161,7 +162,7 @@ from .core.request import (
 from .core.sample import new_draw_id, split_evenly, stream_pieces
 from .core.scopes import caching_enabled
 from .core.stores import shown_location, url_has_password
-from .providers import LiteLLMModel, LiteLLMRequest, keyed_endpoint
+from .providers import LiteLLMModel, LiteLLMRequest, keyed_endpoint, provider_call_active
 
 __all__ = ["MnimiChatModel", "MnimiLLMCache", "WrappedChatModel", "wrapped_identity"]
 
@@ -866,7 +867,9 @@ class WrappedChatModel(BatchedModel):
         call, chat, kwargs = self._arguments(request, n)
         stop = kwargs.pop("stop", None)
         # Its own callbacks only: none of the caller's run (see the class docstring).
-        with tracing_context(enabled=False):
+        # A provider call: an installed MnimiCache lets it through rather than answer it
+        # from a cursor of its own, which would serve this layer what it already has.
+        with tracing_context(enabled=False), without_hooked_handlers(), provider_call_active():
             if call.sink is not None and n == 1:
                 total: BaseMessage | None = None
                 chunks = cast(
@@ -884,7 +887,9 @@ class WrappedChatModel(BatchedModel):
         """Async :meth:`_query`, for a model whose sync path is not implemented."""
         call, chat, kwargs = self._arguments(request, n)
         stop = kwargs.pop("stop", None)
-        with tracing_context(enabled=False):
+        # A provider call: an installed MnimiCache lets it through rather than answer it
+        # from a cursor of its own, which would serve this layer what it already has.
+        with tracing_context(enabled=False), without_hooked_handlers(), provider_call_active():
             if call.sink is not None and n == 1:
                 total: BaseMessage | None = None
                 chunks = cast(

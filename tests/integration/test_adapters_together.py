@@ -13,12 +13,18 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
+from langchain_core.callbacks import get_usage_metadata_callback
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, convert_to_openai_messages
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_openai import ChatOpenAI
 
 from mnimi_adapters import independent
 from mnimi_adapters.langchain import MnimiChatModel
@@ -111,3 +117,67 @@ def test_a_live_stream_draws_alone_across_both_adapters(tmp_path: Path, seed: in
                 thread.join(30)
     everything = [answers["stream"], answers["chat"], *three]
     assert len(set(everything)) == 5, everything
+
+
+class LiteLLMChat(BaseChatModel):
+    """A user's LangChain chat model over ``litellm.completion`` (as ``ChatLiteLLM`` is)."""
+
+    base_url: str
+
+    @property
+    def _llm_type(self) -> str:
+        return "users-litellm-chat"
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: Any = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        response: Any = litellm.completion(
+            model="openai/mock-model",
+            messages=convert_to_openai_messages(messages),
+            api_base=self.base_url,
+            api_key="sk-x",
+        )
+        answer = AIMessage(response.choices[0].message.content)
+        return ChatResult(generations=[ChatGeneration(message=answer)])
+
+
+@pytest.mark.parametrize("same_cache", [False, True], ids=["two-caches", "one-cache"])
+def test_a_wrapped_litellm_model_under_an_installed_mnimi_cache_draws_fresh(
+    server: SamplingServer, tmp_path: Path, same_cache: bool
+) -> None:
+    """A wrapped model that calls LiteLLM while a MnimiCache is installed: the wrapper's
+    misses were answered by the installed cache from a cursor of its own, at position 0,
+    so a retry in ``independent()`` got the sample the call before it had, and the
+    wrapper stored it again at the next position."""
+    chat = MnimiChatModel(model=LiteLLMChat(base_url=server.url), cache_dir=str(tmp_path))
+    installed = tmp_path if same_cache else tmp_path / "litellm"
+    with MnimiCache(str(installed)) as cache:
+        first = str(chat.invoke(PROMPT).content)
+        with independent():
+            tries = [str(chat.invoke(PROMPT).content) for _ in range(3)]
+    cache.close()
+    assert tries[0] == first and len(set(tries)) == 3
+    assert len(server.chat_requests()) == 3
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["invoke", "ainvoke"])
+def test_callbacks_from_context_count_a_wrapped_miss_once(
+    server: SamplingServer, tmp_path: Path, is_async: bool
+) -> None:
+    """``get_usage_metadata_callback()`` (and ``get_openai_callback()``) add their handler
+    to every run started in their block: the wrapped model's own run counted each paid
+    call a second time."""
+    wrapped = MnimiChatModel(
+        model=ChatOpenAI(model="mock-model", base_url=server.url, api_key="sk-x"),
+        cache_dir=str(tmp_path),
+    )
+    with get_usage_metadata_callback() as counted:
+        for _ in range(2):  # a miss, then a hit of it: each call counted once
+            message = asyncio.run(wrapped.ainvoke(PROMPT)) if is_async else wrapped.invoke(PROMPT)
+    assert len(server.chat_requests()) == 1 and message.usage_metadata is not None
+    tokens = [usage["total_tokens"] for usage in counted.usage_metadata.values()]
+    assert sum(tokens) == 2 * message.usage_metadata["total_tokens"]
