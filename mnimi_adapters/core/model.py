@@ -66,12 +66,22 @@ class Cursor(ABC):
         return self
 
 
+#: The most samples one call may ask for at once: a refill plans (and holds) them all,
+#: so a mistyped count (``10**12``) would fill the memory rather than fail.
+MOST_SAMPLES_AT_ONCE = 1_000_000
+
+
 def check_batch(batch: Any, name: str = "batch", least: int = 1) -> int:
     """Validate a ``batch`` or ``max_batch`` argument (or another count, by ``name``)."""
     if isinstance(batch, bool) or not isinstance(batch, int):
         raise TypeError(f"{name} must be an int, got {type(batch).__name__}")
     if batch < least:
         raise ValueError(f"{name} must be at least {least}, got {batch}")
+    if name != "max_batch" and batch > MOST_SAMPLES_AT_ONCE:
+        raise ValueError(
+            f"{name} must be at most {MOST_SAMPLES_AT_ONCE:,} (the samples of one call are "
+            f"planned and held at once), got {batch:,}: draw them over several calls"
+        )
     return batch
 
 
@@ -290,7 +300,7 @@ class Model(Layer):
         self.model_name = model_name
         self.temperature = float(temperature)
         self.alias = alias
-        self.max_batch = check_batch(max_batch)
+        self.max_batch = check_batch(max_batch, "max_batch")
         self._accounting = threading.Lock()
         self._query_time = 0.0
         self._prompt_tokens = 0

@@ -296,12 +296,16 @@ class Request:
         Raises:
             TypeError: ``prompt`` is of another type, or a message is not a dict
                 with a ``role``.
+            ValueError: ``prompt`` is an empty list of messages, which every provider
+                refuses (it is not sent, nor paid for).
         """
         if isinstance(prompt, Request):
             return prompt
         if isinstance(prompt, str):
             return cls(({"role": "user", "content": prompt},), {}, prompt)
         if isinstance(prompt, list | tuple):
+            if not prompt:
+                raise ValueError("prompt has no messages: give a str or at least one message")
             for i, message in enumerate(prompt):
                 if not isinstance(message, Mapping) or "role" not in message:
                     raise TypeError(

@@ -35,6 +35,25 @@ def test_batch_below_one(number_model: NumberModel, batch: int) -> None:
         number_model.sample(PROMPT, batch=batch)
 
 
+def test_a_count_past_a_million_is_refused_before_it_fills_the_memory(tmp_path: Path) -> None:
+    # A refill plans every sample of a call at once: 10**12 spun for seconds, then raised
+    # MemoryError (or the kernel killed the process), with nothing sent.
+    model = Persistent(NumberModel(max_batch=4), tmp_path)
+    with pytest.raises(
+        ValueError, match=r"batch must be at most 1,000,000 .* got 1,000,000,000,000"
+    ):
+        next(model.sample(PROMPT, batch=10**12))
+    with pytest.raises(ValueError, match="count must be at most 1,000,000"):
+        model.draw(PROMPT, 10**7)
+    assert model.stats()["samples_stored"] == 0
+
+
+def test_an_empty_message_list_is_refused_before_it_is_sent(number_model: NumberModel) -> None:
+    # Every provider refuses it (HTTP 400, after LiteLLM's banner).
+    with pytest.raises(ValueError, match="prompt has no messages"):
+        number_model.sample([])
+
+
 def test_batch_of_wrong_type(number_model: NumberModel) -> None:
     with pytest.raises(TypeError, match="batch must be an int"):
         number_model.sample(PROMPT, batch="2")  # type: ignore[arg-type]
@@ -77,7 +96,7 @@ def test_bad_model_arguments(tmp_path: Path) -> None:
         NumberModel("", 1.0)
     with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
         NumberModel("m", -1.0)
-    with pytest.raises(ValueError, match="batch must be at least 1"):
+    with pytest.raises(ValueError, match="max_batch must be at least 1"):
         NumberModel("m", 1.0, max_batch=0)
     # Refused before the store opens: nothing is left behind.
     with pytest.raises(TypeError, match="expected a model or layer"):
