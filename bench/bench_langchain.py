@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import itertools
 import os
 import pstats
 import statistics
@@ -185,6 +186,10 @@ def profile(calls: int, server: SamplingServer, cache_dir: str) -> None:
     stats.sort_stats("tottime").print_stats(12)
 
 
+#: The hit bench's models, in the order of its first round.
+WRAPPED_NAMES = ("in_memory", "sqlite", "wrapped")
+
+
 def measure_wrapped(calls: int, server: SamplingServer, cache_dir: str) -> dict[str, list[float]]:
     """Cache hits of the wrapped ChatOpenAI and of ChatOpenAI with LangChain's caches."""
     from langchain_community.cache import SQLiteCache
@@ -197,19 +202,33 @@ def measure_wrapped(calls: int, server: SamplingServer, cache_dir: str) -> dict[
     wrapped = MnimiChatModel(model=openai(), cache_dir=os.path.join(cache_dir, "mnimi"))
     in_memory = openai(cache=InMemoryCache())
     sqlite = openai(cache=SQLiteCache(os.path.join(cache_dir, "langchain.db")))
-    models = {
-        "wrapped": lambda: wrapped.invoke(MESSAGES),
-        "in_memory": lambda: in_memory.invoke(MESSAGES),
-        "sqlite": lambda: sqlite.invoke(MESSAGES),
-    }
+    models = dict(
+        zip(
+            WRAPPED_NAMES,
+            (
+                lambda: in_memory.invoke(MESSAGES),
+                lambda: sqlite.invoke(MESSAGES),
+                lambda: wrapped.invoke(MESSAGES),
+            ),
+            strict=True,
+        )
+    )
     for call in models.values():  # the one miss each, then hits to settle
         for _ in range(50):
             call()
     misses = len(server.chat_requests())
     rows: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(calls):
-        for name, call in models.items():
-            rows[name].append(timed(call))
+    # Each round in the next of the six orders: a call timed right after SQLiteCache's
+    # (SQLite, unpickling) runs slower, and a fixed order (or its rotations) would put
+    # that cost on the same model every round.
+    orders = list(itertools.permutations(models))
+    for round_ in range(calls):
+        before = ""
+        for name in orders[round_ % len(orders)]:
+            elapsed = timed(models[name])
+            rows[name].append(elapsed)
+            rows.setdefault(f"{name} after {before or 'nothing'}", []).append(elapsed)
+            before = name
     assert len(server.chat_requests()) == misses, "a measured call reached the server"
     return rows
 
@@ -227,8 +246,10 @@ def first_chunks(misses: int, server: SamplingServer, cache_dir: str) -> dict[st
     wrapped = MnimiChatModel(model=openai(), cache_dir=os.path.join(cache_dir, "streams"))
     models = {"wrapped": wrapped, "bare": bare, "no_cache": wrapped}
     rows: dict[str, list[float]] = {name: [] for name in models}
+    orders = list(itertools.permutations(models))  # as for the hits
     for round_ in range(misses + 5):  # the first 5 rounds warm up connections and imports
-        for name, model in models.items():
+        for name in orders[round_ % len(orders)]:
+            model = models[name]
             prompt = f"Tell me story number {round_} for {name}."  # a miss every time
             with no_cache() if name == "no_cache" else contextlib.nullcontext():
                 start = time.perf_counter_ns()
@@ -265,6 +286,12 @@ def wrapped_main(args: argparse.Namespace) -> None:
         ("`MnimiChatModel(model=ChatOpenAI(...))`", "wrapped"),
     ):
         print(f"| {label} | {hits[name]:.0f} | {hits[name] / base:.2f}x |")
+    print("\nThe same calls by the call timed just before them (medians, us):\n")
+    print("| call | first of its round | after InMemoryCache | after SQLiteCache | after wrapped |")
+    print("|---|---:|---:|---:|---:|")
+    for name in ("in_memory", "sqlite", "wrapped"):
+        cells = (hits.get(f"{name} after {before}") for before in ("nothing", *WRAPPED_NAMES))
+        print(f"| {name} | " + " | ".join("-" if c is None else f"{c:.0f}" for c in cells) + " |")
     print(
         f"\nTime to first chunk of a streamed miss, {args.misses} misses each, server "
         f"waiting {args.first_token * 1000:.0f} ms before the first byte and "
