@@ -1,0 +1,98 @@
+"""The ``mnimi`` command where it refused the same samples, overflowed, or misreported.
+
+- ``import`` and ``export`` refused a slice of a sequence as "a different sequence" when
+  the target held the longer sequence it was cut from (the same draw ids): exporting a
+  slice back into its own cache failed with exit 1.
+- ``show --limit`` above SQLite's largest integer ended in a traceback.
+- A reader that left (``mnimi stats PATH | head -1``) made the command exit 1, the code
+  that says the store is damaged.
+- ``verify`` of a bundle counted an altered sample among the sound ones.
+- ``export --jsonl`` to a Redis URL was refused as a path; ``import -`` did not read
+  stdin, nor ``export - --jsonl`` write stdout; ``show --limit 0`` printed nothing;
+  ``python -m mnimi_adapters --version`` failed; the demo with ``--provider openai`` and
+  no key ended in LiteLLM's HTTP 500.
+"""
+
+from __future__ import annotations
+
+import os
+
+# LiteLLM downloads its price map at import unless told not to.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import json
+import sqlite3
+from itertools import islice
+from pathlib import Path
+
+import pytest
+from support import NumberModel
+
+from mnimi_adapters import cli
+from mnimi_adapters.core import Persistent
+from mnimi_adapters.core.stores import open_store
+
+PROMPT = "Choose a number between 1 and 1000."
+
+
+def fill(location: str | Path, count: int = 3) -> str:
+    """Draw ``count`` samples of :data:`PROMPT` into the store at ``location``; its key."""
+    layer = Persistent(NumberModel(), location)
+    try:
+        list(islice(layer.sample(PROMPT, batch=count), count))
+    finally:
+        layer.close()
+    with open_store(location, create=False, read_only=True) as store:
+        (key,) = store.keys()
+    return key
+
+
+def mnimi(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def draws(location: str | Path, key: str) -> list[str]:
+    with open_store(location, create=False, read_only=True) as store:
+        held = [store.get(key, index) for index in range(store.length(key))]
+    return [sample.draw_id for sample in held if sample is not None]
+
+
+def first_lines(path: Path, count: int, tmp_path: Path) -> Path:
+    """A JSON Lines export of the first ``count`` samples of ``path``'s one sequence."""
+    prefix = tmp_path / f"first-{count}.jsonl"
+    prefix.write_text("".join(path.read_text().splitlines(keepends=True)[:count]))
+    return prefix
+
+
+# -- 4. verify counts what the manifest vouches for -----------------------------------
+
+
+def alter(bundle: Path, key: str, index: int) -> None:
+    """Give one stored sample of the bundle another text, straight in the database."""
+    row = f"s:{key}:{index}"
+    with sqlite3.connect(bundle / "store" / "cache.db") as db:
+        (value,) = db.execute("SELECT value FROM Cache WHERE key = ?", (row,)).fetchone()
+        sample = json.loads(value)
+        sample["text"] = sample["message"]["content"] = "666"
+        db.execute("UPDATE Cache SET value = ? WHERE key = ?", (json.dumps(sample), row))
+
+
+@pytest.mark.parametrize(("altered", "sound"), [([1], 3), ([0, 2], 2)])
+def test_verify_of_a_bundle_counts_no_altered_sample_as_sound(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], altered: list[int], sound: int
+) -> None:
+    cache = tmp_path / "cache"
+    key = fill(cache, 4)
+    bundle = tmp_path / "bundle"
+    assert mnimi(capsys, "export", str(cache), str(bundle), "--bundle")[0] == 0
+    for index in altered:
+        alter(bundle, key, index)
+    code, printed, _ = mnimi(capsys, "verify", str(bundle))
+    assert code == 1
+    assert printed.splitlines()[-1] == (
+        f"damaged: 1 problem, 1 of 1 key affected ({sound} sound samples)"
+    )
+    code, printed, _ = mnimi(capsys, "--json", "verify", str(bundle))
+    assert code == 1 and json.loads(printed)["samples"] == sound
