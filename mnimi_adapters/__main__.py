@@ -16,6 +16,8 @@ def main(argv: list[str]) -> int:
     commands = cli.command_names()
     if any(argument in commands for argument in argv[:2]):  # `--json stats ...` too
         return cli.main(argv)
+    if argv[:1] == ["--version"]:  # the tour has none of its own: the library's, as mnimi says
+        return cli.main(argv)
     from .demo import main as tour
 
     return tour(argv)

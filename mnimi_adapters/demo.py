@@ -173,7 +173,9 @@ def _models(provider: str, model: str | None, server_url: str | None) -> _Models
     name = model or spec.default_model
 
     def remote(alias: str, max_batch: int) -> Model:
-        built: Model = cls(name, 1.0, alias=alias, max_batch=max_batch)
+        # The key read from its variable, as each named provider reads its own: a missing
+        # OPENAI_API_KEY is then said as plainly, not a provider's HTTP 500 from LiteLLM.
+        built: Model = cls(name, 1.0, alias=alias, max_batch=max_batch, api_key_env=spec.key_env)
         return built
 
     return _Models(name, remote)

@@ -20,8 +20,11 @@ import os
 # LiteLLM downloads its price map at import unless told not to.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+import io
 import json
 import sqlite3
+import subprocess
+import sys
 from itertools import islice
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from support import NumberModel
 from mnimi_adapters import cli
 from mnimi_adapters.core import Persistent
 from mnimi_adapters.core.stores import open_store
+from mnimi_adapters.demo import run_demo
 
 PROMPT = "Choose a number between 1 and 1000."
 
@@ -96,3 +100,26 @@ def test_verify_of_a_bundle_counts_no_altered_sample_as_sound(
     )
     code, printed, _ = mnimi(capsys, "--json", "verify", str(bundle))
     assert code == 1 and json.loads(printed)["samples"] == sound
+
+
+# -- 5. stdin and stdout, Redis OUT, --limit 0, --version, the demo's key -------------
+
+
+def test_python_m_mnimi_adapters_version() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "mnimi_adapters", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.startswith("mnimi ")
+
+
+def test_the_demo_with_openai_and_no_key_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    out = io.StringIO()
+    assert run_demo(str(tmp_path / "cache"), out=out, provider="openai") == 1
+    assert "needs an API key: set the environment variable OPENAI_API_KEY" in out.getvalue()
