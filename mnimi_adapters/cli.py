@@ -781,9 +781,12 @@ def _read_sequence(source: Store, entry: Entry) -> tuple[list[Sample], str | Non
 
 
 def _holds_another(target: Store, key: str, samples: list[Sample]) -> bool:
-    """Whether ``target`` holds, under ``key``, a sequence that ``samples`` do not extend."""
-    held = [target.get(key, i) for i in range(target.length(key))]
-    return [s.draw_id if s else None for s in held] != [s.draw_id for s in samples[: len(held)]]
+    """Whether ``target`` holds, under ``key``, a sequence other than ``samples``: one
+    that ``samples`` neither extend nor begin (a slice exported back into the longer
+    sequence it was cut from holds the same samples, not different ones)."""
+    common = min(target.length(key), len(samples))
+    held = [target.get(key, i) for i in range(common)]
+    return [s.draw_id if s else None for s in held] != [s.draw_id for s in samples[:common]]
 
 
 def _write_sequence(
@@ -793,8 +796,8 @@ def _write_sequence(
     if _holds_another(target, key, samples):
         # Appending would interleave two different sequences under one key.
         return 0, f"{target.location} holds a different sequence for this key; not exported"
-    added = target.append(key, samples[target.length(key) :], request)
-    return len(added), None
+    missing = samples[target.length(key) :]  # none when target holds them all, or more
+    return len(target.append(key, missing, request)), None
 
 
 def _bundle_target(

@@ -29,7 +29,7 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
-from support import NumberModel
+from support import Locations, NumberModel
 
 from mnimi_adapters import cli
 from mnimi_adapters.core import Persistent
@@ -68,6 +68,58 @@ def first_lines(path: Path, count: int, tmp_path: Path) -> Path:
     prefix = tmp_path / f"first-{count}.jsonl"
     prefix.write_text("".join(path.read_text().splitlines(keepends=True)[:count]))
     return prefix
+
+
+# -- 1. a slice back into the sequence it was cut from --------------------------------
+
+
+def test_import_of_a_prefix_into_the_longer_sequence_adds_nothing(
+    locations: Locations, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    long = locations.new("long")
+    key = fill(long, 3)
+    exported = tmp_path / "long.jsonl"
+    assert mnimi(capsys, "export", long, str(exported), "--jsonl")[0] == 0
+    prefix = first_lines(exported, 2, tmp_path)
+    code, printed, err = mnimi(capsys, "import", str(prefix), long)
+    assert (code, err) == (0, "")
+    assert "imported 1 sequence (2 samples, 0 new)" in printed
+    code, printed, _ = mnimi(capsys, "--json", "import", str(prefix), long)
+    assert code == 0 and json.loads(printed)["added"] == 0
+    assert len(draws(long, key)) == 3
+
+
+def test_export_of_a_slice_back_into_its_source_adds_nothing(
+    locations: Locations, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    long = locations.new("long")
+    key = fill(long, 3)
+    exported = tmp_path / "long.jsonl"
+    assert mnimi(capsys, "export", long, str(exported), "--jsonl")[0] == 0
+    short = tmp_path / "short"
+    assert mnimi(capsys, "import", str(first_lines(exported, 2, tmp_path)), str(short))[0] == 0
+    code, printed, err = mnimi(capsys, "export", str(short), long, "--grep", "")
+    assert (code, err) == (0, "")
+    assert f"exported {key}  gpt-4o  2 samples (0 new)" in printed
+    assert len(draws(long, key)) == 3
+
+
+def test_a_shorter_sequence_of_other_draws_is_still_refused(
+    locations: Locations, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same request sampled apart: other draw ids at index 0, not the same samples."""
+    long = locations.new("long")
+    key = fill(long, 3)
+    other = tmp_path / "other"
+    assert fill(other, 2) == key
+    held = draws(long, key)
+    exported = tmp_path / "other.jsonl"
+    assert mnimi(capsys, "export", str(other), str(exported), "--jsonl")[0] == 0
+    code, _, err = mnimi(capsys, "import", str(exported), long)
+    assert code == 1 and "holds a different sequence for key" in err
+    code, _, err = mnimi(capsys, "export", str(other), long, "--grep", "")
+    assert code == 1 and "holds a different sequence for this key; not exported" in err
+    assert draws(long, key) == held
 
 
 # -- 4. verify counts what the manifest vouches for -----------------------------------
