@@ -134,14 +134,20 @@ def parse_size(text: str) -> int:
     return size
 
 
+#: The largest limit taken: SQLite's largest integer, far above any store's keys or samples.
+_MAX_LIMIT = 2**63 - 1
+
+
 def _limit(text: str) -> int:
-    """An argparse type: a non-negative int."""
+    """An argparse type: a non-negative int a store can be asked for (at most 2**63-1)."""
     try:
         value = int(text)
     except ValueError:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"invalid limit {text!r} (use a number >= 0)")
+    if value > _MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"invalid limit {text!r} (at most {_MAX_LIMIT})")
     return value
 
 
@@ -455,23 +461,24 @@ def _show_listing(store: Store, args: argparse.Namespace) -> int:
                 "keys": [_listed(e) for e in entries],
             }
         )
-    elif entries:
-        print(
-            _table(
-                ["KEY", "MODEL", "SAMPLES", "MSGS", "PROMPT"],
-                (
-                    [
-                        e.key,
-                        e.model,
-                        f"{e.length:,}",
-                        len(e.messages),
-                        f"(damaged: {e.error})" if e.error else repr(excerpt(_prompt(e))),
-                    ]
-                    for e in entries
-                ),
-                right=(2, 3),
+    elif matched:
+        if entries:  # none under --limit 0: the count below still says what is there
+            print(
+                _table(
+                    ["KEY", "MODEL", "SAMPLES", "MSGS", "PROMPT"],
+                    (
+                        [
+                            e.key,
+                            e.model,
+                            f"{e.length:,}",
+                            len(e.messages),
+                            f"(damaged: {e.error})" if e.error else repr(excerpt(_prompt(e))),
+                        ]
+                        for e in entries
+                    ),
+                    right=(2, 3),
+                )
             )
-        )
         if len(entries) < matched:
             print(f"({len(entries):,} of {matched:,} keys shown)")
     elif args.grep is None and not matched:

@@ -29,7 +29,7 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
-from support import Locations, NumberModel
+from support import Locations, NumberModel, open_location
 
 from mnimi_adapters import cli
 from mnimi_adapters.core import Persistent
@@ -122,6 +122,32 @@ def test_a_shorter_sequence_of_other_draws_is_still_refused(
     assert draws(long, key) == held
 
 
+# -- 2. --limit beyond what a store can be asked for ----------------------------------
+
+
+@pytest.mark.parametrize("limit", [str(2**63), "99999999999999999999999"])
+def test_a_limit_beyond_the_largest_integer_is_a_usage_error(
+    locations: Locations, capsys: pytest.CaptureFixture[str], limit: str
+) -> None:
+    location = locations.new()
+    key = fill(location)
+    for extra in ([], [key]):
+        code, _, err = mnimi(capsys, "show", location, *extra, "--limit", limit)
+        assert code == 2 and "Traceback" not in err
+        assert f"invalid limit '{limit}' (at most {2**63 - 1})" in err
+
+
+def test_the_largest_limit_shows_everything(
+    locations: Locations, capsys: pytest.CaptureFixture[str]
+) -> None:
+    location = locations.new()
+    key = fill(location)
+    code, printed, _ = mnimi(capsys, "show", location, "--limit", str(2**63 - 1))
+    assert code == 0 and key in printed
+    code, printed, _ = mnimi(capsys, "show", location, key, "--limit", str(2**63 - 1))
+    assert code == 0 and "shown)" not in printed
+
+
 # -- 4. verify counts what the manifest vouches for -----------------------------------
 
 
@@ -155,6 +181,21 @@ def test_verify_of_a_bundle_counts_no_altered_sample_as_sound(
 
 
 # -- 5. stdin and stdout, Redis OUT, --limit 0, --version, the demo's key -------------
+
+
+def test_a_listing_limited_to_nothing_says_what_it_left_out(
+    locations: Locations, capsys: pytest.CaptureFixture[str]
+) -> None:
+    location = locations.new()
+    key = fill(location)
+    code, printed, _ = mnimi(capsys, "show", location, "--limit", "0")
+    assert (code, printed) == (0, "(0 of 1 keys shown)\n")
+    code, printed, _ = mnimi(capsys, "show", location, "--grep", "number", "--limit", "0")
+    assert (code, printed) == (0, "(0 of 1 keys shown)\n")
+    code, printed, _ = mnimi(capsys, "show", location, key, "--limit", "0")
+    assert code == 0 and printed.endswith("(0 of 3 samples shown)\n")
+    with open_location(location) as store:
+        assert store.length(key) == 3
 
 
 def test_python_m_mnimi_adapters_version() -> None:
