@@ -8,8 +8,8 @@ Usage::
     mnimi [--json] prune PATH --max-size SIZE [--dry-run]
     mnimi [--json] export PATH OUT (--keys KEY [KEY ...] | --grep TEXT)
     mnimi [--json] export PATH OUT --bundle [--keys ... | --grep ...] [--record RUN.jsonl]
-    mnimi [--json] export PATH OUT.jsonl --jsonl [--keys ... | --grep ...]
-    mnimi [--json] import FILE.jsonl PATH
+    mnimi [--json] export PATH OUT.jsonl --jsonl [--keys ... | --grep ...]   (- : stdout)
+    mnimi [--json] import FILE.jsonl PATH                                     (- : stdin)
     mnimi [--json] explain PATH REQUEST.json
     mnimi [--json] diff-runs A B
     mnimi demo [ARGS ...]
@@ -70,7 +70,7 @@ from .core.stores.check import keyed_by, request_altered
 from .core.stores.check import plural as _plural
 from .core.stores.disk import is_store_directory
 from .core.stores.files import create_private
-from .core.stores.jsonl import jsonl_lines, read_jsonl
+from .core.stores.jsonl import jsonl_lines, parse_jsonl, read_jsonl
 from .providers import keyed_endpoint
 
 #: The stores the command works on: a cache directory or a Redis namespace.
@@ -79,6 +79,9 @@ Store = SequenceStore
 EXIT_OK = 0
 EXIT_FOUND = 1
 EXIT_ERROR = 2
+
+#: The FILE (or OUT) that is stdin (or stdout), as for ``explain``'s REQUEST.json.
+STDIO = "-"
 
 #: Width of one-line excerpts of prompts and sample texts.
 EXCERPT = 60
@@ -206,8 +209,8 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterabl
     return "\n".join([line(headers), *(line(row) for row in body)])
 
 
-def _emit_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False))
+def _emit_json(data: Any, file: TextIO | None = None) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False), file=file)
 
 
 def _warn(message: str) -> None:
@@ -951,6 +954,22 @@ def _export_jsonl(source: Store, entries: list[Entry], out: Path) -> list[dict[s
         return _copy(source, entries, write)
 
 
+def _export_jsonl_to_stdout(source: Store, entries: list[Entry]) -> list[dict[str, Any]]:
+    """Like :func:`_export_jsonl`, to stdout (OUT ``-``): the same UTF-8 bytes a file holds."""
+    sys.stdout.flush()
+    binary = getattr(sys.stdout, "buffer", None)
+
+    def write(entry: Entry, samples: list[Sample]) -> tuple[int, str | None]:
+        text = "".join(jsonl_lines(entry.key, entry.request, samples))
+        if binary is None:
+            sys.stdout.write(text)
+        else:
+            binary.write(text.encode("utf-8"))
+        return len(samples), None
+
+    return _copy(source, entries, write)
+
+
 def _export_store(
     source: Store,
     entries: list[Entry],
@@ -984,8 +1003,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     a JSON Lines file."""
     if args.record is not None and not args.bundle:
         raise CommandError("--record goes with --bundle")
+    if args.jsonl and is_redis_url(args.out):
+        raise CommandError("a JSON Lines export is a file, not a Redis store")
+    if args.out == STDIO and not args.jsonl:
+        # As explain reads stdin from -, OUT - is stdout: JSON Lines only.
+        raise CommandError(
+            f"OUT - is stdout, for --jsonl; a {'bundle' if args.bundle else 'store'} is a "
+            "directory (write ./- for one named -)"
+        )
+    # Written to stdout, the export leaves the report to stderr.
+    report = sys.stderr if args.out == STDIO else sys.stdout
     with _open_store(args.path) as source:
-        if args.jsonl:
+        if args.jsonl and args.out == STDIO:
+            out = "stdout"
+            results = _export_jsonl_to_stdout(source, _selected(source, args))
+        elif args.jsonl:
             out = str(Path(args.out).expanduser())
             results = _export_jsonl(source, _selected(source, args), Path(out))
         elif args.bundle:
@@ -1005,14 +1037,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     failed = [r for r in results if r["error"]]
     copied = [r for r in results if not r["error"]]
     if args.json:
-        _emit_json({"path": source.location, "out": out, "keys": results})
+        _emit_json({"path": source.location, "out": out, "keys": results}, report)
     else:
         for r in copied:
             note = "" if r["added"] == r["samples"] else f" ({r['added']:,} new)"
-            print(f"exported {r['key']}  {r['model']}  {_plural(r['samples'], 'sample')}{note}")
+            print(
+                f"exported {r['key']}  {r['model']}  {_plural(r['samples'], 'sample')}{note}",
+                file=report,
+            )
         print(
             f"wrote {_plural(len(copied), 'sequence')} "
-            f"({_plural(sum(r['samples'] for r in copied), 'sample')}) to {out}"
+            f"({_plural(sum(r['samples'] for r in copied), 'sample')}) to {out}",
+            file=report,
         )
     for r in failed:
         _warn(f"{r['key']}: {r['error']}")
@@ -1021,15 +1057,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Build (or extend) a store from a JSON Lines export, all or nothing."""
+    # As explain reads its request, - is stdin: `mnimi export A - --jsonl | mnimi import - B`.
+    name = "stdin" if args.file == STDIO else args.file
     try:
-        sequences = read_jsonl(args.file)
+        if args.file == STDIO:
+            sequences = parse_jsonl(sys.stdin.buffer, name)
+        else:
+            sequences = read_jsonl(args.file)
     except OSError as error:
-        raise CommandError(f"cannot read {args.file}: {error}") from None
+        raise CommandError(f"cannot read {name}: {error}") from None
     except MnimiError as error:
         raise CommandError(f"{error}; nothing imported", EXIT_FOUND) from None
     if not sequences:  # a failed export or redirect, or the wrong file: no empty store
         raise CommandError(
-            f"{args.file} holds no sample (is it the file export --jsonl wrote?); nothing imported",
+            f"{name} holds no sample (is it the file export --jsonl wrote?); nothing imported",
             EXIT_FOUND,
         )
     # The key of each line is the hash of its request in canonical form; stored as
@@ -1037,7 +1078,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     respelled = next((s.key for s in sequences if not keyed_by(s.key, s.request)), None)
     if respelled is not None:
         raise CommandError(
-            f"{args.file}: the request of key {respelled} is not written in the canonical "
+            f"{name}: the request of key {respelled} is not written in the canonical "
             "form its key is the hash of (as export --jsonl writes it); nothing imported",
             EXIT_FOUND,
         )
@@ -1068,7 +1109,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def _read_input(name: str) -> str:
     """The text of the file ``name``, or of stdin for ``-``."""
     try:
-        return sys.stdin.read() if name == "-" else Path(name).expanduser().read_text("utf-8")
+        return sys.stdin.read() if name == STDIO else Path(name).expanduser().read_text("utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise CommandError(f"cannot read {name}: {error}") from None
 
@@ -1275,7 +1316,10 @@ def build_parser() -> argparse.ArgumentParser:
         "a bundle (--bundle) or a JSON Lines file (--jsonl).",
     )
     export.add_argument(
-        "out", metavar="OUT", help="the directory (or Redis URL) of the store to write"
+        "out",
+        metavar="OUT",
+        help="the directory (or Redis URL) of the store to write; with --jsonl, the file "
+        "(- writes stdout)",
     )
     form = export.add_mutually_exclusive_group()
     form.add_argument(
@@ -1321,7 +1365,9 @@ def build_parser() -> argparse.ArgumentParser:
         "from the file is stored. A file that holds no sample is refused.",
     )
     import_.set_defaults(handler=cmd_import)
-    import_.add_argument("file", metavar="FILE.jsonl", help="a file written by export --jsonl")
+    import_.add_argument(
+        "file", metavar="FILE.jsonl", help="a file written by export --jsonl; - reads stdin"
+    )
     import_.add_argument("path", metavar="PATH", help="the cache directory, or a Redis URL")
     diff_runs = commands.add_parser(
         "diff-runs",

@@ -183,6 +183,54 @@ def test_verify_of_a_bundle_counts_no_altered_sample_as_sound(
 # -- 5. stdin and stdout, Redis OUT, --limit 0, --version, the demo's key -------------
 
 
+def test_a_jsonl_export_to_a_redis_url_is_refused_as_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "cache"
+    fill(cache)
+    code, _, err = mnimi(
+        capsys, "export", str(cache), "redis://127.0.0.1:1/0?namespace=x", "--jsonl"
+    )
+    assert (code, err) == (2, "mnimi: a JSON Lines export is a file, not a Redis store\n")
+
+
+def test_export_to_stdout_and_import_from_stdin(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    cache = tmp_path / "cache"
+    key = fill(cache)
+    assert mnimi(capsys, "export", str(cache), "file.jsonl", "--jsonl")[0] == 0
+    code, printed, err = mnimi(capsys, "export", str(cache), "-", "--jsonl")
+    assert code == 0 and not Path("-").exists()
+    assert printed == Path("file.jsonl").read_text(encoding="utf-8")
+    assert err.endswith("wrote 1 sequence (3 samples) to stdout\n")  # the report: stderr
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(printed.encode())))
+    code, printed, err = mnimi(capsys, "import", "-", "copy")
+    assert (code, err) == (0, "")
+    assert printed == "imported 1 sequence (3 samples, 3 new) into copy\n"
+    assert draws("copy", key) == draws(cache, key)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
+    code, _, err = mnimi(capsys, "import", "-", "empty")
+    assert code == 1 and err.startswith("mnimi: stdin holds no sample")
+
+
+@pytest.mark.parametrize("form", [[], ["--bundle"]])
+def test_out_dash_is_stdout_for_jsonl_only(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    form: list[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    fill(tmp_path / "cache")
+    code, printed, err = mnimi(capsys, "export", "cache", "-", "--grep", "", *form)
+    assert code == 2 and printed == "" and not Path("-").exists()
+    assert "OUT - is stdout, for --jsonl" in err
+
+
 def test_a_listing_limited_to_nothing_says_what_it_left_out(
     locations: Locations, capsys: pytest.CaptureFixture[str]
 ) -> None:

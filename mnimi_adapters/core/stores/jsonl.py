@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from ..request import Request, request_key
 from ..sample import Sample
 from .base import dump_json
 
-__all__ = ["JsonlSequence", "jsonl_lines", "read_jsonl"]
+__all__ = ["JsonlSequence", "jsonl_lines", "parse_jsonl", "read_jsonl"]
 
 
 @dataclass
@@ -133,14 +133,26 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[JsonlSequence]:
             number. Nothing is returned, so nothing of the file gets stored.
         OSError: The file cannot be read.
     """
-    sequences: dict[str, JsonlSequence] = {}
     # Bytes, decoded line by line: text that is not UTF-8 is named by its line too.
     with Path(path).expanduser().open("rb") as lines:
-        for number, raw in enumerate(lines, 1):
-            if not raw.strip():
-                continue
-            try:
-                _line(raw, sequences)
-            except (ValueError, RecursionError) as error:  # json's on deep nesting
-                raise MnimiError(f"{path}, line {number}: {error}") from None
+        return parse_jsonl(lines, str(path))
+
+
+def parse_jsonl(lines: Iterable[bytes], name: str) -> list[JsonlSequence]:
+    """Every sequence of JSON Lines read from ``lines`` (a file, or stdin's bytes),
+    each checked whole.
+
+    Raises:
+        MnimiError: A line is not well formed; the error names ``name`` and the line
+            number. Nothing is returned, so nothing of the input gets stored.
+        OSError: The input cannot be read.
+    """
+    sequences: dict[str, JsonlSequence] = {}
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            _line(raw, sequences)
+        except (ValueError, RecursionError) as error:  # json's on deep nesting
+            raise MnimiError(f"{name}, line {number}: {error}") from None
     return list(sequences.values())
