@@ -17,7 +17,7 @@ Usage::
 PATH (and OUT) is a cache directory or a Redis URL such as
 ``redis://host:6379/0?namespace=my-project``. ``--json`` may also follow the
 command. Exit codes: 0 ok; 1 damage found (or a key or match missing); 2 usage
-error, or the store cannot be opened.
+error, or the store cannot be opened; 141 the output's reader left before it ended.
 
 Commands that read a cache never create one: a PATH without a cache is an
 error, not a new empty store.
@@ -79,6 +79,9 @@ Store = SequenceStore
 EXIT_OK = 0
 EXIT_FOUND = 1
 EXIT_ERROR = 2
+#: The reader of the output left before it ended (``mnimi show ... | head -1``): 128 +
+#: SIGPIPE, what a shell reports for a command the signal ended.
+EXIT_PIPE = 141
 
 #: The FILE (or OUT) that is stdin (or stdout), as for ``explain``'s REQUEST.json.
 STDIO = "-"
@@ -1248,7 +1251,8 @@ def _forward_to_demo(argv: list[str]) -> int:
 
 _EPILOG = """\
 exit codes: 0 ok; 1 damage found, or a key or match missing;
-            2 usage error, no cache at PATH, or a store that cannot be opened
+            2 usage error, no cache at PATH, or a store that cannot be opened;
+            141 the output's reader left before it ended (as in `mnimi show PATH | head`)
 
 sizes: 500MB, 1.5G, 100k (powers of 1000); 2GiB, 64Ki (powers of 1024); at most 8EiB
 """
@@ -1406,6 +1410,23 @@ def _demo_argv(argv: Sequence[str]) -> list[str] | None:
     return None
 
 
+def _drop_closed_pipes() -> None:
+    """Point each standard stream whose reader left at ``/dev/null``: what it still
+    buffers would otherwise fail again at exit ("Exception ignored ... BrokenPipeError")."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+                os.close(devnull)
+            except (OSError, ValueError):
+                pass
+        except (OSError, ValueError):
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``mnimi`` with ``argv`` (default: the command line); return the exit code."""
     arguments = sys.argv[1:] if argv is None else argv
@@ -1415,6 +1436,23 @@ def main(argv: list[str] | None = None) -> int:
         reconfigure = getattr(stream, "reconfigure", None)
         if callable(reconfigure):
             reconfigure(errors="backslashreplace")
+    try:
+        code = _run_command(arguments)
+        # Output to a pipe is buffered: a reader that left (`| head -1`) is found here,
+        # not in a flush at exit that could only print an error.
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        # The reader left before the output ended: 128 + SIGPIPE, as a shell reports a
+        # command the signal ended and git exits, never 1 (damage found) nor 0 (all of
+        # it was read).
+        _drop_closed_pipes()
+        return EXIT_PIPE
+    return code
+
+
+def _run_command(arguments: list[str]) -> int:
+    """Parse ``arguments`` and run their command; an expected failure is a message."""
     try:
         demo_argv = _demo_argv(arguments)
         if demo_argv is not None:
@@ -1442,13 +1480,7 @@ def main(argv: list[str] | None = None) -> int:
         _warn("interrupted")
         return 130
     except BrokenPipeError:
-        # The reader (`| head`) left; silence the second error at exit.
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
-        return EXIT_FOUND
+        raise  # an output whose reader left, not a file-system refusal: main's to report
     except OSError as error:
         # A file-system refusal no check above names (a folder made unreachable as the
         # command ran): a message and the exit code of an unusable store, never a

@@ -148,6 +148,37 @@ def test_the_largest_limit_shows_everything(
     assert code == 0 and "shown)" not in printed
 
 
+# -- 3. a reader that leaves ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["stats"], ["show"], ["show", "{key}"], ["--json", "show", "{key}"], ["verify"]],
+    ids=" ".join,
+)
+def test_output_whose_reader_left_exits_141_silently(
+    locations: Locations, command: list[str]
+) -> None:
+    """The pipe is closed before the command starts, so every run meets it alike."""
+    location = locations.new()
+    key = fill(location)
+    arguments = [part.replace("{key}", key) for part in command]
+    arguments.insert(arguments.index("show") + 1 if "show" in arguments else 1, location)
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "mnimi_adapters.cli", *arguments],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (cli.EXIT_PIPE, "")
+
+
 # -- 4. verify counts what the manifest vouches for -----------------------------------
 
 
