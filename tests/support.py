@@ -17,12 +17,14 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from itertools import islice
 from pathlib import Path
 
 import pytest
 
-from mnimi_adapters.core import BatchedModel, DiskStore, Request
-from mnimi_adapters.core.stores import RedisStore, is_redis_url
+from mnimi_adapters import cli
+from mnimi_adapters.core import BatchedModel, DiskStore, Layer, Persistent, Request
+from mnimi_adapters.core.stores import RedisStore, is_redis_url, open_store
 
 
 class NumberModel(BatchedModel):
@@ -251,3 +253,23 @@ def kept_out_by_modes(folder: Path) -> str | None:
     if "PermissionError" in probe.stderr:
         return None
     return probe.stderr.strip()[-200:]
+
+
+def fill(location: str | Path, model: Layer, prompt: str, count: int = 3) -> str:
+    """Draw ``count`` samples of ``prompt`` from ``model`` into the store at ``location``;
+    the request's key (the store's only one)."""
+    layer = Persistent(model, location)
+    try:
+        list(islice(layer.sample(prompt, batch=count), count))
+    finally:
+        layer.close()
+    with open_store(location, create=False, read_only=True) as store:
+        (key,) = store.keys()
+    return key
+
+
+def mnimi(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """The ``mnimi`` command run in-process: its exit code, output and error output."""
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import mnimi
 
 import mnimi_adapters
-from mnimi_adapters import cli
 from mnimi_adapters.core.bundle import sample_digest
 from mnimi_adapters.core.request import canonical_json
 from mnimi_adapters.core.runs import RunRecorder, read_run, read_runs
@@ -35,12 +35,6 @@ def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with SamplingServer(seed=0) as server:
         assert run_demo(str(cache), out=io.StringIO(), provider="local", server=server) == 0
     yield cache
-
-
-def mnimi(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = cli.main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def bundle(

@@ -25,36 +25,17 @@ import json
 import sqlite3
 import subprocess
 import sys
-from itertools import islice
 from pathlib import Path
 
 import pytest
-from support import Locations, NumberModel, open_location
+from support import Locations, NumberModel, mnimi, open_location
+from support import fill as fill_store
 
 from mnimi_adapters import cli
-from mnimi_adapters.core import Persistent
 from mnimi_adapters.core.stores import open_store
 from mnimi_adapters.demo import run_demo
 
 PROMPT = "Choose a number between 1 and 1000."
-
-
-def fill(location: str | Path, count: int = 3) -> str:
-    """Draw ``count`` samples of :data:`PROMPT` into the store at ``location``; its key."""
-    layer = Persistent(NumberModel(), location)
-    try:
-        list(islice(layer.sample(PROMPT, batch=count), count))
-    finally:
-        layer.close()
-    with open_store(location, create=False, read_only=True) as store:
-        (key,) = store.keys()
-    return key
-
-
-def mnimi(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = cli.main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def draws(location: str | Path, key: str) -> list[str]:
@@ -295,3 +276,8 @@ def test_the_demo_with_openai_and_no_key_names_the_variable(
     out = io.StringIO()
     assert run_demo(str(tmp_path / "cache"), out=out, provider="openai") == 1
     assert "needs an API key: set the environment variable OPENAI_API_KEY" in out.getvalue()
+
+
+def fill(location: str | Path, count: int = 3) -> str:
+    """Draw ``count`` samples of :data:`PROMPT` into the store at ``location``; its key."""
+    return fill_store(location, NumberModel(), PROMPT, count)

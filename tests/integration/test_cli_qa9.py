@@ -18,7 +18,8 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
-from support import Locations
+from support import Locations, mnimi
+from support import fill as fill_store
 
 from mnimi_adapters import cli
 from mnimi_adapters.core import BatchedModel, DiskStore, Persistent, Request, Sample
@@ -44,24 +45,6 @@ class Numbers(BatchedModel):
     def query(self, request: Request, n: int) -> list[str | Sample]:
         self.count += n
         return [str(i) for i in range(self.count - n, self.count)]
-
-
-def fill(location: str | Path, count: int = 3) -> str:
-    """Draw ``count`` samples of :data:`PROMPT` into the cache at ``location``; its key."""
-    layer = Persistent(Numbers(), location)
-    try:
-        list(islice(layer.sample(PROMPT, batch=count), count))
-    finally:
-        layer.close()
-    with open_store(location, create=False, read_only=True) as store:
-        (key,) = store.keys()
-    return key
-
-
-def mnimi(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = cli.main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
@@ -366,3 +349,8 @@ def test_a_record_or_line_nested_too_deep_is_reported_as_damage(
     line.write_text(f'{{"key": "k", "index": 0, "request": {deep}, "sample": {{}}}}\n')
     code, _, err = mnimi(capsys, "import", str(line), str(tmp_path / "imported"))
     assert code == 1 and "line 1" in err and "nothing imported" in err
+
+
+def fill(location: str | Path, count: int = 3) -> str:
+    """Draw ``count`` samples of :data:`PROMPT` into the store at ``location``; its key."""
+    return fill_store(location, Numbers(), PROMPT, count)
