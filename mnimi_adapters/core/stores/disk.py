@@ -315,6 +315,107 @@ def _is_file(path: Path) -> bool:
 #: the log's shared-memory index.
 _DATABASE_FILES = (DBNAME, f"{DBNAME}-wal", f"{DBNAME}-shm")
 
+#: The columns of diskcache's two tables, by table (SQLite's names are case-blind).
+_DISKCACHE_COLUMNS = {
+    "settings": frozenset({"key", "value"}),
+    "cache": frozenset(
+        {
+            "rowid",
+            "key",
+            "raw",
+            "store_time",
+            "expire_time",
+            "access_time",
+            "access_count",
+            "tag",
+            "size",
+            "mode",
+            "filename",
+            "value",
+        }
+    ),
+}
+#: The tables and views of a database, but SQLite's own.
+_TABLES = (
+    "SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view') "
+    "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+)
+#: SQLite's file header, and where it says the journal is a write-ahead log (2).
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_WAL_VERSION_AT = 18
+
+
+def _foreign_schema(path: Path) -> str | None:
+    """What makes the database of the directory ``path`` another program's, or ``None``.
+
+    A store's database holds diskcache's tables ``Settings`` and ``Cache`` and nothing
+    else (a store being made, or a process killed as it made one, has only some of
+    them, or none). Any other table or view, or one of those two names with other
+    columns (or, without a ``Cache`` table, settings diskcache never writes), is
+    another program's data: diskcache would add its tables, triggers and settings to
+    it, and set it to WAL mode. One query of the schema per open: reads never pay.
+
+    Read without writing anything: a read-only connection, or, for a WAL database
+    with no log beside it (every page in the file), an immutable one, since a
+    read-only connection would leave an empty log and index behind.
+
+    Raises:
+        sqlite3.Error, OSError: The database cannot be read (damaged, not a database).
+    """
+    database = path / DBNAME
+    with open(database, "rb") as file:
+        header = file.read(_WAL_VERSION_AT + 1)
+    settled = (
+        header.startswith(_SQLITE_HEADER)
+        and header[_WAL_VERSION_AT:] == b"\x02"
+        and not _is_file(path / f"{DBNAME}-wal")
+    )
+    try:
+        return _foreign_in(_connect_readonly(database, _TABLES, immutable=settled))
+    except sqlite3.DatabaseError:
+        if not settled:
+            raise
+        # Another process opened it meanwhile and wrote under the immutable read.
+        return _foreign_in(_connect_readonly(database, _TABLES))
+
+
+def _foreign_in(connection: sqlite3.Connection) -> str | None:
+    """:func:`_foreign_schema` on ``connection``, which it closes."""
+    with closing(connection):
+        found = {name.lower(): (name, kind) for name, kind in connection.execute(_TABLES)}
+        others = sorted(name for key, (name, _) in found.items() if key not in _DISKCACHE_COLUMNS)
+        if others:
+            listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            return f"it holds table{'s' if len(others) > 1 else ''} {listed}"
+        for key, (name, kind) in sorted(found.items()):
+            columns = {
+                str(column).lower()
+                for (column,) in connection.execute(
+                    "SELECT name FROM pragma_table_info(?)", (name,)
+                )
+            }
+            expected = _DISKCACHE_COLUMNS[key]
+            if (
+                kind != "table"
+                or not expected <= columns
+                or (key == "settings" and columns != expected)
+            ):
+                return f"its {kind} {name} is not diskcache's"
+        if "settings" in found and "cache" not in found:
+            names = [str(row[0]) for row in connection.execute("SELECT key FROM Settings")]
+            if any(not _diskcache_setting(setting) for setting in names):
+                return "its table Settings holds settings diskcache never writes"
+    return None
+
+
+def _diskcache_setting(name: str) -> bool:
+    """Whether diskcache writes a setting of that name."""
+    return (
+        name in diskcache.core.DEFAULT_SETTINGS
+        or name in diskcache.core.METADATA
+        or name.startswith(("disk_", "sqlite_"))
+    )
+
 
 def _refuse_links(path: Path) -> None:
     """Refuse a cache directory whose database files are symbolic links.
@@ -533,6 +634,8 @@ class DiskStore(SequenceStore):
         self._usage = UsageLog()
         writable = _private_directory(self.path, create)
         present = _holds_database(self.path)
+        if present:
+            self._refuse_foreign()
         if (read_only and present) or not writable:
             if not present:
                 raise StoreReadOnly(
@@ -564,6 +667,22 @@ class DiskStore(SequenceStore):
         self._finalizer = weakref.finalize(self, _finish_usage, self._writer, self._usage)
 
     # -- opening -----------------------------------------------------------
+
+    def _refuse_foreign(self) -> None:
+        """Refuse a database another program wrote, before anything could write to it.
+
+        Raises:
+            StoreError: The database holds tables that are not diskcache's.
+            CorruptStoreError: It is damaged, or not a SQLite database.
+        """
+        with self._sqlite("opening the store"):
+            foreign = _foreign_schema(self.path)
+        if foreign is not None:
+            raise StoreError(
+                f"{self.path} holds a SQLite database not written by mnimi_adapters "
+                f"({foreign}), so it is not a cache: nothing was changed in it; choose "
+                f"another directory for the cache, or move {self.path / DBNAME} away"
+            )
 
     def _open_writable(self, check_format: bool) -> None:
         with self._sqlite("opening the store"):
@@ -1095,12 +1214,20 @@ def _model_name(raw: bytes) -> str:
         return raw.decode("utf-8", "replace")
 
 
-def _connect_readonly(database: Path) -> sqlite3.Connection:
-    """A read-only connection: it never changes what it reads, and needs no free space."""
+def _connect_readonly(
+    database: Path, probe: str = "SELECT 1 FROM Cache LIMIT 1", immutable: bool = False
+) -> sqlite3.Connection:
+    """A read-only connection: it never changes what it reads, and needs no free space.
+
+    ``probe``: a query it must be able to run. ``immutable``: read the file as it
+    stands, ignoring locks and any write-ahead log.
+    """
     uri = f"{database.resolve().as_uri()}?mode=ro"
+    if immutable:
+        return sqlite3.connect(f"{uri}&immutable=1", uri=True, isolation_level=None)
     connection = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=60)
     try:
-        connection.execute("SELECT 1 FROM Cache LIMIT 1").fetchall()
+        connection.execute(probe).fetchall()
     except sqlite3.OperationalError:
         # Without a writable directory (or room for the WAL index a reader
         # needs) SQLite cannot read a WAL database as is; nobody can be writing
