@@ -14,10 +14,13 @@ import json
 import os
 import sqlite3
 import subprocess
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import redirect_stderr, redirect_stdout
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import pytest
 from diskcache.core import DBNAME
@@ -367,6 +370,131 @@ def test_redis_at_maxmemory_stops_appends_not_replays(redis_server: RedisServer)
     assert replay(url, replication=False) == drawn  # its use is noted, and dropped
     code, out, err = run_cli("--json", "verify", url)
     assert code == 0 and json.loads(out)["ok"], err
+
+
+def set_maxmemory(server: RedisServer, value: int | str) -> None:
+    import redis
+
+    with redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=5) as client:
+        client.config_set("maxmemory", str(value))
+
+
+@pytest.mark.redis
+def test_redis_at_maxmemory_refuses_a_miss_before_sending_it(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Law 6: a miss on a full server (noeviction) sent a paid request, then failed to
+    store its samples and threw them away. It is refused before, like a read-only disk."""
+    from mnimi_adapters import OpenAICompatible
+    from mnimi_adapters.core.stores import redis_store
+    from mnimi_adapters.testing import SamplingServer
+
+    monkeypatch.setattr(redis_store, "ROOM_TTL", 0.2, raising=False)
+    url = redis_server.url() + "?namespace=full"
+    with SamplingServer(seed=0) as server:
+        model = OpenAICompatible("mock", 1.0, api_base=server.url, api_key="x", alias="mock")
+        filled = Persistent(model, url)
+        drawn = [s.draw_id for s in islice(filled.samples(PROMPT, batch=2), 2)]
+        filled.close()
+        server.reset()
+        set_maxmemory(redis_server, 1)
+        try:
+            layer = Persistent(model, url)
+            # Hits read as usual: the check runs before a refill only.
+            assert [s.draw_id for s in islice(layer.samples(PROMPT), 2)] == drawn
+            for miss in (
+                lambda: next(layer.sample("A prompt never asked")),
+                lambda: list(islice(layer.sample(PROMPT), 3)),  # past the stored end
+            ):
+                with pytest.raises(StoreFull) as raised:
+                    miss()
+                assert server.chat_requests() == []  # nothing paid for, nothing thrown away
+                message = str(raised.value)
+                assert "127.0.0.1" in message and "namespace=full" in message
+                assert "maxmemory" in message and "so none was requested" in message
+                assert "mnimi prune" in message
+            assert server.chat_requests() == []
+            assert replay_redis(url, drawn) == drawn
+        finally:
+            set_maxmemory(redis_server, 0)
+        time.sleep(0.25)  # the server's answer is trusted for ROOM_TTL, no longer
+        assert len(list(islice(layer.sample("A prompt never asked"), 1))) == 1
+        assert len(server.chat_requests()) == 1
+        layer.close()
+
+
+def replay_redis(url: str, drawn: list[str]) -> list[str]:
+    model = Persistent(FailingModel("mock", 1.0, alias="mock"), url, replication=True)
+    try:
+        return [s.draw_id for s in islice(model.samples(PROMPT), len(drawn))]
+    finally:
+        model.close()
+
+
+@pytest.mark.redis
+def test_redis_room_is_asked_once_per_burst_and_only_of_a_full_noeviction_server(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis
+
+    from mnimi_adapters.core.stores import redis_store
+
+    url = redis_server.url() + "?namespace=room"
+    store = RedisStore(url)
+    asked: list[float] = []
+    info = store._client.info
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        asked.append(time.monotonic())
+        return info(*args, **kwargs)
+
+    store._client.info = counted  # type: ignore[method-assign]
+    with redis.Redis(host="127.0.0.1", port=redis_server.port) as client:
+        used = int(client.info("memory")["used_memory"])
+        try:
+            # Well under the limit: a miss may go on.
+            client.config_set("maxmemory", str(used + 64 * 2**20))
+            store.check_writable("store samples of key k")
+            # A burst of misses asks the server once.
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(lambda _: store.check_writable("store"), range(64)))
+            assert len(asked) == 1
+            monkeypatch.setattr(redis_store, "ROOM_TTL", 0.0)  # from here on, ask each time
+            # An evicting policy is not judged: the server frees memory for writes.
+            client.config_set("maxmemory", "1")
+            client.config_set("maxmemory-policy", "volatile-lru")
+            store.check_writable("store samples of key k")
+            client.config_set("maxmemory-policy", "noeviction")
+            with pytest.raises(StoreFull, match="cannot store samples of key k"):
+                store.check_writable("store samples of key k")
+            # Under the limit, but without room for a burst's samples (1% of it, here).
+            client.config_set("maxmemory", str(used + 2000))
+            with pytest.raises(StoreFull, match="bytes used of maxmemory"):
+                store.check_writable("store samples of key k")
+            assert len(asked) == 4
+        finally:
+            client.config_set("maxmemory", "0")
+            client.config_set("maxmemory-policy", "noeviction")
+    store.close()
+
+
+@pytest.mark.redis
+def test_a_redis_user_refused_info_still_fills_misses(redis_server: RedisServer) -> None:
+    import redis
+
+    with redis.Redis(host="127.0.0.1", port=redis_server.port) as client:
+        client.execute_command("ACL", "SETUSER", "noinfo", "on", ">pw", "~*", "+@all", "-info")
+    url = f"redis://noinfo:pw@127.0.0.1:{redis_server.port}/0?namespace=acl"
+    with (
+        redis.Redis.from_url(url.partition("?")[0]) as limited,
+        pytest.raises(redis.exceptions.NoPermissionError),
+    ):
+        limited.info("memory")
+    model = NumberModel()
+    layer = Persistent(model, url)
+    assert len(list(islice(layer.samples(PROMPT, batch=2), 2))) == 2
+    assert sum(model.calls) == 2
+    layer.close()
 
 
 @pytest.mark.redis

@@ -25,13 +25,17 @@ and the record, with nothing of another client's append in between and nothing
 half-written if the client dies. Keep the server's ``maxmemory-policy`` at
 ``noeviction`` (the default) or a ``volatile-*`` one: an ``allkeys-*`` policy
 would evict single keys and punch holes into sequences, so opening a store on
-such a server is refused.
+such a server is refused. A ``noeviction`` server at its ``maxmemory`` refuses every
+write: a miss then raises ``StoreFull`` before its request is sent (law 6), and
+replays read as usual.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -78,6 +82,15 @@ _DATABASE_PATH = re.compile(r"/?(?:[0-9]+/?)?")
 #: The URL's own ``socket_timeout`` / ``socket_connect_timeout`` win.
 CONNECT_TIMEOUT = 2.0
 SOCKET_TIMEOUT = 5.0
+
+#: Seconds the server's answer on its memory is trusted: a burst of misses asks once.
+ROOM_TTL = 1.0
+#: Room under ``maxmemory`` (at most 1% of it) below which a ``noeviction`` server
+#: counts as full. Redis takes a write while its memory is at most maxmemory, however
+#: much the write adds, and refuses every write after; but the misses of a burst all
+#: ask before any of them appends, and their samples (a few KB each) land seconds
+#: later: without room for them, all but the first would be paid for and refused.
+ROOM_MARGIN = 1 << 20
 
 _INSTALL_HINT = (
     'the Redis store needs the redis client: pip install "redis>=5" '
@@ -298,6 +311,11 @@ class RedisStore(SequenceStore):
         self._format_key = self._prefix + "format"
         self._index_key = self._prefix + "keys"
         self._usage = UsageLog()
+        #: Why the server cannot take a write (``None``: it can, or won't say), and when
+        #: it was asked (monotonic seconds): see :meth:`check_writable`.
+        self._full: str | None = None
+        self._room_asked = -math.inf
+        self._room_lock = threading.Lock()
         try:
             import redis
             from redis.backoff import ConstantBackoff
@@ -541,6 +559,53 @@ class RedisStore(SequenceStore):
     def has_draw(self, key: str, draw_id: str) -> bool:
         with self._talking(f"reading the draw index of key {key}"):
             return bool(self._client.hexists(self._draws(key), draw_id))
+
+    def check_writable(self, doing: str) -> None:
+        """Refuse a refill a server at its ``maxmemory`` (``noeviction``) would refuse to store.
+
+        Such a server takes no write: the samples a provider returned for a miss would
+        be paid for and thrown away (law 6). One ``INFO memory`` round trip, asked at
+        most once per :data:`ROOM_TTL` seconds (concurrent misses wait for one answer),
+        and only before a refill, never on a read. A server that refuses ``INFO`` (an
+        ACL) or evicts is not judged: its appends say for themselves.
+
+        Raises:
+            StoreFull: The server is (nearly) at its maxmemory and evicts nothing.
+            StoreUnreachable: The server cannot be reached.
+        """
+        with self._room_lock:
+            if time.monotonic() - self._room_asked >= ROOM_TTL:
+                self._full = self._fullness()
+                self._room_asked = time.monotonic()
+            full = self._full
+        if full is not None:
+            raise StoreFull(
+                f"Redis at {self.location} is out of memory ({full}), so it cannot {doing}: "
+                "raise its maxmemory or `mnimi prune` the cache; until then it can be "
+                "replayed and replicated, but not extended"
+            )
+
+    def _fullness(self) -> str | None:
+        """Why the server would refuse a write now, from ``INFO memory``; ``None`` if not."""
+        with self._talking("reading how much memory the server uses"):
+            try:
+                memory = self._client.info("memory")
+            except self._errors.ResponseError:
+                return None  # INFO forbidden (an ACL): an append still says if it is full
+        try:
+            limit = int(memory.get("maxmemory", 0))
+            # What Redis weighs against maxmemory: not its replication and AOF buffers.
+            used = int(memory.get("used_memory", 0)) - int(
+                memory.get("mem_not_counted_for_evict", 0)
+            )
+        except (TypeError, ValueError):
+            return None  # not Redis's figures: nothing to judge by
+        policy = str(memory.get("maxmemory_policy", ""))
+        if limit <= 0 or policy != "noeviction":
+            return None  # no limit, or one it evicts to keep (see _check_eviction)
+        if limit - used >= min(ROOM_MARGIN, limit // 100):
+            return None
+        return f"{used:,} bytes used of maxmemory {limit:,}, policy noeviction"
 
     def append(self, key: str, samples: Sequence[Sample], record: dict[str, Any]) -> Appended:
         if not samples:
