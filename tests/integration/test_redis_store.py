@@ -178,6 +178,15 @@ def test_namespaces_isolate(redis_url: str) -> None:
         drop_namespace(other)
 
 
+def test_an_unknown_query_parameter_is_named_in_the_url_as_typed(redis_url: str) -> None:
+    """The message showed the URL the store rebuilt (``?namespace=default``), not the one
+    with the misspelt parameter; a password stays hidden, in the user part or the query."""
+    base = redis_url.partition("?")[0].replace("redis://", f"redis://user:{PASSWORD}@", 1)
+    with pytest.raises(StoreError, match="unknown query parameter 'nmespace'") as raised:
+        RedisStore(f"{base}?nmespace=x&password={PASSWORD}")
+    assert "?nmespace=x&password=***" in str(raised.value) and PASSWORD not in str(raised.value)
+
+
 def test_url_forms_and_namespace_rules() -> None:
     assert (
         redis_location("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0?namespace=default"

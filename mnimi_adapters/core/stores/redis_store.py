@@ -51,6 +51,7 @@ from ..errors import (
     StoreUnreachable,
     UnsupportedStoreVersion,
 )
+from ..request import is_credential
 from ..sample import Sample
 from .base import (
     FORMAT_VERSION,
@@ -267,6 +268,17 @@ def url_has_password(url: str) -> bool:
         return "@" in url or "password=" in url  # unparsable: assume the worst
 
 
+def _as_typed(url: str) -> str:
+    """``url`` as the user typed it, query included, with every password hidden: an
+    error about its query must show the query, not the one the store rebuilt."""
+    base, mark, query = url.partition("?")
+    hidden = [
+        f"{name}=***" if value and is_credential(unquote(name)) else f"{name}{sign}{value}"
+        for name, sign, value in (part.partition("=") for part in query.split("&"))
+    ]
+    return _printable(base) + mark + "&".join(hidden)
+
+
 def shown_location(location: str) -> str:
     """A cache path as is, or a Redis URL as :func:`redis_location` shows it; never raises."""
     if not is_redis_url(location):
@@ -306,6 +318,7 @@ class RedisStore(SequenceStore):
         client_url, self.namespace, self._secrets = _split_url(url)
         #: The URL without its password or client options, namespace included.
         self.location = redis_location(url)
+        self._given = url
         self._check_database(client_url)
         self._prefix = f"mnimi:{self.namespace}:"
         self._format_key = self._prefix + "format"
@@ -390,8 +403,8 @@ class RedisStore(SequenceStore):
             return
         name = self._scrub(unknown.group(1))
         raise StoreError(
-            f"invalid Redis URL {self.location}: unknown query parameter {name!r}; the URL "
-            "takes namespace=NAME and the redis client's connection options "
+            f"invalid Redis URL {_as_typed(self._given)}: unknown query parameter {name!r}; "
+            "the URL takes namespace=NAME and the redis client's connection options "
             "(socket_timeout, socket_connect_timeout, ...)"
         ) from None
 
