@@ -112,6 +112,13 @@ class ScopeWarning(UserWarning):
 
 
 _current: ContextVar[_Scope | None] = ContextVar("mnimi_scope", default=None)
+#: Whether this context descends from the one this module was imported in (an asyncio
+#: task's, ``asyncio.to_thread``'s, a web framework's threadpool's, LangChain's
+#: executors'): its ``_current`` says its scope, none included, and it never borrows
+#: another thread's. A thread that starts with an empty context (a plain executor's,
+#: ``threading.Thread``'s) has not inherited its starter's scope: that one borrows.
+_inherited: ContextVar[bool] = ContextVar("mnimi_scope_inherited", default=False)
+_inherited.set(True)
 
 #: The scopes entered and not yet left, per thread (by ident), in the order entered.
 _open: dict[int, list[_Scope]] = {}
@@ -218,7 +225,7 @@ def _borrowed(stacklevel: int) -> _Scope | None:
 def _scope() -> _Scope | None:
     """The scope of the current call: its context's, else one borrowed (see ``_borrowed``)."""
     scope = _current.get()
-    if scope is not None or not _open:
+    if scope is not None or not _open or _inherited.get():
         return scope
     return _borrowed(3)
 
@@ -322,6 +329,9 @@ class ScopeManager:
 
     def __init__(self, kind: Kind) -> None:
         self.kind = kind
+        #: The scopes this object entered and has not left, the last entered last.
+        self._entered: list[_Scope] = []
+        self._entered_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"{self.kind}()"
@@ -329,7 +339,7 @@ class ScopeManager:
     def __enter__(self) -> ScopeManager:
         parent = _current.get()
         borrowed = False
-        if parent is None and _open:
+        if parent is None and _open and not _inherited.get():
             # A thread that did not inherit its starter's context nests the block in the
             # scope its calls borrow, as it would in the scope it inherited: a
             # repeatable() retry in an independent() then draws afresh per attempt.
@@ -339,23 +349,51 @@ class ScopeManager:
         _current.set(scope)
         with _open_lock:
             _open.setdefault(threading.get_ident(), []).append(scope)
+        with self._entered_lock:
+            self._entered.append(scope)
         return self
 
     def __exit__(self, *exc: object) -> None:
         # The block being left is the current scope of *this* context, so one
         # manager object can serve many threads and tasks at once.
         scope = _current.get()
-        # A borrowed parent is not put in the context: the thread borrows afresh.
-        _current.set(scope.parent if scope is not None and not scope.borrowed else None)
-        me = threading.get_ident()
+        with self._entered_lock:
+            if scope is not None and scope in self._entered:
+                self._entered.remove(scope)
+            elif self._entered:
+                scope = self._left_elsewhere(self._entered.pop())
+            else:
+                return
+        if _current.get() is scope:
+            # A borrowed parent is not put in the context: the thread borrows afresh.
+            _current.set(scope.parent if not scope.borrowed else None)
         with _open_lock:
-            scopes = _open.get(me, [])
-            for index in range(len(scopes) - 1, -1, -1):
-                if scopes[index] is scope:
-                    del scopes[index]
+            me = threading.get_ident()
+            for thread in (me, *(ident for ident in _open if ident != me)):
+                scopes = _open.get(thread, [])
+                if scope in scopes:
+                    scopes.remove(scope)
+                    if not scopes:
+                        del _open[thread]
                     break
-            if not scopes:
-                _open.pop(me, None)
+
+    def _left_elsewhere(self, scope: _Scope) -> _Scope:
+        """The scope entered in another context than the one that leaves it, with a warning.
+
+        A framework may run a block's entry and exit in two copies of a context (FastAPI
+        runs a sync dependency's ``with`` around its ``yield`` so): the calls made between
+        ran outside the scope, and the scope, never left in its own context, stayed open
+        for good, lent to every thread that borrows one. It is closed here.
+        """
+        warnings.warn(
+            f"{self.kind}() was left in another context than the one it was entered in (a "
+            "FastAPI dependency with `yield` enters and leaves in two): the calls made in "
+            "between did not run in it. Open the scope where the calls are made (in the "
+            "endpoint, or an async dependency)",
+            ScopeWarning,
+            stacklevel=4,
+        )
+        return scope
 
     async def __aenter__(self) -> ScopeManager:
         return self.__enter__()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import multiprocessing
 import os
 import tempfile
@@ -123,6 +124,58 @@ def test_threads_that_did_not_inherit_the_context_borrow_the_open_scope(
     # Once the scope is left, the threads are outside any scope again.
     with ThreadPoolExecutor(2) as pool:
         assert set(pool.map(lambda _: draw(base), range(4))) == {draw(base)}
+
+
+def test_a_thread_that_carries_a_context_without_a_scope_never_borrows(
+    base: Persistent,
+) -> None:
+    # A web framework's threadpool runs each request's sync endpoint in a copy of that
+    # request's context, which has no scope: it borrowed the scope another request had
+    # open on its own thread, and paid for samples where it should have replayed.
+    first = draw(base)
+    request_context = contextvars.copy_context()  # a request's: no scope in it
+    holding, done = threading.Event(), threading.Event()
+
+    def other_request() -> None:
+        with independent():
+            holding.set()
+            done.wait(5)
+
+    holder = threading.Thread(target=contextvars.copy_context().run, args=(other_request,))
+    holder.start()
+    try:
+        holding.wait(5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ScopeWarning)
+            with ThreadPoolExecutor(1) as pool:
+                answers = [pool.submit(request_context.run, draw, base).result() for _ in range(3)]
+        assert answers == [first] * 3
+    finally:
+        done.set()
+        holder.join()
+
+
+@pytest.mark.parametrize("apart", ["context", "thread"])
+def test_a_scope_left_in_another_context_is_closed_with_a_warning(
+    base: Persistent, apart: str
+) -> None:
+    # FastAPI runs a sync dependency's `with independent(): yield` entry and exit in two
+    # copies of a context (and threads): the scope, never left in its own context,
+    # stayed open for good, and every later unscoped call on another thread borrowed it.
+    first = draw(base)
+    manager = independent()
+    contextvars.copy_context().run(manager.__enter__)
+    leave = functools.partial(contextvars.copy_context().run, manager.__exit__, None, None, None)
+    with pytest.warns(ScopeWarning, match="left in another context"):
+        if apart == "thread":
+            _on_a_plain_thread(leave)
+        else:
+            leave()
+    assert not scopes._open
+    assert [_on_a_plain_thread(lambda: draw(base)) for _ in range(3)] == [first] * 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScopeWarning)
+        manager.__exit__(None, None, None)  # nothing left to leave: no second warning
 
 
 def _retries(layer: Layer, attempts: int = 3) -> list[tuple[str, str]]:
