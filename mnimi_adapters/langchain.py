@@ -2641,10 +2641,12 @@ class MnimiLLMCache(BaseCache):
     one cached value. Wrap the model instead (``MnimiChatModel(model=...)``)
     for live streaming that is cached, ``n`` samples in one request, and tool calls keyed by
     the model's own format. Two concurrent misses at one position (outside a scope) store
-    the first answer to arrive; the other caller keeps its own answer, unstored. In
-    ``independent()``, concurrent identical calls each store their answer, at the first
-    position not yet stored: a re-run replays the same samples, not always to the same
-    call (LangChain's lookups race to the cache; the wrapper reserves input order).
+    the first answer to arrive there; the other caller keeps its own answer, which is
+    stored at the next position (it was paid for), as is an answer whose position another
+    process filled first. In ``independent()``, concurrent identical calls each store
+    their answer, at the first position not yet stored: a re-run replays the same
+    samples, not always to the same call (LangChain's lookups race to the cache; the
+    wrapper reserves input order).
 
     Args:
         path: The cache directory (or a Redis URL), as for ``Persistent``.
@@ -2712,10 +2714,18 @@ class MnimiLLMCache(BaseCache):
         stored = _generations_sample(return_val)
         if stored is None:  # an empty answer is no sample (law 8)
             return
-        # _Miss: the answer is stored, but the position it meant to fill was behind a draw
-        # of another adapter or process still in flight; the caller has its answer.
-        with contextlib.suppress(_Miss):
-            self._draw(self._request(prompt, llm_string, [stored]))
+        request = self._request(prompt, llm_string, [stored])
+        try:
+            served = self._draw(request)
+        except _Miss:
+            # The answer is stored, but the position it meant to fill was behind a draw of
+            # another adapter or process still in flight; the caller has its answer.
+            return
+        if served.draw_id != stored.draw_id:
+            # Another process stored an answer at this position first (positions are per
+            # process): the caller keeps its own, which was paid for, so it is stored too,
+            # at the end of the sequence, for a later position to serve (law 6).
+            self._layer.keep(request, [stored])
 
     def clear(self, **kwargs: Any) -> None:
         """Not supported: sequences are append-only; ``mnimi prune`` evicts whole ones."""

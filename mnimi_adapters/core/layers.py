@@ -295,6 +295,18 @@ class CacheLayer(Wrapper):
                     self._ordered_locks[key] = threading.Lock()
             return cursor
 
+    def keep(self, request: Request, samples: list[Sample]) -> Appended:
+        """Append samples paid for outside this layer's refills to ``request``'s sequence.
+
+        For an adapter whose caller drew an answer itself (LangChain's cache interface
+        hands the model's answer to ``update``) and found the position it missed filled
+        by then (another process stored there first): the answer is kept for a later
+        position rather than thrown away (law 6). Counted as stored, as a refill's are.
+        """
+        added = self.store.append(self.key_of(request), samples, self.record_of(request))
+        self._count_stored(added)
+        return added
+
     def _land(self, request: Request, key: str, cursor: Cursor, drawn: list[Sample]) -> Appended:
         """Store what a refill drew."""
         # Law 3: a draw already in the sequence (slicing over a partly filled

@@ -4,6 +4,7 @@ ChatAnthropic against the local sampling server (127.0.0.1)."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import threading
 from collections.abc import Callable, Iterator
@@ -242,7 +243,12 @@ def test_concurrent_misses_at_one_position_are_not_both_stored_there(
     assert answers == {"a": None, "b": None}
     stored = cache.lookup("prompt", llm_string)
     assert stored is not None and stored[0].text in ("answer a", "answer b")
-    assert cache.stats()["samples_stored"] == 1  # the second answer did not become position 0
+    # The second answer did not become position 0, but it was paid for: it is kept at
+    # position 1, for the next call that continues the sequence (law 6).
+    assert cache.stats()["samples_stored"] == 2
+    with independent():
+        both = [cache.lookup("prompt", llm_string) for _ in range(2)]
+    assert sorted(r[0].text for r in both if r) == ["answer a", "answer b"]
     # In an independent scope concurrent misses take consecutive positions.
     with independent():
         misses = [cache.lookup("other", llm_string) for _ in range(2)]
@@ -282,6 +288,27 @@ def test_concurrent_identical_calls_in_independent_each_store_their_answer(
     with independent():
         replayed = [str(again.invoke(NUMBER).content) for _ in range(8)]
     assert sorted(replayed) == sorted(first) and len(server.requests) == 8
+
+
+def test_an_answer_whose_position_another_process_filled_is_kept(
+    server: SamplingServer, cache_dir: str
+) -> None:
+    """Two processes (here two caches over one directory, as positions are per process)
+    each miss position 0 in ``independent()``: the second to store found it filled and
+    dropped its answer, which it had paid for and shown (two processes lost 5 of 14)."""
+    llm_string = openai(server, None)._get_llm_string()
+    runs = [(MnimiLLMCache(cache_dir), contextvars.copy_context(), independent()) for _ in "ab"]
+    for cache, context, scope in runs:  # each its own scope: its own positions
+        context.run(scope.__enter__)
+        assert context.run(cache.lookup, "shared", llm_string) is None
+    for (cache, context, scope), name in zip(runs, ("first", "second"), strict=True):
+        answer = [ChatGeneration(message=AIMessage(name))]
+        context.run(cache.update, "shared", llm_string, answer)
+        context.run(scope.__exit__, None, None, None)
+    replay = MnimiLLMCache(cache_dir, replication=True)
+    with independent():
+        kept = [replay.lookup("shared", llm_string) for _ in range(2)]
+    assert [r[0].text for r in kept if r] == ["first", "second"]
 
 
 def test_clear_is_refused(cache_dir: str) -> None:
