@@ -57,9 +57,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a LiteLLM model string (default: local server)")
     parser.add_argument("--api-base", help="the endpoint, for OpenAI-compatible servers")
-    parser.add_argument("--cache", help="cache directory (default: a temporary one)")
+    parser.add_argument("--cache-dir", "--cache", help="cache directory (default: a temporary one)")
     args = parser.parse_args()
-    directory = args.cache or tempfile.mkdtemp(prefix="mnimi-")
+    directory = args.cache_dir or tempfile.mkdtemp(prefix="mnimi-")
 
     with endpoint(args) as model, MnimiCache(directory, alias=ALIAS):
         # Outside any scope, identical calls replay sample 0 of their sequence.

@@ -109,7 +109,8 @@ def _auto_help() -> str:
     ]
     return (
         f"auto (the default): the first of {', '.join(picked)} whose key is set, "
-        f"else the local mock server (offline, free); {', '.join(named)} only when asked"
+        "else the built-in local sampling server (offline, free); "
+        f"{', '.join(named)} only when asked"
     )
 
 
@@ -482,7 +483,7 @@ def run_demo(
             server_url = server.url
             why = "No demo provider key set" if provider == "auto" else "--provider local"
             story.say(
-                f"{why}: sampling from the built-in mock server at "
+                f"{why}: sampling from the built-in local sampling server at "
                 f"{server_url} (random numbers, free, offline)."
             )
             if provider == "auto":

@@ -101,7 +101,7 @@ def test_first_run_draws_and_every_later_run_replays_it(
     first = demo(cache, server)
     story = steps(first)
 
-    assert "built-in mock server" in first and f"Cache: {cache}\n" in first
+    assert "built-in local sampling server" in first and f"Cache: {cache}\n" in first
     assert "No earlier run there: this run draws every sample" in first
     assert requests_of(step(story, "Independent sampling")) == 2
     assert "Independent(Persistent(model, cache))" in next(iter(story))
@@ -269,7 +269,7 @@ def test_an_openai_key_alone_leaves_the_demo_offline(
     out = io.StringIO()
     assert run_demo(str(tmp_path / "cache"), out=out, server=server) == 0
     printed = out.getvalue()
-    assert "No demo provider key set: sampling from the built-in mock server" in printed
+    assert "No demo provider key set: sampling from the built-in local sampling server" in printed
     assert "(OPENAI_API_KEY is set, but the demo uses it only with --provider openai" in printed
     assert totals(printed)[0] == len(server.chat_requests()) > 0
     assert _choose_provider("openai") == "openai"  # asked for by name, it is used
