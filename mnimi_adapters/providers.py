@@ -348,11 +348,28 @@ def _http_response(error: BaseException) -> Any:
 
 
 def _status(error: BaseException) -> int | None:
+    """The HTTP status the provider answered, or ``None`` if no answer came.
+
+    LiteLLM gives a connection failure the status 500 and a timeout 408, though nothing
+    answered: reported as such, they sent users looking for a provider outage.
+    """
     response = _http_response(error)
     if response is not None:
         return int(response.status_code)
+    if _never_answered(error):
+        return None
     status = getattr(error, "status_code", None)
     return status if isinstance(status, int) else None
+
+
+def _never_answered(error: BaseException) -> bool:
+    """Whether ``error`` came from the network (no connection, a timeout), not an answer."""
+    import httpx
+
+    return any(
+        isinstance(link, httpx.TransportError | ConnectionError | TimeoutError)
+        for link in _chain(error)
+    )
 
 
 def _is_malformed(error: BaseException) -> bool:
@@ -363,7 +380,6 @@ def _is_malformed(error: BaseException) -> bool:
 
 def _is_retryable(error: BaseException) -> bool:
     """Rate limits, 5xx, timeouts and connection errors; never a malformed body or a 4xx."""
-    import httpx
 
     litellm = _litellm()
     if _is_malformed(error):
@@ -372,10 +388,7 @@ def _is_retryable(error: BaseException) -> bool:
     if response is not None:
         status = int(response.status_code)
         return status in _RETRY_STATUSES or status >= 500
-    chain = _chain(error)
-    if any(
-        isinstance(link, httpx.TransportError | ConnectionError | TimeoutError) for link in chain
-    ):
+    if _never_answered(error):
         return True
     # LiteLLM also reports client-side mistakes (missing credentials, a bad parameter) as
     # InternalServerError or APIConnectionError: without an HTTP response or a network
@@ -808,7 +821,12 @@ class LiteLLMModel(BatchedModel):
             )
             return ProviderRequestError(message, status, attempts)
         retryable = _is_retryable(error)
-        code = f"HTTP {status}" if status is not None else type(error).__name__
+        if status is not None:
+            code = f"HTTP {status}"
+        elif _never_answered(error):
+            code = "no answer: a connection failure or a timeout"
+        else:
+            code = type(error).__name__
         message = f"{name}{where} request failed ({code}){tries}: {detail}"
         if n > 1 and _mentions_n(error):
             return _NotSupportedN(message, status, attempts)

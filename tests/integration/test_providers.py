@@ -449,6 +449,20 @@ def test_failed_chunk_keeps_the_paid_samples_of_the_others(server: SamplingServe
     assert sorted(r.status for r in server.chat_requests()) == [200, 400]
 
 
+def test_a_connection_failure_is_no_http_status() -> None:
+    # LiteLLM gives it the status 500: reported as "HTTP 500", it sent users looking for
+    # a provider outage where nothing answered at all.
+    from support import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    model = OpenAICompatible("tiny-llm", 1.0, url, api_key="k", max_retries=0)
+    with pytest.raises(ProviderRequestError) as raised:
+        model.query(Request.of(PROMPT), 1)
+    assert raised.value.status_code is None and raised.value.retryable
+    assert "no answer: a connection failure or a timeout" in str(raised.value)
+    assert "HTTP 500" not in str(raised.value)
+
+
 def test_retry_after_forms() -> None:
     import email.utils
 
