@@ -7,6 +7,7 @@ pytest's ``pythonpath``, so ``from support import NumberModel`` works from any f
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 import random
 import shutil
@@ -17,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from contextlib import redirect_stderr, redirect_stdout
 from itertools import islice
 from pathlib import Path
 
@@ -273,3 +275,12 @@ def mnimi(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str
     code = cli.main(list(args))
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def run_cli(*argv: object) -> tuple[int, str, str]:
+    """The ``mnimi`` command run in-process, its output captured without a fixture: its
+    exit code, output and error output."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = cli.main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()

@@ -8,7 +8,6 @@ The law suites (tests/test_laws.py, tests/test_concurrency.py) also run over Red
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import multiprocessing
 import os
@@ -17,7 +16,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import redirect_stderr, redirect_stdout
 from itertools import islice, pairwise
 from pathlib import Path
 from typing import Any
@@ -31,11 +29,11 @@ from support import (
     drop_namespace,
     free_port,
     need_redis_server_binary,
+    run_cli,
     with_namespace,
 )
 
 from mnimi_adapters import ReplicationCacheMiss
-from mnimi_adapters.cli import main
 from mnimi_adapters.core import (
     CorruptStoreError,
     DiskStore,
@@ -63,13 +61,6 @@ def raw_client(url: str) -> Any:
 
 def prefix(url: str) -> str:
     return f"mnimi:{RedisStore(url).namespace}:"
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = main(list(argv))
-    return code, out.getvalue(), err.getvalue()
 
 
 def samples(count: int, tag: str = "s") -> list[Sample]:

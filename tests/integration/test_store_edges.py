@@ -9,7 +9,6 @@ is stored in each case, and noting a key's use for LRU never blocks or fails a r
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sqlite3
@@ -17,16 +16,14 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import redirect_stderr, redirect_stdout
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import pytest
 from diskcache.core import DBNAME
-from support import FailingModel, NumberModel, RedisServer, need_redis_server_binary
+from support import FailingModel, NumberModel, RedisServer, need_redis_server_binary, run_cli
 
-from mnimi_adapters.cli import main
 from mnimi_adapters.core import (
     CorruptStoreError,
     DiskStore,
@@ -44,13 +41,6 @@ from mnimi_adapters.core.errors import (
 from mnimi_adapters.core.stores import RedisStore
 
 PROMPT = "Choose a number between 1 and 1000."
-
-
-def run_cli(*argv: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def fill(location: str | Path, prompts: int = 1, count: int = 3) -> list[list[str]]:

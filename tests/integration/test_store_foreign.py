@@ -9,20 +9,18 @@ that is empty, half made or real opens as before.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import sqlite3
 from collections.abc import Callable
-from contextlib import closing, redirect_stderr, redirect_stdout
+from contextlib import closing
 from itertools import islice
 from pathlib import Path
 
 import pytest
 from diskcache.core import DBNAME
-from support import FailingModel, NumberModel
+from support import FailingModel, NumberModel, run_cli
 
-from mnimi_adapters.cli import main
 from mnimi_adapters.core import (
     CorruptStoreError,
     DiskStore,
@@ -33,13 +31,6 @@ from mnimi_adapters.core import (
 from mnimi_adapters.core.stores import FORMAT_KEY
 
 PROMPT = "Choose a number between 1 and 1000."
-
-
-def run_cli(*argv: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def make_database(path: Path, *statements: str, wal: bool = False) -> Path:
