@@ -29,6 +29,7 @@ import argparse
 import errno
 import importlib
 import json
+import math
 import os
 import re
 import sys
@@ -155,6 +156,14 @@ def _limit(text: str) -> int:
     if value > _MAX_LIMIT:
         raise argparse.ArgumentTypeError(f"invalid limit {text!r} (at most {_MAX_LIMIT})")
     return value
+
+
+def format_cost(cost: float) -> str:
+    """US dollars to four decimals, or to two significant digits below a cent's hundredth:
+    a cheap model's $0.0000098 must not read as free."""
+    if cost == 0 or cost >= 0.0001:
+        return f"${cost:.4f}"
+    return f"${cost:.{1 - math.floor(math.log10(cost))}f}"
 
 
 def format_size(size: float) -> str:
@@ -406,7 +415,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
             f"tokens     {summed['prompt_tokens']:,} prompt + "
             f"{summed['completion_tokens']:,} completion"
         )
-        print(f"cost       ${summed['cost']:.4f} (where the provider reported it)")
+        print(f"cost       {format_cost(summed['cost'])} (where the provider reported it)")
         if per_model:
             print()
             print(
@@ -419,7 +428,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
                             f"{r['samples']:,}",
                             f"{r['prompt_tokens']:,}",
                             f"{r['completion_tokens']:,}",
-                            f"${r['cost']:.4f}",
+                            format_cost(r["cost"]),
                             format_size(r["bytes"]),
                         ]
                         for r in per_model
@@ -561,7 +570,7 @@ def _print_request(entry: Entry) -> None:
     print(
         f"samples    {entry.length:,}, {int(entry.number('prompt_tokens')):,} prompt + "
         f"{int(entry.number('completion_tokens')):,} completion tokens, "
-        f"${entry.number('cost'):.4f}, {format_size(entry.number('bytes'))}"
+        f"{format_cost(entry.number('cost'))}, {format_size(entry.number('bytes'))}"
     )
     print(f"stored     {_when(entry.info.get('stored'))}")
     print(f"used       {_when(entry.info.get('used'))}")

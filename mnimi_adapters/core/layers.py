@@ -180,6 +180,7 @@ class CacheLayer(Wrapper):
         self._inner_cursors: dict[str, Cursor] = {}
         self._ordered_locks: dict[str, threading.Lock] = {}
         self._stats: Counter[str] = Counter()
+        self._cost = 0.0
         #: Positions this layer's refills stored and nobody was served yet: a batch's
         #: extra samples, paid in this run, are misses when served (at most
         #: _FRESH_MEMORY of them are remembered; older ones then count as hits).
@@ -226,7 +227,7 @@ class CacheLayer(Wrapper):
             }
             stats["prompt_tokens"] = self._stats["prompt_tokens"]
             stats["completion_tokens"] = self._stats["completion_tokens"]
-            stats["cost"] = self._stats["cost_micro_usd"] / 1e6
+            stats["cost"] = self._cost
             return stats
 
     # -- extension ---------------------------------------------------------
@@ -342,7 +343,9 @@ class CacheLayer(Wrapper):
             for s in samples:
                 self._stats["prompt_tokens"] += s.prompt_tokens
                 self._stats["completion_tokens"] += s.completion_tokens
-                self._stats["cost_micro_usd"] += round((s.cost or 0.0) * 1e6)
+                # Summed as it is: rounded per sample, a cheap model's cost (a share of
+                # well under a micro-dollar each) summed to 0.
+                self._cost += s.cost or 0.0
 
     def _release(self, key: str, refill: _Refill) -> None:
         """End a refill, landed or failed, and wake whoever waits for it."""

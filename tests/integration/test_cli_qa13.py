@@ -32,6 +32,7 @@ from support import Locations, NumberModel, mnimi, open_location
 from support import fill as fill_store
 
 from mnimi_adapters import cli
+from mnimi_adapters.core import BatchedModel, Request, Sample
 from mnimi_adapters.core.stores import open_store
 from mnimi_adapters.demo import run_demo
 
@@ -281,3 +282,19 @@ def test_the_demo_with_openai_and_no_key_names_the_variable(
 def fill(location: str | Path, count: int = 3) -> str:
     """Draw ``count`` samples of :data:`PROMPT` into the store at ``location``; its key."""
     return fill_store(location, NumberModel(), PROMPT, count)
+
+
+class Cheap(BatchedModel):
+    """Each answer costs $0.00000975 (a cheap model's few tokens)."""
+
+    def query(self, request: Request, n: int) -> list[str | Sample]:
+        return [Sample(text=str(i), cost=9.75e-06) for i in range(n)]
+
+
+def test_stats_shows_a_cheap_model_s_cost_rather_than_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Four decimals printed $0.0000 for what cost $0.0000098: it read as free.
+    fill_store(tmp_path / "cheap", Cheap("gpt-4.1-nano", 1.0), PROMPT, 1)
+    code, printed, _ = mnimi(capsys, "stats", str(tmp_path / "cheap"))
+    assert code == 0 and "$0.0000097" in printed and "$0.0000 " not in printed

@@ -31,6 +31,7 @@ from mnimi_adapters.core import (
     Persistent,
     Repeatable,
     Request,
+    Sample,
     ScopeWarning,
     independent,
     no_cache,
@@ -384,6 +385,21 @@ def test_stats(tmp_path: Path) -> None:
     again = Persistent(NumberModel(max_batch=5), tmp_path)
     list(islice(again.sample(PROMPT), 20))  # another run: all 20 stored ones are hits
     assert again.stats()["hits"] == 20 and again.stats()["misses"] == 0
+
+
+class Cheap(BatchedModel):
+    """Each answer costs $0.0000004: a cheap model's share of a batched request."""
+
+    def query(self, request: Request, n: int) -> list[str | Sample]:
+        return [Sample(text=str(i), cost=4e-7) for i in range(n)]
+
+
+def test_stats_sum_the_cost_of_cheap_samples(tmp_path: Path) -> None:
+    # Each sample's cost was rounded to whole micro-dollars before it was summed: ten
+    # samples of $0.0000004 reported a cost of 0.
+    model = Persistent(Cheap("nano", 1.0, max_batch=10), tmp_path)
+    list(islice(model.sample(PROMPT, batch=10), 10))
+    assert model.stats()["cost"] == pytest.approx(4e-6)
 
 
 class Counting(BatchedModel):
