@@ -17,7 +17,7 @@ import pytest
 from mnimi_adapters import cli
 from mnimi_adapters.core import Persistent
 from mnimi_adapters.core.errors import ReplicationCacheMiss
-from mnimi_adapters.core.explain import first_difference
+from mnimi_adapters.core.explain import first_difference, nearest_record
 from mnimi_adapters.core.model import BatchedModel
 from mnimi_adapters.core.request import Request
 
@@ -140,3 +140,21 @@ def test_mnimi_explain_of_an_nfd_request_says_so(
     assert out[1].startswith("first difference: messages[0].content: ")
     assert "stored has U+00E9, requested has U+0065 U+0301" in out[1]
     assert "differ only in Unicode normalisation" in out[1]
+
+
+def test_the_nearest_request_with_a_large_image_is_found_at_once() -> None:
+    # difflib compared the whole canonical JSON: a replication miss of a request with a
+    # 1.5 MB base64 image spent more than ten minutes before it raised. Long strings are
+    # now compared by their ends and a digest, which still tells images apart.
+    image = "data:image/png;base64," + "A" * 1_500_000
+    other = "data:image/png;base64," + "A" * 1_499_999 + "B"
+
+    def record(text: str, url: str) -> dict[str, object]:
+        parts = [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": url}}]
+        return {"model": "m", "messages": [{"role": "user", "content": parts}]}
+
+    stored = [
+        ("other-image", record("What is in it?", other)),
+        ("same", record("What is it?", image)),
+    ]
+    assert nearest_record(record("What is in it?", image), stored) == stored[1]
