@@ -1160,9 +1160,15 @@ def _pieces(
 
 def _replay_chunks(message: AIMessage) -> Iterator[ChatGenerationChunk]:
     """A wrapped model's stored message as a stream that adds up to it again."""
+    # The invalid calls too (arguments that are not JSON, cut short), as their raw text:
+    # summed up, the chunks give them back as invalid, as the model's own stream would.
+    raw: list[tuple[str | None, str | None, str | None]] = [
+        (c["name"], json.dumps(c["args"]), c.get("id")) for c in message.tool_calls
+    ]
+    raw += [(c.get("name"), c.get("args"), c.get("id")) for c in message.invalid_tool_calls]
     calls = [
-        tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c.get("id"), index=i)
-        for i, c in enumerate(message.tool_calls)
+        tool_call_chunk(name=name, args=args, id=call_id, index=i)
+        for i, (name, args, call_id) in enumerate(raw)
     ]
     last = AIMessageChunk(
         content="" if isinstance(message.content, str) else [],

@@ -1247,3 +1247,39 @@ def test_an_argument_error_shows_no_other_argument(openai: Callable[..., ChatOpe
     with pytest.raises(ValidationError) as refused:  # api_key belongs to the wrapped model
         MnimiChatModel(model=openai(), api_key="sk-wrapped-TAIL-1234")
     assert "api_key" in str(refused.value) and "TAIL-1234" not in str(refused.value)
+
+
+class MalformedCalls(BaseChatModel):
+    """Answers with one valid tool call and one whose arguments are not JSON."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "malformed-calls"
+
+    def _generate(
+        self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
+        answer = AIMessage(
+            content="",
+            tool_calls=[{"name": "w", "args": {"n": 0}, "id": "call_ok"}],
+            invalid_tool_calls=[
+                {"name": "w", "args": "not json {{", "id": "call_bad", "error": "not JSON"}
+            ],
+        )
+        return ChatResult(generations=[ChatGeneration(message=answer)])
+
+
+def test_a_replayed_stream_keeps_the_invalid_tool_calls(cache: str) -> None:
+    # The replayed chunks were built from the valid calls alone: a streamed replay lost
+    # the call whose arguments were not JSON, which the live answer and invoke kept.
+    chat = MnimiChatModel(model=MalformedCalls(), cache_dir=cache)
+    first = chat.invoke("Call the tools.")
+    chunks = list(chat.stream("Call the tools."))
+    total = chunks[0]
+    for chunk in chunks[1:]:
+        total = total + chunk
+    assert [c["id"] for c in first.invalid_tool_calls] == ["call_bad"]
+    assert [c["id"] for c in total.tool_calls] == ["call_ok"]  # type: ignore[attr-defined]
+    assert [(c["id"], c["args"]) for c in total.invalid_tool_calls] == [  # type: ignore[attr-defined]
+        ("call_bad", "not json {{")
+    ]
