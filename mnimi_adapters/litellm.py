@@ -1645,14 +1645,15 @@ class MnimiCache(Cache):
                         self._source = _open(self.slice_of, self.replication)
                     # The slice takes what the run used, in replication mode too.
                     source = CacheLayer(model, self._source, self.replication)
-                    layer = CacheLayer(source, self._opened(replication=False), False)
+                    layer = CacheLayer(source, self._opened(), False)
                 self._layers[call.identity_token] = layer
             return layer
 
-    def _opened(self, replication: bool | None = None) -> ReadThroughStore:
-        """The store at ``path``, opened on first use (the caller holds the lock)."""
+    def _opened(self) -> ReadThroughStore:
+        """The store at ``path``, opened on first use (the caller holds the lock): to
+        read only in replication mode, unless it is a slice, which takes what a run used."""
         if self._store is None:
-            self._store = _open(self.path, self.replication if replication is None else replication)
+            self._store = _open(self.path, self.replication and self.slice_of is None)
         return self._store
 
     def _provider(self, call: _Call) -> _CacheProvider:

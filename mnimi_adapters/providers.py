@@ -380,7 +380,6 @@ def _is_malformed(error: BaseException) -> bool:
 
 def _is_retryable(error: BaseException) -> bool:
     """Rate limits, 5xx, timeouts and connection errors; never a malformed body or a 4xx."""
-
     litellm = _litellm()
     if _is_malformed(error):
         return False

@@ -71,16 +71,19 @@ class Cursor(ABC):
 MOST_SAMPLES_AT_ONCE = 1_000_000
 
 
-def check_batch(batch: Any, name: str = "batch", least: int = 1) -> int:
-    """Validate a ``batch`` or ``max_batch`` argument (or another count, by ``name``)."""
+def check_batch(
+    batch: Any, name: str = "batch", least: int = 1, most: int | None = MOST_SAMPLES_AT_ONCE
+) -> int:
+    """Validate a ``batch`` or ``max_batch`` argument (or another count, by ``name``);
+    ``most`` is ``None`` for a limit, which plans nothing."""
     if isinstance(batch, bool) or not isinstance(batch, int):
         raise TypeError(f"{name} must be an int, got {type(batch).__name__}")
     if batch < least:
         raise ValueError(f"{name} must be at least {least}, got {batch}")
-    if name != "max_batch" and batch > MOST_SAMPLES_AT_ONCE:
+    if most is not None and batch > most:
         raise ValueError(
-            f"{name} must be at most {MOST_SAMPLES_AT_ONCE:,} (the samples of one call are "
-            f"planned and held at once), got {batch:,}: draw them over several calls"
+            f"{name} must be at most {most:,} (the samples of one call are planned and held "
+            f"at once), got {batch:,}: draw them over several calls"
         )
     return batch
 
@@ -300,7 +303,7 @@ class Model(Layer):
         self.model_name = model_name
         self.temperature = float(temperature)
         self.alias = alias
-        self.max_batch = check_batch(max_batch, "max_batch")
+        self.max_batch = check_batch(max_batch, "max_batch", most=None)
         self._accounting = threading.Lock()
         self._query_time = 0.0
         self._prompt_tokens = 0

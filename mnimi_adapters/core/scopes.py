@@ -356,17 +356,20 @@ class ScopeManager:
     def __exit__(self, *exc: object) -> None:
         # The block being left is the current scope of *this* context, so one
         # manager object can serve many threads and tasks at once.
-        scope = _current.get()
+        current = _current.get()
         with self._entered_lock:
-            if scope is not None and scope in self._entered:
-                self._entered.remove(scope)
+            if current is not None and current in self._entered:
+                self._entered.remove(current)
+                scope, left_here = current, True
             elif self._entered:
-                scope = self._left_elsewhere(self._entered.pop())
+                scope, left_here = self._entered.pop(), False
             else:
                 return
-        if _current.get() is scope:
+        if left_here:
             # A borrowed parent is not put in the context: the thread borrows afresh.
             _current.set(scope.parent if not scope.borrowed else None)
+        else:
+            self._warn_left_elsewhere()  # this context's scope, if any, is another's
         with _open_lock:
             me = threading.get_ident()
             for thread in (me, *(ident for ident in _open if ident != me)):
@@ -377,13 +380,13 @@ class ScopeManager:
                         del _open[thread]
                     break
 
-    def _left_elsewhere(self, scope: _Scope) -> _Scope:
-        """The scope entered in another context than the one that leaves it, with a warning.
+    def _warn_left_elsewhere(self) -> None:
+        """Warn of a scope left in another context than the one it was entered in.
 
         A framework may run a block's entry and exit in two copies of a context (FastAPI
         runs a sync dependency's ``with`` around its ``yield`` so): the calls made between
         ran outside the scope, and the scope, never left in its own context, stayed open
-        for good, lent to every thread that borrows one. It is closed here.
+        for good, lent to every thread that borrows one. :meth:`__exit__` closes it.
         """
         warnings.warn(
             f"{self.kind}() was left in another context than the one it was entered in (a "
@@ -393,7 +396,6 @@ class ScopeManager:
             ScopeWarning,
             stacklevel=4,
         )
-        return scope
 
     async def __aenter__(self) -> ScopeManager:
         return self.__enter__()
