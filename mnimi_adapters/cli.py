@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import io
 import json
 import math
 import os
@@ -956,30 +957,28 @@ def _whole_file(path: Path) -> Iterator[TextIO]:
         partial.unlink(missing_ok=True)
 
 
-def _export_jsonl(source: Store, entries: list[Entry], out: Path) -> list[dict[str, Any]]:
-    with _whole_file(out) as lines:
-
-        def write(entry: Entry, samples: list[Sample]) -> tuple[int, str | None]:
-            lines.writelines(jsonl_lines(entry.key, entry.request, samples))
-            return len(samples), None
-
-        return _copy(source, entries, write)
-
-
-def _export_jsonl_to_stdout(source: Store, entries: list[Entry]) -> list[dict[str, Any]]:
-    """Like :func:`_export_jsonl`, to stdout (OUT ``-``): the same UTF-8 bytes a file holds."""
-    sys.stdout.flush()
-    binary = getattr(sys.stdout, "buffer", None)
-
+def _export_jsonl(source: Store, entries: list[Entry], lines: TextIO) -> list[dict[str, Any]]:
     def write(entry: Entry, samples: list[Sample]) -> tuple[int, str | None]:
-        text = "".join(jsonl_lines(entry.key, entry.request, samples))
-        if binary is None:
-            sys.stdout.write(text)
-        else:
-            binary.write(text.encode("utf-8"))
+        lines.writelines(jsonl_lines(entry.key, entry.request, samples))
         return len(samples), None
 
     return _copy(source, entries, write)
+
+
+@contextmanager
+def _utf8_stdout() -> Iterator[TextIO]:
+    """stdout (OUT ``-``) writing the same UTF-8 bytes a file gets, whatever its encoding."""
+    sys.stdout.flush()
+    binary = getattr(sys.stdout, "buffer", None)
+    if binary is None:  # a stream without bytes below it (a test's capture): as it is
+        yield sys.stdout
+        return
+    text = io.TextIOWrapper(binary, encoding="utf-8")
+    try:
+        yield text
+    finally:
+        text.flush()
+        text.detach()  # stdout stays open for the report
 
 
 def _export_store(
@@ -1026,12 +1025,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     # Written to stdout, the export leaves the report to stderr.
     report = sys.stderr if args.out == STDIO else sys.stdout
     with _open_store(args.path) as source:
-        if args.jsonl and args.out == STDIO:
-            out = "stdout"
-            results = _export_jsonl_to_stdout(source, _selected(source, args))
-        elif args.jsonl:
-            out = str(Path(args.out).expanduser())
-            results = _export_jsonl(source, _selected(source, args), Path(out))
+        if args.jsonl:
+            entries = _selected(source, args)  # before anything is written
+            to_stdout = args.out == STDIO
+            out = "stdout" if to_stdout else str(Path(args.out).expanduser())
+            with _utf8_stdout() if to_stdout else _whole_file(Path(out)) as lines:
+                results = _export_jsonl(source, entries, lines)
         elif args.bundle:
             create_target, out, draws = _bundle_target(args.out, args.record)
             entries = _selected(source, args)
