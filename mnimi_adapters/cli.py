@@ -207,19 +207,13 @@ def _message_text(message: Any) -> str:
 def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterable[int] = ()) -> str:
     """A plain text table; columns in ``right`` (numbers) are right-aligned."""
     body = [[str(cell) for cell in row] for row in rows]
-    widths = [len(h) for h in headers]
-    for row in body:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
     aligned = set(right)
-
-    def line(cells: Sequence[str]) -> str:
-        padded = (
-            c.rjust(w) if i in aligned else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-        return "  ".join(padded).rstrip()
-
-    return "\n".join([line(headers), *(line(row) for row in body)])
+    # One format string for every line: a prune of a million keys prints a million.
+    template = "  ".join(
+        f"{{:{'>' if index in aligned else '<'}{max(map(len, column))}}}"
+        for index, column in enumerate(zip(headers, *body, strict=True))
+    )
+    return "\n".join(template.format(*cells).rstrip() for cells in [headers, *body])
 
 
 def _emit_json(data: Any, file: TextIO | None = None) -> None:
@@ -662,7 +656,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 f"removed (run `mnimi verify {_shown(args.path)}`)",
                 EXIT_FOUND,
             )
-        entries = _entries(store, "prune: reading")
+        entries = check.summaries
         before = sum(int(e.number("bytes")) for e in entries)
         total = before
         victims: list[Entry] = []

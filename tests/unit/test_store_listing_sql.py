@@ -96,3 +96,20 @@ def test_a_key_whose_length_row_disagrees_with_its_record_is_counted_by_its_leng
     with DiskStore(tmp_path / "c", read_only=True) as store:
         totals = store.totals()
     assert {row.model: row.samples for row in totals.models} == {"a": 5, "b": 1}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(SEQUENCE, max_size=6))
+def test_a_sound_check_lists_the_sequences_as_summaries_does(sequences: list) -> None:
+    # prune ranks the check's summaries rather than reading every record again.
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "cache"
+        _build(path, sequences)
+        with DiskStore(path, read_only=True) as store:
+            check = store.check()
+            listed = [(s.key, s.length, s.info, s.error) for s in store.summaries()]
+        if check.problems:
+            assert check.summaries == []
+        else:
+            assert [(s.key, s.length, s.info, s.error) for s in check.summaries] == listed
+            assert len(listed) == len(sequences)

@@ -175,6 +175,9 @@ class Check:
         samples: How many sound samples they hold.
         rows: How many stored entries were read.
         problems: Each problem: ``key`` (or ``None``), ``row`` (or ``None``), ``problem``.
+        summaries: Every sequence as listings see it, in key order, when nothing is
+            damaged (else empty): the check has decoded each record already, so a
+            ``prune`` ranks them without reading the store a second time.
     """
 
     format: Any = None
@@ -182,6 +185,7 @@ class Check:
     samples: int = 0
     rows: int = 0
     problems: list[dict[str, str | None]] = field(default_factory=list)
+    summaries: list[Summary] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -297,14 +301,16 @@ class SequenceStore(ABC):
         summaries = list(self.summaries())
         if progress is not None:
             progress(len(summaries))
+        problems: list[dict[str, str | None]] = [
+            {"key": s.key, "row": None, "problem": s.error} for s in summaries if s.error
+        ]
         return Check(
             format=FORMAT_VERSION,
             keys=len(summaries),
             samples=sum(s.length for s in summaries),
             rows=len(summaries),
-            problems=[
-                {"key": s.key, "row": None, "problem": s.error} for s in summaries if s.error
-            ],
+            problems=problems,
+            summaries=[] if problems else summaries,
         )
 
     def check_writable(self, doing: str) -> None:  # noqa: B027 - optional hook

@@ -20,7 +20,7 @@ from diskcache.core import MODE_BINARY, MODE_PICKLE
 from ..errors import CorruptStoreError
 from ..request import KEY_VERSION, record_key
 from ..sample import Sample
-from .base import FORMAT_KEY, Check
+from .base import FORMAT_KEY, Check, Summary
 
 
 def plural(count: int, word: str) -> str:
@@ -323,4 +323,11 @@ class Verifier:
             ),
             rows=self.rows,
             problems=self.problems,
+            summaries=[]
+            if self.problems
+            else [
+                # Sound: every key has its length and its record (else a problem).
+                Summary(key, sequence.length or 0, sequence.record or {})
+                for key, sequence in sorted(self.sequences.items())
+            ],
         )
