@@ -70,6 +70,7 @@ from langchain_core.language_models import (
     LanguageModelInput,
 )
 from langchain_core.language_models.base import LangSmithParams
+from langchain_core.language_models.model_profile import ModelProfile
 from langchain_core.load.serializable import (
     SerializedConstructor,
     SerializedNotImplemented,
@@ -143,10 +144,13 @@ from .core import (
     MnimiError,
     Persistent,
     ProviderError,
+    ProviderRequestError,
+    ReplicationCacheMiss,
     Request,
     Sample,
     scoped,
 )
+from .core.errors import rebuilt
 from .core.gates import GATES, Abandonment
 from .core.layers import start_apart
 from .core.model import usable
@@ -164,7 +168,78 @@ from .core.scopes import caching_enabled
 from .core.stores import shown_location, url_has_password
 from .providers import LiteLLMModel, LiteLLMRequest, keyed_endpoint, provider_call_active
 
-__all__ = ["MnimiChatModel", "MnimiLLMCache", "WrappedChatModel", "wrapped_identity"]
+__all__ = [
+    "MnimiChatModel",
+    "MnimiLLMCache",
+    "ModelProviderRequestError",
+    "ModelReplicationCacheMiss",
+    "WrappedChatModel",
+    "wrapped_identity",
+]
+
+try:
+    from langchain_core.exceptions import ModelError
+except ImportError:  # langchain-core before 1.5 has no error taxonomy: its helpers retry all
+
+    class ModelError(Exception):  # type: ignore[no-redef]
+        """Stands for LangChain's ``ModelError`` where langchain-core has none."""
+
+        is_retryable = False
+
+
+class ModelReplicationCacheMiss(ReplicationCacheMiss, ModelError):
+    """The :class:`~mnimi_adapters.ReplicationCacheMiss` this module's chat models and
+    cache raise: also LangChain's ``ModelError``, and never retryable.
+
+    LangChain's retry helpers (the agents' ``ModelRetryMiddleware``) retry any exception
+    but a ``ModelError`` that says it is not retryable, and may then answer with the
+    failure as a message: a replication run would retry a miss that cannot pass, then
+    finish as if nothing had failed. Catch it as ``ReplicationCacheMiss``.
+
+    Example:
+        >>> from mnimi_adapters import ReplicationCacheMiss
+        >>> issubclass(ModelReplicationCacheMiss, ReplicationCacheMiss)
+        True
+    """
+
+    is_retryable = False
+
+
+class ModelProviderRequestError(ProviderRequestError, ModelError):
+    """The :class:`~mnimi_adapters.ProviderRequestError` this module's chat models raise:
+    also LangChain's ``ModelError``, retryable where the failure was of a retried kind.
+
+    So LangChain's retry helpers give up at once on an answer that retrying cannot
+    change (a 401, a 400), as they do for the partner models' own errors. Catch it as
+    ``ProviderRequestError``.
+    """
+
+    @property
+    def is_retryable(self) -> bool:  # type: ignore[override]
+        """Whether retrying the same request may succeed (a rate limit, a server error)."""
+        return self.retryable
+
+
+#: The LangChain kind of each error a chat model of this module raises.
+_MODEL_ERRORS: dict[type[BaseException], type[BaseException]] = {
+    ReplicationCacheMiss: ModelReplicationCacheMiss,
+    ProviderRequestError: ModelProviderRequestError,
+}
+
+
+@contextlib.contextmanager
+def _as_model_errors() -> Iterator[None]:
+    """Raise the errors of the block as the LangChain kinds of themselves (see above)."""
+    try:
+        yield
+    except (ReplicationCacheMiss, ProviderRequestError) as error:
+        kind = _MODEL_ERRORS.get(type(error))
+        if kind is None:
+            raise
+        joined = rebuilt(kind, error.args, error.__dict__)
+        # Its cause as it was (none where a credential was echoed into it).
+        raise joined.with_traceback(error.__traceback__) from error.__cause__
+
 
 # Constructor arguments that configure the provider layer MnimiChatModel builds itself;
 # with ``layer=`` they belong to that layer and setting them here would be silently ignored.
@@ -1654,6 +1729,28 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             params["ls_stop"] = stop_list(stop)
         return params
 
+    @property
+    def model_name(self) -> str:
+        """The model's name, where LangChain's helpers look for a chat model's: the wrapped
+        model's own (``ChatOpenAI``'s ``"gpt-4o-mini"``), or the LiteLLM model name.
+
+        ``create_agent`` reads it to choose how to ask for structured output.
+        """
+        if isinstance(self.model, BaseChatModel):
+            for field in ("model_name", "model", "model_id"):
+                name = getattr(self.model, field, None)
+                if isinstance(name, str) and name:
+                    return name
+        return self._model_name(None)
+
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        # The wrapped model's (ChatOpenAI's knows its context window and structured
+        # output, which create_agent and SummarizationMiddleware read); a LiteLLM model
+        # name has none unless given (profile=...).
+        if isinstance(self.model, BaseChatModel) and self.model.profile is not None:
+            return cast(ModelProfile, dict(self.model.profile))
+        return None
+
     # -- layers -------------------------------------------------------------------------
 
     def _model_name(self, override: str | None) -> str:
@@ -1998,7 +2095,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        samples, model = self._draw(messages, stop, kwargs)
+        with _as_model_errors():
+            samples, model = self._draw(messages, stop, kwargs)
         return ChatResult(generations=[self._generation(s, model) for s in samples])
 
     async def _agenerate(
@@ -2008,7 +2106,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        samples, model = await self._adraw(messages, stop, kwargs)
+        with _as_model_errors():
+            samples, model = await self._adraw(messages, stop, kwargs)
         return ChatResult(generations=[self._generation(s, model) for s in samples])
 
     def _stream(
@@ -2018,17 +2117,18 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        if isinstance(self.model, BaseChatModel):
-            chunks = self._live(messages, stop, kwargs)
-        else:
-            # Through LiteLLM a miss is drawn whole (and stored) before anything is
-            # streamed: a half-read stream must never leave a torn sample behind.
-            samples, model = self._draw(messages, stop, kwargs)
-            chunks = self._chunks(samples[0], model)
-        for chunk in chunks:
-            if run_manager is not None:
-                run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
-            yield chunk
+        with _as_model_errors():
+            if isinstance(self.model, BaseChatModel):
+                chunks = self._live(messages, stop, kwargs)
+            else:
+                # Through LiteLLM a miss is drawn whole (and stored) before anything is
+                # streamed: a half-read stream must never leave a torn sample behind.
+                samples, model = self._draw(messages, stop, kwargs)
+                chunks = self._chunks(samples[0], model)
+            for chunk in chunks:
+                if run_manager is not None:
+                    run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
+                yield chunk
 
     def _live(
         self,
@@ -2108,17 +2208,18 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        if isinstance(self.model, BaseChatModel):
-            async for chunk in self._alive(messages, stop, kwargs):
+        with _as_model_errors():
+            if isinstance(self.model, BaseChatModel):
+                async for chunk in self._alive(messages, stop, kwargs):
+                    if run_manager is not None:
+                        await run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
+                    yield chunk
+                return
+            samples, model = await self._adraw(messages, stop, kwargs)
+            for chunk in self._chunks(samples[0], model):
                 if run_manager is not None:
                     await run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
                 yield chunk
-            return
-        samples, model = await self._adraw(messages, stop, kwargs)
-        for chunk in self._chunks(samples[0], model):
-            if run_manager is not None:
-                await run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
-            yield chunk
 
     async def _alive(
         self,
@@ -2710,7 +2811,8 @@ class MnimiLLMCache(BaseCache):
     def lookup(self, prompt: str, llm_string: str) -> list[Generation] | None:
         """The generations at this call's position of the request's sequence, or None."""
         try:
-            sample = self._draw(self._request(prompt, llm_string, []))
+            with _as_model_errors():
+                sample = self._draw(self._request(prompt, llm_string, []))
         except _Miss:
             return None
         return _generations_of(sample)

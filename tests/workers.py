@@ -77,3 +77,9 @@ def append_contested(
         added += [sample.draw_id for sample in store.append(key, batch, record)]
     store.close()
     return added
+
+
+def replicate_missing(path: str) -> None:
+    """Replicate a sample ``path`` lacks: the miss goes back to the parent pickled."""
+    replay = Persistent(NumberModel(), path, replication=True)
+    next(replay.sample(PROMPT))

@@ -4,6 +4,7 @@ The hierarchy is small on purpose::
 
     MnimiError
     ├── ReplicationCacheMiss      a replication run needed a sample the cache lacks
+    │                             (also a LookupError)
     ├── StoreError                the store cannot be opened or used
     │   ├── UnsupportedStoreVersion
     │   ├── CorruptStoreError
@@ -19,6 +20,8 @@ each means to a user.
 """
 
 from __future__ import annotations
+
+from typing import Any, TypeVar
 
 _SUFFIXES = {1: "st", 2: "nd", 3: "rd"}
 
@@ -46,9 +49,29 @@ class MnimiError(Exception):
         StoreError
     """
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt without __init__, whose arguments ``args`` does not hold: a process
+        # pool sends a worker's error to its parent pickled.
+        return (rebuilt, (type(self), self.args, self.__dict__))
 
-class ReplicationCacheMiss(MnimiError):
+
+E = TypeVar("E", bound=BaseException)
+
+
+def rebuilt(kind: type[E], args: tuple[Any, ...], state: dict[str, Any]) -> E:
+    """An exception of class ``kind`` with ``args`` and attributes ``state``, built
+    without calling its ``__init__``."""
+    error = kind.__new__(kind)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
+class ReplicationCacheMiss(MnimiError, LookupError):
     """A replication run needed a sample that the cache does not hold.
+
+    Also a ``LookupError``, so that retry helpers that never retry one (LangGraph's
+    ``RetryPolicy`` by default) give up at once: retrying cannot find what is not stored.
 
     Attributes:
         key: The cache key of the request.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import stat
 from collections.abc import Iterator
 from itertools import islice
@@ -15,6 +16,7 @@ from mnimi_adapters.core import (
     BatchedModel,
     CorruptStoreError,
     DiskStore,
+    LLMOutputError,
     MnimiError,
     Model,
     Persistent,
@@ -341,3 +343,20 @@ def test_a_temperature_must_be_a_finite_number(temperature: float) -> None:
     # NaN would reach the key and the JSON Lines export as a bare NaN, which JSON forbids.
     with pytest.raises(ValueError, match="finite number >= 0"):
         NumberModel(temperature=temperature)
+
+
+def test_a_replication_miss_in_a_process_pool_reaches_the_parent_whole(tmp_path: Path) -> None:
+    # The pool sends a worker's error pickled: rebuilding it called __init__ with the
+    # message alone, so the parent got a TypeError in place of the miss.
+    from concurrent.futures import ProcessPoolExecutor
+
+    from workers import replicate_missing
+
+    Persistent(NumberModel(), tmp_path / "c").close()  # a store, with nothing in it
+    with ProcessPoolExecutor(1) as pool, pytest.raises(ReplicationCacheMiss) as raised:
+        pool.submit(replicate_missing, str(tmp_path / "c")).result()
+    assert (raised.value.index, raised.value.cached) == (0, 0)
+    assert "index 0" in str(raised.value)
+    assert isinstance(raised.value, LookupError)
+    copied = pickle.loads(pickle.dumps(LLMOutputError("no tag", expected="<a>", position=3)))
+    assert (str(copied), copied.expected, copied.position) == ("no tag", "<a>", 3)
