@@ -16,8 +16,9 @@ context (a plain ``ThreadPoolExecutor``, LiteLLM's ``batch_completion``, DSPy's
 without it, every call of ``with independent(): pool.map(...)`` would replay the
 same sample. A ``with`` block such a thread opens nests in the scope it borrows, as
 it would in one it inherited (a worker's ``repeatable()`` retry then draws afresh per
-attempt). With scopes open on several threads such a call cannot tell which is its
-own: it runs outside any scope, with a :class:`ScopeWarning`.
+attempt); with none to borrow, the block is the worker's own, never lent to the
+pool's other workers. With scopes open on several threads such a call cannot tell
+which is its own: it runs outside any scope, with a :class:`ScopeWarning`.
 """
 
 from __future__ import annotations
@@ -45,15 +46,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 class _Scope:
     """One entered ``with`` block: the wrappers it put around each layer."""
 
-    def __init__(self, kind: Kind, parent: _Scope | None, borrowed: bool = False) -> None:
+    def __init__(
+        self, kind: Kind, parent: _Scope | None, borrowed: bool = False, bare: bool = False
+    ) -> None:
         self.kind = kind
         self.parent = parent
         #: Whether ``parent`` was borrowed from another thread (see ``_borrowed``), not
         #: found in the context: leaving it restores an empty context, not the parent.
         self.borrowed = borrowed
-        #: Whether it nests in a borrowed scope: it is its thread's business, so the
-        #: threads that borrow still borrow the scope it nests in, never this one.
-        self.lent: bool = borrowed or (parent is not None and parent.lent)
+        #: Whether threads that borrow never borrow it: it nests in a borrowed scope, or
+        #: was opened on a thread that itself would borrow (a plain pool's worker). It is
+        #: that thread's business: the pool's other workers are its siblings, not its
+        #: children, and would otherwise continue its cursors whenever their blocks
+        #: happened to overlap in time.
+        self.lent: bool = borrowed or bare or (parent is not None and parent.lent)
         self._wrapped: dict[Layer, Layer] = {}
         self._lock = threading.Lock()
         self._book: PositionBook | None = None
@@ -222,10 +228,18 @@ def _borrowed(stacklevel: int) -> _Scope | None:
     return None
 
 
+def _bare() -> bool:
+    """Whether this thread started with an empty context: one that borrows a scope.
+
+    The main thread never does, even where this module was first imported elsewhere.
+    """
+    return not _inherited.get() and threading.current_thread() is not threading.main_thread()
+
+
 def _scope() -> _Scope | None:
     """The scope of the current call: its context's, else one borrowed (see ``_borrowed``)."""
     scope = _current.get()
-    if scope is not None or not _open or _inherited.get():
+    if scope is not None or not _open or not _bare():
         return scope
     return _borrowed(3)
 
@@ -339,13 +353,14 @@ class ScopeManager:
     def __enter__(self) -> ScopeManager:
         parent = _current.get()
         borrowed = False
-        if parent is None and _open and not _inherited.get():
+        bare = parent is None and _bare()
+        if bare and _open:
             # A thread that did not inherit its starter's context nests the block in the
             # scope its calls borrow, as it would in the scope it inherited: a
             # repeatable() retry in an independent() then draws afresh per attempt.
             parent = _borrowed(2)
             borrowed = parent is not None
-        scope = _Scope(self.kind, parent, borrowed)
+        scope = _Scope(self.kind, parent, borrowed, bare)
         _current.set(scope)
         with _open_lock:
             _open.setdefault(threading.get_ident(), []).append(scope)

@@ -282,6 +282,33 @@ def test_a_scope_opened_on_a_borrowing_thread_does_not_leak_to_other_threads(
     assert len({first, *others}) == 5
 
 
+def test_workers_that_open_their_own_blocks_never_borrow_each_others(base: Persistent) -> None:
+    # A pool's workers each voting in their own independent() (a DSPy module under
+    # Evaluate(num_threads=...)): a worker whose block overlapped another's in time nested
+    # in it and continued its cursor, so a re-run paid again and a replica missed.
+    inside, release = threading.Event(), threading.Event()
+
+    def votes(hold: bool) -> list[str]:
+        with independent():
+            drawn = [draw(base) for _ in range(3)]
+            if hold:
+                inside.set()
+                release.wait(10)
+            return drawn
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScopeWarning)
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(votes, True)
+            assert inside.wait(10)
+            second = pool.submit(votes, False).result()  # while the first block is open
+            release.set()
+            assert first.result() == second == list(islice(base.sample(PROMPT), 3))
+        # A main-thread scope is still lent to the pool's workers.
+        with independent(), ThreadPoolExecutor(2) as pool:
+            assert len(set(pool.map(lambda _: draw(base), range(4)))) == 4
+
+
 def test_a_scope_opened_on_a_thread_that_cannot_tell_which_to_borrow_warns(
     base: Persistent,
 ) -> None:
