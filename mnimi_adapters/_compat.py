@@ -828,51 +828,74 @@ def carry_dspy_rollout_ids() -> bool:
 
     Why: DSPy asks for a new sample by giving a call a new ``rollout_id``
     (``lm.copy(rollout_id=i)``: ``BestOfN``, ``Refine``, ``BootstrapFewShot`` rounds,
-    SIMBA), which only its own cache keys; its LiteLLM engine drops the id in
-    ``dspy.clients.lm.litellm_completion``/``alitellm_completion``, the functions it
-    looks up on that module for every chat call, before ``litellm.completion`` runs. So
-    each rollout would replay one sample. Those two are wrapped to hold the id in a
-    context variable while they run, and to mark the call as DSPy's (:data:`in_dspy_call`:
-    DSPy switches LiteLLM's cache off on every call, which a cache serving DSPy ignores).
+    SIMBA), which only its own cache keys; its LiteLLM engine drops the id in the
+    functions of ``dspy.clients.lm`` it looks up on that module for every call, one per
+    ``model_type`` (``litellm_completion``, ``litellm_text_completion``,
+    ``litellm_responses_completion`` and their async twins), before LiteLLM runs. So each
+    rollout would replay one sample. Those are wrapped to hold the id in a context
+    variable while they run, and to mark the call as DSPy's (:data:`in_dspy_call`: DSPy
+    switches LiteLLM's cache off on every call, which a cache serving DSPy ignores).
     Does nothing if DSPy is not installed.
 
     Returns:
         Whether DSPy is installed (and so carried).
     """
-    import functools
     import importlib.util
 
     if importlib.util.find_spec("dspy") is None:
         return False
     from dspy.clients import lm
 
-    sync, async_ = lm.litellm_completion, lm.alitellm_completion
-    if getattr(sync, "_mnimi_carries", False):
-        return True
+    for name in _DSPY_CALLS:
+        call = getattr(lm, name, None)
+        if call is None or getattr(call, "_mnimi_carries", False):
+            continue  # a DSPy without that model type, or carried already
+        if inspect.iscoroutinefunction(call):
 
-    @functools.wraps(sync)
-    def litellm_completion(request: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        token = dspy_rollout_id.set(request.get("rollout_id"))
-        marked = in_dspy_call.set(True)
-        try:
-            return sync(request, *args, **kwargs)
-        finally:
-            in_dspy_call.reset(marked)
-            dspy_rollout_id.reset(token)
+            @functools.wraps(call)
+            async def carried_async(
+                request: dict[str, Any], *args: Any, _call: Any = call, **kwargs: Any
+            ) -> Any:
+                with _as_dspy_call(request):
+                    return await _call(request, *args, **kwargs)
 
-    @functools.wraps(async_)
-    async def alitellm_completion(request: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        token = dspy_rollout_id.set(request.get("rollout_id"))
-        marked = in_dspy_call.set(True)
-        try:
-            return await async_(request, *args, **kwargs)
-        finally:
-            in_dspy_call.reset(marked)
-            dspy_rollout_id.reset(token)
+            carried: Any = carried_async
+        else:
 
-    litellm_completion._mnimi_carries = True  # type: ignore[attr-defined]
-    lm.litellm_completion, lm.alitellm_completion = litellm_completion, alitellm_completion
+            @functools.wraps(call)
+            def carried_sync(
+                request: dict[str, Any], *args: Any, _call: Any = call, **kwargs: Any
+            ) -> Any:
+                with _as_dspy_call(request):
+                    return _call(request, *args, **kwargs)
+
+            carried = carried_sync
+        carried._mnimi_carries = True
+        setattr(lm, name, carried)
     return True
+
+
+#: DSPy's LiteLLM calls, one per ``model_type`` (chat, text, responses), sync and async.
+_DSPY_CALLS = (
+    "litellm_completion",
+    "alitellm_completion",
+    "litellm_text_completion",
+    "alitellm_text_completion",
+    "litellm_responses_completion",
+    "alitellm_responses_completion",
+)
+
+
+@contextlib.contextmanager
+def _as_dspy_call(request: dict[str, Any]) -> Iterator[None]:
+    """Hold a DSPy call's ``rollout_id`` and mark the call as DSPy's while it runs."""
+    token = dspy_rollout_id.set(request.get("rollout_id"))
+    marked = in_dspy_call.set(True)
+    try:
+        yield
+    finally:
+        in_dspy_call.reset(marked)
+        dspy_rollout_id.reset(token)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1137,6 +1160,10 @@ PRIVATE_SYMBOLS: Final = (
     ("dspy.clients.backend_selection", "BackendSelection"),
     ("dspy.clients.lm", "litellm_completion"),
     ("dspy.clients.lm", "alitellm_completion"),
+    ("dspy.clients.lm", "litellm_text_completion"),
+    ("dspy.clients.lm", "alitellm_text_completion"),
+    ("dspy.clients.lm", "litellm_responses_completion"),
+    ("dspy.clients.lm", "alitellm_responses_completion"),
     ("langchain_core.runnables.config", "var_child_runnable_config"),
     ("langchain_core.tracers.context", "_configure_hooks"),
     # The key of a node's runtime in a LangGraph run's configuration.

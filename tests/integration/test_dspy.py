@@ -134,6 +134,38 @@ def test_each_rollout_of_a_dspy_retry_module_gets_its_own_sample(
     assert seen == first and sent(server) == 3
 
 
+@pytest.mark.parametrize("engine_name", ENGINES)
+def test_each_rollout_gets_its_own_sample_on_the_responses_api(
+    server: SamplingServer, engine_name: str, tmp_path: Path
+) -> None:
+    # DSPy drops the rollout id on every model type's path, not only chat's: through the
+    # Responses API (and text completions) each rollout replayed one sample.
+    server.reset()
+    seen: list[str] = []
+
+    def never_good_enough(args: Any, prediction: Any) -> float:
+        seen.append(str(prediction.answer))
+        return 0.0
+
+    lm = dspy.LM(
+        "openai/mock-model", api_base=server.url, api_key="sk-test", cache=False,
+        model_type="responses", engine=engine_name,
+    )  # fmt: skip
+    best = dspy.BestOfN(
+        module=dspy.Predict("question -> answer"), N=3, reward_fn=never_good_enough, threshold=1.0
+    )
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        with MnimiCache(str(tmp_path), dspy=True) as cache:
+            best(question=QUESTIONS[1])
+        cache.close()
+        first, seen[:] = list(seen), []
+        assert len(set(first)) == 3 and len(server.requests) == 3
+        with MnimiCache(str(tmp_path), replication=True) as replica:
+            best(question=QUESTIONS[1])
+        replica.close()
+    assert seen == first and len(server.requests) == 3
+
+
 def test_n_is_served_from_the_sequence(server: SamplingServer, engine: str, tmp_path: Path) -> None:
     server.reset()
     # DSPy samples n > 1 at 0.7 unless told otherwise, and a temperature is part of the key.
