@@ -165,7 +165,8 @@ from .core.request import (
 )
 from .core.sample import new_draw_id, split_evenly, stream_pieces
 from .core.scopes import caching_enabled
-from .core.stores import shown_location, url_has_password
+from .core.stores import is_redis_url, shown_location, url_has_password
+from .core.stores.base import anchored
 from .providers import LiteLLMModel, LiteLLMRequest, keyed_endpoint, provider_call_active
 
 __all__ = [
@@ -1556,6 +1557,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             value = os.fspath(value)
         if isinstance(value, str) and not value.strip():
             raise ValueError(f"the cache location {value!r} is empty: give a directory")
+        if isinstance(value, str) and not is_redis_url(value):
+            return str(anchored(value))  # an os.chdir before the first call moves nothing
         return value
 
     @model_validator(mode="after")

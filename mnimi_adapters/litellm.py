@@ -148,7 +148,7 @@ from .core.request import (
 from .core.sample import Sample
 from .core.scopes import caching_enabled, scoped
 from .core.stores import ReadThroughStore, is_redis_url, open_store, shown_location
-from .core.stores.base import check_directory_location
+from .core.stores.base import anchored, check_directory_location
 from .providers import (
     LiteLLMModel,
     callers_max_retries,
@@ -1043,7 +1043,7 @@ def _location(location: str | os.PathLike[str], name: str) -> str | Path:
     if is_redis_url(location):
         return str(location)
     check_directory_location(location)
-    return Path(location).expanduser()
+    return anchored(location)
 
 
 def _same_location(one: str | Path, other: str | Path) -> bool:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import MnimiError
+from .stores.base import anchored
 from .stores.files import open_private
 
 __all__ = [
@@ -80,7 +81,7 @@ class RunRecorder:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path).expanduser()
+        self.path = anchored(path)
         # Checked now, opened with the run's first draw: a program that fails before it
         # draws (a store that cannot open) leaves no file behind.
         problem: str | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,16 @@ from diskcache.core import DBNAME
 from support import NumberModel
 
 from mnimi_adapters.cli import main
-from mnimi_adapters.core import CorruptStoreError, DiskStore, Persistent, Request, Sample
+from mnimi_adapters.core import (
+    CorruptStoreError,
+    DiskStore,
+    Persistent,
+    Request,
+    Sample,
+)
+from mnimi_adapters.core.runs import RunRecorder
+from mnimi_adapters.langchain import MnimiChatModel
+from mnimi_adapters.litellm import MnimiCache
 
 PROMPT = "Choose a number between 1 and 1000."
 
@@ -260,3 +270,37 @@ def test_values_never_go_to_files(tmp_path: Path) -> None:
         assert files.fetchone() == (0,)
     connection.close()
     assert [p for p in path.iterdir() if p.is_dir()] == []
+
+
+def test_a_relative_cache_path_stays_where_it_was_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A store opens its database again on each thread and after close(), and an adapter
+    # opens its store at the first call: a relative path followed an os.chdir made since
+    # into another project's cache, and read its samples as this one's.
+    for project in ("a", "b"):
+        (tmp_path / project).mkdir()
+    monkeypatch.chdir(tmp_path / "b")
+    theirs = Persistent(NumberModel(), "cache")
+    their_samples = list(islice(theirs.sample(PROMPT), 2))
+    theirs.close()
+    monkeypatch.chdir(tmp_path / "a")
+    mine = Persistent(NumberModel(), "cache")
+    my_samples = list(islice(mine.sample(PROMPT), 3))
+    record = RunRecorder("run.jsonl")
+    model = MnimiChatModel(model="openai/mock-model", cache_dir="lc", slice_of="big")
+    cache = MnimiCache("ll")
+    mine.close()
+    monkeypatch.chdir(tmp_path / "b")
+    assert list(islice(mine.sample(PROMPT), 3)) == my_samples != their_samples[:3]
+    with ThreadPoolExecutor(1) as pool:  # a new thread's connection, and a new sample
+        assert pool.submit(lambda: list(islice(mine.sample(PROMPT), 4))).result()[:3] == my_samples
+    mine.close()
+    with DiskStore(tmp_path / "a" / "cache", create=False) as store:
+        assert store.length(mine.key_of(Request.of(PROMPT))) == 4
+    assert record.path == tmp_path / "a" / "run.jsonl"
+    assert (model.cache_dir, model.slice_of) == (
+        str(tmp_path / "a" / "lc"),
+        str(tmp_path / "a" / "big"),
+    )
+    assert cache.path == tmp_path / "a" / "ll"

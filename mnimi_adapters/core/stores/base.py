@@ -20,6 +20,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Self
 
 from ..errors import CorruptStoreError, StoreError
@@ -433,6 +434,16 @@ _URL_LIKE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):/")
 def is_redis_url(location: object) -> bool:
     """Whether ``location`` names a Redis store rather than a directory."""
     return isinstance(location, str) and location.lower().startswith(REDIS_SCHEMES)
+
+
+def anchored(path: str | os.PathLike[str]) -> Path:
+    """``path`` with ``~`` expanded, made absolute against the working directory now.
+
+    A store opens its database again on each thread that reads it, and an adapter opens
+    its store at the first call: a relative path taken then would follow an ``os.chdir``
+    made since into another directory, and read (or make) another project's cache there.
+    """
+    return Path(path).expanduser().absolute()
 
 
 def check_directory_location(location: str | os.PathLike[str]) -> None:

@@ -54,6 +54,7 @@ from .base import (
     Summary,
     Totals,
     UsageLog,
+    anchored,
     check_directory_location,
     decode_record,
     decode_sample,
@@ -625,8 +626,9 @@ class DiskStore(SequenceStore):
         check_format: bool = True,
     ) -> None:
         check_directory_location(path)
-        self.path = Path(path).expanduser()
-        self.location = str(self.path)
+        self.path = anchored(path)
+        #: As given (``~`` expanded): what messages and listings show.
+        self.location = str(Path(path).expanduser())
         self._cache: diskcache.Cache | None = None
         #: Why the store cannot be written, when it was opened read-only.
         self._unwritable: StoreError | None = None
