@@ -590,8 +590,15 @@ def _facts(sample: Sample) -> dict[str, Any]:
     }
 
 
-def _sample_of(message: BaseMessage, response_id: str, usage: UsageMetadata | None) -> Sample:
-    """A wrapped model's answer as a sample: OpenAI form for people, LangChain's for replay."""
+def _sample_of(
+    message: BaseMessage, response_id: str, usage: UsageMetadata | None, shares: int = 1
+) -> Sample:
+    """A wrapped model's answer as a sample: OpenAI form for people, LangChain's for replay.
+
+    ``usage`` and ``shares``: one of ``shares`` samples a response answered at once, with
+    its share of the usage; the cost the model reports (``response_cost``, ChatLiteLLM's)
+    is shared evenly too.
+    """
     message = message_chunk_to_message(message)
     stored = _json_safe(message_to_dict(message))
     if usage is not None:  # one share of a response that answered several samples
@@ -608,7 +615,15 @@ def _sample_of(message: BaseMessage, response_id: str, usage: UsageMetadata | No
         },
         model=metadata.get("model_name") or metadata.get("model"),
         response_id=response_id,
+        cost=_reported_cost(metadata.get("response_cost"), shares),
     )
+
+
+def _reported_cost(cost: Any, shares: int) -> float | None:
+    """A share of the cost a wrapped model reports, or ``None`` where it reports none."""
+    if isinstance(cost, bool) or not isinstance(cost, int | float) or not cost >= 0:
+        return None
+    return float(cost) / shares
 
 
 def _parsed_everywhere(messages: list[BaseMessage]) -> list[BaseMessage]:
@@ -649,7 +664,10 @@ def _samples_of(generations: Sequence[Any]) -> list[Sample]:
     outputs = split_evenly(usage["output_tokens"], len(messages))
     return [
         _sample_of(
-            m, response_id, UsageMetadata(input_tokens=i, output_tokens=o, total_tokens=i + o)
+            m,
+            response_id,
+            UsageMetadata(input_tokens=i, output_tokens=o, total_tokens=i + o),
+            len(messages),
         )
         for m, i, o in zip(messages, inputs, outputs, strict=True)
     ]
@@ -666,6 +684,8 @@ def _stored_message(sample: Sample, facts: bool = False) -> AIMessage | None:
     data = stored["data"]
     if facts:
         metadata = {**(data.get("response_metadata") or {}), **_facts(sample)}
+        if metadata["cache_hit"] and "response_cost" in metadata:
+            metadata["response_cost"] = 0.0  # a replay costs nothing, as MnimiCache's hits
         data = {**data, "response_metadata": metadata}
     # Not validated again: the dict is LangChain's own dump of a valid AIMessage, and
     # validation would cost a cache hit several microseconds.

@@ -1283,3 +1283,35 @@ def test_a_replayed_stream_keeps_the_invalid_tool_calls(cache: str) -> None:
     assert [(c["id"], c["args"]) for c in total.invalid_tool_calls] == [  # type: ignore[attr-defined]
         ("call_bad", "not json {{")
     ]
+
+
+class Priced(BaseChatModel):
+    """Reports what each answer cost in ``response_cost``, as ChatLiteLLM does."""
+
+    answers: list[int] = Field(default_factory=list)
+
+    @property
+    def _llm_type(self) -> str:
+        return "priced"
+
+    def _generate(
+        self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
+        self.answers.append(len(self.answers))
+        answer = AIMessage(
+            content=f"answer {len(self.answers)}", response_metadata={"response_cost": 0.25}
+        )
+        return ChatResult(generations=[ChatGeneration(message=answer)])
+
+
+def test_a_hit_costs_nothing_and_the_miss_cost_is_stored(cache: str) -> None:
+    # A replayed ChatLiteLLM answer reported the paid call's response_cost again, and the
+    # store kept no cost of a wrapped model's misses ($0 in `mnimi stats`).
+    chat = MnimiChatModel(model=Priced(), cache_dir=cache)
+    miss, hit = chat.invoke(NUMBER), chat.invoke(NUMBER)
+    assert (miss.response_metadata["response_cost"], hit.response_metadata["response_cost"]) == (
+        0.25,
+        0.0,
+    )
+    assert hit.content == miss.content and hit.response_metadata["cache_hit"] is True
+    assert chat.cache_stats()["cost"] == pytest.approx(0.25)
