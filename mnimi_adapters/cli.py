@@ -67,7 +67,7 @@ from .core.stores import (
     open_store,
     redis_location,
 )
-from .core.stores.base import recency
+from .core.stores.base import dump_json, recency
 from .core.stores.check import keyed_by, request_altered
 from .core.stores.check import plural as _plural
 from .core.stores.disk import is_store_directory
@@ -797,13 +797,23 @@ def _read_sequence(source: Store, entry: Entry) -> tuple[list[Sample], str | Non
     return samples, None
 
 
+def _stored_form(sample: Sample | None) -> str | None:
+    """``sample`` as the JSON a store keeps, its fields in one order: what two copies of
+    one sample share, a changed text or message included (a draw id alone is not)."""
+    return None if sample is None else dump_json(sample.to_dict(), sort_keys=True)
+
+
 def _holds_another(target: Store, key: str, samples: list[Sample]) -> bool:
     """Whether ``target`` holds, under ``key``, a sequence other than ``samples``: one
     that ``samples`` neither extend nor begin (a slice exported back into the longer
-    sequence it was cut from holds the same samples, not different ones)."""
+    sequence it was cut from holds the same samples, not different ones).
+
+    Samples are compared whole, not by draw id: an edited copy that kept its draw ids
+    would otherwise pass as the sequence it was made from.
+    """
     common = min(target.length(key), len(samples))
-    held = [target.get(key, i) for i in range(common)]
-    return [s.draw_id if s else None for s in held] != [s.draw_id for s in samples[:common]]
+    held = [_stored_form(target.get(key, i)) for i in range(common)]
+    return held != [_stored_form(s) for s in samples[:common]]
 
 
 def _write_sequence(
