@@ -103,6 +103,18 @@ def test_a_threaded_batch_inside_independent_gives_fresh_samples(
     cache.close()
 
 
+def best_of_three(seen: list[str]) -> Any:
+    """BestOfN of three rollouts, none good enough: each candidate's answer goes to ``seen``."""
+
+    def never_good_enough(args: Any, prediction: Any) -> float:
+        seen.append(str(prediction.answer))
+        return 0.0
+
+    return dspy.BestOfN(
+        module=dspy.Predict("question -> answer"), N=3, reward_fn=never_good_enough, threshold=1.0
+    )
+
+
 def test_each_rollout_of_a_dspy_retry_module_gets_its_own_sample(
     server: SamplingServer, engine: str, tmp_path: Path
 ) -> None:
@@ -110,14 +122,7 @@ def test_each_rollout_of_a_dspy_retry_module_gets_its_own_sample(
     # lm.copy(rollout_id=i), which DSPy drops before LiteLLM: each rollout is keyed apart.
     server.reset()
     seen: list[str] = []
-
-    def never_good_enough(args: Any, prediction: Any) -> float:
-        seen.append(str(prediction.answer))
-        return 0.0
-
-    best = dspy.BestOfN(
-        module=dspy.Predict("question -> answer"), N=3, reward_fn=never_good_enough, threshold=1.0
-    )
+    best = best_of_three(seen)
     with MnimiCache(str(tmp_path), dspy=True) as cache:
         best(question=QUESTIONS[0])
         assert len(set(seen)) == 3 and sent(server) == 3
@@ -142,18 +147,11 @@ def test_each_rollout_gets_its_own_sample_on_the_responses_api(
     # Responses API (and text completions) each rollout replayed one sample.
     server.reset()
     seen: list[str] = []
-
-    def never_good_enough(args: Any, prediction: Any) -> float:
-        seen.append(str(prediction.answer))
-        return 0.0
-
+    best = best_of_three(seen)
     lm = dspy.LM(
         "openai/mock-model", api_base=server.url, api_key="sk-test", cache=False,
         model_type="responses", engine=engine_name,
     )  # fmt: skip
-    best = dspy.BestOfN(
-        module=dspy.Predict("question -> answer"), N=3, reward_fn=never_good_enough, threshold=1.0
-    )
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
         with MnimiCache(str(tmp_path), dspy=True) as cache:
             best(question=QUESTIONS[1])
