@@ -561,6 +561,45 @@ _ROUTED: Final = (
 )
 
 
+#: LiteLLM's retry helpers, each with the entry point it retries (see :func:`retried_entry_point`).
+_RETRY_HELPERS: Final = {
+    "completion_with_retries": "completion",
+    "acompletion_with_retries": "acompletion",
+    "responses_with_retries": "responses",
+    "aresponses_with_retries": "aresponses",
+}
+
+
+def retry_helpers() -> dict[str, str]:
+    """LiteLLM's ``*_with_retries`` helpers it has, each with the entry point it retries."""
+    import litellm
+
+    return {
+        helper: entry
+        for helper, entry in _RETRY_HELPERS.items()
+        if callable(getattr(litellm, helper, None))
+    }
+
+
+def retried_entry_point(helper: str, kwargs: dict[str, Any]) -> None:
+    """Make a ``*_with_retries`` call retry the module's (wrapped) entry point.
+
+    Why: ``responses_with_retries`` retries ``litellm.responses.dispatch.responses``, not
+    the module attribute a cache wraps, and LiteLLM's cache handler answers no Responses
+    call: every attempt was sent and none stored. (``completion_with_retries`` reached
+    the cache only through LiteLLM's cache handler, as a second LiteLLM call.) Every
+    helper takes the function it retries as its ``original_function`` keyword (1.105.3
+    and 1.110.2), which the caller may set; unset, it is the module's entry point.
+
+    Args:
+        helper: The helper's name (a key of :data:`_RETRY_HELPERS`).
+        kwargs: The helper call's keyword arguments (changed in place).
+    """
+    import litellm
+
+    kwargs.setdefault("original_function", getattr(litellm, _RETRY_HELPERS[helper]))
+
+
 def routed_entry_points() -> list[str]:
     """The names of LiteLLM's functions that reach a cache only through its cache handler.
 

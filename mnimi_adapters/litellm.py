@@ -127,6 +127,8 @@ from ._compat import (
     note_router_call_params,
     patch_stream_hit_check,
     request_entry_points,
+    retried_entry_point,
+    retry_helpers,
     route_dspy_through_litellm,
     routed_entry_points,
     router_call_params,
@@ -794,7 +796,9 @@ def _arm(replication: bool, dspy: bool) -> None:
             "atext_completion": _ahandle_text_completion,
         }
     )
-    wrap_entry_points(dict.fromkeys(routed_entry_points(), _handle_routed))
+    routed: dict[str, Any] = dict.fromkeys(routed_entry_points(), _handle_routed)
+    routed.update({name: functools.partial(_handle_retried, name) for name in retry_helpers()})
+    wrap_entry_points(routed)
     for owner in client_class_methods():
         wrap_entry_points({"create": _handle_client_create}, owner)
     if replication:
@@ -912,6 +916,19 @@ def _handle_routed(
     that the entry point's wrapper awaits (as for the other handlers that only check).
     """
     _steered(kwargs)
+    return original(*args, **kwargs)
+
+
+def _handle_retried(
+    helper: str, original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """``litellm.*_with_retries``: each attempt is a call of the wrapped entry point.
+
+    So a retried ``responses`` call is answered from the sequences as a plain one is
+    (see ``_compat.retried_entry_point``).
+    """
+    if _steered(kwargs) is not None:
+        retried_entry_point(helper, kwargs)
     return original(*args, **kwargs)
 
 

@@ -20,6 +20,7 @@ from mnimi_adapters._compat import (
     installed_litellm_params,
     keep_entry_point_signatures,
     request_entry_points,
+    retry_helpers,
     routed_entry_points,
     skip_cache_writes_not_to_store,
 )
@@ -245,6 +246,21 @@ def test_entry_points_outside_litellms_call_types_are_found_too() -> None:
 def test_the_routed_helpers_still_exist() -> None:
     # Each hands the caller's cache switches to LiteLLM's own completion or responses.
     assert len(routed_entry_points()) == 8
+
+
+def test_the_retry_helpers_still_take_the_function_they_retry() -> None:
+    # retried_entry_point hands each its (wrapped) entry point as ``original_function``.
+    import litellm
+
+    helpers = retry_helpers()
+    assert set(helpers) == {
+        "completion_with_retries",
+        "acompletion_with_retries",
+        "responses_with_retries",
+        "aresponses_with_retries",
+    }
+    for helper in helpers:
+        assert 'kwargs.pop("original_function"' in inspect.getsource(getattr(litellm, helper))
 
 
 def test_the_client_class_methods_still_exist() -> None:
