@@ -1506,6 +1506,12 @@ class MnimiCache(Cache):
         if "messages" not in kwargs and "input" in kwargs:
             self._refuse_unwrapped(kwargs)
             return None
+        if kwargs.get("fallbacks"):
+            # LiteLLM's fallback loop sends each model's attempt through the wrapped
+            # ``litellm.acompletion``, without ``fallbacks``: answered there, keyed as that
+            # model's call, as a Router's fallbacks are. Answered here, the first model's
+            # failure would end the call.
+            return None
         return self._admitted(self._parse(kwargs))
 
     def _admitted(self, call: _Call) -> _Call | None:

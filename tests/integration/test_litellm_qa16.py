@@ -54,3 +54,34 @@ def test_responses_with_retries_is_answered_as_responses_is(
         assert litellm.responses_with_retries(**options).output_text == plain
     replica.close()
     assert server.requests == []
+
+
+def test_completion_fallbacks_are_tried_and_keyed_as_the_fallback_models_calls(
+    tmp_path: Path,
+) -> None:
+    messages = [{"role": "user", "content": "Pick a number."}]
+    with SamplingServer(seed=1) as primary, SamplingServer(seed=2) as backup:
+        backup_call = {"model": "openai/backup", "api_base": backup.url, "messages": messages}
+        options = {
+            "model": MODEL,
+            "api_base": primary.url,
+            "messages": messages,
+            "num_retries": 0,
+            "fallbacks": [{"model": "openai/backup", "api_base": backup.url}],
+        }
+        primary.fail_next(500, 10)
+        with MnimiCache(str(tmp_path)) as cache:
+            answer = litellm.completion(**options, api_key=API_KEY).choices[0].message.content
+            again = asyncio.run(litellm.acompletion(**options, api_key=API_KEY))
+        cache.close()
+        assert again.choices[0].message.content == answer
+        assert sent(backup, "/chat/completions") == 1
+        primary.reset()
+        with MnimiCache(str(tmp_path), replication=True) as replica:
+            replayed = litellm.completion(**options)
+            direct = litellm.completion(**backup_call)
+        replica.close()
+        assert replayed.choices[0].message.content == answer
+        assert direct.choices[0].message.content == answer
+        assert primary.requests == []
+        assert sent(backup, "/chat/completions") == 1
