@@ -175,12 +175,17 @@ def create_bundle_store(bundle: Path) -> SequenceStore:
 def write_run_record(bundle: Path, draws: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Write one run's draws as the bundle's ``run.jsonl``; return its manifest entry.
 
-    The lines are spelled as :class:`~mnimi_adapters.core.runs.RunRecorder` spells them.
+    The lines are spelled as :class:`~mnimi_adapters.core.runs.RunRecorder` spells them,
+    numbered anew: a run that several worker processes recorded holds each one's
+    numbers, and the bundle's record is one run, numbered as one recorder numbers it.
 
     Raises:
         StoreError: The file cannot be written, or something is there already.
     """
-    lines = [json.dumps(dict(draw), separators=(",", ":")) + "\n" for draw in draws]
+    lines = [
+        json.dumps({**draw, "draw": number}, separators=(",", ":")) + "\n"
+        for number, draw in enumerate(draws)
+    ]
     data = "".join(lines).encode()
     _write_new(bundle / RUN_RECORD, data)
     return {"file": RUN_RECORD, "draws": len(lines), "sha256": hashlib.sha256(data).hexdigest()}

@@ -6,12 +6,16 @@ silently shift which sample a step gets; a run record makes that visible. It is 
 Lines file: each run a recorder makes starts with a line that marks it, then one line per
 sample handed to the program, numbered from 0 in each run::
 
-    {"run": 1, "started": 1764172800.0}
+    {"run": 1, "started": 1764172800.0, "program": "3f2a..."}
     {"draw": 0, "key": "m1-...", "index": 0, "draw_id": "..."}
 
 A re-run of the program appends its own run, so a record keeps every run and
 :func:`read_run` reads the last one (a record written before runs were marked is one
-run). :func:`diff_runs` compares two runs key by key: the lines of a concurrent run are
+run). A mark names its program (a digest of the ``multiprocessing`` authentication key,
+which a program's worker processes inherit and no other program shares) and, written in
+a worker, says so (``"worker": true``): the recorders of one program's workers, each with
+a mark of its own and their lines interleaved, record one run, not one each.
+:func:`diff_runs` compares two runs key by key: the lines of a concurrent run are
 in the order its draws completed, which a retry or a slow request changes, so only what
 each run consumed of each key is compared, never the order across keys.
 
@@ -26,7 +30,9 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import multiprocessing
 import os
 import threading
 import time
@@ -57,6 +63,18 @@ _quoted = json.JSONEncoder(ensure_ascii=True).encode
 _PREFIXES = 4096
 #: How a run's first line starts (see :class:`RunRecorder`).
 _RUN_MARK = b'{"run":'
+
+
+def _program() -> str:
+    """This program's name in a run's mark: the same in each of its ``multiprocessing``
+    workers (spawned, forked or forkserver's), another in any other program.
+
+    The authentication key is made at random when a program starts and handed to each
+    process it starts; a digest of it, never the key itself, which guards the program's
+    connections to its workers.
+    """
+    key = bytes(multiprocessing.current_process().authkey)
+    return hashlib.sha256(b"mnimi run record\0" + key).hexdigest()[:16]
 
 
 class RunRecorder:
@@ -138,9 +156,15 @@ class RunRecorder:
                 prefix = self._prefixes[key] = f',"key":{_quoted(key)},"index":'
             line = f'{{"draw":{self._draws}{prefix}{index},"draw_id":{_quoted(draw_id)}}}\n'
             if not self._draws:  # the run's mark goes with its first draw: no empty runs
-                line = f'{{"run":{self._run},"started":{time.time()}}}\n{line}'
+                line = self._mark() + line
             file.write(line.encode())
             self._draws += 1
+
+    def _mark(self) -> str:
+        """The line that starts the run: its number, its time and its program (see
+        :func:`read_runs`)."""
+        worker = ',"worker":true' if multiprocessing.parent_process() is not None else ""
+        return f'{{"run":{self._run},"started":{time.time()},"program":"{_program()}"{worker}}}\n'
 
     def flush(self) -> None:
         """Write the lines recorded so far to the file (for a reader while the run goes on)."""
@@ -175,16 +199,63 @@ def _is_draw(entry: Any) -> bool:
     )
 
 
+@dataclass
+class _Run:
+    """A run being read: its draws, and the recorders that marked it.
+
+    Attributes:
+        line: The line of its first mark (0 for a record written before runs were marked).
+        program: The program its marks name (``None`` in a mark written before they did).
+        main: Whether the program's main process marked it (each of the program's
+            recorders there makes a run of its own).
+        marks: How many recorders marked it.
+    """
+
+    line: int
+    program: str | None = None
+    main: bool = False
+    marks: int = 0
+    draws: list[dict[str, Any]] = field(default_factory=list)
+
+    def joined_by(self, mark: Mapping[str, Any]) -> bool:
+        """Whether the recorder that wrote ``mark`` records this run: a recorder of the
+        same program's worker processes (their marks and lines interleave), or of its
+        main process where only workers had marked the run."""
+        if mark.get("program") is None or mark["program"] != self.program:
+            return False
+        return mark.get("worker") is True or not self.main
+
+    def mark(self, mark: Mapping[str, Any]) -> None:
+        self.program = mark.get("program")
+        self.main = self.main or mark.get("worker") is not True
+        self.marks += 1
+
+
+def _interleaved(run: _Run) -> bool:
+    """Whether ``run``, marked by one recorder, holds lines another recorder wrote among
+    its own: one recorder numbers its draws 0, 1, 2, ... (a record without marks, a
+    bundle's or one written before runs were marked, is not checked: its re-runs each
+    numbered their draws from 0)."""
+    return run.marks == 1 and any(
+        draw.get("draw", number) != number for number, draw in enumerate(run.draws)
+    )
+
+
 def read_runs(path: str | os.PathLike[str]) -> list[list[dict[str, Any]]]:
     """The runs of a run record, oldest first, each its draws in order.
+
+    A run is what one recorder wrote, or, in a program's ``multiprocessing`` workers,
+    what all of them wrote (see :class:`RunRecorder`).
 
     Raises:
         MnimiError: A line is neither a run's mark nor a draw written by
             :class:`RunRecorder` (text that is not UTF-8 included: the wrong file given,
-            or a record altered); the error names the file and the line number.
+            or a record altered); the error names the file and the line number. Or the
+            lines of several programs, or of recorders of one that do not record one
+            run, are interleaved: which run a draw belongs to is lost.
         OSError: The file cannot be read.
     """
-    runs: list[list[dict[str, Any]]] = []
+    runs: list[_Run] = []
     # Bytes, decoded line by line: a byte that is not UTF-8 is named by its line, like any
     # other line that is not the record's.
     with Path(path).expanduser().open("rb") as lines:
@@ -192,7 +263,9 @@ def read_runs(path: str | os.PathLike[str]) -> list[list[dict[str, Any]]]:
             try:
                 entry = json.loads(raw.decode("utf-8"))
                 if isinstance(entry, dict) and "run" in entry and "draw_id" not in entry:
-                    runs.append([])
+                    if not (runs and runs[-1].joined_by(entry)):
+                        runs.append(_Run(number))
+                    runs[-1].mark(entry)
                     continue
                 if not _is_draw(entry):
                     raise ValueError("not a draw")
@@ -202,9 +275,17 @@ def read_runs(path: str | os.PathLike[str]) -> list[list[dict[str, Any]]]:
                     f"{path}, line {number}: not a run record line ({error})"
                 ) from error
             if not runs:  # a record written before runs were marked: one run
-                runs.append([])
-            runs[-1].append(entry)
-    return runs
+                runs.append(_Run(0))
+            runs[-1].draws.append(entry)
+    tangled = next((run for run in runs if _interleaved(run)), None)
+    if tangled is not None:
+        raise MnimiError(
+            f"{path}: the run from line {max(tangled.line, 1)} holds lines of other runs "
+            "among its own (several programs, or several recorders of one program's "
+            "main process, recorded into it at once), so which draws were its own is "
+            "lost; give each program, or each recorder, a record file of its own"
+        )
+    return [run.draws for run in runs]
 
 
 def read_run(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

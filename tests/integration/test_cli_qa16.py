@@ -2,6 +2,9 @@
 
 - ``import`` (and ``export`` into a store) compared only draw ids: a sample whose text was
   changed but whose draw id was kept passed as the stored one ("0 new", exit 0).
+- A ``multiprocessing`` run whose workers each recorded into one run record wrote a run
+  mark per worker: ``export --bundle --record`` and ``diff-runs`` took the last worker's
+  draws as the run, silently. Recorders whose lines interleave were not told apart.
 """
 
 from __future__ import annotations
@@ -12,10 +15,16 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import json
+import multiprocessing
+from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import Locations, NumberModel, fill, mnimi
+
+from mnimi_adapters.core import Persistent
+from mnimi_adapters.core.runs import RunRecorder, read_runs
 
 PROMPT = "Choose a number between 1 and 1000."
 
@@ -55,3 +64,92 @@ def test_an_edited_sample_under_its_draw_id_is_a_different_sequence(
     # The same samples, unedited, still add nothing and pass.
     code, printed, err = mnimi(capsys, "import", str(tmp_path / "whole.jsonl"), original)
     assert (code, err) == (0, "") and "(2 samples, 0 new)" in printed
+
+
+# -- 2. a run recorded by several worker processes ------------------------------------
+
+#: The worker's recording slice, made by the pool's initializer.
+_SLICE: list[Persistent] = []
+
+
+def _start_worker(cache: str, record: str, barrier: Any) -> None:
+    big = Persistent(NumberModel(), f"{cache}/big")
+    _SLICE.append(Persistent(big, f"{cache}/slice", record=record))
+    _SLICE.append(barrier)
+
+
+def _solve(problem: int) -> list[str]:
+    """Two samples, then (once every worker has recorded its first) two more."""
+    layer, barrier = _SLICE
+    samples = layer.samples(f"Problem {problem}", batch=4)
+    drawn = [s.draw_id for s in islice(samples, 2)]
+    layer.recorder.flush()  # the workers' lines interleave in the file
+    barrier.wait(timeout=60)
+    drawn += [s.draw_id for s in islice(samples, 2)]
+    layer.recorder.flush()
+    return drawn
+
+
+@pytest.mark.parametrize(
+    "method", [m for m in ("spawn", "fork") if m in multiprocessing.get_all_start_methods()]
+)
+def test_the_recorders_of_one_program_s_workers_record_one_run(
+    method: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record, context = tmp_path / "run.jsonl", multiprocessing.get_context(method)
+    barrier = context.Barrier(3)
+    with context.Pool(3, _start_worker, (str(tmp_path), str(record), barrier)) as pool:
+        drawn = pool.map(_solve, range(3), chunksize=1)
+    assert sum('"worker":true' in line for line in record.read_text().splitlines()) == 3
+
+    (run,) = read_runs(record)
+    assert sorted(d["draw_id"] for d in run) == sorted(d for ds in drawn for d in ds)
+    bundle = tmp_path / "bundle"
+    code, _, err = mnimi(
+        capsys, "export", str(tmp_path / "slice"), str(bundle), "--bundle", "--record", str(record)
+    )
+    assert (code, err) == (0, "")
+    (shipped,) = read_runs(bundle / "run.jsonl")
+    assert [d["draw"] for d in shipped] == list(range(12))
+
+    # A replay in one process consumed the same samples: identical.
+    replay = Persistent(
+        NumberModel(), bundle / "store", replication=True, record=tmp_path / "replay.jsonl"
+    )
+    for problem in range(3):
+        list(islice(replay.samples(f"Problem {problem}", batch=4), 4))
+    replay.close()
+    code, printed, _ = mnimi(
+        capsys, "diff-runs", str(bundle / "run.jsonl"), str(tmp_path / "replay.jsonl")
+    )
+    assert code == 0 and "identical: both runs consumed the same 12 samples of 3 keys" in printed
+    assert mnimi(capsys, "diff-runs", str(record), str(tmp_path / "replay.jsonl"))[0] == 0
+
+
+def test_two_recorders_of_one_process_interleaved_are_refused_not_cut(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two runs at once into one record: which draws were whose is lost, and said."""
+    record = tmp_path / "run.jsonl"
+    first, second = RunRecorder(record), RunRecorder(record)
+    for index in range(3):
+        for name, recorder in (("a", first), ("b", second)):
+            recorder.consumed(f"m1-{name}", index, f"{name}{index}")
+            recorder.flush()
+    first.close()
+    second.close()
+    code, _, err = mnimi(capsys, "diff-runs", str(record), str(record))
+    assert code == 2
+    assert f"{record}: the run from line 3 holds lines of other runs among its own" in err
+    assert "give each program, or each recorder, a record file of its own" in err
+    fill(tmp_path / "cache", NumberModel(), PROMPT, 1)
+    code, _, err = mnimi(
+        capsys,
+        "export",
+        str(tmp_path / "cache"),
+        str(tmp_path / "b"),
+        "--bundle",
+        "--record",
+        str(record),
+    )
+    assert code == 2 and "holds lines of other runs" in err
