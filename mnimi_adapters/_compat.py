@@ -393,6 +393,54 @@ def _skipping_no_store(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 # ---------------------------------------------------------------------------------------
+# LiteLLM: text completions of several prompts
+# ---------------------------------------------------------------------------------------
+
+
+def prompt_count(kwargs: Mapping[str, Any]) -> int:
+    """How many prompts a ``completion`` call that ``text_completion`` made sends (else 1).
+
+    Why: ``text_completion(prompt=[...])`` hands ``completion`` one user message per
+    prompt string (or one message holding a list of token lists), flagged
+    ``text_completion=True``; a completions endpoint (a provider LiteLLM names
+    ``text-completion-...``, or ``azure_text``) gets them back as a list of prompts
+    (``litellm.llms.openai.completion.utils.transform_prompt``) and answers ``n`` choices
+    per prompt: the answers of several requests in one response. A chat provider sends
+    the messages as one conversation, which is one request.
+
+    Args:
+        kwargs: The call's keyword arguments.
+    """
+    messages = kwargs.get("messages")
+    if kwargs.get("text_completion") is not True or not isinstance(messages, list | tuple):
+        return 1
+    provider = _text_provider(kwargs)
+    if not (provider.startswith("text-completion") or provider == "azure_text"):
+        return 1
+    if len(messages) == 1 and isinstance(messages[0], Mapping):
+        content = messages[0].get("content")
+        if isinstance(content, list) and all(isinstance(item, list) for item in content):
+            return len(content)  # token lists, one per prompt
+    return len(messages)
+
+
+def _text_provider(kwargs: Mapping[str, Any]) -> str:
+    """The LiteLLM provider a text completion goes to (``""`` if LiteLLM cannot tell)."""
+    import litellm
+
+    try:
+        return str(
+            litellm.get_llm_provider(
+                model=str(kwargs.get("model")),
+                custom_llm_provider=kwargs.get("custom_llm_provider"),
+                api_base=kwargs.get("api_base"),
+            )[1]
+        )
+    except Exception:  # an unknown route: LiteLLM's own call will say so
+        return ""
+
+
+# ---------------------------------------------------------------------------------------
 # LiteLLM: calls that switch the cache off
 # ---------------------------------------------------------------------------------------
 

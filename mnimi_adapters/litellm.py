@@ -126,6 +126,7 @@ from ._compat import (
     keep_entry_point_signatures,
     note_router_call_params,
     patch_stream_hit_check,
+    prompt_count,
     request_entry_points,
     retried_entry_point,
     retry_helpers,
@@ -1506,6 +1507,9 @@ class MnimiCache(Cache):
         if "messages" not in kwargs and "input" in kwargs:
             self._refuse_unwrapped(kwargs)
             return None
+        if prompt_count(kwargs) > 1:
+            self._refuse_prompt_list(kwargs)
+            return None
         if kwargs.get("fallbacks"):
             # LiteLLM's fallback loop sends each model's attempt through the wrapped
             # ``litellm.acompletion``, without ``fallbacks``: answered there, keyed as that
@@ -1538,6 +1542,18 @@ class MnimiCache(Cache):
                 "was installed), so it cannot be answered from the sequences; a replication "
                 "cache refuses it rather than send it: install the cache first, or call "
                 "litellm.responses looked up on the module"
+            )
+
+    def _refuse_prompt_list(self, kwargs: Mapping[str, Any]) -> None:
+        """A text completion of several prompts to a completions endpoint: its answers are
+        not samples of one request, so it is sent as it is, never stored; a replication
+        cache refuses it rather than send it."""
+        if self.replication:
+            raise MnimiError(
+                f"litellm.text_completion with a list of {prompt_count(kwargs)} prompts for "
+                f"{kwargs.get('model')!r} is not cached by MnimiCache (the endpoint answers "
+                "each prompt apart), so a replication run cannot make this call: call "
+                "text_completion once per prompt"
             )
 
     def _parse(self, kwargs: Mapping[str, Any], kind: type[_Call] = _Call) -> _Call:

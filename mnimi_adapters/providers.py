@@ -864,7 +864,7 @@ class LiteLLMModel(BatchedModel):
             attempts.append(tries)
         if failed is not None:  # raised here, out of the except block: see _failed
             raise failed[0] from failed[1]
-        return self._samples(response)
+        return self._asked(self._samples(response), n, tries)
 
     async def _asend(self, request: Request, n: int, attempts: list[int]) -> list[Sample]:
         kwargs = self._kwargs(request, n)
@@ -894,7 +894,7 @@ class LiteLLMModel(BatchedModel):
             attempts.append(tries)
         if failed is not None:  # raised here, out of the except block: see _failed
             raise failed[0] from failed[1]
-        return self._samples(response)
+        return self._asked(self._samples(response), n, tries)
 
     @staticmethod
     def _first_failure(error: Exception, retries: int) -> list[Exception]:
@@ -904,6 +904,20 @@ class LiteLLMModel(BatchedModel):
         return [error]
 
     # -- answers --------------------------------------------------------------------
+
+    def _asked(self, samples: list[Sample], n: int, attempts: int) -> list[Sample]:
+        """``samples``, unless the provider answered more choices than the ``n`` asked for.
+
+        Such an answer is not ``n`` samples of the request (a completions endpoint answers
+        each prompt of a list apart), so none of it is stored (law 8).
+        """
+        if len(samples) > n:
+            raise ProviderRequestError(
+                f"{self!r} answered {len(samples)} choices to a request for {n}: they are not "
+                "all samples of that request, so none is stored",
+                attempts=attempts,
+            )
+        return samples
 
     def _samples(self, response: Any) -> list[Sample]:
         """One sample per choice, each with its share of the usage and cost."""

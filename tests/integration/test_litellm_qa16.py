@@ -8,9 +8,14 @@ Messages API and credentials in ``extra_query``.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import os
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +24,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
 
+from mnimi_adapters import MnimiError, ProviderError
+from mnimi_adapters.core.stores import open_store
 from mnimi_adapters.litellm import MnimiCache
 from mnimi_adapters.testing import SamplingServer
 
@@ -32,6 +39,69 @@ MODEL = "openai/mock-model"
 def server() -> Iterator[SamplingServer]:
     with SamplingServer(seed=16) as running:
         yield running
+
+
+class CompletionsServer:
+    """A local ``/v1/completions`` endpoint (the sampling server serves chat only).
+
+    It answers ``n`` choices per prompt, each naming its prompt and a new number, plus
+    ``extra`` choices more than a correct endpoint would.
+    """
+
+    def __init__(self, extra: int = 0) -> None:
+        self.extra = extra
+        self.bodies: list[dict[str, Any]] = []
+        self._numbers = itertools.count(1)
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                """Quiet."""
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                owner.bodies.append(body)
+                answer = json.dumps(owner.answer(body)).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._http.server_address[1]}/v1"
+
+    def answer(self, body: dict[str, Any]) -> dict[str, Any]:
+        prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+        count = (body.get("n") or 1) * len(prompts) + self.extra
+        choices = [
+            {
+                "index": i,
+                "text": f"{prompts[i % len(prompts)]}: {next(self._numbers)}",
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+            for i in range(count)
+        ]
+        usage = {"prompt_tokens": 2, "completion_tokens": count, "total_tokens": 2 + count}
+        return {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": body["model"],
+                "choices": choices, "usage": usage}  # fmt: skip
+
+    def __enter__(self) -> CompletionsServer:
+        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+
+
+def stored_keys(path: Path) -> list[str]:
+    store = open_store(path)
+    try:
+        return list(store.keys())
+    finally:
+        store.close()
 
 
 def sent(server: SamplingServer, endpoint: str) -> int:
@@ -85,3 +155,40 @@ def test_completion_fallbacks_are_tried_and_keyed_as_the_fallback_models_calls(
         assert direct.choices[0].message.content == answer
         assert primary.requests == []
         assert sent(backup, "/chat/completions") == 1
+
+
+#: A model LiteLLM sends text completions of to ``/v1/completions`` (not a chat model).
+INSTRUCT = "openai/mock-instruct"
+
+
+def test_a_prompt_list_to_a_completions_endpoint_is_sent_as_it_is_and_never_stored(
+    tmp_path: Path,
+) -> None:
+    with CompletionsServer() as server:
+        options = {"model": INSTRUCT, "prompt": ["A1", "B1"], "api_base": server.url}
+        with MnimiCache(str(tmp_path)) as cache:
+            first = litellm.text_completion(**options, api_key=API_KEY)
+            again = litellm.text_completion(**options, api_key=API_KEY)
+        cache.close()
+        assert [c.text.split(":")[0] for c in first.choices] == ["A1", "B1"]
+        assert [c.text for c in again.choices] != [c.text for c in first.choices]
+        assert len(server.bodies) == 2
+        assert stored_keys(tmp_path) == []
+        with (
+            MnimiCache(str(tmp_path), replication=True) as replica,
+            pytest.raises(MnimiError, match="once per prompt"),
+        ):
+            litellm.text_completion(**options)
+        replica.close()
+        assert len(server.bodies) == 2
+
+
+def test_more_choices_than_asked_for_are_refused_and_not_stored(tmp_path: Path) -> None:
+    with (
+        CompletionsServer(extra=1) as server,
+        MnimiCache(str(tmp_path)) as cache,
+        pytest.raises(ProviderError, match="2 choices to a request for 1"),
+    ):
+        litellm.text_completion(model=INSTRUCT, prompt="A1", api_base=server.url, api_key=API_KEY)
+    cache.close()
+    assert stored_keys(tmp_path) == []
