@@ -33,6 +33,7 @@ import json
 import math
 import os
 import re
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -597,10 +598,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
         with Progress("verify bundle", None) as progress:
             check = verify_bundle(args.path, progress.advance, notes.append)
         return _verify_report(args, args.path, check, notes)
-    store = open_store(args.path, create=False, read_only=True, check_format=False)
+    try:
+        store = open_store(args.path, create=False, read_only=True, check_format=False)
+    except CorruptStoreError as error:
+        # Verify's own finding, not the advice to run verify that a store's error gives.
+        return _verify_report(args, args.path, Check(problems=[_unopenable(error)]))
     with store, Progress("verify", None) as progress:
         result = store.check(progress.advance)
     return _verify_report(args, store.location, result)
+
+
+def _unopenable(error: CorruptStoreError) -> dict[str, str | None]:
+    """The problem of a store too damaged to open (a ``cache.db`` cut short, say)."""
+    # SQLite's own words, where the store's error came from it.
+    cause = error.__context__
+    detail = f" ({cause})" if isinstance(cause, sqlite3.Error) else f": {error}"
+    return {
+        "key": None,
+        "row": None,
+        "problem": f"the store is damaged past opening{detail}, so no command can read it: "
+        "restore the directory from a copy",
+    }
 
 
 def _verify_report(

@@ -16,6 +16,10 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import json
 import multiprocessing
+import re
+import shutil
+import sqlite3
+from contextlib import closing
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -23,8 +27,9 @@ from typing import Any
 import pytest
 from support import Locations, NumberModel, fill, mnimi
 
-from mnimi_adapters.core import Persistent
+from mnimi_adapters.core import BatchedModel, Persistent, Request
 from mnimi_adapters.core.runs import RunRecorder, read_runs
+from mnimi_adapters.core.stores.files import make_private_folder
 
 PROMPT = "Choose a number between 1 and 1000."
 
@@ -153,3 +158,73 @@ def test_two_recorders_of_one_process_interleaved_are_refused_not_cut(
         str(record),
     )
     assert code == 2 and "holds lines of other runs" in err
+
+
+# -- 3. verify of a damaged page, and of a database cut short ------------------------
+
+
+class Padded(BatchedModel):
+    """Answers of one length (a stable page layout), each naming its request."""
+
+    def query(self, request: Request, n: int) -> list[str]:
+        return [f"{request.prompt} answer {i:03} ".ljust(400, "x") for i in range(n)]
+
+
+def alone(cache: Path) -> Path:
+    """A copy of the cache's ``cache.db`` alone, in a directory of its own (the store
+    folds its write-ahead log in as it closes): damage to the file is damage to rows."""
+    copy = cache.with_name(f"{cache.name}-copy")
+    make_private_folder(copy)
+    shutil.copyfile(cache / "cache.db", copy / "cache.db")
+    return copy / "cache.db"
+
+
+def damaged_cache(tmp_path: Path, keys: int = 40, samples: int = 60) -> Path:
+    """A copy of a cache of ``keys`` x ``samples`` whose database has one page of rows
+    overwritten from its header on: the page holding a sample of problem 20."""
+    cache = tmp_path / "cache"
+    layer = Persistent(Padded("fake", 1.0, max_batch=10), cache)
+    for round_ in range(samples // 10):
+        for key in range(keys):
+            list(islice(layer.samples(f"problem {key:02}", batch=10), 10 * (round_ + 1)))
+    layer.close()
+    database = alone(cache)
+    with closing(sqlite3.connect(database)) as connection:
+        (page_size,) = connection.execute("PRAGMA page_size").fetchone()
+    page = database.read_bytes().index(b"problem 20 answer") // page_size
+    with database.open("r+b") as file:
+        file.seek(page * page_size)
+        file.write(b"\xff" * 3000)
+    return database.parent
+
+
+def test_verify_reports_rows_on_a_damaged_page_unreadable_and_checks_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = damaged_cache(tmp_path)
+    code, printed, _ = mnimi(capsys, "verify", str(cache))
+    assert code == 1
+    assert "missing sample" not in printed and "a gap" not in printed
+    unreadable = re.findall(r"^(m1-\w+): sample #(\d+) is unreadable", printed, re.MULTILINE)
+    assert unreadable
+    affected = {key for key, _ in unreadable}
+    assert len(affected) < 40
+    code, printed, _ = mnimi(capsys, "--json", "verify", str(cache))
+    report = json.loads(printed)
+    # Every sample is counted once: sound, or on the damaged page.
+    assert (report["keys"], report["samples"] + len(unreadable)) == (40, 2400)
+    assert {p["key"] for p in report["problems"] if p["key"]} == affected
+
+
+def test_verify_of_a_database_cut_short_does_not_send_you_to_verify(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "cache"
+    fill(cache, Padded("fake", 1.0), PROMPT, 300)
+    database = alone(cache)
+    database.write_bytes(database.read_bytes()[:60_000])
+    code, printed, err = mnimi(capsys, "verify", str(database.parent))
+    assert (code, err) == (1, "")
+    assert "the store is damaged past opening (database disk image is malformed)" in printed
+    assert "restore the directory from a copy" in printed
+    assert "mnimi verify" not in printed

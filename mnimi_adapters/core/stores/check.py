@@ -59,6 +59,17 @@ class _InFile:
 PICKLED = _Pickled()
 
 
+class _Unreadable:
+    """Stands for the value of a row the index names but SQLite cannot read (a damaged
+    page): damage, not a row that is missing."""
+
+    def __repr__(self) -> str:
+        return "<unreadable>"
+
+
+UNREADABLE = _Unreadable()
+
+
 def decode_row(mode: int, filename: str | None, value: Any) -> Any:
     """A diskcache row's value, decoded like diskcache would, minus unpickling and files."""
     # The file name first, whatever the mode says: a row can name any path
@@ -76,6 +87,8 @@ def kind(value: Any) -> str:
     """What ``value`` is, for a problem's message."""
     if value is PICKLED:
         return "a pickle (refused: unpickling can run code)"
+    if value is UNREADABLE:
+        return "unreadable (on a damaged page of the database)"
     if isinstance(value, _InFile):
         return (
             f"a file, {value.filename!r} (refused: the store keeps every value in its "
@@ -175,7 +188,9 @@ class Verifier:
         elif name.startswith("n:"):
             sequence = self._sequence(name[2:])
             sequence.length_seen = True
-            if is_int(value) and value >= 0:
+            if value is UNREADABLE:
+                self.report(name[2:], name, f"the length is {kind(value)}")
+            elif is_int(value) and value >= 0:
                 sequence.length = value
             else:
                 self.report(name[2:], name, f"the length is {kind(value)}, not a count")
@@ -190,6 +205,9 @@ class Verifier:
     def _sample(self, key: str, index: int, name: str, value: Any) -> None:
         sequence = self._sequence(key)
         sequence.samples[index] = (None, 0)
+        if value is UNREADABLE:
+            self.report(key, name, f"sample #{index} is {kind(value)}")
+            return
         if not isinstance(value, str):
             self.report(key, name, f"sample #{index} is {kind(value)}, not JSON text")
             return
@@ -211,6 +229,9 @@ class Verifier:
     def _record(self, key: str, name: str, value: Any) -> None:
         sequence = self._sequence(key)
         sequence.record_seen = True
+        if value is UNREADABLE:
+            self.report(key, name, f"the record is {kind(value)}")
+            return
         if not isinstance(value, str):
             self.report(key, name, f"the record is {kind(value)}, not JSON text")
             return
@@ -243,7 +264,9 @@ class Verifier:
                 continue
             draw = name[len(key) + 3 :]
             index_ok = is_int(value)
-            if not index_ok:
+            if value is UNREADABLE:
+                self.report(key, name, f"the draw index of {draw} is {kind(value)}")
+            elif not index_ok:
                 self.report(key, name, f"the draw index is {kind(value)}, not an index")
             self.sequences[key].draws[draw] = value if index_ok else None
         for key in sorted(self.sequences):
@@ -304,8 +327,10 @@ class Verifier:
                     key, f"m:{key}", f"the record says {recorded} samples, the length row {length}"
                 )
             stored = sum(size for _, size in samples.values())
-            # Totals are only comparable when every sample is there and sound.
-            if len(self.problems) == before and record.get("bytes") != stored:
+            # Totals are only comparable when every sample is there and sound (a damaged
+            # one was reported as its row was read, before this key's checks).
+            sound = all(draw is not None for draw, _ in samples.values())
+            if sound and len(self.problems) == before and record.get("bytes") != stored:
                 self.report(
                     key,
                     f"m:{key}",

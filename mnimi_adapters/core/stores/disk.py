@@ -61,7 +61,7 @@ from .base import (
     dump_json,
     recency,
 )
-from .check import PICKLED, Verifier, decode_row, is_int, kind
+from .check import PICKLED, UNREADABLE, Verifier, decode_row, is_int, kind
 from .files import create_private, make_private_folder
 
 _ROW = "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
@@ -1102,7 +1102,12 @@ class DiskStore(SequenceStore):
         return int(pages) * int(size)
 
     def check(self, progress: Callable[[int], None] | None = None) -> Check:
-        """Check every row (in one read transaction, on a read-only connection)."""
+        """Check every row (in one read transaction, on a read-only connection).
+
+        The rows are read in one pass; where SQLite cannot read on (a damaged page), the
+        rest are listed from the index of their names and read one by one, so a row on
+        the damaged page is reported unreadable and every row past it is still checked.
+        """
         verifier = Verifier()
         version: Any = None
         connection: sqlite3.Connection | None = None
@@ -1112,28 +1117,92 @@ class DiskStore(SequenceStore):
             # process appends, and no lock that would make its writers wait.
             connection.execute("BEGIN")
             version = self._marker(connection, verifier)
-            for (message,) in connection.execute("PRAGMA quick_check(20)"):
-                if message != "ok":
-                    verifier.report(None, None, f"SQLite: {message}")
-            rows = connection.execute("SELECT key, raw, mode, filename, value FROM Cache")
-            for count, (name, raw, mode, filename, value) in enumerate(rows, 1):
-                if not raw:
-                    name = PICKLED
-                elif isinstance(name, memoryview):
-                    name = bytes(name)
-                verifier.row(name, decode_row(mode, filename, value))
-                if progress is not None and count % 1000 == 0:
-                    progress(1000)
+            self._quick_check(connection, verifier)
+            last = self._check_rows(connection, verifier, progress)
+            if last is not None:
+                self._read_past(connection, verifier, last, progress)
         except (sqlite3.Error, OSError) as error:
-            failure = _store_error(error, self.path, "checking the store")
-            if not isinstance(failure, CorruptStoreError):
-                raise failure from None
-            verifier.report(None, None, f"the database is damaged: {error}")
+            self._damaged(error, verifier)
         finally:
             if connection is not None:
                 connection.close()
         verifier.finish()
         return verifier.result(version)
+
+    def _damaged(self, error: sqlite3.Error | OSError, verifier: Verifier) -> None:
+        """Report damage that stopped a read as a problem; any other failure is raised."""
+        failure = _store_error(error, self.path, "checking the store")
+        if not isinstance(failure, CorruptStoreError):
+            raise failure from None
+        verifier.report(None, None, f"the database is damaged: {error}")
+
+    def _quick_check(self, connection: sqlite3.Connection, verifier: Verifier) -> None:
+        """SQLite's own check of its pages; where it fails to read one, that is damage
+        too, and the rows are read all the same."""
+        try:
+            for (message,) in connection.execute("PRAGMA quick_check(20)"):
+                if message != "ok":
+                    verifier.report(None, None, f"SQLite: {message}")
+        except sqlite3.DatabaseError as error:
+            self._damaged(error, verifier)
+
+    def _check_rows(
+        self,
+        connection: sqlite3.Connection,
+        verifier: Verifier,
+        progress: Callable[[int], None] | None,
+    ) -> int | None:
+        """Read every row in one pass; ``None`` when it got through, else the row id of
+        the last row read before the damage (-1: none)."""
+        last = -1
+        try:
+            rows = connection.execute(
+                "SELECT rowid, key, raw, mode, filename, value FROM Cache ORDER BY rowid"
+            )
+            for rowid, name, raw, mode, filename, value in rows:
+                _checked_row(verifier, name, raw, decode_row(mode, filename, value), progress)
+                last = rowid
+        except sqlite3.DatabaseError as error:
+            self._damaged(error, verifier)
+            return last
+        return None
+
+    def _read_past(
+        self,
+        connection: sqlite3.Connection,
+        verifier: Verifier,
+        last: int,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        """Read one by one the rows after row id ``last``, listed by the index of names
+        (kept on other pages than the rows): a row that cannot be read is reported so,
+        under its name, not taken for a missing one."""
+        try:
+            listed = connection.execute(
+                "SELECT rowid, key, raw FROM Cache INDEXED BY Cache_key_raw WHERE rowid > ?",
+                (last,),
+            ).fetchall()
+        except sqlite3.DatabaseError as error:
+            self._damaged(error, verifier)
+            verifier.report(
+                None,
+                None,
+                "the rows after the damage cannot be listed (the index of their names is "
+                "damaged too): a sample reported missing may be one that cannot be read",
+            )
+            return
+        for rowid, name, raw in listed:
+            try:
+                row = connection.execute(
+                    "SELECT mode, filename, value FROM Cache WHERE rowid = ?", (rowid,)
+                ).fetchone()
+            except sqlite3.DatabaseError as error:
+                failure = _store_error(error, self.path, "checking the store")
+                if not isinstance(failure, CorruptStoreError):
+                    raise failure from None
+                row = None
+            value = UNREADABLE if row is None else decode_row(*row)
+            _checked_row(verifier, name, raw, value, progress)
 
     def _marker(self, connection: sqlite3.Connection, verifier: Verifier) -> Any:
         """The format marker; an unknown version is an error, a damaged one a problem."""
@@ -1176,6 +1245,23 @@ class DiskStore(SequenceStore):
             connection.close()
             self._local.connection = None
         self._close_cache()
+
+
+def _checked_row(
+    verifier: Verifier,
+    name: Any,
+    raw: Any,
+    value: Any,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Hand one row of the table to ``verifier`` (a name diskcache pickled, unread)."""
+    if not raw:
+        name = PICKLED
+    elif isinstance(name, memoryview):
+        name = bytes(name)
+    verifier.row(name, value)
+    if progress is not None and verifier.rows % 1000 == 0:
+        progress(1000)
 
 
 def _summary(key: str, length: Any, record: Any) -> Summary:
