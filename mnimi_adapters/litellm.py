@@ -477,6 +477,7 @@ class _CallCursor(Cursor):
 
     def take(self, request: Request, batch: int) -> list[Sample]:
         cache, call = self._current()
+        _end_turn()  # positions are claimed before a refill: the next call may claim
         send = call.send_request()
         sink, call.sink = call.sink, None  # only a call's first refill goes live
         if sink is not None and batch == 1:
@@ -739,6 +740,89 @@ def _replayed(call: _Call, samples: list[Sample]) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------------
+# Async text completions: positions claimed in call order
+# ---------------------------------------------------------------------------------------
+
+
+class _Turns:
+    """Turns handed out in call order, so worker threads claim positions in that order.
+
+    ``atext_completion`` runs each call on a worker thread (see
+    ``_ahandle_text_completion``), and threads reach the cache in any order: concurrent
+    calls of one request in an ``independent()`` scope would get their positions, and so
+    their samples, in a different order on each run (law 2). A call waits for the calls
+    made before it to claim their positions (or to end) before it claims its own; it
+    holds its turn only until then, not while its samples are drawn.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._issued = 0
+        #: The lowest turn not done yet: every turn below it is done.
+        self._lowest = 0
+        self._done: set[int] = set()
+
+    def take(self) -> _Turn:
+        with self._condition:
+            self._issued += 1
+            return _Turn(self, self._issued - 1)
+
+    def wait_for(self, number: int) -> None:
+        with self._condition:
+            self._condition.wait_for(lambda: self._lowest >= number)
+
+    def finish(self, number: int) -> None:
+        with self._condition:
+            self._done.add(number)
+            while self._lowest in self._done:
+                self._done.remove(self._lowest)
+                self._lowest += 1
+            self._condition.notify_all()
+
+
+@dataclass
+class _Turn:
+    """One call's turn to claim its positions (see :class:`_Turns`)."""
+
+    turns: _Turns
+    number: int
+    finished: bool = False
+
+    def wait(self) -> None:
+        self.turns.wait_for(self.number)
+
+    def finish(self) -> None:
+        """The call has claimed its positions, or will claim none (idempotent)."""
+        if not self.finished:
+            self.finished = True
+            self.turns.finish(self.number)
+
+
+_TURNS = _Turns()
+#: The turn of the text completion running on this worker thread, if it has one.
+_turn: ContextVar[_Turn | None] = ContextVar("mnimi_litellm_turn", default=None)
+
+
+def _end_turn() -> None:
+    """The running call has claimed its positions, or will claim none."""
+    turn = _turn.get()
+    if turn is not None:
+        turn.finish()
+
+
+@contextmanager
+def _in_turn() -> Iterator[None]:
+    """Claim positions in the enclosed block only once the calls made before have."""
+    turn = _turn.get()
+    if turn is not None and not turn.finished:
+        turn.wait()
+    try:
+        yield
+    finally:
+        _end_turn()
+
+
+# ---------------------------------------------------------------------------------------
 # Calls that switch the cache off, and DSPy
 # ---------------------------------------------------------------------------------------
 
@@ -967,7 +1051,20 @@ async def _ahandle_text_completion(
     """
     if _answering_cache((), kwargs) is None:
         return await original(*args, **kwargs)
-    return await asyncio.to_thread(litellm.text_completion, *args, **kwargs)
+    turn = _TURNS.take()  # now, in call order: see _Turns
+
+    def complete() -> Any:
+        _turn.set(turn)  # in the worker's own copy of the context
+        try:
+            return litellm.text_completion(*args, **kwargs)
+        finally:
+            turn.finish()
+
+    try:
+        return await asyncio.to_thread(complete)
+    except BaseException:
+        turn.finish()  # cancelled before the worker ran: the calls after it go on
+        raise
 
 
 def _refuse_under_replication(original: Callable[..., Any]) -> None:
@@ -1273,6 +1370,7 @@ class MnimiCache(Cache):
             return self._response(*replay, kwargs.get("litellm_logging_obj"))
         call = self._intercept(kwargs)
         if call is None:
+            _end_turn()  # sent as it is: it claims no position
             return None
         samples = self._drawn(call, kwargs)
         return self._response(call, samples, kwargs.get("litellm_logging_obj"))
@@ -1347,7 +1445,7 @@ class MnimiCache(Cache):
     def _drawn(self, call: _Call, kwargs: Mapping[str, Any]) -> list[Sample]:
         """The samples of ``call``, drawn whole (after a live stream of it, if one runs)."""
         layer = self._layer_for(call)
-        with _answering(self, call), _litellm_errors(kwargs):
+        with _answering(self, call), _litellm_errors(kwargs), _in_turn():
             drawn = GATES.through(self._gate(call, layer), lambda: layer.draw(call.request, call.n))
         return _given_back(call, layer, drawn)
 

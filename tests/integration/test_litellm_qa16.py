@@ -24,7 +24,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
 
-from mnimi_adapters import MnimiError, ProviderError
+from mnimi_adapters import MnimiError, ProviderError, independent
 from mnimi_adapters.core.stores import open_store
 from mnimi_adapters.litellm import MnimiCache
 from mnimi_adapters.testing import SamplingServer
@@ -192,3 +192,27 @@ def test_more_choices_than_asked_for_are_refused_and_not_stored(tmp_path: Path) 
         litellm.text_completion(model=INSTRUCT, prompt="A1", api_base=server.url, api_key=API_KEY)
     cache.close()
     assert stored_keys(tmp_path) == []
+
+
+#: A model whose text completions LiteLLM sends as chat completions (to the sampling server).
+TEXT_MODEL = "openai/gpt-4o-mini"
+
+
+def test_gathered_atext_completions_get_the_same_samples_on_a_rerun(
+    server: SamplingServer, tmp_path: Path
+) -> None:
+    options = {"model": TEXT_MODEL, "prompt": "Pick", "api_base": server.url, "api_key": API_KEY}
+
+    async def run() -> list[str]:
+        with independent():
+            answers = await asyncio.gather(
+                *(litellm.atext_completion(**options) for _ in range(24))
+            )
+        return [answer.choices[0].text for answer in answers]
+
+    with MnimiCache(str(tmp_path)) as cache:
+        first = asyncio.run(run())
+        again = asyncio.run(run())
+    cache.close()
+    assert len(set(first)) == 24
+    assert again == first
