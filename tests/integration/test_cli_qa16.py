@@ -228,3 +228,23 @@ def test_verify_of_a_database_cut_short_does_not_send_you_to_verify(
     assert "the store is damaged past opening (database disk image is malformed)" in printed
     assert "restore the directory from a copy" in printed
     assert "mnimi verify" not in printed
+
+
+def test_a_row_of_text_that_is_not_utf8_is_damage_not_a_failure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Python's sqlite3 refuses such text: verify stopped with exit 2 ("Could not decode to
+    # UTF-8"), and show and export called it a failure of SQLite, not damage to skip.
+    cache = tmp_path / "cache"
+    key = fill(cache, NumberModel(), PROMPT, 3)
+    with closing(sqlite3.connect(cache / "cache.db")) as database:
+        database.execute(
+            "UPDATE Cache SET value = CAST(X'7B22FF' AS TEXT) WHERE key = ?", (f"s:{key}:1",)
+        )
+        database.commit()
+    code, printed, _ = mnimi(capsys, "verify", str(cache))
+    assert code == 1
+    assert f"{key}: sample #1 is a bytes value, not JSON text" in printed
+    assert "(2 sound samples)" in printed
+    code, _, err = mnimi(capsys, "export", str(cache), str(tmp_path / "out.jsonl"), "--jsonl")
+    assert "is damaged (Could not decode" in err and "not exported" in err

@@ -565,7 +565,9 @@ def _store_error(error: BaseException, location: Path, doing: str) -> StoreError
     text = str(error) or type(error).__name__
     name = getattr(error, "sqlite_errorname", "")
     number = getattr(error, "errno", None)
-    corrupt = name in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+    corrupt = name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or (
+        isinstance(error, sqlite3.DatabaseError) and _undecodable(error)  # text not UTF-8
+    )
     if corrupt or "malformed" in text or "not a database" in text:
         return CorruptStoreError(
             f"the database of {location} is damaged ({text}) while {doing}: run "
@@ -1163,7 +1165,10 @@ class DiskStore(SequenceStore):
                 _checked_row(verifier, name, raw, decode_row(mode, filename, value), progress)
                 last = rowid
         except sqlite3.DatabaseError as error:
-            self._damaged(error, verifier)
+            # Text that is not UTF-8 is a damaged row, which the rows read one by one
+            # report; anything else is damage the pass could not read past.
+            if not _undecodable(error):
+                self._damaged(error, verifier)
             return last
         return None
 
@@ -1177,6 +1182,7 @@ class DiskStore(SequenceStore):
         """Read one by one the rows after row id ``last``, listed by the index of names
         (kept on other pages than the rows): a row that cannot be read is reported so,
         under its name, not taken for a missing one."""
+        connection.text_factory = _text_or_bytes
         try:
             listed = connection.execute(
                 "SELECT rowid, key, raw FROM Cache INDEXED BY Cache_key_raw WHERE rowid > ?",
@@ -1245,6 +1251,20 @@ class DiskStore(SequenceStore):
             connection.close()
             self._local.connection = None
         self._close_cache()
+
+
+def _undecodable(error: sqlite3.DatabaseError) -> bool:
+    """Whether ``error`` is Python's refusal of a text value that is not UTF-8."""
+    return isinstance(error, sqlite3.OperationalError) and "Could not decode" in str(error)
+
+
+def _text_or_bytes(data: bytes) -> str | bytes:
+    """A text value as Python reads it, or its bytes where they are not UTF-8 (damage,
+    which the check then reports as a row of bytes, not text)."""
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return data
 
 
 def _checked_row(
