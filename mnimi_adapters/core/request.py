@@ -97,6 +97,13 @@ _NOT_CREDENTIALS = frozenset(
     {"bos_token", "eos_token", "stop_token_ids", "eos_token_id", "bos_token_id", "pad_token_id"}
 )
 
+# A URL's query string carries credentials under short names that are words of no other
+# meaning there: Azure Functions' ``code`` and a shared access signature's ``sig``. Inside
+# ``extra_query`` (what LiteLLM appends to the URL) they are credentials too.
+_QUERY_CREDENTIALS = frozenset({"code", "sig"})
+#: The parameter whose fields LiteLLM sends as the URL's query string.
+_QUERY_PARAM = "extra_query"
+
 Message = dict[str, Any]
 
 
@@ -161,6 +168,8 @@ def keyed_params(params: Mapping[str, Any]) -> dict[str, Any]:
         {'extra_body': {'top_k': 5}}
         >>> keyed_params({"logit_bias": {50256: -100}})
         {'logit_bias': {50256: -100}}
+        >>> keyed_params({"extra_query": {"code": "c", "sig": "s", "api-version": "1"}})
+        {'extra_query': {'api-version': '1'}}
     """
     keyed = {}
     for name, value in params.items():
@@ -168,6 +177,8 @@ def keyed_params(params: Mapping[str, Any]) -> dict[str, Any]:
             continue
         if isinstance(value, Mapping):
             kept = _without_credentials(value)
+            if name == _QUERY_PARAM:
+                kept = {k: v for k, v in kept.items() if k not in _QUERY_CREDENTIALS}
             if value and not kept:  # credentials alone: keyed as if not passed
                 continue
             value = kept

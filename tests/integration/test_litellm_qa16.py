@@ -216,3 +216,19 @@ def test_gathered_atext_completions_get_the_same_samples_on_a_rerun(
     cache.close()
     assert len(set(first)) == 24
     assert again == first
+
+
+@pytest.mark.parametrize("query", [{"code": "SECRET-CODE-16"}, {"sig": "SECRET-SIG-16"}])
+def test_query_string_credentials_are_never_stored(
+    server: SamplingServer, tmp_path: Path, query: dict[str, str]
+) -> None:
+    messages = [{"role": "user", "content": "Pick a number."}]
+    with MnimiCache(str(tmp_path)) as cache:
+        litellm.completion(
+            model=MODEL, messages=messages, api_base=server.url, api_key=API_KEY, extra_query=query
+        )
+    cache.close()
+    secret = next(iter(query.values())).encode()
+    stored = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert stored
+    assert not [path for path in stored if secret in path.read_bytes()]
