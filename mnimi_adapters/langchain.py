@@ -396,6 +396,10 @@ _LANGCHAIN_MESSAGE = "langchain"
 _LANGCHAIN_GENERATIONS = "langchain_generations"
 # Samples one request of a wrapped model with an ``n`` field asks for at most, by default.
 _WRAPPED_MAX_N = 16
+# Words of a reply's metadata entry that holds HTTP headers (``ChatOpenAI``'s
+# ``include_response_headers``): they say how an answer was sent, not what it is, and carry
+# credentials (a session cookie, a gateway echoing the Authorization it got).
+_HEADER_WORDS = frozenset({"header", "headers", "cookie", "cookies"})
 # What a live stream's reader receives once the draw has ended, stored or failed.
 _DONE = object()
 
@@ -579,6 +583,17 @@ def _json_safe(value: Any) -> Any:
     return _json_safe(dump()) if callable(dump) else _jsonable(value)
 
 
+@functools.lru_cache(maxsize=256)
+def _holds_headers(name: str) -> bool:
+    return bool(_words(name) & _HEADER_WORDS)
+
+
+def _without_headers(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A reply's metadata (or generation info) without the HTTP headers it may carry: never
+    stored, nor replayed from a cache written before they were left out."""
+    return {k: v for k, v in (metadata or {}).items() if not _holds_headers(str(k))}
+
+
 def _facts(sample: Sample) -> dict[str, Any]:
     """Where a sample came from: the cache facts every answer's metadata carries."""
     origin = sample.origin or {}
@@ -601,6 +616,7 @@ def _sample_of(
     """
     message = message_chunk_to_message(message)
     stored = _json_safe(message_to_dict(message))
+    stored["data"]["response_metadata"] = _without_headers(stored["data"].get("response_metadata"))
     if usage is not None:  # one share of a response that answered several samples
         stored["data"]["usage_metadata"] = dict(usage)
     tokens = stored["data"].get("usage_metadata") or {}
@@ -683,7 +699,7 @@ def _stored_message(sample: Sample, facts: bool = False) -> AIMessage | None:
         return None
     data = stored["data"]
     if facts:
-        metadata = {**(data.get("response_metadata") or {}), **_facts(sample)}
+        metadata = {**_without_headers(data.get("response_metadata")), **_facts(sample)}
         if metadata["cache_hit"] and "response_cost" in metadata:
             metadata["response_cost"] = 0.0  # a replay costs nothing, as MnimiCache's hits
         data = {**data, "response_metadata": metadata}
@@ -2875,9 +2891,13 @@ def _generations_sample(generations: Sequence[Generation]) -> Sample | None:
     message = {"role": "assistant", "content": first.text}
     stored: list[dict[str, Any]] = []
     for generation in generations:
-        entry: dict[str, Any] = {"text": generation.text, "info": generation.generation_info}
+        info = generation.generation_info
+        entry: dict[str, Any] = {"text": generation.text, "info": info and _without_headers(info)}
         if isinstance(generation, ChatGeneration):
-            entry["message"] = message_to_dict(generation.message)
+            message_dict = message_to_dict(generation.message)
+            data = message_dict["data"]
+            data["response_metadata"] = _without_headers(data.get("response_metadata"))
+            entry["message"] = message_dict
         stored.append(_json_safe(entry))
     if isinstance(first, ChatGeneration):
         message = convert_to_openai_messages(first.message)
@@ -2893,7 +2913,10 @@ def _generations_of(sample: Sample) -> list[Generation]:
             generations.append(Generation(text=entry["text"], generation_info=entry["info"]))
             continue
         message = messages_from_dict([entry["message"]])[0]
-        message.response_metadata = {**message.response_metadata, **_facts(sample)}
+        message.response_metadata = {
+            **_without_headers(message.response_metadata),
+            **_facts(sample),
+        }
         generations.append(ChatGeneration(message=message, generation_info=entry["info"]))
     return generations
 
