@@ -341,12 +341,67 @@ _TABLES = (
     "SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view') "
     "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
 )
+#: The schema objects but ``Settings`` (checked by its columns) as diskcache's
+#: ``Cache.__init__`` creates them, as SQLite keeps them (``type, name, sql``): the
+#: ``Cache`` table, its indexes (those of each eviction policy, and the tag index a
+#: plain ``diskcache.Cache`` may have made, which opening a store drops) and the
+#: triggers that count its rows. diskcache creates each ``IF NOT EXISTS``, so one of
+#: these names holding other SQL would stay as it is.
+_DISKCACHE_OBJECTS = frozenset(
+    {
+        (
+            "table",
+            "Cache",
+            "CREATE TABLE Cache ( rowid INTEGER PRIMARY KEY, key BLOB, raw INTEGER, "
+            "store_time REAL, expire_time REAL, access_time REAL, access_count INTEGER "
+            "DEFAULT 0, tag BLOB, size INTEGER DEFAULT 0, mode INTEGER DEFAULT 0, "
+            "filename TEXT, value BLOB)",
+        ),
+        ("index", "sqlite_autoindex_Settings_1", None),  # Settings' UNIQUE key
+        ("index", "Cache_key_raw", "CREATE UNIQUE INDEX Cache_key_raw ON Cache(key, raw)"),
+        ("index", "Cache_expire_time", "CREATE INDEX Cache_expire_time ON Cache (expire_time)"),
+        ("index", "Cache_store_time", "CREATE INDEX Cache_store_time ON Cache (store_time)"),
+        ("index", "Cache_access_time", "CREATE INDEX Cache_access_time ON Cache (access_time)"),
+        (
+            "index",
+            "Cache_access_count",
+            "CREATE INDEX Cache_access_count ON Cache (access_count)",
+        ),
+        ("index", "Cache_tag_rowid", "CREATE INDEX Cache_tag_rowid ON Cache(tag, rowid)"),
+        *(
+            (
+                "trigger",
+                f"Settings_{name}",
+                f"CREATE TRIGGER Settings_{name} AFTER {event} ON Cache FOR EACH ROW BEGIN "
+                f'UPDATE Settings SET value = {change} WHERE key = "{setting}"; END',
+            )
+            for name, event, change, setting in (
+                ("count_insert", "INSERT", "value + 1", "count"),
+                ("count_delete", "DELETE", "value - 1", "count"),
+                ("size_insert", "INSERT", "value + NEW.size", "size"),
+                ("size_update", "UPDATE", "value + NEW.size - OLD.size", "size"),
+                ("size_delete", "DELETE", "value - OLD.size", "size"),
+            )
+        ),
+    }
+)
+#: The schema objects to compare with diskcache's: all but tables and views (checked by
+#: their names and columns), and the ``Cache`` table, which holds the samples.
+_OBJECTS = (
+    "SELECT type, name, sql FROM sqlite_master "
+    "WHERE type NOT IN ('table', 'view') OR (type = 'table' AND name = 'Cache' COLLATE NOCASE)"
+)
+#: What an alteration of a store's database means, for verify's report of one.
+_ALTERED = (
+    "so every command but verify refuses to open it (it could change the samples "
+    "stored): ask for a clean copy, or restore the directory from one"
+)
 #: SQLite's file header, and where it says the journal is a write-ahead log (2).
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _WAL_VERSION_AT = 18
 
 
-def _foreign_schema(path: Path) -> str | None:
+def _foreign_schema(path: Path, altered: bool) -> str | None:
     """What makes the database of the directory ``path`` another program's, or ``None``.
 
     A store's database holds diskcache's tables ``Settings`` and ``Cache`` and nothing
@@ -354,7 +409,8 @@ def _foreign_schema(path: Path) -> str | None:
     them, or none). Any other table or view, or one of those two names with other
     columns (or, without a ``Cache`` table, settings diskcache never writes), is
     another program's data: diskcache would add its tables, triggers and settings to
-    it, and set it to WAL mode. One query of the schema per open: reads never pay.
+    it, and set it to WAL mode. With ``altered``, so is what :func:`_alterations`
+    finds. A few queries of the schema per open: reads never pay.
 
     Read without writing anything: a read-only connection, or, for a WAL database
     with no log beside it (every page in the file), an immutable one, since a
@@ -372,40 +428,61 @@ def _foreign_schema(path: Path) -> str | None:
         and not _is_file(path / f"{DBNAME}-wal")
     )
     try:
-        return _foreign_in(_connect_readonly(database, _TABLES, immutable=settled))
+        connection = _connect_readonly(database, _TABLES, immutable=settled)
+        return _foreign_in(connection, altered)
     except sqlite3.DatabaseError:
         if not settled:
             raise
         # Another process opened it meanwhile and wrote under the immutable read.
-        return _foreign_in(_connect_readonly(database, _TABLES))
+        return _foreign_in(_connect_readonly(database, _TABLES), altered)
 
 
-def _foreign_in(connection: sqlite3.Connection) -> str | None:
+def _foreign_in(connection: sqlite3.Connection, altered: bool) -> str | None:
     """:func:`_foreign_schema` on ``connection``, which it closes."""
     with closing(connection):
-        found = {name.lower(): (name, kind) for name, kind in connection.execute(_TABLES)}
-        others = sorted(name for key, (name, _) in found.items() if key not in _DISKCACHE_COLUMNS)
-        if others:
-            listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-            return f"it holds table{'s' if len(others) > 1 else ''} {listed}"
-        for key, (name, kind) in sorted(found.items()):
-            columns = {
-                str(column).lower()
-                for (column,) in connection.execute(
-                    "SELECT name FROM pragma_table_info(?)", (name,)
-                )
-            }
-            expected = _DISKCACHE_COLUMNS[key]
-            if (
-                kind != "table"
-                or not expected <= columns
-                or (key == "settings" and columns != expected)
-            ):
-                return f"its {kind} {name} is not diskcache's"
-        if "settings" in found and "cache" not in found:
-            names = [str(row[0]) for row in connection.execute("SELECT key FROM Settings")]
-            if any(not _diskcache_setting(setting) for setting in names):
-                return "its table Settings holds settings diskcache never writes"
+        foreign = _foreign_tables(connection)
+        if foreign is None and altered:
+            foreign = next(iter(_alterations(connection)), None)
+        return foreign
+
+
+def _alterations(connection: sqlite3.Connection) -> list[str]:
+    """What the database of a store holds that diskcache never creates.
+
+    diskcache creates its indexes and triggers ``IF NOT EXISTS``: a shared cache may
+    carry a trigger (under any name, one of diskcache's too) that rewrites every sample
+    stored, so each object is compared with diskcache's by its exact SQL.
+    """
+    return [
+        f"its {sort} {name!r} is not diskcache's"
+        for sort, name, sql in connection.execute(_OBJECTS)
+        if (sort, name, sql) not in _DISKCACHE_OBJECTS
+    ]
+
+
+def _foreign_tables(connection: sqlite3.Connection) -> str | None:
+    """What makes the tables and views of ``connection`` another program's, or ``None``."""
+    found = {name.lower(): (name, sort) for name, sort in connection.execute(_TABLES)}
+    others = sorted(name for key, (name, _) in found.items() if key not in _DISKCACHE_COLUMNS)
+    if others:
+        listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        return f"it holds table{'s' if len(others) > 1 else ''} {listed}"
+    for key, (name, sort) in sorted(found.items()):
+        columns = {
+            str(column).lower()
+            for (column,) in connection.execute("SELECT name FROM pragma_table_info(?)", (name,))
+        }
+        expected = _DISKCACHE_COLUMNS[key]
+        if (
+            sort != "table"
+            or not expected <= columns
+            or (key == "settings" and columns != expected)
+        ):
+            return f"its {sort} {name} is not diskcache's"
+    if "settings" in found and "cache" not in found:
+        names = [str(row[0]) for row in connection.execute("SELECT key FROM Settings")]
+        if any(not _diskcache_setting(setting) for setting in names):
+            return "its table Settings holds settings diskcache never writes"
     return None
 
 
@@ -608,7 +685,9 @@ class DiskStore(SequenceStore):
             protect). A store that cannot be written (read-only media, a full
             disk) is opened this way on its own; appending to it then raises.
         check_format: Check the format marker at open. ``mnimi verify`` opens with
-            ``False`` and checks the marker itself, to report damage as a problem.
+            ``False`` (and ``read_only``) and checks the marker itself, to report damage
+            as a problem; it reports so what the database holds that diskcache never
+            creates, which any other open refuses.
 
     Raises:
         StoreError: The path is a file or a URL, cannot be created, or holds no
@@ -639,7 +718,9 @@ class DiskStore(SequenceStore):
         writable = _private_directory(self.path, create)
         present = _holds_database(self.path)
         if present:
-            self._refuse_foreign()
+            # Nothing diskcache applies or a trigger runs on reaches verify's read-only
+            # connection: it reports them as problems (see check()).
+            self._refuse_foreign(altered=check_format or not read_only)
         if (read_only and present) or not writable:
             if not present:
                 raise StoreReadOnly(
@@ -672,15 +753,19 @@ class DiskStore(SequenceStore):
 
     # -- opening -----------------------------------------------------------
 
-    def _refuse_foreign(self) -> None:
+    def _refuse_foreign(self, altered: bool) -> None:
         """Refuse a database another program wrote, before anything could write to it.
 
+        Args:
+            altered: Refuse a store's database altered too (see :func:`_alterations`).
+
         Raises:
-            StoreError: The database holds tables that are not diskcache's.
+            StoreError: The database holds tables that are not diskcache's (or, if
+                ``altered``, anything else diskcache never creates).
             CorruptStoreError: It is damaged, or not a SQLite database.
         """
         with self._sqlite("opening the store"):
-            foreign = _foreign_schema(self.path)
+            foreign = _foreign_schema(self.path, altered)
         if foreign is not None:
             raise StoreError(
                 f"{self.path} holds a SQLite database not written by mnimi_adapters "
@@ -1119,6 +1204,8 @@ class DiskStore(SequenceStore):
             # process appends, and no lock that would make its writers wait.
             connection.execute("BEGIN")
             version = self._marker(connection, verifier)
+            for problem in _alterations(connection):
+                verifier.report(None, None, f"the database is not a store's: {problem}, {_ALTERED}")
             self._quick_check(connection, verifier)
             last = self._check_rows(connection, verifier, progress)
             if last is not None:

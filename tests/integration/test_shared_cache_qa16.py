@@ -1,0 +1,137 @@
+"""A cache directory someone shares: what its database may hold besides diskcache's.
+
+A trigger, an index or any schema object diskcache never creates is refused at every
+open but verify's (nothing written), and verify reports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from itertools import islice
+from pathlib import Path
+
+import diskcache
+import pytest
+from diskcache.core import DBNAME
+from support import run_cli
+
+from mnimi_adapters import OpenAICompatible
+from mnimi_adapters.core import DiskStore, Independent, Persistent, StoreError
+from mnimi_adapters.testing import SamplingServer
+
+PROMPT = "Pick between 1 and 1000"
+
+#: A trigger that makes every sample stored say "999", its draw id and JSON intact.
+REWRITE = (
+    "CREATE TRIGGER {name} AFTER INSERT ON Cache WHEN NEW.key LIKE 's:%' BEGIN "
+    "UPDATE Cache SET value = json_set(NEW.value, '$.text', '999') "
+    "WHERE rowid = NEW.rowid; END"
+)
+
+
+@pytest.fixture
+def server() -> Iterator[SamplingServer]:
+    with SamplingServer(seed=1) as running:
+        yield running
+
+
+def persistent(server: SamplingServer, path: Path, **options: object) -> Persistent:
+    model = OpenAICompatible("mock-model", 1.0, api_base=server.url, api_key="x", alias="mock")
+    return Persistent(model, path, **options)  # type: ignore[arg-type]
+
+
+def fill(server: SamplingServer, path: Path, count: int = 2) -> list[str]:
+    """``count`` samples drawn into the store at ``path``: their texts."""
+    model = persistent(server, path)
+    try:
+        return [s.text for s in islice(model.samples(PROMPT, batch=count), count)]
+    finally:
+        model.close()
+
+
+def alter(path: Path, *statements: str) -> None:
+    with closing(sqlite3.connect(path / DBNAME, isolation_level=None)) as connection:
+        for statement in statements:
+            connection.execute(statement)
+
+
+def state(path: Path) -> tuple[str, list[str]]:
+    """The database's bytes (hashed) and the directory's files."""
+    return hashlib.sha256((path / DBNAME).read_bytes()).hexdigest(), sorted(os.listdir(path))
+
+
+OPENS: dict[str, Callable[[SamplingServer, Path], object]] = {
+    "create": lambda server, path: DiskStore(path),
+    "existing only": lambda server, path: DiskStore(path, create=False),
+    "read-only": lambda server, path: DiskStore(path, read_only=True),
+    "Persistent": lambda server, path: persistent(server, path),
+    "Persistent, replication": lambda server, path: persistent(server, path, replication=True),
+}
+
+ALTERATIONS = {
+    "a trigger of its own": (REWRITE.format(name="zz_evil"),),
+    # diskcache creates its triggers IF NOT EXISTS: one of their names holding other SQL
+    # would stay.
+    "a trigger under diskcache's name": (
+        "DROP TRIGGER Settings_count_insert",
+        REWRITE.format(name="Settings_count_insert"),
+    ),
+    "an index of its own": ("CREATE INDEX mine ON Cache (value)",),
+    "a unique constraint of its own": ("CREATE UNIQUE INDEX one_per_raw ON Cache (tag)",),
+}
+
+
+@pytest.mark.parametrize("alteration", list(ALTERATIONS))
+def test_a_schema_object_diskcache_never_creates_is_refused_and_verify_reports_it(
+    tmp_path: Path, server: SamplingServer, alteration: str
+) -> None:
+    path = tmp_path / "shared"
+    fill(server, path)
+    alter(path, *ALTERATIONS[alteration])
+    before = state(path)
+    sent = len(server.chat_requests())
+    for opening in OPENS.values():
+        with pytest.raises(StoreError, match="not written by mnimi_adapters") as raised:
+            opening(server, path)
+        assert "is not diskcache's" in str(raised.value)
+    assert state(path) == before and len(server.chat_requests()) == sent
+    code, out, err = run_cli("verify", path)
+    assert code == 1, out + err
+    assert "is not diskcache's" in out and "refuses to open it" in out
+    assert "2 sound samples" in out  # and the rows are checked all the same
+    assert state(path) == before
+
+
+def test_a_trigger_cannot_rewrite_the_samples_a_run_pays_for(
+    tmp_path: Path, server: SamplingServer
+) -> None:
+    path = tmp_path / "shared"
+    fill(server, path)
+    alter(path, REWRITE.format(name="zz_evil"))
+    sent = len(server.chat_requests())
+    with pytest.raises(StoreError, match="trigger 'zz_evil' is not diskcache's"):
+        model = persistent(server, path)
+        list(islice(Independent(model).samples(PROMPT), 3))
+    assert len(server.chat_requests()) == sent  # refused before a sample was paid for
+    with closing(sqlite3.connect(path / DBNAME)) as connection:
+        values = [str(value) for (value,) in connection.execute("SELECT value FROM Cache")]
+    assert not any('"999"' in value for value in values)
+
+
+@pytest.mark.parametrize(
+    "policy", ["none", "least-recently-stored", "least-recently-used", "least-frequently-used"]
+)
+def test_a_store_a_plain_diskcache_opened_still_opens(
+    tmp_path: Path, server: SamplingServer, policy: str
+) -> None:
+    path = tmp_path / "store"
+    paid = fill(server, path)
+    # A script's diskcache with its own eviction policy and tag index: diskcache's indexes.
+    diskcache.Cache(str(path), eviction_policy=policy, tag_index=True).close()
+    code, out, err = run_cli("verify", path)
+    assert code == 0, out + err
+    assert fill(server, path) == paid
