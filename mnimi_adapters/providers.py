@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import email.utils
 import json
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from types import ModuleType
 from typing import Any, ClassVar, Literal
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import tenacity
 
@@ -46,7 +45,14 @@ from ._compat import (
 )
 from .core.errors import ProviderError, ProviderRequestError
 from .core.model import BatchedModel, afan_out, fan_out
-from .core.request import TRANSPORT_PARAMS, Request, is_credential, keyed_params, reveal_secret
+from .core.request import (
+    TRANSPORT_PARAMS,
+    Request,
+    is_credential,
+    keyed_params,
+    reveal_secret,
+    sent_secrets,
+)
 from .core.sample import Sample, new_draw_id, split_evenly
 
 __all__ = [
@@ -76,8 +82,6 @@ _N_MENTION = re.compile(r"(?<![\w\\-])n(?![\w-])")
 # Placeholder credential for OpenAI-compatible servers that need none; it keeps LiteLLM from
 # sending the user's OPENAI_API_KEY to a third-party host.
 _NO_KEY = "EMPTY"
-# Parameters whose values are sent as HTTP headers.
-_HEADER_PARAMS = frozenset({"headers", "extra_headers"})
 
 # ---------------------------------------------------------------------------------------
 # Which LiteLLM parameters are keyed
@@ -240,63 +244,10 @@ def in_provider_call() -> bool:
     return _provider_call.get()
 
 
-def _sent_secrets(kwargs: Mapping[str, Any]) -> Iterator[str]:
-    """Every value a call sent as a credential or in a header, longest first.
-
-    A provider may echo any of them back in an error body (a 401 that repeats the
-    ``X-Token`` it refused), so all of them are scrubbed from messages and logs. The parts
-    of a value (the token of ``Bearer <token>``) are scrubbed too.
-    """
-    secrets: set[str] = set()
-
-    def add(value: Any, shortest: int) -> None:
-        value = reveal_secret(value)
-        if isinstance(value, str) and value != _NO_KEY:
-            if len(value) >= shortest:
-                secrets.add(value)
-            # The token of "Bearer <token>": only long parts, the scheme is no secret.
-            secrets.update(part for part in value.split()[1:] if len(part) >= 8)
-
-    for name, value in kwargs.items():
-        if name in _HEADER_PARAMS and isinstance(value, Mapping):
-            # Header values are often short and ordinary ("true", "gzip"): only longer
-            # ones can be secrets, and scrubbing "true" would garble every message.
-            for header in value.values():
-                add(header, 8)
-        elif is_credential(name):
-            add(value, 4)
-        elif isinstance(value, str):
-            for secret in _url_secrets(value):
-                add(secret, 4)
-    return iter(sorted(secrets, key=len, reverse=True))
-
-
-def _url_secrets(value: str) -> list[str]:
-    """The password of a URL's ``user:password@``, as written and decoded, and the Basic
-    credentials the HTTP client sends for it (``Authorization: Basic <base64>``), which a
-    provider may echo back.
-
-    Example:
-        >>> _url_secrets("http://user:pw%21@host/v1")
-        ['pw%21', 'pw!', 'dXNlcjpwdyUyMQ==', 'dXNlcjpwdyE=']
-        >>> _url_secrets("http://host/v1"), _url_secrets("not a url")
-        ([], [])
-    """
-    if "@" not in value or "://" not in value:
-        return []
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return []
-    userinfo, at, _ = parts.netloc.rpartition("@")
-    user, colon, password = userinfo.partition(":")
-    if not (at and colon and password):
-        return []
-    written = (user, password)
-    decoded = (unquote(user), unquote(password))
-    passwords = list(dict.fromkeys((password, decoded[1])))
-    basics = [base64.b64encode(f"{u}:{p}".encode()).decode() for u, p in (written, decoded)]
-    return passwords + list(dict.fromkeys(basics))
+def _sent_secrets(kwargs: Mapping[str, Any]) -> list[str]:
+    """Every credential a call sent, longest first (see :func:`sent_secrets`), but the
+    placeholder key sent where none may be: ``EMPTY`` is no secret."""
+    return [secret for secret in sent_secrets(kwargs) if secret != _NO_KEY]
 
 
 def callers_max_retries(params: Mapping[str, Any]) -> int | None:

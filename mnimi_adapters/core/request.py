@@ -10,6 +10,7 @@ timeouts, retries, metadata) ever reaches the key.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import json
@@ -19,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 KEY_VERSION = "m1"
 
@@ -127,6 +129,121 @@ def is_credential(name: str) -> bool:
         if word in _CREDENTIAL_WORDS or (len(word) > 3 and word.endswith(_CREDENTIAL_SUFFIXES)):
             return True
     return False
+
+
+def is_query_credential(name: str) -> bool:
+    """Whether a URL query parameter carries a credential: named as one (``key``,
+    ``api-key``), or one of the short names that mean one in a query (``code``, ``sig``).
+
+    Example:
+        >>> [is_query_credential(n) for n in ("key", "code", "sig", "api-version")]
+        [True, True, True, False]
+    """
+    return name in _QUERY_CREDENTIALS or is_credential(name)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The credentials a URL carries, as written and as decoded.
+
+    The password of its ``user:password@``, or the token given as the user name alone
+    (``https://TOKEN@host``); the Basic credentials an HTTP client sends for either
+    (``Authorization: Basic <base64>``), which a provider may echo back; and the values of
+    its credential query parameters (:func:`is_query_credential`).
+
+    Example:
+        >>> url_secrets("http://user:pw%21@host/v1")
+        ['pw%21', 'pw!', 'dXNlcjpwdyUyMQ==', 'dXNlcjpwdyE=']
+        >>> url_secrets("https://tok@host/v1?code=c%2B1&api-version=2")
+        ['tok', 'dG9rOg==', 'c%2B1', 'c+1']
+        >>> url_secrets("http://host/v1"), url_secrets("not a url")
+        ([], [])
+    """
+    if "://" not in url:
+        return []
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    found: list[str] = []
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    if at and userinfo:
+        user, _, password = userinfo.partition(":")
+        secret = password or user  # a user name alone is the token
+        written, decoded = (user, password), (unquote(user), unquote(password))
+        found += [secret, unquote(secret)]
+        found += [base64.b64encode(f"{u}:{p}".encode()).decode() for u, p in (written, decoded)]
+    for pair in parts.query.split("&"):
+        name, _, value = pair.partition("=")
+        if value and is_query_credential(unquote_plus(name)):
+            found += [value, unquote_plus(value)]
+    return list(dict.fromkeys(found))
+
+
+def sent_secrets(*fields: Mapping[Any, Any]) -> list[str]:
+    """Every credential that sending ``fields`` (a call's parameters, a client's settings)
+    reveals, longest first: a provider may echo any of them back in an error (a 401 that
+    repeats the request it refused), so each is scrubbed from messages and logs.
+
+    They are: a secret-wrapped value; the value of a field named as a credential, inside
+    objects too (``extra_body={"session_token": ...}``, as :func:`keyed_params` drops it,
+    and deeper, where it is sent all the same); the values of a mapping named so (headers:
+    only longer ones, since a short value such as ``"true"`` is an ordinary word and
+    scrubbing it would garble every message); ``code`` and ``sig`` of a query mapping
+    (``extra_query``, ``default_query``); the secrets of every URL (:func:`url_secrets`);
+    and the token of each ``Bearer <token>``.
+
+    Example:
+        >>> sent_secrets({"api_key": "sk-1", "extra_body": {"session_token": "tok-2", "k": 5}})
+        ['tok-2', 'sk-1']
+        >>> sent_secrets({"api_base": "http://u:pw-3@host", "extra_query": {"code": "c-44"}})
+        ['dTpwdy0z', 'c-44', 'pw-3']
+    """
+    found: set[str] = set()
+    for each in fields:
+        _collect_secrets(each, found, headers=False, query=False, seen=set())
+    # Longest first: a secret that holds a shorter one is scrubbed whole.
+    return sorted(found, key=lambda secret: (-len(secret), secret))
+
+
+def _collect_secrets(
+    fields: Mapping[Any, Any], found: set[str], *, headers: bool, query: bool, seen: set[int]
+) -> None:
+    """Add the secrets of ``fields`` (see :func:`sent_secrets`) to ``found``; ``headers``
+    and ``query``: whether they are header or query fields."""
+    if id(fields) in seen:  # a mapping that holds itself
+        return
+    seen.add(id(fields))
+    for name, wrapped in fields.items():
+        value = reveal_secret(wrapped)
+        named = value is not wrapped or (
+            isinstance(name, str) and (is_query_credential(name) if query else is_credential(name))
+        )
+        if isinstance(value, Mapping):
+            in_query = isinstance(name, str) and _is_query_fields(name)
+            _collect_secrets(value, found, headers=headers or named, query=in_query, seen=seen)
+        elif type(value) is list or type(value) is tuple:
+            for item in value:
+                if isinstance(item, Mapping):
+                    _collect_secrets(item, found, headers=headers, query=False, seen=seen)
+        elif named or headers:
+            _add_secret(found, value, 8 if headers else 4)
+        elif isinstance(value, str) and not any(c.isspace() for c in value):
+            for secret in url_secrets(value):  # a text with spaces is no URL
+                _add_secret(found, secret, 4)
+
+
+def _is_query_fields(name: str) -> bool:
+    """Whether an object parameter holds the fields of a URL's query string."""
+    return name == _QUERY_PARAM or "query" in (w.lower() for w in _WORD_BOUNDARY.split(name))
+
+
+def _add_secret(found: set[str], value: Any, shortest: int) -> None:
+    """Add ``value``, if a text of at least ``shortest`` characters, and the token of a
+    ``Bearer <token>`` (only a long part: the scheme is no secret)."""
+    if isinstance(value, str):
+        if len(value) >= shortest:
+            found.add(value)
+        found.update(part for part in value.split()[1:] if len(part) >= 8)
 
 
 def reveal_secret(value: Any) -> Any:

@@ -12,20 +12,28 @@ import os
 # Must precede any litellm import: otherwise litellm fetches its cost map over the network.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+import base64
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import litellm
 import pytest
 from langchain_core.caches import BaseCache
 from langchain_core.globals import set_llm_cache
 from langchain_openai import ChatOpenAI
 
+from mnimi_adapters import ProviderRequestError
+from mnimi_adapters.core.request import sent_secrets
 from mnimi_adapters.core.stores import open_store
 from mnimi_adapters.langchain import MnimiChatModel, MnimiLLMCache
+from mnimi_adapters.litellm import MnimiCache
 from mnimi_adapters.testing import SamplingServer
 
 pytestmark = pytest.mark.integration
+
+HI = [{"role": "user", "content": "hi"}]
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +81,52 @@ def test_response_headers_are_not_stored_by_the_llm_cache(
         set_llm_cache(None)
     assert hit.content == missed.content and "headers" not in hit.response_metadata
     assert "content-type" not in stored_text(tmp_path / "llm").lower()
+
+
+# -- what a provider may echo back: secrets of URLs and nested objects --------------------
+
+URL_TOKEN = "url-token-4a7c1e9b"
+
+
+def test_a_token_given_as_the_urls_user_name_is_scrubbed_from_a_litellm_error(
+    server: SamplingServer, tmp_path: Path
+) -> None:
+    server.reset()
+    server.fail_next(401, echo=True)  # the refusal repeats the Basic credentials it got
+    base = server.url.replace("http://", f"http://{URL_TOKEN}@")
+    with MnimiCache(tmp_path / "cache"), pytest.raises(ProviderRequestError) as caught:
+        litellm.completion(model="openai/mock-model", api_base=base, api_key="sk-x", messages=HI)
+    text = str(caught.value)
+    basic = base64.b64encode(f"{URL_TOKEN}:".encode()).decode()
+    assert "Basic ***" in text and basic not in text and URL_TOKEN not in text
+
+
+@pytest.mark.parametrize(
+    ("params", "secret"),
+    [
+        ({"extra_body": {"session_token": "body-secret-1"}}, "body-secret-1"),
+        ({"extra_query": {"key": "query-secret-2"}}, "query-secret-2"),
+        ({"extra_query": {"code": "func-key-3"}}, "func-key-3"),
+        ({"api_base": "http://h/v1?key=url-key-4&api-version=1"}, "url-key-4"),
+        ({"api_base": "http://h/v1?sig=a%2Bb%3D%3D"}, "a+b=="),
+        (
+            {"model_kwargs": {"extra_headers": {"X-Api-Token": "header-secret-5"}}},
+            "header-secret-5",
+        ),
+        ({"default_query": {"sig": "sas-sig-6"}}, "sas-sig-6"),
+    ],
+)
+def test_credentials_inside_objects_and_urls_are_scrubbed(
+    params: dict[str, Any], secret: str
+) -> None:
+    assert secret in sent_secrets(params)
+
+
+def test_ordinary_values_are_not_taken_for_secrets() -> None:
+    params = {
+        "api_base": "http://127.0.0.1:8000/v1?api-version=2024",
+        "extra_body": {"top_k": 5, "mode": "fast"},
+        "extra_headers": {"X-Flag": "true"},
+        "messages": [{"role": "user", "content": "see http://host/?q=1"}],
+    }
+    assert sent_secrets(params) == []
