@@ -162,6 +162,7 @@ from .core.request import (
     keyed_params,
     reveal_secret,
     stop_list,
+    url_secrets,
 )
 from .core.sample import new_draw_id, split_evenly, stream_pieces
 from .core.scopes import caching_enabled
@@ -286,6 +287,27 @@ def _hide(name: str, value: Any) -> Any:
     if value is None or not is_credential(name) or isinstance(value, SecretStr | Secret):
         return value
     return SecretStr(value) if isinstance(value, str) else Secret(value)
+
+
+def _public_kwargs(kwargs: Mapping[Any, Any], *, masked: bool) -> dict[Any, Any]:
+    """Provider keywords for a repr, a dump or a trace: each credential, a keyword or a
+    field of an object keyword at any depth (``extra_body={"session_token": ...}``),
+    wrapped as a secret (``masked``) or left out."""
+    public: dict[Any, Any] = {}
+    for name, value in kwargs.items():
+        if isinstance(name, str) and is_credential(name):
+            if masked:
+                public[name] = _hide(name, value)
+        elif isinstance(value, Mapping):
+            public[name] = _public_kwargs(value, masked=masked)
+        else:
+            public[name] = value
+    return public
+
+
+def _shown_url(url: str | None) -> str | None:
+    """An endpoint as its cache key names it: without a password, token or query credential."""
+    return keyed_endpoint(url) if url and url_secrets(url) else url
 
 
 def _over_litellm(layer: Layer) -> bool:
@@ -1643,6 +1665,16 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             self.model_kwargs = {k: _hide(k, v) for k, v in self.model_kwargs.items()}
         return self
 
+    @field_serializer("api_base")
+    def _dump_api_base(self, api_base: str | None) -> str | None:
+        """The endpoint without its credentials in ``model_dump`` and ``model_dump_json``."""
+        return _shown_url(api_base)
+
+    @field_serializer("model_kwargs")
+    def _dump_model_kwargs(self, model_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Credentials nested in provider keywords shown as secrets, as a keyword's are."""
+        return _public_kwargs(model_kwargs, masked=True)
+
     @field_serializer("cache_dir", "slice_of")
     def _dump_location(self, location: str | None) -> str | None:
         """A Redis URL's password as ``***`` in ``model_dump`` and ``model_dump_json``, as in
@@ -1664,8 +1696,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         LangChain sends these to callbacks and tracers (as invocation params).
         """
         defaults = self._request_defaults()
-        if self.model_kwargs and any(is_credential(name) for name in defaults):
-            defaults = {k: v for k, v in defaults.items() if not is_credential(k)}
+        if self.model_kwargs:
+            defaults = _public_kwargs(defaults, masked=False)
         if self.layer is not None:
             return {"layer": repr(self.layer), **defaults, "n": self.n}
         if isinstance(self.model, BaseChatModel):
@@ -1680,7 +1712,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             "model": self.model,
             "temperature": self.temperature,
             "alias": self.alias,
-            "api_base": self.api_base,
+            "api_base": _shown_url(self.api_base),
             # Invocation params reach callbacks and tracers: a Redis password must not.
             "cache_dir": shown_location(self.cache_dir),
             "slice_of": self.slice_of and shown_location(self.slice_of),
@@ -1702,6 +1734,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
     def lc_secrets(self) -> dict[str, str]:
         # Serialised with the secret replaced by this variable name, read back on load.
         secrets = {"api_key": "MNIMI_API_KEY"}
+        if self.api_base and url_secrets(self.api_base):  # a password, a token in the URL
+            secrets["api_base"] = "MNIMI_API_BASE"
         if url_has_password(self.cache_dir):  # a Redis URL with its password
             secrets["cache_dir"] = "MNIMI_CACHE_DIR"
         if self.slice_of is not None and url_has_password(self.slice_of):
@@ -1715,7 +1749,9 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         for name, value in super().__repr_args__():
             if name == "model_kwargs" and value:
                 # Also when a credential was put there after construction, unwrapped.
-                value = {k: _hide(k, v) for k, v in value.items()}
+                value = _public_kwargs(value, masked=True)
+            elif name == "api_base":
+                value = _shown_url(value)
             shown = name in ("cache_dir", "slice_of") and value is not None
             yield name, shown_location(value) if shown else value
 
@@ -1725,15 +1761,18 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             not_implemented: SerializedNotImplemented = to_json_not_implemented(self)
             return not_implemented
         serialized = super().to_json()
-        hidden = [name for name in self.model_kwargs if is_credential(name)]
-        if not hidden or serialized.get("type") != "constructor":
+        public = _public_kwargs(self.model_kwargs, masked=False)
+        if public == self.model_kwargs or serialized.get("type") != "constructor":
             return serialized
+        hidden = [name for name in self.model_kwargs if is_credential(name)]
         # Credentials among the provider keywords become secret references of their own:
         # LangChain escapes a reference nested in model_kwargs, so it would not be read
-        # back. On load the keyword returns to model_kwargs (_collect_model_kwargs).
+        # back. On load the keyword returns to model_kwargs (_collect_model_kwargs). One
+        # inside a keyword (extra_body's session token) has no name to be read back by:
+        # left out, it is given again to the loaded model.
         constructor = cast(SerializedConstructor, serialized)
         kwargs = dict(constructor["kwargs"])
-        public = {k: v for k, v in kwargs.pop("model_kwargs", {}).items() if k not in hidden}
+        kwargs.pop("model_kwargs", None)
         if public:
             kwargs["model_kwargs"] = public
         for name in hidden:

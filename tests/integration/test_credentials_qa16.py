@@ -21,7 +21,9 @@ from typing import Any
 import litellm
 import pytest
 from langchain_core.caches import BaseCache
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.globals import set_llm_cache
+from langchain_core.load import dumps, loads
 from langchain_openai import ChatOpenAI
 
 from mnimi_adapters import ProviderRequestError
@@ -130,3 +132,55 @@ def test_ordinary_values_are_not_taken_for_secrets() -> None:
         "messages": [{"role": "user", "content": "see http://host/?q=1"}],
     }
     assert sent_secrets(params) == []
+
+
+# -- a string-form chat model's endpoint and nested keywords ------------------------------
+
+URL_PASSWORD = "url-pw-6d2f9a1c"
+BODY_TOKEN = "body-token-3e8b5c7a"
+
+
+class _Tracer(BaseCallbackHandler):
+    """What a tracer (LangSmith's) receives when a chat model starts."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
+        self.seen.append(json.dumps([serialized, kwargs], default=str))
+
+
+@pytest.mark.filterwarnings("ignore::langchain_core._api.beta_decorator.LangChainBetaWarning")
+def test_an_endpoint_password_and_a_nested_token_are_never_shown_traced_or_dumped(
+    server: SamplingServer, tmp_path: Path
+) -> None:
+    server.reset()
+    base = server.url.replace("http://", f"http://user:{URL_PASSWORD}@")
+    chat = MnimiChatModel(
+        model="openai/mock-model",
+        api_base=base,
+        api_key="sk-x",
+        model_kwargs={"extra_body": {"session_token": BODY_TOKEN, "top_k": 3}},
+        cache_dir=str(tmp_path / "cache"),
+    )
+    tracer = _Tracer()
+    chat.invoke("hi", config={"callbacks": [tracer]})
+    # Sent all the same: the body field, and the password as Basic credentials.
+    assert server.chat_requests()[-1].body["session_token"] == BODY_TOKEN
+    shown = {
+        "repr": repr(chat),
+        "model_dump_json": chat.model_dump_json(),
+        "dumps": dumps(chat),
+        "invocation params": json.dumps(chat._get_invocation_params(), default=str),
+        "trace": "\n".join(tracer.seen),
+    }
+    for where, text in shown.items():
+        assert URL_PASSWORD not in text and BODY_TOKEN not in text, where
+    assert '"top_k": 3' in shown["dumps"] and server.url in shown["model_dump_json"]
+    loaded = loads(
+        shown["dumps"],
+        allowed_objects=[MnimiChatModel],
+        valid_namespaces=["mnimi_adapters"],
+        secrets_map={"MNIMI_API_BASE": base, "MNIMI_API_KEY": "k"},
+    )
+    assert loaded.api_base == base and loaded.model_kwargs == {"extra_body": {"top_k": 3}}
