@@ -135,3 +135,56 @@ def test_a_store_a_plain_diskcache_opened_still_opens(
     code, out, err = run_cli("verify", path)
     assert code == 0, out + err
     assert fill(server, path) == paid
+
+
+# -- settings ---------------------------------------------------------------------------
+
+#: Settings rows diskcache would apply as it opens the store (a pragma, an argument of
+#: its Disk, an attribute of the cache).
+ODD_SETTINGS = {
+    "out of WAL mode": ("sqlite_journal_mode", "off"),
+    "locked": ("sqlite_locking_mode", "exclusive"),
+    "read-only": ("sqlite_query_only", 1),
+    "an argument the Disk does not take": ("disk_foo", 1),
+    "an attribute of the cache": ("_timeout", 0),
+}
+
+
+def journal_mode(path: Path) -> str:
+    with closing(sqlite3.connect(path / DBNAME)) as connection:
+        return str(connection.execute("PRAGMA journal_mode").fetchone()[0])
+
+
+@pytest.mark.parametrize("setting", list(ODD_SETTINGS))
+def test_a_setting_diskcache_would_apply_is_refused_by_name_and_reported(
+    tmp_path: Path, server: SamplingServer, setting: str
+) -> None:
+    path = tmp_path / "shared"
+    fill(server, path)
+    name, value = ODD_SETTINGS[setting]
+    alter(path, f"INSERT OR REPLACE INTO Settings VALUES ('{name}', '{value}')")
+    before = state(path)
+    for opening in OPENS.values():
+        with pytest.raises(StoreError, match="not written by mnimi_adapters") as raised:
+            opening(server, path)
+        assert f"its setting {name}" in str(raised.value) or f"'{name}'" in str(raised.value)
+    assert state(path) == before and journal_mode(path) == "wal"
+    code, out, err = run_cli("verify", path)
+    assert code == 1 and name in out and "refuses to open it" in out, out + err
+
+
+def test_the_settings_of_an_older_store_and_of_diskcache_open(
+    tmp_path: Path, server: SamplingServer
+) -> None:
+    path = tmp_path / "older"
+    paid = fill(server, path)
+    # Made before the store set its page cache and memory map: diskcache's defaults.
+    alter(
+        path,
+        "UPDATE Settings SET value = 8192 WHERE key = 'sqlite_cache_size'",
+        "UPDATE Settings SET value = 67108864 WHERE key = 'sqlite_mmap_size'",
+    )
+    code, out, err = run_cli("verify", path)
+    assert code == 0, out + err
+    assert fill(server, path) == paid
+    assert journal_mode(path) == "wal"

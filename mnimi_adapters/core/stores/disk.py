@@ -22,6 +22,7 @@ import collections
 import errno
 import json
 import os
+import reprlib
 import sqlite3
 import threading
 import time
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import diskcache
-from diskcache.core import DBNAME, MODE_RAW
+from diskcache.core import DBNAME, DEFAULT_SETTINGS, METADATA, MODE_RAW
 
 from ..errors import (
     CorruptStoreError,
@@ -316,6 +317,17 @@ def _is_file(path: Path) -> bool:
 #: the log's shared-memory index.
 _DATABASE_FILES = (DBNAME, f"{DBNAME}-wal", f"{DBNAME}-shm")
 
+#: The settings a store opens with where they are not diskcache's defaults, all applied
+#: by diskcache as it opens it (see :func:`_odd_settings`).
+_OPENED_WITH = {
+    # Kept in the directory's settings, so a plain diskcache.Cache opened on it (a
+    # test, a script) writes values inline too.
+    "disk_min_file_size": 2**30,
+    # A bounded page cache and no memory map: replaying millions of keys must not grow
+    # the process by the database's size (the OS caches the file anyway).
+    "sqlite_cache_size": 2**10,
+    "sqlite_mmap_size": 0,
+}
 #: The columns of diskcache's two tables, by table (SQLite's names are case-blind).
 _DISKCACHE_COLUMNS = {
     "settings": frozenset({"key", "value"}),
@@ -391,10 +403,15 @@ _OBJECTS = (
     "SELECT type, name, sql FROM sqlite_master "
     "WHERE type NOT IN ('table', 'view') OR (type = 'table' AND name = 'Cache' COLLATE NOCASE)"
 )
+#: Whether the database has a ``Settings`` table (a store being made may have none yet).
+_SETTINGS_TABLE = (
+    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'Settings' COLLATE NOCASE"
+)
 #: What an alteration of a store's database means, for verify's report of one.
 _ALTERED = (
     "so every command but verify refuses to open it (it could change the samples "
-    "stored): ask for a clean copy, or restore the directory from one"
+    "stored, or how they are written): ask for a clean copy, or restore the directory "
+    "from one"
 )
 #: SQLite's file header, and where it says the journal is a write-ahead log (2).
 _SQLITE_HEADER = b"SQLite format 3\x00"
@@ -447,17 +464,19 @@ def _foreign_in(connection: sqlite3.Connection, altered: bool) -> str | None:
 
 
 def _alterations(connection: sqlite3.Connection) -> list[str]:
-    """What the database of a store holds that diskcache never creates.
+    """What the database of a store holds that diskcache never creates, and settings
+    that neither diskcache nor the store writes (see :func:`_odd_settings`).
 
     diskcache creates its indexes and triggers ``IF NOT EXISTS``: a shared cache may
     carry a trigger (under any name, one of diskcache's too) that rewrites every sample
     stored, so each object is compared with diskcache's by its exact SQL.
     """
-    return [
+    objects = [
         f"its {sort} {name!r} is not diskcache's"
         for sort, name, sql in connection.execute(_OBJECTS)
         if (sort, name, sql) not in _DISKCACHE_OBJECTS
     ]
+    return objects + _odd_settings(connection)
 
 
 def _foreign_tables(connection: sqlite3.Connection) -> str | None:
@@ -480,19 +499,35 @@ def _foreign_tables(connection: sqlite3.Connection) -> str | None:
         ):
             return f"its {sort} {name} is not diskcache's"
     if "settings" in found and "cache" not in found:
-        names = [str(row[0]) for row in connection.execute("SELECT key FROM Settings")]
-        if any(not _diskcache_setting(setting) for setting in names):
-            return "its table Settings holds settings diskcache never writes"
+        return next(iter(_odd_settings(connection)), None)
     return None
 
 
-def _diskcache_setting(name: str) -> bool:
-    """Whether diskcache writes a setting of that name."""
-    return (
-        name in diskcache.core.DEFAULT_SETTINGS
-        or name in diskcache.core.METADATA
-        or name.startswith(("disk_", "sqlite_"))
-    )
+def _odd_settings(connection: sqlite3.Connection) -> list[str]:
+    """The rows of the ``Settings`` table (if any) that neither diskcache nor the store writes.
+
+    diskcache applies the settings it finds there as it opens a store, but those it is
+    given: a ``sqlite_*`` one as a pragma, a ``disk_*`` one as an argument of the Disk,
+    any other as an attribute of the cache. A shared cache's could so take the store out
+    of WAL mode (its appends no longer atomic), lock it, or break its opening. Each
+    pragma and Disk setting is the value the store opens with, or diskcache's default
+    (an older store's, made before the store set it).
+    """
+    if connection.execute(_SETTINGS_TABLE).fetchone() is None:
+        return []
+    problems = []
+    for name, value in connection.execute("SELECT key, value FROM Settings"):
+        if name not in DEFAULT_SETTINGS and name not in METADATA:
+            problems.append(f"its setting {reprlib.repr(name)} is not diskcache's")
+        elif name.startswith(("sqlite_", "disk_")) and value not in (
+            DEFAULT_SETTINGS[name],
+            _OPENED_WITH.get(name, DEFAULT_SETTINGS[name]),
+        ):
+            problems.append(
+                f"its setting {name} is {reprlib.repr(value)}, which neither diskcache nor "
+                "mnimi_adapters writes (diskcache would apply it as it opens the store)"
+            )
+    return problems
 
 
 def _refuse_links(path: Path) -> None:
@@ -791,14 +826,7 @@ class DiskStore(SequenceStore):
                 cull_limit=0,
                 statistics=False,
                 tag_index=False,
-                # Kept in the directory's settings, so a plain diskcache.Cache
-                # opened on it (a test, a script) writes values inline too.
-                disk_min_file_size=2**30,
-                # A bounded page cache and no memory map: replaying millions of keys
-                # must not grow the process by the database's size (the OS caches
-                # the file anyway).
-                sqlite_cache_size=2**10,
-                sqlite_mmap_size=0,
+                **_OPENED_WITH,
             )
             if not check_format:
                 return
