@@ -49,6 +49,7 @@ from collections.abc import (
     Iterable,
     Iterator,
     Mapping,
+    MutableMapping,
     Sequence,
 )
 from concurrent.futures import Executor, as_completed
@@ -161,6 +162,7 @@ from .core.request import (
     is_sampling_param,
     keyed_params,
     reveal_secret,
+    sent_secrets,
     stop_list,
     url_secrets,
 )
@@ -787,29 +789,11 @@ def _call_of(request: Request) -> _Call:
 
 
 def _secrets_of(chat: BaseChatModel, params: Mapping[str, Any]) -> list[str]:
-    """The credentials a wrapped model sends, longest first: its secret fields, the values
-    of its credential-named fields (a header mapping's longer values too) and the call's
-    credential-named keywords."""
-    found: set[str] = set()
-
-    def add(value: Any, shortest: int) -> None:
-        value = reveal_secret(value)
-        if isinstance(value, str) and len(value) >= shortest:
-            found.add(value)
-            # The token of "Bearer <token>": only long parts, the scheme is no secret.
-            found.update(part for part in value.split()[1:] if len(part) >= 8)
-
-    named = [(name, getattr(chat, name, None)) for name in type(chat).model_fields]
-    for name, value in [*named, *params.items()]:
-        if isinstance(value, SecretStr | Secret):
-            add(value, 4)
-        elif is_credential(name):
-            if isinstance(value, Mapping):  # headers: short values are ordinary words
-                for item in value.values():
-                    add(item, 8)
-            else:
-                add(value, 4)
-    return sorted(found, key=len, reverse=True)
+    """The credentials a wrapped model sends, longest first: those of its fields (secret
+    ones, headers, query and body objects, the endpoint's URL) and of the call's keywords
+    (see :func:`sent_secrets`)."""
+    fields = {name: getattr(chat, name, None) for name in type(chat).model_fields}
+    return sent_secrets(fields, params)
 
 
 def _scrubbed(value: Any, secrets: Sequence[str]) -> Any:
@@ -852,12 +836,46 @@ def _scrub_error(error: BaseException, secrets: Sequence[str]) -> None:
         if args is not link.args:
             link.args = args
         for name, value in list(getattr(link, "__dict__", {}).items()):
+            sent = _sent_request(value)
+            if sent is not None:
+                _scrub_request(sent, secrets)
+                continue
             clean = _scrubbed(value, secrets)
             if clean is not value:
                 with contextlib.suppress(AttributeError, TypeError):
                     setattr(link, name, clean)
         todo += [e for e in (link.__cause__, link.__context__) if e is not None]
         todo += [e for e in getattr(link, "exceptions", ()) if isinstance(e, BaseException)]
+
+
+def _sent_request(value: Any) -> Any:
+    """The HTTP request ``value`` is or answers (``error.request``, ``error.response``), or
+    ``None``. Told by its shape: SDKs vendor their HTTP client under other names (the
+    OpenAI SDK's ``httpx2``)."""
+    if isinstance(getattr(value, "status_code", None), int):  # a response
+        try:
+            value = value.request
+        except RuntimeError:  # httpx: a response made without one
+            return None
+    looks_sent = isinstance(getattr(value, "method", None), str) and hasattr(value, "url")
+    return (
+        value
+        if looks_sent and isinstance(getattr(value, "headers", None), MutableMapping)
+        else None
+    )
+
+
+def _scrub_request(sent: Any, secrets: Sequence[str]) -> None:
+    """Remove ``secrets`` from the URL and headers of a sent request, which an HTTP error
+    keeps: the URL holds a password or a query key as given, the headers the API key and
+    the Basic credentials."""
+    url = _scrubbed(str(sent.url), secrets)
+    if url != str(sent.url):
+        sent.url = type(sent.url)(url)
+    for name, value in list(sent.headers.items()):
+        clean = _scrubbed(value, secrets)
+        if clean is not value:
+            sent.headers[name] = clean
 
 
 def _forward(sink: _Sink, total: BaseMessage | None, chunk: BaseMessage) -> BaseMessage:

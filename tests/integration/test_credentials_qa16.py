@@ -14,11 +14,13 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import base64
 import json
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import litellm
+import openai
 import pytest
 from langchain_core.caches import BaseCache
 from langchain_core.callbacks import BaseCallbackHandler
@@ -184,3 +186,35 @@ def test_an_endpoint_password_and_a_nested_token_are_never_shown_traced_or_dumpe
         secrets_map={"MNIMI_API_BASE": base, "MNIMI_API_KEY": "k"},
     )
     assert loaded.api_base == base and loaded.model_kwargs == {"extra_body": {"top_k": 3}}
+
+
+# -- a wrapped model's errors ---------------------------------------------------------------
+
+WRAPPED_PASSWORD = "wrapped-pw-9c3e5a1f"
+QUERY_KEY = "query-key-2b6d8f0a"
+KWARGS_HEADER = "kwargs-header-7e1a3c5b"
+
+
+def test_a_wrapped_models_error_loses_its_url_and_nested_credentials(
+    server: SamplingServer, tmp_path: Path
+) -> None:
+    server.reset()
+    server.fail_next(401, echo=True)  # the refusal repeats every header it got
+    chat = ChatOpenAI(
+        model="mock-model",
+        base_url=server.url.replace("http://", f"http://user:{WRAPPED_PASSWORD}@"),
+        api_key="sk-wrapped-1d3f5a7c",
+        default_query={"key": QUERY_KEY},
+        model_kwargs={"extra_headers": {"X-Api-Token": KWARGS_HEADER}},
+        max_retries=0,
+    )
+    wrapper = MnimiChatModel(model=chat, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(openai.AuthenticationError) as caught:
+        wrapper.invoke("hi")
+    error = caught.value
+    basic = base64.b64encode(f"user:{WRAPPED_PASSWORD}".encode()).decode()
+    shown = "".join(traceback.format_exception(error)) + repr(vars(error))
+    shown += str(error.request.url) + repr(dict(error.request.headers))
+    for secret in (WRAPPED_PASSWORD, basic, QUERY_KEY, KWARGS_HEADER, "sk-wrapped-1d3f5a7c"):
+        assert secret not in shown, secret
+    assert "Basic ***" in str(error) and "key=***" in str(error.request.url)
