@@ -49,6 +49,7 @@ from .core.request import (
     TRANSPORT_PARAMS,
     Request,
     is_credential,
+    is_query_credential,
     keyed_params,
     reveal_secret,
     sent_secrets,
@@ -490,18 +491,22 @@ def keyed_endpoint(url: str) -> str:
     """``url`` as a cache key and a stored record name it: without its credentials.
 
     A base URL may carry a password (``https://user:secret@host/v1``) or a key in its
-    query (``?api-key=...``). Credentials never reach a key or a stored value, and two
+    query (``?api-key=...``, an Azure Functions ``?code=``, a signature's ``?sig=``: see
+    :func:`is_query_credential`). Credentials never reach a key or a stored value, and two
     addresses that differ only in them are one endpoint, as two API keys are one model.
 
     Example:
         >>> keyed_endpoint("https://user:secret@host/v1?api-key=k&deployment=d")
         'https://host/v1?deployment=d'
+        >>> keyed_endpoint("https://fn.example/api?code=c&sig=s&v=1")
+        'https://fn.example/api?v=1'
     """
     parts = urlsplit(url)
     netloc = parts.netloc.rsplit("@", 1)[-1]
     query = parts.query
     if query:  # always spelled one way: the same parameters are the same endpoint
-        kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True) if not is_credential(k)]
+        fields = parse_qsl(query, keep_blank_values=True)
+        kept = [(k, v) for k, v in fields if not is_query_credential(k)]
         query = urlencode(kept)
     if netloc == parts.netloc and query == parts.query:
         return url

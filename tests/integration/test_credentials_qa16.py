@@ -31,8 +31,9 @@ from langchain_openai import ChatOpenAI
 from mnimi_adapters import ProviderRequestError
 from mnimi_adapters.core.request import sent_secrets
 from mnimi_adapters.core.stores import open_store
-from mnimi_adapters.langchain import MnimiChatModel, MnimiLLMCache
+from mnimi_adapters.langchain import MnimiChatModel, MnimiLLMCache, wrapped_identity
 from mnimi_adapters.litellm import MnimiCache
+from mnimi_adapters.providers import LiteLLMModel, keyed_endpoint
 from mnimi_adapters.testing import SamplingServer
 
 pytestmark = pytest.mark.integration
@@ -218,3 +219,19 @@ def test_a_wrapped_models_error_loses_its_url_and_nested_credentials(
     for secret in (WRAPPED_PASSWORD, basic, QUERY_KEY, KWARGS_HEADER, "sk-wrapped-1d3f5a7c"):
         assert secret not in shown, secret
     assert "Basic ***" in str(error) and "key=***" in str(error.request.url)
+
+
+# -- query credentials in a base URL --------------------------------------------------------
+
+FUNCTION_KEY = "function-key-5f1b3d7e"
+
+
+def test_code_and_sig_in_a_base_url_are_never_keyed() -> None:
+    plain = "https://fn.example/api/v1?deployment=d&api-version=1"
+    assert keyed_endpoint(plain) == plain  # a URL without them keys as before
+    assert keyed_endpoint(f"{plain}&code=c&sig=s") == plain
+    base = f"https://fn.example/api/v1?code={FUNCTION_KEY}&sig={FUNCTION_KEY}"
+    litellm_model = LiteLLMModel("openai/mock-model", api_base=base)
+    chat = ChatOpenAI(model="mock-model", base_url=base, api_key="k")
+    for identity in (litellm_model.identity(), wrapped_identity(chat)):
+        assert FUNCTION_KEY not in json.dumps(identity) and "fn.example" in json.dumps(identity)
