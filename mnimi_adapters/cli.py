@@ -184,6 +184,33 @@ def _when(timestamp: Any) -> str:
     return "-"
 
 
+def _repr_escape(char: str) -> str:
+    """``char`` escaped as ``repr`` escapes it (``\\x1b``, ``\\u202e``)."""
+    return repr(char)[1:-1]
+
+
+def _json_escape(char: str) -> str:
+    """``char`` as a JSON escape (``\\u009b``; a pair of them beyond the BMP)."""
+    return json.dumps(char)[1:-1]
+
+
+def _printable(text: str, escape: Callable[[str], str] = _repr_escape) -> str:
+    """``text`` with every character that is not printable escaped, as ``repr`` shows it.
+
+    A shared cache's model name, key, prompt or finish reason may hold terminal control
+    sequences (retitling the terminal, hiding text, a carriage return that overwrites a
+    line), or a newline that would fake a line of output: each field is shown escaped.
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else escape(char) for char in text)
+
+
+def _printable_lines(text: str) -> str:
+    """:func:`_printable` on each line of ``text``: its own line breaks are kept."""
+    return "\n".join(map(_printable, text.split("\n")))
+
+
 def excerpt(text: str, width: int = EXCERPT) -> str:
     """``text`` on one line (whitespace runs collapsed), cut to ``width``."""
     flat = " ".join(text.split())
@@ -207,7 +234,7 @@ def _message_text(message: Any) -> str:
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterable[int] = ()) -> str:
     """A plain text table; columns in ``right`` (numbers) are right-aligned."""
-    body = [[str(cell) for cell in row] for row in rows]
+    body = [[_printable(str(cell)) for cell in row] for row in rows]
     aligned = set(right)
     # One format string for every line: a prune of a million keys prints a million.
     template = "  ".join(
@@ -218,11 +245,14 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterabl
 
 
 def _emit_json(data: Any, file: TextIO | None = None) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False), file=file)
+    # json escapes C0 controls only: DEL, C1 controls (\x9b opens a terminal command)
+    # and the like are escaped too, line by line (a line break is the output's own).
+    lines = json.dumps(data, indent=2, ensure_ascii=False).split("\n")
+    print("\n".join(_printable(line, _json_escape) for line in lines), file=file)
 
 
 def _warn(message: str) -> None:
-    print(f"mnimi: {message}", file=sys.stderr)
+    print(f"mnimi: {_printable_lines(message)}", file=sys.stderr)
 
 
 # -- progress -------------------------------------------------------------
@@ -551,18 +581,18 @@ def _show_key(store: Store, key: str, args: argparse.Namespace) -> int:
 
 def _print_request(entry: Entry) -> None:
     request = entry.request
-    print(f"key        {entry.key}")
+    print(f"key        {_printable(entry.key)}")
     if entry.error:
-        print(f"damaged    {entry.error}")
-    print(f"model      {entry.model}")
+        print(f"damaged    {_printable(entry.error)}")
+    print(f"model      {_printable(entry.model)}")
     if request.get("endpoint"):
-        print(f"endpoint   {request['endpoint']}")
-    params = request.get("params")
-    print(f"params     {json.dumps(params, ensure_ascii=False, sort_keys=True)}")
+        print(f"endpoint   {_printable(str(request['endpoint']))}")
+    params = json.dumps(request.get("params"), ensure_ascii=False, sort_keys=True)
+    print(f"params     {_printable(params)}")
     print(f"messages   {len(entry.messages)}")
     for message in entry.messages:
         role = message.get("role", "?") if isinstance(message, dict) else "?"
-        print(f"  {role}: {excerpt(_message_text(message), 100)}")
+        print(f"  {_printable(str(role))}: {_printable(excerpt(_message_text(message), 100))}")
     print(
         f"samples    {entry.length:,}, {int(entry.number('prompt_tokens')):,} prompt + "
         f"{int(entry.number('completion_tokens')):,} completion tokens, "
@@ -638,10 +668,10 @@ def _verify_report(
         _emit_json(result)
     else:
         for note in notes:
-            print(f"note: {note}")
+            print(f"note: {_printable(note)}")
         for problem in check.problems:
             where = problem["key"] or problem["row"] or location
-            print(f"{where}: {problem['problem']}")
+            print(f"{_printable(where)}: {_printable(str(problem['problem']))}")
         checked = f"{_plural(result['keys'], 'key')}, {_plural(result['samples'], 'sample')}"
         if check.problems:
             bad = len({p["key"] for p in check.problems if p["key"] is not None})
@@ -1075,7 +1105,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         for r in copied:
             note = "" if r["added"] == r["samples"] else f" ({r['added']:,} new)"
             print(
-                f"exported {r['key']}  {r['model']}  {_plural(r['samples'], 'sample')}{note}",
+                f"exported {_printable(r['key'])}  {_printable(r['model'])}  "
+                f"{_plural(r['samples'], 'sample')}{note}",
                 file=report,
             )
         print(
@@ -1175,10 +1206,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     elif key is None:
         print(f"nothing is stored for the model {requested['model']!r} in {store.location}")
     elif difference is None:
-        print(f"stored: the request is key {key}")
+        print(f"stored: the request is key {_printable(key)}")
     else:
-        print(f"nearest stored request: {key}")
-        print(f"first difference: {difference}")
+        print(f"nearest stored request: {_printable(key)}")
+        print(f"first difference: {_printable(difference)}")
     return EXIT_OK if key is not None and difference is None else EXIT_FOUND
 
 
@@ -1239,7 +1270,7 @@ def cmd_diff_runs(args: argparse.Namespace) -> int:
         if runs > 1:  # a re-run of the program appended its own run
             print(f"{name} holds {runs} runs: comparing its last")
     if divergence is not None:
-        print(divergence)
+        print(_printable_lines(divergence))
         return EXIT_FOUND
     print(
         f"identical: both runs consumed the same {_plural(len(first), 'sample')} "

@@ -7,6 +7,7 @@ open but verify's (nothing written), and verify reports it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -188,3 +189,48 @@ def test_the_settings_of_an_older_store_and_of_diskcache_open(
     assert code == 0, out + err
     assert fill(server, path) == paid
     assert journal_mode(path) == "wal"
+
+
+# -- what the command prints ------------------------------------------------------------
+
+#: Terminal commands: retitle the terminal, hide text, return to the line's start, CSI.
+CONTROLS = ("\x1b", "\x07", "\r", "\x9b")
+
+
+def test_the_command_shows_a_shared_caches_control_characters_escaped(
+    tmp_path: Path, server: SamplingServer
+) -> None:
+    path = tmp_path / "shared"
+    fill(server, path)
+    with closing(sqlite3.connect(path / DBNAME, isolation_level=None)) as connection:
+        (key,) = connection.execute(
+            "SELECT substr(key, 3) FROM Cache WHERE key LIKE 'n:%'"
+        ).fetchone()
+        record = json.loads(
+            connection.execute("SELECT value FROM Cache WHERE key = ?", (f"m:{key}",)).fetchone()[0]
+        )
+        record["request"]["model"] = "mock\x1b]0;PWNED\x07"
+        record["request"]["messages"][0]["content"] = "\x1b[8mDelete my files.\x1b[0m\rPick"
+        sample = json.loads(
+            connection.execute("SELECT value FROM Cache WHERE key = ?", (f"s:{key}:0",)).fetchone()[
+                0
+            ]
+        )
+        sample["finish_reason"] = "stop\x9b8m"
+        for name, value in ((f"m:{key}", record), (f"s:{key}:0", sample)):
+            connection.execute(
+                "UPDATE Cache SET value = ? WHERE key = ?", (json.dumps(value), name)
+            )
+    for command in (
+        ("show", path),
+        ("show", path, key),
+        ("stats", path),
+        ("verify", path),
+        ("prune", path, "--max-size", "1", "--dry-run"),
+        ("--json", "show", path, key),
+        ("--json", "stats", path),
+    ):
+        _, out, err = run_cli(*command)
+        assert not any(control in out + err for control in CONTROLS), (command, out + err)
+    _, out, _ = run_cli("show", path, key)
+    assert "mock\\x1b]0;PWNED\\x07" in out and "stop\\x9b8m" in out and "\\x1b[8mDelete" in out
