@@ -484,7 +484,10 @@ def wrapped_identity(
         if value is None or not _keyed_setting(name):
             continue
         if isinstance(value, Mapping):  # model_kwargs: its credentials stay out too
-            value = {k: v for k, v in value.items() if _keyed_setting(str(k))}
+            kept = {k: v for k, v in value.items() if _keyed_setting(str(k))}
+            if value and all(is_credential(str(k)) for k in value):
+                continue  # credentials alone: keyed as if not given, as keyed_params does
+            value = kept
         params[name] = _jsonable(value)
     for name in _SHAPE_SETTINGS:
         value = getattr(chat, name, None)

@@ -235,3 +235,15 @@ def test_code_and_sig_in_a_base_url_are_never_keyed() -> None:
     chat = ChatOpenAI(model="mock-model", base_url=base, api_key="k")
     for identity in (litellm_model.identity(), wrapped_identity(chat)):
         assert FUNCTION_KEY not in json.dumps(identity) and "fn.example" in json.dumps(identity)
+
+
+def test_a_wrapped_models_object_of_credentials_alone_keys_as_if_not_given() -> None:
+    headers = ChatOpenAI(model="m", api_key="k", default_headers={"X-Session-Token": "t1"})
+    body = ChatOpenAI(model="m", api_key="k", extra_body={"session_token": "t1"})
+    assert wrapped_identity(body) == wrapped_identity(headers)
+    # An object that keeps a sampling field is keyed with it, and an empty one as before.
+    kept = wrapped_identity(ChatOpenAI(model="m", api_key="k", extra_body={"top_k": 5, "key": "t"}))
+    assert kept["params"]["extra_body"] == {"top_k": 5}
+    for unchanged in ({}, {"timeout": 5}):  # keyed as before: no credential dropped
+        identity = wrapped_identity(ChatOpenAI(model="m", api_key="k", extra_body=unchanged))
+        assert identity["params"]["extra_body"] == {}
