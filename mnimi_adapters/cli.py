@@ -1179,14 +1179,17 @@ def _read_input(name: str) -> str:
 
 
 def _with_endpoint(body: Any) -> Any:
-    """A body written as it was passed to ``litellm.completion``: its ``api_base`` (or
-    ``base_url``) is the endpoint a key holds, keyed as MnimiCache keys it."""
-    if not isinstance(body, dict) or "endpoint" in body:
+    """A body with its endpoint keyed as MnimiCache keys it (without a password or a
+    key in its query, which are never shown): its ``endpoint`` as export --jsonl writes
+    it, or, written as it was passed to ``litellm.completion``, its ``api_base`` (or
+    ``base_url``)."""
+    if not isinstance(body, dict):
         return body
-    base = body.get("api_base") or body.get("base_url")
-    if not isinstance(base, str) or not base:
+    names = ("endpoint",) if "endpoint" in body else ("api_base", "base_url")
+    base = next((body[name] for name in names if body.get(name)), None)
+    if not isinstance(base, str):
         return body
-    rest = {k: v for k, v in body.items() if k not in ("api_base", "base_url")}
+    rest = {k: v for k, v in body.items() if k not in names}
     return {**rest, "endpoint": keyed_endpoint(base).rstrip("/")}
 
 

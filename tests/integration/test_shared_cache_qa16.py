@@ -234,3 +234,36 @@ def test_the_command_shows_a_shared_caches_control_characters_escaped(
         assert not any(control in out + err for control in CONTROLS), (command, out + err)
     _, out, _ = run_cli("show", path, key)
     assert "mock\\x1b]0;PWNED\\x07" in out and "stop\\x9b8m" in out and "\\x1b[8mDelete" in out
+
+
+# -- explain ----------------------------------------------------------------------------
+
+
+def test_explain_keys_an_endpoint_as_export_writes_it_and_never_shows_its_credentials(
+    tmp_path: Path, server: SamplingServer
+) -> None:
+    import litellm
+
+    from mnimi_adapters.litellm import MnimiCache
+
+    messages = [{"role": "user", "content": "Pick between 1 and 100"}]
+    with MnimiCache(str(tmp_path / "cache")):
+        litellm.completion(
+            model="openai/mock-model", messages=messages, api_base=server.url, api_key="sk-x"
+        )
+    code, out, err = run_cli("export", tmp_path / "cache", "-", "--jsonl")
+    assert code == 0, err
+    request = json.loads(out.splitlines()[0])["request"]
+    # The endpoint export wrote, with a password and a query key added: the cache keys the
+    # request so, and the credentials are never shown.
+    secret = request["endpoint"].replace("://", "://user:PASSWORD42@") + "?api-key=KEY42"
+    for endpoint, answer in (
+        (secret, "stored: the request is key m1-"),
+        (secret.replace("127.0.0.1", "localhost"), "nearest stored request: m1-"),
+    ):
+        file = tmp_path / "request.json"
+        file.write_text(json.dumps({**request, "endpoint": endpoint}))
+        code, out, err = run_cli("explain", tmp_path / "cache", file)
+        assert out.startswith(answer), out + err
+        assert code == (0 if answer.startswith("stored") else 1)
+        assert "PASSWORD42" not in out + err and "KEY42" not in out + err
