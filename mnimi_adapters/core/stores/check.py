@@ -9,11 +9,13 @@ key a model layer computed is the hash of the request its record holds.
 
 from __future__ import annotations
 
+import functools
+import gc
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from diskcache.core import MODE_BINARY, MODE_PICKLE
 
@@ -21,6 +23,29 @@ from ..errors import CorruptStoreError
 from ..request import KEY_VERSION, record_key
 from ..sample import Sample
 from .base import FORMAT_KEY, Check, Summary
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def without_cycle_collection(check: F) -> F:
+    """Run ``check`` with Python's cyclic garbage collector held off.
+
+    A check keeps a decoded record per key and makes none of the reference cycles the
+    collector is for, yet its allocations set collections off that scan every object
+    it keeps, again and again: about a third of ``verify``'s time at a million keys.
+    """
+
+    @functools.wraps(check)
+    def held_off(*args: Any, **kwargs: Any) -> Any:
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return check(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+
+    return held_off  # type: ignore[return-value]
 
 
 def plural(count: int, word: str) -> str:

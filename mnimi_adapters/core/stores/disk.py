@@ -62,7 +62,15 @@ from .base import (
     dump_json,
     recency,
 )
-from .check import PICKLED, UNREADABLE, Verifier, decode_row, is_int, kind
+from .check import (
+    PICKLED,
+    UNREADABLE,
+    Verifier,
+    decode_row,
+    is_int,
+    kind,
+    without_cycle_collection,
+)
 from .files import create_private, make_private_folder
 
 _ROW = "SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
@@ -1216,6 +1224,7 @@ class DiskStore(SequenceStore):
             (size,) = self._sql("PRAGMA page_size").fetchone()
         return int(pages) * int(size)
 
+    @without_cycle_collection
     def check(self, progress: Callable[[int], None] | None = None) -> Check:
         """Check every row (in one read transaction, on a read-only connection).
 

@@ -65,7 +65,7 @@ from .base import (
     is_redis_url,
     printable_location,
 )
-from .check import Verifier
+from .check import Verifier, without_cycle_collection
 
 if TYPE_CHECKING:
     import redis
@@ -792,6 +792,7 @@ class RedisStore(SequenceStore):
 
         return RawSequence(_decoded(samples), _decoded(draws), _decoded(record), bool(indexed))
 
+    @without_cycle_collection
     def check(self, progress: Callable[[int], None] | None = None) -> Check:
         """Check the namespace: each sequence read in one transaction, as the rows of disk.
 
