@@ -231,18 +231,17 @@ _MODEL_ERRORS: dict[type[BaseException], type[BaseException]] = {
 }
 
 
-@contextlib.contextmanager
-def _as_model_errors() -> Iterator[None]:
-    """Raise the errors of the block as the LangChain kinds of themselves (see above)."""
-    try:
-        yield
-    except (ReplicationCacheMiss, ProviderRequestError) as error:
-        kind = _MODEL_ERRORS.get(type(error))
-        if kind is None:
-            raise
-        joined = rebuilt(kind, error.args, error.__dict__)
-        # Its cause as it was (none where a credential was echoed into it).
-        raise joined.with_traceback(error.__traceback__) from error.__cause__
+#: The errors a chat model of this module raises as their LangChain kinds.
+_JOINED = (ReplicationCacheMiss, ProviderRequestError)
+
+
+def _as_model_error(error: BaseException) -> BaseException:
+    """``error`` as the LangChain kind of itself (see above), its traceback kept; raised
+    ``from error.__cause__``: its cause as it was (none where a credential was echoed)."""
+    kind = _MODEL_ERRORS.get(type(error))
+    if kind is None:
+        return error
+    return rebuilt(kind, error.args, error.__dict__).with_traceback(error.__traceback__)
 
 
 # Constructor arguments that configure the provider layer MnimiChatModel builds itself;
@@ -2194,8 +2193,10 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        with _as_model_errors():
+        try:
             samples, model = self._draw(messages, stop, kwargs)
+        except _JOINED as error:
+            raise _as_model_error(error) from error.__cause__
         return ChatResult(generations=[self._generation(s, model) for s in samples])
 
     async def _agenerate(
@@ -2205,8 +2206,10 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        with _as_model_errors():
+        try:
             samples, model = await self._adraw(messages, stop, kwargs)
+        except _JOINED as error:
+            raise _as_model_error(error) from error.__cause__
         return ChatResult(generations=[self._generation(s, model) for s in samples])
 
     def _stream(
@@ -2216,7 +2219,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        with _as_model_errors():
+        try:
             if isinstance(self.model, BaseChatModel):
                 chunks = self._live(messages, stop, kwargs)
             else:
@@ -2228,6 +2231,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
                 if run_manager is not None:
                     run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
                 yield chunk
+        except _JOINED as error:
+            raise _as_model_error(error) from error.__cause__
 
     def _live(
         self,
@@ -2307,7 +2312,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        with _as_model_errors():
+        try:
             if isinstance(self.model, BaseChatModel):
                 async for chunk in self._alive(messages, stop, kwargs):
                     if run_manager is not None:
@@ -2319,6 +2324,8 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
                 if run_manager is not None:
                     await run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
                 yield chunk
+        except _JOINED as error:
+            raise _as_model_error(error) from error.__cause__
 
     async def _alive(
         self,
@@ -2910,10 +2917,11 @@ class MnimiLLMCache(BaseCache):
     def lookup(self, prompt: str, llm_string: str) -> list[Generation] | None:
         """The generations at this call's position of the request's sequence, or None."""
         try:
-            with _as_model_errors():
-                sample = self._draw(self._request(prompt, llm_string, []))
+            sample = self._draw(self._request(prompt, llm_string, []))
         except _Miss:
             return None
+        except _JOINED as error:
+            raise _as_model_error(error) from error.__cause__
         return _generations_of(sample)
 
     def update(self, prompt: str, llm_string: str, return_val: Sequence[Generation]) -> None:
