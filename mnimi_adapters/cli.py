@@ -69,7 +69,7 @@ from .core.stores import (
     redis_location,
 )
 from .core.stores.base import dump_json, recency
-from .core.stores.check import keyed_by, request_altered
+from .core.stores.check import keyed_by, request_altered, without_cycle_collection
 from .core.stores.check import plural as _plural
 from .core.stores.disk import is_store_directory
 from .core.stores.files import create_private
@@ -1526,7 +1526,9 @@ def _run_command(arguments: list[str]) -> int:
             args = parser.parse_args(arguments)
         except SystemExit as exit_:  # --help, --version and usage errors
             return exit_.code if isinstance(exit_.code, int) else EXIT_ERROR
-        code: int = args.handler(args)
+        # A command lists, checks or copies a store in one short run: the records it keeps
+        # (one a key) make no cycles, and collections would scan them again and again.
+        code: int = without_cycle_collection(args.handler)(args)
         return code
     except CommandError as error:
         _warn(str(error))

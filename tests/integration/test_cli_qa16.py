@@ -14,6 +14,7 @@ import os
 # LiteLLM downloads its price map at import unless told not to.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+import gc
 import json
 import multiprocessing
 import re
@@ -27,6 +28,7 @@ from typing import Any
 import pytest
 from support import Locations, NumberModel, fill, mnimi
 
+from mnimi_adapters import cli
 from mnimi_adapters.core import BatchedModel, Persistent, Request
 from mnimi_adapters.core.runs import RunRecorder, read_runs
 from mnimi_adapters.core.stores.files import make_private_folder
@@ -248,3 +250,17 @@ def test_a_row_of_text_that_is_not_utf8_is_damage_not_a_failure(
     assert "(2 sound samples)" in printed
     code, _, err = mnimi(capsys, "export", str(cache), str(tmp_path / "out.jsonl"), "--jsonl")
     assert "is damaged (Could not decode" in err and "not exported" in err
+
+
+def test_a_command_runs_with_the_cycle_collector_held_off(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # prune keeps a record per key after its check; collections its allocations set off
+    # scanned them again and again (6.2 s against 4.3 s at 100,000 keys).
+    cache = tmp_path / "cache"
+    fill(cache, NumberModel(), PROMPT, 3)
+    seen: list[bool] = []
+    real = cli._table
+    monkeypatch.setattr(cli, "_table", lambda *a, **k: seen.append(gc.isenabled()) or real(*a, **k))
+    assert mnimi(capsys, "prune", str(cache), "--max-size", "0", "--dry-run")[0] == 0
+    assert seen == [False] and gc.isenabled()
