@@ -159,6 +159,8 @@ from .core.request import (
     canonical,
     canonical_json,
     is_credential,
+    is_query_credential,
+    is_query_fields,
     is_sampling_param,
     keyed_params,
     reveal_secret,
@@ -285,22 +287,33 @@ _SHARED_LOCK = threading.Lock()
 
 def _hide(name: str, value: Any) -> Any:
     """A credential's value wrapped so that no repr, dump or log line shows it."""
-    if value is None or not is_credential(name) or isinstance(value, SecretStr | Secret):
+    return _secret(value) if is_credential(name) else value
+
+
+def _secret(value: Any) -> Any:
+    """``value`` wrapped as a secret (``None`` and a secret already wrapped as they are)."""
+    if value is None or isinstance(value, SecretStr | Secret):
         return value
     return SecretStr(value) if isinstance(value, str) else Secret(value)
 
 
-def _public_kwargs(kwargs: Mapping[Any, Any], *, masked: bool) -> dict[Any, Any]:
+def _public_kwargs(
+    kwargs: Mapping[Any, Any], *, masked: bool, query: bool = False
+) -> dict[Any, Any]:
     """Provider keywords for a repr, a dump or a trace: each credential, a keyword or a
-    field of an object keyword at any depth (``extra_body={"session_token": ...}``),
-    wrapped as a secret (``masked``) or left out."""
+    field of an object keyword at any depth (``extra_body={"session_token": ...}``, a
+    query's ``code`` and ``sig`` too), wrapped as a secret (``masked``) or left out."""
     public: dict[Any, Any] = {}
     for name, value in kwargs.items():
-        if isinstance(name, str) and is_credential(name):
+        named = isinstance(name, str) and (
+            is_query_credential(name) if query else is_credential(name)
+        )
+        if named:
             if masked:
-                public[name] = _hide(name, value)
+                public[name] = _secret(value)
         elif isinstance(value, Mapping):
-            public[name] = _public_kwargs(value, masked=masked)
+            in_query = isinstance(name, str) and is_query_fields(name)
+            public[name] = _public_kwargs(value, masked=masked, query=in_query)
         else:
             public[name] = value
     return public

@@ -219,7 +219,7 @@ def _collect_secrets(
             isinstance(name, str) and (is_query_credential(name) if query else is_credential(name))
         )
         if isinstance(value, Mapping):
-            in_query = isinstance(name, str) and _is_query_fields(name)
+            in_query = isinstance(name, str) and is_query_fields(name)
             _collect_secrets(value, found, headers=headers or named, query=in_query, seen=seen)
         elif type(value) is list or type(value) is tuple:
             for item in value:
@@ -232,7 +232,7 @@ def _collect_secrets(
                 _add_secret(found, secret, 4)
 
 
-def _is_query_fields(name: str) -> bool:
+def is_query_fields(name: str) -> bool:
     """Whether an object parameter holds the fields of a URL's query string."""
     return name == _QUERY_PARAM or "query" in (w.lower() for w in _WORD_BOUNDARY.split(name))
 

@@ -247,3 +247,21 @@ def test_a_wrapped_models_object_of_credentials_alone_keys_as_if_not_given() -> 
     for unchanged in ({}, {"timeout": 5}):  # keyed as before: no credential dropped
         identity = wrapped_identity(ChatOpenAI(model="m", api_key="k", extra_body=unchanged))
         assert identity["params"]["extra_body"] == {}
+
+
+def test_a_query_credential_of_the_provider_keywords_is_never_shown(tmp_path: Path) -> None:
+    # extra_query's code and sig are credentials (never keyed or stored), but the model's
+    # repr, dumps and invocation params showed them: only names like api-key were hidden.
+    chat = MnimiChatModel(
+        model="openai/mock-model",
+        model_kwargs={"extra_query": {"code": "func-code-51aa", "sig": "sas-sig-77bb", "v": 2}},
+        cache_dir=str(tmp_path / "cache"),
+    )
+    for text in (
+        repr(chat),
+        chat.model_dump_json(),
+        dumps(chat),
+        json.dumps(chat._get_invocation_params(), default=str),
+    ):
+        assert "func-code-51aa" not in text and "sas-sig-77bb" not in text
+    assert chat.model_kwargs["extra_query"]["code"] == "func-code-51aa"  # still sent
