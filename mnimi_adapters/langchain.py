@@ -2788,11 +2788,24 @@ def _llm_params(llm_string: str) -> dict[str, Any]:
             "kwargs": _keyed_settings(settings) if isinstance(settings, dict) else None,
         }
     try:
-        pairs = ast.literal_eval(call) if call else []
+        pairs = _call_pairs(call) if call else []
         params: Any = _keyed_settings({str(k): v for k, v in pairs})
     except (ValueError, SyntaxError, TypeError):
         params = None  # not a repr of plain values: what it holds cannot be told apart
     return {"langchain_model": model, "call": params}
+
+
+#: CPython 3.11 (before 3.11.9) raises SystemError, "AST constructor recursion depth
+#: mismatch", when threads build ASTs at once (gh-106905): the lookups of a batch's
+#: concurrent calls did. One parse at a time, and each call's parameters parsed once.
+_PARSING = threading.Lock()
+
+
+@functools.lru_cache(maxsize=256)
+def _call_pairs(call: str) -> Any:
+    """The value of the repr of a call's parameters (see :func:`_llm_params`)."""
+    with _PARSING:
+        return ast.literal_eval(call)
 
 
 def _prompt_messages(prompt: str) -> tuple[dict[str, Any], ...]:
