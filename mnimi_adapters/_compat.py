@@ -944,7 +944,7 @@ def carry_dspy_rollout_ids() -> bool:
                 request: dict[str, Any], *args: Any, _call: Any = call, **kwargs: Any
             ) -> Any:
                 with _as_dspy_call(request):
-                    return await _call(request, *args, **kwargs)
+                    return _as_dspy_hit(await _call(request, *args, **kwargs))
 
             carried: Any = carried_async
         else:
@@ -954,7 +954,7 @@ def carry_dspy_rollout_ids() -> bool:
                 request: dict[str, Any], *args: Any, _call: Any = call, **kwargs: Any
             ) -> Any:
                 with _as_dspy_call(request):
-                    return _call(request, *args, **kwargs)
+                    return _as_dspy_hit(_call(request, *args, **kwargs))
 
             carried = carried_sync
         carried._mnimi_carries = True
@@ -971,6 +971,21 @@ _DSPY_CALLS = (
     "litellm_responses_completion",
     "alitellm_responses_completion",
 )
+
+
+def _as_dspy_hit(response: Any) -> Any:
+    """``response``; a cache hit with no usage, as DSPy's own cache hands a hit back.
+
+    DSPy's usage tracker counts the usage of every answer its own cache did not give, and
+    reads no flag of LiteLLM's: a replay counted as tokens spent. A hit's cost was
+    already 0 (LiteLLM's own rule), and it keeps its usage for everyone but DSPy.
+    """
+    hidden = getattr(response, "_hidden_params", None)
+    if isinstance(hidden, dict) and hidden.get("cache_hit") is True and hasattr(response, "usage"):
+        import litellm
+
+        response.usage = litellm.Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+    return response
 
 
 @contextlib.contextmanager

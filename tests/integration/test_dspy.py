@@ -244,3 +244,22 @@ assert litellm.cache is cache, litellm.cache
     server.reset()
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
     assert sent(server) == 1
+
+
+def test_a_replay_spends_no_tokens_in_dspys_usage_tracker(
+    server: SamplingServer, engine: str, tmp_path: Path
+) -> None:
+    # DSPy counts the usage of every answer its own cache did not give: a replay from the
+    # Mnimi cache was counted as the tokens of the call it replays.
+    def spent() -> int:
+        with dspy.context(track_usage=True):
+            usage = dspy.Predict("question -> answer")(question=QUESTIONS[0]).get_lm_usage()
+        return sum(int(totals.get("total_tokens") or 0) for totals in usage.values())
+
+    with MnimiCache(str(tmp_path), dspy=True) as cache:
+        assert spent() > 0
+        assert spent() == 0
+    cache.close()
+    with MnimiCache(str(tmp_path), replication=True) as replica:
+        assert spent() == 0
+    replica.close()
