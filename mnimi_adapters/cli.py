@@ -369,10 +369,10 @@ def _entry(store: Store, key: str) -> Entry:
     return store.summary(key) or Entry(key, error=f"key {key} has no record")
 
 
-def _entries(store: Store, label: str | None = None) -> list[Entry]:
+def _entries(store: Store) -> list[Entry]:
     """Every sequence of ``store`` with its record, damaged records marked."""
     entries = []
-    with Progress(label or "reading", None) as progress:
+    with Progress("reading", None) as progress:
         for entry in store.summaries():
             entries.append(entry)
             progress.advance()

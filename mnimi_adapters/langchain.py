@@ -234,7 +234,7 @@ _MODEL_ERRORS: dict[type[BaseException], type[BaseException]] = {
 
 
 #: The errors a chat model of this module raises as their LangChain kinds.
-_JOINED = (ReplicationCacheMiss, ProviderRequestError)
+_JOINED = tuple(_MODEL_ERRORS)
 
 
 def _as_model_error(error: BaseException) -> BaseException:

@@ -685,9 +685,7 @@ def _store_error(error: BaseException, location: Path, doing: str) -> StoreError
     text = str(error) or type(error).__name__
     name = getattr(error, "sqlite_errorname", "")
     number = getattr(error, "errno", None)
-    corrupt = name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or (
-        isinstance(error, sqlite3.DatabaseError) and _undecodable(error)  # text not UTF-8
-    )
+    corrupt = name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or _undecodable(error)
     if corrupt or "malformed" in text or "not a database" in text:
         return CorruptStoreError(
             f"the database of {location} is damaged ({text}) while {doing}: run "
@@ -1257,10 +1255,14 @@ class DiskStore(SequenceStore):
 
     def _damaged(self, error: sqlite3.Error | OSError, verifier: Verifier) -> None:
         """Report damage that stopped a read as a problem; any other failure is raised."""
+        self._raise_unless_damage(error)
+        verifier.report(None, None, f"the database is damaged: {error}")
+
+    def _raise_unless_damage(self, error: sqlite3.Error | OSError) -> None:
+        """Raise a check's failure as the ``StoreError`` it is, unless it is damage."""
         failure = _store_error(error, self.path, "checking the store")
         if not isinstance(failure, CorruptStoreError):
             raise failure from None
-        verifier.report(None, None, f"the database is damaged: {error}")
 
     def _quick_check(self, connection: sqlite3.Connection, verifier: Verifier) -> None:
         """SQLite's own check of its pages; where it fails to read one, that is damage
@@ -1327,9 +1329,7 @@ class DiskStore(SequenceStore):
                     "SELECT mode, filename, value FROM Cache WHERE rowid = ?", (rowid,)
                 ).fetchone()
             except sqlite3.DatabaseError as error:
-                failure = _store_error(error, self.path, "checking the store")
-                if not isinstance(failure, CorruptStoreError):
-                    raise failure from None
+                self._raise_unless_damage(error)
                 row = None
             value = UNREADABLE if row is None else decode_row(*row)
             _checked_row(verifier, name, raw, value, progress)
@@ -1377,8 +1377,8 @@ class DiskStore(SequenceStore):
         self._close_cache()
 
 
-def _undecodable(error: sqlite3.DatabaseError) -> bool:
-    """Whether ``error`` is Python's refusal of a text value that is not UTF-8."""
+def _undecodable(error: BaseException) -> bool:
+    """Whether ``error`` is Python's refusal of a text value that is not UTF-8 (damage)."""
     return isinstance(error, sqlite3.OperationalError) and "Could not decode" in str(error)
 
 
