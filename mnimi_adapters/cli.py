@@ -1190,7 +1190,7 @@ def _with_endpoint(body: Any) -> Any:
     if not isinstance(base, str):
         return body
     rest = {k: v for k, v in body.items() if k not in names}
-    return {**rest, "endpoint": keyed_endpoint(base).rstrip("/")}
+    return {**rest, "endpoint": keyed_endpoint(base)}
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

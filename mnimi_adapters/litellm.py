@@ -1734,7 +1734,7 @@ class MnimiCache(Cache):
                 model, provider if isinstance(provider, str) else None
             )
             if keyed:
-                identity["endpoint"] = keyed_endpoint(keyed).rstrip("/")
+                identity["endpoint"] = keyed_endpoint(keyed)
         rollout = dspy_rollout_id.get()
         if rollout is not None:
             # DSPy's way to ask for a new sample: each rollout keyed apart, as DSPy's own

@@ -494,23 +494,26 @@ def keyed_endpoint(url: str) -> str:
     query (``?api-key=...``, an Azure Functions ``?code=``, a signature's ``?sig=``: see
     :func:`is_query_credential`). Credentials never reach a key or a stored value, and two
     addresses that differ only in them are one endpoint, as two API keys are one model.
+    Nor does a final ``/`` of the path: every client joins its routes to a base URL with
+    or without one alike, so ``.../v1/`` and ``.../v1`` are one endpoint too.
 
     Example:
         >>> keyed_endpoint("https://user:secret@host/v1?api-key=k&deployment=d")
         'https://host/v1?deployment=d'
-        >>> keyed_endpoint("https://fn.example/api?code=c&sig=s&v=1")
+        >>> keyed_endpoint("https://fn.example/api/?code=c&sig=s&v=1")
         'https://fn.example/api?v=1'
     """
     parts = urlsplit(url)
     netloc = parts.netloc.rsplit("@", 1)[-1]
+    path = parts.path.rstrip("/")
     query = parts.query
     if query:  # always spelled one way: the same parameters are the same endpoint
         fields = parse_qsl(query, keep_blank_values=True)
         kept = [(k, v) for k, v in fields if not is_query_credential(k)]
         query = urlencode(kept)
-    if netloc == parts.netloc and query == parts.query:
+    if (netloc, path, query) == (parts.netloc, parts.path, parts.query):
         return url
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    return urlunsplit(parts._replace(netloc=netloc, path=path, query=query))
 
 
 class LiteLLMModel(BatchedModel):
@@ -610,10 +613,10 @@ class LiteLLMModel(BatchedModel):
         )
         identity: dict[str, Any] = {"model": self.alias or self.model_name, "params": params}
         if self.alias is None and self._keyed_by_endpoint:
-            # Given (stripped of a final "/" when the model was made) or configured.
+            # Given or configured.
             api_base = self.api_base or configured_api_base(self.model_name)
             if api_base:
-                identity["endpoint"] = keyed_endpoint(api_base.rstrip("/"))
+                identity["endpoint"] = keyed_endpoint(api_base)
         return identity
 
     # -- sending --------------------------------------------------------------------

@@ -71,6 +71,9 @@ def test_lookup_replays_outside_scopes_and_continues_in_independent(
     # A model that differs only in its key shares the sequences; one at another
     # temperature does not.
     assert openai(server, MnimiLLMCache(cache_dir), api_key="sk-x").invoke(NUMBER) == hit
+    # Nor does a final "/" of the base URL, which the client joins its routes to alike.
+    slashed = openai(server, MnimiLLMCache(cache_dir), base_url=server.url + "/")
+    assert slashed.invoke(NUMBER) == hit
     openai(server, MnimiLLMCache(cache_dir), temperature=0.1).invoke(NUMBER)
     assert len(server.chat_requests()) == 4
     for path in Path(cache_dir).rglob("*"):

@@ -118,6 +118,8 @@ def test_the_key_holds_the_models_identity_and_no_credential(
 
     base = key(openai())
     assert key(openai(api_key="sk-another-key", timeout=30, max_retries=2)) == base
+    # The client joins its routes to the base URL with or without a final "/" alike.
+    assert key(openai(base_url=server.url + "/")) == base
     assert key(openai(temperature=0.2)) != base
     assert key(openai(base_url=server.url.replace("127.0.0.1", "localhost"))) != base
     assert key(openai(model="mock-model-b")) != base
