@@ -23,7 +23,7 @@ import contextlib
 import json
 import random
 import re
-import select
+import selectors
 import socket
 import sys
 import threading
@@ -1289,20 +1289,23 @@ class _Handler(BaseHTTPRequestHandler):
         """Holds the connection open; returns True if the client is still there afterwards."""
         deadline = time.monotonic() + seconds
         stopping = self._http.stopping
-        while not stopping.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return True
-            # A readable socket with nothing to read means the client gave up: stop hanging
-            # so a timed-out test leaves no thread behind.
-            readable, _, _ = select.select([self.connection], [], [], min(remaining, 0.05))
-            if readable:
-                try:
-                    if not self.connection.recv(1, socket.MSG_PEEK):
+        # Not select.select: it refuses a descriptor past 1023, which a test process
+        # holding many connections and stores reaches.
+        with selectors.DefaultSelector() as watch:
+            watch.register(self.connection, selectors.EVENT_READ)
+            while not stopping.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return True
+                # A readable socket with nothing to read means the client gave up: stop
+                # hanging so a timed-out test leaves no thread behind.
+                if watch.select(min(remaining, 0.05)):
+                    try:
+                        if not self.connection.recv(1, socket.MSG_PEEK):
+                            break
+                    except OSError:
                         break
-                except OSError:
-                    break
-                stopping.wait(min(remaining, 0.05))  # Pipelined data: keep holding.
+                    stopping.wait(min(remaining, 0.05))  # Pipelined data: keep holding.
         self.close_connection = True
         return False
 

@@ -633,6 +633,23 @@ def test_short_timeout_fault_answers_504_to_a_patient_client(server: SamplingSer
     assert server.chat_requests()[0].status == 504
 
 
+def test_a_hang_works_in_a_process_holding_over_a_thousand_descriptors(
+    server: SamplingServer,
+) -> None:
+    # select() refuses a descriptor past 1023: the server's hang raised ValueError once a
+    # long test run held that many (connection pools, stores), and the client saw a reset.
+    resource = pytest.importorskip("resource")
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 1200:
+        pytest.skip("this process may not open 1,200 descriptors")
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        server.fail_next(kind="timeout", hang=0.2)
+        assert chat(server, timeout=5).status_code == 504
+    finally:
+        for descriptor in held:
+            os.close(descriptor)
+
+
 def test_stop_releases_a_hanging_request() -> None:
     server = SamplingServer().start()
     server.fail_next(kind="timeout", hang=30)
