@@ -1428,9 +1428,11 @@ class _IdentityMemo:
     def of(
         cls, chat: BaseChatModel, alias: str | None, identity: dict[str, Any], ls: LangSmithParams
     ) -> _IdentityMemo:
-        # What the identifying params (compared whole) do not show already.
+        # What the identifying params (compared whole) do not show already. Every setting
+        # the user gave, keyed or not: one given as None (ChatGroq(max_tokens=None), as
+        # its docs write it) and set later is keyed then, and adds no field to count.
         names = [*_SHAPE_SETTINGS, *(f for f, _ in _endpoint_fields(type(chat)))]
-        names += [name for name in _own_settings(chat) if name in identity["params"]]
+        names += _own_settings(chat)
         identifying = chat._identifying_params
         names = [name for name in names if name not in identifying]
         settings = tuple((name, _plain_copy(getattr(chat, name, None))) for name in names)

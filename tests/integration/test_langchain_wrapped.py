@@ -1208,6 +1208,15 @@ def test_settings_a_model_leaves_out_of_its_identifying_params_are_keyed(
     assert len(server.requests) == 2
     assert claude(stop_sequences=[" "], max_retries=5).invoke("Say something.").text == cut
     assert len(server.requests) == 2
+    # Given as None (as LangChain's docs write settings) and set after wrapping: keyed then.
+    chat = ChatAnthropic(
+        model="mock-claude", base_url=server.root_url, api_key=SECRET, stop_sequences=None
+    )
+    wrapped = MnimiChatModel(model=chat, cache_dir=cache)
+    assert wrapped.invoke("Say something.").text == whole
+    chat.stop_sequences = [" "]
+    assert wrapped.invoke("Say something.").text == cut
+    assert len(server.requests) == 2
 
 
 def test_a_setting_changed_in_place_is_seen_at_the_next_call(
