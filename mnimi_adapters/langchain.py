@@ -421,8 +421,15 @@ def _parse_tool_calls(
 # -- wrapping a LangChain chat model --------------------------------------------------------
 
 # Words of a wrapped model's identifying params that say how a request is sent, not what it
-# samples from (``streaming``, ``max_retries``, ``default_request_timeout``): never keyed.
-_SENDING_WORDS = frozenset({"stream", "streaming", "timeout", "retries", "retry"})
+# samples from (``streaming``, ``max_retries``, ``default_request_timeout``, Mistral's
+# ``max_concurrent_requests``): never keyed.
+_SENDING_WORDS = frozenset(
+    {"stream", "streaming", "timeout", "retries", "retry", "concurrent", "concurrency"}
+)
+# With "api", words of a setting that says which version or kind of an API carries the
+# call (Azure's ``openai_api_version``, ``openai_api_type``): never keyed, as LiteLLM's
+# ``api_version`` is not.
+_API_SENDING_WORDS = frozenset({"version", "type"})
 # Words of a field that names the endpoint a wrapped model talks to (``openai_api_base``,
 # ``anthropic_api_url``, ``azure_endpoint``): keyed unless an alias is given, as api_base.
 _ENDPOINT_WORDS = frozenset({"url", "endpoint", "base"})
@@ -456,7 +463,9 @@ def _words(name: str) -> set[str]:
 
 
 def _keyed_setting(name: str) -> bool:
-    return is_sampling_param(name) and not _words(name) & _SENDING_WORDS
+    words = _words(name)
+    sending = words & _SENDING_WORDS or ("api" in words and words & _API_SENDING_WORDS)
+    return is_sampling_param(name) and not sending
 
 
 def _jsonable(value: Any) -> Any:

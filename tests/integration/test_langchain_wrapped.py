@@ -23,7 +23,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import ConfigurableField
-from langchain_openai import ChatOpenAI
+from langchain_openai import AzureChatOpenAI, ChatOpenAI
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy
 from pydantic import BaseModel, Field, ValidationError
@@ -138,6 +138,27 @@ def test_the_key_holds_the_models_identity_and_no_credential(
             assert SECRET.encode() not in path.read_bytes()
     chat = MnimiChatModel(model=openai(), cache_dir=cache)
     assert SECRET not in repr(chat) and SECRET not in json.dumps(chat._identifying_params)
+
+
+def test_which_version_or_kind_of_api_carries_a_call_is_not_keyed(
+    server: SamplingServer,
+) -> None:
+    # Azure's API version and type say how a call is carried, as LiteLLM's api_version
+    # (never keyed there): a replica on a newer version raised ReplicationCacheMiss.
+    def azure(**settings: Any) -> AzureChatOpenAI:
+        return AzureChatOpenAI(
+            azure_deployment="gpt-4o",
+            azure_endpoint=server.root_url,
+            api_key=SECRET,
+            api_version=settings.pop("api_version", "2024-10-21"),
+            **settings,
+        )
+
+    base = wrapped_identity(azure())
+    assert wrapped_identity(azure(api_version="2025-01-01-preview")) == base
+    assert wrapped_identity(azure(openai_api_type="azure_ad")) == base
+    assert wrapped_identity(azure(temperature=0.2)) != base
+    assert "version" not in json.dumps(base)
 
 
 def test_a_repeated_requests_key_is_reused_only_while_nothing_changed(
