@@ -480,15 +480,16 @@ def wrapped_identity(
 ) -> dict[str, Any]:
     """What identifies a LangChain chat model's outputs in a cache key, credentials left out.
 
-    Its class, its model name (``ls_provider/ls_model_name`` of ``_get_ls_params``, or
-    ``alias``), the sampling settings of ``_identifying_params`` (the identity LangChain's
+    Its class, its model name (``ls_provider/ls_model_name`` of ``_get_ls_params``; an
+    ``alias`` stands for both), the sampling settings of ``_identifying_params`` (the identity LangChain's
     own caches key on) without ``n``, streaming, timeouts, retries or credentials, what shapes
     the answer besides (``use_responses_api``, ``output_version``, where set), and,
     without an alias, the endpoint it talks to (``base_url``, userinfo removed).
 
     Args:
         chat: The wrapped chat model.
-        alias: The model's name in keys instead of its own; the endpoint is then left out.
+        alias: The model's name in keys instead of its own; its class, the name its
+            provider serves it under and the endpoint are then left out.
         ls_params: ``chat._get_ls_params()``, if the caller has it already.
 
     Returns:
@@ -518,6 +519,14 @@ def wrapped_identity(
     if ls_params is None:
         ls_params = chat._get_ls_params()
     named = [ls_params.get("ls_provider"), ls_params.get("ls_model_name")]
+    if alias is not None:
+        # The alias is the model, whoever serves it under whatever name: one model on two
+        # providers (two classes) or under two served names shares its sequences.
+        params = {
+            name: value
+            for name, value in params.items()
+            if name != "langchain_class" and not _names_the_model(name, value, named[1])
+        }
     identity: dict[str, Any] = {
         "model": alias or "/".join(str(part) for part in named if part) or cls.__name__,
         "params": params,
@@ -531,6 +540,14 @@ def wrapped_identity(
         if endpoint:
             identity["endpoint"] = endpoint
     return identity
+
+
+def _names_the_model(name: str, value: Any, served: Any) -> bool:
+    """Whether a setting is the name a provider serves the model under (``model_name``,
+    ``model``, ``model_id``, Azure's ``deployment_name``, ...)."""
+    return isinstance(value, str) and (
+        value == served or name in ("model", "model_name", "model_id")
+    )
 
 
 def _settings_beyond(chat: BaseChatModel, params: Mapping[str, Any]) -> dict[str, Any]:

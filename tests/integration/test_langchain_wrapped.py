@@ -132,7 +132,11 @@ def test_the_key_holds_the_models_identity_and_no_credential(
     assert SECRET not in json.dumps(identity)
     assert identity["model"] == "openai/mock-model"
     assert identity["endpoint"] == {"base_url": server.url}
-    assert "endpoint" not in wrapped_identity(openai(), alias="shared-name")
+    # An alias is the model whoever serves it, under whatever name and class.
+    shared = wrapped_identity(openai(), alias="shared-name")
+    assert "endpoint" not in shared and "langchain_class" not in shared["params"]
+    assert wrapped_identity(openai(model="its-name-elsewhere"), alias="shared-name") == shared
+    assert wrapped_identity(openai(temperature=0.2), alias="shared-name") != shared
     for path in Path(cache).rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes()
