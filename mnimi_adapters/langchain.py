@@ -39,6 +39,7 @@ import queue
 import re
 import sys
 import threading
+import warnings
 import weakref
 from collections.abc import (
     AsyncGenerator,
@@ -2809,6 +2810,7 @@ def _llm_params(llm_string: str) -> dict[str, Any]:
         model: Any = json.loads(serialised)
     except ValueError:
         model, call = None, llm_string
+        _warn_unserialised(call)
     if isinstance(model, dict):
         settings = model.get("kwargs")
         model = {
@@ -2821,6 +2823,34 @@ def _llm_params(llm_string: str) -> dict[str, Any]:
     except (ValueError, SyntaxError, TypeError):
         params = None  # not a repr of plain values: what it holds cannot be told apart
     return {"langchain_model": model, "call": params}
+
+
+#: The model types :func:`_warn_unserialised` has warned of.
+_WARNED_UNSERIALISED: set[str] = set()
+
+
+def _warn_unserialised(call: str) -> None:
+    """Warn that a model LangChain cannot serialise is keyed by its invocation params alone.
+
+    Its ``llm_string`` holds no more: a setting its ``_identifying_params`` leave out
+    (ChatDeepSeek's endpoint, ChatLiteLLM's ``max_tokens``) is then in no key, and models
+    that differ only there share sequences, in every LangChain cache. Shown once per model
+    type: LangChain's own ``catch_warnings`` blocks reset Python's registry of those shown.
+    """
+    found = re.search(r"\('_type', '([^']*)'\)", call)
+    kind = found.group(1) if found else "unknown type"
+    if kind in _WARNED_UNSERIALISED:
+        return
+    _WARNED_UNSERIALISED.add(kind)
+    warnings.warn(
+        f"MnimiLLMCache: LangChain cannot serialise this chat model "
+        f"({kind}), so its cache calls carry only its "
+        "_identifying_params: settings they leave out (an endpoint, max_tokens, ...) are "
+        "in no key, and models that differ only there share samples. Wrap the model "
+        "instead: MnimiChatModel(model=your_model, cache_dir=...)",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 #: CPython 3.11 (before 3.11.9) raises SystemError, "AST constructor recursion depth

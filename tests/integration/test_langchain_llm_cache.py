@@ -7,6 +7,7 @@ import asyncio
 import contextvars
 import gc
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -94,6 +95,37 @@ def test_set_llm_cache_and_a_partner_model(server: SamplingServer, cache_dir: st
         set_llm_cache(previous)
     assert len(set(texts)) == 3 and again == texts
     assert len(server.requests) == 3
+
+
+class UnserialisableChat(ChatOpenAI):
+    """A partner model LangChain cannot serialise (ChatDeepSeek, ChatLiteLLM, ...)."""
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return False
+
+    @property
+    def _llm_type(self) -> str:
+        return "unserialisable-test-chat"
+
+
+def test_a_model_langchain_cannot_serialise_is_warned_of_once(
+    server: SamplingServer, cache_dir: str
+) -> None:
+    # Such a model's cache calls carry its _identifying_params alone: a setting they leave
+    # out was in no key, and a model at another endpoint was served this one's samples.
+    cache = MnimiLLMCache(cache_dir)
+
+    def model() -> UnserialisableChat:
+        return UnserialisableChat(
+            model="mock-model", base_url=server.url, api_key=SECRET, cache=cache
+        )
+
+    with pytest.warns(UserWarning, match=r"cannot serialise .*unserialisable-test-chat"):
+        model().invoke(NUMBER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: not at every lookup and update
+        model().invoke(NUMBER)
 
 
 def test_streaming_bypasses_the_cache(server: SamplingServer, cache_dir: str) -> None:
