@@ -34,6 +34,7 @@ import difflib
 import functools
 import inspect
 import json
+import logging
 import os
 import queue
 import re
@@ -173,7 +174,13 @@ from .core.sample import new_draw_id, split_evenly, stream_pieces
 from .core.scopes import caching_enabled
 from .core.stores import is_redis_url, shown_location, url_has_password
 from .core.stores.base import anchored
-from .providers import LiteLLMModel, LiteLLMRequest, keyed_endpoint, provider_call_active
+from .providers import (
+    LiteLLMModel,
+    LiteLLMRequest,
+    keyed_endpoint,
+    provider_call_active,
+    refuses_n,
+)
 
 __all__ = [
     "MnimiChatModel",
@@ -275,6 +282,8 @@ _WRAPPED_MODEL_FIELDS = (
 
 # Per-call kwargs LangChain may pass that are not request parameters.
 _CALL_ONLY = frozenset({"stream", "stream_options", "n", "model"})
+
+logger = logging.getLogger("mnimi_adapters.langchain")
 
 # Layers built by MnimiChatModel instances, one per sequence identity (model, temperature,
 # alias, endpoint, store, replication). Scopes keep one cursor per layer, so two copies of
@@ -1004,6 +1013,9 @@ class WrappedChatModel(BatchedModel):
     def __init__(self, identity: dict[str, Any]) -> None:
         super().__init__(str(identity["model"]), 1.0)
         self._identity = identity
+        #: Whether the provider refused ``n`` > 1 (Groq's API does, though ChatGroq has
+        #: an ``n``): learnt once, then every refill asks one sample a request.
+        self._n_refused = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model_name!r})"
@@ -1013,9 +1025,39 @@ class WrappedChatModel(BatchedModel):
 
     def batch_limit(self, request: Request) -> int:
         call = _call_of(request)
-        if call.max_batch > 1 and uses_responses_api(call.chat, request.params):
-            return 1  # OpenAI's Responses API answers one sample a request
+        # OpenAI's Responses API answers one sample a request.
+        if call.max_batch > 1 and (
+            self._n_refused or uses_responses_api(call.chat, request.params)
+        ):
+            return 1
         return call.max_batch
+
+    def refill(self, request: Request, batch: int) -> list[Sample]:
+        try:
+            return super().refill(request, batch)
+        except Exception as error:
+            if not self._learns_n_refused(error, request, batch):
+                raise
+        return super().refill(request, batch)
+
+    async def arefill(self, request: Request, batch: int) -> list[Sample]:
+        try:
+            return await super().arefill(request, batch)
+        except Exception as error:
+            if not self._learns_n_refused(error, request, batch):
+                raise
+        return await super().arefill(request, batch)
+
+    def _learns_n_refused(self, error: Exception, request: Request, batch: int) -> bool:
+        """Whether ``error`` is the provider refusing ``n`` > 1 for this refill: then
+        learnt, and the refill is asked again one sample a request."""
+        if self._n_refused or self.batch_limit(request) == 1 or batch == 1:
+            return False
+        if not refuses_n(error):
+            return False
+        logger.info("%r refused n > 1; drawing one sample a request from now on", self)
+        self._n_refused = True
+        return True
 
     @staticmethod
     def _arguments(request: Request, n: int) -> tuple[_Call, BaseChatModel, dict[str, Any]]:

@@ -393,8 +393,9 @@ def _retry_after(error: BaseException) -> float | None:
     return None
 
 
-def _mentions_n(error: BaseException) -> bool:
-    """A 400 that is about the ``n`` parameter (providers limited to one choice)."""
+def refuses_n(error: BaseException) -> bool:
+    """Whether ``error`` is a 400 about the ``n`` parameter (providers limited to one choice:
+    Groq answers ``n`` > 1 with "n must be at most 1")."""
     if _status(error) not in (400, 422):
         return False
     if getattr(error, "param", None) == "n":
@@ -786,7 +787,7 @@ class LiteLLMModel(BatchedModel):
         else:
             code = type(error).__name__
         message = f"{name}{where} request failed ({code}){tries}: {detail}"
-        if n > 1 and _mentions_n(error):
+        if n > 1 and refuses_n(error):
             return _NotSupportedN(message, status, attempts)
         return ProviderRequestError(message, status, attempts, retryable)
 

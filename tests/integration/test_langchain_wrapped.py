@@ -482,6 +482,27 @@ def test_n_fills_several_positions_with_one_request_and_asks_only_for_missing(
     assert len(server.requests) == 2
 
 
+def test_a_provider_that_refuses_n_is_asked_one_sample_a_request_from_then_on(
+    cache: str,
+) -> None:
+    # Groq's API answers n > 1 with a 400, though ChatGroq has an n: every refill sent
+    # the doomed request first, and MnimiChatModel(n=3) failed outright.
+    with SamplingServer(seed=3, max_n=1) as single:
+        chat = ChatOpenAI(model="mock-model", base_url=single.url, api_key=SECRET)
+        three = MnimiChatModel(model=chat, cache_dir=cache, n=3)
+        texts = [g.text for g in three.generate([[HumanMessage(NUMBER)]]).generations[0]]
+        assert len(set(texts)) == 3
+        assert [(r.body.get("n"), r.status) for r in single.chat_requests()] == [
+            (3, 400),
+            *[(1, 200)] * 3,
+        ]
+        single.reset()
+        with independent():
+            asked = MnimiChatModel(model=chat, cache_dir=cache).batch(["Say something."] * 3)
+        assert len({m.text for m in asked}) == 3
+        assert [(r.body.get("n"), r.status) for r in single.chat_requests()] == [(1, 200)] * 3
+
+
 @pytest.mark.parametrize(
     "bound",
     [
