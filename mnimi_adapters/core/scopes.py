@@ -194,13 +194,15 @@ def warn_forked(when: str, stacklevel: int) -> None:
     )
 
 
-def _borrowed(stacklevel: int) -> _Scope | None:
+def _borrowed() -> _Scope | None:
     """The scope a thread outside any scope borrows: the innermost one open elsewhere.
 
     Only when every open scope is on one other thread, nested in each other (so the
     innermost is not in doubt); else ``None``, with a :class:`ScopeWarning` when some
-    are open. Scopes opened in a borrowed one do not count: a thread borrows what its
-    starter has open, not what another borrower opened in it.
+    are open, once per thread (a call looks its scope up several times, and a pool's
+    thread makes call after call), at the program's line that made the call. Scopes
+    opened in a borrowed one do not count: a thread borrows what its starter has open,
+    not what another borrower opened in it.
     """
     me = threading.get_ident()
     with _open_lock:
@@ -216,16 +218,21 @@ def _borrowed(stacklevel: int) -> _Scope | None:
         nested = {id(scope) for scope in innermost.chain()}
         if all(id(open_scope) in nested for open_scope in holders[0]):
             return innermost
-    if holders:
+    if holders and not getattr(_undecided, "warned", False):
+        _undecided.warned = True
         warnings.warn(
             "a call on a thread that did not inherit a scope found scopes open on "
             f"{'several threads' if len(holders) > 1 else 'another thread, side by side'}, "
             "and cannot tell which is its own: it runs outside any scope (repeatable). "
             "Submit the work as contextvars.copy_context().run(fn, ...) to carry the scope.",
             ScopeWarning,
-            stacklevel=stacklevel + 1,
+            stacklevel=_callers_level(),
         )
     return None
+
+
+#: Per thread: whether it has warned that it cannot tell which open scope is its own.
+_undecided = threading.local()
 
 
 def _bare() -> bool:
@@ -241,7 +248,7 @@ def _scope() -> _Scope | None:
     scope = _current.get()
     if scope is not None or not _open or not _bare():
         return scope
-    return _borrowed(3)
+    return _borrowed()
 
 
 def _is_worker() -> bool:
@@ -358,7 +365,7 @@ class ScopeManager:
             # A thread that did not inherit its starter's context nests the block in the
             # scope its calls borrow, as it would in the scope it inherited: a
             # repeatable() retry in an independent() then draws afresh per attempt.
-            parent = _borrowed(2)
+            parent = _borrowed()
             borrowed = parent is not None
         scope = _Scope(self.kind, parent, borrowed, bare)
         _current.set(scope)

@@ -322,6 +322,23 @@ def test_a_scope_opened_on_a_thread_that_cannot_tell_which_to_borrow_warns(
     assert len(set(tried)) == 1
 
 
+def test_a_thread_that_cannot_tell_its_scope_warns_once_at_the_programs_line(
+    base: Persistent,
+) -> None:
+    # It warned at every lookup (several a call), at lines inside the library.
+    def calls() -> list[str]:
+        return [draw(base) for _ in range(3)]  # the program's line
+
+    with _scopes_open_on_three_threads(), ThreadPoolExecutor(1) as pool:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pool.submit(calls).result()
+            pool.submit(calls).result()
+    shown = [w for w in caught if issubclass(w.category, ScopeWarning)]
+    assert len(shown) == 1
+    assert shown[0].filename == __file__
+
+
 @contextlib.contextmanager
 def _scopes_open_on_three_threads() -> Iterator[None]:
     """An independent() here and one on each of two threads that carry this context (as a
