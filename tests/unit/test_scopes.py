@@ -329,11 +329,14 @@ def test_a_thread_that_cannot_tell_its_scope_warns_once_at_the_programs_line(
     def calls() -> list[str]:
         return [draw(base) for _ in range(3)]  # the program's line
 
-    with _scopes_open_on_three_threads(), ThreadPoolExecutor(1) as pool:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            pool.submit(calls).result()
-            pool.submit(calls).result()
+    with (
+        _scopes_open_on_three_threads(),
+        ThreadPoolExecutor(1) as pool,
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
+        pool.submit(calls).result()
+        pool.submit(calls).result()
     shown = [w for w in caught if issubclass(w.category, ScopeWarning)]
     assert len(shown) == 1
     assert shown[0].filename == __file__
