@@ -163,7 +163,11 @@ def _difference(path: str, stored: Any, requested: Any) -> str | None:
                 return found
         return None
     if isinstance(stored, list) and isinstance(requested, list):
-        for i in range(max(len(stored), len(requested))):
+        if len(stored) != len(requested):
+            # An item added or dropped (a system message put first): say so, rather than
+            # compare every item after it with its neighbour's.
+            return _list_difference(path, stored, requested)
+        for i in range(len(stored)):
             found = _difference(
                 f"{path}[{i}]",
                 stored[i] if i < len(stored) else _MISSING,
@@ -184,6 +188,30 @@ def _difference(path: str, stored: Any, requested: Any) -> str | None:
         hidden = _invisible_difference(stored, requested)
         return f"{shown}; {hidden}" if hidden else shown
     return f"{path}: stored {_shown(stored)}, requested {_shown(requested)}"
+
+
+def _list_difference(path: str, stored: list[Any], requested: list[Any]) -> str | None:
+    """The first difference of two lists of unequal length, items aligned as by ``diff``."""
+    items = SequenceMatcher(
+        None, [_item_text(v) for v in stored], [_item_text(v) for v in requested], autojunk=False
+    )
+    for change, start, end, asked_start, asked_end in items.get_opcodes():
+        if change == "insert":
+            return f"{path}[{asked_start}]: not stored, requested {_shown(requested[asked_start])}"
+        if change == "delete":
+            return f"{path}[{start}]: stored {_shown(stored[start])}, not requested"
+        if change == "replace":
+            if end - start == asked_end - asked_start:
+                return _difference(f"{path}[{start}]", stored[start], requested[asked_start])
+            return (
+                f"{path}: {len(stored)} stored, {len(requested)} requested; from [{start}] "
+                f"stored {_shown(stored[start])}, requested {_shown(requested[asked_start])}"
+            )
+    return None
+
+
+def _item_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
 def first_difference(stored: Mapping[str, Any], requested: Mapping[str, Any]) -> str | None:
@@ -256,16 +284,21 @@ def nearest_record(
         stored: ``(key, record)`` pairs of the stored requests.
 
     Returns:
-        The first pair whose canonical JSON is most alike, or ``None`` when nothing is
-        stored for the same model.
+        The first pair whose canonical JSON is most alike; when nothing is stored for the
+        same model, the same request stored under another model name or endpoint (the
+        alias a replica forgot, or another server's URL); else ``None``.
     """
     matcher = SequenceMatcher(None, autojunk=False)
     # The requested side is analysed once; each stored record is only compared.
     matcher.set_seq2(_canonical_text(requested))
     best: tuple[str, Mapping[str, Any]] | None = None
     best_ratio = -1.0
+    asked = _apart_from_model(requested)
+    renamed: tuple[str, Mapping[str, Any]] | None = None
     for key, record in stored:
         if record.get("model") != requested.get("model"):
+            if renamed is None and _apart_from_model(record) == asked:
+                renamed = (key, record)
             continue
         matcher.set_seq1(_canonical_text(record))
         # The cheap upper bounds first, as difflib.get_close_matches does: a store
@@ -275,7 +308,12 @@ def nearest_record(
         ratio = matcher.ratio()
         if ratio > best_ratio:
             best, best_ratio = (key, record), ratio
-    return best
+    return best or renamed
+
+
+def _apart_from_model(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``record`` without what names the model: its model and endpoint."""
+    return {k: v for k, v in record.items() if k not in ("model", "endpoint")}
 
 
 def explain_miss(
@@ -290,8 +328,9 @@ def explain_miss(
 
     Returns:
         ``(key, difference)`` of the nearest stored request of the same model (the
-        difference ``None`` when that request is the one asked for), or ``None``
-        when nothing is stored for that model.
+        difference ``None`` when that request is the one asked for), or of the same
+        request under another model name (the difference names both); ``None`` when
+        neither is stored.
     """
     pairs = ((s.key, s.request) for s in stored if s.error is None and s.request)
     nearest = nearest_record(requested, pairs)

@@ -106,10 +106,16 @@ def test_a_sequence_that_ran_short_is_not_explained(cache: Path) -> None:
     assert raised.value.explanation is None and raised.value.nearest_key is None
 
 
-def test_another_model_has_no_nearest_request(cache: Path) -> None:
+def test_another_model_is_explained_only_by_the_same_request(cache: Path) -> None:
+    # The very request under another name (an alias the replica forgot) is named; any
+    # other request of another model is no nearest one.
     replay = Persistent(Counter("other", 0.7), cache, replication=True)
     with pytest.raises(ReplicationCacheMiss) as raised:
         replay.draw(request(), 1)
+    assert raised.value.nearest_key == Persistent(Counter("m", 0.7), cache).key_of(request())
+    assert raised.value.explanation == 'model: stored "m", requested "other"'
+    with pytest.raises(ReplicationCacheMiss) as raised:
+        replay.draw(request(system="Write a poem."), 1)
     assert raised.value.nearest_key is None
     assert "nearest" not in str(raised.value)
 

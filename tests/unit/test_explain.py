@@ -77,4 +77,32 @@ def test_the_nearest_record_of_the_same_model_is_chosen() -> None:
     other_model = {**record(), "model": "llama3"}
     stored = [("k-far", far), ("k-near", near), ("k-other", other_model)]
     assert nearest_record(record(), stored) == ("k-near", near)
-    assert nearest_record({**record(), "model": "unknown"}, stored) is None
+    unknown = {**record(system="Something else."), "model": "unknown"}
+    assert nearest_record(unknown, stored) is None
+
+
+def test_the_same_request_under_another_model_name_is_found() -> None:
+    # A replica that forgot the authors' alias was told only that nothing is stored for
+    # its model, though the very request is stored under the alias.
+    authors = {**record(), "model": "paper-model"}
+    stored = [("k-other", record(system="Write a poem.")), ("k-alias", authors)]
+    asked = {**record(), "model": "openai/gpt-4o", "endpoint": "http://127.0.0.1:8000/v1"}
+    assert nearest_record(asked, stored) == ("k-alias", authors)
+    assert first_difference(authors, asked) == (
+        'model: stored "paper-model", requested "openai/gpt-4o"'
+    )
+
+
+def test_a_message_put_first_is_named_as_added() -> None:
+    # It was explained as messages[0].content differing from the stored user message.
+    user = {"role": "user", "content": "Pick one."}
+    stored = request_record({"model": "m", "params": {}}, Request.of([user]))
+    asked = request_record(
+        {"model": "m", "params": {}}, Request.of([{"role": "system", "content": "Be brief."}, user])
+    )
+    assert first_difference(stored, asked) == (
+        'messages[0]: not stored, requested {"content": "Be brief.", "role": "system"}'
+    )
+    assert first_difference(asked, stored) == (
+        'messages[0]: stored {"content": "Be brief.", "role": "system"}, not requested'
+    )
