@@ -414,14 +414,22 @@ def prompt_count(kwargs: Mapping[str, Any]) -> int:
     messages = kwargs.get("messages")
     if kwargs.get("text_completion") is not True or not isinstance(messages, list | tuple):
         return 1
-    provider = _text_provider(kwargs)
-    if not (provider.startswith("text-completion") or provider == "azure_text"):
+    if not is_completions_provider(_text_provider(kwargs)):
         return 1
     if len(messages) == 1 and isinstance(messages[0], Mapping):
         content = messages[0].get("content")
         if isinstance(content, list) and all(isinstance(item, list) for item in content):
             return len(content)  # token lists, one per prompt
     return len(messages)
+
+
+def is_completions_provider(provider: object) -> bool:
+    """Whether LiteLLM sends a call of ``provider`` to a completions endpoint (raw text in,
+    raw text out), not a chat one: the providers it names ``text-completion-...``, and
+    ``azure_text``."""
+    return isinstance(provider, str) and (
+        provider.startswith("text-completion") or provider == "azure_text"
+    )
 
 
 def _text_provider(kwargs: Mapping[str, Any]) -> str:

@@ -123,6 +123,7 @@ from ._compat import (
     hit_needs_litellm,
     in_dspy_call,
     init_without_global_callbacks,
+    is_completions_provider,
     keep_entry_point_signatures,
     note_router_call_params,
     patch_stream_hit_check,
@@ -367,6 +368,11 @@ def _mocked(kwargs: Mapping[str, Any], chat: bool) -> bool:
     return mock is not None or bool(kwargs.get("mock_tool_calls") or kwargs.get("mock_timeout"))
 
 
+#: What keys a Router group's call to a completions endpoint apart from its chat calls,
+#: as ``api`` keys a Responses call apart.
+_COMPLETIONS_MARKER: Final = {"api": "completions"}
+
+
 @functools.cache
 def _call_markers() -> frozenset[str]:
     """The parameters the cache itself adds to a call it parses (``api`` of a Responses
@@ -545,6 +551,9 @@ class _CacheProvider(LiteLLMModel):
     def _kwargs(self, request: Request, n: int) -> dict[str, Any]:
         kwargs = super()._kwargs(request, n)
         kwargs.pop(DSPY_ROLLOUT, None)  # keyed only (see MnimiCache._parse)
+        for name, value in _COMPLETIONS_MARKER.items():  # keyed only, as DSPY_ROLLOUT
+            if kwargs.get(name) == value:
+                del kwargs[name]
         return kwargs
 
     def _samples(self, response: Any) -> list[Sample]:
@@ -1724,8 +1733,13 @@ class MnimiCache(Cache):
         api_base = api_base.rstrip("/") if isinstance(api_base, str) and api_base else None
         identity: dict[str, Any] = {"params": {"temperature": 1.0}}
         if isinstance(group, str) and group:
-            # A Router call: keyed by its group, whichever deployment serves it.
+            # A Router call: keyed by its group, whichever deployment serves it. A group's
+            # text completion sent to a completions endpoint (raw text, not a chat turn)
+            # is another request than its chat call of the same words, as the provider
+            # in the model's name keys them apart outside a Router.
             identity["model"] = self.alias.get(group, group)
+            if is_completions_provider(provider or model.partition("/")[0]):
+                sampling.update(_COMPLETIONS_MARKER)  # per call: the group's layer is one
         elif name in self.alias:
             identity["model"] = self.alias[name]
         else:

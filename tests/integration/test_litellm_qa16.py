@@ -24,7 +24,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
 
-from mnimi_adapters import MnimiError, ProviderError, independent
+from mnimi_adapters import MnimiError, ProviderError, ReplicationCacheMiss, independent
 from mnimi_adapters.core.stores import open_store
 from mnimi_adapters.litellm import MnimiCache
 from mnimi_adapters.testing import SamplingServer
@@ -232,3 +232,29 @@ def test_query_string_credentials_are_never_stored(
     stored = [path for path in tmp_path.rglob("*") if path.is_file()]
     assert stored
     assert not [path for path in stored if secret in path.read_bytes()]
+
+
+def test_a_router_groups_text_completion_is_keyed_apart_from_its_chat_call(
+    tmp_path: Path,
+) -> None:
+    # Keyed by the group alone, a chat call of the same words replayed the raw text a
+    # completions endpoint had answered (outside a Router the provider keys them apart).
+    prompt = "Pick a number between 1 and 1000."
+    with CompletionsServer() as server:
+        deployment = {"model": INSTRUCT, "api_base": server.url, "api_key": API_KEY}
+        router = litellm.Router(
+            model_list=[{"model_name": "g", "litellm_params": deployment}],
+            cache_responses=True,
+            num_retries=0,
+        )
+        with MnimiCache(str(tmp_path)) as cache:
+            text = asyncio.run(router.atext_completion(model="g", prompt=prompt))
+        cache.close()
+        assert "api" not in server.bodies[0]  # keyed, never sent
+        with MnimiCache(str(tmp_path), replication=True) as replica:
+            again = asyncio.run(router.atext_completion(model="g", prompt=prompt))
+            with pytest.raises(ReplicationCacheMiss):
+                router.completion(model="g", messages=[{"role": "user", "content": prompt}])
+        replica.close()
+        assert again.choices[0].text == text.choices[0].text
+        assert len(server.bodies) == 1
