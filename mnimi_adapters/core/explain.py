@@ -340,6 +340,8 @@ def explain_miss(
     return key, first_difference(record, requested)
 
 
+#: The temperature MnimiCache keys (and sends) a LiteLLM call without one at.
+_LITELLM_TEMPERATURE = 1.0
 #: Fields of an OpenAI-style body that are not sampling parameters.
 _BODY_FIELDS = ("model", "messages", "params", "endpoint")
 
@@ -349,7 +351,8 @@ def requested_record(body: Any) -> dict[str, Any]:
 
     Args:
         body: ``{"model": ..., "messages": [...], "params": {...}}``, or an OpenAI-style
-            body whose other fields (``temperature``, ``tools``...) are the parameters.
+            body whose other fields (``temperature``, ``tools``...) are the parameters,
+            its temperature 1.0 if it gives none, as for ``MnimiCache``.
             Fields that do not decide the sample (``stream``, credentials) are dropped,
             as they are from keys.
 
@@ -366,7 +369,10 @@ def requested_record(body: Any) -> dict[str, Any]:
     params = body.get("params", {})
     if not isinstance(params, dict):
         raise MnimiError('a request\'s "params" must be a JSON object')
-    params = {**{k: v for k, v in body.items() if k not in _BODY_FIELDS}, **params}
+    # A body as passed to LiteLLM is keyed as MnimiCache keys one: without a temperature,
+    # at OpenAI's default.
+    default = {} if "params" in body else {"temperature": _LITELLM_TEMPERATURE}
+    params = {**default, **{k: v for k, v in body.items() if k not in _BODY_FIELDS}, **params}
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise MnimiError('a request\'s "messages" must be a JSON list')

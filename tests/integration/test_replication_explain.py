@@ -168,6 +168,26 @@ def test_mnimi_explain_takes_the_library_form_and_stdin(
     assert found == {"model": "m", "nearest": stored_key, "difference": None}
 
 
+def test_mnimi_explain_keys_a_litellm_body_without_temperature_as_the_cache_does(
+    tmp_path: Path,
+) -> None:
+    # MnimiCache keys such a call at 1.0; explain said "temperature: stored 1, not
+    # requested" of the very request it had stored.
+    import litellm
+
+    from mnimi_adapters.litellm import MnimiCache
+    from mnimi_adapters.testing import SamplingServer
+
+    messages = [{"role": "user", "content": "Pick a number between 1 and 1000."}]
+    call = {"model": "openai/mock-model", "messages": messages}
+    with SamplingServer(seed=7) as server, MnimiCache(str(tmp_path / "cache")) as cache:
+        litellm.completion(**call, api_base=server.url, api_key="sk-test")
+        url = server.url
+    cache.close()
+    code, out = explain(tmp_path / "cache", tmp_path, {**call, "api_base": url})
+    assert (code, out.split(":")[0]) == (0, "stored")
+
+
 def test_mnimi_explain_rejects_what_is_not_a_request(
     cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
