@@ -19,6 +19,8 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from .errors import ProviderError
@@ -403,6 +405,37 @@ def chunk_sizes(batch: int, max_batch: int) -> list[int]:
     return split_evenly(batch, math.ceil(batch / max_batch))
 
 
+#: The provider requests the current call may have in flight at once, shared by all its
+#: refills on every thread and loop (``None``: no limit); see :func:`requests_at_most`.
+_REQUEST_SLOTS: ContextVar[threading.BoundedSemaphore | None] = ContextVar(
+    "mnimi_request_slots", default=None
+)
+#: How often a request waiting for a slot in async code looks again.
+_SLOT_POLL_SECONDS = 0.005
+
+
+@contextmanager
+def requests_at_most(limit: int | None) -> Iterator[None]:
+    """Send at most ``limit`` provider requests at once inside the block (``None``: as many
+    as the refills ask for), whatever the refills and requests it is split into.
+
+    LangChain's ``max_concurrency`` is a rate limit: a ``batch`` of 6 identical inputs with
+    ``max_batch=1`` is one refill of 6 single requests, which would otherwise all go at once.
+
+    Example:
+        >>> with requests_at_most(2):  # doctest: +SKIP
+        ...     samples = layer.draw(request, 6)  # 6 single requests, 2 in flight at most
+    """
+    if limit is None:
+        yield
+        return
+    token = _REQUEST_SLOTS.set(threading.BoundedSemaphore(limit))
+    try:
+        yield
+    finally:
+        _REQUEST_SLOTS.reset(token)
+
+
 def fan_out(send: Callable[[int], T], sizes: list[int]) -> list[T | BaseException]:
     """``send(n)`` for each size, concurrently when there are several (LiteLLM's sync API
     blocks, so threads), the outcomes in order, a failure as its exception.
@@ -410,6 +443,9 @@ def fan_out(send: Callable[[int], T], sizes: list[int]) -> list[T | BaseExceptio
     The one place that fans a refill out into requests, for every provider: a lone
     request's failure propagates as it is.
     """
+    slots = _REQUEST_SLOTS.get()
+    if slots is not None:
+        send = _in_slot(slots, send)
     if len(sizes) == 1:
         return [send(sizes[0])]
     with ThreadPoolExecutor(max_workers=len(sizes)) as pool:
@@ -421,9 +457,43 @@ async def afan_out(
     send: Callable[[int], Awaitable[T]], sizes: list[int]
 ) -> list[T | BaseException]:
     """Async :func:`fan_out`: the requests run as concurrent tasks."""
+    slots = _REQUEST_SLOTS.get()
+    if slots is not None:
+        send = _ain_slot(slots, send)
     if len(sizes) == 1:
         return [await send(sizes[0])]
     return list(await asyncio.gather(*(send(n) for n in sizes), return_exceptions=True))
+
+
+def _in_slot(slots: threading.BoundedSemaphore, send: Callable[[int], T]) -> Callable[[int], T]:
+    def held(n: int) -> T:
+        with slots:
+            # A request in a slot that fans out itself (n emulated by single requests)
+            # takes no more: under a limit of 1 it would wait for its own slot for good.
+            token = _REQUEST_SLOTS.set(None)
+            try:
+                return send(n)
+            finally:
+                _REQUEST_SLOTS.reset(token)
+
+    return held
+
+
+def _ain_slot(
+    slots: threading.BoundedSemaphore, send: Callable[[int], Awaitable[T]]
+) -> Callable[[int], Awaitable[T]]:
+    async def held(n: int) -> T:
+        # Polled, not awaited: the slots are shared with threads and other loops.
+        while not slots.acquire(blocking=False):
+            await asyncio.sleep(_SLOT_POLL_SECONDS)
+        token = _REQUEST_SLOTS.set(None)  # as in _in_slot
+        try:
+            return await send(n)
+        finally:
+            _REQUEST_SLOTS.reset(token)
+            slots.release()
+
+    return held
 
 
 class BatchedModel(Model):
