@@ -19,6 +19,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from .core.request import is_credential
@@ -1026,37 +1027,59 @@ def in_runnable_context() -> bool:
     return var_child_runnable_config.get() is not None
 
 
-#: The LangGraph node attempts around the graph run in progress, outermost first.
-_ENCLOSING_ATTEMPTS: ContextVar[tuple[int, ...]] = ContextVar(
-    "mnimi_enclosing_node_attempts", default=()
-)
+#: A LangGraph node attempt: its task's id (the same on every attempt of one task) and the
+#: attempt (1, 2, ...), as ``get_runtime().execution_info`` says.
+NodeAttempt = tuple[str, int]
 
 
-def enclosing_node_attempts() -> tuple[int, ...]:
-    """The attempts of the LangGraph nodes that run the current graph, outermost first.
+@dataclass(frozen=True)
+class GraphRun:
+    """One LangGraph graph run in progress around the current code."""
 
-    Empty until :func:`carry_node_attempts_into_graphs` has run, and outside any graph
-    run inside a node.
+    #: What :func:`carry_node_attempts_into_graphs` was told to note when the run started
+    #: (the Mnimi scope open then).
+    noted: object
+    #: The node attempt that runs this graph (a subgraph's, an agent's); ``None`` for a
+    #: graph no node runs.
+    node: NodeAttempt | None
+
+
+#: The graph runs around the current code, outermost first.
+_GRAPH_RUNS: ContextVar[tuple[GraphRun, ...]] = ContextVar("mnimi_graph_runs", default=())
+
+
+def enclosing_graph_runs() -> tuple[GraphRun, ...]:
+    """The LangGraph graph runs the current code runs in, outermost first.
+
+    Empty until :func:`carry_node_attempts_into_graphs` has run, and outside any graph.
     """
-    return _ENCLOSING_ATTEMPTS.get()
+    return _GRAPH_RUNS.get()
 
 
-def _attempts_around(config: Any) -> tuple[int, ...]:
-    """The node attempts around a graph run about to start with ``config``."""
+def node_attempt(runtime: Any) -> NodeAttempt | None:
+    """The node attempt a LangGraph ``Runtime`` runs, or ``None`` if it says none.
+
+    Public API (``Runtime.execution_info``, langgraph 1.1 and later); older versions lack
+    it, and a runtime outside any node has no task.
+    """
+    info = getattr(runtime, "execution_info", None)
+    task, attempt = getattr(info, "task_id", None), getattr(info, "node_attempt", None)
+    if not task or not isinstance(attempt, int) or attempt < 1:
+        return None
+    return str(task), attempt
+
+
+def _run_starting(config: Any, noted: object) -> tuple[GraphRun, ...]:
+    """The graph runs around a graph run about to start with ``config``, itself last."""
     from langchain_core.runnables.config import ensure_config
     from langgraph._internal._constants import CONFIG_KEY_RUNTIME
 
-    try:
-        runtime: Any = ensure_config(config).get("configurable", {}).get(CONFIG_KEY_RUNTIME)
-        attempt = runtime.execution_info.node_attempt
-    except Exception:  # no node runs this graph, or a LangGraph without execution info
-        attempt = 1
-    if not isinstance(attempt, int) or attempt < 1:
-        attempt = 1
-    return (*_ENCLOSING_ATTEMPTS.get(), attempt)
+    # Only a graph run in a node finds a runtime in its config: that node's.
+    runtime = ensure_config(config).get("configurable", {}).get(CONFIG_KEY_RUNTIME)
+    return (*_GRAPH_RUNS.get(), GraphRun(noted, node_attempt(runtime)))
 
 
-def carry_node_attempts_into_graphs() -> None:
+def carry_node_attempts_into_graphs(note: Callable[[], object]) -> None:
     """Let a graph run inside a LangGraph node know that node's attempt.
 
     Why: a ``RetryPolicy`` re-runs a failed node, and records the attempt in the node's
@@ -1066,12 +1089,11 @@ def carry_node_attempts_into_graphs() -> None:
     first run, and a repeatable cache would replay the rejected answer on every attempt.
     LangGraph keeps the node's runtime in the run's configuration under a private key;
     the graph's public ``stream``/``astream`` (which ``invoke``/``ainvoke`` run) are
-    wrapped to note the node's attempt, in a ContextVar set while each step runs, so the
-    graph's own nodes inherit it and the caller's code between steps does not. Kept for
-    good once made, like the other patches.
+    wrapped to note the runs around (:class:`GraphRun`, with ``note()`` called as each
+    starts), in a ContextVar set while each step runs, so the graph's own nodes inherit it
+    and the caller's code between steps does not. Kept for good once made, like the other
+    patches; ``note`` is the first caller's.
     """
-    import functools
-
     from langgraph.pregel import Pregel
 
     if getattr(Pregel.stream, "_mnimi_wrapped", False):
@@ -1080,34 +1102,34 @@ def carry_node_attempts_into_graphs() -> None:
 
     @functools.wraps(stream)
     def noting_stream(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Any:
-        attempts = _attempts_around(config)
+        runs = _run_starting(config, note())
         steps: Any = stream(self, input, config, **kwargs)
         try:
             while True:
-                token = _ENCLOSING_ATTEMPTS.set(attempts)
+                token = _GRAPH_RUNS.set(runs)
                 try:
                     step = next(steps)
                 except StopIteration:
                     return
                 finally:
-                    _ENCLOSING_ATTEMPTS.reset(token)
+                    _GRAPH_RUNS.reset(token)
                 yield step
         finally:
             steps.close()
 
     @functools.wraps(astream)
     async def noting_astream(self: Any, input: Any, config: Any = None, **kwargs: Any) -> Any:
-        attempts = _attempts_around(config)
+        runs = _run_starting(config, note())
         steps: Any = astream(self, input, config, **kwargs)
         try:
             while True:
-                token = _ENCLOSING_ATTEMPTS.set(attempts)
+                token = _GRAPH_RUNS.set(runs)
                 try:
                     step = await steps.__anext__()
                 except StopAsyncIteration:
                     return
                 finally:
-                    _ENCLOSING_ATTEMPTS.reset(token)
+                    _GRAPH_RUNS.reset(token)
                 yield step
         finally:
             await steps.aclose()

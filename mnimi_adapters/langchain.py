@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import collections
 import contextlib
 import contextvars
 import difflib
 import functools
 import inspect
+import itertools
 import json
 import logging
 import os
@@ -132,10 +134,13 @@ from pydantic import (
 )
 
 from ._compat import (
+    GraphRun,
     InvocationParamsWithoutCredentials,
+    NodeAttempt,
     carry_node_attempts_into_graphs,
-    enclosing_node_attempts,
+    enclosing_graph_runs,
     in_runnable_context,
+    node_attempt,
     private_attributes,
     uses_responses_api,
     without_hooked_handlers,
@@ -171,7 +176,8 @@ from .core.request import (
     url_secrets,
 )
 from .core.sample import new_draw_id, split_evenly, stream_pieces
-from .core.scopes import caching_enabled
+from .core.scopes import Kind, _Scope, caching_enabled
+from .core.scopes import _scope as current_scope
 from .core.stores import is_redis_url, shown_location, url_has_password
 from .core.stores.base import anchored
 from .providers import (
@@ -362,33 +368,116 @@ def _watch_langgraph() -> None:
         _get_runtime = None
     else:
         _get_runtime = get_runtime
-        carry_node_attempts_into_graphs()
+        carry_node_attempts_into_graphs(current_scope)
     _langgraph_checked = True
 
 
-def _node_attempt() -> int:
-    """The LangGraph node attempt (1, 2, ...) this call runs in; 1 outside LangGraph.
+#: How many outermost LangGraph tasks keep the scopes of their attempts: the most recent.
+_TASK_MEMORY = 1024
 
-    LangGraph's ``RetryPolicy`` re-runs a failed node with identical input and
-    records the attempt in ``get_runtime().execution_info.node_attempt``
-    (checked in langgraph 1.2: ``langgraph/runtime.py`` and ``pregel/_retry.py``).
-    A graph run inside a node (a subgraph, an agent) counts from attempt 1 again, so
-    the retries of the nodes around it count too: each retry anywhere on the way is
-    one more attempt, and the sum of them all picks the position.
+
+class _TaskScopes:
+    """The scopes of one outermost LangGraph task's attempts, and of what runs in them.
+
+    The attempts of a task are ``repeatable()`` blocks in one ``independent()`` block of
+    the task's; a graph run in the node nests its own tasks' blocks in the attempt's, and
+    a scope the node's code opens nests in the blocks around it. Each is made once and
+    kept, so every call of an attempt draws from the same wrappers.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._scopes: dict[tuple[int, Hashable], _Scope] = {}
+
+    def nested(self, parent: _Scope | None, kind: Kind, what: Hashable) -> _Scope:
+        """The ``kind`` scope standing for ``what`` (a task, an attempt, or a scope the
+        node's code opened) in ``parent``."""
+        # Every parent is kept here (or is None), so its id is not reused while it is.
+        key = (id(parent), what)
+        with self._lock:
+            scope = self._scopes.get(key)
+            if scope is None:
+                scope = self._scopes[key] = _Scope(kind, parent)
+            return scope
+
+    def attempt(self, parent: _Scope | None, node: NodeAttempt) -> _Scope:
+        """The ``repeatable()`` block of ``node``'s attempt in its task's ``independent()``."""
+        task = self.nested(parent, "independent", ("task", node[0]))
+        return self.nested(task, "repeatable", ("attempt", node))
+
+    def opened(self, parent: _Scope, outer: object, inner: object) -> _Scope:
+        """``parent`` with the scopes the node's code opened in ``outer`` up to ``inner``
+        nested in it, as they are nested in each other."""
+        opened: list[_Scope] = []
+        scope = inner
+        while isinstance(scope, _Scope) and scope is not outer:
+            opened.append(scope)
+            scope = scope.parent
+        for scope in reversed(opened):
+            parent = self.nested(parent, scope.kind, scope)
+        return parent
+
+
+_task_scopes: collections.OrderedDict[str, _TaskScopes] = collections.OrderedDict()
+_task_scopes_lock = threading.Lock()
+
+
+def _scopes_of_task(task: str) -> _TaskScopes:
+    """The scopes of the outermost task ``task``, kept for the most recent tasks only."""
+    with _task_scopes_lock:
+        scopes = _task_scopes.get(task)
+        if scopes is None:
+            scopes = _task_scopes[task] = _TaskScopes()
+            while len(_task_scopes) > _TASK_MEMORY:
+                _task_scopes.popitem(last=False)
+        else:
+            _task_scopes.move_to_end(task)
+        return scopes
+
+
+def _scoped(base: Layer) -> Layer:
+    """The layer a call draws from: ``base`` wrapped by the open scopes, and in a LangGraph
+    node of a graph run outside any scope, by the blocks of its task's attempts.
+
+    LangGraph's ``RetryPolicy`` re-runs a failed node with identical input; its attempts
+    behave as ``with independent(): for attempt ...: with repeatable(): node(...)``, so an
+    attempt draws from the first position its task's earlier attempts were not served
+    (a failed draw is served nothing), identical calls in one attempt repeat, and a
+    re-run of the graph replays every attempt. A graph run in the node (a subgraph, an
+    agent) nests its tasks' attempts in the node's, and a scope the node's code opens
+    nests in its attempt. The attempt is ``get_runtime().execution_info`` (public API:
+    ``task_id`` stays the same across the attempts of one task, ``node_attempt`` counts
+    them). Only for a cached layer: a plain model draws afresh anyway.
     """
     _watch_langgraph()
     # LangGraph's get_runtime() raises outside a runnable context; checking first keeps
     # plain calls (the common case) free of a raised exception.
-    if _get_runtime is None or not in_runnable_context():
-        return 1
+    if _get_runtime is None or not isinstance(base, CacheLayer) or not in_runnable_context():
+        return scoped(base)
     try:
-        # Outside a runnable context get_config() raises, outside a graph the
-        # runtime is missing, and older LangGraph versions lack execution_info.
-        attempt = _get_runtime().execution_info.node_attempt
-    except Exception:
-        attempt = 1
-    retries = sum(around - 1 for around in enclosing_node_attempts())
-    return retries + (attempt if isinstance(attempt, int) and attempt > 1 else 1)
+        node = node_attempt(_get_runtime())
+    except Exception:  # a runnable outside any graph has no runtime
+        node = None
+    now = current_scope()
+    # A graph started before LangGraph was watched is known by its node alone, and the
+    # scope open when the first watched one started (or now) taken for its own.
+    runs = enclosing_graph_runs() or (GraphRun(now, None),)
+    if runs[0].node is not None:
+        runs = (GraphRun(runs[0].noted, None), *runs)
+    if node is None or runs[0].noted is not None or not caching_enabled():
+        return scoped(base)  # a graph run in a scope follows the scope
+    nodes = [run.node for run in runs[1:]] + [node]
+    starts = [run.noted for run in runs] + [now]
+    outermost = next(here for here in nodes if here is not None)
+    tasks = _scopes_of_task(outermost[0])
+    scope: _Scope | None = None
+    for here, (outer, inner) in zip(nodes, itertools.pairwise(starts), strict=True):
+        if here is not None:
+            scope = tasks.attempt(scope, here)
+        if scope is not None:
+            scope = tasks.opened(scope, outer, inner)
+    assert scope is not None  # the node of this call has its attempt
+    return scope.wrap(base)
 
 
 def _is_pydantic_class(schema: Any) -> bool:
@@ -1245,7 +1334,6 @@ class _Draw:
     layer: Layer
     request: Request
     n: int
-    offset: int
     model: str
     #: The request's key in the adapter's own layer.
     key: tuple[int, str]
@@ -1256,10 +1344,10 @@ class _Draw:
     def samples(self) -> list[Sample]:
         # Without a batch a refill asks for just the missing samples, in one request where
         # the provider can answer several (n).
-        return self.layer.draw(self.request, self.offset + self.n)[self.offset :]
+        return self.layer.draw(self.request, self.n)
 
     async def asamples(self) -> list[Sample]:
-        return (await self.layer.adraw(self.request, self.offset + self.n))[self.offset :]
+        return await self.layer.adraw(self.request, self.n)
 
     def continues(self) -> bool:
         """Whether successive calls draw fresh samples (``independent()``, ``no_cache()``)."""
@@ -1579,14 +1667,15 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
     LangChain does). Streaming replays a cached sample as chunks; through LiteLLM a
     streamed miss is drawn without streaming, stored once complete and then streamed.
 
-    LangGraph retries: a node with a ``RetryPolicy`` re-sends identical input.
-    On attempt ``k`` of a node (``get_runtime().execution_info.node_attempt``)
-    a repeatable call skips the first ``(k - 1) * n`` samples of each request's
-    sequence, i.e. attempt ``k`` sees the sequence as if it started at position
-    ``(k - 1) * n``. So every attempt gets fresh samples, and re-running the whole
-    graph (in this process or a later one) replays the same samples per attempt.
-    Calls that continue a sequence anyway (in ``independent()``) or that are not
-    cached (``no_cache()``, a plain model as ``layer``) are not shifted.
+    LangGraph retries: a node with a ``RetryPolicy`` re-sends identical input. In a
+    graph run outside any scope, the attempts of one node task behave as
+    ``with independent(): for attempt ...: with repeatable(): node(...)``: each attempt
+    reads, per request, from the first position the task's earlier attempts were not
+    served (a failed draw serves nothing), identical calls within an attempt repeat, and
+    re-running the whole graph (in this process or a later one) replays every attempt.
+    Graphs the node runs (subgraphs, agents) and scopes its code opens nest in its
+    attempt. A graph run in a scope follows that scope; a plain model as ``layer`` is
+    not cached, and draws afresh anyway.
 
     Each generation's ``response_metadata`` holds ``model_name``,
     ``finish_reason`` and the cache facts ``cache_hit``, ``sequence_index`` and
@@ -1725,8 +1814,9 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
 
     @model_validator(mode="after")
     def _check_source(self) -> MnimiChatModel:
-        if "langgraph" in sys.modules:  # before any graph is built or bound (no import)
-            _watch_langgraph()
+        # Before any graph runs: a graph started unwatched hides its nodes' attempts from
+        # the graphs run in them (its first call would import LangGraph anyway).
+        _watch_langgraph()
         if self.layer is None and not self.model:
             raise ValueError(
                 "MnimiChatModel needs model=... (a LiteLLM model name or a LangChain chat "
@@ -2156,20 +2246,14 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             # A custom model gets its keywords as given, secrets unwrapped.
             request = Request(chat, {k: reveal_secret(v) for k, v in params.items()})
         base = self._layer_for(override)
-        layer = scoped(base)
-        offset = 0
-        # Only a sequence that replays from position 0 needs shifting for a retry.
-        if isinstance(layer, CacheLayer) and caching_enabled():
-            attempt = _node_attempt()
-            if attempt > 1:
-                offset = (attempt - 1) * n
+        layer = _scoped(base)
         key = self._key_of(base, request) if wrapped is not None else base.key_of(request)
         sequence = (id(base), key)
         # Gated wherever a live stream may draw the same stored sequence: this adapter's
         # wrapped models, or MnimiCache over the same cache.
         gate = (base.sequences(), key) if isinstance(base, CacheLayer) else None
         model = str(base.identity()["model"]) if wrapped is not None else self._model_name(override)
-        return _Draw(layer, request, n, offset, model, sequence, gate)
+        return _Draw(layer, request, n, model, sequence, gate)
 
     def _key_of(self, base: Layer, request: Request) -> str:
         """``base.key_of(request)`` for a wrapped model, reused when the previous call asked
@@ -2970,8 +3054,8 @@ class MnimiLLMCache(BaseCache):
     LangChain's serialised prompt, so that an answer's ids, usage and cache facts in a
     conversation's history leave the next step's key alone: agent loops replay. Of the
     model it holds what :func:`_keyed_settings` keeps, never a credential, header or
-    retry setting. A LangGraph ``RetryPolicy`` attempt outside any scope reads its own
-    position, so a retry is not answered with the answer it rejected.
+    retry setting. The attempts of a LangGraph ``RetryPolicy`` draw as for
+    ``MnimiChatModel``: fresh per attempt, the same within one, replayed by a re-run.
 
     What LangChain's cache interface cannot carry: streaming bypasses it (``stream``,
     ``astream`` and ``stream_events(version="v3")`` neither read nor write any LangChain
@@ -2999,6 +3083,7 @@ class MnimiLLMCache(BaseCache):
     """
 
     def __init__(self, path: str | os.PathLike[str], replication: bool = False) -> None:
+        _watch_langgraph()  # before any graph runs, as the wrapper
         self._layer = Persistent(_Generations(), path, replication=replication)
         # Lookups and updates of one key, one at a time (the model calls between them run
         # concurrently): a lookup's miss hands its position back before an update claims
@@ -3024,21 +3109,11 @@ class MnimiLLMCache(BaseCache):
         return Request(_prompt_messages(prompt), _llm_params(llm_string), pending)
 
     def _draw(self, request: Request) -> Sample:
-        """This call's sample: the scope's next position, or, in a LangGraph node retried
-        outside a scope, the position of its attempt, so a retry is no replay of the
-        answer it rejected (as for ``MnimiChatModel``)."""
-        layer = scoped(self._layer)
+        """This call's sample: the next position of its scope (see :func:`_scoped`)."""
+        layer = _scoped(self._layer)
         key = self._layer.key_of(request)
         with self._key_locks[hash(key) % _KEY_LOCKS]:
-            offset = 0
-            if isinstance(layer, CacheLayer) and caching_enabled():
-                offset = _node_attempt() - 1
-                if offset:
-                    # A retry after a failed attempt (an error, not a rejected answer) finds
-                    # positions before its own missing; its answer goes to the first of
-                    # them, where the re-run's first attempt then finds it.
-                    offset = min(offset, layer.store.length(key))
-            return layer.draw(request, offset + 1)[offset]
+            return layer.draw(request, 1)[0]
 
     def lookup(self, prompt: str, llm_string: str) -> list[Generation] | None:
         """The generations at this call's position of the request's sequence, or None."""

@@ -1,0 +1,271 @@
+"""LangGraph ``RetryPolicy`` attempts through every LangChain adapter.
+
+The attempts of one node task behave as ``with independent(): for attempt ...: with
+repeatable(): node(...)``: each attempt reads, per request, from the first position its
+task's earlier attempts were not served, identical calls in one attempt repeat, and a
+re-run replays every attempt (laws 1, 2 and 5). Real LangGraph, LangChain and LiteLLM
+against the local sampling server: the wrapped form (``MnimiChatModel(model=ChatOpenAI)``),
+the string form (``MnimiChatModel(model="openai/...")``) and ``MnimiLLMCache``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.language_models import BaseChatModel
+from langchain_core.tools import tool
+from langchain_openai import ChatOpenAI
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import RetryPolicy
+
+import mnimi_adapters.langchain as adapters
+from mnimi_adapters import ReplicationCacheMiss, independent, repeatable
+from mnimi_adapters.core.scopes import ScopeManager
+from mnimi_adapters.core.stores import open_store
+from mnimi_adapters.langchain import MnimiChatModel, MnimiLLMCache
+from mnimi_adapters.testing import SamplingServer
+
+NUMBER = "Pick a number between 1 and 1000."
+FORMS = ("wrapped", "string", "llmcache")
+
+#: A node's body: it gets the chat model and the log of what its attempts saw.
+Body = Callable[[BaseChatModel, list[Any]], Any]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SamplingServer]:
+    with SamplingServer(seed=18) as running:
+        yield running
+
+
+@pytest.fixture
+def cache_dir(server: SamplingServer, tmp_path: Path) -> str:
+    server.reset()
+    return str(tmp_path / "cache")
+
+
+def chat_model(form: str, server: SamplingServer, cache: str, replication: bool) -> BaseChatModel:
+    """A new chat model of ``form`` over ``cache``; provider errors are not retried."""
+    if form == "string":
+        return MnimiChatModel(
+            model="openai/mock-model",
+            api_base=server.url,
+            api_key="sk-test",
+            max_retries=0,
+            cache_dir=cache,
+            replication=replication,
+        )
+    openai = ChatOpenAI(base_url=server.url, api_key="sk-test", model="mock-model", max_retries=0)
+    if form == "wrapped":
+        return MnimiChatModel(model=openai, cache_dir=cache, replication=replication)
+    return openai.model_copy(update={"cache": MnimiLLMCache(cache, replication=replication)})
+
+
+def retried(node: Callable[..., Any], attempts: int, retry_on: Any = ValueError) -> Any:
+    """A compiled graph of ``node`` alone, with a ``RetryPolicy``."""
+    graph = StateGraph(dict)
+    policy = RetryPolicy(
+        max_attempts=attempts, initial_interval=0.0, jitter=False, retry_on=retry_on
+    )
+    graph.add_node("node", node, retry_policy=policy)
+    graph.add_edge(START, "node")
+    graph.add_edge("node", END)
+    return graph.compile()
+
+
+def attempts_of(body: Body, chat: BaseChatModel, attempts: int, retry_on: Any = ValueError) -> Any:
+    """What each attempt of a node running ``body`` saw, until one succeeds or all fail."""
+    log: list[Any] = []
+    graph = retried(lambda state: {"out": body(chat, log)}, attempts, retry_on)
+    with contextlib.suppress(ValueError):  # every attempt was rejected
+        graph.invoke({})
+    return log
+
+
+def stored(cache: str) -> int:
+    """How many samples the cache holds, all keys together."""
+    with open_store(cache, create=False, read_only=True) as store:
+        return sum(map(store.length, store.keys()))
+
+
+def replays(
+    form: str, server: SamplingServer, cache: str, body: Body, attempts: int, **kw: Any
+) -> list[Any]:
+    """Run 1's attempts; asserts a re-run and a replication run (new models over the same
+    cache) replay them without a request."""
+    first = attempts_of(body, chat_model(form, server, cache, False), attempts, **kw)
+    sent = len(server.chat_requests())
+    assert attempts_of(body, chat_model(form, server, cache, False), attempts, **kw) == first
+    assert attempts_of(body, chat_model(form, server, cache, True), attempts, **kw) == first
+    assert len(server.chat_requests()) == sent
+    return first
+
+
+def text(chat: BaseChatModel, prompt: str) -> str:
+    return str(chat.invoke(prompt).content)
+
+
+def follow_up(chat: BaseChatModel, log: list[Any]) -> str:
+    """Two calls per attempt, the second holding the first's answer; two attempts fail."""
+    first = text(chat, NUMBER)
+    second = text(chat, f"Say something about the number {first}.")
+    log.append([first, second])
+    if len(log) < 3:
+        raise ValueError("rejected")
+    return second
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_follow_up_that_changes_per_attempt_replays_and_pays_only_what_it_shows(
+    server: SamplingServer, cache_dir: str, form: str
+) -> None:
+    """A key first seen in attempt k starts at position 0 (MnimiLLMCache read past what the
+    re-run stored; the wrapper read position k-1 and paid for k samples to show one)."""
+    log = replays(form, server, cache_dir, follow_up, attempts=3)
+    assert len({first for first, _ in log}) == 3  # every attempt drew a new number
+    assert stored(cache_dir) == 6 == len(server.chat_requests())  # 6 shown, 6 paid
+
+
+@tool
+def get_weather(city: str) -> str:
+    """Get the weather of a city."""
+    return f"sunny in {city}"
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_an_agent_in_a_retried_node_replays_every_attempt(
+    server: SamplingServer, cache_dir: str, form: str
+) -> None:
+    """The agent's second request holds the first's tool-call id: new on each attempt."""
+
+    def ask_agent(chat: BaseChatModel, log: list[Any]) -> str:
+        messages = create_agent(chat, [get_weather]).invoke(
+            {"messages": [("user", "What is the weather in Oslo?")]}
+        )["messages"]
+        log.append([messages[1].tool_calls[0]["id"], messages[-1].content])
+        if len(log) < 3:
+            raise ValueError("rejected")
+        return str(messages[-1].content)
+
+    log = replays(form, server, cache_dir, ask_agent, attempts=3)
+    assert len({call for call, _ in log}) == 3
+    assert stored(cache_dir) == 6 == len(server.chat_requests())
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_after_a_provider_error_the_next_attempt_reads_the_same_position(
+    server: SamplingServer, cache_dir: str, form: str
+) -> None:
+    """A failed attempt is served nothing: the next reads position 0, as the re-run's first
+    attempt does, and identical calls in one attempt repeat (law 1)."""
+
+    def twice(chat: BaseChatModel, log: list[Any]) -> list[str]:
+        log.append("tried")
+        answers = [text(chat, NUMBER), text(chat, NUMBER)]
+        log.append(answers)
+        return answers
+
+    server.fail_next(500)
+    first = attempts_of(twice, chat_model(form, server, cache_dir, False), 3, Exception)
+    assert first[:2] == ["tried", "tried"]  # attempt 1 got the error
+    answer = first[2]
+    assert answer[0] == answer[1]
+    assert stored(cache_dir) == 1  # nothing paid and left unshown
+    for replication in (False, True):
+        again = attempts_of(twice, chat_model(form, server, cache_dir, replication), 3, Exception)
+        assert again == ["tried", answer]
+    assert len(server.chat_requests()) == 2  # the failure and the answer
+
+
+@pytest.mark.parametrize("scope", [independent, repeatable])
+@pytest.mark.parametrize("form", FORMS)
+def test_a_scope_the_node_opens_draws_in_its_attempt(
+    server: SamplingServer, cache_dir: str, form: str, scope: Callable[[], ScopeManager]
+) -> None:
+    """``independent()`` in the node continues from its attempt's first unserved position
+    and ``repeatable()`` repeats within the attempt; both are fresh per attempt."""
+
+    def votes(chat: BaseChatModel, log: list[Any]) -> None:
+        with scope():
+            log.append([text(chat, NUMBER), text(chat, NUMBER)])
+        raise ValueError("rejected")
+
+    log = replays(form, server, cache_dir, votes, attempts=3)
+    shown = {vote for attempt in log for vote in attempt}
+    if scope is independent:
+        assert len(shown) == 6
+    else:
+        assert all(first == second for first, second in log) and len(shown) == 3
+    assert stored(cache_dir) == len(shown)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_subgraph_sees_the_outer_retry_and_a_scope_around_it_spans_its_runs(
+    server: SamplingServer, cache_dir: str, form: str
+) -> None:
+    """Graphs run in a retried node nest their tasks' attempts in the node's: a retry of the
+    node is fresh inside them, and an ``independent()`` around two runs continues."""
+
+    def ask_twice(chat: BaseChatModel, log: list[Any]) -> None:
+        inner = StateGraph(dict)
+        inner.add_node("ask", lambda state: {"out": text(chat, NUMBER)})
+        inner.add_edge(START, "ask")
+        inner.add_edge("ask", END)
+        subgraph = inner.compile()
+        plain = subgraph.invoke({})["out"]
+        with independent():
+            votes = [subgraph.invoke({})["out"] for _ in range(2)]
+        log.append([plain, *votes])
+        raise ValueError("rejected")
+
+    log = replays(form, server, cache_dir, ask_twice, attempts=2)
+    # Each attempt's independent() starts where the attempt does: at its plain answer.
+    assert all(plain == first != second for plain, first, second in log)
+    shown = {answer for attempt in log for answer in attempt}
+    assert len(shown) == 4 == stored(cache_dir)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_async_attempts_replay(server: SamplingServer, cache_dir: str, form: str) -> None:
+    async def attempts(chat: BaseChatModel) -> list[str]:
+        log: list[str] = []
+
+        async def node(state: dict[str, Any]) -> dict[str, Any]:
+            log.append(str((await chat.ainvoke(NUMBER)).content))
+            if len(log) < 3:
+                raise ValueError("rejected")
+            return {"out": log[-1]}
+
+        await retried(node, 3).ainvoke({})
+        return log
+
+    first = asyncio.run(attempts(chat_model(form, server, cache_dir, False)))
+    assert len(set(first)) == 3 == stored(cache_dir)
+    assert asyncio.run(attempts(chat_model(form, server, cache_dir, True))) == first
+
+
+def test_a_replication_run_past_the_cache_raises_on_the_attempt_that_misses(
+    server: SamplingServer, cache_dir: str
+) -> None:
+    """Attempt 2 of a replication run whose recording succeeded at once needs position 1."""
+    chat = chat_model("wrapped", server, cache_dir, False)
+    assert len(attempts_of(follow_up, chat, 1)) == 1  # recorded: one attempt, rejected
+    with pytest.raises(ReplicationCacheMiss):
+        attempts_of(follow_up, chat_model("wrapped", server, cache_dir, True), 2)
+
+
+def test_the_attempts_of_only_the_most_recent_tasks_are_kept(
+    server: SamplingServer, cache_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory stays bounded: a task's scopes are let go once newer tasks push them out."""
+    monkeypatch.setattr(adapters, "_TASK_MEMORY", 2)
+    chat = chat_model("wrapped", server, cache_dir, False)
+    for _ in range(4):
+        attempts_of(follow_up, chat, 3)
+    assert len(adapters._task_scopes) <= 2
