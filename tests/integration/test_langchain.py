@@ -363,7 +363,7 @@ def test_langgraph_retries_draw_fresh_samples_and_a_rerun_replays(
     assert retry_graph(chat(), again, failures=2).invoke({"answer": ""})["answer"] == first[-1]
     assert again == first
     assert requests(server) == 3
-    # The attempt offset applies inside the graph only: a plain call still replays sample 0.
+    # The attempts draw apart inside the graph only: a plain call still replays sample 0.
     assert model.invoke(NUMBER).content == first[0]
 
 

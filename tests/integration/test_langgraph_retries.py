@@ -232,6 +232,28 @@ def test_a_subgraph_sees_the_outer_retry_and_a_scope_around_it_spans_its_runs(
 
 
 @pytest.mark.parametrize("form", FORMS)
+def test_retries_at_two_levels_never_serve_an_answer_twice(
+    server: SamplingServer, cache_dir: str, form: str
+) -> None:
+    """A retried node running a graph whose node is retried too: each outer attempt
+    continues where the inner attempts of the earlier ones stopped (they were added up,
+    so an outer retry was served what an inner retry had already seen)."""
+
+    def nested(chat: BaseChatModel, log: list[Any]) -> None:
+        def inner_node(state: dict[str, Any]) -> dict[str, Any]:
+            log.append(text(chat, NUMBER))
+            if len(log) % 2:
+                raise ValueError("rejected inside")
+            return {"out": log[-1]}
+
+        retried(inner_node, 2).invoke({})
+        raise ValueError("rejected outside")
+
+    log = replays(form, server, cache_dir, nested, attempts=3)
+    assert len(log) == 6 == len(set(log)) == stored(cache_dir)
+
+
+@pytest.mark.parametrize("form", FORMS)
 def test_async_attempts_replay(server: SamplingServer, cache_dir: str, form: str) -> None:
     async def attempts(chat: BaseChatModel) -> list[str]:
         log: list[str] = []
