@@ -40,7 +40,6 @@ import logging
 import os
 import queue
 import re
-import sys
 import threading
 import warnings
 import weakref
@@ -161,7 +160,7 @@ from .core import (
 from .core.errors import rebuilt
 from .core.gates import GATES, Abandonment
 from .core.layers import start_apart
-from .core.model import usable
+from .core.model import requests_at_most, usable
 from .core.request import (
     canonical,
     canonical_json,
@@ -2547,22 +2546,31 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         return groups
 
     def _ahead(
-        self, inputs: list[LanguageModelInput], kwargs: dict[str, Any], executor: Executor
+        self,
+        inputs: list[LanguageModelInput],
+        kwargs: dict[str, Any],
+        executor: Executor,
+        config: RunnableConfig,
     ) -> dict[int, tuple[tuple[int, str], _Outcome]]:
         """Each input's outcome, drawn before any input runs: identical inputs together, in
-        input order (their positions), different requests concurrently on ``executor``."""
+        input order (their positions), different requests concurrently on ``executor``;
+        at most ``max_concurrency`` provider requests at once, whatever the groups."""
         groups = list(self._plan_batch(inputs, kwargs).values())
-        drawn = executor.map(lambda group: _group_outcomes(group[0], len(group[1])), groups)
+        with requests_at_most(config.get("max_concurrency")):
+            drawn = list(
+                executor.map(lambda group: _group_outcomes(group[0], len(group[1])), groups)
+            )
         return _shared(groups, drawn)
 
     async def _aahead(
-        self, inputs: list[LanguageModelInput], kwargs: dict[str, Any]
+        self, inputs: list[LanguageModelInput], kwargs: dict[str, Any], config: RunnableConfig
     ) -> dict[int, tuple[tuple[int, str], _Outcome]]:
         """Async :meth:`_ahead`."""
         groups = list(self._plan_batch(inputs, kwargs).values())
-        drawn = await asyncio.gather(
-            *(_agroup_outcomes(draw, len(members)) for draw, members in groups)
-        )
+        with requests_at_most(config.get("max_concurrency")):
+            drawn = await asyncio.gather(
+                *(_agroup_outcomes(draw, len(members)) for draw, members in groups)
+            )
         return _shared(groups, drawn)
 
     def _run_drawn(
@@ -2624,7 +2632,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             return super().batch(inputs, config, return_exceptions=return_exceptions, **kwargs)
         configs = get_config_list(config, len(inputs))
         with get_executor_for_config(configs[0]) as executor:
-            ahead = self._ahead(inputs, kwargs, executor)
+            ahead = self._ahead(inputs, kwargs, executor, configs[0])
             return list(
                 executor.map(
                     lambda i: self._run_drawn(
@@ -2649,7 +2657,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             return
         configs = get_config_list(config, len(inputs))
         with get_executor_for_config(configs[0]) as executor:
-            ahead = self._ahead(inputs, kwargs, executor)
+            ahead = self._ahead(inputs, kwargs, executor, configs[0])
             running = {
                 executor.submit(
                     self._run_drawn, ahead[i], inputs[i], configs[i], return_exceptions, kwargs
@@ -2673,7 +2681,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
                 inputs, config, return_exceptions=return_exceptions, **kwargs
             )
         configs = get_config_list(config, len(inputs))
-        ahead = await self._aahead(inputs, kwargs)
+        ahead = await self._aahead(inputs, kwargs, configs[0])
         return list(
             await asyncio.gather(
                 *(
@@ -2696,7 +2704,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         if not inputs:
             return
         configs = get_config_list(config, len(inputs))
-        ahead = await self._aahead(inputs, kwargs)
+        ahead = await self._aahead(inputs, kwargs, configs[0])
 
         async def indexed(i: int) -> tuple[int, Any]:
             drawn = self._arun_drawn(ahead[i], inputs[i], configs[i], return_exceptions, kwargs)

@@ -14,6 +14,7 @@ import logging
 import pickle
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -214,6 +215,40 @@ async def test_async_gather_in_independent_scope_gets_distinct_samples(
         again = await asyncio.gather(*(model.ainvoke(NUMBER) for _ in range(8)))
     assert sorted(a.content for a in again) == sorted(texts)
     assert requests(server) == 8
+
+
+def test_a_batch_keeps_to_max_concurrency(tmp_path: Path) -> None:
+    # Six identical inputs are one refill of six single requests (max_batch=1), and abatch
+    # drew every group at once: max_concurrency, a rate limit, was ignored.
+    with SamplingServer(seed=12, latency=0.3) as slow:
+        chat = MnimiChatModel(
+            model="openai/mock-model",
+            api_base=slow.url,
+            api_key=SECRET,
+            cache_dir=str(tmp_path / "cache"),
+        )
+        peak = 0
+        watching = threading.Event()
+
+        def watch() -> None:
+            nonlocal peak
+            while not watching.is_set():
+                peak = max(peak, sum(r.status == 0 for r in slow.requests))
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            with independent():
+                votes = chat.batch([NUMBER] * 6, config={"max_concurrency": 2})
+            asked = [f"Pick a number between 1 and {top}." for top in range(10, 16)]
+            answers = asyncio.run(chat.abatch(asked, config={"max_concurrency": 2}))
+        finally:
+            watching.set()
+            watcher.join()
+    assert len({v.content for v in votes}) == 6 and len(answers) == 6
+    assert len(slow.chat_requests()) == 12
+    assert peak == 2
 
 
 def test_thread_executor_batch_in_independent_scope(
