@@ -175,8 +175,7 @@ from .core.request import (
     url_secrets,
 )
 from .core.sample import new_draw_id, split_evenly, stream_pieces
-from .core.scopes import Kind, _Scope, caching_enabled
-from .core.scopes import _scope as current_scope
+from .core.scopes import Kind, Scope, caching_enabled, current_scope
 from .core.stores import is_redis_url, shown_location, url_has_password
 from .core.stores.base import anchored
 from .providers import (
@@ -386,9 +385,9 @@ class _TaskScopes:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._scopes: dict[tuple[int, Hashable], _Scope] = {}
+        self._scopes: dict[tuple[int, Hashable], Scope] = {}
 
-    def nested(self, parent: _Scope | None, kind: Kind, what: Hashable) -> _Scope:
+    def nested(self, parent: Scope | None, kind: Kind, what: Hashable) -> Scope:
         """The ``kind`` scope standing for ``what`` (a task, an attempt, or a scope the
         node's code opened) in ``parent``."""
         # Every parent is kept here (or is None), so its id is not reused while it is.
@@ -396,20 +395,20 @@ class _TaskScopes:
         with self._lock:
             scope = self._scopes.get(key)
             if scope is None:
-                scope = self._scopes[key] = _Scope(kind, parent)
+                scope = self._scopes[key] = Scope(kind, parent)
             return scope
 
-    def attempt(self, parent: _Scope | None, node: NodeAttempt) -> _Scope:
+    def attempt(self, parent: Scope | None, node: NodeAttempt) -> Scope:
         """The ``repeatable()`` block of ``node``'s attempt in its task's ``independent()``."""
         task = self.nested(parent, "independent", ("task", node[0]))
         return self.nested(task, "repeatable", ("attempt", node))
 
-    def opened(self, parent: _Scope, outer: object, inner: object) -> _Scope:
+    def opened(self, parent: Scope, outer: object, inner: object) -> Scope:
         """``parent`` with the scopes the node's code opened in ``outer`` up to ``inner``
         nested in it, as they are nested in each other."""
-        opened: list[_Scope] = []
+        opened: list[Scope] = []
         scope = inner
-        while isinstance(scope, _Scope) and scope is not outer:
+        while isinstance(scope, Scope) and scope is not outer:
             opened.append(scope)
             scope = scope.parent
         for scope in reversed(opened):
@@ -469,7 +468,7 @@ def _scoped(base: Layer) -> Layer:
     starts = [run.noted for run in runs] + [now]
     outermost = next(here for here in nodes if here is not None)
     tasks = _scopes_of_task(outermost[0])
-    scope: _Scope | None = None
+    scope: Scope | None = None
     for here, (outer, inner) in zip(nodes, itertools.pairwise(starts), strict=True):
         if here is not None:
             scope = tasks.attempt(scope, here)

@@ -43,11 +43,11 @@ Kind = Literal["independent", "repeatable", "no_cache"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class _Scope:
+class Scope:
     """One entered ``with`` block: the wrappers it put around each layer."""
 
     def __init__(
-        self, kind: Kind, parent: _Scope | None, borrowed: bool = False, bare: bool = False
+        self, kind: Kind, parent: Scope | None, borrowed: bool = False, bare: bool = False
     ) -> None:
         self.kind = kind
         self.parent = parent
@@ -67,9 +67,9 @@ class _Scope:
         self.generation = _generation
         self.warned = False
 
-    def chain(self) -> Iterator[_Scope]:
+    def chain(self) -> Iterator[Scope]:
         """This scope, then the ones around it, innermost first."""
-        scope: _Scope | None = self
+        scope: Scope | None = self
         while scope is not None:
             yield scope
             scope = scope.parent
@@ -117,7 +117,7 @@ class ScopeWarning(UserWarning):
     """
 
 
-_current: ContextVar[_Scope | None] = ContextVar("mnimi_scope", default=None)
+_current: ContextVar[Scope | None] = ContextVar("mnimi_scope", default=None)
 #: Whether this context descends from the one this module was imported in (an asyncio
 #: task's, ``asyncio.to_thread``'s, a web framework's threadpool's, LangChain's
 #: executors'): its ``_current`` says its scope, none included, and it never borrows
@@ -127,7 +127,7 @@ _inherited: ContextVar[bool] = ContextVar("mnimi_scope_inherited", default=False
 _inherited.set(True)
 
 #: The scopes entered and not yet left, per thread (by ident), in the order entered.
-_open: dict[int, list[_Scope]] = {}
+_open: dict[int, list[Scope]] = {}
 _open_lock = threading.Lock()
 #: Which process this is: a forked child counts one more than its parent.
 _generation = 0
@@ -165,7 +165,7 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-def _warn_if_inherited(scope: _Scope) -> None:
+def _warn_if_inherited(scope: Scope) -> None:
     """Warn, once, of an ``independent()`` scope a forked worker inherited from its parent.
 
     Its cursors are copies: every worker continues the sequences from where the parent
@@ -194,7 +194,7 @@ def warn_forked(when: str, stacklevel: int) -> None:
     )
 
 
-def _borrowed() -> _Scope | None:
+def _borrowed() -> Scope | None:
     """The scope a thread outside any scope borrows: the innermost one open elsewhere.
 
     Only when every open scope is on one other thread, nested in each other (so the
@@ -243,7 +243,7 @@ def _bare() -> bool:
     return not _inherited.get() and threading.current_thread() is not threading.main_thread()
 
 
-def _scope() -> _Scope | None:
+def current_scope() -> Scope | None:
     """The scope of the current call: its context's, else one borrowed (see ``_borrowed``)."""
     scope = _current.get()
     if scope is not None or not _open or not _bare():
@@ -326,7 +326,7 @@ def scoped(layer: Layer) -> Layer:
     Outside any scope that is ``layer`` itself, which for a cache layer means
     repeatable: identical requests replay samples 0, 1, ... of their sequence.
     """
-    scope = _scope()
+    scope = current_scope()
     if scope is None:
         if _watching is not False:
             _watch(layer)
@@ -337,7 +337,7 @@ def scoped(layer: Layer) -> Layer:
 
 def caching_enabled() -> bool:
     """False inside a :func:`no_cache` block."""
-    scope = _scope()
+    scope = current_scope()
     return scope is None or scope.caching()
 
 
@@ -351,7 +351,7 @@ class ScopeManager:
     def __init__(self, kind: Kind) -> None:
         self.kind = kind
         #: The scopes this object entered and has not left, the last entered last.
-        self._entered: list[_Scope] = []
+        self._entered: list[Scope] = []
         self._entered_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -367,7 +367,7 @@ class ScopeManager:
             # repeatable() retry in an independent() then draws afresh per attempt.
             parent = _borrowed()
             borrowed = parent is not None
-        scope = _Scope(self.kind, parent, borrowed, bare)
+        scope = Scope(self.kind, parent, borrowed, bare)
         _current.set(scope)
         with _open_lock:
             _open.setdefault(threading.get_ident(), []).append(scope)
