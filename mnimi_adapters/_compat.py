@@ -45,7 +45,7 @@ LITELLM_DROPPED: Final = frozenset({
     "preset_cache_key", "acompletion", "atext_completion", "aembedding", "aimg_generation",
     "atranscription", "arerank", "async_call", "text_completion", "complete_response", "fallbacks",
     "max_fallbacks", "fallback_depth", "context_window_fallback_dict", "retry_policy",
-    "retry_strategy", "num_retries", "max_retries", "model_list", "model_info",
+    "retry_strategy", "num_retries", "max_retries", "model_list",
     "proxy_server_request", "stream_response", "secret_fields", "id", "self"
 })  # fmt: skip
 #: LiteLLM's own options: how a call is routed, authenticated, logged, billed, limited or
@@ -53,6 +53,7 @@ LITELLM_DROPPED: Final = frozenset({
 #: provider's settings, ``vertex_location`` and the like, are matched by name in
 #: ``providers.litellm_param_role``.)
 LITELLM_OPTIONS: Final = frozenset({
+    "model_info",  # a Router deployment's: its loggers and pricing read it on the call
     "adaptive_router_config", "adaptive_router_default_model", "allm_passthrough_route",
     "allow_client_keepalive_override", "allowed_model_region", "allowed_openai_params",
     "anthropic_disable_workload_identity_federation", "anthropic_federation_rule_id",

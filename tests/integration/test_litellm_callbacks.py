@@ -62,6 +62,9 @@ class Events(CustomLogger):
                 "call_id": kwargs.get("litellm_call_id"),
                 "cache_hit": logged.get("cache_hit"),
                 "cost": logged.get("response_cost"),
+                "deployment": ((kwargs.get("litellm_params") or {}).get("model_info") or {}).get(
+                    "id"
+                ),
             }
         )
 
@@ -202,6 +205,26 @@ def test_a_call_of_hits_only_is_still_logged_as_a_hit(
     assert len(logged) == 2, logged
     assert all(event["cache_hit"] for event in logged.values())
     assert all(not event["cost"] for event in logged.values())
+
+
+def test_a_router_miss_is_logged_with_its_deployments_model_info(
+    server: SamplingServer, cache: MnimiCache
+) -> None:
+    # The cache re-sent the call without it: a logger keyed by deployment saw None.
+    events = Events("which deployment")
+    deployment = {"model": MODEL, "api_base": server.url, "api_key": API_KEY}
+    router = litellm.Router(
+        model_list=[
+            {"model_name": "g", "litellm_params": deployment, "model_info": {"id": "dep-a"}}
+        ],
+        cache_responses=True,
+    )
+    with listening(events):
+        router.completion(
+            model="g", messages=[{"role": "user", "content": "which deployment"}], temperature=1.0
+        )
+        logged = events.settle(1)
+    assert [event["deployment"] for event in logged.values()] == ["dep-a"]
 
 
 # -- defect: a miss logged under an id the caller never sees --------------------------
