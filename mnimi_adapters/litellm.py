@@ -531,6 +531,27 @@ class _Sink:
     include_usage: bool
     chunks: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
     abandoned: Abandonment = field(default_factory=Abandonment)
+    #: What the draw stored, once it has ended (``None`` before, or if it stored nothing).
+    drawn: list[Sample] | None = None
+    #: Whether the draw has ended.
+    ended: bool = False
+    _handing: threading.Lock = field(default_factory=threading.Lock)
+
+    def end(self, samples: list[Sample] | None) -> bool:
+        """The draw's word that it has ended, having stored ``samples``: whether the reader
+        had left, so that the draw hands their position on itself."""
+        with self._handing:
+            self.drawn, self.ended = samples, True
+            return self.abandoned.is_set()
+
+    def abandon(self) -> list[Sample] | None:
+        """The reader's word that it has left: what the draw stored, if it has ended, for
+        the reader to hand on; else the draw hands it on when it ends. Never waits: a
+        reader that stops (a stop button, a timeout, a collected stream) is not held
+        until the provider's next chunk, nor, on the draw's own thread, for good."""
+        with self._handing:
+            self.abandoned.set()
+            return self.drawn if self.ended else None
 
     def forward(self, chunk: Any) -> None:
         if self.abandoned.expired():
@@ -660,12 +681,7 @@ def _relay(
         complete = True
     finally:
         if not complete:
-            sink.abandoned.set()
-            # A draw stopped part-way gives its position back; one the provider had
-            # finished is stored, and this hands its position on as well. Waited for, so
-            # that the caller's next call is served that position.
-            with contextlib.suppress(Exception):
-                give_back(drawing.result())
+            _abandon(sink, give_back)
 
 
 def _replay_relay(stream: Any, on_abandon: Callable[[], None]) -> Iterator[Any]:
@@ -712,9 +728,26 @@ async def _arelay(
         complete = True
     finally:
         if not complete:
-            sink.abandoned.set()
-            with contextlib.suppress(Exception):
-                give_back(await drawing)
+            _abandon(sink, give_back)
+
+
+def _abandon(sink: _Sink, give_back: Callable[[list[Sample]], None]) -> None:
+    """Leave a live stream. A draw stopped part-way gives its position back; one the
+    provider had finished is stored, and its position is handed on as well, here or by
+    the draw as it ends (see :meth:`_Sink.abandon`), before its gate opens: the caller's
+    next call of the request waits at that gate, and is served that position."""
+    drawn = sink.abandon()
+    if drawn:
+        give_back(drawn)
+
+
+def _ended_live(
+    sink: _Sink, samples: list[Sample] | None, give_back: Callable[[list[Sample]], None]
+) -> None:
+    """The end of a live stream's draw: its position handed on if its reader has left."""
+    if sink.end(samples) and samples:
+        with contextlib.suppress(Exception):
+            give_back(samples)
 
 
 def _with_logprobs(response: Any) -> Any:
@@ -1530,12 +1563,16 @@ class MnimiCache(Cache):
         if not GATES.start_live(gate):
             return self._replaying(original, call, self._drawn(call, kwargs), kwargs)
         sink = call.sink = _Sink(_wants_usage(kwargs))
+        give_back = self._giver(call)
 
         def draw() -> list[Sample]:
+            samples = None
             try:
                 with _answering(self, call), _litellm_errors(kwargs):
-                    return layer.draw(call.request, 1)
+                    samples = layer.draw(call.request, 1)
+                    return samples
             finally:
+                _ended_live(sink, samples, give_back)
                 GATES.end_live(gate)
                 sink.chunks.put(_DONE)
 
@@ -1543,7 +1580,7 @@ class MnimiCache(Cache):
         first = sink.chunks.get()
         if first is _DONE:  # nothing went live: the sample was stored
             return self._replaying(original, call, drawing.result(), kwargs)
-        return _relay(first, sink, drawing, self._giver(call))
+        return _relay(first, sink, drawing, give_back)
 
     def _replaying(
         self,
@@ -1588,12 +1625,16 @@ class MnimiCache(Cache):
         if not GATES.start_live(gate, on_loop=True):
             return await self._areplaying(original, call, await self._adrawn(call, kwargs), kwargs)
         sink = call.sink = _Sink(_wants_usage(kwargs))
+        give_back = self._giver(call)
 
         async def draw() -> list[Sample]:
+            samples = None
             try:
                 with _answering(self, call), _litellm_errors(kwargs):
-                    return await layer.adraw(call.request, 1)
+                    samples = await layer.adraw(call.request, 1)
+                    return samples
             finally:
+                _ended_live(sink, samples, give_back)
                 GATES.end_live(gate)
                 sink.chunks.put(_DONE)
 
@@ -1601,7 +1642,7 @@ class MnimiCache(Cache):
         first = await asyncio.to_thread(sink.chunks.get)
         if first is _DONE:
             return await self._areplaying(original, call, await drawing, kwargs)
-        return _arelay(first, sink, drawing, self._giver(call))
+        return _arelay(first, sink, drawing, give_back)
 
     def _intercept(self, kwargs: Mapping[str, Any]) -> _Call | None:
         """The parsed call, or ``None`` when it must go to the provider as it is."""

@@ -310,3 +310,32 @@ def test_a_stream_read_to_its_finish_reason_is_read_whole(
     first = run()
     assert first[0] != first[1] and sent(server) == 2
     assert run() == first and sent(server) == 2
+
+
+def test_leaving_a_live_stream_does_not_wait_for_the_providers_next_chunk(
+    tmp_path: Path,
+) -> None:
+    # close() and a timeout waited for the draw, which reads on until the next chunk: a
+    # stop button was held for the provider's pause, and a stream collected on the draw's
+    # own thread waited for itself for good.
+    with SamplingServer(seed=21, chunk_delay=1.5) as paused, MnimiCache(str(tmp_path)) as cache:
+        options = {"model": "openai/mock-model", "api_base": paused.url, "api_key": "sk-test"}
+        messages = [{"role": "user", "content": "Tell me a story."}]
+        stream = litellm.completion(**options, messages=messages, stream=True)
+        next(stream)
+        started = time.monotonic()
+        stream.close()
+        assert time.monotonic() - started < 0.5
+
+        async def read_all() -> None:
+            async for _ in await litellm.acompletion(**options, messages=messages, stream=True):
+                pass
+
+        async def stopped() -> float:
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(read_all(), 0.3)
+            return time.monotonic() - started
+
+        assert asyncio.run(stopped()) < 1.0
+    cache.close()
