@@ -412,9 +412,10 @@ class ScopeManager:
         """
         warnings.warn(
             f"{self.kind}() was left in another context than the one it was entered in (a "
-            "FastAPI dependency with `yield` enters and leaves in two): the calls made in "
-            "between did not run in it. Open the scope where the calls are made (in the "
-            "endpoint, or an async dependency)",
+            "FastAPI dependency with `yield`, or a sync generator Starlette streams, runs "
+            "its steps in copies of the context): the calls made in between did not run in "
+            "it. Open the scope where the calls are made, in async code (an async "
+            "dependency, or an async generator for a StreamingResponse)",
             ScopeWarning,
             stacklevel=4,
         )
