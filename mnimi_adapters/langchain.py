@@ -887,6 +887,9 @@ class _Sink:
         self.draw_id: str | None = None
         #: Whether the live chunks' content was content blocks (a list), not a string.
         self.blocks = False
+        #: The id the live chunks carry, which the stream's last chunk carries too: a UI
+        #: that groups chunks by id shows one message.
+        self.message_id: str | None = None
 
     def put(self, item: Any) -> None:
         if self._ready is None or self._loop is None:
@@ -1027,6 +1030,7 @@ def _forward(sink: _Sink, total: BaseMessage | None, chunk: BaseMessage) -> Base
     forward = not sink.abandoned.is_set()
     if isinstance(chunk, AIMessageChunk):
         if forward:  # the stream's end is this call's to mark, after the cache facts
+            sink.message_id = sink.message_id or chunk.id
             sink.put(chunk.model_copy(update={"chunk_position": None}))
         return chunk if total is None else cast(BaseMessage, total + chunk)
     # A model that cannot stream answers whole (LangChain's stream() falls back to invoke).
@@ -1497,7 +1501,8 @@ def _replay_chunks(message: AIMessage) -> Iterator[ChatGenerationChunk]:
         additional_kwargs=message.additional_kwargs,
         response_metadata=message.response_metadata,
         usage_metadata=message.usage_metadata,
-        id=message.id,
+        # No id: the run replaying it gives every chunk its own, as a model's stream does
+        # (the first run's id on the last chunk alone made two messages of one).
         chunk_position="last",
     )
     return _pieces(message.content, calls, last, None)
@@ -2459,7 +2464,10 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             # blocks (_as_invoked), and a string would turn their sum into one.
             content: str | list[Any] = [] if sink.blocks else ""
             facts = AIMessageChunk(
-                content=content, response_metadata=_facts(sample), chunk_position="last"
+                content=content,
+                response_metadata=_facts(sample),
+                id=sink.message_id,
+                chunk_position="last",
             )
             yield ChatGenerationChunk(message=facts)
         else:

@@ -383,6 +383,19 @@ def test_an_abandoned_stream_stores_nothing_and_gives_its_position_back(
     assert sent(server) == 2
 
 
+def test_a_streams_chunks_carry_one_message_id_live_and_replayed(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    # The last chunk carried another id than the tokens (the first run's, on a replay): a
+    # UI grouping LangGraph's stream_mode="messages" chunks by id showed two messages.
+    chat = MnimiChatModel(model=openai(), cache_dir=cache)
+    live = list(chat.stream(NUMBER))
+    replayed = list(chat.stream(NUMBER))
+    assert replayed[-1].response_metadata["cache_hit"] is True
+    assert len({chunk.id for chunk in live}) == 1
+    assert len({chunk.id for chunk in replayed}) == 1
+
+
 def test_streams_in_an_independent_scope_continue_the_sequence(
     server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
 ) -> None:
