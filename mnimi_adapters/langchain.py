@@ -371,7 +371,9 @@ def _watch_langgraph() -> None:
 
 
 #: How many outermost LangGraph tasks keep the scopes of their attempts: the most recent.
-_TASK_MEMORY = 1024
+#: More than a graph runs at once (a task forgotten while it retries starts its attempts
+#: afresh, and forgets another in turn), and a few MB at most.
+_TASK_MEMORY = 4096
 
 
 class _TaskScopes:
