@@ -802,6 +802,22 @@ def note_router_call_params() -> None:
             setattr(router, name, _noting_params(original))
 
 
+def _router_defaults(router: Any) -> frozenset[str]:
+    """The names of a Router's ``default_litellm_params``: the same for every deployment,
+    so keyed as the caller's own (a Router-wide temperature decides every answer).
+
+    LiteLLM 1.110 serves them from ``Router.settings()`` and warns of the attribute,
+    which is all that earlier versions have.
+    """
+    settings = getattr(router, "settings", None)
+    defaults = (
+        settings().default_litellm_params
+        if callable(settings)
+        else getattr(router, "default_litellm_params", None)
+    )
+    return frozenset(defaults) if isinstance(defaults, Mapping) else frozenset()
+
+
 def _noting_params(original: Callable[..., Any]) -> Callable[..., Any]:
     if inspect.iscoroutinefunction(original):
 
@@ -809,7 +825,7 @@ def _noting_params(original: Callable[..., Any]) -> Callable[..., Any]:
         async def anoting(self: Any, *args: Any, **kwargs: Any) -> Any:
             if router_call_params.get() is not None:
                 return await original(self, *args, **kwargs)
-            token = router_call_params.set(frozenset(kwargs))
+            token = router_call_params.set(frozenset(kwargs) | _router_defaults(self))
             try:
                 return await original(self, *args, **kwargs)
             finally:
@@ -822,7 +838,7 @@ def _noting_params(original: Callable[..., Any]) -> Callable[..., Any]:
     def noting(self: Any, *args: Any, **kwargs: Any) -> Any:
         if router_call_params.get() is not None:
             return original(self, *args, **kwargs)
-        token = router_call_params.set(frozenset(kwargs))
+        token = router_call_params.set(frozenset(kwargs) | _router_defaults(self))
         try:
             return original(self, *args, **kwargs)
         finally:

@@ -644,6 +644,23 @@ def test_a_router_alias_shares_its_groups_sequences(
     assert sent(server) == 1
 
 
+def test_a_routers_default_params_are_keyed(server: SamplingServer, cache: MnimiCache) -> None:
+    # They are the same for every deployment: a Router-wide temperature of 2.0 was served
+    # the sample another Router had drawn at 0.0.
+    deployment = {"model": MODEL, "api_base": server.url, "api_key": API_KEY}
+    messages = [{"role": "user", "content": "Under a Router-wide temperature"}]
+    answers = [
+        litellm.Router(
+            model_list=[{"model_name": "g", "litellm_params": deployment}],
+            default_litellm_params={"temperature": temperature},
+            cache_responses=True,
+        ).completion(model="g", messages=messages)
+        for temperature in (0.0, 2.0)
+    ]
+    assert [r.body["temperature"] for r in server.chat_requests()] == [0.0, 2.0]
+    assert answers[0]._hidden_params["mnimi"]["key"] != answers[1]._hidden_params["mnimi"]["key"]
+
+
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
 def test_a_groups_key_does_not_depend_on_the_deployments_settings(
     server: SamplingServer, cache: MnimiCache, is_async: bool
