@@ -165,10 +165,10 @@ from .core.request import (
     canonical,
     canonical_json,
     is_credential,
-    is_query_credential,
     is_query_fields,
     is_sampling_param,
     keyed_params,
+    names_credential,
     reveal_secret,
     sent_secrets,
     stop_list,
@@ -319,15 +319,11 @@ def _public_kwargs(
     query's ``code`` and ``sig`` too), wrapped as a secret (``masked``) or left out."""
     public: dict[Any, Any] = {}
     for name, value in kwargs.items():
-        named = isinstance(name, str) and (
-            is_query_credential(name) if query else is_credential(name)
-        )
-        if named:
+        if names_credential(name, query):
             if masked:
                 public[name] = _secret(value)
         elif isinstance(value, Mapping):
-            in_query = isinstance(name, str) and is_query_fields(name)
-            public[name] = _public_kwargs(value, masked=masked, query=in_query)
+            public[name] = _public_kwargs(value, masked=masked, query=is_query_fields(name))
         else:
             public[name] = value
     return public
@@ -2986,11 +2982,10 @@ def _warn_unserialised(call: str) -> None:
         return
     _WARNED_UNSERIALISED.add(kind)
     warnings.warn(
-        f"MnimiLLMCache: LangChain cannot serialise this chat model "
-        f"({kind}), so its cache calls carry only its "
-        "_identifying_params: settings they leave out (an endpoint, max_tokens, ...) are "
-        "in no key, and models that differ only there share samples. Wrap the model "
-        "instead: MnimiChatModel(model=your_model, cache_dir=...)",
+        f"MnimiLLMCache: LangChain cannot serialise this chat model ({kind}), so its cache "
+        "calls carry only its _identifying_params: settings they leave out (an endpoint, "
+        "max_tokens, ...) are in no key, and models that differ only there share samples. "
+        "Wrap the model instead: MnimiChatModel(model=your_model, cache_dir=...)",
         UserWarning,
         stacklevel=2,
     )

@@ -736,16 +736,21 @@ def _abandon(sink: _Sink, give_back: Callable[[list[Sample]], None]) -> None:
     provider had finished is stored, and its position is handed on as well, here or by
     the draw as it ends (see :meth:`_Sink.abandon`), before its gate opens: the caller's
     next call of the request waits at that gate, and is served that position."""
-    drawn = sink.abandon()
-    if drawn:
-        give_back(drawn)
+    _hand_on(sink.abandon(), give_back)
 
 
 def _ended_live(
     sink: _Sink, samples: list[Sample] | None, give_back: Callable[[list[Sample]], None]
 ) -> None:
     """The end of a live stream's draw: its position handed on if its reader has left."""
-    if sink.end(samples) and samples:
+    if sink.end(samples):
+        _hand_on(samples, give_back)
+
+
+def _hand_on(samples: list[Sample] | None, give_back: Callable[[list[Sample]], None]) -> None:
+    """Hand the positions of an abandoned stream's stored ``samples`` on (best effort: a
+    stream's end, or its reader's leaving, never fails on it)."""
+    if samples:
         with contextlib.suppress(Exception):
             give_back(samples)
 

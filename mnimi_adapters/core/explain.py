@@ -167,12 +167,8 @@ def _difference(path: str, stored: Any, requested: Any) -> str | None:
             # An item added or dropped (a system message put first): say so, rather than
             # compare every item after it with its neighbour's.
             return _list_difference(path, stored, requested)
-        for i in range(len(stored)):
-            found = _difference(
-                f"{path}[{i}]",
-                stored[i] if i < len(stored) else _MISSING,
-                requested[i] if i < len(requested) else _MISSING,
-            )
+        for i, (item, asked) in enumerate(zip(stored, requested, strict=True)):
+            found = _difference(f"{path}[{i}]", item, asked)
             if found:
                 return found
         return None

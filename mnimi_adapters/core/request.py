@@ -215,11 +215,9 @@ def _collect_secrets(
     seen.add(id(fields))
     for name, wrapped in fields.items():
         value = reveal_secret(wrapped)
-        named = value is not wrapped or (
-            isinstance(name, str) and (is_query_credential(name) if query else is_credential(name))
-        )
+        named = value is not wrapped or names_credential(name, query)
         if isinstance(value, Mapping):
-            in_query = isinstance(name, str) and is_query_fields(name)
+            in_query = is_query_fields(name)
             _collect_secrets(value, found, headers=headers or named, query=in_query, seen=seen)
         elif type(value) is list or type(value) is tuple:
             for item in value:
@@ -232,9 +230,17 @@ def _collect_secrets(
                 _add_secret(found, secret, 4)
 
 
-def is_query_fields(name: str) -> bool:
+def names_credential(name: object, query: bool = False) -> bool:
+    """Whether a field named ``name`` holds a credential: by :func:`is_query_credential`
+    among the fields of a URL's query (``query``), else by :func:`is_credential`."""
+    return isinstance(name, str) and (is_query_credential(name) if query else is_credential(name))
+
+
+def is_query_fields(name: object) -> bool:
     """Whether an object parameter holds the fields of a URL's query string."""
-    return name == _QUERY_PARAM or "query" in (w.lower() for w in _WORD_BOUNDARY.split(name))
+    return isinstance(name, str) and (
+        name == _QUERY_PARAM or "query" in (w.lower() for w in _WORD_BOUNDARY.split(name))
+    )
 
 
 def _add_secret(found: set[str], value: Any, shortest: int) -> None:
