@@ -43,7 +43,7 @@ __all__ = ["LoggedRequest", "SamplingServer", "main"]
 _CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
 _MODEL_PATHS = frozenset({"/v1/models", "/models"})
 _REDACTED_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key"})
-_FAULT_KINDS = frozenset({"status", "timeout", "malformed", "empty"})
+_FAULT_KINDS = frozenset({"status", "timeout", "slow", "malformed", "empty"})
 _DEFAULT_MODEL = "mock-model"
 _FINGERPRINT = "mnimi-local"
 # A JSON Schema number the mock draws: an integer, or a float.
@@ -1178,7 +1178,10 @@ class _Handler(BaseHTTPRequestHandler):
         stream = isinstance(body, dict) and body.get("stream") is True
         if not self._wait(owner.latency):
             return
-        if fault is not None:
+        if fault is not None and fault.kind == "slow":
+            if not self._hold(fault.hang):
+                return
+        elif fault is not None:
             self._send_fault(entry, fault, stream)
             return
         try:
@@ -1546,11 +1549,13 @@ class SamplingServer:
             count: Number of consecutive chat requests that fail.
             retry_after: Seconds to advertise in ``Retry-After`` (and ``retry-after-ms``).
             kind: ``"status"`` (error status), ``"timeout"`` (hold the connection for
-                ``hang`` seconds, then answer 504 if the client is still there),
+                ``hang`` seconds, then answer 504 if the client is still there), ``"slow"``
+                (hold it ``hang`` seconds, then answer as usual: a provider slower than
+                the client's patience),
                 ``"malformed"`` (200 with a body that is not JSON) or ``"empty"`` (200 with
                 ``"choices": []``).
-            hang: How long a ``"timeout"`` fault holds the connection. It ends early when
-                the client disconnects or the server stops.
+            hang: How long a ``"timeout"`` or ``"slow"`` fault holds the connection. It ends
+                early when the client disconnects or the server stops.
             echo: For ``kind="status"``: the error message repeats every request header,
                 credentials included, as some gateways do when they refuse a request.
 

@@ -88,6 +88,10 @@ class _Refill:
     #: The sequence's length once it landed, if the store said: a position below it is
     #: stored, with no need to ask the store again.
     reached: int | None = None
+    #: Whether the caller that started it gave up on it (a timeout cancelled the wait):
+    #: it still lands, for later positions, but no new call waits for it (see
+    #: :meth:`CacheLayer._abandon`).
+    abandoned: bool = False
 
 
 #: What a cursor's read of a missing position found: the sequence's length then, and
@@ -106,6 +110,7 @@ class _InFlight:
     """
 
     refills: dict[_Refill, None] = field(default_factory=dict)
+    #: Samples the refills not abandoned will add.
     pending: int = 0
     #: The sequence's length when last read or landed. While refills are in flight, a
     #: position at or past it is a miss without asking the store: every call of a burst
@@ -258,7 +263,8 @@ class CacheLayer(Wrapper):
             if in_flight is not None:
                 in_flight.stored = stored
                 if stored + pending > index:
-                    return next(iter(in_flight.refills)), False
+                    live = (refill for refill in in_flight.refills if not refill.abandoned)
+                    return next(live), False
             if not self.replication:
                 # Before anything is drawn: samples a store cannot keep would be paid
                 # for and thrown away (law 6), on every retry of the caller.
@@ -352,7 +358,8 @@ class CacheLayer(Wrapper):
         with self._lock:
             in_flight = self._refills[key]
             del in_flight.refills[refill]
-            in_flight.pending -= refill.count
+            if not refill.abandoned:
+                in_flight.pending -= refill.count
             if refill.reached is None or in_flight.stored is None:
                 in_flight.stored = None
             else:
@@ -362,6 +369,23 @@ class CacheLayer(Wrapper):
             self.refills_ended += 1
         if not refill.done.done():
             refill.done.set_result(None)
+
+    def _abandon(self, key: str, refill: _Refill) -> None:
+        """Say that the caller who started ``refill`` gave up waiting for it.
+
+        A caller cut short by a timeout (``asyncio.wait_for``, LangGraph's
+        ``TimeoutPolicy``) leaves its position to its retry. Had the retry waited for the
+        abandoned draw, it would be cut short by the same slow provider, and in a
+        ``repeatable()`` attempt nested in ``independent()`` it would wait for a draw that
+        is not even its own. So the retry asks afresh, as it would without a cache, and
+        the abandoned draw still lands, for a later position (law 6).
+        """
+        with self._lock:
+            in_flight = self._refills.get(key)
+            if in_flight is None or refill not in in_flight.refills or refill.abandoned:
+                return
+            refill.abandoned = True
+            in_flight.pending -= refill.count
 
     def _start(self, request: Request, key: str, refill: _Refill) -> Cursor:
         """The inner cursor ``refill`` draws from; a refill that cannot start ends at once."""
@@ -411,18 +435,23 @@ class CacheLayer(Wrapper):
         self, request: Request, key: str, index: int, batch: int, read: _Read = _UNREAD
     ) -> None:
         """Async :meth:`extend`."""
-        # Shielded: a caller that times out must neither cancel a refill others
-        # wait for nor throw away samples already paid for (law 6).
+        # A provider's refill is shielded: a caller that times out must neither cancel a
+        # refill others wait for nor throw away samples already paid for (law 6).
         for refill, cursor in self._steps(request, key, index, batch, True, read):
             if cursor is None:
                 await asyncio.shield(_seen(refill.done))
             elif cursor.ordered:
-                task = asyncio.ensure_future(self._afill(request, key, cursor, refill))
-                task.add_done_callback(_retrieve)
-                await asyncio.shield(task)
+                # A cache's refill is not: the layer it reads shields its own provider
+                # refills, and a cancelled take hands its position back there, so the
+                # caller's retry is served it (or its own fresh draw) and not the next one.
+                await self._afill(request, key, cursor, refill)
             else:
                 fill = self._afill(request, key, cursor, refill)
-                await asyncio.shield(_seen(_KEEPER.submit(fill)))
+                try:
+                    await asyncio.shield(_seen(_KEEPER.submit(fill)))
+                except asyncio.CancelledError:
+                    self._abandon(key, refill)
+                    raise
 
     def _order_lock(self, key: str, cursor: Cursor) -> threading.Lock | None:
         """The lock a refill from ``cursor`` lands under, if any.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from langgraph.types import RetryPolicy
 
 import mnimi_adapters.langchain as adapters
 from mnimi_adapters import ReplicationCacheMiss, independent, repeatable
+from mnimi_adapters.core.layers import wait_for_refills
 from mnimi_adapters.core.scopes import ScopeManager
 from mnimi_adapters.core.stores import open_store
 from mnimi_adapters.langchain import MnimiChatModel, MnimiLLMCache
@@ -291,3 +293,41 @@ def test_the_attempts_of_only_the_most_recent_tasks_are_kept(
     for _ in range(4):
         attempts_of(follow_up, chat, 3)
     assert len(adapters._task_scopes) <= 2
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_an_attempt_a_timeout_cut_short_leaves_its_retry_a_request_of_its_own(
+    server: SamplingServer, cache_dir: str, form: str
+) -> None:
+    """A ``TimeoutPolicy`` cuts attempt 1 short while the provider is slow. Attempt 2 asks
+    afresh and is answered, as it would be without a cache; it does not wait behind the
+    draw attempt 1 gave up on, which would cut it short too. That draw is still stored
+    (law 6), and a re-run replays the answer the run gave without a request."""
+    if "timeout" not in inspect.signature(StateGraph.add_node).parameters:
+        pytest.skip("this LangGraph has no node timeouts")
+
+    def graph_of(chat: BaseChatModel) -> Any:
+        async def node(state: dict[str, Any]) -> dict[str, Any]:
+            return {"out": str((await chat.ainvoke(NUMBER)).content)}
+
+        graph = StateGraph(dict)
+        policy = RetryPolicy(max_attempts=2, initial_interval=0.0, jitter=False)
+        graph.add_node("node", node, retry_policy=policy, timeout=0.5)
+        graph.add_edge(START, "node")
+        graph.add_edge("node", END)
+        return graph.compile()
+
+    # A first call elsewhere imports what the model needs, which takes longer than 0.5 s.
+    chat_model(form, server, f"{cache_dir}-warm", False).invoke(NUMBER)
+    server.reset()
+    server.fail_next(kind="slow", hang=3.0)  # longer than the node may take
+    answer = asyncio.run(graph_of(chat_model(form, server, cache_dir, False)).ainvoke({}))
+    assert len(server.chat_requests()) == 2
+    assert wait_for_refills(10)
+    # The slow answer too, for a later position; LangChain's cache interface cannot keep
+    # it, since the model sends its own request, which the timeout cancelled.
+    assert stored(cache_dir) == (1 if form == "llmcache" else 2)
+    for replication in (False, True):
+        chat = chat_model(form, server, cache_dir, replication)
+        assert asyncio.run(graph_of(chat).ainvoke({})) == answer
+    assert len(server.chat_requests()) == 2
