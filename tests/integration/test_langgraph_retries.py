@@ -52,8 +52,14 @@ def cache_dir(server: SamplingServer, tmp_path: Path) -> str:
     return str(tmp_path / "cache")
 
 
-def chat_model(form: str, server: SamplingServer, cache: str, replication: bool) -> BaseChatModel:
-    """A new chat model of ``form`` over ``cache``; provider errors are not retried."""
+def chat_model(
+    form: str, server: SamplingServer, cache: str, replication: bool, timeout: float | None = None
+) -> BaseChatModel:
+    """A new chat model of ``form`` over ``cache``; provider errors are not retried.
+
+    A ``ChatOpenAI`` of a ``timeout`` no other test gives uses an async HTTP client of its
+    own: langchain-openai shares one per base URL and timeout, and a connection another
+    test's event loop left in it fails to close once that loop is gone."""
     if form == "string":
         return MnimiChatModel(
             model="openai/mock-model",
@@ -63,7 +69,9 @@ def chat_model(form: str, server: SamplingServer, cache: str, replication: bool)
             cache_dir=cache,
             replication=replication,
         )
-    openai = ChatOpenAI(base_url=server.url, api_key="sk-test", model="mock-model", max_retries=0)
+    openai = ChatOpenAI(
+        base_url=server.url, api_key="sk-test", model="mock-model", max_retries=0, timeout=timeout
+    )
     if form == "wrapped":
         return MnimiChatModel(model=openai, cache_dir=cache, replication=replication)
     return openai.model_copy(update={"cache": MnimiLLMCache(cache, replication=replication)})
@@ -321,13 +329,14 @@ def test_an_attempt_a_timeout_cut_short_leaves_its_retry_a_request_of_its_own(
     chat_model(form, server, f"{cache_dir}-warm", False).invoke(NUMBER)
     server.reset()
     server.fail_next(kind="slow", hang=3.0)  # longer than the node may take
-    answer = asyncio.run(graph_of(chat_model(form, server, cache_dir, False)).ainvoke({}))
+    chat = chat_model(form, server, cache_dir, False, timeout=31.0)
+    answer = asyncio.run(graph_of(chat).ainvoke({}))
     assert len(server.chat_requests()) == 2
     assert wait_for_refills(10)
     # The slow answer too, for a later position; LangChain's cache interface cannot keep
     # it, since the model sends its own request, which the timeout cancelled.
     assert stored(cache_dir) == (1 if form == "llmcache" else 2)
     for replication in (False, True):
-        chat = chat_model(form, server, cache_dir, replication)
+        chat = chat_model(form, server, cache_dir, replication, timeout=31.0)
         assert asyncio.run(graph_of(chat).ainvoke({})) == answer
     assert len(server.chat_requests()) == 2
