@@ -888,6 +888,24 @@ class _Sink:
         #: The id the live chunks carry, which the stream's last chunk carries too: a UI
         #: that groups chunks by id shows one message.
         self.message_id: str | None = None
+        #: What the draw stored, once it has ended (``None`` before, or if it failed).
+        self._drawn: list[Sample] | None = None
+        self._handing = threading.Lock()
+
+    def end(self, samples: list[Sample]) -> bool:
+        """The draw's word that it has stored ``samples``: whether the reader had left, so
+        that the draw hands their positions on itself."""
+        with self._handing:
+            self._drawn = samples
+            return self.abandoned.is_set()
+
+    def abandon(self) -> list[Sample] | None:
+        """The reader's word that it has left: what the draw stored, if it has ended, for
+        the reader to hand on; else the draw hands it on when it ends. Never waits for the
+        provider's next chunk."""
+        with self._handing:
+            self.abandoned.set()
+            return self._drawn
 
     def put(self, item: Any) -> None:
         if self._ready is None or self._loop is None:
@@ -1297,14 +1315,27 @@ def _ends_answer(chunk: ChatGenerationChunk) -> bool:
 
 
 def _kept(draw: _Draw, sink: _Sink, samples: list[Sample]) -> list[Sample]:
-    """A live stream's samples; if its reader left, their positions go to the next call.
+    """A live stream's samples; if its reader left already, their positions go to the
+    next call (one that leaves later hands them on itself, see :func:`_left`).
 
     The provider had finished it, so it is stored (law 6), but an abandoned stream gives
     its position on, whether it ended live or replayed (see ``_replayed``).
     """
-    if sink.abandoned.is_set():
+    if sink.end(samples):
         draw.give_back(samples)
     return samples
+
+
+def _left(draw: _Draw, sink: _Sink) -> None:
+    """The reader left a live stream before the end of its answer: what its draw stored,
+    now or when it ends, goes to the next call, as a replayed stream's does.
+
+    Whenever the reader leaves: a slow one that leaves after the draw stored the sample
+    is answered as it is on a re-run, where the stream is a replayed hit.
+    """
+    samples = sink.abandon()
+    if samples:
+        draw.give_back(samples)
 
 
 def _live_draw(draw: _Draw, sink: _Sink) -> list[Sample]:
@@ -2430,7 +2461,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             complete = True
         finally:
             if not complete:  # abandoned, or failed: a partial answer is no sample
-                sink.abandoned.set()
+                _left(draw, sink)
         yield from self._stream_end(draw, samples, sink)
 
     def _replayed(self, draw: _Draw, samples: list[Sample]) -> Iterator[ChatGenerationChunk]:
@@ -2527,7 +2558,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             complete = True
         finally:
             if not complete:
-                sink.abandoned.set()
+                _left(draw, sink)
         for chunk in self._stream_end(draw, samples, sink):
             yield chunk
 

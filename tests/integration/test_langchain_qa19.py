@@ -1,0 +1,116 @@
+"""MnimiChatModel over a LangChain chat model: QA round 19.
+
+Real langchain-openai ``ChatOpenAI`` (Chat Completions and the Responses API) against the
+local sampling server: a slow reader leaving a live stream, a Responses stream read to its
+last chunk.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Must precede any litellm import: otherwise litellm fetches its cost map over the network.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_openai import ChatOpenAI
+
+from mnimi_adapters import independent
+from mnimi_adapters.langchain import MnimiChatModel
+from mnimi_adapters.testing import SamplingServer
+
+pytestmark = pytest.mark.integration
+
+NUMBER = "Pick a number between 1 and 1000000."
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SamplingServer]:
+    with SamplingServer(seed=19) as running:
+        yield running
+
+
+@pytest.fixture
+def openai(server: SamplingServer) -> Callable[..., ChatOpenAI]:
+    server.reset()
+    server.chunk_delay = 0.0
+
+    def make(**overrides: Any) -> ChatOpenAI:
+        params: dict[str, Any] = {
+            "model": "mock-model",
+            "base_url": server.url,
+            "api_key": "sk-test",
+            "max_retries": 0,
+        }
+        params.update(overrides)
+        return ChatOpenAI(**params)
+
+    return make
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> str:
+    return str(tmp_path / "cache")
+
+
+def wait_stored(chat: MnimiChatModel) -> None:
+    """Wait until the live stream's draw has stored its sample (a slow reader's pause)."""
+    deadline = time.monotonic() + 10
+    while chat.cache_stats().get("samples_stored") != 1:
+        assert time.monotonic() < deadline, "the live stream's sample was never stored"
+        time.sleep(0.005)
+    time.sleep(0.05)  # and has ended, its gate open
+
+
+@pytest.mark.parametrize("responses", [False, True], ids=["completions", "responses"])
+def test_a_slow_reader_leaving_a_stored_live_stream_replays_as_it_ran(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str, responses: bool
+) -> None:
+    # The reader left after the draw had stored the sample: the position stayed taken
+    # (the next call got 1), while the re-run's replayed stream gave it back (0). (The
+    # chunks may differ: a replay cuts the text its own way.)
+    def run() -> tuple[str, int]:
+        chat = MnimiChatModel(model=openai(use_responses_api=responses), cache_dir=cache)
+        with independent():
+            stream = chat.stream(NUMBER)
+            seen = ""
+            while not seen:
+                seen = next(stream).text
+            wait_stored(chat)
+            stream.close()  # stopped on what it saw: the answer's end unread
+            after = chat.invoke(NUMBER)
+        assert after.text.startswith(seen)
+        return after.text, after.response_metadata["sequence_index"]
+
+    first = run()
+    assert first[1] == 0
+    assert run() == first
+    assert len(server.requests) == 1
+
+
+def test_a_slow_reader_leaving_a_stored_live_astream_replays_as_it_ran(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    async def run() -> tuple[str, int]:
+        chat = MnimiChatModel(model=openai(), cache_dir=cache)
+        with independent():
+            stream = chat.astream(NUMBER)
+            seen = ""
+            while not seen:
+                seen = (await anext(stream)).text
+            await asyncio.to_thread(wait_stored, chat)
+            await stream.aclose()
+            after = await chat.ainvoke(NUMBER)
+        assert after.text.startswith(seen)
+        return after.text, after.response_metadata["sequence_index"]
+
+    first = asyncio.run(run())
+    assert first[1] == 0
+    assert asyncio.run(run()) == first
+    assert len(server.requests) == 1
