@@ -869,7 +869,8 @@ def _stored_message(sample: Sample, facts: bool = False) -> AIMessage | None:
 
 
 class _Sink:
-    """Where a live stream's chunks go while the wrapped model produces them.
+    """Where a live stream's chunks go while the wrapped model produces them, each with
+    whether it closes the answer (see :func:`_for_reader`).
 
     The stream runs on a refill thread or the library's event loop (so a paid sample is
     stored whatever happens to the caller); its consumer reads here, on its own thread
@@ -1045,14 +1046,23 @@ def _forward(sink: _Sink, total: BaseMessage | None, chunk: BaseMessage) -> Base
         raise _Abandoned
     forward = not sink.abandoned.is_set()
     if isinstance(chunk, AIMessageChunk):
-        if forward:  # the stream's end is this call's to mark, after the cache facts
+        if forward:
             sink.message_id = sink.message_id or chunk.id
-            sink.put(chunk.model_copy(update={"chunk_position": None}))
+            sink.put(_for_reader(chunk))
         return chunk if total is None else cast(BaseMessage, total + chunk)
     # A model that cannot stream answers whole (LangChain's stream() falls back to invoke).
     for piece in _replay_chunks(cast(AIMessage, chunk)) if forward else ():
-        sink.put(piece.message.model_copy(update={"chunk_position": None}))
+        sink.put(_for_reader(piece.message))
     return chunk
+
+
+def _for_reader(chunk: BaseMessage) -> tuple[BaseMessage, bool]:
+    """A wrapped model's chunk as its reader gets it, and whether it closes the answer.
+
+    Unmarked as the last: the stream's end is this call's to mark, after the cache facts.
+    Whether it closes the answer is told here, where the model's own mark is still on it.
+    """
+    return chunk.model_copy(update={"chunk_position": None}), _ends_answer(chunk)
 
 
 def _as_invoked(message: BaseMessage) -> BaseMessage:
@@ -1301,17 +1311,18 @@ def _model_first(runnable: Any) -> Any:
     return chain
 
 
-def _ends_answer(chunk: ChatGenerationChunk) -> bool:
-    """Whether ``chunk`` closes the answer (it has a finish or stop reason).
+def _ends_answer(chunk: BaseMessage) -> bool:
+    """Whether ``chunk`` closes the answer: it has a finish or stop reason, or it is the
+    model's last chunk (LangChain's ``chunk_position="last"``: the Responses API's, which
+    carries its status and usage and no finish reason, and the one every stream ends with).
 
     A reader that stops right after it has read the whole answer: its stream is not
     abandoned, though the chunk with the cache facts may follow.
     """
-    metadata = chunk.message.response_metadata
-    info = chunk.generation_info or {}
-    return bool(
-        metadata.get("finish_reason") or metadata.get("stop_reason") or info.get("finish_reason")
-    )
+    if getattr(chunk, "chunk_position", None) == "last":
+        return True
+    metadata = chunk.response_metadata
+    return bool(metadata.get("finish_reason") or metadata.get("stop_reason"))
 
 
 def _kept(draw: _Draw, sink: _Sink, samples: list[Sample]) -> list[Sample]:
@@ -2454,9 +2465,9 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         complete = False
         try:
             while (item := sink.get()) is not _DONE:
-                chunk = ChatGenerationChunk(message=item)
-                complete = complete or _ends_answer(chunk)
-                yield chunk
+                message, ends = item
+                complete = complete or ends
+                yield ChatGenerationChunk(message=message)
             samples = drawing.result()
             complete = True
         finally:
@@ -2474,7 +2485,7 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         complete = False
         try:
             for chunk in self._chunks(samples[0], draw.model):
-                complete = complete or _ends_answer(chunk)
+                complete = complete or _ends_answer(chunk.message)
                 yield chunk
             complete = True
         finally:
@@ -2551,9 +2562,9 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         complete = False
         try:
             while (item := await sink.aget()) is not _DONE:
-                chunk = ChatGenerationChunk(message=item)
-                complete = complete or _ends_answer(chunk)
-                yield chunk
+                message, ends = item
+                complete = complete or ends
+                yield ChatGenerationChunk(message=message)
             samples = await drawing
             complete = True
         finally:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.messages import AIMessageChunk
 from langchain_openai import ChatOpenAI
 
 from mnimi_adapters import independent
@@ -114,3 +115,57 @@ def test_a_slow_reader_leaving_a_stored_live_astream_replays_as_it_ran(
     assert first[1] == 0
     assert asyncio.run(run()) == first
     assert len(server.requests) == 1
+
+
+def read_to_usage(chunks: Iterator[AIMessageChunk]) -> str:
+    """A reader that stops at the chunk with the usage: the whole answer has arrived."""
+    text = ""
+    for chunk in chunks:
+        text += chunk.text
+        if chunk.usage_metadata:
+            break
+    return text
+
+
+def test_a_responses_stream_read_to_its_last_chunk_is_read_whole(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    # The Responses API's last chunk (status "completed", the usage) has no finish reason:
+    # the stream counted as abandoned, and the next call was served the same sample.
+    def run() -> tuple[str, str, int]:
+        chat = MnimiChatModel(
+            model=openai(use_responses_api=True, stream_usage=True), cache_dir=cache
+        )
+        with independent():
+            streamed = read_to_usage(chat.stream(NUMBER))
+            after = chat.invoke(NUMBER)
+        return streamed, after.text, after.response_metadata["sequence_index"]
+
+    first = run()
+    assert first[0] != first[1] and first[2] == 1
+    assert run() == first  # replayed: the same
+    assert len(server.requests) == 2
+
+
+def test_a_responses_astream_read_to_its_last_chunk_is_read_whole(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    async def run() -> tuple[str, str, int]:
+        chat = MnimiChatModel(
+            model=openai(use_responses_api=True, stream_usage=True), cache_dir=cache
+        )
+        with independent():
+            streamed = ""
+            chunks = chat.astream(NUMBER)
+            async for chunk in chunks:
+                streamed += chunk.text
+                if chunk.usage_metadata:
+                    break
+            await chunks.aclose()
+            after = await chat.ainvoke(NUMBER)
+        return streamed, after.text, after.response_metadata["sequence_index"]
+
+    first = asyncio.run(run())
+    assert first[0] != first[1] and first[2] == 1
+    assert asyncio.run(run()) == first
+    assert len(server.requests) == 2
