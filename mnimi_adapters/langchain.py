@@ -2066,6 +2066,58 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             return cast(ModelProfile, dict(self.model.profile))
         return None
 
+    # Token counts: the wrapped model's own tokenizer (ChatOpenAI's tiktoken, its
+    # custom_get_token_ids), which trim_messages and the summarising middleware read;
+    # LangChain's default here needs transformers and counts with GPT-2's. One given to
+    # this model (custom_get_token_ids=) comes first, as for any model.
+
+    def _counts_tokens(self) -> BaseChatModel | None:
+        """The wrapped model, where it counts this model's tokens."""
+        if isinstance(self.model, BaseChatModel) and self.custom_get_token_ids is None:
+            return self.model
+        return None
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """The token ids of ``text``, as the wrapped model tokenizes it.
+
+        Args:
+            text: The text to tokenize.
+
+        Returns:
+            Its token ids.
+        """
+        counter = self._counts_tokens()
+        return super().get_token_ids(text) if counter is None else counter.get_token_ids(text)
+
+    def get_num_tokens(self, text: str) -> int:
+        """How many tokens ``text`` is, as the wrapped model counts them.
+
+        Args:
+            text: The text to count.
+
+        Returns:
+            Its number of tokens.
+        """
+        counter = self._counts_tokens()
+        return super().get_num_tokens(text) if counter is None else counter.get_num_tokens(text)
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """How many tokens ``messages`` (and ``tools``) are, as the wrapped model counts.
+
+        Args:
+            messages: The messages to count.
+            tools: Tools the model is given, where the model counts them.
+
+        Returns:
+            Their number of tokens.
+        """
+        counter = self._counts_tokens()
+        if counter is None:
+            return super().get_num_tokens_from_messages(messages, tools)
+        return counter.get_num_tokens_from_messages(messages, tools)
+
     # -- layers -------------------------------------------------------------------------
 
     def _model_name(self, override: str | None) -> str:

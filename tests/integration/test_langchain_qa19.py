@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.messages import AIMessageChunk
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, trim_messages
 from langchain_openai import ChatOpenAI
 
 from mnimi_adapters import independent
@@ -169,3 +169,29 @@ def test_a_responses_astream_read_to_its_last_chunk_is_read_whole(
     assert first[0] != first[1] and first[2] == 1
     assert asyncio.run(run()) == first
     assert len(server.requests) == 2
+
+
+def test_token_counts_are_the_wrapped_models(
+    openai: Callable[..., ChatOpenAI], cache: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # LangChain's default counter (GPT-2's, through transformers) answered instead: an
+    # ImportError without transformers, other counts with it; trim_messages failed.
+    import litellm.litellm_core_utils.tokenizers as shipped
+
+    # tiktoken's encodings as LiteLLM ships them: no download.
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", os.path.dirname(shipped.__file__))
+    raw = openai(model="gpt-4o-mini")
+    chat = MnimiChatModel(model=raw, cache_dir=cache)
+    messages = [HumanMessage("hello world how are you"), AIMessage("fine"), HumanMessage("you?")]
+    assert chat.get_token_ids("hello world") == raw.get_token_ids("hello world")
+    assert chat.get_num_tokens("hello world") == raw.get_num_tokens("hello world")
+    assert chat.get_num_tokens_from_messages(messages) == raw.get_num_tokens_from_messages(messages)
+    trimmed = trim_messages(messages, max_tokens=12, token_counter=chat, strategy="last")
+    assert trimmed == trim_messages(messages, max_tokens=12, token_counter=raw, strategy="last")
+    assert 0 < len(trimmed) < len(messages)
+
+    # The wrapped model's own counter; one given to the wrapper comes first.
+    words = openai(custom_get_token_ids=lambda text: text.split())
+    assert MnimiChatModel(model=words, cache_dir=cache).get_num_tokens("a b c d e") == 5
+    chars = MnimiChatModel(model=words, cache_dir=cache, custom_get_token_ids=list)
+    assert chars.get_num_tokens("a b") == 3
