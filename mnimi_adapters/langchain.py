@@ -1865,24 +1865,9 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
                 "MnimiChatModel needs model=... (a LiteLLM model name or a LangChain chat "
                 "model) or layer=..."
             )
-        if isinstance(self.model, BaseChatModel):
-            if isinstance(self.model, MnimiChatModel):
-                raise TypeError("MnimiChatModel cannot wrap another MnimiChatModel")
-            # Compared with the defaults, not just given: configurable_fields() and
-            # model_copy() rebuild the wrapper with every field given.
-            fields = type(self).model_fields
-            clash = sorted(
-                name
-                for name in _WRAPPED_MODEL_FIELDS
-                if getattr(self, name) != fields[name].get_default(call_default_factory=True)
-            )
-            if clash:
-                belong = "belongs" if len(clash) == 1 else "belong"
-                raise ValueError(
-                    f"{', '.join(clash)} {belong} to the wrapped {type(self.model).__name__}; "
-                    "set it there (for a choice at run time, configurable_alternatives() "
-                    "of wrappers)"
-                )
+        if isinstance(self.model, MnimiChatModel):
+            raise TypeError("MnimiChatModel cannot wrap another MnimiChatModel")
+        self._refuse_wrapped_settings()
         if self.layer is not None:
             if self.model:
                 raise ValueError("give MnimiChatModel either model=... or layer=..., not both")
@@ -1901,6 +1886,41 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             # Wrapped like api_key, so that repr, model_dump and tracebacks never show them.
             self.model_kwargs = {k: _hide(k, v) for k, v in self.model_kwargs.items()}
         return self
+
+    def _refuse_wrapped_settings(self) -> None:
+        """Refuse a setting given here that belongs to the wrapped model: ignored, it would
+        leave the user believing the wrapped model samples with it."""
+        if not isinstance(self.model, BaseChatModel):
+            return
+        # Compared with the defaults, not just given: configurable_fields() rebuilds the
+        # wrapper with every field given.
+        fields = type(self).model_fields
+        clash = sorted(
+            name
+            for name in _WRAPPED_MODEL_FIELDS
+            if getattr(self, name) != fields[name].get_default(call_default_factory=True)
+        )
+        if clash:
+            belong = "belongs" if len(clash) == 1 else "belong"
+            raise ValueError(
+                f"{', '.join(clash)} {belong} to the wrapped {type(self.model).__name__}; "
+                "set it there (for a choice at run time, configurable_alternatives() "
+                "of wrappers)"
+            )
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy of this model, ``update`` applied to its fields.
+
+        Pydantic applies ``update`` unvalidated, so a setting of the wrapped model's given
+        here is refused as the constructor refuses it, rather than ignored.
+
+        Raises:
+            ValueError: ``update`` sets what belongs to the wrapped model (``temperature``).
+        """
+        copied = super().model_copy(update=update, deep=deep)
+        if update:
+            copied._refuse_wrapped_settings()
+        return copied
 
     @field_serializer("api_base")
     def _dump_api_base(self, api_base: str | None) -> str | None:

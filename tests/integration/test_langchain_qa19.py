@@ -195,3 +195,23 @@ def test_token_counts_are_the_wrapped_models(
     assert MnimiChatModel(model=words, cache_dir=cache).get_num_tokens("a b c d e") == 5
     chars = MnimiChatModel(model=words, cache_dir=cache, custom_get_token_ids=list)
     assert chars.get_num_tokens("a b") == 3
+
+
+def test_model_copy_refuses_a_setting_of_the_wrapped_model(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str, tmp_path: Path
+) -> None:
+    # The copy took temperature=0.1 unchecked and ignored it: it replayed the samples
+    # drawn at the wrapped model's temperature, and its misses were sent at that one.
+    chat = MnimiChatModel(model=openai(temperature=0.5), cache_dir=cache)
+    first = chat.invoke(NUMBER)
+    with pytest.raises(ValueError, match="temperature belongs to the wrapped ChatOpenAI"):
+        chat.model_copy(update={"temperature": 0.1})
+    with pytest.raises(ValueError, match="api_base, max_retries belong to the wrapped"):
+        chat.model_copy(update={"max_retries": 3, "api_base": server.url})
+
+    # The wrapper's own settings are copied as ever.
+    elsewhere = chat.model_copy(update={"cache_dir": str(tmp_path / "other")})
+    assert elsewhere.invoke(NUMBER).response_metadata["cache_hit"] is False
+    replica = chat.model_copy(update={"replication": True})
+    assert replica.invoke(NUMBER).text == first.text
+    assert len(server.requests) == 2
