@@ -93,13 +93,14 @@ import contextlib
 import contextvars
 import copy
 import functools
+import itertools
 import logging
 import os
 import queue
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -160,7 +161,6 @@ from .providers import (
     in_provider_call,
     keyed_endpoint,
     litellm_param_role,
-    provider_call_active,
     retry_count,
 )
 
@@ -604,50 +604,94 @@ class _CacheProvider(LiteLLMModel):
     def stream(self, request: Request, sink: _Sink) -> list[Sample]:
         """One streamed request: each chunk goes to ``sink`` as it arrives.
 
+        A failure before the first chunk is retried as an unstreamed request's is (the
+        caller has seen nothing yet); one after it ends the stream: what the caller was
+        shown cannot be taken back.
+
         Returns:
             The streamed sample, once the stream has ended.
         """
         kwargs = self._stream_kwargs(request)
-        chunks: list[Any] = []
+        (stream, chunks), tries = self._retrying(
+            lambda: _started(litellm.completion(**kwargs)), request, 1, kwargs, []
+        )
+        received: list[Any] = []
         failed = None
         try:
-            with provider_call_active():
-                stream = litellm.completion(**kwargs)
             try:
-                for chunk in stream:
+                for chunk in chunks:
                     sink.forward(chunk)
-                    chunks.append(chunk)
+                    received.append(chunk)
             finally:  # an abandoned stream closes the connection
                 close_stream(stream)
         except _Abandoned:
             raise
         except Exception as error:
-            failed = self._failed(error, 1, 1, kwargs)
+            failed = self._failed(error, tries, 1, kwargs)
         if failed is not None:  # out of the except block (see LiteLLMModel._failed)
             raise failed[0] from failed[1]
-        return self._streamed(stream, chunks, kwargs)
+        return self._streamed(stream, received, kwargs)
 
     async def astream(self, request: Request, sink: _Sink) -> list[Sample]:
         """Async :meth:`stream`."""
         kwargs = self._stream_kwargs(request)
-        chunks: list[Any] = []
+
+        async def start() -> tuple[Any, AsyncGenerator[Any]]:
+            return await _astarted(await litellm.acompletion(**kwargs))
+
+        (stream, chunks), tries = await self._aretrying(start, request, 1, kwargs, [])
+        received: list[Any] = []
         failed = None
         try:
-            with provider_call_active():
-                stream = await litellm.acompletion(**kwargs)
             try:
-                async for chunk in stream:
+                async for chunk in chunks:
                     sink.forward(chunk)
-                    chunks.append(chunk)
+                    received.append(chunk)
             finally:
+                await chunks.aclose()
                 await stream.aclose()
         except _Abandoned:
             raise
         except Exception as error:
-            failed = self._failed(error, 1, 1, kwargs)
+            failed = self._failed(error, tries, 1, kwargs)
         if failed is not None:
             raise failed[0] from failed[1]
-        return self._streamed(stream, chunks, kwargs)
+        return self._streamed(stream, received, kwargs)
+
+
+def _started(stream: Any) -> tuple[Any, Iterator[Any]]:
+    """``stream`` and its chunks, the first one read already (closed if that fails).
+
+    Its first chunk is read within the attempt that opened it, so that a failure before
+    any chunk (a provider that answers the stream's first read with an error) is retried.
+    """
+    chunks = iter(stream)
+    try:
+        first = next(chunks, None)
+    except BaseException:
+        close_stream(stream)
+        raise
+    return stream, iter(()) if first is None else itertools.chain((first,), chunks)
+
+
+async def _astarted(stream: Any) -> tuple[Any, AsyncGenerator[Any]]:
+    """Async :func:`_started`."""
+    chunks = aiter(stream)
+    try:
+        first = await anext(chunks, None)
+    except BaseException:
+        await stream.aclose()
+        raise
+    return stream, _prefixed(first, chunks)
+
+
+async def _prefixed(first: Any, rest: AsyncIterator[Any]) -> AsyncGenerator[Any]:
+    """``first`` (unless it is ``None``: the stream was empty), then ``rest``."""
+    if first is None:
+        return
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 # Live streams draw here while their reader takes the chunks.
@@ -1259,8 +1303,10 @@ class MnimiCache(Cache):
     In replication mode nothing can skip the cache: those switches are ignored, and
     DSPy's LMs, on either engine, are answered by it too.
 
-    A streaming call with ``n=1`` whose sample is missing streams live from the provider
-    (without retries); its sample is stored when the stream ends. Other streaming calls
+    A streaming call with ``n=1`` whose sample is missing streams live from the provider;
+    a failure before its first chunk is retried as any miss is (``num_retries`` or
+    ``max_retries``), one after it ends the stream. Its sample is stored when the stream
+    ends. Other streaming calls
     are replayed as LiteLLM replays cached responses: the text arrives in one chunk (all
     ``n`` choices in the first chunk), then a chunk with the finish reason.
 

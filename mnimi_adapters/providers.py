@@ -30,7 +30,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from types import ModuleType
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import tenacity
@@ -68,6 +68,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("mnimi_adapters.providers")
+
+_T = TypeVar("_T")
 
 # A forked worker must not share its parent's HTTP connections (see _compat).
 os.register_at_fork(after_in_child=litellm_clients_of_the_child)
@@ -792,43 +794,37 @@ class LiteLLMModel(BatchedModel):
         return ProviderRequestError(message, status, attempts, retryable)
 
     def _send(self, request: Request, n: int, attempts: list[int]) -> list[Sample]:
-        """One request for ``n`` choices, retried; ``attempts`` collects the sends.
-
-        The first attempt is made outside tenacity, whose loop costs a miss about 100 us;
-        a retryable failure of it is handed to tenacity as its first attempt's outcome.
-        """
+        """One request for ``n`` choices, retried; ``attempts`` collects the sends."""
         kwargs = self._kwargs(request, n)
         send = getattr(_litellm(), self.entry_points[0])
-        retries = self._retries(request)
-        tries = 1
-        first: list[Exception] = []
-        failed: tuple[ProviderRequestError, BaseException | None] | None = None
-        try:
-            try:
-                with provider_call_active(), attempt_sent_again_on(_retried(tries, retries)):
-                    response = send(**kwargs)
-            except Exception as error:
-                first = self._first_failure(error, retries)
-            if first:
-                for attempt in tenacity.Retrying(**self._retry_options(retries)):
-                    with attempt:
-                        if first:
-                            raise first.pop()
-                        tries += 1
-                        retried = _retried(tries, retries)
-                        with provider_call_active(), attempt_sent_again_on(retried):
-                            response = send(**kwargs)
-        except Exception as error:
-            failed = self._failed(error, tries, n, kwargs)
-        finally:
-            attempts.append(tries)
-        if failed is not None:  # raised here, out of the except block: see _failed
-            raise failed[0] from failed[1]
+        response, tries = self._retrying(lambda: send(**kwargs), request, n, kwargs, attempts)
         return self._asked(self._samples(response), n, tries)
 
     async def _asend(self, request: Request, n: int, attempts: list[int]) -> list[Sample]:
+        """Async :meth:`_send`."""
         kwargs = self._kwargs(request, n)
         send = getattr(_litellm(), self.entry_points[1])
+        response, tries = await self._aretrying(
+            lambda: send(**kwargs), request, n, kwargs, attempts
+        )
+        return self._asked(self._samples(response), n, tries)
+
+    def _retrying(
+        self,
+        send: Callable[[], _T],
+        request: Request,
+        n: int,
+        kwargs: Mapping[str, Any],
+        attempts: list[int],
+    ) -> tuple[_T, int]:
+        """What ``send()`` returns, retried on a transient failure, and how many attempts it took.
+
+        ``send`` makes one attempt of the request ``kwargs`` for ``n`` choices; ``attempts``
+        receives the count whatever the outcome, and a final failure is raised as a
+        :class:`ProviderRequestError`. The first attempt is made outside tenacity, whose
+        loop costs a miss about 100 us; a retryable failure of it is handed to tenacity as
+        its first attempt's outcome.
+        """
         retries = self._retries(request)
         tries = 1
         first: list[Exception] = []
@@ -836,25 +832,59 @@ class LiteLLMModel(BatchedModel):
         try:
             try:
                 with provider_call_active(), attempt_sent_again_on(_retried(tries, retries)):
-                    response = await send(**kwargs)
+                    return send(), tries
             except Exception as error:
                 first = self._first_failure(error, retries)
-            if first:
-                async for attempt in tenacity.AsyncRetrying(**self._retry_options(retries)):
-                    with attempt:
-                        if first:
-                            raise first.pop()
-                        tries += 1
-                        retried = _retried(tries, retries)
-                        with provider_call_active(), attempt_sent_again_on(retried):
-                            response = await send(**kwargs)
+            for attempt in tenacity.Retrying(**self._retry_options(retries)):
+                with attempt:
+                    if first:
+                        raise first.pop()
+                    tries += 1
+                    retried = _retried(tries, retries)
+                    with provider_call_active(), attempt_sent_again_on(retried):
+                        result = send()
         except Exception as error:
             failed = self._failed(error, tries, n, kwargs)
         finally:
             attempts.append(tries)
         if failed is not None:  # raised here, out of the except block: see _failed
             raise failed[0] from failed[1]
-        return self._asked(self._samples(response), n, tries)
+        return result, tries
+
+    async def _aretrying(
+        self,
+        send: Callable[[], Awaitable[_T]],
+        request: Request,
+        n: int,
+        kwargs: Mapping[str, Any],
+        attempts: list[int],
+    ) -> tuple[_T, int]:
+        """Async :meth:`_retrying`."""
+        retries = self._retries(request)
+        tries = 1
+        first: list[Exception] = []
+        failed: tuple[ProviderRequestError, BaseException | None] | None = None
+        try:
+            try:
+                with provider_call_active(), attempt_sent_again_on(_retried(tries, retries)):
+                    return await send(), tries
+            except Exception as error:
+                first = self._first_failure(error, retries)
+            async for attempt in tenacity.AsyncRetrying(**self._retry_options(retries)):
+                with attempt:
+                    if first:
+                        raise first.pop()
+                    tries += 1
+                    retried = _retried(tries, retries)
+                    with provider_call_active(), attempt_sent_again_on(retried):
+                        result = await send()
+        except Exception as error:
+            failed = self._failed(error, tries, n, kwargs)
+        finally:
+            attempts.append(tries)
+        if failed is not None:  # raised here, out of the except block: see _failed
+            raise failed[0] from failed[1]
+        return result, tries
 
     @staticmethod
     def _first_failure(error: Exception, retries: int) -> list[Exception]:
