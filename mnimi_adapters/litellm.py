@@ -931,7 +931,9 @@ def _newest_installed() -> MnimiCache | None:
     ``litellm.cache`` no longer holds it. One installed with :meth:`MnimiCache.install`
     stays until uninstalled, and so does a replication or DSPy cache however it came:
     DSPy sets ``litellm.cache = None`` behind its back, and a replica must not let the
-    calls that follow reach a provider.
+    calls that follow reach a provider. Nor does another MnimiCache assigned over a
+    replica take its place (a library's or a notebook cell's own cache): it is not
+    installed, and the replica takes ``litellm.cache`` back (see :func:`_take_back`).
     """
     try:  # read without the lock: it runs on every call, and an uninstall may empty it
         newest: MnimiCache | None = _installed[-1]
@@ -944,9 +946,26 @@ def _newest_installed() -> MnimiCache | None:
         newest.uninstall()  # replaced or removed by the user, as LiteLLM's caches are
         return _newest_installed()
     if isinstance(current, MnimiCache) and not current._installed:
+        if newest is not None and newest.replication:
+            return newest
         current._assigned = True
         return current.install()
     return newest
+
+
+def _take_back(replica: MnimiCache, current: Any) -> None:
+    """Put ``replica`` back in ``litellm.cache``, which ``current`` took, with a warning.
+
+    ``litellm.enable_cache()`` or ``litellm.cache = Cache()`` (or another MnimiCache) would
+    answer the calls, and send what it lacks: a replica stays until uninstalled.
+    """
+    logger.warning(
+        "%r is installed, so litellm.cache goes back to it (it was set to %s): a "
+        "replication run sends nothing; uninstall the replica to use another cache",
+        replica,
+        type(current).__name__,
+    )
+    litellm.cache = replica
 
 
 def _arm(replication: bool, dspy: bool) -> None:
@@ -1003,15 +1022,7 @@ def _steered(kwargs: dict[str, Any]) -> MnimiCache | None:
     if current is None:
         litellm.cache = cache
     elif current is not cache and cache.replication:
-        # litellm.enable_cache() or `litellm.cache = Cache()` would have LiteLLM's own
-        # cache answer, and send what it lacks: a replica stays until uninstalled.
-        logger.warning(
-            "%r is installed, so litellm.cache goes back to it (it was set to %s): a "
-            "replication run sends nothing; uninstall the replica to use another cache",
-            cache,
-            type(current).__name__,
-        )
-        litellm.cache = cache
+        _take_back(cache, current)
     if cache.replication or cache.dspy:
         # DSPy switches the cache off on every call: recorded (by a cache with dspy=True,
         # the only way they were), its calls took positions, as other calls did under such
@@ -1456,8 +1467,9 @@ class MnimiCache(Cache):
         Overridden here rather than in a backend: ``Cache.get_cache`` swallows every
         exception, and a ``ReplicationCacheMiss`` must reach the caller.
         """
-        if not self._installed:  # assigned to litellm.cache, reached without a wrapper
-            _newest_installed()
+        cache = self._handed()
+        if cache is not self:
+            return cache.get_cache(dynamic_cache_object, **kwargs)
         replay = _replaying.get()
         if replay is not None:
             return self._response(*replay, kwargs.get("litellm_logging_obj"))
@@ -1472,8 +1484,9 @@ class MnimiCache(Cache):
         self, dynamic_cache_object: Any = None, **kwargs: Any
     ) -> dict[str, Any] | None:
         """Async :meth:`get_cache`, for ``acompletion``."""
-        if not self._installed:  # assigned to litellm.cache, reached without a wrapper
-            _newest_installed()
+        cache = self._handed()
+        if cache is not self:
+            return await cache.async_get_cache(dynamic_cache_object, **kwargs)
         replay = _replaying.get()
         if replay is not None:
             return self._response(*replay, kwargs.get("litellm_logging_obj"))
@@ -1482,6 +1495,22 @@ class MnimiCache(Cache):
             return None
         samples = await self._adrawn(call, kwargs)
         return self._response(call, samples, kwargs.get("litellm_logging_obj"))
+
+    def _handed(self) -> MnimiCache:
+        """The cache that answers a call LiteLLM's cache handler hands this one.
+
+        This one, installed now if it was only assigned to ``litellm.cache`` and reached
+        without a wrapped entry point (a ``completion`` bound before any cache was made);
+        but if it was assigned over an installed replica, the replica, which takes
+        ``litellm.cache`` back (see :func:`_newest_installed`).
+        """
+        if self._installed:
+            return self
+        cache = _newest_installed()
+        if cache is None or cache is self or not cache.replication:
+            return self
+        _take_back(cache, self)
+        return cache
 
     def get_cache_key(self, **kwargs: Any) -> str:
         """The Mnimi key of a completion call (LiteLLM shows it as ``cache_key``)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
 
+from mnimi_adapters import ReplicationCacheMiss
 from mnimi_adapters.litellm import MnimiCache
 from mnimi_adapters.testing import SamplingServer
 
@@ -105,3 +106,73 @@ def test_a_streamed_miss_retries_as_often_as_the_caller_says(
     server.reset()  # the faults left
     answer = streamed(server, f"Stream gives up {is_async}", is_async)
     assert answer and statuses(server) == [200]  # the failures stored nothing (law 8)
+
+
+# ---------------------------------------------------------------------------------------
+# A MnimiCache assigned over an installed replica
+# ---------------------------------------------------------------------------------------
+
+
+def answered(server: SamplingServer, prompt: str, how: str) -> str:
+    """The text of a call made ``how``: sync, async, or through LiteLLM's own
+    ``completion`` (bound before any cache was made: it reaches the cache through
+    LiteLLM's cache handler, past the wrapped entry points)."""
+    call = kwargs(server, prompt)
+    if how == "async":
+        response = asyncio.run(litellm.acompletion(**call))
+    elif how == "unwrapped":
+        response = litellm.main.completion(**call)
+    else:
+        response = litellm.completion(**call)
+    return str(response.choices[0].message.content)
+
+
+def _installed(path: Path) -> MnimiCache:
+    return MnimiCache(str(path), replication=True).install()
+
+
+def _assigned_and_used(path: Path) -> MnimiCache:
+    # Assigned, the replica is installed at its first call (a hit here).
+    replica = litellm.cache = MnimiCache(str(path), replication=True)
+    answered_by_litellm = litellm.completion(model=MODEL, messages=[], mock_response="x")
+    assert answered_by_litellm.choices[0].message.content == "x"
+    assert replica._installed
+    return replica
+
+
+@pytest.mark.parametrize("how", ["sync", "async", "unwrapped"])
+@pytest.mark.parametrize(
+    "replicate", [_installed, _assigned_and_used], ids=["installed", "assigned"]
+)
+def test_a_replica_takes_litellm_cache_back_from_a_mnimi_cache_assigned_over_it(
+    server: SamplingServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    how: str,
+    replicate: Callable[[Path], MnimiCache],
+) -> None:
+    """A library's or a notebook cell's ``litellm.cache = MnimiCache(...)`` replaced an
+    installed replica in silence, and the new cache sent what the replica lacked."""
+    server.reset()
+    with MnimiCache(str(tmp_path / "run")) as recorder:
+        recorded = answered(server, "Recorded", "sync")
+    recorder.close()
+    server.reset()
+    saved = litellm.cache
+    replica = replicate(tmp_path / "run")
+    other = MnimiCache(str(tmp_path / "other"))
+    try:
+        litellm.cache = other
+        assert answered(server, "Recorded", how) == recorded
+        assert litellm.cache is replica
+        litellm.cache = other
+        with pytest.raises(ReplicationCacheMiss):
+            answered(server, "Never recorded", how)
+        assert litellm.cache is replica and not other._installed
+    finally:
+        replica.uninstall()
+        replica.close()
+        other.close()
+        litellm.cache = saved
+    assert server.requests == []
+    assert "litellm.cache goes back to it (it was set to MnimiCache)" in caplog.text
