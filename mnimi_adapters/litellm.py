@@ -569,6 +569,11 @@ class _CacheProvider(LiteLLMModel):
     gets: a miss costs the one LiteLLM call that drew it, not a second one to replay it.
     """
 
+    def __repr__(self) -> str:
+        # How its errors and log lines name it: the model the caller called, not this class,
+        # which is no name a caller knows (and the endpoint comes with each call).
+        return f"model {self.route!r}"
+
     def _kwargs(self, request: Request, n: int) -> dict[str, Any]:
         kwargs = super()._kwargs(request, n)
         kwargs.pop(DSPY_ROLLOUT, None)  # keyed only (see MnimiCache._parse)

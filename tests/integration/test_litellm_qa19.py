@@ -18,7 +18,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import litellm
 
-from mnimi_adapters import ReplicationCacheMiss
+from mnimi_adapters import ProviderRequestError, ReplicationCacheMiss
 from mnimi_adapters.litellm import MnimiCache
 from mnimi_adapters.testing import SamplingServer
 
@@ -176,3 +176,30 @@ def test_a_replica_takes_litellm_cache_back_from_a_mnimi_cache_assigned_over_it(
         litellm.cache = saved
     assert server.requests == []
     assert "litellm.cache goes back to it (it was set to MnimiCache)" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------
+# Empty answers
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_an_answer_without_choices_names_the_model_plainly_and_is_not_stored(
+    server: SamplingServer, cache: MnimiCache, is_async: bool
+) -> None:
+    """Its message began with a private class's repr, ``_CacheProvider('openai/...', 1.0)``.
+
+    Not retried, as an empty or filtered choice is not: it is the provider's answer, and
+    it is never a sample (law 8).
+    """
+    server.fail_next(kind="empty")
+    prompt = f"Empty {is_async}"
+    with pytest.raises(ProviderRequestError) as caught:
+        if is_async:
+            asyncio.run(litellm.acompletion(**kwargs(server, prompt, num_retries=2)))
+        else:
+            litellm.completion(**kwargs(server, prompt, num_retries=2))
+    assert str(caught.value).startswith(f"model {MODEL!r} answered with no choices")
+    assert len(server.chat_requests()) == 1
+    assert litellm.completion(**kwargs(server, prompt)).choices[0].message.content
+    assert len(server.chat_requests()) == 2  # nothing was stored: drawn afresh
