@@ -1186,6 +1186,28 @@ class InvocationParamsWithoutCredentials:
         return params
 
 
+class LLMOutputOfTheWrappedModel:
+    """A mixin for a ``BaseChatModel`` that answers for another one (its ``model``): the
+    ``llm_output`` of its ``generate`` combines its calls' as that model's own would.
+
+    Why: ``BaseChatModel.generate`` combines the ``llm_output`` of its calls with the
+    private ``_combine_llm_outputs``, which partner models override (``ChatOpenAI`` adds
+    the token usage up and names its model) and which returns ``{}`` otherwise. There is
+    no public way to ask a model for it. A model without one (a LiteLLM model name)
+    combines to ``{}``, as before.
+    """
+
+    model: Any
+
+    def _combine_llm_outputs(self, llm_outputs: list[dict[str, Any] | None], /) -> dict[str, Any]:
+        if len(llm_outputs) == 1 and llm_outputs[0]:
+            # One call's output is the model's own already (combined when it was drawn),
+            # and a model combines one output into itself: not combined again on every hit.
+            return dict(llm_outputs[0])
+        combine = getattr(self.model, "_combine_llm_outputs", None)
+        return dict(combine(llm_outputs)) if callable(combine) else {}
+
+
 def private_attributes(model: Any) -> dict[str, Any]:
     """A pydantic model's private attribute values (``PrivateAttr``), to read and write.
 
@@ -1318,6 +1340,8 @@ PRIVATE_SYMBOLS: Final = (
     # The key of a node's runtime in a LangGraph run's configuration.
     ("langgraph._internal._constants", "CONFIG_KEY_RUNTIME"),
     ("langchain_core.language_models.chat_models", "BaseChatModel"),
+    # LLMOutputOfTheWrappedModel: how generate() combines its calls' llm_output.
+    ("langchain_core.language_models.chat_models", "BaseChatModel._combine_llm_outputs"),
     # uses_responses_api: how ChatOpenAI picks the Responses API.
     ("langchain_openai.chat_models.base", "ChatOpenAI._use_responses_api"),
     ("pydantic.main", "BaseModel"),  # its __pydantic_private__ slot: private_attributes

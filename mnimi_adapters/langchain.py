@@ -135,6 +135,7 @@ from pydantic import (
 from ._compat import (
     GraphRun,
     InvocationParamsWithoutCredentials,
+    LLMOutputOfTheWrappedModel,
     NodeAttempt,
     carry_node_attempts_into_graphs,
     enclosing_graph_runs,
@@ -766,17 +767,25 @@ def _facts(sample: Sample) -> dict[str, Any]:
 
 
 def _sample_of(
-    message: BaseMessage, response_id: str, usage: UsageMetadata | None, shares: int = 1
+    message: BaseMessage,
+    response_id: str,
+    usage: UsageMetadata | None,
+    shares: int = 1,
+    reply: Mapping[str, Mapping[str, Any] | None] | None = None,
 ) -> Sample:
     """A wrapped model's answer as a sample: OpenAI form for people, LangChain's for replay.
 
     ``usage`` and ``shares``: one of ``shares`` samples a response answered at once, with
     its share of the usage; the cost the model reports (``response_cost``, ChatLiteLLM's)
-    is shared evenly too.
+    is shared evenly too. ``reply``: what ``generate`` said of it besides the message
+    (see :func:`_reply`).
     """
     message = message_chunk_to_message(message)
     stored = _json_safe(message_to_dict(message))
     stored["data"]["response_metadata"] = _without_headers(stored["data"].get("response_metadata"))
+    for name, value in (reply or {}).items():
+        if value:
+            stored[name] = _json_safe(_without_headers(value))
     if usage is not None:  # one share of a response that answered several samples
         stored["data"]["usage_metadata"] = dict(usage)
     tokens = stored["data"].get("usage_metadata") or {}
@@ -828,13 +837,19 @@ def _parsed_everywhere(messages: list[BaseMessage]) -> list[BaseMessage]:
     return filled
 
 
-def _samples_of(generations: Sequence[Any]) -> list[Sample]:
-    """The samples of one response; each of ``n`` generations gets its share of the usage."""
+def _samples_of(generations: Sequence[Any], llm_output: dict[str, Any] | None) -> list[Sample]:
+    """The samples of one response (its generations, and its ``llm_output``); each of ``n``
+    generations gets its share of the usage."""
     response_id = new_draw_id()
     messages = _parsed_everywhere([g.message for g in generations])
+    replies = [
+        {"generation_info": g.generation_info, "llm_output": llm_output} for g in generations
+    ]
     usage = getattr(messages[0], "usage_metadata", None) if messages else None
     if len(messages) < 2 or not usage:
-        return [_sample_of(m, response_id, None) for m in messages]
+        return [
+            _sample_of(m, response_id, None, 1, r) for m, r in zip(messages, replies, strict=True)
+        ]
     # The response's usage rides on every generation; each sample keeps its share.
     inputs = split_evenly(usage["input_tokens"], len(messages))
     outputs = split_evenly(usage["output_tokens"], len(messages))
@@ -844,9 +859,23 @@ def _samples_of(generations: Sequence[Any]) -> list[Sample]:
             response_id,
             UsageMetadata(input_tokens=i, output_tokens=o, total_tokens=i + o),
             len(messages),
+            r,
         )
-        for m, i, o in zip(messages, inputs, outputs, strict=True)
+        for m, i, o, r in zip(messages, inputs, outputs, replies, strict=True)
     ]
+
+
+def _reply(sample: Sample, name: str) -> dict[str, Any] | None:
+    """What the wrapped model's ``generate`` said of a stored sample besides its message,
+    or None where nothing was kept.
+
+    Kept beside the message, and replayed: ``"generation_info"`` (the generation's finish
+    reason, logprobs) and ``"llm_output"`` (the response's: ChatOpenAI's token usage, model
+    name, system fingerprint). Optional: samples stored before they were kept, and
+    streamed ones (a stream has neither), replay without them.
+    """
+    stored = sample.message.get(_LANGCHAIN_MESSAGE)
+    return stored.get(name) if isinstance(stored, dict) else None
 
 
 def _stored_message(sample: Sample, facts: bool = False) -> AIMessage | None:
@@ -1234,7 +1263,7 @@ class WrappedChatModel(BatchedModel):
                         total = _forward(call.sink, total, chunk)
                 return self._streamed(call.sink, total)
             result = chat.generate([call.messages], stop=stop, callbacks=[], **kwargs)
-        return list(_samples_of(result.generations[0]))
+        return list(_samples_of(result.generations[0], result.llm_output))
 
     async def _aquery(self, request: Request, n: int) -> list[str | Sample]:
         """Async :meth:`_query`, for a model whose sync path is not implemented."""
@@ -1256,7 +1285,7 @@ class WrappedChatModel(BatchedModel):
                     await chunks.aclose()
                 return self._streamed(call.sink, total)
             result = await chat.agenerate([call.messages], stop=stop, callbacks=[], **kwargs)
-        return list(_samples_of(result.generations[0]))
+        return list(_samples_of(result.generations[0], result.llm_output))
 
     @staticmethod
     def _streamed(sink: _Sink, total: BaseMessage | None) -> list[str | Sample]:
@@ -1665,7 +1694,7 @@ class _IdentityMemo:
         return True
 
 
-class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
+class MnimiChatModel(InvocationParamsWithoutCredentials, LLMOutputOfTheWrappedModel, BaseChatModel):
     """A LangChain chat model whose answers come from Mnimi sample sequences.
 
     By default it draws from ``Persistent(LiteLLMModel(model, ...), cache_dir)``,
@@ -2426,7 +2455,9 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
     def _generation(self, sample: Sample, model: str) -> ChatGeneration:
         replayed = _stored_message(sample, facts=True)
         if replayed is not None:
-            return ChatGeneration(message=replayed)
+            return ChatGeneration(
+                message=replayed, generation_info=_reply(sample, "generation_info")
+            )
         raw_calls = sample.message.get("tool_calls")
         content = sample.text or sample.message.get("content") or ""
         calls: dict[str, Any] = {}
@@ -2441,6 +2472,16 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
         return ChatGeneration(
             message=message, generation_info={"finish_reason": sample.finish_reason}
         )
+
+    def _llm_output(self, samples: list[Sample]) -> dict[str, Any] | None:
+        """The wrapped model's ``llm_output`` of the responses that drew ``samples``,
+        combined as the model combines them where they are several."""
+        if len(samples) == 1:  # most calls, cache hits among them: nothing to combine
+            return _reply(samples[0], "llm_output")
+        outputs = {s.response_id: out for s in samples if (out := _reply(s, "llm_output"))}
+        if len(outputs) < 2:
+            return next(iter(outputs.values()), None)
+        return self._combine_llm_outputs(list(outputs.values()))
 
     def _chunks(self, sample: Sample, model: str) -> Iterator[ChatGenerationChunk]:
         """A stored sample as a stream: text pieces, tool-call chunks, then the totals."""
@@ -2480,7 +2521,10 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             samples, model = self._draw(messages, stop, kwargs)
         except _JOINED as error:
             raise _as_model_error(error) from error.__cause__
-        return ChatResult(generations=[self._generation(s, model) for s in samples])
+        return ChatResult(
+            generations=[self._generation(s, model) for s in samples],
+            llm_output=self._llm_output(samples),
+        )
 
     async def _agenerate(
         self,
@@ -2493,7 +2537,10 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, BaseChatModel):
             samples, model = await self._adraw(messages, stop, kwargs)
         except _JOINED as error:
             raise _as_model_error(error) from error.__cause__
-        return ChatResult(generations=[self._generation(s, model) for s in samples])
+        return ChatResult(
+            generations=[self._generation(s, model) for s in samples],
+            llm_output=self._llm_output(samples),
+        )
 
     def _stream(
         self,

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, trim_messages
+from langchain_core.outputs import LLMResult
 from langchain_openai import ChatOpenAI
 
 from mnimi_adapters import independent
@@ -215,3 +217,56 @@ def test_model_copy_refuses_a_setting_of_the_wrapped_model(
     replica = chat.model_copy(update={"replication": True})
     assert replica.invoke(NUMBER).text == first.text
     assert len(server.requests) == 2
+
+
+class LLMEnd(BaseCallbackHandler):
+    """Keeps what on_llm_end receives."""
+
+    def __init__(self) -> None:
+        self.results: list[LLMResult] = []
+
+    def on_llm_end(self, response: LLMResult, **kwargs: Any) -> None:
+        self.results.append(response)
+
+
+def test_llm_output_and_generation_info_are_the_wrapped_models_and_replayed(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    # Both were empty: generate()'s llm_output {} and generation_info None, miss or hit.
+    raw = openai()
+    expected = raw.generate([[HumanMessage(NUMBER)]])
+    chat = MnimiChatModel(model=openai(), cache_dir=cache)
+    for hit in (False, True):
+        ended = LLMEnd()
+        result = chat.generate([[HumanMessage("Say something.")]], callbacks=[ended])
+        generation = result.generations[0][0]
+        assert generation.message.response_metadata["cache_hit"] is hit
+        assert generation.generation_info == expected.generations[0][0].generation_info
+        assert result.llm_output is not None and expected.llm_output is not None
+        assert result.llm_output.keys() == expected.llm_output.keys()
+        usage = generation.message.usage_metadata
+        assert usage is not None
+        assert result.llm_output["token_usage"]["total_tokens"] == usage["total_tokens"]
+        assert ended.results[0].llm_output == result.llm_output
+
+    # A call answered by two responses (one stored, one drawn): their outputs combined, as
+    # the model combines them.
+    chat.invoke("Hi.")
+    both = chat.generate([[HumanMessage("Hi.")]], n=2)
+    assert len(server.chat_requests()) == 4
+    assert both.llm_output is not None
+    usages = [g.message.usage_metadata for g in both.generations[0]]  # type: ignore[attr-defined]
+    total = sum(usage["total_tokens"] for usage in usages)
+    assert both.llm_output["token_usage"]["total_tokens"] == total
+
+
+def test_samples_stored_without_llm_output_replay_without_it(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    # A streamed sample has neither (nor has one stored before they were kept).
+    chat = MnimiChatModel(model=openai(), cache_dir=cache)
+    list(chat.stream(NUMBER))
+    result = chat.generate([[HumanMessage(NUMBER)]])
+    assert result.generations[0][0].message.response_metadata["cache_hit"] is True
+    assert result.generations[0][0].generation_info is None
+    assert result.llm_output == {"token_usage": {}, "model_name": "mock-model"}  # as ChatOpenAI's
