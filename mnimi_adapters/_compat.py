@@ -1208,6 +1208,21 @@ class LLMOutputOfTheWrappedModel:
         return dict(combine(llm_outputs)) if callable(combine) else {}
 
 
+def is_configurable_chat_model(model: Any) -> bool:
+    """Whether ``model`` is the configurable model ``init_chat_model`` returns (given
+    ``configurable_fields=``, or no model): a runnable that makes a chat model for each
+    call from the call's config.
+
+    Why: its class, ``langchain.chat_models.base._ConfigurableModel``, is private, and
+    nothing public tells it from other runnables (it answers any attribute asked of it
+    with the model it would make). Looked up only where ``langchain`` is imported
+    already: a model it made has imported it.
+    """
+    module = sys.modules.get("langchain.chat_models.base")
+    configurable = getattr(module, "_ConfigurableModel", None)
+    return isinstance(configurable, type) and isinstance(model, configurable)
+
+
 def private_attributes(model: Any) -> dict[str, Any]:
     """A pydantic model's private attribute values (``PrivateAttr``), to read and write.
 
@@ -1342,6 +1357,8 @@ PRIVATE_SYMBOLS: Final = (
     ("langchain_core.language_models.chat_models", "BaseChatModel"),
     # LLMOutputOfTheWrappedModel: how generate() combines its calls' llm_output.
     ("langchain_core.language_models.chat_models", "BaseChatModel._combine_llm_outputs"),
+    # is_configurable_chat_model: what init_chat_model(configurable_fields=...) returns.
+    ("langchain.chat_models.base", "_ConfigurableModel"),
     # uses_responses_api: how ChatOpenAI picks the Responses API.
     ("langchain_openai.chat_models.base", "ChatOpenAI._use_responses_api"),
     ("pydantic.main", "BaseModel"),  # its __pydantic_private__ slot: private_attributes

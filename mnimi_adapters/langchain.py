@@ -115,6 +115,7 @@ from langchain_core.runnables import (
     RunnableSequence,
 )
 from langchain_core.runnables.config import get_config_list, get_executor_for_config
+from langchain_core.runnables.configurable import DynamicRunnable
 from langchain_core.tools import BaseTool
 from langchain_core.tracers.context import register_configure_hook
 from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -140,6 +141,7 @@ from ._compat import (
     carry_node_attempts_into_graphs,
     enclosing_graph_runs,
     in_runnable_context,
+    is_configurable_chat_model,
     node_attempt,
     private_attributes,
     uses_responses_api,
@@ -1578,7 +1580,8 @@ def _replay_chunks(message: AIMessage) -> Iterator[ChatGenerationChunk]:
 
 
 def _check_wrappable(model: Any) -> None:
-    """Refuse a chat model already bound to tools, a schema, arguments or retries.
+    """Refuse a chat model already bound to tools, a schema, arguments or retries, or a
+    configurable one.
 
     Such a runnable is no chat model (pydantic would say only that it fits neither branch
     of ``str | BaseChatModel``), and its bindings belong on the wrapper, where their calls
@@ -1595,6 +1598,18 @@ def _check_wrappable(model: Any) -> None:
         raise TypeError(
             "MnimiChatModel(model=...) takes a chat model or a LiteLLM model name "
             f'("openai/gpt-4o"), got {type(model).__name__}'
+        )
+    if isinstance(model, DynamicRunnable) or is_configurable_chat_model(model):
+        raise TypeError(
+            "MnimiChatModel(model=...) takes a chat model or a LiteLLM model name, not a "
+            f"configurable model ({type(model).__name__}, as init_chat_model(..., "
+            "configurable_fields=...), configurable_fields() and configurable_alternatives() "
+            "return): it makes a chat model for each call from the call's config, which a "
+            "wrapper made once cannot follow. Wrap each configured model "
+            '(MnimiChatModel(model=init_chat_model("openai:gpt-4o-mini", temperature=0.2))), '
+            "choose among such wrappers at run time with configurable_alternatives() on one "
+            "of them, or keep the configurable model as it is and cache its calls with "
+            "set_llm_cache(MnimiLLMCache(...))"
         )
     if isinstance(model, Runnable) and not isinstance(model, BaseChatModel):
         raise TypeError(

@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain.chat_models import init_chat_model
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, trim_messages
 from langchain_core.outputs import LLMResult
+from langchain_core.runnables import ConfigurableField
 from langchain_openai import ChatOpenAI
 
 from mnimi_adapters import independent
@@ -270,3 +272,36 @@ def test_samples_stored_without_llm_output_replay_without_it(
     assert result.generations[0][0].message.response_metadata["cache_hit"] is True
     assert result.generations[0][0].generation_info is None
     assert result.llm_output == {"token_usage": {}, "model_name": "mock-model"}  # as ChatOpenAI's
+
+
+def test_a_configurable_model_is_refused_with_what_works_instead(
+    server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    # init_chat_model(configurable_fields=...) was refused as if bound to tools, and told
+    # to call bind_tools on the wrapper instead.
+    settings: dict[str, Any] = {"base_url": server.url, "api_key": "sk-test"}
+    configurable = init_chat_model(
+        "openai:mock-model", temperature=0.2, configurable_fields=("temperature",), **settings
+    )
+    for model in (
+        configurable,
+        openai().configurable_fields(temperature=ConfigurableField(id="temperature")),
+    ):
+        with pytest.raises(TypeError, match="not a configurable model") as refused:
+            MnimiChatModel(model=model, cache_dir=cache)
+        assert "set_llm_cache(MnimiLLMCache(...))" in str(refused.value)
+        assert "configurable_alternatives()" in str(refused.value)
+
+    # What it advises: a wrapper per configured model, alternatives among them.
+    cool, warm = (
+        MnimiChatModel(
+            model=init_chat_model("openai:mock-model", temperature=t, **settings), cache_dir=cache
+        )
+        for t in (0.2, 0.9)
+    )
+    chosen = cool.configurable_alternatives(
+        ConfigurableField(id="temperature"), default_key="cool", warm=warm
+    )
+    chosen.invoke(NUMBER)
+    chosen.with_config(configurable={"temperature": "warm"}).invoke(NUMBER)
+    assert [r.body["temperature"] for r in server.chat_requests()] == [0.2, 0.9]
