@@ -1044,9 +1044,11 @@ def in_runnable_context() -> bool:
     return var_child_runnable_config.get() is not None
 
 
-#: A LangGraph node attempt: its task's id (the same on every attempt of one task) and the
-#: attempt (1, 2, ...), as ``get_runtime().execution_info`` says.
-NodeAttempt = tuple[str, int]
+#: A LangGraph node attempt, as ``get_runtime().execution_info`` says: its task's id (the
+#: same on every attempt of one task), the attempt (1, 2, ...), and when the task's run
+#: began (its first attempt), or ``None`` where LangGraph does not say. A task run again
+#: from its start (a resumed ``interrupt()``) keeps its id and counts from 1 again.
+NodeAttempt = tuple[str, int, float | None]
 
 
 @dataclass(frozen=True)
@@ -1083,7 +1085,8 @@ def node_attempt(runtime: Any) -> NodeAttempt | None:
     task, attempt = getattr(info, "task_id", None), getattr(info, "node_attempt", None)
     if not task or not isinstance(attempt, int) or attempt < 1:
         return None
-    return str(task), attempt
+    began = getattr(info, "node_first_attempt_time", None)  # langgraph 1.1 and later
+    return str(task), attempt, float(began) if isinstance(began, int | float) else None
 
 
 def _run_starting(config: Any, noted: object) -> tuple[GraphRun, ...]:

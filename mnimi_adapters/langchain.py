@@ -376,21 +376,32 @@ _TASK_MEMORY = 4096
 
 
 class _TaskScopes:
-    """The scopes of one outermost LangGraph task's attempts, and of what runs in them.
+    """The scopes of one outermost LangGraph task's runs and attempts, and of what runs in them.
 
-    The attempts of a task are ``repeatable()`` blocks in one ``independent()`` block of
-    the task's; a graph run in the node nests its own tasks' blocks in the attempt's, and
-    a scope the node's code opens nests in the blocks around it. Each is made once and
-    kept, so every call of an attempt draws from the same wrappers.
+    Outside any scope, the attempts of a task are ``repeatable()`` blocks in one
+    ``independent()`` block of the task's: identical calls of an attempt repeat. In an
+    ``independent()`` block (the one open when the task first ran), each attempt is a
+    ``repeatable()`` block in it, and each run of the attempt an ``independent()`` block
+    in that: the calls of a run continue the block's sequences. A task run again from its
+    start (LangGraph resumes an ``interrupt()`` so, with the same task id and its attempts
+    counted from 1) goes on from its latest attempt, so it is served what that attempt was
+    shown, and a retry of it draws afresh. A graph run in the node nests its tasks' blocks
+    in the attempt's, and a scope the node's code opens nests in the blocks around it.
+    Each is made once and kept, so every call of an attempt draws from the same wrappers.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, root: Scope | None) -> None:
+        #: The ``independent()`` block the task first ran in; ``None`` outside any.
+        self.root = root
         self._lock = threading.Lock()
         self._scopes: dict[tuple[int, Hashable], Scope] = {}
+        #: Per task (this one and those of graphs run in it): when its latest run began,
+        #: the attempts of its earlier runs but their last, and its highest attempt yet.
+        self._runs: dict[str, tuple[float | None, int, int]] = {}
 
     def nested(self, parent: Scope | None, kind: Kind, what: Hashable) -> Scope:
-        """The ``kind`` scope standing for ``what`` (a task, an attempt, or a scope the
-        node's code opened) in ``parent``."""
+        """The ``kind`` scope standing for ``what`` (a task, an attempt, a run, or a scope
+        the node's code opened) in ``parent``."""
         # Every parent is kept here (or is None), so its id is not reused while it is.
         key = (id(parent), what)
         with self._lock:
@@ -399,10 +410,27 @@ class _TaskScopes:
                 scope = self._scopes[key] = Scope(kind, parent)
             return scope
 
+    def _number(self, node: NodeAttempt) -> int:
+        """``node``'s attempt counted over every run of its task: a run's first attempt is
+        its task's latest attempt before it."""
+        task, attempt, began = node
+        with self._lock:
+            latest, before, highest = self._runs.get(task, (began, 0, 0))
+            if began != latest:  # run again from its start
+                latest, before = began, max(highest - 1, 0)
+            number = before + attempt
+            self._runs[task] = (latest, before, max(highest, number))
+            return number
+
     def attempt(self, parent: Scope | None, node: NodeAttempt) -> Scope:
-        """The ``repeatable()`` block of ``node``'s attempt in its task's ``independent()``."""
-        task = self.nested(parent, "independent", ("task", node[0]))
-        return self.nested(task, "repeatable", ("attempt", node))
+        """The block the calls of ``node``'s attempt draw from, in ``parent``."""
+        task, _, began = node
+        number = self._number(node)
+        if self.root is None:
+            block = self.nested(parent, "independent", ("task", task))
+            return self.nested(block, "repeatable", ("attempt", task, number))
+        block = self.nested(parent, "repeatable", ("attempt", task, number))
+        return self.nested(block, "independent", ("run", task, began))
 
     def opened(self, parent: Scope, outer: object, inner: object) -> Scope:
         """``parent`` with the scopes the node's code opened in ``outer`` up to ``inner``
@@ -421,12 +449,19 @@ _task_scopes: collections.OrderedDict[str, _TaskScopes] = collections.OrderedDic
 _task_scopes_lock = threading.Lock()
 
 
-def _scopes_of_task(task: str) -> _TaskScopes:
-    """The scopes of the outermost task ``task``, kept for the most recent tasks only."""
+def _scopes_of_task(task: str, started_in: object) -> _TaskScopes | None:
+    """The scopes of the outermost task ``task``, kept for the most recent tasks only.
+
+    ``None`` for a task first run in a ``repeatable()`` block: its calls follow the block.
+    """
     with _task_scopes_lock:
         scopes = _task_scopes.get(task)
         if scopes is None:
-            scopes = _task_scopes[task] = _TaskScopes()
+            if started_in is not None and not (
+                isinstance(started_in, Scope) and started_in.kind == "independent"
+            ):
+                return None
+            scopes = _task_scopes[task] = _TaskScopes(started_in)
             while len(_task_scopes) > _TASK_MEMORY:
                 _task_scopes.popitem(last=False)
         else:
@@ -436,17 +471,21 @@ def _scopes_of_task(task: str) -> _TaskScopes:
 
 def _scoped(base: Layer) -> Layer:
     """The layer a call draws from: ``base`` wrapped by the open scopes, and in a LangGraph
-    node of a graph run outside any scope, by the blocks of its task's attempts.
+    node, by the blocks of its task's runs and attempts.
 
-    LangGraph's ``RetryPolicy`` re-runs a failed node with identical input; its attempts
-    behave as ``with independent(): for attempt ...: with repeatable(): node(...)``, so an
-    attempt draws from the first position its task's earlier attempts were not served
-    (a failed draw is served nothing), identical calls in one attempt repeat, and a
-    re-run of the graph replays every attempt. A graph run in the node (a subgraph, an
-    agent) nests its tasks' attempts in the node's, and a scope the node's code opens
-    nests in its attempt. The attempt is ``get_runtime().execution_info`` (public API:
-    ``task_id`` stays the same across the attempts of one task, ``node_attempt`` counts
-    them). Only for a cached layer: a plain model draws afresh anyway.
+    LangGraph's ``RetryPolicy`` re-runs a failed node with identical input; outside any
+    scope its attempts behave as ``with independent(): for attempt ...: with
+    repeatable(): node(...)``, so an attempt draws from the first position its task's
+    earlier attempts were not served (a failed draw is served nothing), identical calls in
+    one attempt repeat, and a re-run of the graph replays every attempt. In a graph run in
+    ``independent()``, an attempt's calls continue the block's sequences. A node run again
+    from its start on resume is served what its latest attempt was (see
+    :class:`_TaskScopes`). A graph run in the node (a subgraph, an agent) nests its tasks'
+    attempts in the node's, and a scope the node's code opens nests in its attempt. The
+    attempt is ``get_runtime().execution_info`` (public API: ``task_id`` stays the same
+    across the attempts of one task, ``node_attempt`` counts them,
+    ``node_first_attempt_time`` tells the runs apart). Only for a cached layer: a plain
+    model draws afresh anyway.
     """
     _watch_langgraph()
     # LangGraph's get_runtime() raises outside a runnable context; checking first keeps
@@ -457,19 +496,21 @@ def _scoped(base: Layer) -> Layer:
         node = node_attempt(_get_runtime())
     except Exception:  # a runnable outside any graph has no runtime
         node = None
+    if node is None or not caching_enabled():
+        return scoped(base)
     now = current_scope()
     # A graph started before LangGraph was watched is known by its node alone, and the
     # scope open when the first watched one started (or now) taken for its own.
     runs = enclosing_graph_runs() or (GraphRun(now, None),)
     if runs[0].node is not None:
         runs = (GraphRun(runs[0].noted, None), *runs)
-    if node is None or runs[0].noted is not None or not caching_enabled():
-        return scoped(base)  # a graph run in a scope follows the scope
     nodes = [run.node for run in runs[1:]] + [node]
     starts = [run.noted for run in runs] + [now]
     outermost = next(here for here in nodes if here is not None)
-    tasks = _scopes_of_task(outermost[0])
-    scope: Scope | None = None
+    tasks = _scopes_of_task(outermost[0], runs[0].noted)
+    if tasks is None:
+        return scoped(base)
+    scope = tasks.root
     for here, (outer, inner) in zip(nodes, itertools.pairwise(starts), strict=True):
         if here is not None:
             scope = tasks.attempt(scope, here)
