@@ -333,15 +333,17 @@ def _is_malformed(error: BaseException) -> bool:
 
 
 def _is_retryable(error: BaseException) -> bool:
-    """Rate limits, 5xx, timeouts and connection errors; never a malformed body or a 4xx."""
+    """Rate limits, 5xx, timeouts, connection errors and malformed bodies; never another 4xx.
+
+    A 200 whose body is not JSON was garbled or cut short on the way: LiteLLM retries it
+    too, as the 500 it reports it as.
+    """
     litellm = _litellm()
-    if _is_malformed(error):
-        return False
     response = _http_response(error)
     if response is not None:
         status = int(response.status_code)
         return status in _RETRY_STATUSES or status >= 500
-    if _never_answered(error):
+    if _never_answered(error) or _is_malformed(error):
         return True
     # LiteLLM also reports client-side mistakes (missing credentials, a bad parameter) as
     # InternalServerError or APIConnectionError: without an HTTP response or a network
@@ -778,9 +780,10 @@ class LiteLLMModel(BatchedModel):
         if _is_malformed(error):
             decode = next(e for e in _chain(error) if isinstance(e, json.JSONDecodeError))
             message = (
-                f"{name}{where} answered with a malformed response body (not valid JSON: {decode})"
+                f"{name}{where} answered with a malformed response body{tries} "
+                f"(not valid JSON: {decode})"
             )
-            return ProviderRequestError(message, status, attempts)
+            return ProviderRequestError(message, status, attempts, retryable=True)
         retryable = _is_retryable(error)
         if status is not None:
             code = f"HTTP {status}"

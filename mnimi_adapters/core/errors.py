@@ -242,7 +242,7 @@ class ProviderRequestError(ProviderError):
         status_code: The HTTP status the provider answered, when there was one.
         attempts: How many times the request was sent.
         retryable: Whether the failure was of a kind that is retried (rate limit, server
-            error, timeout, connection error), i.e. the retries ran out.
+            error, timeout, connection error, malformed body), i.e. the retries ran out.
 
     Example:
         >>> error = ProviderRequestError("rate limited", status_code=429, attempts=4,

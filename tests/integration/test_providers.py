@@ -426,16 +426,30 @@ def test_client_error_raises_at_once_with_the_providers_message(
 def test_malformed_and_empty_answers_are_clear_errors_and_not_stored(
     server: SamplingServer, tmp_path: Path, kind: str
 ) -> None:
-    layer = Persistent(local(server), tmp_path)
+    layer = Persistent(local(server, max_retries=0), tmp_path)
     server.fail_next(kind=kind)
 
     expected = "malformed response body" if kind == "malformed" else "no choices"
     with pytest.raises(ProviderError, match=expected):
         next(layer.sample(PROMPT))
 
-    assert len(server.chat_requests()) == 1  # Not retried: the provider answered 200.
+    assert len(server.chat_requests()) == 1
     assert stored(layer) == 0
     assert next(layer.sample(PROMPT)).isdigit()
+    assert stored(layer) == 1
+
+
+def test_a_malformed_body_is_retried_as_litellm_retries_it(
+    server: SamplingServer, tmp_path: Path
+) -> None:
+    """A 200 whose body is not JSON was garbled on the way: retried, and never stored."""
+    layer = Persistent(local(server, max_retries=2), tmp_path)
+    server.fail_next(kind="malformed")
+    assert next(layer.sample(PROMPT)).isdigit()
+    assert [r.status for r in server.chat_requests()] == [200, 200]
+    server.fail_next(kind="malformed", count=3)
+    with pytest.raises(ProviderRequestError, match="malformed response body after 3 attempts"):
+        layer.draw(PROMPT, 2)  # the second sample needs a request
     assert stored(layer) == 1
 
 
