@@ -21,12 +21,18 @@ from collections.abc import Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from mnimi_adapters import cli
 from mnimi_adapters.core import BatchedModel, DiskStore, Layer, Persistent, Request
 from mnimi_adapters.core.stores import RedisStore, is_redis_url, open_store
+
+if TYPE_CHECKING:  # imported by the function that needs them: most tests do not
+    from langchain_core.language_models import BaseChatModel
+
+    from mnimi_adapters.testing import SamplingServer
 
 
 class NumberModel(BatchedModel):
@@ -284,3 +290,45 @@ def run_cli(*argv: object) -> tuple[int, str, str]:
     with redirect_stdout(out), redirect_stderr(err):
         code = cli.main([str(a) for a in argv])
     return code, out.getvalue(), err.getvalue()
+
+
+# -- LangChain adapters -------------------------------------------------------------------
+
+#: The three ways a LangChain program reaches the cache: a wrapped ``ChatOpenAI``, a
+#: LiteLLM model name, and ``MnimiLLMCache`` as the model's LangChain cache.
+CHAT_FORMS = ("wrapped", "string", "llmcache")
+
+
+def chat_model(
+    form: str,
+    server: SamplingServer,
+    cache: str,
+    replication: bool = False,
+    timeout: float | None = None,
+) -> BaseChatModel:
+    """A new chat model of ``form`` (see :data:`CHAT_FORMS`) over ``cache`` on the local
+    server; provider errors are not retried by it.
+
+    A ``ChatOpenAI`` of a ``timeout`` no other test gives uses an async HTTP client of its
+    own: langchain-openai shares one per base URL and timeout, and a connection another
+    test's event loop left in it fails to close once that loop is gone.
+    """
+    from langchain_openai import ChatOpenAI
+
+    from mnimi_adapters.langchain import MnimiChatModel, MnimiLLMCache
+
+    if form == "string":
+        return MnimiChatModel(
+            model="openai/mock-model",
+            api_base=server.url,
+            api_key="sk-test",
+            max_retries=0,
+            cache_dir=cache,
+            replication=replication,
+        )
+    openai = ChatOpenAI(
+        base_url=server.url, api_key="sk-test", model="mock-model", max_retries=0, timeout=timeout
+    )
+    if form == "wrapped":
+        return MnimiChatModel(model=openai, cache_dir=cache, replication=replication)
+    return openai.model_copy(update={"cache": MnimiLLMCache(cache, replication=replication)})

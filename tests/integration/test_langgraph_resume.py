@@ -17,17 +17,15 @@ from typing import Any, TypedDict
 import openai
 import pytest
 from langchain_core.language_models import BaseChatModel
-from langchain_openai import ChatOpenAI
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, RetryPolicy, interrupt
+from support import CHAT_FORMS, chat_model
 
 from mnimi_adapters import ProviderRequestError, independent
-from mnimi_adapters.langchain import MnimiChatModel, MnimiLLMCache
 from mnimi_adapters.testing import SamplingServer
 
 NUMBER = "Pick a number between 1 and 1000."
-FORMS = ("wrapped", "string", "llmcache")
 
 
 class Draft(TypedDict):
@@ -46,24 +44,6 @@ def server() -> Iterator[SamplingServer]:
 def cache_dir(server: SamplingServer, tmp_path: Path) -> str:
     server.reset()
     return str(tmp_path / "cache")
-
-
-def chat_model(form: str, server: SamplingServer, cache: str) -> BaseChatModel:
-    """A chat model of ``form`` over ``cache``; provider errors are not retried by it."""
-    if form == "string":
-        return MnimiChatModel(
-            model="openai/mock-model",
-            api_base=server.url,
-            api_key="sk-test",
-            max_retries=0,
-            cache_dir=cache,
-        )
-    openai_chat = ChatOpenAI(
-        base_url=server.url, api_key="sk-test", model="mock-model", max_retries=0
-    )
-    if form == "wrapped":
-        return MnimiChatModel(model=openai_chat, cache_dir=cache)
-    return openai_chat.model_copy(update={"cache": MnimiLLMCache(cache)})
 
 
 def reviewed(chat: BaseChatModel) -> Any:
@@ -102,7 +82,7 @@ def approve(graph: Any, name: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("failures", [0, 1])
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", CHAT_FORMS)
 def test_a_resumed_node_replays_the_draft_and_votes_its_interrupt_showed(
     server: SamplingServer, cache_dir: str, form: str, failures: int
 ) -> None:
@@ -119,7 +99,7 @@ def test_a_resumed_node_replays_the_draft_and_votes_its_interrupt_showed(
     assert len(server.chat_requests()) == sent
 
 
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", CHAT_FORMS)
 def test_a_resume_outside_the_block_replays_what_each_thread_showed(
     server: SamplingServer, cache_dir: str, form: str
 ) -> None:
@@ -134,7 +114,7 @@ def test_a_resume_outside_the_block_replays_what_each_thread_showed(
     assert len(server.chat_requests()) == sent
 
 
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", CHAT_FORMS)
 def test_a_resume_after_a_retried_error_outside_any_scope_sends_nothing(
     server: SamplingServer, cache_dir: str, form: str
 ) -> None:

@@ -21,20 +21,18 @@ import pytest
 from langchain.agents import create_agent
 from langchain_core.language_models import BaseChatModel
 from langchain_core.tools import tool
-from langchain_openai import ChatOpenAI
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy
+from support import CHAT_FORMS, chat_model
 
 import mnimi_adapters.langchain as adapters
 from mnimi_adapters import ReplicationCacheMiss, independent, repeatable
 from mnimi_adapters.core.layers import wait_for_refills
 from mnimi_adapters.core.scopes import ScopeManager
 from mnimi_adapters.core.stores import open_store
-from mnimi_adapters.langchain import MnimiChatModel, MnimiLLMCache
 from mnimi_adapters.testing import SamplingServer
 
 NUMBER = "Pick a number between 1 and 1000."
-FORMS = ("wrapped", "string", "llmcache")
 
 #: A node's body: it gets the chat model and the log of what its attempts saw.
 Body = Callable[[BaseChatModel, list[Any]], Any]
@@ -50,31 +48,6 @@ def server() -> Iterator[SamplingServer]:
 def cache_dir(server: SamplingServer, tmp_path: Path) -> str:
     server.reset()
     return str(tmp_path / "cache")
-
-
-def chat_model(
-    form: str, server: SamplingServer, cache: str, replication: bool, timeout: float | None = None
-) -> BaseChatModel:
-    """A new chat model of ``form`` over ``cache``; provider errors are not retried.
-
-    A ``ChatOpenAI`` of a ``timeout`` no other test gives uses an async HTTP client of its
-    own: langchain-openai shares one per base URL and timeout, and a connection another
-    test's event loop left in it fails to close once that loop is gone."""
-    if form == "string":
-        return MnimiChatModel(
-            model="openai/mock-model",
-            api_base=server.url,
-            api_key="sk-test",
-            max_retries=0,
-            cache_dir=cache,
-            replication=replication,
-        )
-    openai = ChatOpenAI(
-        base_url=server.url, api_key="sk-test", model="mock-model", max_retries=0, timeout=timeout
-    )
-    if form == "wrapped":
-        return MnimiChatModel(model=openai, cache_dir=cache, replication=replication)
-    return openai.model_copy(update={"cache": MnimiLLMCache(cache, replication=replication)})
 
 
 def retried(node: Callable[..., Any], attempts: int, retry_on: Any = ValueError) -> Any:
@@ -131,7 +104,7 @@ def follow_up(chat: BaseChatModel, log: list[Any]) -> str:
     return second
 
 
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", CHAT_FORMS)
 def test_a_follow_up_that_changes_per_attempt_replays_and_pays_only_what_it_shows(
     server: SamplingServer, cache_dir: str, form: str
 ) -> None:
@@ -148,7 +121,7 @@ def get_weather(city: str) -> str:
     return f"sunny in {city}"
 
 
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", CHAT_FORMS)
 def test_an_agent_in_a_retried_node_replays_every_attempt(
     server: SamplingServer, cache_dir: str, form: str
 ) -> None:
@@ -168,7 +141,7 @@ def test_an_agent_in_a_retried_node_replays_every_attempt(
     assert stored(cache_dir) == 6 == len(server.chat_requests())
 
 
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", CHAT_FORMS)
 def test_after_a_provider_error_the_next_attempt_reads_the_same_position(
     server: SamplingServer, cache_dir: str, form: str
 ) -> None:
@@ -194,7 +167,7 @@ def test_after_a_provider_error_the_next_attempt_reads_the_same_position(
 
 
 @pytest.mark.parametrize("scope", [independent, repeatable])
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", CHAT_FORMS)
 def test_a_scope_the_node_opens_draws_in_its_attempt(
     server: SamplingServer, cache_dir: str, form: str, scope: Callable[[], ScopeManager]
 ) -> None:
@@ -215,7 +188,7 @@ def test_a_scope_the_node_opens_draws_in_its_attempt(
     assert stored(cache_dir) == len(shown)
 
 
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", CHAT_FORMS)
 def test_a_subgraph_sees_the_outer_retry_and_a_scope_around_it_spans_its_runs(
     server: SamplingServer, cache_dir: str, form: str
 ) -> None:
@@ -241,7 +214,7 @@ def test_a_subgraph_sees_the_outer_retry_and_a_scope_around_it_spans_its_runs(
     assert len(shown) == 4 == stored(cache_dir)
 
 
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", CHAT_FORMS)
 def test_retries_at_two_levels_never_serve_an_answer_twice(
     server: SamplingServer, cache_dir: str, form: str
 ) -> None:
@@ -263,7 +236,7 @@ def test_retries_at_two_levels_never_serve_an_answer_twice(
     assert len(log) == 6 == len(set(log)) == stored(cache_dir)
 
 
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", CHAT_FORMS)
 def test_async_attempts_replay(server: SamplingServer, cache_dir: str, form: str) -> None:
     async def attempts(chat: BaseChatModel) -> list[str]:
         log: list[str] = []
@@ -303,7 +276,7 @@ def test_the_attempts_of_only_the_most_recent_tasks_are_kept(
     assert len(adapters._task_scopes) <= 2
 
 
-@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("form", CHAT_FORMS)
 def test_an_attempt_a_timeout_cut_short_leaves_its_retry_a_request_of_its_own(
     server: SamplingServer, cache_dir: str, form: str
 ) -> None:
