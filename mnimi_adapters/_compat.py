@@ -1157,6 +1157,39 @@ def carry_node_attempts_into_graphs(note: Callable[[], object]) -> None:
     noting_stream._mnimi_wrapped = True  # type: ignore[attr-defined]
     Pregel.stream = noting_stream  # type: ignore[method-assign]
     Pregel.astream = noting_astream  # type: ignore[method-assign]
+    _carry_node_attempts_into_tasks(note)
+
+
+def _carry_node_attempts_into_tasks(note: Callable[[], object]) -> None:
+    """Let a ``@task`` called in a LangGraph node (or ``@entrypoint``) know that node's
+    attempt, as a graph run in the node does.
+
+    Why: the task runs as a task of its own, at its own attempt 1 on every attempt of the
+    node that calls it, so a retried node would be served the answer it rejected. The
+    task's body runs in a copy of the caller's context made when it is called, so the
+    call is noted as a graph run in the node, outside any scope (in one, the task
+    follows it, as before). ``@task`` returns a private class,
+    ``langgraph.func._TaskFunction``, whose ``__call__`` is wrapped; nothing public runs
+    at the call.
+    """
+    from langgraph.func import _TaskFunction
+
+    call: Any = _TaskFunction.__call__
+
+    @functools.wraps(call)
+    def noting_call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        runs = _run_starting(None, note())
+        if any(run.noted is not None for run in runs):
+            # In a scope every call draws afresh, a retry's too: the task follows it, and
+            # its first call claims its position at once, as a node's does.
+            return call(self, *args, **kwargs)
+        token = _GRAPH_RUNS.set(runs)
+        try:
+            return call(self, *args, **kwargs)
+        finally:
+            _GRAPH_RUNS.reset(token)
+
+    _TaskFunction.__call__ = noting_call  # type: ignore[method-assign]
 
 
 class InvocationParamsWithoutCredentials:
@@ -1357,6 +1390,8 @@ PRIVATE_SYMBOLS: Final = (
     ("langchain_core.tracers.context", "_configure_hooks"),
     # The key of a node's runtime in a LangGraph run's configuration.
     ("langgraph._internal._constants", "CONFIG_KEY_RUNTIME"),
+    # _carry_node_attempts_into_tasks: what @task returns, called in a node.
+    ("langgraph.func", "_TaskFunction.__call__"),
     ("langchain_core.language_models.chat_models", "BaseChatModel"),
     # LLMOutputOfTheWrappedModel: how generate() combines its calls' llm_output.
     ("langchain_core.language_models.chat_models", "BaseChatModel._combine_llm_outputs"),

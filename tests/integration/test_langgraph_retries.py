@@ -21,6 +21,7 @@ import pytest
 from langchain.agents import create_agent
 from langchain_core.language_models import BaseChatModel
 from langchain_core.tools import tool
+from langgraph.func import entrypoint, task
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import RetryPolicy
 from support import CHAT_FORMS, chat_model
@@ -313,3 +314,54 @@ def test_an_attempt_a_timeout_cut_short_leaves_its_retry_a_request_of_its_own(
         chat = chat_model(form, server, cache_dir, replication, timeout=31.0)
         assert asyncio.run(graph_of(chat).ainvoke({})) == answer
     assert len(server.chat_requests()) == 2
+
+
+@pytest.mark.parametrize("form", CHAT_FORMS)
+def test_a_task_called_from_a_retried_node_draws_afresh_per_attempt(
+    server: SamplingServer, cache_dir: str, form: str
+) -> None:
+    """A ``@task`` runs as a task of its own, at its own attempt 1 on every attempt of
+    the node calling it: its calls nest in the node's attempt, as a subgraph's do."""
+
+    def via_task(chat: BaseChatModel, log: list[Any]) -> str:
+        @task
+        def propose() -> str:
+            return text(chat, NUMBER)
+
+        log.append(propose().result())
+        if len(log) < 3:
+            raise ValueError("rejected")
+        return str(log[-1])
+
+    log = replays(form, server, cache_dir, via_task, attempts=3)
+    assert len(set(log)) == 3 == stored(cache_dir)
+
+
+@pytest.mark.parametrize("form", CHAT_FORMS)
+def test_a_task_called_from_a_retried_entrypoint_draws_afresh_per_attempt(
+    server: SamplingServer, cache_dir: str, form: str
+) -> None:
+    def attempts(chat: BaseChatModel) -> list[str]:
+        log: list[str] = []
+
+        @task
+        def propose() -> str:
+            return text(chat, NUMBER)
+
+        policy = RetryPolicy(
+            max_attempts=3, initial_interval=0.0, jitter=False, retry_on=ValueError
+        )
+
+        @entrypoint(retry_policy=policy)
+        def main(topic: str) -> str:
+            log.append(propose().result())
+            if len(log) < 3:
+                raise ValueError("rejected")
+            return log[-1]
+
+        main.invoke("numbers")
+        return log
+
+    first = attempts(chat_model(form, server, cache_dir, False))
+    assert len(set(first)) == 3 == stored(cache_dir)
+    assert attempts(chat_model(form, server, cache_dir, True)) == first
