@@ -1987,8 +1987,15 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, LLMOutputOfTheWrappedMo
         )
         if clash:
             belong = "belongs" if len(clash) == 1 else "belong"
+            # Keywords the wrapper does not know (base_url=) land in model_kwargs: named.
+            named = [
+                f"{name} ({', '.join(sorted(self.model_kwargs))})"
+                if name == "model_kwargs"
+                else name
+                for name in clash
+            ]
             raise ValueError(
-                f"{', '.join(clash)} {belong} to the wrapped {type(self.model).__name__}; "
+                f"{', '.join(named)} {belong} to the wrapped {type(self.model).__name__}; "
                 "set it there (for a choice at run time, configurable_alternatives() "
                 "of wrappers)"
             )
@@ -1996,12 +2003,23 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, LLMOutputOfTheWrappedMo
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy of this model, ``update`` applied to its fields.
 
-        Pydantic applies ``update`` unvalidated, so a setting of the wrapped model's given
-        here is refused as the constructor refuses it, rather than ignored.
+        Pydantic applies ``update`` unvalidated, and keeps a name that is no field of the
+        model's: a setting of the wrapped model's given here is refused as the constructor
+        refuses it, and a name that is no setting of this model's is refused too, rather
+        than ignored.
 
         Raises:
-            ValueError: ``update`` sets what belongs to the wrapped model (``temperature``).
+            ValueError: ``update`` sets what belongs to the wrapped model (``temperature``),
+                or what is no setting of this model's (``base_url``).
         """
+        unknown = sorted(set(update or ()) - set(type(self).model_fields))
+        if unknown:
+            where = (
+                f"set it on the wrapped {type(self.model).__name__}"
+                if isinstance(self.model, BaseChatModel)
+                else "pass a provider's own parameter in model_kwargs"
+            )
+            raise ValueError(f"MnimiChatModel has no setting {', '.join(unknown)}: {where}")
         copied = super().model_copy(update=update, deep=deep)
         if update:
             copied._refuse_wrapped_settings()

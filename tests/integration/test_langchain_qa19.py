@@ -201,6 +201,15 @@ def test_token_counts_are_the_wrapped_models(
     assert chars.get_num_tokens("a b") == 3
 
 
+def test_the_constructor_names_the_keywords_of_the_wrapped_model_it_refuses(
+    openai: Callable[..., ChatOpenAI], cache: str
+) -> None:
+    """``base_url=`` lands in ``model_kwargs``, and was refused as "model_kwargs", which
+    names nothing the user gave."""
+    with pytest.raises(ValueError, match=r"model_kwargs \(base_url\) belongs to the wrapped"):
+        MnimiChatModel(model=openai(), cache_dir=cache, base_url="http://elsewhere/v1")
+
+
 def test_model_copy_refuses_a_setting_of_the_wrapped_model(
     server: SamplingServer, openai: Callable[..., ChatOpenAI], cache: str, tmp_path: Path
 ) -> None:
@@ -212,6 +221,9 @@ def test_model_copy_refuses_a_setting_of_the_wrapped_model(
         chat.model_copy(update={"temperature": 0.1})
     with pytest.raises(ValueError, match="api_base, max_retries belong to the wrapped"):
         chat.model_copy(update={"max_retries": 3, "api_base": server.url})
+    # A name that is no field was kept unchecked too, and the copy sent where it did.
+    with pytest.raises(ValueError, match="no setting base_url, model_name: set it on the"):
+        chat.model_copy(update={"base_url": "http://elsewhere/v1", "model_name": "gpt-4o"})
 
     # The wrapper's own settings are copied as ever.
     elsewhere = chat.model_copy(update={"cache_dir": str(tmp_path / "other")})
