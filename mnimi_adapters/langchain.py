@@ -961,24 +961,6 @@ class _Sink:
         #: The id the live chunks carry, which the stream's last chunk carries too: a UI
         #: that groups chunks by id shows one message.
         self.message_id: str | None = None
-        #: What the draw stored, once it has ended (``None`` before, or if it failed).
-        self._drawn: list[Sample] | None = None
-        self._handing = threading.Lock()
-
-    def end(self, samples: list[Sample]) -> bool:
-        """The draw's word that it has stored ``samples``: whether the reader had left, so
-        that the draw hands their positions on itself."""
-        with self._handing:
-            self._drawn = samples
-            return self.abandoned.is_set()
-
-    def abandon(self) -> list[Sample] | None:
-        """The reader's word that it has left: what the draw stored, if it has ended, for
-        the reader to hand on; else the draw hands it on when it ends. Never waits for the
-        provider's next chunk."""
-        with self._handing:
-            self.abandoned.set()
-            return self._drawn
 
     def put(self, item: Any) -> None:
         if self._ready is None or self._loop is None:
@@ -1404,8 +1386,7 @@ def _kept(draw: _Draw, sink: _Sink, samples: list[Sample]) -> list[Sample]:
     The provider had finished it, so it is stored (law 6), but an abandoned stream gives
     its position on, whether it ended live or replayed (see ``_replayed``).
     """
-    if sink.end(samples):
-        draw.give_back(samples)
+    sink.abandoned.ended(samples, draw.give_back)
     return samples
 
 
@@ -1416,9 +1397,7 @@ def _left(draw: _Draw, sink: _Sink) -> None:
     Whenever the reader leaves: a slow one that leaves after the draw stored the sample
     is answered as it is on a re-run, where the stream is a replayed hit.
     """
-    samples = sink.abandon()
-    if samples:
-        draw.give_back(samples)
+    sink.abandoned.leave(draw.give_back)
 
 
 def _live_draw(draw: _Draw, sink: _Sink) -> list[Sample]:

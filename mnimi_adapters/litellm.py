@@ -531,27 +531,6 @@ class _Sink:
     include_usage: bool
     chunks: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
     abandoned: Abandonment = field(default_factory=Abandonment)
-    #: What the draw stored, once it has ended (``None`` before, or if it stored nothing).
-    drawn: list[Sample] | None = None
-    #: Whether the draw has ended.
-    ended: bool = False
-    _handing: threading.Lock = field(default_factory=threading.Lock)
-
-    def end(self, samples: list[Sample] | None) -> bool:
-        """The draw's word that it has ended, having stored ``samples``: whether the reader
-        had left, so that the draw hands their position on itself."""
-        with self._handing:
-            self.drawn, self.ended = samples, True
-            return self.abandoned.is_set()
-
-    def abandon(self) -> list[Sample] | None:
-        """The reader's word that it has left: what the draw stored, if it has ended, for
-        the reader to hand on; else the draw hands it on when it ends. Never waits: a
-        reader that stops (a stop button, a timeout, a collected stream) is not held
-        until the provider's next chunk, nor, on the draw's own thread, for good."""
-        with self._handing:
-            self.abandoned.set()
-            return self.drawn if self.ended else None
 
     def forward(self, chunk: Any) -> None:
         if self.abandoned.expired():
@@ -783,25 +762,23 @@ async def _arelay(
 def _abandon(sink: _Sink, give_back: Callable[[list[Sample]], None]) -> None:
     """Leave a live stream. A draw stopped part-way gives its position back; one the
     provider had finished is stored, and its position is handed on as well, here or by
-    the draw as it ends (see :meth:`_Sink.abandon`), before its gate opens: the caller's
-    next call of the request waits at that gate, and is served that position."""
-    _hand_on(sink.abandon(), give_back)
+    the draw as it ends (see :meth:`Abandonment.leave`), before its gate opens: the
+    caller's next call of the request waits at that gate, and is served that position."""
+    sink.abandoned.leave(functools.partial(_hand_on, give_back=give_back))
 
 
 def _ended_live(
     sink: _Sink, samples: list[Sample] | None, give_back: Callable[[list[Sample]], None]
 ) -> None:
     """The end of a live stream's draw: its position handed on if its reader has left."""
-    if sink.end(samples):
-        _hand_on(samples, give_back)
+    sink.abandoned.ended(samples, functools.partial(_hand_on, give_back=give_back))
 
 
-def _hand_on(samples: list[Sample] | None, give_back: Callable[[list[Sample]], None]) -> None:
+def _hand_on(samples: list[Sample], give_back: Callable[[list[Sample]], None]) -> None:
     """Hand the positions of an abandoned stream's stored ``samples`` on (best effort: a
     stream's end, or its reader's leaving, never fails on it)."""
-    if samples:
-        with contextlib.suppress(Exception):
-            give_back(samples)
+    with contextlib.suppress(Exception):
+        give_back(samples)
 
 
 def _with_logprobs(response: Any) -> Any:

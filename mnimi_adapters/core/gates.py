@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from .errors import MnimiError
+from .sample import Sample
 
 _T = TypeVar("_T")
 
@@ -190,11 +191,38 @@ class Abandonment:
     The stream is then read on, unforwarded, for :data:`FINISHING` seconds: one the
     provider had already sent whole (its chunks received, not yet all parsed) ends in
     that time and is a paid sample, stored (law 6); one still being produced is stopped.
+
+    What the draw stored goes on to the next call if the reader left before the end of
+    the answer, whichever of the two comes second handing it on (see :meth:`ended` and
+    :meth:`leave`), exactly once.
     """
 
     def __init__(self) -> None:
         self._said = threading.Event()
         self._at = 0.0
+        #: What the draw stored, once it has ended (``None`` before, or if it stored none).
+        self._drawn: list[Sample] | None = None
+        self._handing = threading.Lock()
+
+    def ended(self, samples: list[Sample] | None, hand_on: Callable[[list[Sample]], None]) -> None:
+        """The draw's word that it has ended, having stored ``samples`` (``None``: none):
+        if the reader had left, their positions go on now, by ``hand_on``."""
+        with self._handing:
+            self._drawn = samples
+            left = self._said.is_set()
+        if left and samples:
+            hand_on(samples)
+
+    def leave(self, hand_on: Callable[[list[Sample]], None]) -> None:
+        """The reader's word that it has left: what the draw stored, if it has ended, goes
+        on now by ``hand_on``; else the draw hands it on when it ends. Never waits: a
+        reader that stops (a stop button, a timeout, a collected stream) is not held until
+        the provider's next chunk, nor, on the draw's own thread, for good."""
+        with self._handing:
+            self.set()
+            samples = self._drawn
+        if samples:
+            hand_on(samples)
 
     def set(self) -> None:
         """Say that nobody reads the stream any more."""
