@@ -1167,8 +1167,8 @@ def _carry_node_attempts_into_tasks(note: Callable[[], object]) -> None:
     Why: the task runs as a task of its own, at its own attempt 1 on every attempt of the
     node that calls it, so a retried node would be served the answer it rejected. The
     task's body runs in a copy of the caller's context made when it is called, so the
-    call is noted as a graph run in the node, outside any scope (in one, the task
-    follows it, as before). ``@task`` returns a private class,
+    call is noted as a graph run in the node, outside any scope (in one, every call draws
+    afresh already, and the task follows it). ``@task`` returns a private class,
     ``langgraph.func._TaskFunction``, whose ``__call__`` is wrapped; nothing public runs
     at the call.
     """

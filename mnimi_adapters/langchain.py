@@ -1780,9 +1780,11 @@ class MnimiChatModel(InvocationParamsWithoutCredentials, LLMOutputOfTheWrappedMo
     reads, per request, from the first position the task's earlier attempts were not
     served (a failed draw serves nothing), identical calls within an attempt repeat, and
     re-running the whole graph (in this process or a later one) replays every attempt.
-    Graphs the node runs (subgraphs, agents) and scopes its code opens nest in its
-    attempt. A graph run in a scope follows that scope; a plain model as ``layer`` is
-    not cached, and draws afresh anyway.
+    Graphs the node runs (subgraphs, agents), ``@task`` calls and scopes its code opens
+    nest in its attempt. In a graph run in ``independent()`` every call and attempt draws
+    afresh; in ``repeatable()`` identical calls repeat. A node LangGraph runs again from
+    its start on resume is served what its latest attempt was. A plain model as
+    ``layer`` is not cached, and draws afresh anyway.
 
     Each generation's ``response_metadata`` holds ``model_name``,
     ``finish_reason`` and the cache facts ``cache_hit``, ``sequence_index`` and

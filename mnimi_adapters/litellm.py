@@ -142,6 +142,7 @@ from ._compat import (
     wrap_entry_points,
 )
 from .core.errors import MnimiError, ProviderError
+from .core.explain import LITELLM_TEMPERATURE
 from .core.gates import GATES, Abandonment
 from .core.layers import CacheLayer, Independent
 from .core.model import Cursor, Layer, Model
@@ -1834,7 +1835,7 @@ class MnimiCache(Cache):
             name = f"{provider}/{model}"
         api_base = kwargs.get("api_base") or kwargs.get("base_url")
         api_base = api_base.rstrip("/") if isinstance(api_base, str) and api_base else None
-        identity: dict[str, Any] = {"params": {"temperature": 1.0}}
+        identity: dict[str, Any] = {"params": {"temperature": LITELLM_TEMPERATURE}}
         if isinstance(group, str) and group:
             # A Router call: keyed by its group, whichever deployment serves it. A group's
             # text completion sent to a completions endpoint (raw text, not a chat turn)

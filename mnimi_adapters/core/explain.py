@@ -336,8 +336,8 @@ def explain_miss(
     return key, first_difference(record, requested)
 
 
-#: The temperature MnimiCache keys (and sends) a LiteLLM call without one at.
-_LITELLM_TEMPERATURE = 1.0
+#: The temperature MnimiCache keys a LiteLLM call without one at (OpenAI's default).
+LITELLM_TEMPERATURE = 1.0
 #: Fields of an OpenAI-style body that are not sampling parameters.
 _BODY_FIELDS = ("model", "messages", "params", "endpoint")
 
@@ -367,7 +367,7 @@ def requested_record(body: Any) -> dict[str, Any]:
         raise MnimiError('a request\'s "params" must be a JSON object')
     # A body as passed to LiteLLM is keyed as MnimiCache keys one: without a temperature,
     # at OpenAI's default.
-    default = {} if "params" in body else {"temperature": _LITELLM_TEMPERATURE}
+    default = {} if "params" in body else {"temperature": LITELLM_TEMPERATURE}
     params = {**default, **{k: v for k, v in body.items() if k not in _BODY_FIELDS}, **params}
     messages = body.get("messages")
     if not isinstance(messages, list):
